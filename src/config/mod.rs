@@ -1,0 +1,181 @@
+//! `ferry.toml`: parsing, defaults and validation.
+//!
+//! The file is read into raw serde types (`raw`), then turned once into the validated
+//! [`Config`] the rest of ferry uses. Every error a user can cause names the file, line and
+//! column and says what to write instead (see [`Diagnostic`]).
+
+mod diagnostic;
+mod duration;
+mod raw;
+mod template;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use diagnostic::Diagnostic;
+pub use duration::{HumanDuration, format_duration, parse_duration};
+pub use template::TEMPLATE;
+
+/// Variables ferry sets for every instance; the `env` table may not override them.
+pub const RESERVED_VARS: &[&str] = &[
+    "PORT",
+    "ENVIRONMENT",
+    "FERRY_SLOT",
+    "APP_VERSION",
+    "COMMIT_SHA",
+    "DEPLOYED_AT",
+];
+
+/// A loaded, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Where ferry keeps its database, mirror, releases and logs.
+    pub state_dir: PathBuf,
+    pub app: App,
+    pub health: Health,
+    /// Every environment, slots expanded (`staging-1`, `staging-2`), in file order by name.
+    pub environments: Vec<Environment>,
+    pub server: Server,
+}
+
+#[derive(Debug, Clone)]
+pub struct App {
+    pub name: String,
+    /// A local path (made absolute) or any URL git can clone.
+    pub repo: String,
+    pub build: Vec<String>,
+    pub test: Vec<String>,
+    pub start: String,
+    /// Paths that live in the environment's `shared/` dir; a trailing `/` marks a directory.
+    pub shared: Vec<String>,
+    pub keep_releases: usize,
+    /// Limit for each build or test command.
+    pub command_timeout: Duration,
+    /// Time an instance gets between SIGTERM and SIGKILL.
+    pub stop_timeout: Duration,
+    /// Time requests in flight on the old instance get to finish after a switch.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub paths: Vec<String>,
+    pub expect_status: u16,
+    pub startup_delay: Duration,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+/// What an environment follows for automatic deploys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Track {
+    /// Deployed by hand only.
+    Manual,
+    Branch(String),
+    Tags,
+}
+
+/// One deployable environment (one slot of a `[environments.NAME]` table).
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// `staging`, or `staging-1` for the first of several slots.
+    pub name: String,
+    /// The table name in the config (`staging` for both `staging-1` and `staging-2`).
+    pub group: String,
+    /// 1-based slot number.
+    pub slot: u32,
+    pub listen: SocketAddr,
+    pub track: Track,
+    pub env: BTreeMap<String, String>,
+    /// Secrets file; relative paths are read from the environment's `shared/` dir.
+    pub env_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: {source}\nhelp: pass the file with `-c PATH`, or write one with `ferry init`", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(Box<Diagnostic>),
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path` (used for relative paths and messages).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let at = |span: Option<std::ops::Range<usize>>, message: String, help: Option<&str>| {
+            ConfigError::Invalid(Box::new(Diagnostic::new(
+                path,
+                text,
+                span,
+                message,
+                help.map(str::to_string),
+            )))
+        };
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().to_string();
+            let help = raw::help_for(&message);
+            at(e.span(), message, help.as_deref())
+        })?;
+        let base = path
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| {
+                path.parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from("."))
+            });
+        raw.validate(path, text, &base)
+            .map_err(|d| ConfigError::Invalid(Box::new(d)))
+    }
+
+    /// The environment called `name` (a slot name such as `staging-1`, or a plain name).
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+
+    /// The names of all environments, for messages.
+    pub fn environment_names(&self) -> Vec<&str> {
+        self.environments.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    /// The `<state_dir>/environments/<env>` directory.
+    pub fn env_dir(&self, env: &str) -> PathBuf {
+        self.state_dir.join("environments").join(env)
+    }
+}
+
+/// True when `repo` is something git clones over a network rather than a local path.
+pub fn is_remote_repo(repo: &str) -> bool {
+    repo.contains("://") || {
+        // scp-like `user@host:path`, but not a Windows-style or local path with a colon later
+        let before_colon = repo.split(':').next().unwrap_or("");
+        repo.contains(':') && !before_colon.contains('/') && before_colon.contains('@')
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,435 @@
+//! The file as written: serde types with `deny_unknown_fields`, spans kept where a later check
+//! needs to point at a value, and `validate`, which turns them into [`super::Config`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::duration::HumanDuration;
+use super::{App, Config, Diagnostic, Environment, Health, RESERVED_VARS, Server, Track};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    state_dir: Option<String>,
+    app: RawApp,
+    #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
+    environments: BTreeMap<Spanned<String>, RawEnvironment>,
+    #[serde(default)]
+    server: RawServer,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    name: Spanned<String>,
+    repo: Spanned<String>,
+    #[serde(default)]
+    build: Vec<String>,
+    #[serde(default)]
+    test: Vec<String>,
+    start: Spanned<String>,
+    #[serde(default)]
+    shared: Vec<Spanned<String>>,
+    keep_releases: Option<Spanned<i64>>,
+    command_timeout: Option<HumanDuration>,
+    stop_timeout: Option<HumanDuration>,
+    drain_timeout: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    paths: Option<Vec<Spanned<String>>>,
+    expect_status: Option<Spanned<i64>>,
+    startup_delay: Option<HumanDuration>,
+    interval: Option<HumanDuration>,
+    timeout: Option<HumanDuration>,
+    retries: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvironment {
+    listen: Spanned<String>,
+    slots: Option<Spanned<i64>>,
+    track: Option<Spanned<RawTrack>>,
+    #[serde(default)]
+    env: BTreeMap<Spanned<String>, String>,
+    env_file: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrack {
+    branch: Option<String>,
+    tags: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+}
+
+/// A hint for serde's own messages, which already say what was expected.
+pub fn help_for(message: &str) -> Option<String> {
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        let field = rest.split('`').next().unwrap_or("");
+        return Some(match field {
+            "app" => "add an [app] table with name, repo and start (see `ferry init`)".into(),
+            "name" => "add `name = \"my-app\"` to [app]".into(),
+            "repo" => "add `repo = \"/path/to/repo\"` (a local path or git URL) to [app]".into(),
+            "start" => "add `start = \"./server --port $PORT\"` to [app]".into(),
+            "listen" => "add `listen = \"127.0.0.1:8080\"` to the environment".into(),
+            other => format!("add `{other} = ...`"),
+        });
+    }
+    if message.starts_with("unknown field") {
+        return Some("check the spelling; `ferry init` writes a template with every key".into());
+    }
+    if message.starts_with("invalid type") {
+        return Some("see `ferry init` for the expected form of each key".into());
+    }
+    None
+}
+
+type Fail = Box<dyn Fn(Range<usize>, String, &str) -> Diagnostic>;
+
+impl RawConfig {
+    pub fn validate(self, path: &Path, text: &str, base: &Path) -> Result<Config, Diagnostic> {
+        let owned_path = path.to_path_buf();
+        let owned_text = text.to_string();
+        let fail: Fail = Box::new(move |span, message, help| {
+            Diagnostic::new(
+                &owned_path,
+                &owned_text,
+                Some(span),
+                message,
+                Some(help.to_string()),
+            )
+        });
+        let resolve = |p: &str| -> PathBuf {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+
+        let app = validate_app(self.app, &fail, &resolve)?;
+        let health = validate_health(self.health, &fail)?;
+        let server_listen = match self.server.listen {
+            Some(s) => parse_addr(&s, &fail)?,
+            None => SocketAddr::from(([127, 0, 0, 1], 7070)),
+        };
+
+        let mut environments = Vec::new();
+        let mut taken: HashMap<SocketAddr, String> = HashMap::new();
+        taken.insert(server_listen, "[server] listen".into());
+        if self.environments.is_empty() {
+            return Err(fail(
+                text.len()..text.len(),
+                "no environments are defined".into(),
+                "add one, e.g. [environments.staging] with listen = \"127.0.0.1:8081\"",
+            ));
+        }
+        for (name, env) in self.environments {
+            let span = name.span();
+            let name = name.into_inner();
+            if !valid_name(&name) {
+                return Err(fail(
+                    span,
+                    format!("environment name \"{name}\" is not allowed"),
+                    "use lowercase letters, digits and '-', starting with a letter, like \"staging\"",
+                ));
+            }
+            environments.extend(validate_environment(&name, env, &fail, &mut taken)?);
+        }
+        let state_dir = resolve(self.state_dir.as_deref().unwrap_or(".ferry"));
+        Ok(Config {
+            path: path.to_path_buf(),
+            state_dir,
+            app,
+            health,
+            environments,
+            server: Server {
+                listen: server_listen,
+            },
+        })
+    }
+}
+
+fn validate_app(
+    raw: RawApp,
+    fail: &Fail,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<App, Diagnostic> {
+    if !valid_name(raw.name.get_ref()) && !raw.name.get_ref().contains('_') {
+        return Err(fail(
+            raw.name.span(),
+            format!("app name \"{}\" is not allowed", raw.name.get_ref()),
+            "use letters, digits, '-' and '_', like \"job-search\"",
+        ));
+    }
+    let repo = validate_repo(&raw.repo, fail, resolve)?;
+    if raw.start.get_ref().trim().is_empty() {
+        return Err(fail(
+            raw.start.span(),
+            "`start` is empty".into(),
+            "write the command that runs one instance, like \"./server --port $PORT\"",
+        ));
+    }
+    let mut shared = Vec::new();
+    for s in raw.shared {
+        let p = s.get_ref();
+        let trimmed = p.trim_end_matches('/');
+        if trimmed.is_empty()
+            || Path::new(p).is_absolute()
+            || Path::new(trimmed)
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(fail(
+                s.span(),
+                format!("shared path \"{p}\" must be relative and stay inside the release"),
+                "write a path relative to the app's root, like \"data/\" or \"config/.env\"",
+            ));
+        }
+        shared.push(s.into_inner());
+    }
+    let keep_releases = match raw.keep_releases {
+        None => 5,
+        Some(k) if *k.get_ref() >= 1 && *k.get_ref() <= 1000 => *k.get_ref() as usize,
+        Some(k) => {
+            return Err(fail(
+                k.span(),
+                format!("keep_releases = {} is out of range", k.get_ref()),
+                "keep at least 1 release (the default is 5)",
+            ));
+        }
+    };
+    Ok(App {
+        name: raw.name.into_inner(),
+        repo,
+        build: raw.build,
+        test: raw.test,
+        start: raw.start.into_inner(),
+        shared,
+        keep_releases,
+        command_timeout: raw
+            .command_timeout
+            .map_or(std::time::Duration::from_secs(600), |d| d.0),
+        stop_timeout: raw
+            .stop_timeout
+            .map_or(std::time::Duration::from_secs(10), |d| d.0),
+        drain_timeout: raw
+            .drain_timeout
+            .map_or(std::time::Duration::from_secs(30), |d| d.0),
+    })
+}
+
+fn validate_repo(
+    repo: &Spanned<String>,
+    fail: &Fail,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<String, Diagnostic> {
+    let text = repo.get_ref().trim();
+    if text.is_empty() || text.starts_with('-') {
+        return Err(fail(
+            repo.span(),
+            format!("repo \"{text}\" is not a git repository"),
+            "write a local path or a URL git can clone",
+        ));
+    }
+    if super::is_remote_repo(text) {
+        return Ok(text.to_string());
+    }
+    let local = resolve(text.strip_prefix("file://").unwrap_or(text));
+    let is_repo = local.join(".git").exists()
+        || (local.join("HEAD").is_file() && local.join("objects").is_dir());
+    if !is_repo {
+        return Err(fail(
+            repo.span(),
+            format!(
+                "repo \"{text}\" is not a git repository ({} has no .git)",
+                local.display()
+            ),
+            "point `repo` at a directory made by `git init` or `git clone`, or at a git URL",
+        ));
+    }
+    Ok(local.to_string_lossy().into_owned())
+}
+
+fn validate_health(raw: RawHealth, fail: &Fail) -> Result<Health, Diagnostic> {
+    let mut paths = Vec::new();
+    for p in raw.paths.unwrap_or_default() {
+        if !p.get_ref().starts_with('/') || p.get_ref().chars().any(char::is_whitespace) {
+            return Err(fail(
+                p.span(),
+                format!("health path \"{}\" must start with '/'", p.get_ref()),
+                "write an absolute URL path, like \"/health\"",
+            ));
+        }
+        paths.push(p.into_inner());
+    }
+    if paths.is_empty() {
+        paths.push("/".to_string());
+    }
+    let expect_status = match raw.expect_status {
+        None => 200,
+        Some(s) if (100..=599).contains(s.get_ref()) => *s.get_ref() as u16,
+        Some(s) => {
+            return Err(fail(
+                s.span(),
+                format!("expect_status = {} is not an HTTP status", s.get_ref()),
+                "write a status between 100 and 599, like 200",
+            ));
+        }
+    };
+    let retries = match raw.retries {
+        None => 30,
+        Some(r) if (1..=100_000).contains(r.get_ref()) => *r.get_ref() as u32,
+        Some(r) => {
+            return Err(fail(
+                r.span(),
+                format!("retries = {} is out of range", r.get_ref()),
+                "probe at least once: write a number from 1 up",
+            ));
+        }
+    };
+    let d = |v: Option<HumanDuration>, default_ms: u64| {
+        v.map_or(std::time::Duration::from_millis(default_ms), |d| d.0)
+    };
+    Ok(Health {
+        paths,
+        expect_status,
+        startup_delay: d(raw.startup_delay, 0),
+        interval: d(raw.interval, 1000),
+        timeout: d(raw.timeout, 5000),
+        retries,
+    })
+}
+
+fn validate_environment(
+    name: &str,
+    raw: RawEnvironment,
+    fail: &Fail,
+    taken: &mut HashMap<SocketAddr, String>,
+) -> Result<Vec<Environment>, Diagnostic> {
+    let listen = parse_addr(&raw.listen, fail)?;
+    let slots = match raw.slots {
+        None => 1,
+        Some(s) if (1..=64).contains(s.get_ref()) => *s.get_ref() as u32,
+        Some(s) => {
+            return Err(fail(
+                s.span(),
+                format!("slots = {} is out of range", s.get_ref()),
+                "write a number of slots from 1 to 64",
+            ));
+        }
+    };
+    let track = match raw.track {
+        None => Track::Manual,
+        Some(t) => {
+            let span = t.span();
+            match t.into_inner() {
+                RawTrack {
+                    branch: Some(b),
+                    tags: None | Some(false),
+                } if !b.trim().is_empty() => Track::Branch(b),
+                RawTrack {
+                    branch: None,
+                    tags: Some(true),
+                } => Track::Tags,
+                _ => {
+                    return Err(fail(
+                        span,
+                        "`track` must name one branch or release tags".into(),
+                        "write track = { branch = \"main\" } or track = { tags = true }",
+                    ));
+                }
+            }
+        }
+    };
+    let mut env = BTreeMap::new();
+    for (key, value) in raw.env {
+        let span = key.span();
+        let key = key.into_inner();
+        if RESERVED_VARS.contains(&key.as_str()) {
+            return Err(fail(
+                span,
+                format!("`{key}` is set by ferry for every instance"),
+                "remove it from `env`; ferry sets PORT, ENVIRONMENT, FERRY_SLOT, APP_VERSION, COMMIT_SHA and DEPLOYED_AT",
+            ));
+        }
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(fail(
+                span,
+                format!("`{key}` is not a valid variable name"),
+                "use letters, digits and '_'",
+            ));
+        }
+        env.insert(key, value);
+    }
+    let mut out = Vec::new();
+    for slot in 1..=slots {
+        let port = u32::from(listen.port()) + slot - 1;
+        let Ok(port) = u16::try_from(port) else {
+            return Err(fail(
+                raw.listen.span(),
+                format!("{slots} slots starting at port {} run past port 65535", listen.port()),
+                "pick a lower port or fewer slots",
+            ));
+        };
+        let addr = SocketAddr::new(listen.ip(), port);
+        let slot_name = if slots == 1 {
+            name.to_string()
+        } else {
+            format!("{name}-{slot}")
+        };
+        if let Some(other) = taken.get(&addr) {
+            return Err(fail(
+                raw.listen.span(),
+                format!("listen address {addr} of environment {slot_name} is already used by {other}"),
+                "give every environment (and each of its slots) its own port",
+            ));
+        }
+        taken.insert(addr, format!("environment {slot_name}"));
+        out.push(Environment {
+            name: slot_name,
+            group: name.to_string(),
+            slot,
+            listen: addr,
+            track: track.clone(),
+            env: env.clone(),
+            env_file: raw.env_file.as_ref().map(PathBuf::from),
+        });
+    }
+    Ok(out)
+}
+
+fn parse_addr(s: &Spanned<String>, fail: &Fail) -> Result<SocketAddr, Diagnostic> {
+    s.get_ref().trim().parse().map_err(|_| {
+        fail(
+            s.span(),
+            format!("\"{}\" is not an address with a port", s.get_ref()),
+            "write an IP and port, like \"127.0.0.1:8080\"",
+        )
+    })
+}
+
+/// Environment names become directory names and URL segments.
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}

@@ -1,0 +1,180 @@
+use std::path::Path;
+use std::process::Command;
+
+use super::*;
+
+/// A temp dir holding an empty git repository at `repo/`.
+fn sandbox() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("git")
+        .args(["init", "-q"])
+        .arg(dir.path().join("repo"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    dir
+}
+
+fn parse(dir: &Path, text: &str) -> Result<Config, ConfigError> {
+    let path = dir.join("ferry.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path)
+}
+
+fn diagnostic(dir: &Path, text: &str) -> Diagnostic {
+    match parse(dir, text) {
+        Err(ConfigError::Invalid(d)) => *d,
+        Err(other) => panic!("expected a diagnostic, got {other}"),
+        Ok(_) => panic!("config was accepted:\n{text}"),
+    }
+}
+
+const MINIMAL: &str = r#"[app]
+name = "demo"
+repo = "repo"
+start = "./run"
+
+[environments.staging]
+listen = "127.0.0.1:8081"
+"#;
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let dir = sandbox();
+    let config = parse(dir.path(), MINIMAL).unwrap();
+    let base = dir.path().canonicalize().unwrap();
+    assert_eq!(config.state_dir, base.join(".ferry"));
+    assert_eq!(config.app.repo, base.join("repo").to_string_lossy());
+    assert_eq!(config.app.keep_releases, 5);
+    assert!(config.app.build.is_empty() && config.app.test.is_empty());
+    assert_eq!(config.app.drain_timeout, Duration::from_secs(30));
+    assert_eq!(config.health.paths, vec!["/".to_string()]);
+    assert_eq!(config.health.expect_status, 200);
+    assert_eq!(config.health.retries, 30);
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:7070");
+    let env = config.environment("staging").unwrap();
+    assert_eq!(env.track, Track::Manual);
+    assert_eq!(env.slot, 1);
+}
+
+#[test]
+fn slots_expand_into_numbered_environments_on_consecutive_ports() {
+    let dir = sandbox();
+    let text = MINIMAL.replace(
+        "listen = \"127.0.0.1:8081\"",
+        "listen = \"127.0.0.1:8081\"\nslots = 2\ntrack = { branch = \"main\" }",
+    );
+    let config = parse(dir.path(), &text).unwrap();
+    assert_eq!(config.environment_names(), vec!["staging-1", "staging-2"]);
+    let second = config.environment("staging-2").unwrap();
+    assert_eq!(second.listen.port(), 8082);
+    assert_eq!(second.group, "staging");
+    assert_eq!(second.track, Track::Branch("main".into()));
+}
+
+#[test]
+fn init_template_passes_check() {
+    let dir = sandbox();
+    let path = dir.path().join("repo/ferry.toml");
+    std::fs::write(&path, TEMPLATE).unwrap();
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.environment_names(), vec!["production", "staging"]);
+}
+
+#[test]
+fn unknown_key_names_line_column_and_the_keys_allowed() {
+    let dir = sandbox();
+    let d = diagnostic(dir.path(), &MINIMAL.replace("start =", "strat = \"x\"\nstart ="));
+    assert_eq!((d.line, d.column), (4, 1));
+    assert!(d.message.contains("unknown field `strat`"), "{}", d.message);
+    assert!(d.message.contains("`start`"), "{}", d.message);
+    let rendered = d.to_string();
+    assert!(rendered.contains("ferry.toml:4:1"), "{rendered}");
+    assert!(rendered.contains("help:"), "{rendered}");
+}
+
+#[test]
+fn wrong_type_is_located() {
+    let dir = sandbox();
+    let d = diagnostic(
+        dir.path(),
+        &format!("{MINIMAL}\n[health]\nretries = \"many\"\n"),
+    );
+    assert_eq!((d.line, d.column), (10, 11));
+    assert!(d.message.contains("invalid type"), "{}", d.message);
+}
+
+#[test]
+fn bad_duration_says_how_to_write_one() {
+    let dir = sandbox();
+    let d = diagnostic(
+        dir.path(),
+        &format!("{MINIMAL}\n[health]\ninterval = \"5 minutes\"\n"),
+    );
+    assert_eq!((d.line, d.column), (10, 12));
+    assert!(d.message.contains("like \"500ms\""), "{}", d.message);
+    let d = diagnostic(dir.path(), &format!("{MINIMAL}\n[health]\ntimeout = 5\n"));
+    assert!(d.message.contains("\"5s\""), "{}", d.message);
+}
+
+#[test]
+fn duplicate_listen_address_is_refused() {
+    let dir = sandbox();
+    let text = format!("{MINIMAL}\n[environments.production]\nlisten = \"127.0.0.1:8081\"\n");
+    let d = diagnostic(dir.path(), &text);
+    assert_eq!((d.line, d.column), (7, 10));
+    assert!(d.message.contains("already used"), "{}", d.message);
+    // a slot running into the next environment's port counts too
+    let text = MINIMAL.replace("8081\"", "8081\"\nslots = 3")
+        + "\n[environments.production]\nlisten = \"127.0.0.1:8083\"\n";
+    let d = diagnostic(dir.path(), &text);
+    assert!(d.message.contains("127.0.0.1:8083"), "{}", d.message);
+    // and the server's own port
+    let d = diagnostic(dir.path(), &MINIMAL.replace("8081", "7070"));
+    assert!(d.message.contains("[server] listen"), "{}", d.message);
+}
+
+#[test]
+fn repo_that_is_not_git_is_refused() {
+    let dir = sandbox();
+    std::fs::create_dir(dir.path().join("plain")).unwrap();
+    let d = diagnostic(dir.path(), &MINIMAL.replace("\"repo\"", "\"plain\""));
+    assert_eq!((d.line, d.column), (3, 8));
+    assert!(d.message.contains("not a git repository"), "{}", d.message);
+}
+
+#[test]
+fn remote_repos_are_accepted_without_checking() {
+    let dir = sandbox();
+    for url in ["https://example.com/a.git", "git@github.com:a/b.git"] {
+        let config = parse(dir.path(), &MINIMAL.replace("\"repo\"", &format!("\"{url}\""))).unwrap();
+        assert_eq!(config.app.repo, url);
+    }
+}
+
+#[test]
+fn other_rejections_each_point_at_their_value() {
+    let dir = sandbox();
+    let cases: &[(&str, &str, &str)] = &[
+        ("listen = \"127.0.0.1:8081\"", "listen = \"localhost\"", "not an address"),
+        ("[app]", "[app]\nkeep_releases = 0", "keep_releases"),
+        ("[app]", "[app]\nshared = [\"../etc\"]", "shared path"),
+        ("listen = \"127.0.0.1:8081\"", "listen = \"127.0.0.1:8081\"\ntrack = { branch = \"main\", tags = true }", "`track`"),
+        ("listen = \"127.0.0.1:8081\"", "listen = \"127.0.0.1:8081\"\nenv = { PORT = \"1\" }", "set by ferry"),
+        ("[environments.staging]", "[environments.Staging]", "environment name"),
+        ("start = \"./run\"", "start = \" \"", "`start` is empty"),
+    ];
+    for (from, to, expected) in cases {
+        let d = diagnostic(dir.path(), &MINIMAL.replace(from, to));
+        assert!(d.message.contains(expected), "{to}: {}", d.message);
+        assert!(d.help.is_some(), "{to}: no help");
+    }
+    let d = diagnostic(dir.path(), "[app]\nname = \"a\"\nrepo = \"repo\"\n");
+    assert!(d.message.contains("missing field `start`"), "{}", d.message);
+}
+
+#[test]
+fn missing_file_says_how_to_make_one() {
+    let err = Config::load(Path::new("/nonexistent/ferry.toml")).unwrap_err();
+    assert!(err.to_string().contains("ferry init"), "{err}");
+}
