@@ -29,4 +29,4 @@ pub mod config;
 // pub mod runtime;
 // pub mod sample_app;
 // pub mod server;
-// pub mod store;
+pub mod store;

@@ -1,0 +1,370 @@
+//! The store: ferry's state in one SQLite file (`<state_dir>/ferry.db`).
+//!
+//! WAL mode with `synchronous=FULL`, numbered migrations applied at open (tracked in
+//! `PRAGMA user_version`), explicit queries, one row type per table. Every deployment
+//! transition is committed here before the pipeline acts on it, so a restarted ferry can tell
+//! what was in flight.
+
+mod rows;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+pub use rows::{Deployment, DeploymentState, Instance, LockHolder, Release, Step, StepState};
+
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database at {path} is from a newer ferry (schema {found}, this ferry knows {known})")]
+    TooNew {
+        path: String,
+        found: usize,
+        known: usize,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// The current time as stored: RFC 3339, UTC, milliseconds.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Store> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let version = version.max(0) as usize;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::TooNew {
+                path: path.display().to_string(),
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // a panic while holding the lock cannot leave SQLite inconsistent; keep going
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a new deployment request and returns its id.
+    pub fn create_deployment(
+        &self,
+        environment: &str,
+        kind: &str,
+        git_ref: &str,
+        triggered_by: &str,
+        state: DeploymentState,
+    ) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO deployments (environment, kind, git_ref, state, triggered_by, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![environment, kind, git_ref, state.as_str(), triggered_by, now()],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Moves a deployment to `state`; final states also record the finish time and reason.
+    pub fn set_state(&self, id: i64, state: DeploymentState, reason: Option<&str>) -> Result<()> {
+        let finished = state.is_final().then(now);
+        let changed = self.conn().execute(
+            "UPDATE deployments SET state = ?2, reason = COALESCE(?3, reason),
+                 finished_at = COALESCE(?4, finished_at) WHERE id = ?1",
+            params![id, state.as_str(), reason, finished],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Records what the ref resolved to.
+    pub fn set_resolved(&self, id: i64, commit: &str, version: &str, release: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE deployments SET commit_sha = ?2, version = ?3, release = ?4 WHERE id = ?1",
+            params![id, commit, version, release],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_digest(&self, id: i64, digest: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE deployments SET digest = ?2 WHERE id = ?1",
+            params![id, digest],
+        )?;
+        Ok(())
+    }
+
+    pub fn deployment(&self, id: i64) -> Result<Deployment> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {} FROM deployments WHERE id = ?1", Deployment::COLUMNS),
+                [id],
+                Deployment::from_row,
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound)
+    }
+
+    /// Deployments of one environment (or all), newest first.
+    pub fn history(&self, environment: Option<&str>, limit: usize) -> Result<Vec<Deployment>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM deployments WHERE (?1 IS NULL OR environment = ?1)
+             ORDER BY id DESC LIMIT ?2",
+            Deployment::COLUMNS
+        ))?;
+        let rows = stmt.query_map(params![environment, limit as i64], Deployment::from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The newest succeeded deployment of `environment`.
+    pub fn last_succeeded(&self, environment: &str) -> Result<Option<Deployment>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT {} FROM deployments WHERE environment = ?1 AND state = 'succeeded'
+                     ORDER BY id DESC LIMIT 1",
+                    Deployment::COLUMNS
+                ),
+                [environment],
+                Deployment::from_row,
+            )
+            .optional()?)
+    }
+
+    /// Deployments that were queued or running: ferry stopped before they ended.
+    pub fn unfinished(&self) -> Result<Vec<Deployment>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM deployments WHERE state IN ('queued', 'running') ORDER BY id",
+            Deployment::COLUMNS
+        ))?;
+        let rows = stmt.query_map([], Deployment::from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Marks a step as running (written before the step acts).
+    pub fn step_started(&self, deployment: i64, name: &str) -> Result<i64> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO steps (deployment_id, name, state, started_at) VALUES (?1, ?2, 'running', ?3)",
+            params![deployment, name, now()],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "UPDATE deployments SET step = ?2 WHERE id = ?1",
+            params![deployment, name],
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    pub fn step_finished(&self, step: i64, state: StepState, output: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE steps SET state = ?2, finished_at = ?3, output = ?4 WHERE id = ?1",
+            params![step, state.as_str(), now(), output],
+        )?;
+        Ok(())
+    }
+
+    pub fn steps(&self, deployment: i64) -> Result<Vec<Step>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, state, started_at, finished_at, output FROM steps
+             WHERE deployment_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([deployment], Step::from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Takes the environment's deploy lock for `deployment`, or says who holds it.
+    pub fn acquire_lock(
+        &self,
+        environment: &str,
+        deployment: i64,
+        holder: &str,
+    ) -> Result<std::result::Result<(), LockHolder>> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        if let Some(held) = lock_holder(&tx, environment)? {
+            return Ok(Err(held));
+        }
+        tx.execute(
+            "INSERT INTO env_locks (environment, deployment_id, holder, since) VALUES (?1, ?2, ?3, ?4)",
+            params![environment, deployment, holder, now()],
+        )?;
+        tx.commit()?;
+        Ok(Ok(()))
+    }
+
+    pub fn lock_holder(&self, environment: &str) -> Result<Option<LockHolder>> {
+        lock_holder(&self.conn(), environment)
+    }
+
+    /// Drops every deploy lock: at start, no deployment can still be running.
+    pub fn clear_deploy_locks(&self) -> Result<usize> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM env_locks WHERE deployment_id IS NOT NULL", [])?)
+    }
+
+    /// Releases the lock if `deployment` holds it.
+    pub fn release_lock(&self, environment: &str, deployment: i64) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM env_locks WHERE environment = ?1 AND deployment_id = ?2",
+            params![environment, deployment],
+        )?;
+        Ok(())
+    }
+
+    /// Records a release being prepared (or returns the existing row for that name).
+    pub fn upsert_release(
+        &self,
+        environment: &str,
+        name: &str,
+        version: &str,
+        commit: &str,
+    ) -> Result<Release> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO releases (environment, name, version, commit_sha, status, created_at)
+             VALUES (?1, ?2, ?3, ?4, 'preparing', ?5)
+             ON CONFLICT (environment, name) DO NOTHING",
+            params![environment, name, version, commit, now()],
+        )?;
+        release(&conn, environment, name)?.ok_or(StoreError::NotFound)
+    }
+
+    pub fn release(&self, environment: &str, name: &str) -> Result<Option<Release>> {
+        release(&self.conn(), environment, name)
+    }
+
+    pub fn set_release_status(
+        &self,
+        environment: &str,
+        name: &str,
+        status: &str,
+        digest: Option<&str>,
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE releases SET status = ?3, digest = COALESCE(?4, digest)
+             WHERE environment = ?1 AND name = ?2",
+            params![environment, name, status, digest],
+        )?;
+        Ok(())
+    }
+
+    /// The environment's releases still on disk, oldest first (the order they were made).
+    pub fn releases(&self, environment: &str) -> Result<Vec<Release>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM releases WHERE environment = ?1 AND status != 'pruned' ORDER BY id",
+            Release::COLUMNS
+        ))?;
+        let rows = stmt.query_map([environment], Release::from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn insert_instance(&self, instance: &Instance) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO instances (environment, deployment_id, release, pid, port, proc_start, started_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                instance.environment,
+                instance.deployment_id,
+                instance.release,
+                instance.pid,
+                instance.port,
+                instance.proc_start,
+                instance.started_at
+            ],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    pub fn instance_stopped(&self, id: i64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE instances SET stopped_at = ?2 WHERE id = ?1 AND stopped_at IS NULL",
+            params![id, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Instances not recorded as stopped.
+    pub fn live_instances(&self) -> Result<Vec<Instance>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM instances WHERE stopped_at IS NULL ORDER BY id",
+            Instance::COLUMNS
+        ))?;
+        let rows = stmt.query_map([], Instance::from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+fn lock_holder(conn: &Connection, environment: &str) -> Result<Option<LockHolder>> {
+    Ok(conn
+        .query_row(
+            "SELECT deployment_id, holder, since FROM env_locks WHERE environment = ?1",
+            [environment],
+            |r| {
+                Ok(LockHolder {
+                    deployment_id: r.get(0)?,
+                    holder: r.get(1)?,
+                    since: r.get(2)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+fn release(conn: &Connection, environment: &str, name: &str) -> Result<Option<Release>> {
+    Ok(conn
+        .query_row(
+            &format!(
+                "SELECT {} FROM releases WHERE environment = ?1 AND name = ?2",
+                Release::COLUMNS
+            ),
+            params![environment, name],
+            Release::from_row,
+        )
+        .optional()?)
+}
+
+#[cfg(test)]
+mod tests;

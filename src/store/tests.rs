@@ -1,0 +1,124 @@
+use super::*;
+
+fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("ferry.db")).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn migrations_apply_once_and_survive_reopen() {
+    let (dir, store) = open();
+    let id = store
+        .create_deployment("staging", "deploy", "v1.0.0", "ann", DeploymentState::Queued)
+        .unwrap();
+    drop(store);
+    let store = Store::open(&dir.path().join("ferry.db")).unwrap();
+    assert_eq!(store.deployment(id).unwrap().git_ref, "v1.0.0");
+    let conn = store.conn();
+    let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let (dir, store) = open();
+    store.conn().pragma_update(None, "user_version", 99).unwrap();
+    drop(store);
+    let err = Store::open(&dir.path().join("ferry.db")).err().unwrap();
+    assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+}
+
+#[test]
+fn missing_deployment_is_not_found() {
+    let (_dir, store) = open();
+    assert!(matches!(store.deployment(42), Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.set_state(42, DeploymentState::Failed, None),
+        Err(StoreError::NotFound)
+    ));
+}
+
+#[test]
+fn lock_admits_one_deployment_per_environment() {
+    let (_dir, store) = open();
+    let a = store
+        .create_deployment("staging", "deploy", "main", "ann", DeploymentState::Running)
+        .unwrap();
+    let b = store
+        .create_deployment("staging", "deploy", "main", "bob", DeploymentState::Running)
+        .unwrap();
+    store.acquire_lock("staging", a, "ann").unwrap().unwrap();
+    let held = store.acquire_lock("staging", b, "bob").unwrap().unwrap_err();
+    assert_eq!(held.holder, "ann");
+    assert_eq!(held.deployment_id, Some(a));
+    // another environment is independent
+    store.acquire_lock("production", b, "bob").unwrap().unwrap();
+    // only the holder releases
+    store.release_lock("staging", b).unwrap();
+    assert!(store.lock_holder("staging").unwrap().is_some());
+    store.release_lock("staging", a).unwrap();
+    store.acquire_lock("staging", b, "bob").unwrap().unwrap();
+    assert_eq!(store.clear_deploy_locks().unwrap(), 2);
+}
+
+#[test]
+fn steps_and_states_are_recorded_in_order() {
+    let (_dir, store) = open();
+    let id = store
+        .create_deployment("staging", "deploy", "v1", "ann", DeploymentState::Queued)
+        .unwrap();
+    store.set_state(id, DeploymentState::Running, None).unwrap();
+    let s1 = store.step_started(id, "resolve").unwrap();
+    store.step_finished(s1, StepState::Ok, "v1 -> abc").unwrap();
+    let s2 = store.step_started(id, "build").unwrap();
+    assert_eq!(store.deployment(id).unwrap().step.as_deref(), Some("build"));
+    assert_eq!(store.unfinished().unwrap().len(), 1);
+    store.step_finished(s2, StepState::Failed, "make: error").unwrap();
+    store
+        .set_state(id, DeploymentState::Failed, Some("build failed"))
+        .unwrap();
+    let steps = store.steps(id).unwrap();
+    assert_eq!(
+        steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["resolve", "build"]
+    );
+    assert_eq!(steps[1].state, StepState::Failed);
+    let d = store.deployment(id).unwrap();
+    assert!(d.finished_at.is_some());
+    assert_eq!(d.reason.as_deref(), Some("build failed"));
+    assert!(store.unfinished().unwrap().is_empty());
+}
+
+#[test]
+fn releases_keep_recorded_order_and_history_is_newest_first() {
+    let (_dir, store) = open();
+    for name in ["v2-bbb", "v1-aaa", "v3-ccc"] {
+        store.upsert_release("staging", name, "v", "sha").unwrap();
+    }
+    // upserting again keeps the first row
+    let again = store.upsert_release("staging", "v2-bbb", "v", "sha").unwrap();
+    assert_eq!(again.status, "preparing");
+    store
+        .set_release_status("staging", "v1-aaa", "pruned", None)
+        .unwrap();
+    let names: Vec<_> = store
+        .releases("staging")
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["v2-bbb", "v3-ccc"]);
+    for r in ["a", "b"] {
+        store
+            .create_deployment("staging", "deploy", r, "ann", DeploymentState::Queued)
+            .unwrap();
+    }
+    let refs: Vec<_> = store
+        .history(Some("staging"), 10)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.git_ref)
+        .collect();
+    assert_eq!(refs, ["b", "a"]);
+}
