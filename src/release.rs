@@ -1,0 +1,357 @@
+//! Releases: the git mirror, ref resolution, tree export, shared links, build and test
+//! commands and the content digest of a built release.
+//!
+//! Refs never reach a shell: they are checked by [`check_ref`] and passed to git as single
+//! arguments after `--end-of-options`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+/// How much of a command's output is kept for the record.
+pub const OUTPUT_TAIL_BYTES: usize = 8 * 1024;
+/// Limit for git operations (clone, fetch, archive).
+const GIT_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("\"{0}\" is not a valid ref: {1}")]
+    BadRef(String, &'static str),
+    #[error("ref \"{0}\" was not found in the repository (no such tag, branch or commit)")]
+    UnknownRef(String),
+    #[error("git {action} failed: {output}")]
+    Git { action: String, output: String },
+    #[error("shared path \"{0}\" does not exist in {1}: create it there (ferry never makes empty shared files)")]
+    MissingShared(String, PathBuf),
+    #[error("`{command}` {outcome}")]
+    Command {
+        command: String,
+        outcome: String,
+        output: String,
+    },
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+impl ReleaseError {
+    /// What the failing command printed, if anything.
+    pub fn output(&self) -> &str {
+        match self {
+            ReleaseError::Command { output, .. } | ReleaseError::Git { output, .. } => output,
+            _ => "",
+        }
+    }
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ReleaseError {
+    let context = context.into();
+    move |e| ReleaseError::Io(context, e)
+}
+
+/// Refuses refs that could be read as options, escape a directory or confuse git.
+pub fn check_ref(r: &str) -> Result<(), ReleaseError> {
+    let bad = |why| Err(ReleaseError::BadRef(r.to_string(), why));
+    if r.is_empty() || r.len() > 200 {
+        return bad("it must be 1 to 200 characters");
+    }
+    if r.starts_with('-') {
+        return bad("it must not start with '-'");
+    }
+    if r.contains("..") || r.contains("//") || r.starts_with('/') || r.ends_with('/') {
+        return bad("it must not contain '..' or empty path parts");
+    }
+    if r.ends_with(".lock") || r.ends_with('.') || r.contains("@{") {
+        return bad("git does not allow that form");
+    }
+    if !r
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | '+'))
+    {
+        return bad("use letters, digits and . _ - / + only");
+    }
+    Ok(())
+}
+
+/// What a ref resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub commit: String,
+    /// The tag or branch name, or the short sha for a bare commit.
+    pub version: String,
+    pub kind: RefKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefKind {
+    Tag,
+    Branch,
+    Commit,
+}
+
+impl Resolved {
+    /// The release directory's name: `<version>-<sha7>`, made safe for a path.
+    pub fn release_name(&self) -> String {
+        let version: String = self
+            .version
+            .chars()
+            .map(|c| if c == '/' { '-' } else { c })
+            .collect();
+        format!("{version}-{}", &self.commit[..7])
+    }
+}
+
+async fn git(dir: Option<&Path>, args: &[&str], action: &str) -> Result<String, ReleaseError> {
+    let mut cmd = Command::new("git");
+    if let Some(dir) = dir {
+        cmd.arg("-C").arg(dir);
+    }
+    cmd.args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(GIT_TIMEOUT, cmd.output())
+        .await
+        .map_err(|_| ReleaseError::Git {
+            action: action.into(),
+            output: format!("timed out after {}s", GIT_TIMEOUT.as_secs()),
+        })?
+        .map_err(io("running git"))?;
+    if !out.status.success() {
+        return Err(ReleaseError::Git {
+            action: action.into(),
+            output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Clones `repo` into `mirror` (a bare mirror) the first time, then fetches.
+pub async fn sync_mirror(repo: &str, mirror: &Path) -> Result<(), ReleaseError> {
+    if mirror.join("HEAD").exists() {
+        git(Some(mirror), &["fetch", "--prune", "--prune-tags", "--force", "origin"], "fetch").await?;
+        return Ok(());
+    }
+    if let Some(parent) = mirror.parent() {
+        std::fs::create_dir_all(parent).map_err(io("creating the mirror dir"))?;
+    }
+    let tmp = mirror.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let tmp_str = tmp.to_string_lossy();
+    git(None, &["clone", "--mirror", "--quiet", "--", repo, &tmp_str], "clone").await?;
+    std::fs::rename(&tmp, mirror).map_err(io("placing the mirror"))?;
+    Ok(())
+}
+
+/// Resolves a tag, branch or commit sha in the mirror; tags win over branches of the same name.
+pub async fn resolve(mirror: &Path, r: &str) -> Result<Resolved, ReleaseError> {
+    check_ref(r)?;
+    let lookup = |full: String| async move {
+        git(
+            Some(mirror),
+            &["rev-parse", "--verify", "--quiet", "--end-of-options", &format!("{full}^{{commit}}")],
+            "rev-parse",
+        )
+        .await
+        .ok()
+    };
+    if let Some(commit) = lookup(format!("refs/tags/{r}")).await {
+        return Ok(Resolved { commit, version: r.to_string(), kind: RefKind::Tag });
+    }
+    if let Some(commit) = lookup(format!("refs/heads/{r}")).await {
+        return Ok(Resolved { commit, version: r.to_string(), kind: RefKind::Branch });
+    }
+    if (7..=40).contains(&r.len()) && r.chars().all(|c| c.is_ascii_hexdigit()) {
+        if let Some(commit) = lookup(r.to_string()).await {
+            let version = commit[..7].to_string();
+            return Ok(Resolved { commit, version, kind: RefKind::Commit });
+        }
+    }
+    Err(ReleaseError::UnknownRef(r.to_string()))
+}
+
+/// Writes the tree of `commit` into `dest` (which must not exist), without `.git`.
+pub async fn export(mirror: &Path, commit: &str, dest: &Path) -> Result<(), ReleaseError> {
+    let tmp = dest.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+    let script = "git -C \"$1\" archive --format=tar \"$2\" | tar -x -C \"$3\"";
+    let out = Command::new("sh")
+        .args(["-c", script, "export"])
+        .arg(mirror)
+        .arg(commit)
+        .arg(&tmp)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(io("exporting the tree"))?;
+    if !out.status.success() {
+        return Err(ReleaseError::Git {
+            action: "archive".into(),
+            output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    std::fs::rename(&tmp, dest).map_err(io(format!("placing {}", dest.display())))?;
+    Ok(())
+}
+
+/// Links each shared path of `release` to the same path under `shared_dir`.
+///
+/// Directories (written with a trailing `/`) are created in `shared_dir` when missing; a
+/// missing file is an error. Whatever the tree had at that path is removed from the release,
+/// never copied over the shared one.
+pub fn link_shared(release: &Path, shared_dir: &Path, shared: &[String]) -> Result<(), ReleaseError> {
+    for entry in shared {
+        let is_dir = entry.ends_with('/');
+        let rel = entry.trim_end_matches('/');
+        let source = shared_dir.join(rel);
+        if is_dir {
+            std::fs::create_dir_all(&source).map_err(io(format!("creating {}", source.display())))?;
+        } else if !source.is_file() {
+            return Err(ReleaseError::MissingShared(entry.clone(), shared_dir.to_path_buf()));
+        }
+        let target = release.join(rel);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+        }
+        match std::fs::symlink_metadata(&target) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&target),
+            Ok(_) => std::fs::remove_file(&target),
+            Err(_) => Ok(()),
+        }
+        .map_err(io(format!("replacing {}", target.display())))?;
+        std::os::unix::fs::symlink(&source, &target)
+            .map_err(io(format!("linking {}", target.display())))?;
+    }
+    Ok(())
+}
+
+/// Runs `command` through `sh -c` in `dir`, in its own process group, killed at `timeout`.
+/// Returns the tail of its combined output.
+pub async fn run_command(
+    dir: &Path,
+    command: &str,
+    vars: &[(String, String)],
+    timeout: Duration,
+) -> Result<String, ReleaseError> {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec 2>&1; {command}"))
+        .current_dir(dir)
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(io(format!("starting `{command}`")))?;
+    let pid = child.id();
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let reader = tokio::spawn(async move {
+        let mut tail = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stdout.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            tail.extend_from_slice(&buf[..n]);
+            if tail.len() > 2 * OUTPUT_TAIL_BYTES {
+                tail.drain(..tail.len() - OUTPUT_TAIL_BYTES);
+            }
+        }
+        tail
+    });
+    let waited = tokio::time::timeout(timeout, child.wait()).await;
+    if let Some(pid) = pid {
+        // the command is done (or out of time): nothing in its group may outlive it
+        crate::runtime::kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    let status = match waited {
+        Ok(status) => Some(status.map_err(io(format!("waiting for `{command}`")))?),
+        Err(_) => None,
+    };
+    let output = tail_text(&reader.await.unwrap_or_default());
+    match status {
+        Some(s) if s.success() => Ok(output),
+        Some(s) => Err(ReleaseError::Command {
+            command: command.to_string(),
+            outcome: match s.code() {
+                Some(code) => format!("exited with status {code}"),
+                None => "was killed by a signal".to_string(),
+            },
+            output,
+        }),
+        None => Err(ReleaseError::Command {
+            command: command.to_string(),
+            outcome: format!("timed out after {}", crate::config::format_duration(timeout)),
+            output,
+        }),
+    }
+}
+
+/// The last [`OUTPUT_TAIL_BYTES`] of `bytes` as text, starting at a line boundary.
+pub fn tail_text(bytes: &[u8]) -> String {
+    let start = bytes.len().saturating_sub(OUTPUT_TAIL_BYTES);
+    let mut slice = &bytes[start..];
+    if start > 0 {
+        if let Some(nl) = slice.iter().position(|&b| b == b'\n') {
+            slice = &slice[nl + 1..];
+        }
+    }
+    String::from_utf8_lossy(slice).into_owned()
+}
+
+/// SHA-256 over every path, file type, mode bit and content of `dir`, in sorted order,
+/// not following the shared links (their content is data, not the release).
+pub fn digest(dir: &Path) -> Result<String, ReleaseError> {
+    let mut hasher = Sha256::new();
+    let mut stack = vec![PathBuf::new()];
+    let mut entries = Vec::new();
+    while let Some(rel) = stack.pop() {
+        let read = std::fs::read_dir(dir.join(&rel)).map_err(io(format!("reading {}", rel.display())))?;
+        for entry in read {
+            let entry = entry.map_err(io("reading a release entry"))?;
+            let path = rel.join(entry.file_name());
+            let kind = entry.file_type().map_err(io("reading a file type"))?;
+            if kind.is_dir() {
+                stack.push(path.clone());
+            }
+            entries.push((path, kind));
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (path, kind) in entries {
+        hasher.update(path.to_string_lossy().as_bytes());
+        hasher.update([0]);
+        let full = dir.join(&path);
+        if kind.is_symlink() {
+            let target = std::fs::read_link(&full).map_err(io("reading a link"))?;
+            hasher.update(b"L");
+            hasher.update(target.to_string_lossy().as_bytes());
+        } else if kind.is_file() {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(&full).map_err(io("reading file metadata"))?;
+            hasher.update(if meta.permissions().mode() & 0o111 != 0 { b"X" } else { b"F" });
+            let mut file = std::fs::File::open(&full).map_err(io(format!("reading {}", path.display())))?;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = std::io::Read::read(&mut file, &mut buf)
+                    .map_err(io(format!("reading {}", path.display())))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+        } else {
+            hasher.update(b"D");
+        }
+        hasher.update([0]);
+    }
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,304 @@
+//! Runtime: app instances as child processes.
+//!
+//! Each instance runs `start` through `sh -c` in its release dir, in its own process group,
+//! with ferry's variables, the environment's `env` and the secrets of its `env_file`. Its
+//! stdout and stderr go to the environment's rotated log ([`LogSink`]). Stopping sends
+//! SIGTERM to the group, waits the grace period, then SIGKILLs the group.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+/// Size at which the app log is rotated.
+pub const LOG_ROTATE_BYTES: u64 = 10 * 1024 * 1024;
+/// Files kept: `app.log`, `app.log.1`, `app.log.2`.
+pub const LOG_FILES_KEPT: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot read env_file {}: {source}", path.display())]
+    EnvFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("env_file {}, line {line}: expected KEY=VALUE", path.display())]
+    EnvFileSyntax { path: PathBuf, line: usize },
+    #[error("cannot start `{command}`: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("no free port: {0}")]
+    Port(std::io::Error),
+}
+
+/// Values from an `env_file`. `Debug` shows the keys only, never the values.
+#[derive(Clone, Default)]
+pub struct Secrets(BTreeMap<String, String>);
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl Secrets {
+    /// Reads `KEY=VALUE` lines; blank lines, `#` comments and a leading `export ` are allowed,
+    /// and a value in matching quotes loses them.
+    pub fn read(path: &Path) -> Result<Secrets, RuntimeError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RuntimeError::EnvFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut vars = BTreeMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let line = line.strip_prefix("export ").unwrap_or(line);
+            let Some((key, value)) = line.split_once('=') else {
+                return Err(RuntimeError::EnvFileSyntax {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                });
+            };
+            let key = key.trim();
+            if key.is_empty() || key.contains(char::is_whitespace) {
+                return Err(RuntimeError::EnvFileSyntax {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                });
+            }
+            let value = value.trim();
+            let unquoted = ['"', '\'']
+                .iter()
+                .find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
+                .unwrap_or(value);
+            vars.insert(key.to_string(), unquoted.to_string());
+        }
+        Ok(Secrets(vars))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter()
+    }
+}
+
+/// Sends `signal` to the process group led by `pid`; a group already gone is fine.
+pub fn kill_group(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = killpg(Pid::from_raw(pid), signal);
+    }
+}
+
+/// The start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`), to
+/// tell a process from a later one that reused its pid. `None` when no such process runs
+/// (a zombie waiting to be reaped counts as gone).
+pub fn process_start_time(pid: u32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // the command name may hold spaces and parentheses: fields start after the last ')'
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+/// A port on 127.0.0.1 that nothing listens on right now.
+pub fn free_port() -> Result<u16, RuntimeError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(RuntimeError::Port)?;
+    Ok(listener.local_addr().map_err(RuntimeError::Port)?.port())
+}
+
+/// The environment's app log, rotated at [`LOG_ROTATE_BYTES`]; shared by its instances.
+#[derive(Clone)]
+pub struct LogSink {
+    inner: Arc<Mutex<LogFile>>,
+}
+
+struct LogFile {
+    path: PathBuf,
+    file: Option<File>,
+    size: u64,
+}
+
+impl LogSink {
+    pub fn open(path: PathBuf) -> std::io::Result<LogSink> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(LogSink {
+            inner: Arc::new(Mutex::new(LogFile {
+                path,
+                file: Some(file),
+                size,
+            })),
+        })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.lock().path.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogFile> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends `bytes`, rotating first when the file would pass the limit.
+    pub fn write(&self, bytes: &[u8]) {
+        let mut log = self.lock();
+        if log.size > 0 && log.size + bytes.len() as u64 > LOG_ROTATE_BYTES {
+            log.rotate();
+        }
+        if let Some(file) = log.file.as_mut() {
+            if file.write_all(bytes).is_ok() {
+                log.size += bytes.len() as u64;
+            }
+        }
+    }
+}
+
+impl LogFile {
+    fn rotate(&mut self) {
+        self.file = None;
+        let numbered = |n: usize| PathBuf::from(format!("{}.{n}", self.path.display()));
+        for n in (1..LOG_FILES_KEPT).rev() {
+            let from = if n == 1 { self.path.clone() } else { numbered(n - 1) };
+            let _ = std::fs::rename(from, numbered(n));
+        }
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .ok();
+        self.size = 0;
+    }
+}
+
+/// Everything needed to start one instance.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub release_dir: PathBuf,
+    pub start: String,
+    pub port: u16,
+    /// ferry's variables and the environment's `env`, in that order.
+    pub vars: Vec<(String, String)>,
+    pub secrets: Secrets,
+}
+
+/// A running (or exited) instance.
+#[derive(Clone)]
+pub struct Instance {
+    pub pid: u32,
+    pub port: u16,
+    exit: watch::Receiver<Option<ExitStatus>>,
+}
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instance")
+            .field("pid", &self.pid)
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+/// Starts an instance; its output goes to `log`.
+pub fn spawn(spec: &InstanceSpec, log: &LogSink) -> Result<Instance, RuntimeError> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(&spec.start)
+        .current_dir(&spec.release_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // ferry's own settings (tokens, webhook secrets) are not the app's business
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("FERRY_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(spec.vars.iter().map(|(k, v)| (k, v)));
+    cmd.envs(spec.secrets.iter());
+    let mut child = cmd.spawn().map_err(|source| RuntimeError::Spawn {
+        command: spec.start.clone(),
+        source,
+    })?;
+    let pid = child.id().unwrap_or_default();
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump(out, log.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump(err, log.clone()));
+    }
+    let (tx, exit) = watch::channel(None);
+    tokio::spawn(async move {
+        let status = child.wait().await.ok();
+        let _ = tx.send(status);
+    });
+    Ok(Instance {
+        pid,
+        port: spec.port,
+        exit,
+    })
+}
+
+async fn pump(mut from: impl AsyncRead + Unpin, log: LogSink) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let log = log.clone();
+        let chunk = buf[..n].to_vec();
+        // file writes block; keep them off the async workers
+        let _ = tokio::task::spawn_blocking(move || log.write(&chunk)).await;
+    }
+}
+
+impl Instance {
+    /// The exit status once the process has exited.
+    pub fn exited(&self) -> Option<ExitStatus> {
+        *self.exit.borrow()
+    }
+
+    /// Resolves when the process exits.
+    pub async fn wait_exit(&self) -> Option<ExitStatus> {
+        let mut rx = self.exit.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(status) => *status,
+            Err(_) => None,
+        }
+    }
+
+    /// SIGTERM to the group, SIGKILL after `grace`; returns once the process is gone.
+    pub async fn stop(&self, grace: Duration) {
+        if self.exited().is_none() {
+            kill_group(self.pid, Signal::SIGTERM);
+            if tokio::time::timeout(grace, self.wait_exit()).await.is_err() {
+                tracing::warn!(pid = self.pid, "instance ignored SIGTERM; killing it");
+            }
+        }
+        // whatever else is left in the group goes too
+        kill_group(self.pid, Signal::SIGKILL);
+        self.wait_exit().await;
+    }
+}
+
+#[cfg(test)]
+mod tests;
