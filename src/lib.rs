@@ -24,7 +24,7 @@
 pub mod config;
 // pub mod health;
 // pub mod pipeline;
-// pub mod proxy;
+pub mod proxy;
 pub mod release;
 pub mod runtime;
 // pub mod sample_app;

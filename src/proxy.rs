@@ -1,0 +1,294 @@
+//! Proxy: one HTTP/1.1 listener per environment, forwarding to the active instance.
+//!
+//! The upstream is swapped atomically ([`Proxy::switch`]); every request counts itself in
+//! flight on the upstream it picked until its response body is done, so the pipeline can wait
+//! for the old instance to drain ([`Upstream::drain`]) before stopping it. No upstream yet
+//! answers 503 with a plain message.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// One instance the proxy can send traffic to.
+#[derive(Debug)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    inflight: AtomicUsize,
+    idle: Notify,
+}
+
+impl Upstream {
+    pub fn new(addr: SocketAddr) -> Arc<Upstream> {
+        Arc::new(Upstream {
+            addr,
+            inflight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        })
+    }
+
+    /// Requests still being served by this upstream.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no request is in flight, or `timeout`; returns how many were left.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let idle = self.idle.notified();
+            let left = self.in_flight();
+            if left == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.in_flight();
+            }
+        }
+    }
+}
+
+/// Counts a request in flight until dropped.
+struct InFlight(Arc<Upstream>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// A response body that keeps its request counted until it is fully sent or dropped.
+struct TrackedBody {
+    inner: Incoming,
+    _guard: InFlight,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Counters a proxy keeps.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// An environment's proxy: cheap to clone, shared by the listener and the pipeline.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    environment: String,
+    upstream: RwLock<Option<Arc<Upstream>>>,
+    client: Client<HttpConnector, Incoming>,
+    stats: Stats,
+}
+
+/// Headers that belong to one connection and are not forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+impl Proxy {
+    pub fn new(environment: &str) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Proxy {
+            inner: Arc::new(Inner {
+                environment: environment.to_string(),
+                upstream: RwLock::new(None),
+                client,
+                stats: Stats::default(),
+            }),
+        }
+    }
+
+    /// Sends new requests to `next` from now on; returns the upstream it replaces.
+    pub fn switch(&self, next: Option<Arc<Upstream>>) -> Option<Arc<Upstream>> {
+        let mut slot = self.inner.upstream.write().unwrap_or_else(|e| e.into_inner());
+        std::mem::replace(&mut *slot, next)
+    }
+
+    pub fn upstream(&self) -> Option<Arc<Upstream>> {
+        self.inner
+            .upstream
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// Picks the current upstream and counts the request on it, under the same read lock, so
+    /// a switch either happens before (the request goes to the new one) or after (drain waits).
+    fn pick(&self) -> Option<InFlight> {
+        let slot = self.inner.upstream.read().unwrap_or_else(|e| e.into_inner());
+        let upstream = slot.as_ref()?;
+        upstream.inflight.fetch_add(1, Ordering::SeqCst);
+        Some(InFlight(upstream.clone()))
+    }
+
+    async fn handle(&self, mut req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+        self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let Some(guard) = self.pick() else {
+            return self.plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "no release is running in environment {} yet\n",
+                    self.inner.environment
+                ),
+            );
+        };
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let Ok(uri) = format!("http://{}{path}", guard.0.addr).parse() else {
+            return self.plain(StatusCode::BAD_REQUEST, "bad request target\n".into());
+        };
+        *req.uri_mut() = uri;
+        let headers = req.headers_mut();
+        for name in HOP_BY_HOP {
+            headers.remove(*name);
+        }
+        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prior) => format!("{prior}, {}", client.ip()),
+            None => client.ip().to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+        match self.inner.client.request(req).await {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                for name in HOP_BY_HOP {
+                    parts.headers.remove(*name);
+                }
+                let body = TrackedBody {
+                    inner: body,
+                    _guard: guard,
+                };
+                Response::from_parts(parts, body.boxed())
+            }
+            Err(e) => {
+                tracing::warn!(env = %self.inner.environment, upstream = %guard.0.addr, error = %e, "upstream request failed");
+                self.plain(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "the app in environment {} did not answer\n",
+                        self.inner.environment
+                    ),
+                )
+            }
+        }
+    }
+
+    fn plain(&self, status: StatusCode, text: String) -> Response<ProxyBody> {
+        if status.is_server_error() {
+            self.inner.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut resp = Response::new(Full::new(Bytes::from(text)).map_err(|e| match e {}).boxed());
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    }
+
+    /// Serves `listener` until `shutdown` turns true, then lets open connections finish.
+    pub async fn serve(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "proxy accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = stopped(&mut shutdown) => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = self.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+        drop(listener);
+        let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    }
+}
+
+/// Resolves once `shutdown` says stop (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod tests;
