@@ -22,8 +22,8 @@
 
 // pub mod cli;
 pub mod config;
-// pub mod health;
-// pub mod pipeline;
+pub mod health;
+pub mod pipeline;
 pub mod proxy;
 pub mod release;
 pub mod runtime;

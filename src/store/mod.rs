@@ -215,7 +215,8 @@ impl Store {
     pub fn acquire_lock(
         &self,
         environment: &str,
-        deployment: i64,
+        deployment: Option<i64>,
+        kind: &str,
         holder: &str,
     ) -> Result<std::result::Result<(), LockHolder>> {
         let conn = self.conn();
@@ -224,8 +225,9 @@ impl Store {
             return Ok(Err(held));
         }
         tx.execute(
-            "INSERT INTO env_locks (environment, deployment_id, holder, since) VALUES (?1, ?2, ?3, ?4)",
-            params![environment, deployment, holder, now()],
+            "INSERT INTO env_locks (environment, deployment_id, kind, holder, since)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![environment, deployment, kind, holder, now()],
         )?;
         tx.commit()?;
         Ok(Ok(()))
@@ -235,18 +237,18 @@ impl Store {
         lock_holder(&self.conn(), environment)
     }
 
-    /// Drops every deploy lock: at start, no deployment can still be running.
+    /// Drops every lock but manual ones: at start, nothing ferry did can still be running.
     pub fn clear_deploy_locks(&self) -> Result<usize> {
         Ok(self
             .conn()
-            .execute("DELETE FROM env_locks WHERE deployment_id IS NOT NULL", [])?)
+            .execute("DELETE FROM env_locks WHERE kind != 'manual'", [])?)
     }
 
-    /// Releases the lock if `deployment` holds it.
-    pub fn release_lock(&self, environment: &str, deployment: i64) -> Result<()> {
+    /// Releases the lock of `kind` if `deployment` holds it.
+    pub fn release_lock(&self, environment: &str, deployment: Option<i64>, kind: &str) -> Result<()> {
         self.conn().execute(
-            "DELETE FROM env_locks WHERE environment = ?1 AND deployment_id = ?2",
-            params![environment, deployment],
+            "DELETE FROM env_locks WHERE environment = ?1 AND deployment_id IS ?2 AND kind = ?3",
+            params![environment, deployment, kind],
         )?;
         Ok(())
     }

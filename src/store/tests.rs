@@ -48,17 +48,17 @@ fn lock_admits_one_deployment_per_environment() {
     let b = store
         .create_deployment("staging", "deploy", "main", "bob", DeploymentState::Running)
         .unwrap();
-    store.acquire_lock("staging", a, "ann").unwrap().unwrap();
-    let held = store.acquire_lock("staging", b, "bob").unwrap().unwrap_err();
+    store.acquire_lock("staging", Some(a), "deploy", "ann").unwrap().unwrap();
+    let held = store.acquire_lock("staging", Some(b), "deploy", "bob").unwrap().unwrap_err();
     assert_eq!(held.holder, "ann");
     assert_eq!(held.deployment_id, Some(a));
     // another environment is independent
-    store.acquire_lock("production", b, "bob").unwrap().unwrap();
+    store.acquire_lock("production", Some(b), "deploy", "bob").unwrap().unwrap();
     // only the holder releases
-    store.release_lock("staging", b).unwrap();
+    store.release_lock("staging", Some(b), "deploy").unwrap();
     assert!(store.lock_holder("staging").unwrap().is_some());
-    store.release_lock("staging", a).unwrap();
-    store.acquire_lock("staging", b, "bob").unwrap().unwrap();
+    store.release_lock("staging", Some(a), "deploy").unwrap();
+    store.acquire_lock("staging", Some(b), "deploy", "bob").unwrap().unwrap();
     assert_eq!(store.clear_deploy_locks().unwrap(), 2);
 }
 

@@ -46,6 +46,7 @@ CREATE TABLE releases (
 CREATE TABLE env_locks (
     environment   TEXT PRIMARY KEY,
     deployment_id INTEGER REFERENCES deployments (id),
+    kind          TEXT NOT NULL,               -- deploy, restore (ferry starting), manual
     holder        TEXT NOT NULL,
     since         TEXT NOT NULL
 );

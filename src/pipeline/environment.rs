@@ -1,0 +1,192 @@
+//! One environment's live state: its proxy, its log and the instance serving it.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use super::Engine;
+use crate::config::Environment;
+use crate::proxy::{Proxy, Upstream};
+use crate::runtime::{self, InstanceSpec, LogSink};
+use crate::store::LockHolder;
+
+/// The instance serving an environment.
+pub(super) struct Active {
+    /// Its row in the store's `instances` table.
+    pub record: i64,
+    pub instance: runtime::Instance,
+    pub release: String,
+    /// What the proxy sends to; counts the requests in flight on this instance.
+    pub upstream: Arc<Upstream>,
+}
+
+pub struct EnvState {
+    pub env: Environment,
+    pub proxy: Proxy,
+    pub log: LogSink,
+    pub(super) active: Mutex<Option<Active>>,
+}
+
+/// What `ferry status` shows for one environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvStatus {
+    pub environment: String,
+    pub slot: u32,
+    pub listen: String,
+    pub version: Option<String>,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    pub commit_sha: Option<String>,
+    pub release: Option<String>,
+    pub deployed_at: Option<String>,
+    pub deployed_by: Option<String>,
+    pub deployment_id: Option<i64>,
+    /// `healthy`, `unhealthy`, `down` (no instance running) or `none` (never deployed).
+    pub health: String,
+    pub health_detail: Option<String>,
+    pub response_ms: Option<u64>,
+    pub pid: Option<u32>,
+    pub deploying: Option<LockHolder>,
+}
+
+impl EnvState {
+    pub(super) fn new(env: Environment, proxy: Proxy, log: LogSink) -> EnvState {
+        EnvState {
+            env,
+            proxy,
+            log,
+            active: Mutex::new(None),
+        }
+    }
+
+    /// Makes `next` the serving instance: the proxy switches atomically; the previous one is
+    /// returned, still running, for the caller to drain and stop.
+    pub(super) async fn activate(&self, next: Active) -> Option<Active> {
+        let mut active = self.active.lock().await;
+        self.proxy.switch(Some(next.upstream.clone()));
+        active.replace(next)
+    }
+
+    /// The release currently serving, if any.
+    pub async fn active_release(&self) -> Option<String> {
+        self.active.lock().await.as_ref().map(|a| a.release.clone())
+    }
+}
+
+impl Engine {
+    /// Status of one environment, probing its instance once.
+    pub async fn status(&self, name: &str) -> Result<EnvStatus, super::EngineError> {
+        let state = self.env(name)?;
+        let env = &state.env;
+        let last = self.store.last_succeeded(name)?;
+        let deploying = self.store.lock_holder(name)?;
+        let (pid, port, release) = match state.active.lock().await.as_ref() {
+            Some(a) if a.instance.exited().is_none() => {
+                (Some(a.instance.pid), Some(a.instance.port), Some(a.release.clone()))
+            }
+            _ => (None, None, None),
+        };
+        let (health, detail, response_ms) = match port {
+            None if last.is_none() => ("none".to_string(), None, None),
+            None => ("down".to_string(), Some("no instance is running".into()), None),
+            Some(port) => {
+                let path = &self.config.health.paths[0];
+                let timeout = self.config.health.timeout.min(std::time::Duration::from_secs(2));
+                let probe = crate::health::probe(&crate::health::client(), port, path, timeout).await;
+                let ms = Some(probe.elapsed.as_millis() as u64);
+                match probe.outcome {
+                    Ok(code) if code == self.config.health.expect_status => {
+                        ("healthy".to_string(), None, ms)
+                    }
+                    Ok(code) => ("unhealthy".into(), Some(format!("{path} answered {code}")), ms),
+                    Err(e) => ("unhealthy".into(), Some(format!("{path}: {e}")), ms),
+                }
+            }
+        };
+        // what serves is the active release; the last success says who put it there
+        let last = last.filter(|d| release.is_none() || d.release == release);
+        Ok(EnvStatus {
+            environment: env.name.clone(),
+            slot: env.slot,
+            listen: env.listen.to_string(),
+            version: last.as_ref().and_then(|d| d.version.clone()),
+            git_ref: last.as_ref().map(|d| d.git_ref.clone()),
+            commit_sha: last.as_ref().and_then(|d| d.commit_sha.clone()),
+            release: release.or_else(|| last.as_ref().and_then(|d| d.release.clone())),
+            deployed_at: last.as_ref().and_then(|d| d.finished_at.clone()),
+            deployed_by: last.as_ref().map(|d| d.triggered_by.clone()),
+            deployment_id: last.as_ref().map(|d| d.id),
+            health,
+            health_detail: detail,
+            response_ms,
+            pid,
+            deploying,
+        })
+    }
+
+    /// Records a spawned instance in the store and in the engine's registry.
+    pub(super) async fn record_instance(
+        &self,
+        state: &EnvState,
+        release: &str,
+        deployment: Option<i64>,
+        instance: runtime::Instance,
+    ) -> Result<Active, String> {
+        let row = crate::store::Instance {
+            id: 0,
+            environment: state.env.name.clone(),
+            deployment_id: deployment,
+            release: release.to_string(),
+            pid: instance.pid,
+            port: instance.port,
+            proc_start: runtime::process_start_time(instance.pid),
+            started_at: crate::store::now(),
+        };
+        let record = match self.store.insert_instance(&row) {
+            Ok(id) => id,
+            Err(e) => {
+                instance.stop(self.config.app.stop_timeout).await;
+                return Err(format!("cannot record the instance: {e}"));
+            }
+        };
+        self.track_instance(record, instance.clone());
+        let upstream = Upstream::new(std::net::SocketAddr::from(([127, 0, 0, 1], instance.port)));
+        Ok(Active {
+            record,
+            instance,
+            release: release.to_string(),
+            upstream,
+        })
+    }
+
+    /// Starts an instance of `release` outside a deployment (restore, restart) and waits
+    /// until it is healthy; on failure it is stopped again.
+    pub(super) async fn start_healthy(
+        &self,
+        state: &EnvState,
+        release: &str,
+        spec: InstanceSpec,
+    ) -> Result<Active, String> {
+        let instance = runtime::spawn(&spec, &state.log).map_err(|e| e.to_string())?;
+        let active = self.record_instance(state, release, None, instance).await?;
+        match crate::health::wait_healthy(&active.instance, &self.config.health).await {
+            Ok(_) => Ok(active),
+            Err(e) => {
+                self.stop_instance(active.record, &active.instance).await;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Retires a replaced instance: waits for its requests to finish, then stops it.
+    pub(super) async fn retire(&self, old: Active) -> String {
+        let left = old.upstream.drain(self.config.app.drain_timeout).await;
+        self.stop_instance(old.record, &old.instance).await;
+        if left > 0 {
+            format!("stopped {} with {left} request(s) still in flight after the drain timeout\n", old.release)
+        } else {
+            format!("drained and stopped {}\n", old.release)
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Pipeline: deployments, one task each, running the steps in order under the environment's
+//! lock, and the environments' live state (proxy, log, active instance).
+//!
+//! Steps: resolve → lock → prepare → build → test → start → health → switch → finish. Each
+//! step is written to the store as running before it acts, and finished with its outcome and
+//! output tail after. A failure anywhere stops the new instance (if one was started) and
+//! leaves the old one serving; the lock is always released.
+
+mod environment;
+mod recover;
+mod steps;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use crate::config::{Config, Environment};
+use crate::proxy::Proxy;
+use crate::release::{ReleaseError, check_ref};
+use crate::runtime::{self, LogSink};
+use crate::store::{Deployment, DeploymentState, Store, StoreError};
+
+pub use environment::{EnvStatus, EnvState};
+
+/// Errors answering a deployment request (the deployment itself records its own outcome).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("unknown environment \"{name}\"; environments: {known}")]
+    UnknownEnvironment { name: String, known: String },
+    #[error("{0}")]
+    BadRef(#[from] ReleaseError),
+    #[error("{message}")]
+    Busy { message: String, deployment: i64 },
+    #[error("deployment {0} not found")]
+    NotFound(i64),
+    #[error("{0}")]
+    Store(StoreError),
+    #[error("cannot listen on {addr} for environment {env}: {source} (is another program using port {port}?)", port = addr.port())]
+    Bind {
+        env: String,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the log of environment {env}: {source}")]
+    Log { env: String, source: std::io::Error },
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        EngineError::Store(e)
+    }
+}
+
+/// The deployment engine: owns every environment's proxy and instances.
+pub struct Engine {
+    pub config: Arc<Config>,
+    pub store: Store,
+    envs: BTreeMap<String, Arc<EnvState>>,
+    /// Mirror fetches and lookups run one at a time.
+    git: tokio::sync::Mutex<()>,
+    /// Every instance started and not yet stopped, by store id, so shutdown stops them all.
+    instances: Mutex<BTreeMap<i64, runtime::Instance>>,
+}
+
+impl Engine {
+    /// Sets up environments (proxies idle, logs open); nothing listens or runs yet.
+    pub fn new(config: Arc<Config>, store: Store) -> Result<Arc<Engine>, EngineError> {
+        let mut envs = BTreeMap::new();
+        for env in &config.environments {
+            let dir = config.env_dir(&env.name);
+            let log = LogSink::open(dir.join("logs").join("app.log")).map_err(|source| {
+                EngineError::Log {
+                    env: env.name.clone(),
+                    source,
+                }
+            })?;
+            envs.insert(
+                env.name.clone(),
+                Arc::new(EnvState::new(env.clone(), Proxy::new(&env.name), log)),
+            );
+        }
+        Ok(Arc::new(Engine {
+            config,
+            store,
+            envs,
+            git: tokio::sync::Mutex::new(()),
+            instances: Mutex::new(BTreeMap::new()),
+        }))
+    }
+
+    pub fn env(&self, name: &str) -> Result<&Arc<EnvState>, EngineError> {
+        self.envs
+            .get(name)
+            .ok_or_else(|| EngineError::UnknownEnvironment {
+                name: name.to_string(),
+                known: self.config.environment_names().join(", "),
+            })
+    }
+
+    pub fn environments(&self) -> impl Iterator<Item = &Arc<EnvState>> {
+        self.envs.values()
+    }
+
+    /// Binds every environment's listen address; fails naming the first port that is taken.
+    pub async fn bind_proxies(
+        &self,
+    ) -> Result<Vec<(Proxy, tokio::net::TcpListener)>, EngineError> {
+        let mut out = Vec::new();
+        for state in self.envs.values() {
+            let env: &Environment = &state.env;
+            let listener = tokio::net::TcpListener::bind(env.listen)
+                .await
+                .map_err(|source| EngineError::Bind {
+                    env: env.name.clone(),
+                    addr: env.listen,
+                    source,
+                })?;
+            out.push((state.proxy.clone(), listener));
+        }
+        Ok(out)
+    }
+
+    /// Records a deployment of `git_ref` to `env` and starts it in the background.
+    pub fn request(
+        self: &Arc<Self>,
+        env: &str,
+        git_ref: &str,
+        who: &str,
+    ) -> Result<Deployment, EngineError> {
+        let state = self.env(env)?.clone();
+        check_ref(git_ref)?;
+        if let Some(held) = self.store.lock_holder(env)? {
+            let message = busy_message(env, &held.holder, &held.since);
+            let id = self.store.create_deployment(
+                env,
+                "deploy",
+                git_ref,
+                who,
+                DeploymentState::Refused,
+            )?;
+            self.store.set_state(id, DeploymentState::Refused, Some(&message))?;
+            return Err(EngineError::Busy {
+                message,
+                deployment: id,
+            });
+        }
+        let id = self
+            .store
+            .create_deployment(env, "deploy", git_ref, who, DeploymentState::Queued)?;
+        let engine = self.clone();
+        tokio::spawn(async move { engine.run(id, state).await });
+        Ok(self.store.deployment(id)?)
+    }
+
+    /// A deployment with its steps.
+    pub fn deployment(
+        &self,
+        id: i64,
+    ) -> Result<(Deployment, Vec<crate::store::Step>), EngineError> {
+        let d = self.store.deployment(id).map_err(|e| match e {
+            StoreError::NotFound => EngineError::NotFound(id),
+            e => EngineError::Store(e),
+        })?;
+        let steps = self.store.steps(id)?;
+        Ok((d, steps))
+    }
+
+    fn track_instance(&self, id: i64, instance: runtime::Instance) {
+        self.instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, instance);
+    }
+
+    /// Stops an instance and records it stopped.
+    async fn stop_instance(&self, id: i64, instance: &runtime::Instance) {
+        instance.stop(self.config.app.stop_timeout).await;
+        self.instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        if let Err(e) = self.store.instance_stopped(id) {
+            tracing::error!(error = %e, "cannot record a stopped instance");
+        }
+    }
+
+    /// Stops every instance ferry started (on `serve` shutdown).
+    pub async fn shutdown(&self) {
+        let all: Vec<_> = std::mem::take(
+            &mut *self.instances.lock().unwrap_or_else(|e| e.into_inner()),
+        )
+        .into_iter()
+        .collect();
+        let stops = all.iter().map(|(id, instance)| async move {
+            instance.stop(self.config.app.stop_timeout).await;
+            let _ = self.store.instance_stopped(*id);
+        });
+        futures_util::future::join_all(stops).await;
+    }
+}
+
+/// The refusal for a second deployment to a busy environment.
+pub fn busy_message(env: &str, holder: &str, since: &str) -> String {
+    format!("environment {env} is being deployed by {holder} since {since}")
+}
