@@ -13,6 +13,7 @@
 //! - [`pipeline`]: one task per deployment running the steps in order under the
 //!   environment's lock; owns the environments' proxies and running instances.
 //! - [`server`]: the HTTP API the CLI talks to.
+//! - [`daemon`]: the engine, proxies and API started and stopped together (`ferry serve`).
 //! - [`cli`]: the `ferry` subcommands; each talks to the daemon over the API.
 //! - [`sample_app`]: the small app `ferry demo` and the tests deploy.
 //!
@@ -20,13 +21,14 @@
 //! recording each step in the store. The proxy, runtime and health modules know nothing of
 //! deployments; the pipeline knows nothing of HTTP.
 
-// pub mod cli;
+pub mod cli;
+pub mod daemon;
 pub mod config;
 pub mod health;
 pub mod pipeline;
 pub mod proxy;
 pub mod release;
 pub mod runtime;
-// pub mod sample_app;
-// pub mod server;
+pub mod sample_app;
+pub mod server;
 pub mod store;

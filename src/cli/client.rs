@@ -1,0 +1,131 @@
+//! The CLI's side of the API.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("ferry is not running at {url}: start it with `ferry serve -c {}`", config.display())]
+    NotRunning { url: String, config: PathBuf },
+    #[error("{message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("talking to ferry at {url}: {detail}")]
+    Other { url: String, detail: String },
+}
+
+/// A client for the daemon's API.
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    config: PathBuf,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(base: &str, config: &Path) -> ApiClient {
+        ApiClient {
+            base: base.trim_end_matches('/').to_string(),
+            config: config.to_path_buf(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .connect_timeout(Duration::from_secs(3))
+                .build()
+                .expect("a plain HTTP client builds"),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn error(&self, e: reqwest::Error) -> ClientError {
+        if e.is_connect() {
+            ClientError::NotRunning {
+                url: self.base.clone(),
+                config: self.config.clone(),
+            }
+        } else {
+            ClientError::Other {
+                url: self.base.clone(),
+                detail: e.to_string(),
+            }
+        }
+    }
+
+    async fn decode<T: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T, ClientError> {
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| self.error(e))?;
+        if status >= 400 {
+            let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let err = &value["error"];
+            return Err(ClientError::Api {
+                status,
+                code: err["code"].as_str().unwrap_or("error").to_string(),
+                message: err["message"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("ferry answered {status}")),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Other {
+            url: self.base.clone(),
+            detail: format!("unexpected answer: {e}"),
+        })
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        self.decode(resp).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("x-ferry-user", super::current_user())
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        self.decode(resp).await
+    }
+
+    /// A streaming GET, for logs.
+    pub async fn stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            let status = resp.status().as_u16();
+            Err(self
+                .decode::<serde_json::Value>(resp)
+                .await
+                .err()
+                .unwrap_or_else(|| ClientError::Other {
+                    url: self.base.clone(),
+                    detail: format!("ferry answered {status}"),
+                }))
+        }
+    }
+}

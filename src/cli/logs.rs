@@ -1,0 +1,41 @@
+//! `ferry logs <env> [-f] [-n N]`: the app log of an environment.
+
+use std::io::Write;
+
+use super::{Cli, CmdResult, Failure};
+
+#[derive(Debug, clap::Args)]
+pub struct Logs {
+    pub environment: String,
+    /// Keep printing lines as they are written.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// How many lines to show first.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    pub lines: usize,
+}
+
+pub async fn run(cli: &Cli, args: &Logs) -> CmdResult {
+    let client = cli.client()?;
+    let mut resp = client
+        .stream(&format!(
+            "/api/environments/{}/logs?n={}&follow={}",
+            args.environment, args.lines, args.follow
+        ))
+        .await?;
+    let mut out = std::io::stdout();
+    loop {
+        tokio::select! {
+            chunk = resp.chunk() => match chunk {
+                Ok(Some(bytes)) => {
+                    if out.write_all(&bytes).and_then(|()| out.flush()).is_err() {
+                        return Ok(()); // the reader went away (a closed pipe)
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Failure::Failed(format!("log stream ended: {e}"))),
+            },
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}

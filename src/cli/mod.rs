@@ -1,0 +1,146 @@
+//! The `ferry` command line: one module per subcommand, each with its args and `run`.
+//!
+//! Exit status: 0 success, 1 the operation failed or was refused (or the daemon is not
+//! running), 2 usage or config error.
+
+mod check;
+mod client;
+mod deploy;
+mod demo;
+mod init;
+mod logs;
+mod serve;
+mod show;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+pub use client::{ApiClient, ClientError};
+pub use serve::wait_for_stop;
+
+/// ferry: deploy a git ref to an environment, verify it, promote the same bytes.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, disable_help_subcommand = true)]
+pub struct Cli {
+    /// The config file.
+    #[arg(short = 'c', long = "config", global = true, default_value = "ferry.toml")]
+    pub config: PathBuf,
+    /// The daemon's API address, instead of `[server] listen` from the config.
+    #[arg(long, global = true, env = "FERRY_SERVER")]
+    pub server: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented ferry.toml to start from.
+    Init(init::Init),
+    /// Validate the config and print a summary.
+    Check(check::Check),
+    /// Run the daemon: API, proxies and instances.
+    Serve(serve::Serve),
+    /// Deploy a tag, branch or commit to an environment and follow it live.
+    Deploy(deploy::Deploy),
+    /// Each environment's version, commit, deploy time and health.
+    Status(show::Status),
+    /// Deployments of one environment, newest first.
+    History(show::History),
+    /// One deployment with its steps and their output.
+    Show(show::Show),
+    /// The app log of an environment.
+    Logs(logs::Logs),
+    /// Try ferry on a sample app: deploys, a zero-downtime switch and a refused broken release.
+    Demo(demo::Demo),
+    /// The sample app the demo deploys (serves $PORT).
+    #[command(hide = true)]
+    SampleApp,
+}
+
+/// A command's failure, with the exit status it maps to.
+#[derive(Debug)]
+pub enum Failure {
+    /// The operation failed or was refused: exit 1.
+    Failed(String),
+    /// Bad usage or config: exit 2.
+    Usage(String),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        match e {
+            ClientError::Api { status: 400 | 404, .. } => Failure::Usage(e.to_string()),
+            e => Failure::Failed(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::config::ConfigError> for Failure {
+    fn from(e: crate::config::ConfigError) -> Failure {
+        Failure::Usage(format!("error: {e}"))
+    }
+}
+
+pub type CmdResult = Result<(), Failure>;
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match &cli.command {
+        Command::Init(args) => init::run(&cli, args),
+        Command::Check(args) => check::run(&cli, args),
+        Command::Serve(args) => serve::run(&cli, args).await,
+        Command::Deploy(args) => deploy::run(&cli, args).await,
+        Command::Status(args) => show::status(&cli, args).await,
+        Command::History(args) => show::history(&cli, args).await,
+        Command::Show(args) => show::show(&cli, args).await,
+        Command::Logs(args) => logs::run(&cli, args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::SampleApp => crate::sample_app::run()
+            .await
+            .map_err(|e| Failure::Failed(format!("sample app: {e}"))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Failed(message)) => {
+            eprintln!("{message}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Usage(message)) => {
+            eprintln!("{message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+impl Cli {
+    pub fn load_config(&self) -> Result<Config, Failure> {
+        Ok(Config::load(&self.config)?)
+    }
+
+    /// A client for the daemon named by `--server` or the config.
+    pub fn client(&self) -> Result<ApiClient, Failure> {
+        let base = match &self.server {
+            Some(url) => url.clone(),
+            None => {
+                let config = self.load_config()?;
+                let mut addr = config.server.listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("http://{addr}")
+            }
+        };
+        Ok(ApiClient::new(&base, &self.config))
+    }
+}
+
+/// Who is running this command, for the record.
+pub fn current_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_string())
+}

@@ -1,0 +1,102 @@
+//! The daemon: the engine, every environment's proxy and the API, started together and
+//! stopped together. `ferry serve` runs one; `ferry demo` runs one in-process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::pipeline::{Engine, EngineError};
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot create the state dir {path}: {source}")]
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    #[error("cannot listen on {addr} for ferry's API ([server] listen): {source} (is another ferry running?)")]
+    Api {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub engine: Arc<Engine>,
+    /// Where the API answers.
+    pub api_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    restore: JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Opens the store, recovers from an earlier stop, binds every address, and starts
+    /// serving. Environments are brought back to their last good release in the background
+    /// ([`Daemon::restored`] waits for that).
+    pub async fn start(config: Config) -> Result<Daemon, DaemonError> {
+        std::fs::create_dir_all(&config.state_dir).map_err(|source| DaemonError::StateDir {
+            path: config.state_dir.display().to_string(),
+            source,
+        })?;
+        let store = Store::open(&config.state_dir.join("ferry.db"))?;
+        let engine = Engine::new(Arc::new(config), store)?;
+        engine.recover_store().await?;
+        let proxies = engine.bind_proxies().await?;
+        let api_addr = engine.config.server.listen;
+        let api = TcpListener::bind(api_addr)
+            .await
+            .map_err(|source| DaemonError::Api {
+                addr: api_addr,
+                source,
+            })?;
+        let api_addr = api.local_addr().unwrap_or(api_addr);
+        let (shutdown, rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for (proxy, listener) in proxies {
+            tasks.push(tokio::spawn(proxy.serve(listener, rx.clone())));
+        }
+        let server = crate::server::serve(engine.clone(), api, rx.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "API server stopped");
+            }
+        }));
+        let restore = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.restore_all().await }
+        });
+        Ok(Daemon {
+            engine,
+            api_addr,
+            shutdown,
+            tasks,
+            restore,
+        })
+    }
+
+    /// Waits until the environments are back on their last good releases.
+    pub async fn restored(&mut self) {
+        let _ = (&mut self.restore).await;
+    }
+
+    /// Stops listening, lets open requests finish, and stops every instance.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        self.restore.abort();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.engine.shutdown().await;
+    }
+}

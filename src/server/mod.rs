@@ -1,0 +1,237 @@
+//! Server: the HTTP API (`[server] listen`) the CLI talks to.
+//!
+//! JSON in and out; errors are `{"error": {"code", "message"}}` with a fitting status, mapped
+//! in one place ([`ApiError`]).
+
+mod logs;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::pipeline::{Engine, EngineError};
+use crate::store::{Deployment, Step};
+
+/// An API error: a status, a stable code and a message for people.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        let (status, code) = match &e {
+            EngineError::UnknownEnvironment { .. } => (StatusCode::NOT_FOUND, "unknown_environment"),
+            EngineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            EngineError::BadRef(_) => (StatusCode::BAD_REQUEST, "bad_ref"),
+            EngineError::Busy { .. } => (StatusCode::CONFLICT, "environment_busy"),
+            EngineError::Store(_) | EngineError::Bind { .. } | EngineError::Log { .. } => {
+                tracing::error!(error = %e, "internal error");
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "ferry hit an internal error; see its log",
+                );
+            }
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        EngineError::Store(e).into()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// A deployment with its steps, as `GET /api/deployments/{id}` answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeploymentDetail {
+    pub deployment: Deployment,
+    pub steps: Vec<Step>,
+}
+
+/// What `POST /api/deployments` takes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeployRequest {
+    pub environment: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// Who asked (the CLI sends the user's name); defaults to "api".
+    pub triggered_by: Option<String>,
+}
+
+/// The router over `engine`.
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/api/environments", get(environments))
+        .route("/api/environments/{env}", get(environment))
+        .route("/api/environments/{env}/version", get(version))
+        .route("/api/environments/{env}/deployments", get(env_history))
+        .route("/api/environments/{env}/logs", get(logs::logs))
+        .route("/api/deployments", get(history).post(deploy))
+        .route("/api/deployments/{id}", get(deployment))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(DefaultBodyLimit::max(1024 * 1024))
+        .with_state(engine)
+}
+
+/// Serves the API on `listener` until `shutdown` says stop.
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(engine))
+        .with_graceful_shutdown(async move { crate::proxy::stopped(&mut shutdown).await })
+        .await
+}
+
+async fn health(State(engine): State<Arc<Engine>>) -> Response {
+    match engine.store.history(None, 1) {
+        Ok(_) => Json(json!({
+            "status": "ok",
+            "store": "ok",
+            "environments": engine.environments().count(),
+        }))
+        .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "store check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "degraded", "store": "unreachable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn environments(
+    State(engine): State<Arc<Engine>>,
+) -> ApiResult<Json<Vec<crate::pipeline::EnvStatus>>> {
+    let names: Vec<String> = engine.environments().map(|e| e.env.name.clone()).collect();
+    let all = futures_util::future::join_all(names.iter().map(|n| engine.status(n))).await;
+    Ok(Json(all.into_iter().collect::<Result<_, _>>()?))
+}
+
+async fn environment(
+    State(engine): State<Arc<Engine>>,
+    Path(env): Path<String>,
+) -> ApiResult<Json<crate::pipeline::EnvStatus>> {
+    Ok(Json(engine.status(&env).await?))
+}
+
+async fn version(
+    State(engine): State<Arc<Engine>>,
+    Path(env): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let s = engine.status(&env).await?;
+    Ok(Json(json!({
+        "environment": s.environment,
+        "slot": s.slot,
+        "ref": s.git_ref,
+        "commit_sha": s.commit_sha,
+        "deployed_at": s.deployed_at,
+    })))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    environment: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn history(
+    State(engine): State<Arc<Engine>>,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult<Json<Vec<Deployment>>> {
+    if let Some(env) = &q.environment {
+        engine.env(env)?;
+    }
+    let limit = q.limit.unwrap_or(50).min(1000);
+    Ok(Json(engine.store.history(q.environment.as_deref(), limit)?))
+}
+
+async fn env_history(
+    State(engine): State<Arc<Engine>>,
+    Path(env): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult<Json<Vec<Deployment>>> {
+    engine.env(&env)?;
+    let limit = q.limit.unwrap_or(50).min(1000);
+    Ok(Json(engine.store.history(Some(&env), limit)?))
+}
+
+async fn deploy(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    body: Result<Json<DeployRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
+                .into_response();
+        }
+    };
+    let who = req
+        .triggered_by
+        .or_else(|| {
+            headers
+                .get("x-ferry-user")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .filter(|w| !w.trim().is_empty() && w.len() <= 100)
+        .unwrap_or_else(|| "api".to_string());
+    match engine.request(&req.environment, &req.git_ref, &who) {
+        Ok(d) => (StatusCode::CREATED, Json(d)).into_response(),
+        Err(EngineError::Busy { message, deployment }) => (
+            StatusCode::CONFLICT,
+            Json(json!({"error": {"code": "environment_busy", "message": message}, "deployment_id": deployment})),
+        )
+            .into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn deployment(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeploymentDetail>> {
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_id", format!("\"{id}\" is not a deployment id"))
+    })?;
+    let (deployment, steps) = engine.deployment(id)?;
+    Ok(Json(DeploymentDetail { deployment, steps }))
+}
