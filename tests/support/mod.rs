@@ -1,0 +1,257 @@
+//! A sandbox per test: a git repository of sample-app releases, a config with free ports,
+//! and a real `ferry serve` child process; the CLI run as the real binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+pub fn sh(dir: &Path, script: &str) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@t")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@t")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A release of the sample app: its tag and its `app.conf`.
+pub struct Rel(pub &'static str, pub &'static str);
+
+pub const GOOD: &str = "health_status = 200\n";
+pub const BROKEN: &str = "health_status = 500\n";
+pub const EXITS: &str = "exit_at_start = true\n";
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub config: PathBuf,
+    pub api: String,
+    /// Environment name → its public URL.
+    pub envs: Vec<(String, String)>,
+    serve: Option<Child>,
+}
+
+pub struct Options {
+    pub extra_app: &'static str,
+    pub extra_env: &'static str,
+    pub envs: &'static [&'static str],
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            extra_app: "",
+            extra_env: "",
+            envs: &["staging"],
+        }
+    }
+}
+
+impl Sandbox {
+    /// A repo with `releases` tagged in order, a config, and no daemon yet.
+    pub fn new(releases: &[Rel]) -> Sandbox {
+        Sandbox::with(releases, Options::default())
+    }
+
+    pub fn with(releases: &[Rel], opts: Options) -> Sandbox {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        sh(&repo, "git init -q -b main");
+        for Rel(tag, conf) in releases {
+            std::fs::write(repo.join("app.conf"), conf).unwrap();
+            std::fs::write(repo.join("release.txt"), tag).unwrap();
+            sh(&repo, &format!("git add . && git commit -qm {tag} && git tag {tag}"));
+        }
+        let api_port = free_port();
+        let mut envs = Vec::new();
+        let mut env_text = String::new();
+        for name in opts.envs {
+            let port = free_port();
+            envs.push((name.to_string(), format!("http://127.0.0.1:{port}")));
+            env_text.push_str(&format!(
+                "[environments.{name}]\nlisten = \"127.0.0.1:{port}\"\n{}\n",
+                opts.extra_env
+            ));
+        }
+        let text = format!(
+            r#"[app]
+name = "sample"
+repo = "repo"
+start = "'{FERRY}' sample-app"
+stop_timeout = "2s"
+drain_timeout = "5s"
+{extra_app}
+
+[health]
+paths = ["/health"]
+interval = "100ms"
+timeout = "1s"
+retries = 15
+
+{env_text}
+[server]
+listen = "127.0.0.1:{api_port}"
+"#,
+            extra_app = opts.extra_app
+        );
+        let config = dir.path().join("ferry.toml");
+        std::fs::write(&config, text).unwrap();
+        Sandbox {
+            dir,
+            repo,
+            config,
+            api: format!("http://127.0.0.1:{api_port}"),
+            envs,
+            serve: None,
+        }
+    }
+
+    pub fn url(&self, env: &str) -> String {
+        self.envs
+            .iter()
+            .find(|(n, _)| n == env)
+            .map(|(_, u)| u.clone())
+            .expect("environment in sandbox")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join(".ferry")
+    }
+
+    /// Starts `ferry serve` and waits until its API answers.
+    pub fn serve(&mut self) -> &mut Sandbox {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("serve.log"))
+            .unwrap();
+        let child = Command::new(FERRY)
+            .arg("serve")
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.serve = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while get(&format!("{}/health", self.api)).is_none() {
+            assert!(Instant::now() < deadline, "ferry serve did not come up:\n{}", self.serve_log());
+            if let Some(status) = self.serve.as_mut().unwrap().try_wait().unwrap() {
+                panic!("ferry serve exited with {status}:\n{}", self.serve_log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self
+    }
+
+    pub fn serve_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// Stops the daemon with `signal` (SIGTERM: graceful; SIGKILL: a crash).
+    pub fn stop(&mut self, signal: nix::sys::signal::Signal) {
+        if let Some(mut child) = self.serve.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, signal);
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs the ferry CLI against this sandbox's config.
+    pub fn ferry(&self, args: &[&str]) -> Run {
+        let out = Command::new(FERRY)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .env("USER", "tester")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        Run(out)
+    }
+
+    /// A deploy that must succeed.
+    pub fn deploy_ok(&self, env: &str, git_ref: &str) -> Run {
+        let run = self.ferry(&["deploy", env, git_ref]);
+        assert_eq!(run.code(), 0, "deploy {env} {git_ref} failed:\n{run}\n{}", self.serve_log());
+        run
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop(nix::sys::signal::Signal::SIGTERM);
+    }
+}
+
+/// A finished CLI run.
+pub struct Run(pub Output);
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.0.status.code().unwrap_or(-1)
+    }
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.0.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{self}"))
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code(), self.stdout(), self.stderr())
+    }
+}
+
+/// A blocking GET: status and body, or `None` when nothing answers.
+pub fn get(url: &str) -> Option<(u16, String)> {
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let resp = client.get(url).send().ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.text().unwrap_or_default()))
+}
+
+/// Waits up to `limit` for `check` to hold.
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}
