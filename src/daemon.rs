@@ -23,7 +23,9 @@ pub enum DaemonError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Engine(#[from] EngineError),
-    #[error("cannot listen on {addr} for ferry's API ([server] listen): {source} (is another ferry running?)")]
+    #[error(
+        "cannot listen on {addr} for ferry's API ([server] listen): {source} (is another ferry running?)"
+    )]
     Api {
         addr: SocketAddr,
         source: std::io::Error,

@@ -41,7 +41,10 @@ pub async fn probe(client: &reqwest::Client, port: u16, path: &str, timeout: Dur
         .map(|r| r.status().as_u16())
         .map_err(|e| {
             if e.is_timeout() {
-                format!("no answer within {}", crate::config::format_duration(timeout))
+                format!(
+                    "no answer within {}",
+                    crate::config::format_duration(timeout)
+                )
             } else if e.is_connect() {
                 "connection refused".to_string()
             } else {
@@ -77,12 +80,18 @@ pub async fn wait_healthy(instance: &Instance, cfg: &Health) -> Result<String, H
             let p = probe(&client, instance.port, path, cfg.timeout).await;
             match p.outcome {
                 Ok(code) if code == cfg.expect_status => {}
-                Ok(code) => failures.push(format!("{path} answered {code}, expected {}", cfg.expect_status)),
+                Ok(code) => failures.push(format!(
+                    "{path} answered {code}, expected {}",
+                    cfg.expect_status
+                )),
                 Err(e) => failures.push(format!("{path}: {e}")),
             }
         }
         if failures.is_empty() {
-            log.push_str(&format!("healthy after {attempt} probe(s): {}\n", cfg.paths.join(", ")));
+            log.push_str(&format!(
+                "healthy after {attempt} probe(s): {}\n",
+                cfg.paths.join(", ")
+            ));
             return Ok(log);
         }
         last = failures.join("; ");

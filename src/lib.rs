@@ -22,8 +22,8 @@
 //! deployments; the pipeline knows nothing of HTTP.
 
 pub mod cli;
-pub mod daemon;
 pub mod config;
+pub mod daemon;
 pub mod health;
 pub mod pipeline;
 pub mod proxy;

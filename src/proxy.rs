@@ -153,7 +153,11 @@ impl Proxy {
 
     /// Sends new requests to `next` from now on; returns the upstream it replaces.
     pub fn switch(&self, next: Option<Arc<Upstream>>) -> Option<Arc<Upstream>> {
-        let mut slot = self.inner.upstream.write().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self
+            .inner
+            .upstream
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         std::mem::replace(&mut *slot, next)
     }
 
@@ -172,7 +176,11 @@ impl Proxy {
     /// Picks the current upstream and counts the request on it, under the same read lock, so
     /// a switch either happens before (the request goes to the new one) or after (drain waits).
     fn pick(&self) -> Option<InFlight> {
-        let slot = self.inner.upstream.read().unwrap_or_else(|e| e.into_inner());
+        let slot = self
+            .inner
+            .upstream
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         let upstream = slot.as_ref()?;
         upstream.inflight.fetch_add(1, Ordering::SeqCst);
         Some(InFlight(upstream.clone()))

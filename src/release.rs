@@ -25,7 +25,9 @@ pub enum ReleaseError {
     UnknownRef(String),
     #[error("git {action} failed: {output}")]
     Git { action: String, output: String },
-    #[error("shared path \"{0}\" does not exist in {1}: create it there (ferry never makes empty shared files)")]
+    #[error(
+        "shared path \"{0}\" does not exist in {1}: create it there (ferry never makes empty shared files)"
+    )]
     MissingShared(String, PathBuf),
     #[error("`{command}` {outcome}")]
     Command {
@@ -132,7 +134,12 @@ async fn git(dir: Option<&Path>, args: &[&str], action: &str) -> Result<String, 
 /// Clones `repo` into `mirror` (a bare mirror) the first time, then fetches.
 pub async fn sync_mirror(repo: &str, mirror: &Path) -> Result<(), ReleaseError> {
     if mirror.join("HEAD").exists() {
-        git(Some(mirror), &["fetch", "--prune", "--prune-tags", "--force", "origin"], "fetch").await?;
+        git(
+            Some(mirror),
+            &["fetch", "--prune", "--prune-tags", "--force", "origin"],
+            "fetch",
+        )
+        .await?;
         return Ok(());
     }
     if let Some(parent) = mirror.parent() {
@@ -141,7 +148,12 @@ pub async fn sync_mirror(repo: &str, mirror: &Path) -> Result<(), ReleaseError> 
     let tmp = mirror.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     let tmp_str = tmp.to_string_lossy();
-    git(None, &["clone", "--mirror", "--quiet", "--", repo, &tmp_str], "clone").await?;
+    git(
+        None,
+        &["clone", "--mirror", "--quiet", "--", repo, &tmp_str],
+        "clone",
+    )
+    .await?;
     std::fs::rename(&tmp, mirror).map_err(io("placing the mirror"))?;
     Ok(())
 }
@@ -152,23 +164,42 @@ pub async fn resolve(mirror: &Path, r: &str) -> Result<Resolved, ReleaseError> {
     let lookup = |full: String| async move {
         git(
             Some(mirror),
-            &["rev-parse", "--verify", "--quiet", "--end-of-options", &format!("{full}^{{commit}}")],
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                "--end-of-options",
+                &format!("{full}^{{commit}}"),
+            ],
             "rev-parse",
         )
         .await
         .ok()
     };
     if let Some(commit) = lookup(format!("refs/tags/{r}")).await {
-        return Ok(Resolved { commit, version: r.to_string(), kind: RefKind::Tag });
+        return Ok(Resolved {
+            commit,
+            version: r.to_string(),
+            kind: RefKind::Tag,
+        });
     }
     if let Some(commit) = lookup(format!("refs/heads/{r}")).await {
-        return Ok(Resolved { commit, version: r.to_string(), kind: RefKind::Branch });
+        return Ok(Resolved {
+            commit,
+            version: r.to_string(),
+            kind: RefKind::Branch,
+        });
     }
-    if (7..=40).contains(&r.len()) && r.chars().all(|c| c.is_ascii_hexdigit()) {
-        if let Some(commit) = lookup(r.to_string()).await {
-            let version = commit[..7].to_string();
-            return Ok(Resolved { commit, version, kind: RefKind::Commit });
-        }
+    if (7..=40).contains(&r.len())
+        && r.chars().all(|c| c.is_ascii_hexdigit())
+        && let Some(commit) = lookup(r.to_string()).await
+    {
+        let version = commit[..7].to_string();
+        return Ok(Resolved {
+            commit,
+            version,
+            kind: RefKind::Commit,
+        });
     }
     Err(ReleaseError::UnknownRef(r.to_string()))
 }
@@ -203,19 +234,28 @@ pub async fn export(mirror: &Path, commit: &str, dest: &Path) -> Result<(), Rele
 /// Directories (written with a trailing `/`) are created in `shared_dir` when missing; a
 /// missing file is an error. Whatever the tree had at that path is removed from the release,
 /// never copied over the shared one.
-pub fn link_shared(release: &Path, shared_dir: &Path, shared: &[String]) -> Result<(), ReleaseError> {
+pub fn link_shared(
+    release: &Path,
+    shared_dir: &Path,
+    shared: &[String],
+) -> Result<(), ReleaseError> {
     for entry in shared {
         let is_dir = entry.ends_with('/');
         let rel = entry.trim_end_matches('/');
         let source = shared_dir.join(rel);
         if is_dir {
-            std::fs::create_dir_all(&source).map_err(io(format!("creating {}", source.display())))?;
+            std::fs::create_dir_all(&source)
+                .map_err(io(format!("creating {}", source.display())))?;
         } else if !source.is_file() {
-            return Err(ReleaseError::MissingShared(entry.clone(), shared_dir.to_path_buf()));
+            return Err(ReleaseError::MissingShared(
+                entry.clone(),
+                shared_dir.to_path_buf(),
+            ));
         }
         let target = release.join(rel);
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(io(format!("creating {}", parent.display())))?;
         }
         match std::fs::symlink_metadata(&target) {
             Ok(m) if m.is_dir() => std::fs::remove_dir_all(&target),
@@ -286,7 +326,10 @@ pub async fn run_command(
         }),
         None => Err(ReleaseError::Command {
             command: command.to_string(),
-            outcome: format!("timed out after {}", crate::config::format_duration(timeout)),
+            outcome: format!(
+                "timed out after {}",
+                crate::config::format_duration(timeout)
+            ),
             output,
         }),
     }
@@ -296,10 +339,10 @@ pub async fn run_command(
 pub fn tail_text(bytes: &[u8]) -> String {
     let start = bytes.len().saturating_sub(OUTPUT_TAIL_BYTES);
     let mut slice = &bytes[start..];
-    if start > 0 {
-        if let Some(nl) = slice.iter().position(|&b| b == b'\n') {
-            slice = &slice[nl + 1..];
-        }
+    if start > 0
+        && let Some(nl) = slice.iter().position(|&b| b == b'\n')
+    {
+        slice = &slice[nl + 1..];
     }
     String::from_utf8_lossy(slice).into_owned()
 }
@@ -311,7 +354,8 @@ pub fn digest(dir: &Path) -> Result<String, ReleaseError> {
     let mut stack = vec![PathBuf::new()];
     let mut entries = Vec::new();
     while let Some(rel) = stack.pop() {
-        let read = std::fs::read_dir(dir.join(&rel)).map_err(io(format!("reading {}", rel.display())))?;
+        let read =
+            std::fs::read_dir(dir.join(&rel)).map_err(io(format!("reading {}", rel.display())))?;
         for entry in read {
             let entry = entry.map_err(io("reading a release entry"))?;
             let path = rel.join(entry.file_name());
@@ -334,8 +378,13 @@ pub fn digest(dir: &Path) -> Result<String, ReleaseError> {
         } else if kind.is_file() {
             use std::os::unix::fs::PermissionsExt;
             let meta = std::fs::metadata(&full).map_err(io("reading file metadata"))?;
-            hasher.update(if meta.permissions().mode() & 0o111 != 0 { b"X" } else { b"F" });
-            let mut file = std::fs::File::open(&full).map_err(io(format!("reading {}", path.display())))?;
+            hasher.update(if meta.permissions().mode() & 0o111 != 0 {
+                b"X"
+            } else {
+                b"F"
+            });
+            let mut file =
+                std::fs::File::open(&full).map_err(io(format!("reading {}", path.display())))?;
             let mut buf = vec![0u8; 64 * 1024];
             loop {
                 let n = std::io::Read::read(&mut file, &mut buf)

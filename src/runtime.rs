@@ -164,10 +164,10 @@ impl LogSink {
         if log.size > 0 && log.size + bytes.len() as u64 > LOG_ROTATE_BYTES {
             log.rotate();
         }
-        if let Some(file) = log.file.as_mut() {
-            if file.write_all(bytes).is_ok() {
-                log.size += bytes.len() as u64;
-            }
+        if let Some(file) = log.file.as_mut()
+            && file.write_all(bytes).is_ok()
+        {
+            log.size += bytes.len() as u64;
         }
     }
 }
@@ -177,7 +177,11 @@ impl LogFile {
         self.file = None;
         let numbered = |n: usize| PathBuf::from(format!("{}.{n}", self.path.display()));
         for n in (1..LOG_FILES_KEPT).rev() {
-            let from = if n == 1 { self.path.clone() } else { numbered(n - 1) };
+            let from = if n == 1 {
+                self.path.clone()
+            } else {
+                numbered(n - 1)
+            };
             let _ = std::fs::rename(from, numbered(n));
         }
         self.file = OpenOptions::new()

@@ -36,7 +36,10 @@ pub async fn run() -> std::io::Result<()> {
     let environment = var("ENVIRONMENT");
     let slot = var("FERRY_SLOT");
     let commit = var("COMMIT_SHA");
-    println!("sample app {version} starting in {slot} (pid {})", std::process::id());
+    println!(
+        "sample app {version} starting in {slot} (pid {})",
+        std::process::id()
+    );
     if get_conf("exit_at_start").as_deref() == Some("true") {
         eprintln!("ERROR exit_at_start is set: exiting");
         std::process::exit(3);
@@ -48,11 +51,17 @@ pub async fn run() -> std::io::Result<()> {
         .parse()
         .map_err(|_| std::io::Error::other("PORT is not set to a port number"))?;
     let health = StatusCode::from_u16(
-        get_conf("health_status").and_then(|v| v.parse().ok()).unwrap_or(200),
+        get_conf("health_status")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200),
     )
     .unwrap_or(StatusCode::OK);
     let message = get_conf("message").unwrap_or_else(|| "hello".into());
-    let slow = Duration::from_millis(get_conf("slow_ms").and_then(|v| v.parse().ok()).unwrap_or(300));
+    let slow = Duration::from_millis(
+        get_conf("slow_ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300),
+    );
     let index = format!("{message} from {version} ({environment}, {slot})\n");
     let version_json = serde_json::json!({
         "version": version, "commit": commit, "environment": environment,
@@ -63,7 +72,16 @@ pub async fn run() -> std::io::Result<()> {
         .route("/", get(move || async move { index }))
         .route(
             "/health",
-            get(move || async move { (health, if health.is_success() { "ok\n" } else { "unhealthy\n" }) }),
+            get(move || async move {
+                (
+                    health,
+                    if health.is_success() {
+                        "ok\n"
+                    } else {
+                        "unhealthy\n"
+                    },
+                )
+            }),
         )
         .route(
             "/version",

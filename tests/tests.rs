@@ -18,7 +18,9 @@ fn deploy_serves_the_app_with_its_version_and_redeploy_switches() {
     assert_eq!(get(&url).unwrap().0, 503, "no instance yet");
 
     let run = s.deploy_ok("staging", "v1.0.0");
-    for step in ["resolve", "lock", "prepare", "build", "test", "start", "health", "switch", "finish"] {
+    for step in [
+        "resolve", "lock", "prepare", "build", "test", "start", "health", "switch", "finish",
+    ] {
         assert!(run.stdout().contains(step), "step {step} not shown:\n{run}");
     }
     let (status, body) = get(&format!("{url}/version")).unwrap();
@@ -34,8 +36,12 @@ fn deploy_serves_the_app_with_its_version_and_redeploy_switches() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["version"], "v1.1.0");
     // the old instance was stopped after the switch
-    assert!(eventually(Duration::from_secs(5), || !std::path::Path::new(&format!("/proc/{first_pid}")).exists()
-        || std::fs::read_to_string(format!("/proc/{first_pid}/stat")).is_ok_and(|s| s.contains(") Z "))));
+    assert!(eventually(
+        Duration::from_secs(5),
+        || !std::path::Path::new(&format!("/proc/{first_pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{first_pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    ));
 
     let status = s.ferry(&["status", "--json"]).json();
     assert_eq!(status[0]["environment"], "staging");
@@ -43,7 +49,9 @@ fn deploy_serves_the_app_with_its_version_and_redeploy_switches() {
     assert_eq!(status[0]["health"], "healthy");
     assert_eq!(status[0]["deployed_by"], "tester");
 
-    let version = get(&format!("{}/api/environments/staging/version", s.api)).unwrap().1;
+    let version = get(&format!("{}/api/environments/staging/version", s.api))
+        .unwrap()
+        .1;
     let version: serde_json::Value = serde_json::from_str(&version).unwrap();
     assert_eq!(version["ref"], "v1.1.0");
     assert_eq!(version["slot"], 1);
@@ -55,16 +63,39 @@ fn deploy_serves_the_app_with_its_version_and_redeploy_switches() {
     assert_eq!(history[0]["state"], "succeeded");
 
     let show = s.ferry(&["show", "1", "--json"]).json();
-    let steps: Vec<&str> = show["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["resolve", "lock", "prepare", "build", "test", "start", "health", "switch", "finish"]);
-    assert!(show["deployment"]["digest"].as_str().unwrap().starts_with("sha256:"));
+    let steps: Vec<&str> = show["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "resolve", "lock", "prepare", "build", "test", "start", "health", "switch", "finish"
+        ]
+    );
+    assert!(
+        show["deployment"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
     let text = s.ferry(&["show", "1"]).stdout();
-    assert!(text.contains("deployment #1 to staging: succeeded"), "{text}");
+    assert!(
+        text.contains("deployment #1 to staging: succeeded"),
+        "{text}"
+    );
 }
 
 #[test]
 fn no_request_fails_across_three_consecutive_deploys() {
-    let mut s = Sandbox::new(&[Rel("v1.0.0", GOOD), Rel("v1.1.0", GOOD), Rel("v1.2.0", GOOD), Rel("v1.3.0", GOOD)]);
+    let mut s = Sandbox::new(&[
+        Rel("v1.0.0", GOOD),
+        Rel("v1.1.0", GOOD),
+        Rel("v1.2.0", GOOD),
+        Rel("v1.3.0", GOOD),
+    ]);
     s.serve();
     s.deploy_ok("staging", "v1.0.0");
     let url = s.url("staging");
@@ -73,10 +104,14 @@ fn no_request_fails_across_three_consecutive_deploys() {
     let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
     let clients: Vec<_> = (0..6)
         .map(|i| {
-            let (url, stop, total, failures) = (url.clone(), stop.clone(), total.clone(), failures.clone());
+            let (url, stop, total, failures) =
+                (url.clone(), stop.clone(), total.clone(), failures.clone());
             std::thread::spawn(move || {
                 // keep-alive connections, and some slow requests in flight across switches
-                let client = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
+                let client = reqwest::blocking::Client::builder()
+                    .no_proxy()
+                    .build()
+                    .unwrap();
                 let path = if i % 3 == 0 { "/slow" } else { "/" };
                 while !stop.load(Ordering::Relaxed) {
                     total.fetch_add(1, Ordering::Relaxed);
@@ -84,7 +119,10 @@ fn no_request_fails_across_three_consecutive_deploys() {
                         Ok(r) if r.status() == 200 => {
                             let _ = r.text();
                         }
-                        Ok(r) => failures.lock().unwrap().push(format!("status {}", r.status())),
+                        Ok(r) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("status {}", r.status())),
                         Err(e) => failures.lock().unwrap().push(e.to_string()),
                     }
                 }
@@ -99,19 +137,35 @@ fn no_request_fails_across_three_consecutive_deploys() {
         c.join().unwrap();
     }
     let failures = failures.lock().unwrap();
-    assert!(total.load(Ordering::Relaxed) > 50, "too few requests to mean anything");
-    assert!(failures.is_empty(), "{} of {} requests failed: {:?}", failures.len(), total.load(Ordering::Relaxed), &failures[..failures.len().min(5)]);
+    assert!(
+        total.load(Ordering::Relaxed) > 50,
+        "too few requests to mean anything"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        total.load(Ordering::Relaxed),
+        &failures[..failures.len().min(5)]
+    );
     assert!(get(&url).unwrap().1.contains("v1.3.0"));
 }
 
 #[test]
 fn broken_release_fails_and_the_previous_version_keeps_answering() {
-    let mut s = Sandbox::new(&[Rel("v1.1.0", GOOD), Rel("v1.2.0", BROKEN), Rel("v1.3.0", EXITS)]);
+    let mut s = Sandbox::new(&[
+        Rel("v1.1.0", GOOD),
+        Rel("v1.2.0", BROKEN),
+        Rel("v1.3.0", EXITS),
+    ]);
     s.serve();
     s.deploy_ok("staging", "v1.1.0");
     let run = s.ferry(&["deploy", "staging", "v1.2.0"]);
     assert_eq!(run.code(), 1, "{run}");
-    assert!(run.stdout().contains("/health answered 500, expected 200"), "{run}");
+    assert!(
+        run.stdout().contains("/health answered 500, expected 200"),
+        "{run}"
+    );
     assert!(get(&s.url("staging")).unwrap().1.contains("v1.1.0"));
 
     // an app that exits at start fails fast, with the exit named
@@ -121,9 +175,19 @@ fn broken_release_fails_and_the_previous_version_keeps_answering() {
     assert!(get(&s.url("staging")).unwrap().1.contains("v1.1.0"));
 
     let history = s.ferry(&["history", "staging", "--json"]).json();
-    let states: Vec<&str> = history.as_array().unwrap().iter().map(|d| d["state"].as_str().unwrap()).collect();
+    let states: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["state"].as_str().unwrap())
+        .collect();
     assert_eq!(states, ["failed", "failed", "succeeded"]);
-    assert!(history[0]["reason"].as_str().unwrap().starts_with("health:"));
+    assert!(
+        history[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("health:")
+    );
     let status = s.ferry(&["status", "--json"]).json();
     assert_eq!(status[0]["version"], "v1.1.0");
     assert_eq!(status[0]["health"], "healthy");
@@ -133,7 +197,10 @@ fn broken_release_fails_and_the_previous_version_keeps_answering() {
 fn a_second_deploy_to_a_busy_environment_is_refused_with_the_holder() {
     let mut s = Sandbox::with(
         &[Rel("v1.0.0", GOOD), Rel("v1.1.0", GOOD)],
-        Options { extra_app: "build = [\"sleep 3\"]", ..Options::default() },
+        Options {
+            extra_app: "build = [\"sleep 3\"]",
+            ..Options::default()
+        },
     );
     s.serve();
     let config = s.config.clone();
@@ -151,7 +218,9 @@ fn a_second_deploy_to_a_busy_environment_is_refused_with_the_holder() {
     let second = s.ferry(&["deploy", "staging", "v1.1.0"]);
     assert_eq!(second.code(), 1, "{second}");
     assert!(
-        second.stderr().contains("environment staging is being deployed by alice since"),
+        second
+            .stderr()
+            .contains("environment staging is being deployed by alice since"),
         "{second}"
     );
     assert!(first.join().unwrap().status.success());
@@ -177,7 +246,10 @@ fn shared_paths_are_linked_and_never_overwritten() {
     std::fs::create_dir_all(s.repo.join("config")).unwrap();
     std::fs::write(s.repo.join("data/builds"), "from repo\n").unwrap();
     std::fs::write(s.repo.join("config/settings"), "repo settings\n").unwrap();
-    sh(&s.repo, "git add . && git commit -qm data && git tag v1.2.0");
+    sh(
+        &s.repo,
+        "git add . && git commit -qm data && git tag v1.2.0",
+    );
     s.serve();
 
     // a missing shared file is an error naming it, not an empty file
@@ -191,7 +263,10 @@ fn shared_paths_are_linked_and_never_overwritten() {
     std::fs::write(shared.join("config/settings"), "live settings\n").unwrap();
     s.deploy_ok("staging", "v1.1.0");
     s.deploy_ok("staging", "v1.2.0");
-    assert_eq!(std::fs::read_to_string(shared.join("config/settings")).unwrap(), "live settings\n");
+    assert_eq!(
+        std::fs::read_to_string(shared.join("config/settings")).unwrap(),
+        "live settings\n"
+    );
     assert_eq!(
         std::fs::read_to_string(shared.join("data/builds")).unwrap(),
         "live settings\nlive settings\n"
@@ -201,8 +276,15 @@ fn shared_paths_are_linked_and_never_overwritten() {
 #[test]
 fn serve_restarted_brings_environments_back_on_their_last_good_release() {
     let mut s = Sandbox::with(
-        &[Rel("v1.0.0", GOOD), Rel("v1.1.0", GOOD), Rel("v1.2.0", BROKEN)],
-        Options { envs: &["staging", "production"], ..Options::default() },
+        &[
+            Rel("v1.0.0", GOOD),
+            Rel("v1.1.0", GOOD),
+            Rel("v1.2.0", BROKEN),
+        ],
+        Options {
+            envs: &["staging", "production"],
+            ..Options::default()
+        },
     );
     s.serve();
     s.deploy_ok("staging", "v1.1.0");
@@ -215,19 +297,29 @@ fn serve_restarted_brings_environments_back_on_their_last_good_release() {
     s.serve();
     let staging = s.url("staging");
     let production = s.url("production");
-    assert!(eventually(Duration::from_secs(15), || get(&staging).is_some_and(|(c, b)| c == 200 && b.contains("v1.1.0"))));
-    assert!(eventually(Duration::from_secs(15), || get(&production).is_some_and(|(c, b)| c == 200 && b.contains("v1.0.0"))));
+    assert!(eventually(Duration::from_secs(15), || get(&staging)
+        .is_some_and(|(c, b)| c == 200 && b.contains("v1.1.0"))));
+    assert!(eventually(Duration::from_secs(15), || get(&production)
+        .is_some_and(|(c, b)| c == 200 && b.contains("v1.0.0"))));
 
     // a crash (SIGKILL) leaves the app running; the next serve stops that orphan and restores
-    let old_pid = s.ferry(&["status", "--json"]).json()[1]["pid"].as_u64().unwrap();
+    let old_pid = s.ferry(&["status", "--json"]).json()[1]["pid"]
+        .as_u64()
+        .unwrap();
     s.stop(Signal::SIGKILL);
     s.serve();
-    assert!(eventually(Duration::from_secs(15), || get(&staging).is_some_and(|(c, b)| c == 200 && b.contains("v1.1.0"))));
+    assert!(eventually(Duration::from_secs(15), || get(&staging)
+        .is_some_and(|(c, b)| c == 200 && b.contains("v1.1.0"))));
     let alive = |pid: u64| {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
     };
-    assert!(eventually(Duration::from_secs(5), || !alive(old_pid)), "orphan instance {old_pid} still running");
-    let new_pid = s.ferry(&["status", "--json"]).json()[1]["pid"].as_u64().unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(old_pid)),
+        "orphan instance {old_pid} still running"
+    );
+    let new_pid = s.ferry(&["status", "--json"]).json()[1]["pid"]
+        .as_u64()
+        .unwrap();
     assert_ne!(new_pid, old_pid);
 }
 
@@ -235,7 +327,10 @@ fn serve_restarted_brings_environments_back_on_their_last_good_release() {
 fn an_interrupted_deployment_is_recorded_and_its_lock_freed() {
     let mut s = Sandbox::with(
         &[Rel("v1.0.0", GOOD)],
-        Options { extra_app: "build = [\"sleep 30\"]", ..Options::default() },
+        Options {
+            extra_app: "build = [\"sleep 30\"]",
+            ..Options::default()
+        },
     );
     s.serve();
     let out = std::process::Command::new(FERRY)
@@ -245,7 +340,9 @@ fn an_interrupted_deployment_is_recorded_and_its_lock_freed() {
         .spawn()
         .unwrap();
     assert!(eventually(Duration::from_secs(10), || {
-        s.ferry(&["show", "1", "--json"]).stdout().contains("\"step\": \"build\"")
+        s.ferry(&["show", "1", "--json"])
+            .stdout()
+            .contains("\"step\": \"build\"")
     }));
     s.stop(Signal::SIGKILL);
     drop(out);
@@ -259,8 +356,15 @@ fn an_interrupted_deployment_is_recorded_and_its_lock_freed() {
 #[test]
 fn old_releases_are_pruned_in_recorded_order_and_built_ones_reused() {
     let mut s = Sandbox::with(
-        &[Rel("v1.0.0", GOOD), Rel("v1.1.0", GOOD), Rel("v1.2.0", GOOD)],
-        Options { extra_app: "keep_releases = 2\nbuild = [\"echo built >> ../builds.log\"]", ..Options::default() },
+        &[
+            Rel("v1.0.0", GOOD),
+            Rel("v1.1.0", GOOD),
+            Rel("v1.2.0", GOOD),
+        ],
+        Options {
+            extra_app: "keep_releases = 2\nbuild = [\"echo built >> ../builds.log\"]",
+            ..Options::default()
+        },
     );
     s.serve();
     s.deploy_ok("staging", "v1.1.0");
@@ -268,7 +372,9 @@ fn old_releases_are_pruned_in_recorded_order_and_built_ones_reused() {
     // redeploying a built release skips build and test
     let run = s.deploy_ok("staging", "v1.1.0");
     assert!(run.stdout().contains("reusing release v1.1.0"), "{run}");
-    let builds = s.state_dir().join("environments/staging/releases/builds.log");
+    let builds = s
+        .state_dir()
+        .join("environments/staging/releases/builds.log");
     assert_eq!(std::fs::read_to_string(&builds).unwrap().lines().count(), 2);
     s.deploy_ok("staging", "v1.2.0");
     let releases = s.state_dir().join("environments/staging/releases");
@@ -280,7 +386,10 @@ fn old_releases_are_pruned_in_recorded_order_and_built_ones_reused() {
     names.sort();
     // v1.1.0 was made first (recorded order), so it goes, though it was deployed more recently
     assert_eq!(names.len(), 2, "{names:?}");
-    assert!(names[0].starts_with("v1.0.0-") && names[1].starts_with("v1.2.0-"), "{names:?}");
+    assert!(
+        names[0].starts_with("v1.0.0-") && names[1].starts_with("v1.2.0-"),
+        "{names:?}"
+    );
     assert!(get(&s.url("staging")).unwrap().1.contains("v1.2.0"));
 }
 
@@ -290,24 +399,38 @@ fn bad_input_gets_clear_messages_and_exit_codes() {
     // no daemon: say how to start it
     let run = s.ferry(&["status"]);
     assert_eq!(run.code(), 1, "{run}");
-    assert!(run.stderr().contains("ferry is not running") && run.stderr().contains("ferry serve"), "{run}");
+    assert!(
+        run.stderr().contains("ferry is not running") && run.stderr().contains("ferry serve"),
+        "{run}"
+    );
 
     s.serve();
     let run = s.ferry(&["deploy", "prod", "v1.0.0"]);
     assert_eq!(run.code(), 2, "{run}");
-    assert!(run.stderr().contains("unknown environment \"prod\"; environments: staging"), "{run}");
+    assert!(
+        run.stderr()
+            .contains("unknown environment \"prod\"; environments: staging"),
+        "{run}"
+    );
     let run = s.ferry(&["deploy", "staging", "--", "-rf"]);
     assert_eq!(run.code(), 2, "{run}");
     assert!(run.stderr().contains("must not start with '-'"), "{run}");
     let run = s.ferry(&["deploy", "staging", "v9.9.9"]);
     assert_eq!(run.code(), 1, "{run}");
-    assert!(run.stdout().contains("not found in the repository"), "{run}");
+    assert!(
+        run.stdout().contains("not found in the repository"),
+        "{run}"
+    );
     let run = s.ferry(&["show", "999"]);
     assert_eq!(run.code(), 2, "{run}");
     assert!(run.stderr().contains("deployment 999 not found"), "{run}");
 
     // a broken config: file, line, column, exit 2
-    std::fs::write(s.dir.path().join("bad.toml"), "[app]\nname = \"x\"\nrepo = \"repo\"\nstart = \"x\"\ncolour = 1\n").unwrap();
+    std::fs::write(
+        s.dir.path().join("bad.toml"),
+        "[app]\nname = \"x\"\nrepo = \"repo\"\nstart = \"x\"\ncolour = 1\n",
+    )
+    .unwrap();
     let run = support::Run(
         std::process::Command::new(FERRY)
             .args(["check", "-c"])
@@ -316,7 +439,10 @@ fn bad_input_gets_clear_messages_and_exit_codes() {
             .unwrap(),
     );
     assert_eq!(run.code(), 2, "{run}");
-    assert!(run.stderr().contains("bad.toml:5:1") && run.stderr().contains("unknown field `colour`"), "{run}");
+    assert!(
+        run.stderr().contains("bad.toml:5:1") && run.stderr().contains("unknown field `colour`"),
+        "{run}"
+    );
 }
 
 #[test]
@@ -325,12 +451,22 @@ fn init_writes_a_template_that_check_accepts() {
     sh(dir.path(), "git init -q");
     let config = dir.path().join("ferry.toml");
     let run = |args: &[&str]| {
-        support::Run(std::process::Command::new(FERRY).args(args).arg("-c").arg(&config).output().unwrap())
+        support::Run(
+            std::process::Command::new(FERRY)
+                .args(args)
+                .arg("-c")
+                .arg(&config)
+                .output()
+                .unwrap(),
+        )
     };
     assert_eq!(run(&["init"]).code(), 0);
     let check = run(&["check"]);
     assert_eq!(check.code(), 0, "{check}");
-    assert!(check.stdout().contains("staging") && check.stdout().contains("production"), "{check}");
+    assert!(
+        check.stdout().contains("staging") && check.stdout().contains("production"),
+        "{check}"
+    );
     // never overwrites without --force
     assert_eq!(run(&["init"]).code(), 2);
 }
@@ -341,17 +477,26 @@ fn logs_show_the_app_output() {
     s.serve();
     s.deploy_ok("staging", "v1.0.0");
     assert!(eventually(Duration::from_secs(5), || {
-        s.ferry(&["logs", "staging", "-n", "5"]).stdout().contains("sample app v1.0.0 starting")
+        s.ferry(&["logs", "staging", "-n", "5"])
+            .stdout()
+            .contains("sample app v1.0.0 starting")
     }));
     let log = s.state_dir().join("environments/staging/logs/app.log");
-    assert!(std::fs::read_to_string(log).unwrap().contains("listening on 127.0.0.1:"));
+    assert!(
+        std::fs::read_to_string(log)
+            .unwrap()
+            .contains("listening on 127.0.0.1:")
+    );
 }
 
 #[test]
 fn secrets_from_env_file_reach_the_app_but_not_ferry_records() {
     let mut s = Sandbox::with(
         &[Rel("v1.0.0", GOOD)],
-        Options { extra_env: "env_file = \"app.env\"\nenv = { GREETING = \"hi\" }", ..Options::default() },
+        Options {
+            extra_env: "env_file = \"app.env\"\nenv = { GREETING = \"hi\" }",
+            ..Options::default()
+        },
     );
     let shared = s.state_dir().join("environments/staging/shared");
     std::fs::create_dir_all(&shared).unwrap();
@@ -365,15 +510,24 @@ fn secrets_from_env_file_reach_the_app_but_not_ferry_records() {
     s.serve();
     s.deploy_ok("staging", "v1.0.0");
     assert!(eventually(Duration::from_secs(5), || {
-        s.ferry(&["logs", "staging"]).stdout().contains("token-length=20 greeting=hi")
+        s.ferry(&["logs", "staging"])
+            .stdout()
+            .contains("token-length=20 greeting=hi")
     }));
     let db = std::fs::read(s.state_dir().join("ferry.db")).unwrap();
     let wal = std::fs::read(s.state_dir().join("ferry.db-wal")).unwrap_or_default();
     for bytes in [&db, &wal] {
-        assert!(!String::from_utf8_lossy(bytes).contains("tok-4f9a"), "secret in the store");
+        assert!(
+            !String::from_utf8_lossy(bytes).contains("tok-4f9a"),
+            "secret in the store"
+        );
     }
     assert!(!s.serve_log().contains("tok-4f9a"));
-    assert!(!s.ferry(&["show", "1", "--json"]).stdout().contains("tok-4f9a"));
+    assert!(
+        !s.ferry(&["show", "1", "--json"])
+            .stdout()
+            .contains("tok-4f9a")
+    );
 }
 
 #[test]
@@ -383,7 +537,10 @@ fn serve_names_the_environment_whose_port_is_taken() {
     let _holder = std::net::TcpListener::bind(format!("127.0.0.1:{port}")).unwrap();
     let run = s.ferry(&["serve"]);
     assert_eq!(run.code(), 1, "{run}");
-    assert!(run.stderr().contains(&format!("environment staging")) && run.stderr().contains(&port), "{run}");
+    assert!(
+        run.stderr().contains(&"environment staging".to_string()) && run.stderr().contains(&port),
+        "{run}"
+    );
 }
 
 #[test]
@@ -396,8 +553,14 @@ fn demo_runs_its_walkthrough_without_a_failed_request() {
     );
     assert_eq!(run.code(), 0, "{run}");
     let out = run.stdout();
-    assert!(out.contains("v1.1.0") && out.contains("is live on staging"), "{out}");
+    assert!(
+        out.contains("v1.1.0") && out.contains("is live on staging"),
+        "{out}"
+    );
     assert!(out.contains("/health answered 500"), "{out}");
-    assert!(out.contains("staging answers: 200 hello again from v1.1.0"), "{out}");
+    assert!(
+        out.contains("staging answers: 200 hello again from v1.1.0"),
+        "{out}"
+    );
     assert!(out.contains(": 0 failed."), "{out}");
 }

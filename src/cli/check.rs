@@ -18,7 +18,14 @@ pub fn run(cli: &Cli, _args: &Check) -> CmdResult {
         app.test.len(),
         format_duration(app.command_timeout)
     );
-    println!("  shared     {}", if app.shared.is_empty() { "-".to_string() } else { app.shared.join(", ") });
+    println!(
+        "  shared     {}",
+        if app.shared.is_empty() {
+            "-".to_string()
+        } else {
+            app.shared.join(", ")
+        }
+    );
     println!("  releases   keep {}", app.keep_releases);
     let h = &config.health;
     println!(
@@ -38,7 +45,10 @@ pub fn run(cli: &Cli, _args: &Check) -> CmdResult {
             Track::Branch(b) => format!("branch {b}"),
             Track::Tags => "release tags".to_string(),
         };
-        println!("  env        {:<14} http://{:<21} {track}", env.name, env.listen);
+        println!(
+            "  env        {:<14} http://{:<21} {track}",
+            env.name, env.listen
+        );
     }
     Ok(())
 }

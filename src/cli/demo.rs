@@ -50,14 +50,29 @@ pub fn sample_repo(dir: &Path) -> Result<PathBuf, Failure> {
     std::fs::create_dir_all(&repo).map_err(fail("creating the repo"))?;
     git(&repo, &["init", "-q", "-b", "main"])?;
     let releases = [
-        ("v1.0.0", "message = hello\nhealth_status = 200\n", "feat: first release"),
-        ("v1.1.0", "message = hello again\nhealth_status = 200\n", "feat: friendlier greeting"),
-        ("v1.2.0", "message = broken\nhealth_status = 500\n", "fix: a change that breaks /health"),
+        (
+            "v1.0.0",
+            "message = hello\nhealth_status = 200\n",
+            "feat: first release",
+        ),
+        (
+            "v1.1.0",
+            "message = hello again\nhealth_status = 200\n",
+            "feat: friendlier greeting",
+        ),
+        (
+            "v1.2.0",
+            "message = broken\nhealth_status = 500\n",
+            "fix: a change that breaks /health",
+        ),
     ];
     for (tag, conf, subject) in releases {
         std::fs::write(repo.join("app.conf"), conf).map_err(fail("writing app.conf"))?;
-        std::fs::write(repo.join("README.md"), format!("# sample app\n\nrelease {tag}\n"))
-            .map_err(fail("writing README.md"))?;
+        std::fs::write(
+            repo.join("README.md"),
+            format!("# sample app\n\nrelease {tag}\n"),
+        )
+        .map_err(fail("writing README.md"))?;
         git(&repo, &["add", "."])?;
         git(&repo, &["commit", "-q", "-m", subject])?;
         git(&repo, &["tag", "-a", tag, "-m", tag])?;
@@ -80,7 +95,10 @@ fn shell_quote(s: &str) -> String {
 fn write_config(dir: &Path, repo: &Path) -> Result<PathBuf, Failure> {
     let exe = std::env::current_exe().map_err(fail("finding ferry's own binary"))?;
     let toml_str = |s: String| toml::Value::String(s).to_string();
-    let start = toml_str(format!("{} sample-app", shell_quote(&exe.to_string_lossy())));
+    let start = toml_str(format!(
+        "{} sample-app",
+        shell_quote(&exe.to_string_lossy())
+    ));
     let text = format!(
         r#"# written by `ferry demo`
 [app]
@@ -124,7 +142,10 @@ listen = "127.0.0.1:{api}"
 /// Sends requests through `url` until `stop`, counting them and the failed ones.
 fn request_loop(url: String, stop: Arc<AtomicBool>, total: Arc<AtomicU64>, failed: Arc<AtomicU64>) {
     tokio::spawn(async move {
-        let http = reqwest::Client::builder().no_proxy().build().expect("client");
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
         while !stop.load(Ordering::Relaxed) {
             total.fetch_add(1, Ordering::Relaxed);
             let ok = matches!(http.get(&url).send().await, Ok(r) if r.status().is_success());
@@ -137,8 +158,19 @@ fn request_loop(url: String, stop: Arc<AtomicBool>, total: Arc<AtomicU64>, faile
 }
 
 async fn answer(url: &str) -> String {
-    match reqwest::Client::builder().no_proxy().build().expect("client").get(url).send().await {
-        Ok(r) => format!("{} {}", r.status().as_u16(), r.text().await.unwrap_or_default().trim()),
+    match reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(url)
+        .send()
+        .await
+    {
+        Ok(r) => format!(
+            "{} {}",
+            r.status().as_u16(),
+            r.text().await.unwrap_or_default().trim()
+        ),
         Err(e) => format!("no answer: {e}"),
     }
 }
@@ -152,7 +184,13 @@ pub async fn run(args: &Demo) -> CmdResult {
     let repo = sample_repo(dir.path())?;
     let config_path = write_config(dir.path(), &repo)?;
     let config = Config::load(&config_path)?;
-    let staging = format!("http://{}", config.environment("staging").map(|e| e.listen).expect("staging is in the demo config"));
+    let staging = format!(
+        "http://{}",
+        config
+            .environment("staging")
+            .map(|e| e.listen)
+            .expect("staging is in the demo config")
+    );
     let daemon = Daemon::start(config)
         .await
         .map_err(|e| Failure::Failed(format!("demo: {e}")))?;
@@ -200,7 +238,12 @@ async fn walkthrough(client: &ApiClient, staging: &str) -> CmdResult {
         println!("staging answers: {}\n", answer(staging).await);
         if tag == "v1.0.0" {
             // from here on, a client keeps calling staging through every switch
-            request_loop(format!("{staging}/"), stop.clone(), total.clone(), failed.clone());
+            request_loop(
+                format!("{staging}/"),
+                stop.clone(),
+                total.clone(),
+                failed.clone(),
+            );
         }
     }
     stop.store(true, Ordering::Relaxed);

@@ -24,7 +24,10 @@ pub async fn run(cli: &Cli, args: &Deploy) -> CmdResult {
     let d = deploy(&client, &args.environment, &args.git_ref, !args.json).await?;
     if args.json {
         let detail: DeploymentDetail = client.get(&format!("/api/deployments/{}", d.id)).await?;
-        println!("{}", serde_json::to_string_pretty(&detail).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&detail).unwrap_or_default()
+        );
     }
     match d.state {
         DeploymentState::Succeeded => Ok(()),
@@ -46,7 +49,11 @@ pub async fn deploy(
     };
     let created: Deployment = match client.post("/api/deployments", &request).await {
         Ok(d) => d,
-        Err(ClientError::Api { status: 409, message, .. }) => {
+        Err(ClientError::Api {
+            status: 409,
+            message,
+            ..
+        }) => {
             return Err(Failure::Failed(format!("refused: {message}")));
         }
         Err(e) => return Err(e.into()),
@@ -76,18 +83,16 @@ pub async fn follow(client: &ApiClient, id: i64, live: bool) -> Result<Deploymen
                 print_step(step);
                 printed += 1;
             }
-            if tty {
-                if let Some(step) = detail.steps.get(printed) {
-                    const SPIN: [&str; 4] = ["|", "/", "-", "\\"];
-                    frame += 1;
-                    print!(
-                        "\r\x1b[2K  {} {:<8} {}",
-                        SPIN[frame % SPIN.len()],
-                        step.name,
-                        seconds(elapsed(&step.started_at, None))
-                    );
-                    let _ = std::io::stdout().flush();
-                }
+            if tty && let Some(step) = detail.steps.get(printed) {
+                const SPIN: [&str; 4] = ["|", "/", "-", "\\"];
+                frame += 1;
+                print!(
+                    "\r\x1b[2K  {} {:<8} {}",
+                    SPIN[frame % SPIN.len()],
+                    step.name,
+                    seconds(elapsed(&step.started_at, None))
+                );
+                let _ = std::io::stdout().flush();
             }
         }
         let d = detail.deployment;
@@ -112,7 +117,12 @@ fn print_step(step: &Step) {
         StepState::Running => "…",
     };
     // the last line says how the step ended
-    let summary = step.output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let summary = step
+        .output
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     println!(
         "  {mark} {:<8} {:>7}  {}",
         step.name,

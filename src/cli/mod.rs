@@ -5,8 +5,8 @@
 
 mod check;
 mod client;
-mod deploy;
 mod demo;
+mod deploy;
 mod init;
 mod logs;
 mod serve;
@@ -27,7 +27,12 @@ pub use serve::wait_for_stop;
 #[command(name = "ferry", version, about, disable_help_subcommand = true)]
 pub struct Cli {
     /// The config file.
-    #[arg(short = 'c', long = "config", global = true, default_value = "ferry.toml")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        default_value = "ferry.toml"
+    )]
     pub config: PathBuf,
     /// The daemon's API address, instead of `[server] listen` from the config.
     #[arg(long, global = true, env = "FERRY_SERVER")]
@@ -73,7 +78,9 @@ pub enum Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
         match e {
-            ClientError::Api { status: 400 | 404, .. } => Failure::Usage(e.to_string()),
+            ClientError::Api {
+                status: 400 | 404, ..
+            } => Failure::Usage(e.to_string()),
             e => Failure::Failed(e.to_string()),
         }
     }

@@ -16,7 +16,10 @@ pub async fn run(cli: &Cli, _args: &Serve) -> CmdResult {
     let daemon = Daemon::start(config)
         .await
         .map_err(|e| Failure::Failed(format!("error: {e}")))?;
-    println!("ferry serving {}: API on http://{}", daemon.engine.config.app.name, daemon.api_addr);
+    println!(
+        "ferry serving {}: API on http://{}",
+        daemon.engine.config.app.name, daemon.api_addr
+    );
     for env in envs {
         println!("  {env}");
     }

@@ -34,7 +34,10 @@ pub struct Show {
 }
 
 fn json(value: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }
 
 fn short(sha: Option<&str>) -> &str {
@@ -59,7 +62,13 @@ pub async fn status(cli: &Cli, args: &Status) -> CmdResult {
         let deployed = s
             .deployed_at
             .as_deref()
-            .map(|t| format!("{} by {}", &t[..19.min(t.len())], s.deployed_by.as_deref().unwrap_or("?")))
+            .map(|t| {
+                format!(
+                    "{} by {}",
+                    &t[..19.min(t.len())],
+                    s.deployed_by.as_deref().unwrap_or("?")
+                )
+            })
             .unwrap_or_else(|| "-".into());
         println!(
             "{:<14} {:<12} {:<8} {:<25} {:<10} http://{}",
@@ -118,7 +127,12 @@ pub async fn show(cli: &Cli, args: &Show) -> CmdResult {
         return Ok(());
     }
     let d = &detail.deployment;
-    println!("deployment #{} to {}: {}", d.id, d.environment, d.state.as_str());
+    println!(
+        "deployment #{} to {}: {}",
+        d.id,
+        d.environment,
+        d.state.as_str()
+    );
     println!("  ref       {}", d.git_ref);
     println!("  commit    {}", d.commit_sha.as_deref().unwrap_or("-"));
     println!("  release   {}", d.release.as_deref().unwrap_or("-"));

@@ -43,11 +43,11 @@ pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         "0s".to_string()
-    } else if ms % 3_600_000 == 0 {
+    } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1_000 == 0 {
+    } else if ms.is_multiple_of(1_000) {
         format!("{}s", ms / 1_000)
     } else {
         format!("{ms}ms")
@@ -96,7 +96,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_text_with_a_hint() {
-        for bad in ["", "5", "s", "5 minutes", "-1s", "1.5s", "5x", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "5 minutes",
+            "-1s",
+            "1.5s",
+            "5x",
+            "99999999999999999999s",
+        ] {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.contains("duration"), "{bad}: {err}");
         }

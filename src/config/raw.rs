@@ -385,7 +385,10 @@ fn validate_environment(
         let Ok(port) = u16::try_from(port) else {
             return Err(fail(
                 raw.listen.span(),
-                format!("{slots} slots starting at port {} run past port 65535", listen.port()),
+                format!(
+                    "{slots} slots starting at port {} run past port 65535",
+                    listen.port()
+                ),
                 "pick a lower port or fewer slots",
             ));
         };
@@ -398,7 +401,9 @@ fn validate_environment(
         if let Some(other) = taken.get(&addr) {
             return Err(fail(
                 raw.listen.span(),
-                format!("listen address {addr} of environment {slot_name} is already used by {other}"),
+                format!(
+                    "listen address {addr} of environment {slot_name} is already used by {other}"
+                ),
                 "give every environment (and each of its slots) its own port",
             ));
         }

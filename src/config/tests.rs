@@ -84,7 +84,10 @@ fn init_template_passes_check() {
 #[test]
 fn unknown_key_names_line_column_and_the_keys_allowed() {
     let dir = sandbox();
-    let d = diagnostic(dir.path(), &MINIMAL.replace("start =", "strat = \"x\"\nstart ="));
+    let d = diagnostic(
+        dir.path(),
+        &MINIMAL.replace("start =", "strat = \"x\"\nstart ="),
+    );
     assert_eq!((d.line, d.column), (4, 1));
     assert!(d.message.contains("unknown field `strat`"), "{}", d.message);
     assert!(d.message.contains("`start`"), "{}", d.message);
@@ -147,7 +150,11 @@ fn repo_that_is_not_git_is_refused() {
 fn remote_repos_are_accepted_without_checking() {
     let dir = sandbox();
     for url in ["https://example.com/a.git", "git@github.com:a/b.git"] {
-        let config = parse(dir.path(), &MINIMAL.replace("\"repo\"", &format!("\"{url}\""))).unwrap();
+        let config = parse(
+            dir.path(),
+            &MINIMAL.replace("\"repo\"", &format!("\"{url}\"")),
+        )
+        .unwrap();
         assert_eq!(config.app.repo, url);
     }
 }
@@ -156,12 +163,28 @@ fn remote_repos_are_accepted_without_checking() {
 fn other_rejections_each_point_at_their_value() {
     let dir = sandbox();
     let cases: &[(&str, &str, &str)] = &[
-        ("listen = \"127.0.0.1:8081\"", "listen = \"localhost\"", "not an address"),
+        (
+            "listen = \"127.0.0.1:8081\"",
+            "listen = \"localhost\"",
+            "not an address",
+        ),
         ("[app]", "[app]\nkeep_releases = 0", "keep_releases"),
         ("[app]", "[app]\nshared = [\"../etc\"]", "shared path"),
-        ("listen = \"127.0.0.1:8081\"", "listen = \"127.0.0.1:8081\"\ntrack = { branch = \"main\", tags = true }", "`track`"),
-        ("listen = \"127.0.0.1:8081\"", "listen = \"127.0.0.1:8081\"\nenv = { PORT = \"1\" }", "set by ferry"),
-        ("[environments.staging]", "[environments.Staging]", "environment name"),
+        (
+            "listen = \"127.0.0.1:8081\"",
+            "listen = \"127.0.0.1:8081\"\ntrack = { branch = \"main\", tags = true }",
+            "`track`",
+        ),
+        (
+            "listen = \"127.0.0.1:8081\"",
+            "listen = \"127.0.0.1:8081\"\nenv = { PORT = \"1\" }",
+            "set by ferry",
+        ),
+        (
+            "[environments.staging]",
+            "[environments.Staging]",
+            "environment name",
+        ),
         ("start = \"./run\"", "start = \" \"", "`start` is empty"),
     ];
     for (from, to, expected) in cases {

@@ -82,24 +82,39 @@ impl Engine {
         let last = self.store.last_succeeded(name)?;
         let deploying = self.store.lock_holder(name)?;
         let (pid, port, release) = match state.active.lock().await.as_ref() {
-            Some(a) if a.instance.exited().is_none() => {
-                (Some(a.instance.pid), Some(a.instance.port), Some(a.release.clone()))
-            }
+            Some(a) if a.instance.exited().is_none() => (
+                Some(a.instance.pid),
+                Some(a.instance.port),
+                Some(a.release.clone()),
+            ),
             _ => (None, None, None),
         };
         let (health, detail, response_ms) = match port {
             None if last.is_none() => ("none".to_string(), None, None),
-            None => ("down".to_string(), Some("no instance is running".into()), None),
+            None => (
+                "down".to_string(),
+                Some("no instance is running".into()),
+                None,
+            ),
             Some(port) => {
                 let path = &self.config.health.paths[0];
-                let timeout = self.config.health.timeout.min(std::time::Duration::from_secs(2));
-                let probe = crate::health::probe(&crate::health::client(), port, path, timeout).await;
+                let timeout = self
+                    .config
+                    .health
+                    .timeout
+                    .min(std::time::Duration::from_secs(2));
+                let probe =
+                    crate::health::probe(&crate::health::client(), port, path, timeout).await;
                 let ms = Some(probe.elapsed.as_millis() as u64);
                 match probe.outcome {
                     Ok(code) if code == self.config.health.expect_status => {
                         ("healthy".to_string(), None, ms)
                     }
-                    Ok(code) => ("unhealthy".into(), Some(format!("{path} answered {code}")), ms),
+                    Ok(code) => (
+                        "unhealthy".into(),
+                        Some(format!("{path} answered {code}")),
+                        ms,
+                    ),
                     Err(e) => ("unhealthy".into(), Some(format!("{path}: {e}")), ms),
                 }
             }
@@ -184,7 +199,10 @@ impl Engine {
         let left = old.upstream.drain(self.config.app.drain_timeout).await;
         self.stop_instance(old.record, &old.instance).await;
         if left > 0 {
-            format!("stopped {} with {left} request(s) still in flight after the drain timeout\n", old.release)
+            format!(
+                "stopped {} with {left} request(s) still in flight after the drain timeout\n",
+                old.release
+            )
         } else {
             format!("drained and stopped {}\n", old.release)
         }

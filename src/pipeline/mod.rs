@@ -19,7 +19,7 @@ use crate::release::{ReleaseError, check_ref};
 use crate::runtime::{self, LogSink};
 use crate::store::{Deployment, DeploymentState, Store, StoreError};
 
-pub use environment::{EnvStatus, EnvState};
+pub use environment::{EnvState, EnvStatus};
 
 /// Errors answering a deployment request (the deployment itself records its own outcome).
 #[derive(Debug, thiserror::Error)]
@@ -101,9 +101,7 @@ impl Engine {
     }
 
     /// Binds every environment's listen address; fails naming the first port that is taken.
-    pub async fn bind_proxies(
-        &self,
-    ) -> Result<Vec<(Proxy, tokio::net::TcpListener)>, EngineError> {
+    pub async fn bind_proxies(&self) -> Result<Vec<(Proxy, tokio::net::TcpListener)>, EngineError> {
         let mut out = Vec::new();
         for state in self.envs.values() {
             let env: &Environment = &state.env;
@@ -137,15 +135,16 @@ impl Engine {
                 who,
                 DeploymentState::Refused,
             )?;
-            self.store.set_state(id, DeploymentState::Refused, Some(&message))?;
+            self.store
+                .set_state(id, DeploymentState::Refused, Some(&message))?;
             return Err(EngineError::Busy {
                 message,
                 deployment: id,
             });
         }
-        let id = self
-            .store
-            .create_deployment(env, "deploy", git_ref, who, DeploymentState::Queued)?;
+        let id =
+            self.store
+                .create_deployment(env, "deploy", git_ref, who, DeploymentState::Queued)?;
         let engine = self.clone();
         tokio::spawn(async move { engine.run(id, state).await });
         Ok(self.store.deployment(id)?)
@@ -185,11 +184,10 @@ impl Engine {
 
     /// Stops every instance ferry started (on `serve` shutdown).
     pub async fn shutdown(&self) {
-        let all: Vec<_> = std::mem::take(
-            &mut *self.instances.lock().unwrap_or_else(|e| e.into_inner()),
-        )
-        .into_iter()
-        .collect();
+        let all: Vec<_> =
+            std::mem::take(&mut *self.instances.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .collect();
         let stops = all.iter().map(|(id, instance)| async move {
             instance.stop(self.config.app.stop_timeout).await;
             let _ = self.store.instance_stopped(*id);

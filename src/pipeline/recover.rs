@@ -66,16 +66,21 @@ impl Engine {
         let Some(last) = self.store.last_succeeded(env).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
-        let (Some(release), Some(version), Some(commit)) =
-            (last.release.clone(), last.version.clone(), last.commit_sha.clone())
-        else {
+        let (Some(release), Some(version), Some(commit)) = (
+            last.release.clone(),
+            last.version.clone(),
+            last.commit_sha.clone(),
+        ) else {
             return Ok(None);
         };
         let dir = self.config.env_dir(env).join("releases").join(&release);
         if !dir.is_dir() {
             return Err(format!("release dir {} is gone", dir.display()));
         }
-        match self.store.acquire_lock(env, None, "restore", RESTORE_HOLDER) {
+        match self
+            .store
+            .acquire_lock(env, None, "restore", RESTORE_HOLDER)
+        {
             Ok(Ok(())) => {}
             Ok(Err(h)) => return Err(format!("locked by {}", h.holder)),
             Err(e) => return Err(e.to_string()),

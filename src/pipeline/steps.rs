@@ -62,10 +62,10 @@ impl Engine {
         if let Some(active) = held.instance.take() {
             self.stop_instance(active.record, &active.instance).await;
         }
-        if held.lock {
-            if let Err(e) = self.store.release_lock(&env, Some(id), "deploy") {
-                tracing::error!(id, error = %e, "cannot release the lock");
-            }
+        if held.lock
+            && let Err(e) = self.store.release_lock(&env, Some(id), "deploy")
+        {
+            tracing::error!(id, error = %e, "cannot release the lock");
         }
         let result = match outcome {
             Ok(()) => {
@@ -103,12 +103,10 @@ impl Engine {
         if let Err(e) = self.store.step_finished(step, state, &output) {
             tracing::error!(id, step = name, error = %e, "cannot record step outcome");
         }
-        result
-            .map(|(v, _)| v)
-            .map_err(|mut stop| {
-                stop.message = format!("{name}: {}", stop.message);
-                stop
-            })
+        result.map(|(v, _)| v).map_err(|mut stop| {
+            stop.message = format!("{name}: {}", stop.message);
+            stop
+        })
     }
 
     fn skip(&self, id: i64, name: &str, why: &str) {
@@ -141,7 +139,10 @@ impl Engine {
             .map_err(|e| Stop::failed(e.to_string()))?;
 
         self.step(id, "lock", async {
-            match self.store.acquire_lock(&env.name, Some(id), "deploy", &d.triggered_by) {
+            match self
+                .store
+                .acquire_lock(&env.name, Some(id), "deploy", &d.triggered_by)
+            {
                 Ok(Ok(())) => {
                     held.lock = true;
                     Ok(((), format!("locked {} for deployment {id}\n", env.name)))
@@ -188,13 +189,17 @@ impl Engine {
                     .map_err(|e| Stop::failed(e.to_string()))?;
                 if dir.exists() {
                     // left over from an attempt that never finished building
-                    std::fs::remove_dir_all(&dir)
-                        .map_err(|e| Stop::failed(format!("cannot clear {}: {e}", dir.display())))?;
+                    std::fs::remove_dir_all(&dir).map_err(|e| {
+                        Stop::failed(format!("cannot clear {}: {e}", dir.display()))
+                    })?;
                 }
                 let mirror = self.config.state_dir.join("mirror.git");
                 release::export(&mirror, &resolved.commit, &dir).await?;
                 release::link_shared(&dir, &env_dir.join("shared"), &app.shared)?;
-                Ok(((), format!("exported {} into {}\n", resolved.commit, dir.display())))
+                Ok((
+                    (),
+                    format!("exported {} into {}\n", resolved.commit, dir.display()),
+                ))
             })
             .await
             .inspect_err(|_| self.mark_release(&env.name, &name, "failed"))?;
@@ -219,10 +224,15 @@ impl Engine {
         let release_name = name.clone();
         let instance = self
             .step(id, "start", async {
-                let spec = self.instance_spec(state, &dir, vars).map_err(Stop::failed)?;
+                let spec = self
+                    .instance_spec(state, &dir, vars)
+                    .map_err(Stop::failed)?;
                 let instance = crate::runtime::spawn(&spec, &state.log)
                     .map_err(|e| Stop::failed(e.to_string()))?;
-                let out = format!("started {release_name}: pid {} on port {}\n", instance.pid, instance.port);
+                let out = format!(
+                    "started {release_name}: pid {} on port {}\n",
+                    instance.pid, instance.port
+                );
                 let active = self
                     .record_instance(state, &release_name, Some(id), instance.clone())
                     .await
@@ -246,7 +256,9 @@ impl Engine {
                 let port = next.instance.port;
                 let previous = state.activate(next).await;
                 let out = match &previous {
-                    Some(p) => format!("traffic moved from {} to {name} (port {port})\n", p.release),
+                    Some(p) => {
+                        format!("traffic moved from {} to {name} (port {port})\n", p.release)
+                    }
                     None => format!("traffic now goes to {name} (port {port})\n"),
                 };
                 Ok((previous, out))

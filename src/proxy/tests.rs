@@ -86,12 +86,30 @@ async fn switch_sends_new_requests_to_the_new_upstream_while_old_ones_finish() {
     proxy.switch(Some(Upstream::new(backend("a").await)));
     let slow = tokio::spawn({
         let url = url.clone();
-        async move { client().get(format!("{url}/slow")).send().await.unwrap().text().await.unwrap() }
+        async move {
+            client()
+                .get(format!("{url}/slow"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let old = proxy.switch(Some(Upstream::new(backend("b").await))).unwrap();
+    let old = proxy
+        .switch(Some(Upstream::new(backend("b").await)))
+        .unwrap();
     assert_eq!(old.in_flight(), 1);
-    let body = client().get(&url).send().await.unwrap().text().await.unwrap();
+    let body = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(body.starts_with("b "), "{body}");
     let started = Instant::now();
     assert_eq!(old.drain(Duration::from_secs(5)).await, 0);
@@ -113,7 +131,10 @@ async fn drain_gives_up_at_its_timeout() {
 async fn a_dead_upstream_is_a_502_and_counted() {
     let (proxy, url, _stop) = start_proxy().await;
     let port = crate::runtime::free_port().unwrap();
-    proxy.switch(Some(Upstream::new(SocketAddr::from(([127, 0, 0, 1], port)))));
+    proxy.switch(Some(Upstream::new(SocketAddr::from((
+        [127, 0, 0, 1],
+        port,
+    )))));
     let resp = client().get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 502);
     assert_eq!(proxy.stats().errors.load(Ordering::Relaxed), 1);

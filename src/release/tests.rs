@@ -3,8 +3,17 @@ use std::process::Command;
 use super::*;
 
 fn sh(dir: &Path, script: &str) {
-    let out = Command::new("sh").arg("-c").arg(script).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A repo with `v1.0.0` on the first commit and `main` one commit ahead.
@@ -21,10 +30,31 @@ fn repo() -> tempfile::TempDir {
 
 #[test]
 fn refs_that_could_escape_or_inject_are_refused() {
-    for bad in ["", "-rf", "../x", "a/../b", "a b", "v1;rm -rf /", "$(id)", "a`b`", "/abs", "x/", "a..b", "HEAD@{1}", "x.lock"] {
+    for bad in [
+        "",
+        "-rf",
+        "../x",
+        "a/../b",
+        "a b",
+        "v1;rm -rf /",
+        "$(id)",
+        "a`b`",
+        "/abs",
+        "x/",
+        "a..b",
+        "HEAD@{1}",
+        "x.lock",
+    ] {
         assert!(check_ref(bad).is_err(), "{bad:?} was accepted");
     }
-    for good in ["v1.0.0", "main", "feature/login", "v2.0.0-rc.1", "v1.0.0+build.5", "abc1234"] {
+    for good in [
+        "v1.0.0",
+        "main",
+        "feature/login",
+        "v2.0.0-rc.1",
+        "v1.0.0+build.5",
+        "abc1234",
+    ] {
         check_ref(good).unwrap();
     }
 }
@@ -41,26 +71,40 @@ async fn resolves_tags_branches_and_shas_through_the_mirror() {
     assert_eq!(main.kind, RefKind::Branch);
     assert_ne!(tag.commit, main.commit);
     let by_sha = resolve(&mirror, &main.commit[..10]).await.unwrap();
-    assert_eq!((by_sha.kind, by_sha.commit.as_str()), (RefKind::Commit, main.commit.as_str()));
+    assert_eq!(
+        (by_sha.kind, by_sha.commit.as_str()),
+        (RefKind::Commit, main.commit.as_str())
+    );
     assert_eq!(tag.release_name(), format!("v1.0.0-{}", &tag.commit[..7]));
-    assert!(matches!(resolve(&mirror, "v9.9.9").await, Err(ReleaseError::UnknownRef(_))));
+    assert!(matches!(
+        resolve(&mirror, "v9.9.9").await,
+        Err(ReleaseError::UnknownRef(_))
+    ));
 
     // a new tag in the repo is seen after the next sync
     sh(&repo, "git tag v1.1.0");
     assert!(resolve(&mirror, "v1.1.0").await.is_err());
     sync_mirror(repo.to_str().unwrap(), &mirror).await.unwrap();
-    assert_eq!(resolve(&mirror, "v1.1.0").await.unwrap().commit, main.commit);
+    assert_eq!(
+        resolve(&mirror, "v1.1.0").await.unwrap().commit,
+        main.commit
+    );
 }
 
 #[tokio::test]
 async fn export_links_shared_paths_without_overwriting_them() {
     let dir = repo();
     let mirror = dir.path().join("mirror.git");
-    sync_mirror(dir.path().join("repo").to_str().unwrap(), &mirror).await.unwrap();
+    sync_mirror(dir.path().join("repo").to_str().unwrap(), &mirror)
+        .await
+        .unwrap();
     let tag = resolve(&mirror, "v1.0.0").await.unwrap();
     let dest = dir.path().join("releases").join(tag.release_name());
     export(&mirror, &tag.commit, &dest).await.unwrap();
-    assert_eq!(std::fs::read_to_string(dest.join("app.txt")).unwrap(), "one\n");
+    assert_eq!(
+        std::fs::read_to_string(dest.join("app.txt")).unwrap(),
+        "one\n"
+    );
     assert!(!dest.join(".git").exists());
 
     let shared = dir.path().join("shared");
@@ -68,10 +112,17 @@ async fn export_links_shared_paths_without_overwriting_them() {
     std::fs::write(shared.join("config/.env"), "SECRET=1\n").unwrap();
     link_shared(&dest, &shared, &["data/".into(), "config/.env".into()]).unwrap();
     // the repo's data/ went away in favour of the (new, empty) shared one
-    assert!(std::fs::symlink_metadata(dest.join("data")).unwrap().is_symlink());
+    assert!(
+        std::fs::symlink_metadata(dest.join("data"))
+            .unwrap()
+            .is_symlink()
+    );
     assert!(!shared.join("data/db").exists());
     std::fs::write(dest.join("data/live.db"), "live").unwrap();
-    assert_eq!(std::fs::read_to_string(shared.join("data/live.db")).unwrap(), "live");
+    assert_eq!(
+        std::fs::read_to_string(shared.join("data/live.db")).unwrap(),
+        "live"
+    );
 
     let err = link_shared(&dest, &shared, &["config/missing.env".into()]).unwrap_err();
     assert!(err.to_string().contains("config/missing.env"), "{err}");
@@ -81,20 +132,35 @@ async fn export_links_shared_paths_without_overwriting_them() {
 #[tokio::test]
 async fn commands_report_failure_output_and_time_out() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_command(dir.path(), "echo hello; echo oops >&2", &[], Duration::from_secs(5))
-        .await
-        .unwrap();
+    let out = run_command(
+        dir.path(),
+        "echo hello; echo oops >&2",
+        &[],
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     assert_eq!(out, "hello\noops\n");
     let vars = [("GREETING".to_string(), "hi".to_string())];
-    let err = run_command(dir.path(), "echo $GREETING; exit 3", &vars, Duration::from_secs(5))
-        .await
-        .unwrap_err();
+    let err = run_command(
+        dir.path(),
+        "echo $GREETING; exit 3",
+        &vars,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("exited with status 3"), "{err}");
     assert_eq!(err.output(), "hi\n");
     // a timed-out command's background children die with it
-    let err = run_command(dir.path(), "sleep 30 & sleep 30", &[], Duration::from_millis(200))
-        .await
-        .unwrap_err();
+    let err = run_command(
+        dir.path(),
+        "sleep 30 & sleep 30",
+        &[],
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("timed out after 200ms"), "{err}");
 }
 

@@ -7,7 +7,10 @@ fn spec(dir: &Path, start: &str) -> InstanceSpec {
         release_dir: dir.to_path_buf(),
         start: start.to_string(),
         port: 4321,
-        vars: vec![("PORT".into(), "4321".into()), ("APP_VERSION".into(), "v1".into())],
+        vars: vec![
+            ("PORT".into(), "4321".into()),
+            ("APP_VERSION".into(), "v1".into()),
+        ],
         secrets: Secrets::default(),
     }
 }
@@ -20,7 +23,10 @@ async fn instance_gets_its_variables_and_secrets_and_logs_its_output() {
     let secrets = Secrets::read(&env_file).unwrap();
     assert_eq!(format!("{secrets:?}"), "{\"API_KEY\", \"OTHER\"}");
     let log = LogSink::open(dir.path().join("logs/app.log")).unwrap();
-    let mut spec = spec(dir.path(), "echo port=$PORT version=$APP_VERSION key=$API_KEY; echo err >&2");
+    let mut spec = spec(
+        dir.path(),
+        "echo port=$PORT version=$APP_VERSION key=$API_KEY; echo err >&2",
+    );
     spec.secrets = secrets;
     let instance = spawn(&spec, &log).unwrap();
     assert!(instance.wait_exit().await.unwrap().success());
@@ -45,19 +51,29 @@ async fn stop_kills_the_group_of_an_instance_that_ignores_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let log = LogSink::open(dir.path().join("app.log")).unwrap();
     let marker = dir.path().join("child.pid");
-    let start = format!("trap '' TERM; sleep 60 & echo $! > {}; wait", marker.display());
+    let start = format!(
+        "trap '' TERM; sleep 60 & echo $! > {}; wait",
+        marker.display()
+    );
     let instance = spawn(&spec(dir.path(), &start), &log).unwrap();
     while !marker.exists() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let child: u32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+    let child: u32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let started = Instant::now();
     instance.stop(Duration::from_millis(300)).await;
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert!(instance.exited().is_some());
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(process_start_time(child).is_none(), "background child survived");
+    assert!(
+        process_start_time(child).is_none(),
+        "background child survived"
+    );
 }
 
 #[test]

@@ -70,7 +70,10 @@ pub(super) async fn logs(
         (Some(first), path, offset),
         |(pending, path, offset): (Option<Vec<u8>>, PathBuf, u64)| async move {
             if let Some(first) = pending {
-                return Some((Ok::<_, std::io::Error>(Bytes::from(first)), (None, path, offset)));
+                return Some((
+                    Ok::<_, std::io::Error>(Bytes::from(first)),
+                    (None, path, offset),
+                ));
             }
             let mut offset = offset;
             loop {

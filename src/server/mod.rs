@@ -48,7 +48,9 @@ impl IntoResponse for ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> ApiError {
         let (status, code) = match &e {
-            EngineError::UnknownEnvironment { .. } => (StatusCode::NOT_FOUND, "unknown_environment"),
+            EngineError::UnknownEnvironment { .. } => {
+                (StatusCode::NOT_FOUND, "unknown_environment")
+            }
             EngineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             EngineError::BadRef(_) => (StatusCode::BAD_REQUEST, "bad_ref"),
             EngineError::Busy { .. } => (StatusCode::CONFLICT, "environment_busy"),
@@ -230,7 +232,11 @@ async fn deployment(
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeploymentDetail>> {
     let id: i64 = id.parse().map_err(|_| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_id", format!("\"{id}\" is not a deployment id"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_id",
+            format!("\"{id}\" is not a deployment id"),
+        )
     })?;
     let (deployment, steps) = engine.deployment(id)?;
     Ok(Json(DeploymentDetail { deployment, steps }))

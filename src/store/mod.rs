@@ -90,7 +90,14 @@ impl Store {
         conn.execute(
             "INSERT INTO deployments (environment, kind, git_ref, state, triggered_by, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![environment, kind, git_ref, state.as_str(), triggered_by, now()],
+            params![
+                environment,
+                kind,
+                git_ref,
+                state.as_str(),
+                triggered_by,
+                now()
+            ],
         )?;
         Ok(conn.last_insert_rowid())
     }
@@ -129,7 +136,10 @@ impl Store {
     pub fn deployment(&self, id: i64) -> Result<Deployment> {
         self.conn()
             .query_row(
-                &format!("SELECT {} FROM deployments WHERE id = ?1", Deployment::COLUMNS),
+                &format!(
+                    "SELECT {} FROM deployments WHERE id = ?1",
+                    Deployment::COLUMNS
+                ),
                 [id],
                 Deployment::from_row,
             )
@@ -245,7 +255,12 @@ impl Store {
     }
 
     /// Releases the lock of `kind` if `deployment` holds it.
-    pub fn release_lock(&self, environment: &str, deployment: Option<i64>, kind: &str) -> Result<()> {
+    pub fn release_lock(
+        &self,
+        environment: &str,
+        deployment: Option<i64>,
+        kind: &str,
+    ) -> Result<()> {
         self.conn().execute(
             "DELETE FROM env_locks WHERE environment = ?1 AND deployment_id IS ?2 AND kind = ?3",
             params![environment, deployment, kind],

@@ -10,20 +10,31 @@ fn open() -> (tempfile::TempDir, Store) {
 fn migrations_apply_once_and_survive_reopen() {
     let (dir, store) = open();
     let id = store
-        .create_deployment("staging", "deploy", "v1.0.0", "ann", DeploymentState::Queued)
+        .create_deployment(
+            "staging",
+            "deploy",
+            "v1.0.0",
+            "ann",
+            DeploymentState::Queued,
+        )
         .unwrap();
     drop(store);
     let store = Store::open(&dir.path().join("ferry.db")).unwrap();
     assert_eq!(store.deployment(id).unwrap().git_ref, "v1.0.0");
     let conn = store.conn();
-    let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
     assert_eq!(mode, "wal");
 }
 
 #[test]
 fn a_newer_schema_is_refused() {
     let (dir, store) = open();
-    store.conn().pragma_update(None, "user_version", 99).unwrap();
+    store
+        .conn()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
     drop(store);
     let err = Store::open(&dir.path().join("ferry.db")).err().unwrap();
     assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
@@ -48,17 +59,29 @@ fn lock_admits_one_deployment_per_environment() {
     let b = store
         .create_deployment("staging", "deploy", "main", "bob", DeploymentState::Running)
         .unwrap();
-    store.acquire_lock("staging", Some(a), "deploy", "ann").unwrap().unwrap();
-    let held = store.acquire_lock("staging", Some(b), "deploy", "bob").unwrap().unwrap_err();
+    store
+        .acquire_lock("staging", Some(a), "deploy", "ann")
+        .unwrap()
+        .unwrap();
+    let held = store
+        .acquire_lock("staging", Some(b), "deploy", "bob")
+        .unwrap()
+        .unwrap_err();
     assert_eq!(held.holder, "ann");
     assert_eq!(held.deployment_id, Some(a));
     // another environment is independent
-    store.acquire_lock("production", Some(b), "deploy", "bob").unwrap().unwrap();
+    store
+        .acquire_lock("production", Some(b), "deploy", "bob")
+        .unwrap()
+        .unwrap();
     // only the holder releases
     store.release_lock("staging", Some(b), "deploy").unwrap();
     assert!(store.lock_holder("staging").unwrap().is_some());
     store.release_lock("staging", Some(a), "deploy").unwrap();
-    store.acquire_lock("staging", Some(b), "deploy", "bob").unwrap().unwrap();
+    store
+        .acquire_lock("staging", Some(b), "deploy", "bob")
+        .unwrap()
+        .unwrap();
     assert_eq!(store.clear_deploy_locks().unwrap(), 2);
 }
 
@@ -74,7 +97,9 @@ fn steps_and_states_are_recorded_in_order() {
     let s2 = store.step_started(id, "build").unwrap();
     assert_eq!(store.deployment(id).unwrap().step.as_deref(), Some("build"));
     assert_eq!(store.unfinished().unwrap().len(), 1);
-    store.step_finished(s2, StepState::Failed, "make: error").unwrap();
+    store
+        .step_finished(s2, StepState::Failed, "make: error")
+        .unwrap();
     store
         .set_state(id, DeploymentState::Failed, Some("build failed"))
         .unwrap();
@@ -97,7 +122,9 @@ fn releases_keep_recorded_order_and_history_is_newest_first() {
         store.upsert_release("staging", name, "v", "sha").unwrap();
     }
     // upserting again keeps the first row
-    let again = store.upsert_release("staging", "v2-bbb", "v", "sha").unwrap();
+    let again = store
+        .upsert_release("staging", "v2-bbb", "v", "sha")
+        .unwrap();
     assert_eq!(again.status, "preparing");
     store
         .set_release_status("staging", "v1-aaa", "pruned", None)

@@ -82,7 +82,10 @@ impl Sandbox {
         for Rel(tag, conf) in releases {
             std::fs::write(repo.join("app.conf"), conf).unwrap();
             std::fs::write(repo.join("release.txt"), tag).unwrap();
-            sh(&repo, &format!("git add . && git commit -qm {tag} && git tag {tag}"));
+            sh(
+                &repo,
+                &format!("git add . && git commit -qm {tag} && git tag {tag}"),
+            );
         }
         let api_port = free_port();
         let mut envs = Vec::new();
@@ -158,7 +161,11 @@ listen = "127.0.0.1:{api_port}"
         self.serve = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while get(&format!("{}/health", self.api)).is_none() {
-            assert!(Instant::now() < deadline, "ferry serve did not come up:\n{}", self.serve_log());
+            assert!(
+                Instant::now() < deadline,
+                "ferry serve did not come up:\n{}",
+                self.serve_log()
+            );
             if let Some(status) = self.serve.as_mut().unwrap().try_wait().unwrap() {
                 panic!("ferry serve exited with {status}:\n{}", self.serve_log());
             }
@@ -196,7 +203,12 @@ listen = "127.0.0.1:{api_port}"
     /// A deploy that must succeed.
     pub fn deploy_ok(&self, env: &str, git_ref: &str) -> Run {
         let run = self.ferry(&["deploy", env, git_ref]);
-        assert_eq!(run.code(), 0, "deploy {env} {git_ref} failed:\n{run}\n{}", self.serve_log());
+        assert_eq!(
+            run.code(),
+            0,
+            "deploy {env} {git_ref} failed:\n{run}\n{}",
+            self.serve_log()
+        );
         run
     }
 }
@@ -221,14 +233,19 @@ impl Run {
         String::from_utf8_lossy(&self.0.stderr).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.0.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{self}"))
+        serde_json::from_slice(&self.0.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{self}"))
     }
 }
 
 impl std::fmt::Display for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code(), self.stdout(), self.stderr())
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code(),
+            self.stdout(),
+            self.stderr()
+        )
     }
 }
 
