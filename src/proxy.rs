@@ -4,6 +4,10 @@
 //! flight on the upstream it picked until its response body is done, so the pipeline can wait
 //! for the old instance to drain ([`Upstream::drain`]) before stopping it. No upstream yet
 //! answers 503 with a plain message.
+//!
+//! Each client connection keeps its own keep-alive connection to the upstream it last used
+//! (HTTP/1.1 serves one request at a time per connection), so forwarding takes no shared
+//! pool lock; after a switch the next request on it opens a connection to the new upstream.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,12 +20,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Body, Frame, Incoming};
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -117,8 +120,33 @@ pub struct Proxy {
 struct Inner {
     environment: String,
     upstream: RwLock<Option<Arc<Upstream>>>,
-    client: Client<HttpConnector, Incoming>,
     stats: Stats,
+}
+
+/// A client connection's own connection to an upstream.
+struct UpstreamConn {
+    upstream: Arc<Upstream>,
+    sender: SendRequest<Incoming>,
+}
+
+/// The upstream connection a client connection holds between its requests.
+type ConnCache = Arc<std::sync::Mutex<Option<UpstreamConn>>>;
+
+async fn connect(upstream: &Arc<Upstream>) -> Result<UpstreamConn, String> {
+    let stream = TcpStream::connect(upstream.addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(UpstreamConn {
+        upstream: upstream.clone(),
+        sender,
+    })
 }
 
 /// Headers that belong to one connection and are not forwarded.
@@ -135,17 +163,10 @@ const HOP_BY_HOP: &[&str] = &[
 
 impl Proxy {
     pub fn new(environment: &str) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
         Proxy {
             inner: Arc::new(Inner {
                 environment: environment.to_string(),
                 upstream: RwLock::new(None),
-                client,
                 stats: Stats::default(),
             }),
         }
@@ -186,7 +207,30 @@ impl Proxy {
         Some(InFlight(upstream.clone()))
     }
 
-    async fn handle(&self, mut req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+    /// The cached connection if it goes to `upstream` and is still usable, else a new one.
+    async fn upstream_conn(
+        &self,
+        cache: &ConnCache,
+        upstream: &Arc<Upstream>,
+    ) -> Result<UpstreamConn, String> {
+        let cached = cache.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut conn) = cached {
+            if Arc::ptr_eq(&conn.upstream, upstream)
+                && !conn.sender.is_closed()
+                && conn.sender.ready().await.is_ok()
+            {
+                return Ok(conn);
+            }
+        }
+        connect(upstream).await
+    }
+
+    async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+        cache: &ConnCache,
+    ) -> Response<ProxyBody> {
         self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
         let Some(guard) = self.pick() else {
             return self.plain(
@@ -197,15 +241,6 @@ impl Proxy {
                 ),
             );
         };
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        let Ok(uri) = format!("http://{}{path}", guard.0.addr).parse() else {
-            return self.plain(StatusCode::BAD_REQUEST, "bad request target\n".into());
-        };
-        *req.uri_mut() = uri;
         let headers = req.headers_mut();
         for name in HOP_BY_HOP {
             headers.remove(*name);
@@ -221,7 +256,16 @@ impl Proxy {
             HeaderName::from_static("x-forwarded-proto"),
             HeaderValue::from_static("http"),
         );
-        match self.inner.client.request(req).await {
+        let sent = match self.upstream_conn(cache, &guard.0).await {
+            Ok(mut conn) => {
+                let response = conn.sender.send_request(req);
+                // the connection is free for this client's next request once this one is done
+                *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+                response.await.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e),
+        };
+        match sent {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 for name in HOP_BY_HOP {
@@ -276,9 +320,11 @@ impl Proxy {
             };
             let _ = stream.set_nodelay(true);
             let proxy = self.clone();
+            let cache: ConnCache = Arc::default();
             let service = hyper::service::service_fn(move |req| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+                let cache = cache.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, peer, &cache).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)

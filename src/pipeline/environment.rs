@@ -47,6 +47,8 @@ pub struct EnvStatus {
     pub health_detail: Option<String>,
     pub response_ms: Option<u64>,
     pub pid: Option<u32>,
+    /// The instance's own port on 127.0.0.1 (behind the proxy).
+    pub port: Option<u16>,
     pub deploying: Option<LockHolder>,
 }
 
@@ -136,6 +138,7 @@ impl Engine {
             health_detail: detail,
             response_ms,
             pid,
+            port,
             deploying,
         })
     }
