@@ -214,13 +214,12 @@ impl Proxy {
         upstream: &Arc<Upstream>,
     ) -> Result<UpstreamConn, String> {
         let cached = cache.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(mut conn) = cached {
-            if Arc::ptr_eq(&conn.upstream, upstream)
-                && !conn.sender.is_closed()
-                && conn.sender.ready().await.is_ok()
-            {
-                return Ok(conn);
-            }
+        if let Some(mut conn) = cached
+            && Arc::ptr_eq(&conn.upstream, upstream)
+            && !conn.sender.is_closed()
+            && conn.sender.ready().await.is_ok()
+        {
+            return Ok(conn);
         }
         connect(upstream).await
     }
