@@ -69,7 +69,7 @@ listen = "127.0.0.1:$PRODUCTION"
 listen = "127.0.0.1:$API"
 TOML
 
-"$FERRY" serve -c "$work/ferry.toml" > "$work/serve.log" 2>&1 &
+env ${SERVE_ENV:-} "$FERRY" serve -c "$work/ferry.toml" > "$work/serve.log" 2>&1 &
 serve_pid=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$API/health" >/dev/null && break; sleep 0.1; done
 sleep 1
