@@ -68,6 +68,7 @@ impl Daemon {
         for (proxy, listener) in proxies {
             tasks.push(tokio::spawn(proxy.serve(listener, rx.clone())));
         }
+        tasks.push(tokio::spawn(engine.clone().supervise(rx.clone())));
         let server = crate::server::serve(engine.clone(), api, rx.clone());
         tasks.push(tokio::spawn(async move {
             if let Err(e) = server.await {

@@ -564,3 +564,25 @@ fn demo_runs_its_walkthrough_without_a_failed_request() {
     );
     assert!(out.contains(": 0 failed."), "{out}");
 }
+
+#[test]
+fn an_instance_that_dies_is_started_again_from_the_same_release() {
+    let mut s = Sandbox::new(&[Rel("v1.0.0", GOOD)]);
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+    let pid = s.ferry(&["status", "--json"]).json()[0]["pid"]
+        .as_u64()
+        .unwrap();
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let url = s.url("staging");
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            let status = s.ferry(&["status", "--json"]).json();
+            status[0]["pid"].as_u64().is_some_and(|p| p != pid)
+                && get(&url).is_some_and(|(c, b)| c == 200 && b.contains("v1.0.0"))
+        }),
+        "not restarted:\n{}",
+        s.serve_log()
+    );
+    assert!(s.serve_log().contains("instance exited on its own"));
+}

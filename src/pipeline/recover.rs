@@ -1,7 +1,10 @@
 //! Bringing environments back after `serve` starts, and keeping them up while it runs.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use nix::sys::signal::Signal;
 
@@ -11,6 +14,8 @@ use crate::store::DeploymentState;
 
 /// Holder name of the lock taken while an environment is being restored.
 pub const RESTORE_HOLDER: &str = "ferry (restoring the last good release)";
+/// Holder name of the lock taken while a crashed instance is started again.
+pub const RESTART_HOLDER: &str = "ferry (restarting a crashed instance)";
 
 impl Engine {
     /// Run once at `serve` start: deployments cut off by a stop are `interrupted`, their locks
@@ -73,14 +78,27 @@ impl Engine {
         ) else {
             return Ok(None);
         };
-        let dir = self.config.env_dir(env).join("releases").join(&release);
+        self.run_release(state, &release, version, commit, RESTORE_HOLDER)
+            .await?;
+        Ok(Some(release))
+    }
+
+    /// Starts `release` from its built dir under a `restore` lock held by `holder`, waits
+    /// until it is healthy, and switches traffic to it.
+    async fn run_release(
+        &self,
+        state: &EnvState,
+        release: &str,
+        version: String,
+        commit: String,
+        holder: &str,
+    ) -> Result<(), String> {
+        let env = &state.env.name;
+        let dir = self.config.env_dir(env).join("releases").join(release);
         if !dir.is_dir() {
             return Err(format!("release dir {} is gone", dir.display()));
         }
-        match self
-            .store
-            .acquire_lock(env, None, "restore", RESTORE_HOLDER)
-        {
+        match self.store.acquire_lock(env, None, "restore", holder) {
             Ok(Ok(())) => {}
             Ok(Err(h)) => return Err(format!("locked by {}", h.holder)),
             Err(e) => return Err(e.to_string()),
@@ -92,7 +110,7 @@ impl Engine {
             ("COMMIT_SHA".to_string(), commit),
         ];
         let result = match self.instance_spec(state, &dir, vars) {
-            Ok(spec) => self.start_healthy(state, &release, spec).await,
+            Ok(spec) => self.start_healthy(state, release, spec).await,
             Err(e) => Err(e),
         };
         let _ = self.store.release_lock(env, None, "restore");
@@ -100,6 +118,59 @@ impl Engine {
         if let Some(old) = state.activate(active).await {
             self.retire(old).await;
         }
-        Ok(Some(release))
+        Ok(())
+    }
+
+    /// Watches every environment's serving instance; one that exits on its own is started
+    /// again from the same release, with a growing pause between failed attempts (1 s up to
+    /// 60 s). A deployment in progress takes precedence: it will replace the instance anyway.
+    pub async fn supervise(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut next_try: HashMap<String, (tokio::time::Instant, u32)> = HashMap::new();
+        loop {
+            tokio::select! {
+                () = crate::proxy::stopped(&mut shutdown) => return,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            for state in self.environments() {
+                let env = state.env.name.clone();
+                let crashed = state.active.lock().await.as_ref().and_then(|a| {
+                    a.instance
+                        .exited()
+                        .map(|status| (a.release.clone(), status))
+                });
+                let Some((release, status)) = crashed else {
+                    next_try.remove(&env);
+                    continue;
+                };
+                let (at, failures) = next_try
+                    .get(&env)
+                    .copied()
+                    .unwrap_or((tokio::time::Instant::now(), 0));
+                if tokio::time::Instant::now() < at || *shutdown.borrow() {
+                    continue;
+                }
+                if failures == 0 {
+                    tracing::warn!(env = %env, release = %release, %status, "instance exited on its own; restarting it");
+                }
+                let Ok(Some(row)) = self.store.release(&env, &release) else {
+                    continue;
+                };
+                let result = self
+                    .run_release(state, &release, row.version, row.commit_sha, RESTART_HOLDER)
+                    .await;
+                match result {
+                    Ok(()) => {
+                        tracing::info!(env = %env, release = %release, "instance restarted");
+                        next_try.remove(&env);
+                    }
+                    Err(e) => {
+                        let pause =
+                            Duration::from_secs(1 << failures.min(6)).min(Duration::from_secs(60));
+                        tracing::error!(env = %env, error = %e, "restart failed; next try in {}s", pause.as_secs());
+                        next_try.insert(env, (tokio::time::Instant::now() + pause, failures + 1));
+                    }
+                }
+            }
+        }
     }
 }
