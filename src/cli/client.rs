@@ -80,13 +80,16 @@ impl ApiClient {
         })
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let resp = self
-            .http
+    async fn send_get(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        self.http
             .get(format!("{}{path}", self.base))
             .send()
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.error(e))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self.send_get(path).await?;
         self.decode(resp).await
     }
 
@@ -108,12 +111,7 @@ impl ApiClient {
 
     /// A streaming GET, for logs.
     pub async fn stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .map_err(|e| self.error(e))?;
+        let resp = self.send_get(path).await?;
         if resp.status().is_success() {
             Ok(resp)
         } else {
