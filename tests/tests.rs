@@ -473,7 +473,7 @@ fn init_writes_a_template_that_check_accepts() {
 
 #[test]
 fn logs_show_the_app_output() {
-    let mut s = Sandbox::new(&[Rel("v1.0.0", GOOD)]);
+    let mut s = Sandbox::new(&[Rel("v1.0.0", GOOD), Rel("v1.1.0", GOOD)]);
     s.serve();
     s.deploy_ok("staging", "v1.0.0");
     assert!(eventually(Duration::from_secs(5), || {
