@@ -137,7 +137,9 @@ async fn connect(upstream: &Arc<Upstream>) -> Result<UpstreamConn, String> {
         .await
         .map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
@@ -327,6 +329,7 @@ impl Proxy {
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
+                .writev(false)
                 .serve_connection(TokioIo::new(stream), service);
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
