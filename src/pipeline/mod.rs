@@ -146,7 +146,8 @@ impl Engine {
             self.store
                 .create_deployment(env, "deploy", git_ref, who, DeploymentState::Queued)?;
         let engine = self.clone();
-        tokio::spawn(async move { engine.run(id, state).await });
+        let span = tracing::info_span!("deploy", id, env = %env);
+        tokio::spawn(tracing::Instrument::instrument(engine.run(id, state), span));
         Ok(self.store.deployment(id)?)
     }
 

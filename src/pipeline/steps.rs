@@ -50,9 +50,6 @@ impl Engine {
     /// Runs deployment `id` to its end; every outcome is recorded in the store.
     pub(super) async fn run(self: Arc<Self>, id: i64, state: Arc<EnvState>) {
         let env = state.env.name.clone();
-        let span = tracing::info_span!("deploy", id, env = %env);
-        let _enter = span.enter();
-        drop(_enter);
         if let Err(e) = self.store.set_state(id, DeploymentState::Running, None) {
             tracing::error!(id, error = %e, "cannot start deployment");
             return;
