@@ -265,7 +265,7 @@ impl Engine {
         self.step(id, "finish", async {
             let mut out = match previous {
                 Some(old) => self.retire(old).await,
-                None => String::new(),
+                None => "first release in this environment\n".to_string(),
             };
             self.mark_release(&env.name, &name, "good");
             out.push_str(&self.prune(&env.name, &name));
