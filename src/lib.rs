@@ -26,6 +26,7 @@ pub mod config;
 pub mod daemon;
 pub mod health;
 pub mod pipeline;
+pub mod policy;
 pub mod proxy;
 pub mod release;
 pub mod runtime;

@@ -18,6 +18,8 @@ pub use diagnostic::Diagnostic;
 pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use template::TEMPLATE;
 
+pub use crate::policy::FreezeWindow;
+
 /// Variables ferry sets for every instance; the `env` table may not override them.
 pub const RESERVED_VARS: &[&str] = &[
     "PORT",
@@ -39,6 +41,8 @@ pub struct Config {
     pub health: Health,
     /// Every environment, slots expanded (`staging-1`, `staging-2`), in file order by name.
     pub environments: Vec<Environment>,
+    /// Post-deploy monitoring; `None` when the file has no `[monitor]` table.
+    pub monitor: Option<Monitor>,
     pub server: Server,
 }
 
@@ -94,6 +98,37 @@ pub struct Environment {
     pub env: BTreeMap<String, String>,
     /// Secrets file; relative paths are read from the environment's `shared/` dir.
     pub env_file: Option<PathBuf>,
+    /// Pre-release tags (`v1.2.0-rc.1`) are accepted where tags are tracked.
+    pub prerelease: bool,
+    /// The environment (config table name) a tag must be verified on before it comes here.
+    pub requires: Option<String>,
+    /// Deployments wait for `ferry approve`.
+    pub approval: bool,
+    /// How long a deployment waits for approval before it is refused.
+    pub approval_timeout: Duration,
+    /// Deploys are refused inside these windows unless forced with a reason.
+    pub freeze: Vec<FreezeWindow>,
+    /// The zone freeze windows are read in; `None` is the machine's local time.
+    pub timezone: Option<chrono_tz::Tz>,
+    /// Checks CI must have reported as passing for the commit.
+    pub require_checks: Vec<String>,
+    /// Files inside the shared dir snapshotted before each deploy.
+    pub backup: Vec<String>,
+    /// Whether `[monitor]` watches deploys here after the switch.
+    pub monitor: bool,
+}
+
+/// Post-deploy monitoring (`[monitor]`): how long, how often, and the rules that roll back.
+#[derive(Debug, Clone)]
+pub struct Monitor {
+    pub duration: Duration,
+    pub interval: Duration,
+    pub max_consecutive_failures: u32,
+    pub min_success_rate: f64,
+    pub max_response_time: Duration,
+    pub max_error_lines: u32,
+    pub error_window: Duration,
+    pub error_pattern: regex::Regex,
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +190,14 @@ impl Config {
     /// The environment called `name` (a slot name such as `staging-1`, or a plain name).
     pub fn environment(&self, name: &str) -> Option<&Environment> {
         self.environments.iter().find(|e| e.name == name)
+    }
+
+    /// The environments (slots) of config table `group`.
+    pub fn group(&self, group: &str) -> Vec<&Environment> {
+        self.environments
+            .iter()
+            .filter(|e| e.group == group)
+            .collect()
     }
 
     /// The names of all environments, for messages.

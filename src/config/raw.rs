@@ -21,8 +21,22 @@ pub struct RawConfig {
     health: RawHealth,
     #[serde(default)]
     environments: BTreeMap<Spanned<String>, RawEnvironment>,
+    monitor: Option<RawMonitor>,
     #[serde(default)]
     server: RawServer,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMonitor {
+    duration: Option<HumanDuration>,
+    interval: Option<HumanDuration>,
+    max_consecutive_failures: Option<Spanned<i64>>,
+    min_success_rate: Option<Spanned<f64>>,
+    max_response_time: Option<HumanDuration>,
+    max_error_lines: Option<Spanned<i64>>,
+    error_window: Option<HumanDuration>,
+    error_pattern: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +77,18 @@ struct RawEnvironment {
     #[serde(default)]
     env: BTreeMap<Spanned<String>, String>,
     env_file: Option<String>,
+    prerelease: Option<bool>,
+    requires: Option<Spanned<String>>,
+    approval: Option<bool>,
+    approval_timeout: Option<HumanDuration>,
+    #[serde(default)]
+    freeze: Vec<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+    #[serde(default)]
+    require_checks: Vec<Spanned<String>>,
+    #[serde(default)]
+    backup: Vec<Spanned<String>>,
+    monitor: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -131,7 +157,12 @@ impl RawConfig {
             None => SocketAddr::from(([127, 0, 0, 1], 7070)),
         };
 
+        let monitor = self
+            .monitor
+            .map(|m| validate_monitor(m, &fail))
+            .transpose()?;
         let mut environments = Vec::new();
+        let mut requires = Vec::new();
         let mut taken: HashMap<SocketAddr, String> = HashMap::new();
         taken.insert(server_listen, "[server] listen".into());
         if self.environments.is_empty() {
@@ -151,8 +182,13 @@ impl RawConfig {
                     "use lowercase letters, digits and '-', starting with a letter, like \"staging\"",
                 ));
             }
+            if let Some(r) = &env.requires {
+                requires.push((name.clone(), r.clone()));
+            }
             environments.extend(validate_environment(&name, env, &fail, &mut taken)?);
         }
+        let groups: Vec<String> = environments.iter().map(|e| e.group.clone()).collect();
+        check_requires(&requires, &groups, &fail)?;
         let state_dir = resolve(self.state_dir.as_deref().unwrap_or(".ferry"));
         Ok(Config {
             path: path.to_path_buf(),
@@ -160,6 +196,7 @@ impl RawConfig {
             app,
             health,
             environments,
+            monitor,
             server: Server {
                 listen: server_listen,
             },
@@ -190,13 +227,7 @@ fn validate_app(
     let mut shared = Vec::new();
     for s in raw.shared {
         let p = s.get_ref();
-        let trimmed = p.trim_end_matches('/');
-        if trimmed.is_empty()
-            || Path::new(p).is_absolute()
-            || Path::new(trimmed)
-                .components()
-                .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
+        if !relative_inside(p) {
             return Err(fail(
                 s.span(),
                 format!("shared path \"{p}\" must be relative and stay inside the release"),
@@ -379,6 +410,51 @@ fn validate_environment(
         }
         env.insert(key, value);
     }
+    let mut freeze = Vec::new();
+    for w in &raw.freeze {
+        freeze.push(
+            crate::policy::FreezeWindow::parse(w.get_ref()).map_err(|e| {
+                fail(
+                    w.span(),
+                    e,
+                    "times are in the environment's time zone (the `timezone` key, or local time)",
+                )
+            })?,
+        );
+    }
+    let timezone = match &raw.timezone {
+        None => None,
+        Some(tz) => Some(tz.get_ref().parse::<chrono_tz::Tz>().map_err(|_| {
+            fail(
+                tz.span(),
+                format!("unknown time zone \"{}\"", tz.get_ref()),
+                "write an IANA zone name, like \"Europe/Berlin\" or \"UTC\"",
+            )
+        })?),
+    };
+    let mut require_checks = Vec::new();
+    for c in &raw.require_checks {
+        if !valid_check_name(c.get_ref()) {
+            return Err(fail(
+                c.span(),
+                format!("check name \"{}\" is not allowed", c.get_ref()),
+                "use letters, digits, spaces and . _ - / :, like \"ci\"",
+            ));
+        }
+        require_checks.push(c.get_ref().clone());
+    }
+    let mut backup = Vec::new();
+    for b in &raw.backup {
+        let p = b.get_ref();
+        if !relative_inside(p) || p.ends_with('/') {
+            return Err(fail(
+                b.span(),
+                format!("backup path \"{p}\" must name a file inside the shared dir"),
+                "write a file path relative to the shared dir, like \"data/production.db\"",
+            ));
+        }
+        backup.push(p.clone());
+    }
     let mut out = Vec::new();
     for slot in 1..=slots {
         let port = u32::from(listen.port()) + slot - 1;
@@ -416,6 +492,17 @@ fn validate_environment(
             track: track.clone(),
             env: env.clone(),
             env_file: raw.env_file.as_ref().map(PathBuf::from),
+            prerelease: raw.prerelease.unwrap_or(false),
+            requires: raw.requires.as_ref().map(|r| r.get_ref().clone()),
+            approval: raw.approval.unwrap_or(false),
+            approval_timeout: raw
+                .approval_timeout
+                .map_or(std::time::Duration::from_secs(24 * 3600), |d| d.0),
+            freeze: freeze.clone(),
+            timezone,
+            require_checks: require_checks.clone(),
+            backup: backup.clone(),
+            monitor: raw.monitor.unwrap_or(true),
         });
     }
     Ok(out)
@@ -429,6 +516,134 @@ fn parse_addr(s: &Spanned<String>, fail: &Fail) -> Result<SocketAddr, Diagnostic
             "write an IP and port, like \"127.0.0.1:8080\"",
         )
     })
+}
+
+/// A relative path that stays inside its base: no `..`, no root, not empty.
+fn relative_inside(p: &str) -> bool {
+    let trimmed = p.trim_end_matches('/');
+    !trimmed.is_empty()
+        && !Path::new(p).is_absolute()
+        && Path::new(trimmed)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
+/// Check names as CI systems write them ("ci", "build / test", "lint:rust").
+pub fn valid_check_name(name: &str) -> bool {
+    !name.trim().is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || " ._-/:".contains(c))
+}
+
+/// `requires` must name another environment, without cycles.
+fn check_requires(
+    requires: &[(String, Spanned<String>)],
+    groups: &[String],
+    fail: &Fail,
+) -> Result<(), Diagnostic> {
+    let target = |name: &str| {
+        requires
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| r.get_ref().as_str())
+    };
+    for (name, required) in requires {
+        let r = required.get_ref();
+        if r == name {
+            return Err(fail(
+                required.span(),
+                format!("environment {name} requires itself"),
+                "name the environment a release must be verified on first, like \"staging\"",
+            ));
+        }
+        if !groups.contains(r) {
+            return Err(fail(
+                required.span(),
+                format!("environment {name} requires \"{r}\", which is not defined"),
+                &format!("name one of: {}", groups.join(", ")),
+            ));
+        }
+        let mut seen = vec![name.as_str()];
+        let mut at = r.as_str();
+        while let Some(next) = target(at) {
+            if seen.contains(&next) {
+                return Err(fail(
+                    required.span(),
+                    format!(
+                        "`requires` makes a loop: {} -> {at} -> {next}",
+                        seen.join(" -> ")
+                    ),
+                    "promotion must flow one way, like staging -> production",
+                ));
+            }
+            seen.push(at);
+            at = next;
+        }
+    }
+    Ok(())
+}
+
+fn validate_monitor(raw: RawMonitor, fail: &Fail) -> Result<super::Monitor, Diagnostic> {
+    let d = |v: Option<HumanDuration>, default_ms: u64| {
+        v.map_or(std::time::Duration::from_millis(default_ms), |d| d.0)
+    };
+    let count = |v: Option<Spanned<i64>>, default: u32, min: i64, key: &str| match v {
+        None => Ok(default),
+        Some(n) if (min..=1_000_000).contains(n.get_ref()) => Ok(*n.get_ref() as u32),
+        Some(n) => Err(fail(
+            n.span(),
+            format!("{key} = {} is out of range", n.get_ref()),
+            &format!("write a whole number from {min} up"),
+        )),
+    };
+    let min_success_rate = match raw.min_success_rate {
+        None => 0.95,
+        Some(r) if (0.0..=1.0).contains(r.get_ref()) => *r.get_ref(),
+        Some(r) => {
+            return Err(fail(
+                r.span(),
+                format!("min_success_rate = {} is not a fraction", r.get_ref()),
+                "write a number from 0.0 to 1.0, like 0.95",
+            ));
+        }
+    };
+    let pattern = raw
+        .error_pattern
+        .as_ref()
+        .map_or("ERROR|CRITICAL|Traceback", |p| p.get_ref().as_str());
+    let error_pattern = regex::Regex::new(pattern).map_err(|e| {
+        let span = raw.error_pattern.as_ref().map(|p| p.span()).unwrap_or(0..0);
+        fail(
+            span,
+            format!("error_pattern is not a valid regular expression: {e}"),
+            "write a regular expression, like \"ERROR|CRITICAL|Traceback\"",
+        )
+    })?;
+    let monitor = super::Monitor {
+        duration: d(raw.duration, 5 * 60 * 1000),
+        interval: d(raw.interval, 30 * 1000),
+        max_consecutive_failures: count(
+            raw.max_consecutive_failures,
+            3,
+            1,
+            "max_consecutive_failures",
+        )?,
+        min_success_rate,
+        max_response_time: d(raw.max_response_time, 10 * 1000),
+        max_error_lines: count(raw.max_error_lines, 5, 0, "max_error_lines")?,
+        error_window: d(raw.error_window, 60 * 1000),
+        error_pattern,
+    };
+    if monitor.interval.is_zero() || monitor.interval > monitor.duration {
+        return Err(fail(
+            0..0,
+            "[monitor] interval must be above zero and no longer than duration".into(),
+            "for example duration = \"5m\" and interval = \"30s\"",
+        ));
+    }
+    Ok(monitor)
 }
 
 /// Environment names become directory names and URL segments.

@@ -127,7 +127,7 @@ impl Engine {
         let state = self.env(env)?.clone();
         check_ref(git_ref)?;
         if let Some(held) = self.store.lock_holder(env)? {
-            let message = busy_message(env, &held.holder, &held.since);
+            let message = held.refusal(env);
             let id = self.store.create_deployment(
                 env,
                 "deploy",
@@ -195,9 +195,4 @@ impl Engine {
         });
         futures_util::future::join_all(stops).await;
     }
-}
-
-/// The refusal for a second deployment to a busy environment.
-pub fn busy_message(env: &str, holder: &str, since: &str) -> String {
-    format!("environment {env} is being deployed by {holder} since {since}")
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::environment::Active;
-use super::{Engine, EnvState, busy_message};
+use super::{Engine, EnvState};
 use crate::release::{self, Resolved};
 use crate::runtime::{InstanceSpec, Secrets};
 use crate::store::{DeploymentState, StepState};
@@ -146,7 +146,7 @@ impl Engine {
                 }
                 Ok(Err(h)) => Err(Stop {
                     state: DeploymentState::Refused,
-                    message: busy_message(&env.name, &h.holder, &h.since),
+                    message: h.refusal(&env.name),
                     output: String::new(),
                 }),
                 Err(e) => Err(Stop::failed(e.to_string())),

@@ -12,9 +12,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub use rows::{Deployment, DeploymentState, Instance, LockHolder, Release, Step, StepState};
+pub use rows::{
+    Backup, Check, Deployment, DeploymentState, Instance, LockHolder, Maintenance, Release, Step,
+    StepState, Verification,
+};
 
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_promotion.sql"),
+];
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +185,8 @@ impl Store {
     pub fn unfinished(&self) -> Result<Vec<Deployment>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
-            "SELECT {} FROM deployments WHERE state IN ('queued', 'running') ORDER BY id",
+            "SELECT {} FROM deployments
+             WHERE state IN ('queued', 'awaiting_approval', 'running', 'monitoring') ORDER BY id",
             Deployment::COLUMNS
         ))?;
         let rows = stmt.query_map([], Deployment::from_row)?;
@@ -342,6 +349,238 @@ impl Store {
         Ok(())
     }
 
+    /// Records what the person asking said and how: a reason, `--force`, `--restore-data`.
+    pub fn set_request(
+        &self,
+        id: i64,
+        note: Option<&str>,
+        forced: bool,
+        restore_data: bool,
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE deployments SET note = ?2, forced = ?3, restore_data = ?4 WHERE id = ?1",
+            params![id, note, forced, restore_data],
+        )?;
+        Ok(())
+    }
+
+    /// Records the approval of a deployment waiting for one; false when it was not waiting.
+    pub fn approve(&self, id: i64, who: &str) -> Result<bool> {
+        Ok(self.conn().execute(
+            "UPDATE deployments SET approved_by = ?2, approved_at = ?3
+             WHERE id = ?1 AND state = 'awaiting_approval' AND approved_by IS NULL",
+            params![id, who, now()],
+        )? == 1)
+    }
+
+    /// Replaces the output of the deployment's running step `name` (progress of a long step).
+    pub fn set_running_output(&self, deployment: i64, name: &str, output: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE steps SET output = ?3
+             WHERE deployment_id = ?1 AND name = ?2 AND state = 'running'",
+            params![deployment, name, output],
+        )?;
+        Ok(())
+    }
+
+    /// Succeeded deployments of `environment`, newest first.
+    pub fn succeeded(&self, environment: &str) -> Result<Vec<Deployment>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM deployments WHERE environment = ?1 AND state = 'succeeded'
+             ORDER BY id DESC",
+            Deployment::COLUMNS
+        ))?;
+        let rows = stmt.query_map([environment], Deployment::from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Succeeded deployments of `version` to any of `environments`, newest first.
+    pub fn deployed_versions(
+        &self,
+        environments: &[String],
+        version: &str,
+    ) -> Result<Vec<Deployment>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM deployments WHERE version = ?1 AND state = 'succeeded'
+             ORDER BY id DESC",
+            Deployment::COLUMNS
+        ))?;
+        let rows = stmt.query_map([version], Deployment::from_row)?;
+        let all: Vec<Deployment> = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(all
+            .into_iter()
+            .filter(|d| environments.contains(&d.environment))
+            .collect())
+    }
+
+    /// Takes a manual lock; says who holds the environment when it is taken already.
+    pub fn lock_manually(
+        &self,
+        environment: &str,
+        holder: &str,
+        reason: &str,
+    ) -> Result<std::result::Result<(), LockHolder>> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        if let Some(held) = lock_holder(&tx, environment)? {
+            return Ok(Err(held));
+        }
+        tx.execute(
+            "INSERT INTO env_locks (environment, deployment_id, kind, holder, since, reason)
+             VALUES (?1, NULL, 'manual', ?2, ?3, ?4)",
+            params![environment, holder, now(), reason],
+        )?;
+        tx.commit()?;
+        Ok(Ok(()))
+    }
+
+    /// Removes a manual lock; false when there was none.
+    pub fn unlock_manually(&self, environment: &str) -> Result<bool> {
+        Ok(self.conn().execute(
+            "DELETE FROM env_locks WHERE environment = ?1 AND kind = 'manual'",
+            [environment],
+        )? == 1)
+    }
+
+    pub fn add_verification(&self, v: &Verification) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO verifications (environment, version, commit_sha, release, digest,
+                 deployment_id, verified_by, verified_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                v.environment,
+                v.version,
+                v.commit_sha,
+                v.release,
+                v.digest,
+                v.deployment_id,
+                v.verified_by,
+                v.verified_at
+            ],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Sign-offs of `version` (all environments when `version` is `None`), newest first.
+    pub fn verifications(&self, version: Option<&str>) -> Result<Vec<Verification>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM verifications WHERE (?1 IS NULL OR version = ?1) ORDER BY id DESC",
+            Verification::COLUMNS
+        ))?;
+        let rows = stmt.query_map([version], Verification::from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn add_check(&self, c: &Check) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO checks (commit_sha, name, status, url, reported_by, reported_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                c.commit_sha,
+                c.name,
+                c.status,
+                c.url,
+                c.reported_by,
+                c.reported_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The newest report of each check of `commit`, by name.
+    pub fn checks(&self, commit: &str) -> Result<Vec<Check>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM checks WHERE id IN
+                 (SELECT MAX(id) FROM checks WHERE commit_sha = ?1 GROUP BY name)
+             ORDER BY name",
+            Check::COLUMNS
+        ))?;
+        let rows = stmt.query_map([commit], Check::from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_backup(
+        &self,
+        environment: &str,
+        deployment: i64,
+        release: &str,
+        file: &str,
+        path: &str,
+        method: &str,
+        bytes: u64,
+    ) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO backups (environment, deployment_id, release, file, path, method, bytes, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![environment, deployment, release, file, path, method, bytes as i64, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Backups still on disk: of one deployment, or of one release of an environment.
+    pub fn backups(
+        &self,
+        environment: &str,
+        deployment: Option<i64>,
+        release: Option<&str>,
+    ) -> Result<Vec<Backup>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM backups WHERE environment = ?1 AND pruned_at IS NULL
+                 AND (?2 IS NULL OR deployment_id = ?2) AND (?3 IS NULL OR release = ?3)
+             ORDER BY id",
+            Backup::COLUMNS
+        ))?;
+        let rows = stmt.query_map(params![environment, deployment, release], Backup::from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn backup_pruned(&self, id: i64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE backups SET pruned_at = ?2 WHERE id = ?1",
+            params![id, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Turns maintenance on (with its message) or off.
+    pub fn set_maintenance(&self, environment: &str, on: Option<(&str, &str)>) -> Result<()> {
+        let conn = self.conn();
+        match on {
+            Some((message, by)) => conn.execute(
+                "INSERT INTO maintenance (environment, message, since, set_by) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (environment) DO UPDATE SET message = ?2, since = ?3, set_by = ?4",
+                params![environment, message, now(), by],
+            )?,
+            None => conn.execute(
+                "DELETE FROM maintenance WHERE environment = ?1",
+                [environment],
+            )?,
+        };
+        Ok(())
+    }
+
+    pub fn maintenance(&self) -> Result<Vec<Maintenance>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT environment, message, since, set_by FROM maintenance")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Maintenance {
+                environment: r.get(0)?,
+                message: r.get(1)?,
+                since: r.get(2)?,
+                set_by: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Instances not recorded as stopped.
     pub fn live_instances(&self) -> Result<Vec<Instance>> {
         let conn = self.conn();
@@ -357,13 +596,15 @@ impl Store {
 fn lock_holder(conn: &Connection, environment: &str) -> Result<Option<LockHolder>> {
     Ok(conn
         .query_row(
-            "SELECT deployment_id, holder, since FROM env_locks WHERE environment = ?1",
+            "SELECT deployment_id, kind, holder, since, reason FROM env_locks WHERE environment = ?1",
             [environment],
             |r| {
                 Ok(LockHolder {
                     deployment_id: r.get(0)?,
-                    holder: r.get(1)?,
-                    since: r.get(2)?,
+                    kind: r.get(1)?,
+                    holder: r.get(2)?,
+                    since: r.get(3)?,
+                    reason: r.get(4)?,
                 })
             },
         )

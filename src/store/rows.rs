@@ -8,10 +8,13 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentState {
     Queued,
+    AwaitingApproval,
     Running,
+    Monitoring,
     Succeeded,
     Failed,
     Refused,
+    RolledBack,
     Interrupted,
 }
 
@@ -19,10 +22,13 @@ impl DeploymentState {
     pub fn as_str(self) -> &'static str {
         match self {
             DeploymentState::Queued => "queued",
+            DeploymentState::AwaitingApproval => "awaiting_approval",
             DeploymentState::Running => "running",
+            DeploymentState::Monitoring => "monitoring",
             DeploymentState::Succeeded => "succeeded",
             DeploymentState::Failed => "failed",
             DeploymentState::Refused => "refused",
+            DeploymentState::RolledBack => "rolled_back",
             DeploymentState::Interrupted => "interrupted",
         }
     }
@@ -30,10 +36,13 @@ impl DeploymentState {
     pub fn parse(s: &str) -> Option<DeploymentState> {
         Some(match s {
             "queued" => DeploymentState::Queued,
+            "awaiting_approval" => DeploymentState::AwaitingApproval,
             "running" => DeploymentState::Running,
+            "monitoring" => DeploymentState::Monitoring,
             "succeeded" => DeploymentState::Succeeded,
             "failed" => DeploymentState::Failed,
             "refused" => DeploymentState::Refused,
+            "rolled_back" => DeploymentState::RolledBack,
             "interrupted" => DeploymentState::Interrupted,
             _ => return None,
         })
@@ -41,7 +50,13 @@ impl DeploymentState {
 
     /// True once nothing more will happen to the deployment.
     pub fn is_final(self) -> bool {
-        !matches!(self, DeploymentState::Queued | DeploymentState::Running)
+        !matches!(
+            self,
+            DeploymentState::Queued
+                | DeploymentState::AwaitingApproval
+                | DeploymentState::Running
+                | DeploymentState::Monitoring
+        )
     }
 }
 
@@ -100,11 +115,20 @@ pub struct Deployment {
     pub triggered_by: String,
     pub created_at: String,
     pub finished_at: Option<String>,
+    /// What the person asking said: the reason of a forced deploy or of a rollback.
+    pub note: Option<String>,
+    /// Freeze windows were overridden.
+    pub forced: bool,
+    /// A rollback that also restores data.
+    pub restore_data: bool,
+    pub approved_by: Option<String>,
+    pub approved_at: Option<String>,
 }
 
 impl Deployment {
     pub(super) const COLUMNS: &'static str = "id, environment, kind, git_ref, commit_sha, version, \
-        release, digest, state, step, reason, triggered_by, created_at, finished_at";
+        release, digest, state, step, reason, triggered_by, created_at, finished_at, note, forced, \
+        restore_data, approved_by, approved_at";
 
     pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Deployment> {
         let state: String = r.get(8)?;
@@ -123,6 +147,11 @@ impl Deployment {
             triggered_by: r.get(11)?,
             created_at: r.get(12)?,
             finished_at: r.get(13)?,
+            note: r.get(14)?,
+            forced: r.get(15)?,
+            restore_data: r.get(16)?,
+            approved_by: r.get(17)?,
+            approved_at: r.get(18)?,
         })
     }
 }
@@ -183,8 +212,138 @@ impl Release {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LockHolder {
     pub deployment_id: Option<i64>,
+    /// `deploy`, `restore` (ferry bringing a release back) or `manual` (`ferry lock`).
+    pub kind: String,
     pub holder: String,
     pub since: String,
+    /// Why a manual lock was taken.
+    pub reason: Option<String>,
+}
+
+impl LockHolder {
+    /// Why a deployment cannot take the lock now.
+    pub fn refusal(&self, environment: &str) -> String {
+        match (self.kind.as_str(), &self.reason) {
+            ("manual", reason) => format!(
+                "environment {environment} is locked by {} since {}{} (unlock it with `ferry unlock {environment}`)",
+                self.holder,
+                self.since,
+                reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ),
+            _ => format!(
+                "environment {environment} is being deployed by {} since {}",
+                self.holder, self.since
+            ),
+        }
+    }
+}
+
+/// A QA sign-off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verification {
+    pub id: i64,
+    pub environment: String,
+    pub version: String,
+    pub commit_sha: String,
+    pub release: String,
+    pub digest: String,
+    pub deployment_id: Option<i64>,
+    pub verified_by: String,
+    pub verified_at: String,
+}
+
+impl Verification {
+    pub(super) const COLUMNS: &'static str = "id, environment, version, commit_sha, release, digest, \
+        deployment_id, verified_by, verified_at";
+
+    pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Verification> {
+        Ok(Verification {
+            id: r.get(0)?,
+            environment: r.get(1)?,
+            version: r.get(2)?,
+            commit_sha: r.get(3)?,
+            release: r.get(4)?,
+            digest: r.get(5)?,
+            deployment_id: r.get(6)?,
+            verified_by: r.get(7)?,
+            verified_at: r.get(8)?,
+        })
+    }
+}
+
+/// A commit check reported by CI.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Check {
+    pub commit_sha: String,
+    pub name: String,
+    /// `success`, `failure`, `error` or `pending`.
+    pub status: String,
+    pub url: Option<String>,
+    pub reported_by: String,
+    pub reported_at: String,
+}
+
+impl Check {
+    pub(super) const COLUMNS: &'static str =
+        "commit_sha, name, status, url, reported_by, reported_at";
+
+    pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Check> {
+        Ok(Check {
+            commit_sha: r.get(0)?,
+            name: r.get(1)?,
+            status: r.get(2)?,
+            url: r.get(3)?,
+            reported_by: r.get(4)?,
+            reported_at: r.get(5)?,
+        })
+    }
+}
+
+/// A data snapshot taken before a deploy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Backup {
+    pub id: i64,
+    pub environment: String,
+    pub deployment_id: i64,
+    pub release: String,
+    pub file: String,
+    pub path: String,
+    pub method: String,
+    pub bytes: i64,
+    pub created_at: String,
+    pub pruned_at: Option<String>,
+}
+
+impl Backup {
+    pub(super) const COLUMNS: &'static str =
+        "id, environment, deployment_id, release, file, path, method, bytes, created_at, pruned_at";
+
+    pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Backup> {
+        Ok(Backup {
+            id: r.get(0)?,
+            environment: r.get(1)?,
+            deployment_id: r.get(2)?,
+            release: r.get(3)?,
+            file: r.get(4)?,
+            path: r.get(5)?,
+            method: r.get(6)?,
+            bytes: r.get(7)?,
+            created_at: r.get(8)?,
+            pruned_at: r.get(9)?,
+        })
+    }
+}
+
+/// An environment in maintenance mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Maintenance {
+    pub environment: String,
+    pub message: String,
+    pub since: String,
+    pub set_by: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
