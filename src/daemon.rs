@@ -54,6 +54,7 @@ impl Daemon {
         let store = Store::open(&config.state_dir.join("ferry.db"))?;
         let engine = Engine::new(Arc::new(config), store)?;
         engine.recover_store().await?;
+        engine.apply_maintenance()?;
         let proxies = engine.bind_proxies().await?;
         let api_addr = engine.config.server.listen;
         let api = TcpListener::bind(api_addr)

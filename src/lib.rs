@@ -21,6 +21,7 @@
 //! recording each step in the store. The proxy, runtime and health modules know nothing of
 //! deployments; the pipeline knows nothing of HTTP.
 
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod daemon;

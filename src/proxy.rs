@@ -120,6 +120,8 @@ pub struct Proxy {
 struct Inner {
     environment: String,
     upstream: RwLock<Option<Arc<Upstream>>>,
+    /// The maintenance page's message while maintenance is on.
+    maintenance: RwLock<Option<String>>,
     stats: Stats,
 }
 
@@ -169,6 +171,7 @@ impl Proxy {
             inner: Arc::new(Inner {
                 environment: environment.to_string(),
                 upstream: RwLock::new(None),
+                maintenance: RwLock::new(None),
                 stats: Stats::default(),
             }),
         }
@@ -187,6 +190,23 @@ impl Proxy {
     pub fn upstream(&self) -> Option<Arc<Upstream>> {
         self.inner
             .upstream
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Turns maintenance on (every request answers 503 with `message`) or off.
+    pub fn set_maintenance(&self, message: Option<String>) {
+        *self
+            .inner
+            .maintenance
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = message;
+    }
+
+    pub fn maintenance(&self) -> Option<String> {
+        self.inner
+            .maintenance
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -233,6 +253,9 @@ impl Proxy {
         cache: &ConnCache,
     ) -> Response<ProxyBody> {
         self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(message) = self.maintenance() {
+            return maintenance_page(&self.inner.environment, &message);
+        }
         let Some(guard) = self.pick() else {
             return self.plain(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -344,6 +367,43 @@ impl Proxy {
 /// Resolves once `shutdown` says stop (or its sender is gone).
 pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Seconds clients are told to wait before trying again during maintenance.
+pub const MAINTENANCE_RETRY_AFTER: u32 = 120;
+
+/// The 503 page served while an environment is in maintenance.
+fn maintenance_page(environment: &str, message: &str) -> Response<ProxyBody> {
+    let escaped: String = message
+        .chars()
+        .map(|c| match c {
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '&' => "&amp;".to_string(),
+            '"' => "&quot;".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    let html = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Down for maintenance</title></head>\
+         <body style=\"font-family: sans-serif; max-width: 36em; margin: 4em auto; padding: 0 1em\">\
+         <h1>Down for maintenance</h1><p>{escaped}</p>\
+         <p><small>{environment}</small></p></body></html>\n"
+    );
+    let mut resp = Response::new(Full::new(Bytes::from(html)).map_err(|e| match e {}).boxed());
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(MAINTENANCE_RETRY_AFTER),
+    );
+    resp
 }
 
 #[cfg(test)]

@@ -206,7 +206,7 @@ pub async fn resolve(mirror: &Path, r: &str) -> Result<Resolved, ReleaseError> {
 
 /// Writes the tree of `commit` into `dest` (which must not exist), without `.git`.
 pub async fn export(mirror: &Path, commit: &str, dest: &Path) -> Result<(), ReleaseError> {
-    let tmp = dest.with_extension("partial");
+    let tmp = partial_path(dest);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
     let script = "git -C \"$1\" archive --format=tar \"$2\" | tar -x -C \"$3\"";
@@ -349,7 +349,11 @@ pub fn tail_text(bytes: &[u8]) -> String {
 
 /// SHA-256 over every path, file type, mode bit and content of `dir`, in sorted order,
 /// not following the shared links (their content is data, not the release).
-pub fn digest(dir: &Path) -> Result<String, ReleaseError> {
+pub fn digest(dir: &Path, shared: &[String]) -> Result<String, ReleaseError> {
+    let shared: Vec<PathBuf> = shared
+        .iter()
+        .map(|s| PathBuf::from(s.trim_end_matches('/')))
+        .collect();
     let mut hasher = Sha256::new();
     let mut stack = vec![PathBuf::new()];
     let mut entries = Vec::new();
@@ -371,7 +375,10 @@ pub fn digest(dir: &Path) -> Result<String, ReleaseError> {
         hasher.update(path.to_string_lossy().as_bytes());
         hasher.update([0]);
         let full = dir.join(&path);
-        if kind.is_symlink() {
+        if kind.is_symlink() && shared.contains(&path) {
+            // linked to this environment's shared dir: the same release in every environment
+            hasher.update(b"S");
+        } else if kind.is_symlink() {
             let target = std::fs::read_link(&full).map_err(io("reading a link"))?;
             hasher.update(b"L");
             hasher.update(target.to_string_lossy().as_bytes());
@@ -404,3 +411,50 @@ pub fn digest(dir: &Path) -> Result<String, ReleaseError> {
 
 #[cfg(test)]
 mod tests;
+
+/// Copies the release tree `from` into `to` (made through a `.partial` dir, then renamed),
+/// keeping modes and links; shared paths are left out for [`link_shared`] to link anew.
+pub fn copy_release(from: &Path, to: &Path, shared: &[String]) -> Result<(), ReleaseError> {
+    let shared: Vec<PathBuf> = shared
+        .iter()
+        .map(|s| PathBuf::from(s.trim_end_matches('/')))
+        .collect();
+    let partial = partial_path(to);
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(io(format!("clearing {}", partial.display())))?;
+    }
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dest = partial.join(&rel);
+        std::fs::create_dir_all(&dest).map_err(io(format!("creating {}", dest.display())))?;
+        let read = std::fs::read_dir(from.join(&rel))
+            .map_err(io(format!("reading {}", from.join(&rel).display())))?;
+        for entry in read {
+            let entry = entry.map_err(io("reading a release entry"))?;
+            let path = rel.join(entry.file_name());
+            if shared.contains(&path) {
+                continue;
+            }
+            let kind = entry.file_type().map_err(io("reading a file type"))?;
+            let (src, dst) = (from.join(&path), partial.join(&path));
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_symlink() {
+                let target = std::fs::read_link(&src).map_err(io("reading a link"))?;
+                std::os::unix::fs::symlink(&target, &dst)
+                    .map_err(io(format!("linking {}", dst.display())))?;
+            } else {
+                // std::fs::copy keeps the permission bits
+                std::fs::copy(&src, &dst).map_err(io(format!("copying {}", path.display())))?;
+            }
+        }
+    }
+    std::fs::rename(&partial, to).map_err(io(format!("moving the copy to {}", to.display())))
+}
+
+/// `<dest>.partial`: where a release is assembled before it is renamed into place.
+fn partial_path(dest: &Path) -> PathBuf {
+    let mut name = dest.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}

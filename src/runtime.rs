@@ -210,6 +210,35 @@ pub struct Instance {
     pub pid: u32,
     pub port: u16,
     exit: watch::Receiver<Option<ExitStatus>>,
+    lines: Arc<LineTap>,
+}
+
+/// Watches an instance's output lines for a pattern once asked to (post-deploy monitoring).
+#[derive(Default)]
+struct LineTap {
+    watch: Mutex<Option<(regex::Regex, Vec<std::time::Instant>)>>,
+}
+
+impl LineTap {
+    fn active(&self) -> bool {
+        self.watch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn feed(&self, line: &[u8]) {
+        let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((pattern, hits)) = watch.as_mut()
+            && pattern.is_match(&String::from_utf8_lossy(line))
+        {
+            // a flood of matches is a breach long before this; keep memory bounded
+            if hits.len() >= 100_000 {
+                hits.drain(..50_000);
+            }
+            hits.push(std::time::Instant::now());
+        }
+    }
 }
 
 impl fmt::Debug for Instance {
@@ -244,11 +273,12 @@ pub fn spawn(spec: &InstanceSpec, log: &LogSink) -> Result<Instance, RuntimeErro
         source,
     })?;
     let pid = child.id().unwrap_or_default();
+    let lines = Arc::new(LineTap::default());
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(pump(out, log.clone()));
+        tokio::spawn(pump(out, log.clone(), lines.clone()));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(pump(err, log.clone()));
+        tokio::spawn(pump(err, log.clone(), lines.clone()));
     }
     let (tx, exit) = watch::channel(None);
     tokio::spawn(async move {
@@ -259,14 +289,32 @@ pub fn spawn(spec: &InstanceSpec, log: &LogSink) -> Result<Instance, RuntimeErro
         pid,
         port: spec.port,
         exit,
+        lines,
     })
 }
 
-async fn pump(mut from: impl AsyncRead + Unpin, log: LogSink) {
+/// The longest partial line kept while waiting for its end.
+const MAX_PENDING_LINE: usize = 64 * 1024;
+
+async fn pump(mut from: impl AsyncRead + Unpin, log: LogSink, lines: Arc<LineTap>) {
     let mut buf = vec![0u8; 16 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
     while let Ok(n) = from.read(&mut buf).await {
         if n == 0 {
             break;
+        }
+        if lines.active() {
+            pending.extend_from_slice(&buf[..n]);
+            let mut start = 0;
+            while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
+                lines.feed(&pending[start..start + end]);
+                start += end + 1;
+            }
+            pending.drain(..start);
+            if pending.len() > MAX_PENDING_LINE {
+                lines.feed(&pending);
+                pending.clear();
+            }
         }
         let log = log.clone();
         let chunk = buf[..n].to_vec();
@@ -276,6 +324,19 @@ async fn pump(mut from: impl AsyncRead + Unpin, log: LogSink) {
 }
 
 impl Instance {
+    /// From now on, counts output lines matching `pattern` (see [`Instance::matches_since`]).
+    pub fn watch_lines(&self, pattern: regex::Regex) {
+        *self.lines.watch.lock().unwrap_or_else(|e| e.into_inner()) = Some((pattern, Vec::new()));
+    }
+
+    /// Lines matching the watched pattern printed at or after `since`.
+    pub fn matches_since(&self, since: std::time::Instant) -> usize {
+        let watch = self.lines.watch.lock().unwrap_or_else(|e| e.into_inner());
+        watch
+            .as_ref()
+            .map_or(0, |(_, hits)| hits.iter().filter(|&&t| t >= since).count())
+    }
+
     /// The exit status once the process has exited.
     pub fn exited(&self) -> Option<ExitStatus> {
         *self.exit.borrow()

@@ -72,7 +72,8 @@ fn deploy_serves_the_app_with_its_version_and_redeploy_switches() {
     assert_eq!(
         steps,
         [
-            "resolve", "lock", "prepare", "build", "test", "start", "health", "switch", "finish"
+            "resolve", "policy", "lock", "prepare", "build", "test", "backup", "start", "health",
+            "switch", "monitor", "finish"
         ]
     );
     assert!(

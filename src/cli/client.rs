@@ -109,6 +109,17 @@ impl ApiClient {
         self.decode(resp).await
     }
 
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .header("x-ferry-user", super::current_user())
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        self.decode(resp).await
+    }
+
     /// A streaming GET, for logs.
     pub async fn stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
         let resp = self.send_get(path).await?;

@@ -14,6 +14,15 @@ pub struct Deploy {
     /// A tag, branch or commit sha of the app's repository.
     #[arg(value_name = "REF")]
     pub git_ref: String,
+    /// Deploy inside a freeze window (needs --reason).
+    #[arg(long, requires = "reason")]
+    pub force: bool,
+    /// Why the freeze window is overridden; recorded with the deployment.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Return at once with the deployment's id instead of following it.
+    #[arg(long)]
+    pub no_wait: bool,
     /// Print the final deployment as JSON instead of live steps.
     #[arg(long)]
     pub json: bool,
@@ -21,8 +30,58 @@ pub struct Deploy {
 
 pub async fn run(cli: &Cli, args: &Deploy) -> CmdResult {
     let client = cli.client()?;
-    let d = deploy(&client, &args.environment, &args.git_ref, !args.json).await?;
-    if args.json {
+    let request = DeployRequest {
+        environment: args.environment.clone(),
+        git_ref: args.git_ref.clone(),
+        triggered_by: Some(super::current_user()),
+        force: args.force,
+        reason: args.reason.clone(),
+    };
+    let created = create(&client, "/api/deployments", &request).await?;
+    finish(&client, created, args.no_wait, args.json).await
+}
+
+/// After a deployment was created: print its id (`no_wait`), or follow it to its end and
+/// exit by its outcome.
+pub async fn finish(
+    client: &ApiClient,
+    created: Deployment,
+    no_wait: bool,
+    json: bool,
+) -> CmdResult {
+    if no_wait {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&created).unwrap_or_default()
+            );
+        } else {
+            println!(
+                "deployment #{}: {} to {} is {} (follow it with `ferry show {}`)",
+                created.id,
+                created.git_ref,
+                created.environment,
+                created.state.as_str().replace('_', " "),
+                created.id
+            );
+        }
+        return Ok(());
+    }
+    if !json {
+        println!(
+            "deployment #{}: {} {} to {}",
+            created.id,
+            if created.kind == "rollback" {
+                "rollback"
+            } else {
+                "deploy"
+            },
+            created.git_ref,
+            created.environment
+        );
+    }
+    let d = follow(client, created.id, !json).await?;
+    if json {
         let detail: DeploymentDetail = client.get(&format!("/api/deployments/{}", d.id)).await?;
         println!(
             "{}",
@@ -46,22 +105,31 @@ pub async fn deploy(
         environment: env.to_string(),
         git_ref: git_ref.to_string(),
         triggered_by: Some(super::current_user()),
+        force: false,
+        reason: None,
     };
-    let created: Deployment = match client.post("/api/deployments", &request).await {
-        Ok(d) => d,
-        Err(ClientError::Api {
-            status: 409,
-            message,
-            ..
-        }) => {
-            return Err(Failure::Failed(format!("refused: {message}")));
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let created = create(client, "/api/deployments", &request).await?;
     if live {
         println!("deployment #{}: {} to {}", created.id, git_ref, env);
     }
     follow(client, created.id, live).await
+}
+
+/// POSTs a request that creates a deployment; a refusal on the spot (409) exits 1.
+pub async fn create<B: serde::Serialize>(
+    client: &ApiClient,
+    path: &str,
+    body: &B,
+) -> Result<Deployment, Failure> {
+    match client.post(path, body).await {
+        Ok(d) => Ok(d),
+        Err(ClientError::Api {
+            status: 409,
+            message,
+            ..
+        }) => Err(Failure::Failed(format!("refused: {message}"))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Polls deployment `id` until it ends, printing each step as it finishes.
@@ -70,8 +138,19 @@ pub async fn follow(client: &ApiClient, id: i64, live: bool) -> Result<Deploymen
     let tty = live && std::io::stdout().is_terminal();
     let mut printed = 0;
     let mut frame = 0usize;
+    let mut said_waiting = false;
+    let mut progress_lines = 0;
     loop {
         let detail: DeploymentDetail = client.get(&format!("/api/deployments/{id}")).await?;
+        if live && detail.deployment.state == DeploymentState::AwaitingApproval && !said_waiting {
+            said_waiting = true;
+            if tty {
+                print!("\r\x1b[2K");
+            }
+            println!(
+                "  waiting for approval: someone runs `ferry approve {id}` (Ctrl-C stops waiting; the deployment stays queued)"
+            );
+        }
         if live {
             for step in detail.steps.iter().skip(printed) {
                 if step.state == StepState::Running {
@@ -82,15 +161,28 @@ pub async fn follow(client: &ApiClient, id: i64, live: bool) -> Result<Deploymen
                 }
                 print_step(step);
                 printed += 1;
+                progress_lines = 0;
+            }
+            // a long step (monitor) writes progress lines as it goes
+            if !tty
+                && let Some(step) = detail.steps.get(printed)
+                && step.name == "monitor"
+            {
+                for line in step.output.lines().skip(progress_lines) {
+                    println!("    {line}");
+                    progress_lines += 1;
+                }
             }
             if tty && let Some(step) = detail.steps.get(printed) {
                 const SPIN: [&str; 4] = ["|", "/", "-", "\\"];
                 frame += 1;
+                let last = step.output.lines().last().unwrap_or("");
                 print!(
-                    "\r\x1b[2K  {} {:<8} {}",
+                    "\r\x1b[2K  {} {:<8} {}  {}",
                     SPIN[frame % SPIN.len()],
                     step.name,
-                    seconds(elapsed(&step.started_at, None))
+                    seconds(elapsed(&step.started_at, None)),
+                    last.chars().take(100).collect::<String>()
                 );
                 let _ = std::io::stdout().flush();
             }
@@ -135,6 +227,12 @@ fn print_outcome(client: &ApiClient, d: &Deployment, steps: &[Step], took: Durat
     let version = d.version.as_deref().unwrap_or(&d.git_ref);
     let short = d.commit_sha.as_deref().map_or("", |s| &s[..7.min(s.len())]);
     match d.state {
+        DeploymentState::Succeeded if d.kind == "rollback" => println!(
+            "rolled back {} to {version} ({short}) (deployment #{}, {})",
+            d.environment,
+            d.id,
+            seconds(took)
+        ),
         DeploymentState::Succeeded => println!(
             "{version} ({short}) is live on {} (deployment #{}, {})",
             d.environment,

@@ -9,6 +9,7 @@ mod demo;
 mod deploy;
 mod init;
 mod logs;
+mod safety;
 mod serve;
 mod show;
 
@@ -51,6 +52,25 @@ pub enum Command {
     Serve(serve::Serve),
     /// Deploy a tag, branch or commit to an environment and follow it live.
     Deploy(deploy::Deploy),
+    /// Deploy a verified release tag to the environment that requires it (e.g. production).
+    Promote(safety::Promote),
+    /// Every gate (tag, promotion, checks, freeze, lock, approval) and the steps a deploy
+    /// would run; changes nothing.
+    Plan(safety::PlanArgs),
+    /// Go back to the previous good release (or --to a version) without rebuilding.
+    Rollback(safety::Rollback),
+    /// Approve a deployment waiting for approval.
+    Approve(safety::Approve),
+    /// Sign off the version running on an environment (the QA sign-off promotion needs).
+    Verify(safety::Verify),
+    /// Record a CI check result for a commit (for `require_checks`).
+    CheckReport(safety::CheckReportArgs),
+    /// Lock an environment: deploys are refused until it is unlocked.
+    Lock(safety::Lock),
+    /// Remove a lock taken with `ferry lock`.
+    Unlock(safety::Unlock),
+    /// Serve a maintenance page (503, Retry-After) instead of the app, or stop doing so.
+    Maintenance(safety::Maintenance),
     /// Each environment's version, commit, deploy time and health.
     Status(show::Status),
     /// Deployments of one environment, newest first.
@@ -101,6 +121,15 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => check::run(&cli, args),
         Command::Serve(args) => serve::run(&cli, args).await,
         Command::Deploy(args) => deploy::run(&cli, args).await,
+        Command::Promote(args) => safety::promote(&cli, args).await,
+        Command::Plan(args) => safety::plan(&cli, args).await,
+        Command::Rollback(args) => safety::rollback(&cli, args).await,
+        Command::Approve(args) => safety::approve(&cli, args).await,
+        Command::Verify(args) => safety::verify(&cli, args).await,
+        Command::CheckReport(args) => safety::check_report(&cli, args).await,
+        Command::Lock(args) => safety::lock(&cli, args).await,
+        Command::Unlock(args) => safety::unlock(&cli, args).await,
+        Command::Maintenance(args) => safety::maintenance(&cli, args).await,
         Command::Status(args) => show::status(&cli, args).await,
         Command::History(args) => show::history(&cli, args).await,
         Command::Show(args) => show::show(&cli, args).await,

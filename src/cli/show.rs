@@ -79,8 +79,19 @@ pub async fn status(cli: &Cli, args: &Status) -> CmdResult {
             health,
             s.listen
         );
-        if let Some(lock) = s.deploying {
-            println!("{:<14} deploying: {} since {}", "", lock.holder, lock.since);
+        match s.deploying {
+            Some(lock) if lock.kind == "manual" => println!(
+                "{:<14} locked by {} since {}: {}",
+                "",
+                lock.holder,
+                lock.since,
+                lock.reason.as_deref().unwrap_or("")
+            ),
+            Some(lock) => println!("{:<14} deploying: {} since {}", "", lock.holder, lock.since),
+            None => {}
+        }
+        if let Some(message) = &s.maintenance {
+            println!("{:<14} maintenance: {message}", "");
         }
     }
     Ok(())

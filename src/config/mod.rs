@@ -16,6 +16,7 @@ use std::time::Duration;
 
 pub use diagnostic::Diagnostic;
 pub use duration::{HumanDuration, format_duration, parse_duration};
+pub use raw::valid_check_name;
 pub use template::TEMPLATE;
 
 pub use crate::policy::FreezeWindow;

@@ -49,7 +49,10 @@ pub struct EnvStatus {
     pub pid: Option<u32>,
     /// The instance's own port on 127.0.0.1 (behind the proxy).
     pub port: Option<u16>,
+    /// Who holds the environment's lock: a deployment, ferry itself, or a person (`ferry lock`).
     pub deploying: Option<LockHolder>,
+    /// The maintenance page's message while maintenance is on.
+    pub maintenance: Option<String>,
 }
 
 impl EnvState {
@@ -68,6 +71,14 @@ impl EnvState {
         let mut active = self.active.lock().await;
         self.proxy.switch(Some(next.upstream.clone()));
         active.replace(next)
+    }
+
+    /// Takes the serving instance out of traffic (the proxy answers 503 until the next
+    /// `activate`) and returns it, still running.
+    pub(super) async fn deactivate(&self) -> Option<Active> {
+        let mut active = self.active.lock().await;
+        self.proxy.switch(None);
+        active.take()
     }
 
     /// The release currently serving, if any.
@@ -140,6 +151,7 @@ impl Engine {
             pid,
             port,
             deploying,
+            maintenance: state.proxy.maintenance(),
         })
     }
 

@@ -6,8 +6,12 @@
 //! output tail after. A failure anywhere stops the new instance (if one was started) and
 //! leaves the old one serving; the lock is always released.
 
+mod actions;
+mod approval;
 mod environment;
+mod monitor;
 mod recover;
+mod rollback;
 mod steps;
 
 use std::collections::BTreeMap;
@@ -19,6 +23,8 @@ use crate::release::{ReleaseError, check_ref};
 use crate::runtime::{self, LogSink};
 use crate::store::{Deployment, DeploymentState, Store, StoreError};
 
+pub use actions::{CheckReport, Plan};
+pub use approval::{ApprovalError, Approvals};
 pub use environment::{EnvState, EnvStatus};
 
 /// Errors answering a deployment request (the deployment itself records its own outcome).
@@ -42,6 +48,26 @@ pub enum EngineError {
     },
     #[error("cannot open the log of environment {env}: {source}")]
     Log { env: String, source: std::io::Error },
+    #[error("{0}")]
+    NoRollbackTarget(String),
+    /// The request itself is wrong (a missing reason, a bad check report).
+    #[error("{0}")]
+    Invalid(String),
+    /// The request is understood but not allowed now (not verified, not waiting, ...).
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl From<ApprovalError> for EngineError {
+    fn from(e: ApprovalError) -> Self {
+        match e {
+            ApprovalError::Store(crate::store::StoreError::NotFound) => {
+                EngineError::Conflict("no such deployment".into())
+            }
+            ApprovalError::Store(e) => EngineError::Store(e),
+            e => EngineError::Conflict(e.to_string()),
+        }
+    }
 }
 
 impl From<StoreError> for EngineError {
@@ -59,6 +85,7 @@ pub struct Engine {
     git: tokio::sync::Mutex<()>,
     /// Every instance started and not yet stopped, by store id, so shutdown stops them all.
     instances: Mutex<BTreeMap<i64, runtime::Instance>>,
+    approvals: Approvals,
 }
 
 impl Engine {
@@ -84,6 +111,7 @@ impl Engine {
             envs,
             git: tokio::sync::Mutex::new(()),
             instances: Mutex::new(BTreeMap::new()),
+            approvals: Approvals::default(),
         }))
     }
 
@@ -118,37 +146,58 @@ impl Engine {
     }
 
     /// Records a deployment of `git_ref` to `env` and starts it in the background.
+    /// `force` is the reason given with `--force`: it lets the deploy through freeze windows.
     pub fn request(
         self: &Arc<Self>,
         env: &str,
         git_ref: &str,
         who: &str,
+        force: Option<&str>,
     ) -> Result<Deployment, EngineError> {
         let state = self.env(env)?.clone();
         check_ref(git_ref)?;
-        if let Some(held) = self.store.lock_holder(env)? {
-            let message = held.refusal(env);
-            let id = self.store.create_deployment(
-                env,
-                "deploy",
-                git_ref,
-                who,
-                DeploymentState::Refused,
-            )?;
-            self.store
-                .set_state(id, DeploymentState::Refused, Some(&message))?;
-            return Err(EngineError::Busy {
-                message,
-                deployment: id,
-            });
+        if let Some(reason) = force
+            && reason.trim().is_empty()
+        {
+            return Err(EngineError::Invalid(
+                "--force needs --reason \"…\": say why the freeze is overridden".into(),
+            ));
         }
-        let id =
-            self.store
-                .create_deployment(env, "deploy", git_ref, who, DeploymentState::Queued)?;
-        let engine = self.clone();
-        let span = tracing::info_span!("deploy", id, env = %env);
-        tokio::spawn(tracing::Instrument::instrument(engine.run(id, state), span));
+        let id = self.create(env, "deploy", git_ref, who)?;
+        if force.is_some() {
+            self.store.set_request(id, force, true, false)?;
+        }
+        if let Some(refused) = self.refuse_if_locked(env, id)? {
+            return Err(refused);
+        }
+        self.launch(id, state);
         Ok(self.store.deployment(id)?)
+    }
+
+    fn create(&self, env: &str, kind: &str, git_ref: &str, who: &str) -> Result<i64, EngineError> {
+        Ok(self
+            .store
+            .create_deployment(env, kind, git_ref, who, DeploymentState::Queued)?)
+    }
+
+    /// A deployment asked for while the environment is locked is recorded as refused at once.
+    fn refuse_if_locked(&self, env: &str, id: i64) -> Result<Option<EngineError>, EngineError> {
+        let Some(held) = self.store.lock_holder(env)? else {
+            return Ok(None);
+        };
+        let message = held.refusal(env);
+        self.store
+            .set_state(id, DeploymentState::Refused, Some(&message))?;
+        Ok(Some(EngineError::Busy {
+            message,
+            deployment: id,
+        }))
+    }
+
+    fn launch(self: &Arc<Self>, id: i64, state: Arc<EnvState>) {
+        let engine = self.clone();
+        let span = tracing::info_span!("deploy", id, env = %state.env.name);
+        tokio::spawn(tracing::Instrument::instrument(engine.run(id, state), span));
     }
 
     /// A deployment with its steps.

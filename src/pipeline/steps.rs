@@ -1,24 +1,31 @@
 //! The steps of one deployment, in order.
+//!
+//! A deploy: resolve → policy (gates, then approval) → lock → prepare → build → test →
+//! backup → start → health → switch → monitor → finish. A rollback (see `rollback.rs`)
+//! reuses a built release: resolve → policy → lock → prepare → restore → start → health →
+//! switch → finish.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::environment::Active;
 use super::{Engine, EnvState};
+use crate::policy::{self, Ask, Verdict};
 use crate::release::{self, Resolved};
 use crate::runtime::{InstanceSpec, Secrets};
-use crate::store::{DeploymentState, StepState};
+use crate::store::{Deployment, DeploymentState, StepState, Verification};
 
 /// Why a step stopped the deployment.
-struct Stop {
-    state: DeploymentState,
-    message: String,
-    output: String,
+pub(super) struct Stop {
+    pub state: DeploymentState,
+    pub message: String,
+    pub output: String,
 }
 
 impl Stop {
-    fn failed(message: impl Into<String>) -> Stop {
+    pub fn failed(message: impl Into<String>) -> Stop {
         Stop {
             state: DeploymentState::Failed,
             message: message.into(),
@@ -26,7 +33,14 @@ impl Stop {
         }
     }
 
-    fn with_output(mut self, output: &str) -> Stop {
+    pub fn refused(message: impl Into<String>) -> Stop {
+        Stop {
+            state: DeploymentState::Refused,
+            ..Stop::failed(message)
+        }
+    }
+
+    pub fn with_output(mut self, output: &str) -> Stop {
         self.output = output.to_string();
         self
     }
@@ -39,25 +53,56 @@ impl From<release::ReleaseError> for Stop {
     }
 }
 
+impl From<crate::store::StoreError> for Stop {
+    fn from(e: crate::store::StoreError) -> Stop {
+        Stop::failed(e.to_string())
+    }
+}
+
 /// What a deployment holds that must be undone if it stops early.
 #[derive(Default)]
-struct Held {
-    lock: bool,
-    instance: Option<Active>,
+pub(super) struct Held {
+    pub lock: bool,
+    /// Started and not yet serving.
+    pub instance: Option<Active>,
+    /// A rollback with `--restore-data` stopped the serving release: if it then fails, the
+    /// data set aside goes back and this release is started again.
+    pub stopped: Option<Stopped>,
+}
+
+pub(super) struct Stopped {
+    pub release: String,
+    /// (set-aside copy, live path) pairs to put back.
+    pub data: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Engine {
     /// Runs deployment `id` to its end; every outcome is recorded in the store.
     pub(super) async fn run(self: Arc<Self>, id: i64, state: Arc<EnvState>) {
         let env = state.env.name.clone();
-        if let Err(e) = self.store.set_state(id, DeploymentState::Running, None) {
-            tracing::error!(id, error = %e, "cannot start deployment");
-            return;
-        }
+        let d = match self.store.deployment(id).and_then(|d| {
+            self.store.set_state(id, DeploymentState::Running, None)?;
+            Ok(d)
+        }) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(id, error = %e, "cannot start deployment");
+                return;
+            }
+        };
         let mut held = Held::default();
-        let outcome = self.steps(id, &state, &mut held).await;
+        let outcome = if d.kind == "rollback" {
+            self.rollback_steps(&d, &state, &mut held).await
+        } else {
+            self.steps(&d, &state, &mut held).await
+        };
         if let Some(active) = held.instance.take() {
             self.stop_instance(active.record, &active.instance).await;
+        }
+        if outcome.is_err()
+            && let Some(stopped) = held.stopped.take()
+        {
+            self.undo_restore(&state, stopped).await;
         }
         if held.lock
             && let Err(e) = self.store.release_lock(&env, Some(id), "deploy")
@@ -80,7 +125,7 @@ impl Engine {
     }
 
     /// Records step `name` around `work`, which returns its output.
-    async fn step<T>(
+    pub(super) async fn step<T>(
         &self,
         id: i64,
         name: &str,
@@ -106,18 +151,15 @@ impl Engine {
         })
     }
 
-    fn skip(&self, id: i64, name: &str, why: &str) {
+    pub(super) fn skip(&self, id: i64, name: &str, why: &str) {
         if let Ok(step) = self.store.step_started(id, name) {
             let _ = self.store.step_finished(step, StepState::Skipped, why);
         }
     }
 
-    async fn steps(&self, id: i64, state: &EnvState, held: &mut Held) -> Result<(), Stop> {
+    async fn steps(&self, d: &Deployment, state: &EnvState, held: &mut Held) -> Result<(), Stop> {
+        let id = d.id;
         let env = &state.env;
-        let d = self
-            .store
-            .deployment(id)
-            .map_err(|e| Stop::failed(e.to_string()))?;
         let app = &self.config.app;
 
         let resolved: Resolved = self
@@ -132,135 +174,61 @@ impl Engine {
             .await?;
         let name = resolved.release_name();
         self.store
-            .set_resolved(id, &resolved.commit, &resolved.version, &name)
-            .map_err(|e| Stop::failed(e.to_string()))?;
+            .set_resolved(id, &resolved.commit, &resolved.version, &name)?;
 
-        self.step(id, "lock", async {
-            match self
-                .store
-                .acquire_lock(&env.name, Some(id), "deploy", &d.triggered_by)
-            {
-                Ok(Ok(())) => {
-                    held.lock = true;
-                    Ok(((), format!("locked {} for deployment {id}\n", env.name)))
-                }
-                Ok(Err(h)) => Err(Stop {
-                    state: DeploymentState::Refused,
-                    message: h.refusal(&env.name),
-                    output: String::new(),
-                }),
-                Err(e) => Err(Stop::failed(e.to_string())),
-            }
-        })
-        .await?;
+        let verified = self
+            .step(id, "policy", self.policy(d, state, &resolved))
+            .await?;
+
+        self.lock(id, state, &d.triggered_by, held).await?;
 
         let env_dir = self.config.env_dir(&env.name);
         let dir = env_dir.join("releases").join(&name);
-        let existing = self
-            .store
-            .release(&env.name, &name)
-            .map_err(|e| Stop::failed(e.to_string()))?;
-        let reusable = existing
-            .as_ref()
-            .is_some_and(|r| r.digest.is_some() && matches!(r.status.as_str(), "built" | "good"))
-            && dir.is_dir();
-        let vars = vec![
-            ("ENVIRONMENT".to_string(), env.group.clone()),
-            ("FERRY_SLOT".to_string(), env.name.clone()),
-            ("APP_VERSION".to_string(), resolved.version.clone()),
-            ("COMMIT_SHA".to_string(), resolved.commit.clone()),
-        ];
-
-        let digest = if reusable {
-            self.step(id, "prepare", async {
-                Ok(((), format!("reusing release {name}, built before\n")))
-            })
+        let digest = self
+            .prepare(id, state, &resolved, &dir, verified.as_ref())
             .await?;
-            self.skip(id, "build", "release already built");
-            self.skip(id, "test", "release already tested");
-            existing.and_then(|r| r.digest).unwrap_or_default()
+        if let Some(v) = &verified
+            && v.digest != digest
+        {
+            self.mark_release(&env.name, &name, "bad");
+            return Err(Stop::refused(format!(
+                "the release built for {} ({digest}) is not the one verified on {} ({}): its build is not reproducible",
+                env.name, v.environment, v.digest
+            )));
+        }
+        self.store.set_digest(id, &digest)?;
+
+        if env.backup.is_empty() {
+            self.skip(id, "backup", "no backup configured");
         } else {
-            self.step(id, "prepare", async {
-                self.store
-                    .upsert_release(&env.name, &name, &resolved.version, &resolved.commit)
-                    .map_err(|e| Stop::failed(e.to_string()))?;
-                if dir.exists() {
-                    // left over from an attempt that never finished building
-                    std::fs::remove_dir_all(&dir).map_err(|e| {
-                        Stop::failed(format!("cannot clear {}: {e}", dir.display()))
-                    })?;
-                }
-                let mirror = self.config.state_dir.join("mirror.git");
-                release::export(&mirror, &resolved.commit, &dir).await?;
-                release::link_shared(&dir, &env_dir.join("shared"), &app.shared)?;
-                Ok((
-                    (),
-                    format!("exported {} into {}\n", resolved.commit, dir.display()),
-                ))
-            })
-            .await
-            .inspect_err(|_| self.mark_release(&env.name, &name, "failed"))?;
-            for (step, commands) in [("build", &app.build), ("test", &app.test)] {
-                self.step(id, step, self.run_commands(&dir, commands, &vars))
-                    .await
-                    .inspect_err(|_| self.mark_release(&env.name, &name, "failed"))?;
+            self.step(id, "backup", self.backup(id, state, &resolved, &name))
+                .await?;
+        }
+
+        let vars = instance_vars(state, &resolved.version, &resolved.commit);
+        let instance = self.start(id, state, &name, &dir, vars, held).await?;
+        let previous = self.switch(id, state, &name, held).await?;
+
+        let monitor = self.config.monitor.as_ref().filter(|_| env.monitor);
+        let previous = match monitor {
+            None => {
+                self.skip(id, "monitor", "no [monitor] configured");
+                previous
             }
-            let dir2 = dir.clone();
-            let digest = tokio::task::spawn_blocking(move || release::digest(&dir2))
-                .await
-                .map_err(|e| Stop::failed(e.to_string()))??;
-            self.store
-                .set_release_status(&env.name, &name, "built", Some(&digest))
-                .map_err(|e| Stop::failed(e.to_string()))?;
-            digest
-        };
-        self.store
-            .set_digest(id, &digest)
-            .map_err(|e| Stop::failed(e.to_string()))?;
-
-        let release_name = name.clone();
-        let instance = self
-            .step(id, "start", async {
-                let spec = self
-                    .instance_spec(state, &dir, vars)
-                    .map_err(Stop::failed)?;
-                let instance = crate::runtime::spawn(&spec, &state.log)
-                    .map_err(|e| Stop::failed(e.to_string()))?;
-                let out = format!(
-                    "started {release_name}: pid {} on port {}\n",
-                    instance.pid, instance.port
-                );
-                let active = self
-                    .record_instance(state, &release_name, Some(id), instance.clone())
-                    .await
-                    .map_err(Stop::failed)?;
-                held.instance = Some(active);
-                Ok((instance, out))
-            })
-            .await?;
-        let health = self.config.health.clone();
-        self.step(id, "health", async {
-            crate::health::wait_healthy(&instance, &health)
-                .await
-                .map(|log| ((), log))
-                .map_err(|e| Stop::failed(e.to_string()))
-        })
-        .await?;
-
-        let previous = self
-            .step(id, "switch", async {
-                let next = held.instance.take().expect("the started instance is held");
-                let port = next.instance.port;
-                let previous = state.activate(next).await;
-                let out = match &previous {
-                    Some(p) => {
-                        format!("traffic moved from {} to {name} (port {port})\n", p.release)
+            Some(cfg) => {
+                self.store
+                    .set_state(id, DeploymentState::Monitoring, None)?;
+                self.step(id, "monitor", async {
+                    match self.watch(id, &instance, cfg).await {
+                        Ok(log) => Ok((previous, log)),
+                        Err(breach) => {
+                            Err(self.roll_back_now(state, &name, previous, breach).await)
+                        }
                     }
-                    None => format!("traffic now goes to {name} (port {port})\n"),
-                };
-                Ok((previous, out))
-            })
-            .await?;
+                })
+                .await?
+            }
+        };
 
         self.step(id, "finish", async {
             let mut out = match previous {
@@ -274,7 +242,344 @@ impl Engine {
         .await
     }
 
-    fn mark_release(&self, env: &str, name: &str, status: &str) {
+    /// The policy step: every gate, then the wait for approval where it is required.
+    async fn policy(
+        &self,
+        d: &Deployment,
+        state: &EnvState,
+        resolved: &Resolved,
+    ) -> Result<(Option<Verification>, String), Stop> {
+        let env = &state.env;
+        let ask = Ask {
+            env,
+            resolved,
+            force: d.note.as_deref().filter(|_| d.forced),
+            now: chrono::Utc::now(),
+        };
+        let eval = policy::evaluate(&self.config, &self.store, &ask)?;
+        let mut out = String::new();
+        for gate in &eval.gates {
+            let mark = match gate.verdict {
+                Verdict::Pass => "ok",
+                Verdict::Fail => "REFUSED",
+                Verdict::Wait => "wait",
+                Verdict::Note => "note",
+            };
+            out.push_str(&format!("{mark:>7} {:<9} {}\n", gate.name, gate.detail));
+        }
+        if let Some(reason) = eval.refusal() {
+            return Err(Stop::refused(reason).with_output(&out));
+        }
+        if env.approval {
+            self.store
+                .set_state(d.id, DeploymentState::AwaitingApproval, None)?;
+            out.push_str(&format!(
+                "waiting for approval: run `ferry approve {}`\n",
+                d.id
+            ));
+            self.store.set_running_output(d.id, "policy", &out)?;
+            let who = self
+                .approvals
+                .wait(&self.store, d.id, env.approval_timeout)
+                .await
+                .map_err(|e| Stop::refused(e.to_string()).with_output(&out))?;
+            self.store.set_state(d.id, DeploymentState::Running, None)?;
+            out.push_str(&format!("approved by {who}\n"));
+        }
+        Ok((eval.verified, out))
+    }
+
+    /// The lock step: one deployment per environment.
+    pub(super) async fn lock(
+        &self,
+        id: i64,
+        state: &EnvState,
+        who: &str,
+        held: &mut Held,
+    ) -> Result<(), Stop> {
+        let env = &state.env.name;
+        self.step(id, "lock", async {
+            match self.store.acquire_lock(env, Some(id), "deploy", who)? {
+                Ok(()) => {
+                    held.lock = true;
+                    Ok(((), format!("locked {env} for deployment {id}\n")))
+                }
+                Err(h) => Err(Stop::refused(h.refusal(env))),
+            }
+        })
+        .await
+    }
+
+    /// prepare, build and test: a release dir for `resolved`, reused when built before,
+    /// copied from the environment it was verified on when promoted, or built. Returns the
+    /// release's digest.
+    async fn prepare(
+        &self,
+        id: i64,
+        state: &EnvState,
+        resolved: &Resolved,
+        dir: &Path,
+        verified: Option<&Verification>,
+    ) -> Result<String, Stop> {
+        let env = &state.env;
+        let app = &self.config.app;
+        let name = resolved.release_name();
+        let shared_dir = self.config.env_dir(&env.name).join("shared");
+        let existing = self.store.release(&env.name, &name)?;
+        let reusable = existing.as_ref().is_some_and(|r| {
+            r.digest.is_some() && matches!(r.status.as_str(), "built" | "good" | "bad")
+        }) && dir.is_dir();
+        if reusable {
+            self.step(id, "prepare", async {
+                Ok(((), format!("reusing release {name}, built before\n")))
+            })
+            .await?;
+            self.skip(id, "build", "release already built");
+            self.skip(id, "test", "release already tested");
+            return Ok(existing.and_then(|r| r.digest).unwrap_or_default());
+        }
+        let source = verified
+            .map(|v| {
+                self.config
+                    .env_dir(&v.environment)
+                    .join("releases")
+                    .join(&name)
+            })
+            .filter(|d| d.is_dir());
+        let copied_from = verified.map(|v| v.environment.clone());
+        self.step(id, "prepare", async {
+            self.store
+                .upsert_release(&env.name, &name, &resolved.version, &resolved.commit)?;
+            if dir.exists() {
+                // left over from an attempt that never finished
+                std::fs::remove_dir_all(dir)
+                    .map_err(|e| Stop::failed(format!("cannot clear {}: {e}", dir.display())))?;
+            }
+            let out = match &source {
+                Some(from) => {
+                    let (from, to, shared) = (from.clone(), dir.to_path_buf(), app.shared.clone());
+                    tokio::task::spawn_blocking(move || release::copy_release(&from, &to, &shared))
+                        .await
+                        .map_err(|e| Stop::failed(e.to_string()))??;
+                    format!(
+                        "copied release {name} from {}, where it was verified: the same bytes, not rebuilt\n",
+                        copied_from.as_deref().unwrap_or("?")
+                    )
+                }
+                None => {
+                    let mirror = self.config.state_dir.join("mirror.git");
+                    release::export(&mirror, &resolved.commit, dir).await?;
+                    format!("exported {} into {}\n", resolved.commit, dir.display())
+                }
+            };
+            release::link_shared(dir, &shared_dir, &app.shared)?;
+            Ok(((), out))
+        })
+        .await
+        .inspect_err(|_| self.mark_release(&env.name, &name, "failed"))?;
+
+        if let (Some(_), Some(from)) = (&source, &copied_from) {
+            self.skip(id, "build", &format!("built on {from}"));
+            self.skip(id, "test", &format!("tested on {from}"));
+        } else {
+            let vars = instance_vars(state, &resolved.version, &resolved.commit);
+            for (step, commands) in [("build", &app.build), ("test", &app.test)] {
+                self.step(id, step, self.run_commands(dir, commands, &vars))
+                    .await
+                    .inspect_err(|_| self.mark_release(&env.name, &name, "failed"))?;
+            }
+        }
+        let (dir2, shared) = (dir.to_path_buf(), app.shared.clone());
+        let digest = tokio::task::spawn_blocking(move || release::digest(&dir2, &shared))
+            .await
+            .map_err(|e| Stop::failed(e.to_string()))??;
+        self.store
+            .set_release_status(&env.name, &name, "built", Some(&digest))?;
+        Ok(digest)
+    }
+
+    /// The backup step: each `backup` file of the shared dir snapshotted before start.
+    async fn backup(
+        &self,
+        id: i64,
+        state: &EnvState,
+        resolved: &Resolved,
+        release: &str,
+    ) -> Result<((), String), Stop> {
+        let env = &state.env;
+        let env_dir = self.config.env_dir(&env.name);
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+        let version = resolved.version.replace('/', "-");
+        let mut out = String::new();
+        for file in &env.backup {
+            let source = env_dir.join("shared").join(file);
+            if !source.exists() {
+                out.push_str(&format!("{file}: not there yet, nothing to back up\n"));
+                continue;
+            }
+            let dest = env_dir
+                .join("backups")
+                .join(format!("{file}.{version}.{stamp}"));
+            let started = Instant::now();
+            let (src, dst) = (source.clone(), dest.clone());
+            let (method, bytes) =
+                tokio::task::spawn_blocking(move || crate::backup::snapshot(&src, &dst))
+                    .await
+                    .map_err(|e| Stop::failed(e.to_string()))?
+                    .map_err(|e| Stop::failed(e.to_string()).with_output(&out))?;
+            self.store.add_backup(
+                &env.name,
+                id,
+                release,
+                file,
+                &dest.to_string_lossy(),
+                method.as_str(),
+                bytes,
+            )?;
+            out.push_str(&format!(
+                "{file}: {} bytes into {} ({}{}, {} ms)\n",
+                bytes,
+                dest.display(),
+                method.as_str(),
+                if method == crate::backup::Method::Sqlite {
+                    " online backup, integrity ok"
+                } else {
+                    ", fsynced"
+                },
+                started.elapsed().as_millis()
+            ));
+        }
+        Ok(((), out))
+    }
+
+    /// start and health: a new instance of `release`, healthy, not yet serving.
+    pub(super) async fn start(
+        &self,
+        id: i64,
+        state: &EnvState,
+        release: &str,
+        dir: &Path,
+        vars: Vec<(String, String)>,
+        held: &mut Held,
+    ) -> Result<crate::runtime::Instance, Stop> {
+        let env = &state.env.name;
+        let instance = self
+            .step(id, "start", async {
+                let spec = self.instance_spec(state, dir, vars).map_err(Stop::failed)?;
+                let instance = crate::runtime::spawn(&spec, &state.log)
+                    .map_err(|e| Stop::failed(e.to_string()))?;
+                let out = format!(
+                    "started {release}: pid {} on port {}\n",
+                    instance.pid, instance.port
+                );
+                let active = self
+                    .record_instance(state, release, Some(id), instance.clone())
+                    .await
+                    .map_err(Stop::failed)?;
+                held.instance = Some(active);
+                Ok((instance, out))
+            })
+            .await?;
+        let health = self.config.health.clone();
+        self.step(id, "health", async {
+            crate::health::wait_healthy(&instance, &health)
+                .await
+                .map(|log| ((), log))
+                .map_err(|e| Stop::failed(e.to_string()))
+        })
+        .await
+        .inspect_err(|_| self.mark_release(env, release, "bad"))?;
+        Ok(instance)
+    }
+
+    /// switch: traffic to the held new instance; returns the previous one, still running.
+    pub(super) async fn switch(
+        &self,
+        id: i64,
+        state: &EnvState,
+        release: &str,
+        held: &mut Held,
+    ) -> Result<Option<Active>, Stop> {
+        self.step(id, "switch", async {
+            let next = held.instance.take().expect("the started instance is held");
+            let port = next.instance.port;
+            let previous = state.activate(next).await;
+            let out = match &previous {
+                Some(p) => format!(
+                    "traffic moved from {} to {release} (port {port})\n",
+                    p.release
+                ),
+                None => format!("traffic now goes to {release} (port {port})\n"),
+            };
+            Ok((previous, out))
+        })
+        .await
+    }
+
+    /// A monitor breach: traffic goes back to the previous instance (warm, or started again
+    /// if it died meanwhile), the new one is drained and stopped, its release marked bad.
+    async fn roll_back_now(
+        &self,
+        state: &EnvState,
+        release: &str,
+        previous: Option<Active>,
+        breach: super::monitor::Breach,
+    ) -> Stop {
+        let env = &state.env.name;
+        let what = format!("{} breached: {}", breach.rule, breach.detail);
+        let mut out = breach.log.clone();
+        out.push_str(&format!("{what}\n"));
+        self.mark_release(env, release, "bad");
+        let (previous, warm) = match previous {
+            Some(p) if p.instance.exited().is_none() => (Some(p), true),
+            Some(dead) => {
+                self.stop_instance(dead.record, &dead.instance).await;
+                (self.start_again(state, &dead.release).await, false)
+            }
+            None => (None, false),
+        };
+        let Some(previous) = previous else {
+            out.push_str(&format!(
+                "no previous release to roll back to: {release} keeps serving\n"
+            ));
+            return Stop::failed(format!("{what}; no previous release to roll back to"))
+                .with_output(&out);
+        };
+        let back_to = previous.release.clone();
+        let failed = state.activate(previous).await;
+        let took = breach.at.elapsed();
+        out.push_str(&format!(
+            "rolled back: traffic on {back_to} ({}) {:.2} ms after the breach\n",
+            if warm { "kept warm" } else { "started again" },
+            took.as_secs_f64() * 1000.0
+        ));
+        if let Some(failed) = failed {
+            out.push_str(&self.retire(failed).await);
+        }
+        Stop {
+            state: DeploymentState::RolledBack,
+            message: format!("{what}; rolled back to {back_to}"),
+            output: out,
+        }
+    }
+
+    /// Starts `release` again outside a deployment step (its built dir, health-checked).
+    pub(super) async fn start_again(&self, state: &EnvState, release: &str) -> Option<Active> {
+        let env = &state.env.name;
+        let row = self.store.release(env, release).ok().flatten()?;
+        let dir = self.config.env_dir(env).join("releases").join(release);
+        let vars = instance_vars(state, &row.version, &row.commit_sha);
+        let spec = self.instance_spec(state, &dir, vars).ok()?;
+        match self.start_healthy(state, release, spec).await {
+            Ok(active) => Some(active),
+            Err(e) => {
+                tracing::error!(env = %env, release, error = %e, "cannot start the previous release again");
+                None
+            }
+        }
+    }
+
+    pub(super) fn mark_release(&self, env: &str, name: &str, status: &str) {
         if let Err(e) = self.store.set_release_status(env, name, status, None) {
             tracing::error!(env, release = name, error = %e, "cannot record release status");
         }
@@ -282,7 +587,7 @@ impl Engine {
 
     async fn run_commands(
         &self,
-        dir: &std::path::Path,
+        dir: &Path,
         commands: &[String],
         vars: &[(String, String)],
     ) -> Result<((), String), Stop> {
@@ -307,7 +612,7 @@ impl Engine {
     pub(super) fn instance_spec(
         &self,
         state: &EnvState,
-        release_dir: &std::path::Path,
+        release_dir: &Path,
         mut vars: Vec<(String, String)>,
     ) -> Result<InstanceSpec, String> {
         let env = &state.env;
@@ -336,7 +641,7 @@ impl Engine {
     }
 
     /// Removes releases beyond `keep_releases`, oldest first by the order they were made,
-    /// never the one serving or `keep`.
+    /// never the one serving or `keep`, with the backups taken when they were deployed.
     fn prune(&self, env: &str, keep: &str) -> String {
         let Ok(releases) = self.store.releases(env) else {
             return String::new();
@@ -362,8 +667,38 @@ impl Engine {
             }
             self.mark_release(env, &r.name, "pruned");
             out.push_str(&format!("pruned {}\n", r.name));
+            for b in self
+                .store
+                .backups(env, None, Some(&r.name))
+                .unwrap_or_default()
+            {
+                match std::fs::remove_file(&b.path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        out.push_str(&format!("could not prune backup {}: {e}\n", b.path));
+                        continue;
+                    }
+                }
+                let _ = self.store.backup_pruned(b.id);
+                out.push_str(&format!("pruned backup {}\n", b.path));
+            }
             excess -= 1;
         }
         out
     }
+}
+
+/// The variables ferry gives every instance of a release (PORT and DEPLOYED_AT come later).
+pub(super) fn instance_vars(
+    state: &EnvState,
+    version: &str,
+    commit: &str,
+) -> Vec<(String, String)> {
+    vec![
+        ("ENVIRONMENT".to_string(), state.env.group.clone()),
+        ("FERRY_SLOT".to_string(), state.env.name.clone()),
+        ("APP_VERSION".to_string(), version.to_string()),
+        ("COMMIT_SHA".to_string(), commit.to_string()),
+    ]
 }

@@ -140,3 +140,27 @@ async fn a_dead_upstream_is_a_502_and_counted() {
     assert_eq!(proxy.stats().errors.load(Ordering::Relaxed), 1);
     assert_eq!(proxy.upstream().unwrap().in_flight(), 0);
 }
+
+#[tokio::test]
+async fn maintenance_answers_503_with_a_page_and_retry_after_then_traffic_resumes() {
+    let (proxy, url, _stop) = start_proxy().await;
+    proxy.switch(Some(Upstream::new(backend("app").await)));
+    proxy.set_maintenance(Some("Back at <5pm>".into()));
+    let resp = client().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "120");
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.contains("Down for maintenance") && body.contains("Back at &lt;5pm&gt;"),
+        "{body}"
+    );
+    proxy.set_maintenance(None);
+    let resp = client().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}

@@ -169,15 +169,46 @@ fn digest_changes_with_content_and_not_with_mtime() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("sub")).unwrap();
     std::fs::write(dir.path().join("sub/a"), "a").unwrap();
-    let first = digest(dir.path()).unwrap();
+    let first = digest(dir.path(), &[]).unwrap();
     std::fs::write(dir.path().join("sub/a"), "a").unwrap();
-    assert_eq!(digest(dir.path()).unwrap(), first);
+    assert_eq!(digest(dir.path(), &[]).unwrap(), first);
     std::fs::write(dir.path().join("sub/a"), "b").unwrap();
-    assert_ne!(digest(dir.path()).unwrap(), first);
+    assert_ne!(digest(dir.path(), &[]).unwrap(), first);
 }
 
 #[test]
 fn output_tail_starts_on_a_line() {
     let long = "x".repeat(OUTPUT_TAIL_BYTES) + "\nlast line\n";
     assert_eq!(tail_text(long.as_bytes()), "last line\n");
+}
+
+#[test]
+fn copied_release_has_the_same_digest_once_shared_paths_are_linked_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        dir.path().join("a/v1.0.0-abc"),
+        dir.path().join("b/v1.0.0-abc"),
+    );
+    std::fs::create_dir_all(a.join("bin")).unwrap();
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    std::fs::write(a.join("bin/run"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        a.join("bin/run"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("bin/run", a.join("start")).unwrap();
+    let shared = vec!["data/".to_string()];
+    link_shared(&a, &dir.path().join("shared-a"), &shared).unwrap();
+    copy_release(&a, &b, &shared).unwrap();
+    assert!(!b.join("data").exists(), "shared paths are not copied");
+    link_shared(&b, &dir.path().join("shared-b"), &shared).unwrap();
+    assert_eq!(digest(&a, &shared).unwrap(), digest(&b, &shared).unwrap());
+    // without naming the shared path, the differing link targets show
+    assert_ne!(digest(&a, &[]).unwrap(), digest(&b, &[]).unwrap());
+    let mode = std::fs::metadata(b.join("bin/run")).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o755
+    );
 }

@@ -3,6 +3,7 @@
 //! JSON in and out; errors are `{"error": {"code", "message"}}` with a fitting status, mapped
 //! in one place ([`ApiError`]).
 
+pub mod actions;
 mod logs;
 
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -54,6 +55,9 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             EngineError::BadRef(_) => (StatusCode::BAD_REQUEST, "bad_ref"),
             EngineError::Busy { .. } => (StatusCode::CONFLICT, "environment_busy"),
+            EngineError::NoRollbackTarget(_) => (StatusCode::CONFLICT, "no_rollback_target"),
+            EngineError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            EngineError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             EngineError::Store(_) | EngineError::Bind { .. } | EngineError::Log { .. } => {
                 tracing::error!(error = %e, "internal error");
                 return ApiError::new(
@@ -90,6 +94,10 @@ pub struct DeployRequest {
     pub git_ref: String,
     /// Who asked (the CLI sends the user's name); defaults to "api".
     pub triggered_by: Option<String>,
+    /// Override freeze windows; needs `reason`.
+    #[serde(default)]
+    pub force: bool,
+    pub reason: Option<String>,
 }
 
 /// The router over `engine`.
@@ -103,6 +111,25 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/api/environments/{env}/logs", get(logs::logs))
         .route("/api/deployments", get(history).post(deploy))
         .route("/api/deployments/{id}", get(deployment))
+        .route("/api/deployments/{id}/approve", post(actions::approve))
+        .route("/api/environments/{env}/verify", post(actions::verify))
+        .route("/api/environments/{env}/rollback", post(actions::rollback))
+        .route(
+            "/api/environments/{env}/lock",
+            post(actions::lock).delete(actions::unlock),
+        )
+        .route(
+            "/api/environments/{env}/maintenance",
+            post(actions::maintenance),
+        )
+        .route("/api/environments/{env}/plan", get(actions::plan))
+        .route("/api/environments/{env}/backups", get(actions::backups))
+        .route("/api/verifications", get(actions::verifications))
+        .route("/api/promote", post(actions::promote))
+        .route(
+            "/api/commits/{sha}/checks",
+            get(actions::checks).post(actions::report_check),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(1024 * 1024))
         .with_state(engine)
@@ -197,26 +224,19 @@ async fn env_history(
 async fn deploy(
     State(engine): State<Arc<Engine>>,
     headers: HeaderMap,
-    body: Result<Json<DeployRequest>, axum::extract::rejection::JsonRejection>,
+    JsonBody(req): JsonBody<DeployRequest>,
 ) -> Response {
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
-                .into_response();
-        }
+    let who = who(&headers, req.triggered_by.as_deref());
+    let force = match (req.force, req.reason.as_deref()) {
+        (true, reason) => Some(reason.unwrap_or("")),
+        (false, _) => None,
     };
-    let who = req
-        .triggered_by
-        .or_else(|| {
-            headers
-                .get("x-ferry-user")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        })
-        .filter(|w| !w.trim().is_empty() && w.len() <= 100)
-        .unwrap_or_else(|| "api".to_string());
-    match engine.request(&req.environment, &req.git_ref, &who) {
+    created(engine.request(&req.environment, &req.git_ref, &who, force))
+}
+
+/// A new deployment as `201 Created`; a refusal on the spot carries the recorded id.
+fn created(result: Result<Deployment, EngineError>) -> Response {
+    match result {
         Ok(d) => (StatusCode::CREATED, Json(d)).into_response(),
         Err(EngineError::Busy { message, deployment }) => (
             StatusCode::CONFLICT,
@@ -227,17 +247,53 @@ async fn deploy(
     }
 }
 
+/// Who made a request: the name in the body, else the `X-Ferry-User` header, else "api".
+fn who(headers: &HeaderMap, named: Option<&str>) -> String {
+    named
+        .map(str::to_string)
+        .or_else(|| {
+            headers
+                .get("x-ferry-user")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
+        .filter(|w| !w.trim().is_empty() && w.len() <= 100)
+        .unwrap_or_else(|| "api".to_string())
+}
+
+/// A JSON body whose rejection is an [`ApiError`] (400 with the parser's words).
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(e) => Err(ApiError::new(e.status(), "bad_request", e.body_text())),
+        }
+    }
+}
+
 async fn deployment(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeploymentDetail>> {
-    let id: i64 = id.parse().map_err(|_| {
+    let id = parse_id(&id)?;
+    let (deployment, steps) = engine.deployment(id)?;
+    Ok(Json(DeploymentDetail { deployment, steps }))
+}
+
+fn parse_id(id: &str) -> ApiResult<i64> {
+    id.parse().map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_id",
             format!("\"{id}\" is not a deployment id"),
         )
-    })?;
-    let (deployment, steps) = engine.deployment(id)?;
-    Ok(Json(DeploymentDetail { deployment, steps }))
+    })
 }

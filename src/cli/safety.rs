@@ -1,0 +1,327 @@
+//! Promotion and safety commands: promote, rollback, approve, verify, check-report, lock,
+//! unlock, maintenance, plan.
+
+use super::deploy::{create, finish};
+use super::{Cli, CmdResult, Failure};
+use crate::pipeline::{CheckReport, Plan};
+use crate::policy::Verdict;
+use crate::server::actions::{
+    LockRequest, MaintenanceRequest, PromoteRequest, RollbackRequest, VerifyRequest,
+};
+use crate::store::{Check, Deployment, LockHolder, Verification};
+
+#[derive(Debug, clap::Args)]
+pub struct Promote {
+    /// The release tag verified on an earlier environment.
+    pub tag: String,
+    /// The environment to promote to (default: the one that requires where the tag is verified).
+    #[arg(long)]
+    pub to: Option<String>,
+    #[arg(long)]
+    pub no_wait: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn promote(cli: &Cli, args: &Promote) -> CmdResult {
+    let client = cli.client()?;
+    let body = PromoteRequest {
+        tag: args.tag.clone(),
+        to: args.to.clone(),
+    };
+    let created = create(&client, "/api/promote", &body).await?;
+    finish(&client, created, args.no_wait, args.json).await
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Rollback {
+    pub environment: String,
+    /// The version to go back to (default: the previous good release).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Why; recorded with the rollback.
+    #[arg(long)]
+    pub reason: String,
+    /// Also put back the data backed up before the deploy being undone (the app is stopped
+    /// while it is restored; the current data is kept aside).
+    #[arg(long)]
+    pub restore_data: bool,
+    #[arg(long)]
+    pub no_wait: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn rollback(cli: &Cli, args: &Rollback) -> CmdResult {
+    let client = cli.client()?;
+    let body = RollbackRequest {
+        to: args.to.clone(),
+        reason: args.reason.clone(),
+        restore_data: args.restore_data,
+    };
+    let path = format!("/api/environments/{}/rollback", segment(&args.environment)?);
+    let created = create(&client, &path, &body).await?;
+    finish(&client, created, args.no_wait, args.json).await
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Approve {
+    /// The deployment waiting for approval.
+    pub id: i64,
+}
+
+pub async fn approve(cli: &Cli, args: &Approve) -> CmdResult {
+    let client = cli.client()?;
+    let d: Deployment = client
+        .post(&format!("/api/deployments/{}/approve", args.id), &())
+        .await
+        .map_err(conflict)?;
+    println!(
+        "approved deployment #{} ({} to {}); it goes on now",
+        d.id, d.git_ref, d.environment
+    );
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Verify {
+    pub environment: String,
+    /// The version to sign off (default: the one running; it must be the one running).
+    pub version: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn verify(cli: &Cli, args: &Verify) -> CmdResult {
+    let client = cli.client()?;
+    let body = VerifyRequest {
+        version: args.version.clone(),
+    };
+    let path = format!("/api/environments/{}/verify", segment(&args.environment)?);
+    let v: Verification = client.post(&path, &body).await.map_err(conflict)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!(
+            "verified {} ({}) on {} as {}; it can be promoted with `ferry promote {}`",
+            v.version,
+            &v.commit_sha[..7.min(v.commit_sha.len())],
+            v.environment,
+            v.verified_by,
+            v.version
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckReportArgs {
+    /// The full commit sha the check ran on.
+    pub sha: String,
+    /// The check's name, as `require_checks` lists it.
+    #[arg(long)]
+    pub name: String,
+    /// success, failure, error or pending.
+    #[arg(long)]
+    pub status: String,
+    /// A link to the CI run.
+    #[arg(long)]
+    pub url: Option<String>,
+}
+
+pub async fn check_report(cli: &Cli, args: &CheckReportArgs) -> CmdResult {
+    let client = cli.client()?;
+    let body = CheckReport {
+        name: args.name.clone(),
+        status: args.status.clone(),
+        url: args.url.clone(),
+    };
+    let sha = segment(&args.sha)?;
+    let c: Check = client
+        .post(&format!("/api/commits/{sha}/checks"), &body)
+        .await?;
+    println!(
+        "recorded check \"{}\" = {} for {}",
+        c.name,
+        c.status,
+        &c.commit_sha[..7]
+    );
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Lock {
+    pub environment: String,
+    /// Why; shown to anyone whose deploy is refused.
+    #[arg(long)]
+    pub reason: String,
+}
+
+pub async fn lock(cli: &Cli, args: &Lock) -> CmdResult {
+    let client = cli.client()?;
+    let path = format!("/api/environments/{}/lock", segment(&args.environment)?);
+    let h: LockHolder = client
+        .post(
+            &path,
+            &LockRequest {
+                reason: args.reason.clone(),
+            },
+        )
+        .await
+        .map_err(conflict)?;
+    println!(
+        "{} is locked by {} since {}: deploys are refused until `ferry unlock {}`",
+        args.environment, h.holder, h.since, args.environment
+    );
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Unlock {
+    pub environment: String,
+}
+
+pub async fn unlock(cli: &Cli, args: &Unlock) -> CmdResult {
+    let client = cli.client()?;
+    let path = format!("/api/environments/{}/lock", segment(&args.environment)?);
+    let _: serde_json::Value = client.delete(&path).await.map_err(conflict)?;
+    println!("{} is unlocked", args.environment);
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Maintenance {
+    pub environment: String,
+    #[arg(value_enum)]
+    pub state: Switch,
+    /// What the maintenance page says.
+    #[arg(long)]
+    pub message: Option<String>,
+}
+
+pub async fn maintenance(cli: &Cli, args: &Maintenance) -> CmdResult {
+    let client = cli.client()?;
+    let path = format!(
+        "/api/environments/{}/maintenance",
+        segment(&args.environment)?
+    );
+    let on = matches!(args.state, Switch::On);
+    let _: serde_json::Value = client
+        .post(
+            &path,
+            &MaintenanceRequest {
+                on,
+                message: args.message.clone(),
+            },
+        )
+        .await?;
+    if on {
+        println!(
+            "{} answers 503 with a maintenance page now; deploys still run and are health-checked",
+            args.environment
+        );
+    } else {
+        println!("{} serves its app again", args.environment);
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    pub environment: String,
+    #[arg(value_name = "REF")]
+    pub git_ref: String,
+    /// Plan as if deployed with --force --reason.
+    #[arg(long)]
+    pub force_reason: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn plan(cli: &Cli, args: &PlanArgs) -> CmdResult {
+    let client = cli.client()?;
+    let mut path = format!(
+        "/api/environments/{}/plan?ref={}",
+        segment(&args.environment)?,
+        query(&args.git_ref)
+    );
+    if let Some(r) = &args.force_reason {
+        path.push_str(&format!("&force_reason={}", query(r)));
+    }
+    let plan: Plan = client.get(&path).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&plan).unwrap_or_default()
+        );
+    } else {
+        println!(
+            "plan: {} ({}) to {}",
+            plan.version,
+            &plan.commit_sha[..7],
+            plan.environment
+        );
+        println!("gates:");
+        for g in &plan.gates {
+            let mark = match g.verdict {
+                Verdict::Pass => "✓",
+                Verdict::Fail => "✗",
+                Verdict::Wait => "…",
+                Verdict::Note => "·",
+            };
+            println!("  {mark} {:<9} {}", g.name, g.detail);
+        }
+        println!("steps:");
+        for s in &plan.steps {
+            println!("    {:<9} {}", s.name, s.detail);
+        }
+        if plan.allowed {
+            println!("a deploy would go ahead (nothing was changed)");
+        } else {
+            println!("a deploy would be refused (nothing was changed)");
+        }
+    }
+    if plan.allowed {
+        Ok(())
+    } else {
+        Err(Failure::Failed(String::new()))
+    }
+}
+
+/// A 409 from these routes is a refusal: exit 1 with the message.
+fn conflict(e: super::ClientError) -> Failure {
+    match e {
+        super::ClientError::Api {
+            status: 409,
+            message,
+            ..
+        } => Failure::Failed(format!("refused: {message}")),
+        e => e.into(),
+    }
+}
+
+/// A name that goes into a URL path as one segment.
+fn segment(s: &str) -> Result<&str, Failure> {
+    if s.is_empty() || s.contains(['/', '?', '#', '%']) || s.chars().any(char::is_whitespace) {
+        return Err(Failure::Usage(format!("\"{s}\" is not a valid name")));
+    }
+    Ok(s)
+}
+
+/// Percent-encodes a query value.
+fn query(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}

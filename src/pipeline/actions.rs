@@ -1,0 +1,389 @@
+//! What people do besides deploying: approve, verify, lock, maintenance, report checks,
+//! plan, and find where a promotion goes.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Engine, EngineError};
+use crate::config::{Track, format_duration, valid_check_name};
+use crate::policy::{self, Ask, Gate};
+use crate::release;
+use crate::store::{Check, Deployment, LockHolder, Verification};
+
+/// A commit check as CI reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub name: String,
+    /// `success`, `failure`, `error` or `pending`.
+    pub status: String,
+    pub url: Option<String>,
+}
+
+/// What `ferry plan` shows: every gate and the steps a deploy would run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub environment: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub commit_sha: String,
+    pub version: String,
+    pub release: String,
+    pub gates: Vec<Gate>,
+    pub steps: Vec<PlannedStep>,
+    /// False when a gate would refuse the deploy.
+    pub allowed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlannedStep {
+    pub name: String,
+    pub detail: String,
+}
+
+const CHECK_STATUSES: &[&str] = &["success", "failure", "error", "pending"];
+
+impl Engine {
+    /// Approves deployment `id`, waiting in `awaiting_approval`.
+    pub fn approve(&self, id: i64, who: &str) -> Result<Deployment, EngineError> {
+        self.deployment(id)?;
+        self.approvals.approve(&self.store, id, who)?;
+        Ok(self.store.deployment(id)?)
+    }
+
+    /// The QA sign-off of the version running on `env` (`version`, when given, must be it).
+    pub async fn verify(
+        &self,
+        env: &str,
+        version: Option<&str>,
+        who: &str,
+    ) -> Result<Verification, EngineError> {
+        let state = self.env(env)?;
+        let Some(serving) = state.active_release().await else {
+            return Err(EngineError::Conflict(format!(
+                "nothing is running on {env} to verify"
+            )));
+        };
+        let Some(d) = self
+            .store
+            .succeeded(env)?
+            .into_iter()
+            .find(|d| d.release.as_deref() == Some(serving.as_str()))
+        else {
+            return Err(EngineError::Conflict(format!(
+                "no finished deployment put {serving} on {env}; wait for the running one to end"
+            )));
+        };
+        let running = d.version.clone().unwrap_or_default();
+        if let Some(v) = version
+            && v != running
+        {
+            return Err(EngineError::Conflict(format!(
+                "{env} runs {running}, not {v}: deploy {v} there first, then verify it"
+            )));
+        }
+        let v = Verification {
+            id: 0,
+            environment: env.to_string(),
+            version: running,
+            commit_sha: d.commit_sha.clone().unwrap_or_default(),
+            release: serving,
+            digest: d.digest.clone().unwrap_or_default(),
+            deployment_id: Some(d.id),
+            verified_by: who.to_string(),
+            verified_at: crate::store::now(),
+        };
+        let id = self.store.add_verification(&v)?;
+        tracing::info!(env, version = %v.version, by = who, "verified");
+        Ok(Verification { id, ..v })
+    }
+
+    /// Locks `env` by hand; deploys are refused until it is unlocked.
+    pub fn lock_env(&self, env: &str, who: &str, reason: &str) -> Result<LockHolder, EngineError> {
+        self.env(env)?;
+        if reason.trim().is_empty() {
+            return Err(EngineError::Invalid(
+                "a lock needs a reason: ferry lock <env> --reason \"…\"".into(),
+            ));
+        }
+        match self.store.lock_manually(env, who, reason.trim())? {
+            Ok(()) => Ok(self
+                .store
+                .lock_holder(env)?
+                .ok_or_else(|| EngineError::Conflict("the lock vanished".into()))?),
+            Err(h) => Err(EngineError::Conflict(h.refusal(env))),
+        }
+    }
+
+    pub fn unlock_env(&self, env: &str) -> Result<(), EngineError> {
+        self.env(env)?;
+        if self.store.unlock_manually(env)? {
+            Ok(())
+        } else {
+            Err(EngineError::Conflict(format!(
+                "{env} is not locked by hand"
+            )))
+        }
+    }
+
+    /// Turns maintenance on or off; returns the message shown while on.
+    pub fn set_maintenance(
+        &self,
+        env: &str,
+        on: bool,
+        message: Option<&str>,
+        who: &str,
+    ) -> Result<Option<String>, EngineError> {
+        let state = self.env(env)?;
+        let message = on.then(|| {
+            message
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .unwrap_or("We are doing some maintenance and will be back shortly.")
+                .chars()
+                .take(2000)
+                .collect::<String>()
+        });
+        self.store
+            .set_maintenance(env, message.as_deref().map(|m| (m, who)))?;
+        state.proxy.set_maintenance(message.clone());
+        tracing::info!(env, on, by = who, "maintenance");
+        Ok(message)
+    }
+
+    /// Puts the stored maintenance state on every proxy (at `serve` start).
+    pub fn apply_maintenance(&self) -> Result<(), EngineError> {
+        for m in self.store.maintenance()? {
+            if let Ok(state) = self.env(&m.environment) {
+                state.proxy.set_maintenance(Some(m.message));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a check CI reports for `sha` (a full 40-character commit id).
+    pub fn report_check(
+        &self,
+        sha: &str,
+        report: &CheckReport,
+        who: &str,
+    ) -> Result<Check, EngineError> {
+        if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(EngineError::Invalid(format!(
+                "\"{sha}\" is not a full commit sha: report checks for the 40-character id"
+            )));
+        }
+        if !valid_check_name(&report.name) {
+            return Err(EngineError::Invalid(format!(
+                "check name \"{}\" is not allowed: use letters, digits, spaces and . _ - / :",
+                report.name
+            )));
+        }
+        if !CHECK_STATUSES.contains(&report.status.as_str()) {
+            return Err(EngineError::Invalid(format!(
+                "check status \"{}\" is not one of {}",
+                report.status,
+                CHECK_STATUSES.join(", ")
+            )));
+        }
+        if let Some(url) = &report.url
+            && (url.len() > 2000 || !(url.starts_with("http://") || url.starts_with("https://")))
+        {
+            return Err(EngineError::Invalid(
+                "a check url must be an http(s) URL of at most 2000 characters".into(),
+            ));
+        }
+        let check = Check {
+            commit_sha: sha.to_ascii_lowercase(),
+            name: report.name.clone(),
+            status: report.status.clone(),
+            url: report.url.clone(),
+            reported_by: who.to_string(),
+            reported_at: crate::store::now(),
+        };
+        self.store.add_check(&check)?;
+        Ok(check)
+    }
+
+    /// Every gate and the steps a deploy of `git_ref` to `env` would run; changes nothing
+    /// but the git mirror's cache.
+    pub async fn plan(
+        &self,
+        env: &str,
+        git_ref: &str,
+        force: Option<&str>,
+    ) -> Result<Plan, EngineError> {
+        let state = self.env(env)?;
+        check_ref_for(git_ref)?;
+        let resolved = {
+            let mirror = self.config.state_dir.join("mirror.git");
+            let _git = self.git.lock().await;
+            release::sync_mirror(&self.config.app.repo, &mirror).await?;
+            release::resolve(&mirror, git_ref).await?
+        };
+        let env_cfg = &state.env;
+        let ask = Ask {
+            env: env_cfg,
+            resolved: &resolved,
+            force,
+            now: chrono::Utc::now(),
+        };
+        let eval = policy::evaluate(&self.config, &self.store, &ask)?;
+        let name = resolved.release_name();
+        let built = self
+            .store
+            .release(env, &name)?
+            .is_some_and(|r| r.digest.is_some() && r.status != "failed" && r.status != "pruned");
+        let app = &self.config.app;
+        let mut steps = Vec::new();
+        let mut step = |name: &str, detail: String| {
+            steps.push(PlannedStep {
+                name: name.to_string(),
+                detail,
+            })
+        };
+        step(
+            "resolve",
+            format!("{git_ref} -> {} ({:?})", resolved.commit, resolved.kind),
+        );
+        step("policy", "the gates above".into());
+        step("lock", format!("one deployment at a time on {env}"));
+        let from = eval.verified.as_ref().map(|v| v.environment.clone());
+        match (&from, built) {
+            (_, true) => {
+                step("prepare", format!("reuse release {name}, built before"));
+                step("build", "skipped: built before".into());
+                step("test", "skipped: tested before".into());
+            }
+            (Some(from), false) => {
+                step(
+                    "prepare",
+                    format!("copy release {name} from {from} (the verified bytes)"),
+                );
+                step("build", format!("skipped: built on {from}"));
+                step("test", format!("skipped: tested on {from}"));
+            }
+            (None, false) => {
+                step(
+                    "prepare",
+                    format!("export {} into releases/{name}", &resolved.commit[..7]),
+                );
+                step("build", commands(&app.build));
+                step("test", commands(&app.test));
+            }
+        }
+        step(
+            "backup",
+            if env_cfg.backup.is_empty() {
+                "skipped: no backup configured".into()
+            } else {
+                format!("snapshot {}", env_cfg.backup.join(", "))
+            },
+        );
+        step("start", format!("run `{}` on a free port", app.start));
+        step(
+            "health",
+            format!("probe {}", self.config.health.paths.join(", ")),
+        );
+        step(
+            "switch",
+            format!(
+                "move {env}'s traffic ({}) to the new instance",
+                env_cfg.listen
+            ),
+        );
+        step(
+            "monitor",
+            match self.config.monitor.as_ref().filter(|_| env_cfg.monitor) {
+                Some(m) => format!(
+                    "probe every {} for {}, the previous instance kept warm",
+                    format_duration(m.interval),
+                    format_duration(m.duration)
+                ),
+                None => "skipped: no [monitor] configured".into(),
+            },
+        );
+        step(
+            "finish",
+            format!("stop the old instance, keep {} releases", app.keep_releases),
+        );
+        Ok(Plan {
+            environment: env.to_string(),
+            git_ref: git_ref.to_string(),
+            commit_sha: resolved.commit.clone(),
+            version: resolved.version.clone(),
+            release: name,
+            allowed: eval.refusal().is_none(),
+            gates: eval.gates,
+            steps,
+        })
+    }
+
+    /// Where `ferry promote <tag>` sends a tag: `to`, or the one environment that requires
+    /// an environment the tag is verified on.
+    pub fn promotion_target(&self, tag: &str, to: Option<&str>) -> Result<String, EngineError> {
+        check_ref_for(tag)?;
+        if let Some(to) = to {
+            let env = &self.env(to)?.env;
+            if env.requires.is_none() {
+                return Err(EngineError::Conflict(format!(
+                    "{to} requires no other environment, so there is nothing to promote from; use `ferry deploy {to} {tag}`"
+                )));
+            }
+            return Ok(to.to_string());
+        }
+        let verified: Vec<String> = self
+            .store
+            .verifications(Some(tag))?
+            .into_iter()
+            .filter_map(|v| {
+                self.config
+                    .environment(&v.environment)
+                    .map(|e| e.group.clone())
+            })
+            .collect();
+        if verified.is_empty() {
+            return Err(EngineError::Conflict(format!(
+                "{tag} is not verified on any environment: deploy it to staging, check it, then run `ferry verify <env> {tag}`"
+            )));
+        }
+        let targets: Vec<&str> = self
+            .config
+            .environments
+            .iter()
+            .filter(|e| e.requires.as_ref().is_some_and(|r| verified.contains(r)))
+            .map(|e| e.name.as_str())
+            .collect();
+        match targets.as_slice() {
+            [one] => Ok(one.to_string()),
+            [] => Err(EngineError::Conflict(format!(
+                "{tag} is verified on {}, but no environment requires it; name one with --to",
+                verified.join(", ")
+            ))),
+            many => Err(EngineError::Conflict(format!(
+                "{tag} can be promoted to {}: choose one with --to",
+                many.join(", ")
+            ))),
+        }
+    }
+
+    /// Whether `env` deploys release tags only (for messages).
+    pub fn takes_tags(&self, env: &str) -> bool {
+        self.config
+            .environment(env)
+            .is_some_and(|e| e.track == Track::Tags)
+    }
+}
+
+fn check_ref_for(git_ref: &str) -> Result<(), EngineError> {
+    release::check_ref(git_ref).map_err(EngineError::BadRef)
+}
+
+fn commands(list: &[String]) -> String {
+    if list.is_empty() {
+        "nothing to run".into()
+    } else {
+        list.iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}

@@ -1,0 +1,208 @@
+//! Routes for what people do besides deploying: approve, verify, promote, roll back, lock,
+//! maintenance, commit checks, plan.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{ApiError, ApiResult, JsonBody, created, parse_id, who};
+use crate::pipeline::{CheckReport, Engine, Plan};
+use crate::store::{Backup, Check, Deployment, LockHolder, Verification};
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct VerifyRequest {
+    /// Defaults to the version running.
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    /// A version built for this environment; defaults to the previous good release.
+    pub to: Option<String>,
+    pub reason: String,
+    #[serde(default)]
+    pub restore_data: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LockRequest {
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MaintenanceRequest {
+    pub on: bool,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PromoteRequest {
+    pub tag: String,
+    pub to: Option<String>,
+}
+
+pub async fn approve(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Deployment>> {
+    let id = parse_id(&id)?;
+    Ok(Json(engine.approve(id, &who(&headers, None))?))
+}
+
+pub async fn verify(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    // the body is optional: no version means the one running
+    let req: VerifyRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        VerifyRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?
+    };
+    let v: Verification = engine
+        .verify(&env, req.version.as_deref(), &who(&headers, None))
+        .await?;
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+pub async fn verifications(
+    State(engine): State<Arc<Engine>>,
+    Query(q): Query<VerifyRequest>,
+) -> ApiResult<Json<Vec<Verification>>> {
+    Ok(Json(engine.store.verifications(q.version.as_deref())?))
+}
+
+pub async fn rollback(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+    JsonBody(req): JsonBody<RollbackRequest>,
+) -> Response {
+    if req.reason.trim().is_empty() {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a rollback needs a reason: ferry rollback <env> --reason \"…\"",
+        )
+        .into_response();
+    }
+    let who = who(&headers, None);
+    created(
+        engine
+            .request_rollback(
+                &env,
+                req.to.as_deref(),
+                req.reason.trim(),
+                req.restore_data,
+                &who,
+            )
+            .await,
+    )
+}
+
+pub async fn promote(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<PromoteRequest>,
+) -> Response {
+    let to = match engine.promotion_target(&req.tag, req.to.as_deref()) {
+        Ok(to) => to,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    created(engine.request(&to, &req.tag, &who(&headers, None), None))
+}
+
+pub async fn lock(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+    JsonBody(req): JsonBody<LockRequest>,
+) -> ApiResult<Json<LockHolder>> {
+    Ok(Json(engine.lock_env(
+        &env,
+        &who(&headers, None),
+        &req.reason,
+    )?))
+}
+
+pub async fn unlock(
+    State(engine): State<Arc<Engine>>,
+    Path(env): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    engine.unlock_env(&env)?;
+    Ok(Json(json!({"environment": env, "locked": false})))
+}
+
+pub async fn maintenance(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    Path(env): Path<String>,
+    JsonBody(req): JsonBody<MaintenanceRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let message =
+        engine.set_maintenance(&env, req.on, req.message.as_deref(), &who(&headers, None))?;
+    Ok(Json(
+        json!({"environment": env, "maintenance": req.on, "message": message}),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct PlanQuery {
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+    /// The reason a `--force` would give.
+    force_reason: Option<String>,
+}
+
+pub async fn plan(
+    State(engine): State<Arc<Engine>>,
+    Path(env): Path<String>,
+    Query(q): Query<PlanQuery>,
+) -> ApiResult<Json<Plan>> {
+    let Some(git_ref) = q.git_ref else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "say what to plan: ?ref=<tag, branch or commit>",
+        ));
+    };
+    Ok(Json(
+        engine
+            .plan(&env, &git_ref, q.force_reason.as_deref())
+            .await?,
+    ))
+}
+
+pub async fn backups(
+    State(engine): State<Arc<Engine>>,
+    Path(env): Path<String>,
+) -> ApiResult<Json<Vec<Backup>>> {
+    engine.env(&env)?;
+    Ok(Json(engine.store.backups(&env, None, None)?))
+}
+
+pub async fn report_check(
+    State(engine): State<Arc<Engine>>,
+    headers: HeaderMap,
+    Path(sha): Path<String>,
+    JsonBody(report): JsonBody<CheckReport>,
+) -> ApiResult<Response> {
+    let check = engine.report_check(&sha, &report, &who(&headers, None))?;
+    Ok((StatusCode::CREATED, Json(check)).into_response())
+}
+
+pub async fn checks(
+    State(engine): State<Arc<Engine>>,
+    Path(sha): Path<String>,
+) -> ApiResult<Json<Vec<Check>>> {
+    Ok(Json(engine.store.checks(&sha.to_ascii_lowercase())?))
+}
