@@ -140,8 +140,8 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Puts `backup` in place of `live` (whose app must be stopped). The current file, and
-/// its SQLite `-wal`/`-shm` companions, are moved to `<aside>` with `suffix` appended,
-/// never deleted. Returns the paths set aside.
+/// its SQLite `-wal`/`-shm` companions, are moved to `<aside><suffix>` (plus `-wal`, ...),
+/// never deleted. Returns the paths set aside, the main file first.
 pub fn restore(
     backup: &Path,
     live: &Path,
@@ -155,7 +155,8 @@ pub fn restore(
     for companion in ["", "-wal", "-shm", "-journal"] {
         let from = with_suffix(live, companion);
         if from.exists() {
-            let to = with_suffix(&with_suffix(aside, companion), suffix);
+            // named so SQLite still pairs the set-aside file with its WAL
+            let to = with_suffix(&with_suffix(aside, suffix), companion);
             std::fs::rename(&from, &to).map_err(io("setting aside", &from))?;
             moved.push(to);
         }

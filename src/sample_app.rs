@@ -8,6 +8,17 @@
 //! - `boot_ms`: wait this long before listening (a slow boot);
 //! - `slow_ms`: `/slow` takes this long to answer (default 300).
 //!
+//! Faults that start a while after boot, for post-deploy monitoring:
+//! - `fail_health_after_ms`: `/health` answers 500 from then on;
+//! - `flaky_health`: `true` makes `/health` alternate between 200 and 500;
+//! - `slow_health_after_ms` with `slow_health_ms`: `/health` takes that long from then on;
+//! - `errors_after_ms`: prints an `ERROR` line every 20 ms from then on;
+//! - `exit_after_ms`: exits with status 4 then.
+//!
+//! - `db`: a SQLite file (relative to the release, so usually a shared path) the app writes
+//!   to all the time: each transaction adds the same number to tables `a` and `b`, so a
+//!   consistent copy has as many rows in each. `/count` answers the row count of `a`.
+//!
 //! Routes: `/` (message, version, environment), `/health`, `/version` (JSON), `/slow`.
 //! SIGTERM stops it after the requests in flight finish.
 
@@ -63,6 +74,44 @@ pub async fn run() -> std::io::Result<()> {
             .unwrap_or(300),
     );
     let index = format!("{message} from {version} ({environment}, {slot})\n");
+    let after = |key: &str| {
+        get_conf(key)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|ms| std::time::Instant::now() + Duration::from_millis(ms))
+    };
+    let fail_after = after("fail_health_after_ms");
+    let slow_after = after("slow_health_after_ms");
+    let slow_health = Duration::from_millis(
+        get_conf("slow_health_ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000),
+    );
+    let flaky = get_conf("flaky_health").as_deref() == Some("true");
+    let probes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    if let Some(at) = after("errors_after_ms") {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            loop {
+                eprintln!("ERROR something went wrong in the new release");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+    if let Some(at) = after("exit_after_ms") {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            eprintln!("exit_after_ms reached: exiting");
+            std::process::exit(4);
+        });
+    }
+    let db = get_conf("db").map(std::path::PathBuf::from);
+    if let Some(path) = db.clone() {
+        std::thread::spawn(move || {
+            if let Err(e) = write_forever(&path) {
+                eprintln!("ERROR database writer stopped: {e}");
+            }
+        });
+    }
     let version_json = serde_json::json!({
         "version": version, "commit": commit, "environment": environment,
         "slot": slot, "pid": std::process::id(),
@@ -73,14 +122,35 @@ pub async fn run() -> std::io::Result<()> {
         .route(
             "/health",
             get(move || async move {
+                let now = std::time::Instant::now();
+                if slow_after.is_some_and(|at| now >= at) {
+                    tokio::time::sleep(slow_health).await;
+                }
+                let n = probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let status = if fail_after.is_some_and(|at| now >= at) || (flaky && n % 2 == 1) {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    health
+                };
                 (
-                    health,
-                    if health.is_success() {
+                    status,
+                    if status.is_success() {
                         "ok\n"
                     } else {
                         "unhealthy\n"
                     },
                 )
+            }),
+        )
+        .route(
+            "/count",
+            get(move || async move {
+                let count = db.as_deref().and_then(|p| {
+                    let conn = rusqlite::Connection::open(p).ok()?;
+                    conn.query_row("SELECT COUNT(*) FROM a", [], |r| r.get::<_, i64>(0))
+                        .ok()
+                });
+                count.map_or_else(|| "none\n".to_string(), |c| format!("{c}\n"))
             }),
         )
         .route(
@@ -101,4 +171,24 @@ pub async fn run() -> std::io::Result<()> {
         .await?;
     println!("sample app {version} stopped");
     Ok(())
+}
+
+/// Adds a row to `a` and `b` in one transaction every millisecond or so, until the process
+/// ends.
+fn write_forever(path: &std::path::Path) -> rusqlite::Result<()> {
+    let mut conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS a (n INTEGER); CREATE TABLE IF NOT EXISTS b (n INTEGER);",
+    )?;
+    let mut n: i64 = conn.query_row("SELECT COUNT(*) FROM a", [], |r| r.get(0))?;
+    loop {
+        let tx = conn.transaction()?;
+        tx.execute("INSERT INTO a VALUES (?1)", [n])?;
+        tx.execute("INSERT INTO b VALUES (?1)", [n])?;
+        tx.commit()?;
+        n += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }

@@ -54,8 +54,13 @@ pub struct Sandbox {
 
 pub struct Options {
     pub extra_app: &'static str,
+    /// Added to every environment's table.
     pub extra_env: &'static str,
     pub envs: &'static [&'static str],
+    /// Added to one environment's table: (name, text).
+    pub env_extra: &'static [(&'static str, &'static str)],
+    /// Top-level tables, such as `[monitor]`.
+    pub tables: &'static str,
 }
 
 impl Default for Options {
@@ -64,6 +69,8 @@ impl Default for Options {
             extra_app: "",
             extra_env: "",
             envs: &["staging"],
+            env_extra: &[],
+            tables: "",
         }
     }
 }
@@ -93,8 +100,14 @@ impl Sandbox {
         for name in opts.envs {
             let port = free_port();
             envs.push((name.to_string(), format!("http://127.0.0.1:{port}")));
+            let own: String = opts
+                .env_extra
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, t)| format!("{t}\n"))
+                .collect();
             env_text.push_str(&format!(
-                "[environments.{name}]\nlisten = \"127.0.0.1:{port}\"\n{}\n",
+                "[environments.{name}]\nlisten = \"127.0.0.1:{port}\"\n{}\n{own}\n",
                 opts.extra_env
             ));
         }
@@ -116,8 +129,11 @@ retries = 15
 {env_text}
 [server]
 listen = "127.0.0.1:{api_port}"
+
+{tables}
 "#,
-            extra_app = opts.extra_app
+            extra_app = opts.extra_app,
+            tables = opts.tables
         );
         let config = dir.path().join("ferry.toml");
         std::fs::write(&config, text).unwrap();
@@ -200,6 +216,24 @@ listen = "127.0.0.1:{api_port}"
         Run(out)
     }
 
+    /// The JSON of `GET <api><path>`.
+    pub fn api(&self, path: &str) -> serde_json::Value {
+        let (status, body) = get(&format!("{}{path}", self.api)).expect("the API answers");
+        assert!(status < 400, "GET {path}: {status} {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// The version the environment's public URL serves, from the sample app's `/version`.
+    pub fn serving(&self, env: &str) -> (String, u32) {
+        let (status, body) = get(&format!("{}/version", self.url(env))).expect("proxy answers");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (
+            v["version"].as_str().unwrap().to_string(),
+            v["pid"].as_u64().unwrap() as u32,
+        )
+    }
+
     /// A deploy that must succeed.
     pub fn deploy_ok(&self, env: &str, git_ref: &str) -> Run {
         let run = self.ferry(&["deploy", env, git_ref]);
@@ -247,6 +281,23 @@ impl std::fmt::Display for Run {
             self.stderr()
         )
     }
+}
+
+/// A blocking POST of JSON: status and body.
+pub fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let resp = client.post(url).json(body).send().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or_default())
+}
+
+/// True while a process with `pid` exists.
+pub fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
 }
 
 /// A blocking GET: status and body, or `None` when nothing answers.
