@@ -58,8 +58,15 @@ pub async fn probe(client: &reqwest::Client, port: u16, path: &str, timeout: Dur
     }
 }
 
+/// How soon a probe is tried again while the instance does not accept connections yet.
+const NOT_LISTENING_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Waits `startup_delay`, then probes every path each `interval` until all answer
 /// `expect_status`, the instance exits, or `retries` rounds fail. Returns a log of the rounds.
+///
+/// While the instance does not accept connections yet, probes are tried again every 20 ms
+/// within the round, so a release is switched to as soon as it listens, not up to one
+/// `interval` later.
 pub async fn wait_healthy(instance: &Instance, cfg: &Health) -> Result<String, HealthError> {
     let exited = |status: Option<std::process::ExitStatus>| {
         HealthError::Exited(status.map_or_else(|| "unknown status".into(), |s| s.to_string()))
@@ -71,25 +78,44 @@ pub async fn wait_healthy(instance: &Instance, cfg: &Health) -> Result<String, H
     let client = client();
     let mut log = String::new();
     let mut last = String::new();
+    let started = Instant::now();
     for attempt in 1..=cfg.retries {
-        if let Some(status) = instance.exited() {
-            return Err(exited(Some(status)));
-        }
-        let mut failures = Vec::new();
-        for path in &cfg.paths {
-            let p = probe(&client, instance.port, path, cfg.timeout).await;
-            match p.outcome {
-                Ok(code) if code == cfg.expect_status => {}
-                Ok(code) => failures.push(format!(
-                    "{path} answered {code}, expected {}",
-                    cfg.expect_status
-                )),
-                Err(e) => failures.push(format!("{path}: {e}")),
+        let round_ends = Instant::now() + cfg.interval;
+        let failures = loop {
+            if let Some(status) = instance.exited() {
+                return Err(exited(Some(status)));
             }
-        }
+            let mut failures = Vec::new();
+            let mut refused = true;
+            for path in &cfg.paths {
+                let p = probe(&client, instance.port, path, cfg.timeout).await;
+                match p.outcome {
+                    Ok(code) if code == cfg.expect_status => {}
+                    Ok(code) => {
+                        refused = false;
+                        failures.push(format!(
+                            "{path} answered {code}, expected {}",
+                            cfg.expect_status
+                        ));
+                    }
+                    Err(e) => {
+                        refused &= e == "connection refused";
+                        failures.push(format!("{path}: {e}"));
+                    }
+                }
+            }
+            if failures.is_empty() || !refused || Instant::now() + NOT_LISTENING_RETRY >= round_ends {
+                break failures;
+            }
+            tokio::select! {
+                status = instance.wait_exit() => return Err(exited(status)),
+                () = tokio::time::sleep(NOT_LISTENING_RETRY) => {}
+            }
+        };
         if failures.is_empty() {
             log.push_str(&format!(
-                "healthy after {attempt} probe(s): {}\n",
+                "healthy after {attempt} probe round(s), {} ms: {}\n",
+                started.elapsed().as_millis(),
                 cfg.paths.join(", ")
             ));
             return Ok(log);
@@ -97,9 +123,10 @@ pub async fn wait_healthy(instance: &Instance, cfg: &Health) -> Result<String, H
         last = failures.join("; ");
         log.push_str(&format!("probe {attempt}: {last}\n"));
         if attempt < cfg.retries {
+            let wait = round_ends.saturating_duration_since(Instant::now());
             tokio::select! {
                 status = instance.wait_exit() => return Err(exited(status)),
-                () = tokio::time::sleep(cfg.interval) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }
