@@ -104,7 +104,8 @@ pub async fn wait_healthy(instance: &Instance, cfg: &Health) -> Result<String, H
                     }
                 }
             }
-            if failures.is_empty() || !refused || Instant::now() + NOT_LISTENING_RETRY >= round_ends {
+            if failures.is_empty() || !refused || Instant::now() + NOT_LISTENING_RETRY >= round_ends
+            {
                 break failures;
             }
             tokio::select! {

@@ -10,6 +10,9 @@
 //!   secrets, pumps their output into the rotated app log, stops them (SIGTERM, then SIGKILL).
 //! - [`proxy`]: one HTTP/1.1 listener per environment; atomic upstream switch; drain.
 //! - [`health`]: startup probes of a new instance.
+//! - [`backup`]: SQLite online backups and file snapshots of shared data; restoring one.
+//! - [`policy`]: the gates (release tags, promotion, checks, freeze windows, locks, approval)
+//!   the pipeline asks before it acts, and `ferry plan` shows.
 //! - [`pipeline`]: one task per deployment running the steps in order under the
 //!   environment's lock; owns the environments' proxies and running instances.
 //! - [`server`]: the HTTP API the CLI talks to.

@@ -37,6 +37,20 @@ pub fn run(cli: &Cli, _args: &Check) -> CmdResult {
         h.retries,
         format_duration(h.startup_delay)
     );
+    match &config.monitor {
+        Some(m) => println!(
+            "  monitor    {} every {} for {} (rolls back on {} failures in a row, success < {:.0}%, > {}, > {} error lines in {})",
+            h.paths.join(", "),
+            format_duration(m.interval),
+            format_duration(m.duration),
+            m.max_consecutive_failures,
+            m.min_success_rate * 100.0,
+            format_duration(m.max_response_time),
+            m.max_error_lines,
+            format_duration(m.error_window)
+        ),
+        None => println!("  monitor    off (no [monitor] table)"),
+    }
     println!("  state dir  {}", config.state_dir.display());
     println!("  api        http://{}", config.server.listen);
     for env in &config.environments {
@@ -45,8 +59,33 @@ pub fn run(cli: &Cli, _args: &Check) -> CmdResult {
             Track::Branch(b) => format!("branch {b}"),
             Track::Tags => "release tags".to_string(),
         };
+        let mut rules = Vec::new();
+        if let Some(r) = &env.requires {
+            rules.push(format!("verified on {r} first"));
+        }
+        if env.approval {
+            rules.push(format!(
+                "approval (within {})",
+                format_duration(env.approval_timeout)
+            ));
+        }
+        if !env.freeze.is_empty() {
+            let windows: Vec<String> = env.freeze.iter().map(|w| format!("\"{w}\"")).collect();
+            rules.push(format!("frozen {}", windows.join(", ")));
+        }
+        if !env.require_checks.is_empty() {
+            rules.push(format!("checks {}", env.require_checks.join(", ")));
+        }
+        if !env.backup.is_empty() {
+            rules.push(format!("backup {}", env.backup.join(", ")));
+        }
+        let rules = if rules.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", rules.join("; "))
+        };
         println!(
-            "  env        {:<14} http://{:<21} {track}",
+            "  env        {:<14} http://{:<21} {track}{rules}",
             env.name, env.listen
         );
     }

@@ -36,8 +36,29 @@ env = { LOG_LEVEL = "debug" }
 
 [environments.production]
 listen = "127.0.0.1:8080"
-track = { tags = true }
+track = { tags = true }         # release tags only: vMAJOR.MINOR.PATCH
+# prerelease = false            # true also takes v1.2.0-rc.1
+requires = "staging"            # a tag must be deployed and `ferry verify`-ed there first
+approval = false                # true: deploys wait for `ferry approve <id>`
+approval_timeout = "24h"        # ... and are refused after this long
+freeze = []                     # e.g. ["Fri 17:00 - Mon 09:00", "2026-12-24 - 2026-12-27"]
+# timezone = "Europe/Berlin"    # freeze windows are in local time unless set
+require_checks = []             # CI checks that must pass for the commit, e.g. ["ci"]
+backup = []                     # files in the shared dir snapshotted before each deploy,
+                                # e.g. ["data/production.db"] (SQLite: online backup API)
 env = { LOG_LEVEL = "info" }
+
+# After the switch the new release is watched; the previous one is kept running (out of
+# traffic) until this ends, and a breach switches back to it at once.
+[monitor]
+duration = "5m"
+interval = "30s"
+max_consecutive_failures = 3
+min_success_rate = 0.95         # over all probes so far (judged from the 10th probe on)
+max_response_time = "10s"
+max_error_lines = 5             # lines matching error_pattern in the app's output ...
+error_window = "1m"             # ... within this long
+error_pattern = "ERROR|CRITICAL|Traceback"
 
 [server]
 listen = "127.0.0.1:7070"       # ferry's API

@@ -201,3 +201,96 @@ fn missing_file_says_how_to_make_one() {
     let err = Config::load(Path::new("/nonexistent/ferry.toml")).unwrap_err();
     assert!(err.to_string().contains("ferry init"), "{err}");
 }
+
+#[test]
+fn promotion_keys_have_safe_defaults_and_are_read() {
+    let dir = sandbox();
+    let config = parse(dir.path(), MINIMAL).unwrap();
+    let env = config.environment("staging").unwrap();
+    assert!(!env.approval && !env.prerelease && env.requires.is_none());
+    assert_eq!(env.approval_timeout, Duration::from_secs(24 * 3600));
+    assert!(env.freeze.is_empty() && env.require_checks.is_empty() && env.backup.is_empty());
+    assert!(config.monitor.is_none());
+
+    let text = format!(
+        r#"{MINIMAL}
+[environments.production]
+listen = "127.0.0.1:8080"
+track = {{ tags = true }}
+prerelease = false
+requires = "staging"
+approval = true
+approval_timeout = "2h"
+freeze = ["Fri 17:00 - Mon 09:00", "2026-12-24 - 2026-12-27"]
+timezone = "Europe/Berlin"
+require_checks = ["ci", "build / test"]
+backup = ["data/production.db"]
+
+[monitor]
+interval = "10s"
+"#
+    );
+    let config = parse(dir.path(), &text).unwrap();
+    let prod = config.environment("production").unwrap();
+    assert_eq!(prod.requires.as_deref(), Some("staging"));
+    assert!(prod.approval);
+    assert_eq!(prod.approval_timeout, Duration::from_secs(7200));
+    assert_eq!(prod.freeze.len(), 2);
+    assert_eq!(prod.timezone, Some(chrono_tz::Europe::Berlin));
+    assert_eq!(prod.require_checks, ["ci", "build / test"]);
+    assert_eq!(prod.backup, ["data/production.db"]);
+    let m = config.monitor.unwrap();
+    assert_eq!(m.duration, Duration::from_secs(300));
+    assert_eq!(m.interval, Duration::from_secs(10));
+    assert_eq!((m.max_consecutive_failures, m.max_error_lines), (3, 5));
+    assert_eq!(m.min_success_rate, 0.95);
+    assert!(
+        m.error_pattern
+            .is_match("Traceback (most recent call last)")
+    );
+}
+
+#[test]
+fn promotion_key_mistakes_point_at_their_value() {
+    let dir = sandbox();
+    let prod = |extra: &str| {
+        format!("{MINIMAL}\n[environments.production]\nlisten = \"127.0.0.1:8080\"\n{extra}\n")
+    };
+    for (text, says) in [
+        (
+            prod("requires = \"qa\""),
+            "requires \"qa\", which is not defined",
+        ),
+        (prod("requires = \"production\""), "requires itself"),
+        (prod("freeze = [\"Fri 17:00 to Mon 09:00\"]"), "no \" - \""),
+        (prod("timezone = \"Mars/Olympus\""), "unknown time zone"),
+        (prod("require_checks = [\"ci;rm\"]"), "check name \"ci;rm\""),
+        (
+            prod("backup = [\"../etc/passwd\"]"),
+            "must name a file inside the shared dir",
+        ),
+        (prod("approval_timeout = 5"), "has no unit"),
+        (
+            format!("{MINIMAL}\n[monitor]\nerror_pattern = \"(\"\n"),
+            "not a valid regular expression",
+        ),
+        (
+            format!("{MINIMAL}\n[monitor]\nmin_success_rate = 1.5\n"),
+            "not a fraction",
+        ),
+        (
+            format!("{MINIMAL}\n[monitor]\ninterval = \"10m\"\nduration = \"1m\"\n"),
+            "no longer than duration",
+        ),
+    ] {
+        let d = diagnostic(dir.path(), &text);
+        assert!(d.message.contains(says), "{says}: {}", d.message);
+    }
+    // a loop through two environments
+    let text = format!(
+        "{}requires = \"production\"\n\n[environments.production]\nlisten = \"127.0.0.1:8080\"\nrequires = \"staging\"\n",
+        MINIMAL
+    );
+    let d = diagnostic(dir.path(), &text);
+    assert!(d.message.contains("makes a loop"), "{}", d.message);
+}
