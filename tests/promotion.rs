@@ -8,6 +8,20 @@ use std::time::Duration;
 
 use support::{GOOD, Options, Rel, Sandbox, alive, eventually, get, post, sh};
 
+/// One staging environment with `extra` in its table, served.
+fn staging_with(releases: &[Rel], extra: &'static str) -> Sandbox {
+    let env_extra = Box::leak(Box::new([("staging", extra)]));
+    let mut s = Sandbox::with(
+        releases,
+        Options {
+            env_extra,
+            ..Options::default()
+        },
+    );
+    s.serve();
+    s
+}
+
 const STAGING_PRODUCTION: &[&str] = &["staging", "production"];
 
 /// staging takes anything; production takes verified release tags.
@@ -186,14 +200,10 @@ fn approval_waits_then_goes_on_and_times_out_when_nobody_approves() {
 
 #[test]
 fn approval_timeout_refuses_the_deployment() {
-    let mut s = Sandbox::with(
+    let s = staging_with(
         &[Rel("v1.0.0", GOOD)],
-        Options {
-            env_extra: &[("staging", "approval = true\napproval_timeout = \"500ms\"")],
-            ..Options::default()
-        },
+        "approval = true\napproval_timeout = \"500ms\"",
     );
-    s.serve();
     let run = s.ferry(&["deploy", "staging", "v1.0.0"]);
     assert_eq!(run.code(), 1, "{run}");
     assert!(run.stdout().contains("waiting for approval"), "{run}");
@@ -206,14 +216,10 @@ fn approval_timeout_refuses_the_deployment() {
 
 #[test]
 fn freeze_refuses_unless_forced_with_a_reason_and_rollbacks_pass() {
-    let mut s = Sandbox::with(
+    let s = staging_with(
         &[Rel("v1.0.0", GOOD), Rel("v1.1.0", GOOD)],
-        Options {
-            env_extra: &[("staging", "freeze = [\"2000-01-01 - 2999-12-31\"]")],
-            ..Options::default()
-        },
+        "freeze = [\"2000-01-01 - 2999-12-31\"]",
     );
-    s.serve();
     let run = s.ferry(&["deploy", "staging", "v1.0.0"]);
     assert_eq!(run.code(), 1);
     assert!(run.stdout().contains("staging is frozen"), "{run}");
@@ -254,14 +260,7 @@ fn freeze_refuses_unless_forced_with_a_reason_and_rollbacks_pass() {
 
 #[test]
 fn commit_checks_gate_deploys_until_ci_reports_success() {
-    let mut s = Sandbox::with(
-        &[Rel("v1.0.0", GOOD)],
-        Options {
-            env_extra: &[("staging", "require_checks = [\"ci\"]")],
-            ..Options::default()
-        },
-    );
-    s.serve();
+    let s = staging_with(&[Rel("v1.0.0", GOOD)], "require_checks = [\"ci\"]");
     let sha = String::from_utf8(
         std::process::Command::new("git")
             .args([

@@ -1,10 +1,12 @@
 //! Pipeline: deployments, one task each, running the steps in order under the environment's
 //! lock, and the environments' live state (proxy, log, active instance).
 //!
-//! Steps: resolve → lock → prepare → build → test → start → health → switch → finish. Each
-//! step is written to the store as running before it acts, and finished with its outcome and
-//! output tail after. A failure anywhere stops the new instance (if one was started) and
-//! leaves the old one serving; the lock is always released.
+//! Steps: resolve → policy → lock → prepare → build → test → backup → start → health →
+//! switch → monitor → finish (`steps.rs`); rollbacks reuse a built release (`rollback.rs`).
+//! Each step is written to the store as running before it acts, and finished with its
+//! outcome and output tail after. A failure before the switch stops the new instance (if one
+//! was started) and leaves the old one serving; a monitor breach switches back to the old
+//! one, kept warm until monitoring ends. The lock is always released.
 
 mod actions;
 mod approval;

@@ -236,15 +236,26 @@ impl Store {
         kind: &str,
         holder: &str,
     ) -> Result<std::result::Result<(), LockHolder>> {
+        self.take_lock(environment, deployment, kind, holder, None)
+    }
+
+    fn take_lock(
+        &self,
+        environment: &str,
+        deployment: Option<i64>,
+        kind: &str,
+        holder: &str,
+        reason: Option<&str>,
+    ) -> Result<std::result::Result<(), LockHolder>> {
         let conn = self.conn();
         let tx = conn.unchecked_transaction()?;
         if let Some(held) = lock_holder(&tx, environment)? {
             return Ok(Err(held));
         }
         tx.execute(
-            "INSERT INTO env_locks (environment, deployment_id, kind, holder, since)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![environment, deployment, kind, holder, now()],
+            "INSERT INTO env_locks (environment, deployment_id, kind, holder, since, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![environment, deployment, kind, holder, now(), reason],
         )?;
         tx.commit()?;
         Ok(Ok(()))
@@ -422,18 +433,7 @@ impl Store {
         holder: &str,
         reason: &str,
     ) -> Result<std::result::Result<(), LockHolder>> {
-        let conn = self.conn();
-        let tx = conn.unchecked_transaction()?;
-        if let Some(held) = lock_holder(&tx, environment)? {
-            return Ok(Err(held));
-        }
-        tx.execute(
-            "INSERT INTO env_locks (environment, deployment_id, kind, holder, since, reason)
-             VALUES (?1, NULL, 'manual', ?2, ?3, ?4)",
-            params![environment, holder, now(), reason],
-        )?;
-        tx.commit()?;
-        Ok(Ok(()))
+        self.take_lock(environment, None, "manual", holder, Some(reason))
     }
 
     /// Removes a manual lock; false when there was none.
