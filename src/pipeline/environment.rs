@@ -132,8 +132,17 @@ impl Engine {
                 }
             }
         };
-        // what serves is the active release; the last success says who put it there
-        let last = last.filter(|d| release.is_none() || d.release == release);
+        // what serves is the active release; the last success says who put it there, or
+        // the deployment still monitoring it
+        let last = last
+            .filter(|d| release.is_none() || d.release == release)
+            .or_else(|| {
+                let id = deploying.as_ref()?.deployment_id?;
+                self.store
+                    .deployment(id)
+                    .ok()
+                    .filter(|d| d.release.is_some() && d.release == release)
+            });
         Ok(EnvStatus {
             environment: env.name.clone(),
             slot: env.slot,
