@@ -148,7 +148,7 @@ pub async fn follow(client: &ApiClient, id: i64, live: bool) -> Result<Deploymen
                 print!("\r\x1b[2K");
             }
             println!(
-                "  waiting for approval: someone runs `ferry approve {id}` (Ctrl-C stops waiting; the deployment stays queued)"
+                "  waiting for approval: someone runs `ferry approve {id}` (Ctrl-C stops following; the deployment keeps waiting)"
             );
         }
         if live {
