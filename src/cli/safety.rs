@@ -17,6 +17,12 @@ pub struct Promote {
     /// The environment to promote to (default: the one that requires where the tag is verified).
     #[arg(long)]
     pub to: Option<String>,
+    /// Promote inside a freeze window (needs --reason).
+    #[arg(long, requires = "reason")]
+    pub force: bool,
+    /// Why the freeze window is overridden; recorded with the deployment.
+    #[arg(long)]
+    pub reason: Option<String>,
     #[arg(long)]
     pub no_wait: bool,
     #[arg(long)]
@@ -28,6 +34,8 @@ pub async fn promote(cli: &Cli, args: &Promote) -> CmdResult {
     let body = PromoteRequest {
         tag: args.tag.clone(),
         to: args.to.clone(),
+        force: args.force,
+        reason: args.reason.clone(),
     };
     let created = create(&client, "/api/promote", &body).await?;
     finish(&client, created, args.no_wait, args.json).await

@@ -268,9 +268,13 @@ impl Engine {
             out.push_str(&format!("{mark:>7} {:<9} {}\n", gate.name, gate.detail));
         }
         if let Some(reason) = eval.refusal() {
+            // the last line is what the CLI shows for the step
+            out.push_str(&format!("refused: {reason}\n"));
             return Err(Stop::refused(reason).with_output(&out));
         }
-        if env.approval {
+        if !env.approval {
+            out.push_str("every gate passed\n");
+        } else {
             self.store
                 .set_state(d.id, DeploymentState::AwaitingApproval, None)?;
             out.push_str(&format!(
@@ -548,14 +552,15 @@ impl Engine {
         let back_to = previous.release.clone();
         let failed = state.activate(previous).await;
         let took = breach.at.elapsed();
+        if let Some(failed) = failed {
+            out.push_str(&self.retire(failed).await);
+        }
+        // the last line is what the CLI shows for the step
         out.push_str(&format!(
             "rolled back: traffic on {back_to} ({}) {:.2} ms after the breach\n",
             if warm { "kept warm" } else { "started again" },
             took.as_secs_f64() * 1000.0
         ));
-        if let Some(failed) = failed {
-            out.push_str(&self.retire(failed).await);
-        }
         Stop {
             state: DeploymentState::RolledBack,
             message: format!("{what}; rolled back to {back_to}"),

@@ -44,6 +44,10 @@ pub struct MaintenanceRequest {
 pub struct PromoteRequest {
     pub tag: String,
     pub to: Option<String>,
+    /// Override freeze windows; needs `reason`.
+    #[serde(default)]
+    pub force: bool,
+    pub reason: Option<String>,
 }
 
 pub async fn approve(
@@ -118,7 +122,8 @@ pub async fn promote(
         Ok(to) => to,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    created(engine.request(&to, &req.tag, &who(&headers, None), None))
+    let force = req.force.then(|| req.reason.as_deref().unwrap_or(""));
+    created(engine.request(&to, &req.tag, &who(&headers, None), force))
 }
 
 pub async fn lock(

@@ -227,10 +227,7 @@ async fn deploy(
     JsonBody(req): JsonBody<DeployRequest>,
 ) -> Response {
     let who = who(&headers, req.triggered_by.as_deref());
-    let force = match (req.force, req.reason.as_deref()) {
-        (true, reason) => Some(reason.unwrap_or("")),
-        (false, _) => None,
-    };
+    let force = req.force.then(|| req.reason.as_deref().unwrap_or(""));
     created(engine.request(&req.environment, &req.git_ref, &who, force))
 }
 
