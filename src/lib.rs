@@ -15,6 +15,9 @@
 //!   the pipeline asks before it acts, and `ferry plan` shows.
 //! - [`pipeline`]: one task per deployment running the steps in order under the
 //!   environment's lock; owns the environments' proxies and running instances.
+//! - [`events`]: the broadcast of every committed transition and monitor probe (SSE,
+//!   notifications and metrics listen to it).
+//! - [`auth`]: API tokens (hashed, constant-time checked, revocable) and the local token file.
 //! - [`server`]: the HTTP API the CLI talks to.
 //! - [`daemon`]: the engine, proxies and API started and stopped together (`ferry serve`).
 //! - [`cli`]: the `ferry` subcommands; each talks to the daemon over the API.
@@ -24,10 +27,12 @@
 //! recording each step in the store. The proxy, runtime and health modules know nothing of
 //! deployments; the pipeline knows nothing of HTTP.
 
+pub mod auth;
 pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod events;
 pub mod health;
 pub mod pipeline;
 pub mod policy;

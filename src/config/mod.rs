@@ -45,6 +45,44 @@ pub struct Config {
     /// Post-deploy monitoring; `None` when the file has no `[monitor]` table.
     pub monitor: Option<Monitor>,
     pub server: Server,
+    pub webhooks: Webhooks,
+    /// Outgoing notifications (`[[notify]]`), in file order.
+    pub notify: Vec<Notify>,
+}
+
+/// `[webhooks]`: the names of the environment variables holding the shared secrets.
+/// The secrets themselves are read when `serve` starts and never written anywhere.
+#[derive(Debug, Clone, Default)]
+pub struct Webhooks {
+    pub github_secret_env: Option<String>,
+    pub gitlab_token_env: Option<String>,
+}
+
+/// Events a `[[notify]]` target can ask for.
+pub const NOTIFY_EVENTS: &[&str] = &[
+    "deploy.started",
+    "deploy.succeeded",
+    "deploy.failed",
+    "deploy.refused",
+    "rollback",
+    "approval.needed",
+];
+
+/// One `[[notify]]` target.
+#[derive(Debug, Clone)]
+pub struct Notify {
+    pub url: String,
+    /// Event names from [`NOTIFY_EVENTS`]; all of them when the key is left out.
+    pub on: Vec<String>,
+    pub format: NotifyFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyFormat {
+    /// ferry's own JSON, with a Slack-compatible `text` field.
+    Json,
+    /// Only what a Slack incoming webhook takes: `text`.
+    Slack,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +134,9 @@ pub struct Environment {
     pub slot: u32,
     pub listen: SocketAddr,
     pub track: Track,
+    /// With `track = { tags = true, auto = true }`, pushed release tags are deployed (through
+    /// every gate); without `auto` they are recorded only. Branch tracking always deploys.
+    pub auto: bool,
     pub env: BTreeMap<String, String>,
     /// Secrets file; relative paths are read from the environment's `shared/` dir.
     pub env_file: Option<PathBuf>,

@@ -10,7 +10,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::duration::HumanDuration;
-use super::{App, Config, Diagnostic, Environment, Health, RESERVED_VARS, Server, Track};
+use super::{
+    App, Config, Diagnostic, Environment, Health, NOTIFY_EVENTS, Notify, NotifyFormat, RESERVED_VARS,
+    Server, Track, Webhooks,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +27,25 @@ pub struct RawConfig {
     monitor: Option<RawMonitor>,
     #[serde(default)]
     server: RawServer,
+    #[serde(default)]
+    webhooks: RawWebhooks,
+    #[serde(default)]
+    notify: Vec<RawNotify>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWebhooks {
+    github_secret_env: Option<Spanned<String>>,
+    gitlab_token_env: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    url: Spanned<String>,
+    on: Option<Vec<Spanned<String>>>,
+    format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -96,6 +118,7 @@ struct RawEnvironment {
 struct RawTrack {
     branch: Option<String>,
     tags: Option<bool>,
+    auto: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -200,6 +223,12 @@ impl RawConfig {
             server: Server {
                 listen: server_listen,
             },
+            webhooks: validate_webhooks(self.webhooks, &fail)?,
+            notify: self
+                .notify
+                .into_iter()
+                .map(|n| validate_notify(n, &fail))
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -367,24 +396,26 @@ fn validate_environment(
             ));
         }
     };
-    let track = match raw.track {
-        None => Track::Manual,
+    let (track, auto) = match raw.track {
+        None => (Track::Manual, false),
         Some(t) => {
             let span = t.span();
             match t.into_inner() {
                 RawTrack {
                     branch: Some(b),
                     tags: None | Some(false),
-                } if !b.trim().is_empty() => Track::Branch(b),
+                    auto: None | Some(true),
+                } if !b.trim().is_empty() => (Track::Branch(b), true),
                 RawTrack {
                     branch: None,
                     tags: Some(true),
-                } => Track::Tags,
+                    auto,
+                } => (Track::Tags, auto.unwrap_or(false)),
                 _ => {
                     return Err(fail(
                         span,
                         "`track` must name one branch or release tags".into(),
-                        "write track = { branch = \"main\" } or track = { tags = true }",
+                        "write track = { branch = \"main\" } or track = { tags = true } (add auto = true to deploy pushed tags)",
                     ));
                 }
             }
@@ -490,6 +521,7 @@ fn validate_environment(
             slot,
             listen: addr,
             track: track.clone(),
+            auto,
             env: env.clone(),
             env_file: raw.env_file.as_ref().map(PathBuf::from),
             prerelease: raw.prerelease.unwrap_or(false),
@@ -506,6 +538,74 @@ fn validate_environment(
         });
     }
     Ok(out)
+}
+
+fn validate_webhooks(raw: RawWebhooks, fail: &Fail) -> Result<Webhooks, Diagnostic> {
+    let var = |v: Option<Spanned<String>>| -> Result<Option<String>, Diagnostic> {
+        let Some(v) = v else { return Ok(None) };
+        let name = v.get_ref();
+        let ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if !ok {
+            return Err(fail(
+                v.span(),
+                format!("\"{name}\" is not an environment variable name"),
+                "name the variable that holds the secret, like \"FERRY_GITHUB_SECRET\"; never the secret itself",
+            ));
+        }
+        Ok(Some(v.into_inner()))
+    };
+    Ok(Webhooks {
+        github_secret_env: var(raw.github_secret_env)?,
+        gitlab_token_env: var(raw.gitlab_token_env)?,
+    })
+}
+
+fn validate_notify(raw: RawNotify, fail: &Fail) -> Result<Notify, Diagnostic> {
+    let url = raw.url.get_ref();
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+        return Err(fail(
+            raw.url.span(),
+            format!("notify url \"{url}\" is not an http(s) URL"),
+            "write the full address, like \"https://hooks.slack.com/services/...\"",
+        ));
+    }
+    let mut on = Vec::new();
+    for e in raw.on.unwrap_or_default() {
+        if !NOTIFY_EVENTS.contains(&e.get_ref().as_str()) {
+            return Err(fail(
+                e.span(),
+                format!("unknown notify event \"{}\"", e.get_ref()),
+                &format!("events are {}", NOTIFY_EVENTS.join(", ")),
+            ));
+        }
+        on.push(e.into_inner());
+    }
+    if on.is_empty() {
+        on = NOTIFY_EVENTS.iter().map(|e| e.to_string()).collect();
+    }
+    let format = match raw.format {
+        None => NotifyFormat::Json,
+        Some(f) => match f.get_ref().as_str() {
+            "json" => NotifyFormat::Json,
+            "slack" => NotifyFormat::Slack,
+            other => {
+                return Err(fail(
+                    f.span(),
+                    format!("unknown notify format \"{other}\""),
+                    "write format = \"json\" or format = \"slack\"",
+                ));
+            }
+        },
+    };
+    Ok(Notify {
+        url: raw.url.into_inner(),
+        on,
+        format,
+    })
 }
 
 fn parse_addr(s: &Spanned<String>, fail: &Fail) -> Result<SocketAddr, Diagnostic> {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::Engine;
 use crate::config::{Monitor, format_duration};
+use crate::events::Event;
 use crate::runtime::Instance;
 
 /// Probes needed before the success rate alone can fail a deploy.
@@ -64,6 +65,7 @@ impl Engine {
     pub(super) async fn watch(
         &self,
         id: i64,
+        environment: &str,
         instance: &Instance,
         cfg: &Monitor,
     ) -> Result<String, Breach> {
@@ -136,6 +138,13 @@ impl Engine {
             }
             tally.probes += 1;
             tally.slowest = tally.slowest.max(took);
+            self.store.events().publish(Event::Probe {
+                deployment: id,
+                environment: environment.to_string(),
+                ok: failures.is_empty(),
+                response_ms: took.as_secs_f64() * 1000.0,
+                at: crate::store::now(),
+            });
             let last = if failures.is_empty() {
                 tally.passed += 1;
                 tally.consecutive_failures = 0;

@@ -219,7 +219,7 @@ impl Engine {
                 self.store
                     .set_state(id, DeploymentState::Monitoring, None)?;
                 self.step(id, "monitor", async {
-                    match self.watch(id, &instance, cfg).await {
+                    match self.watch(id, &env.name, &instance, cfg).await {
                         Ok(log) => Ok((previous, log)),
                         Err(breach) => {
                             Err(self.roll_back_now(state, &name, previous, breach).await)

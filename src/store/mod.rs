@@ -6,20 +6,24 @@
 //! what was in flight.
 
 mod rows;
+mod server;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::events::{Bus, Event};
+
 pub use rows::{
-    Backup, Check, Deployment, DeploymentState, Instance, LockHolder, Maintenance, Release, Step,
-    StepState, Verification,
+    AuditEntry, Backup, Check, Delivery, Deployment, DeploymentState, Instance, LockHolder,
+    Maintenance, Release, Step, StepState, Token, Verification,
 };
 
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_promotion.sql"),
+    include_str!("migrations/0003_server.sql"),
 ];
 
 /// Store errors.
@@ -43,7 +47,12 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// Transitions are announced here after they are committed.
+    bus: Bus,
 }
+
+/// How much of a step's output an event carries.
+const EVENT_OUTPUT: usize = 4000;
 
 /// The current time as stored: RFC 3339, UTC, milliseconds.
 pub fn now() -> String {
@@ -75,7 +84,60 @@ impl Store {
         }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
+            bus: Bus::default(),
         })
+    }
+
+    /// The channel every committed transition is announced on.
+    pub fn events(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// Announces deployment `id` as it now stands.
+    fn publish_deployment(&self, conn: &Connection, id: i64) -> Result<()> {
+        let event = conn.query_row(
+            "SELECT environment, kind, state, reason FROM deployments WHERE id = ?1",
+            [id],
+            |r| {
+                let state: String = r.get(2)?;
+                Ok(Event::Deployment {
+                    deployment: id,
+                    environment: r.get(0)?,
+                    kind: r.get(1)?,
+                    state: DeploymentState::parse(&state)
+                        .ok_or_else(|| rows::bad_state(2, &state))?,
+                    reason: r.get(3)?,
+                    at: now(),
+                })
+            },
+        )?;
+        self.bus.publish(event);
+        Ok(())
+    }
+
+    /// Announces step row `step` as it now stands.
+    fn publish_step(&self, conn: &Connection, step: i64, with_output: bool) -> Result<()> {
+        let event = conn.query_row(
+            "SELECT s.deployment_id, d.environment, s.name, s.state, s.started_at, s.finished_at,
+                    s.output
+             FROM steps s JOIN deployments d ON d.id = s.deployment_id WHERE s.id = ?1",
+            [step],
+            |r| {
+                let state: String = r.get(3)?;
+                let output: String = r.get(6)?;
+                Ok(Event::Step {
+                    deployment: r.get(0)?,
+                    environment: r.get(1)?,
+                    step: r.get(2)?,
+                    state: StepState::parse(&state),
+                    started_at: r.get(4)?,
+                    finished_at: r.get(5)?,
+                    output: with_output.then(|| crate::events::tail(&output, EVENT_OUTPUT)),
+                })
+            },
+        )?;
+        self.bus.publish(event);
+        Ok(())
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -105,13 +167,16 @@ impl Store {
                 now()
             ],
         )?;
-        Ok(conn.last_insert_rowid())
+        let id = conn.last_insert_rowid();
+        self.publish_deployment(&conn, id)?;
+        Ok(id)
     }
 
     /// Moves a deployment to `state`; final states also record the finish time and reason.
     pub fn set_state(&self, id: i64, state: DeploymentState, reason: Option<&str>) -> Result<()> {
         let finished = state.is_final().then(now);
-        let changed = self.conn().execute(
+        let conn = self.conn();
+        let changed = conn.execute(
             "UPDATE deployments SET state = ?2, reason = COALESCE(?3, reason),
                  finished_at = COALESCE(?4, finished_at) WHERE id = ?1",
             params![id, state.as_str(), reason, finished],
@@ -119,7 +184,7 @@ impl Store {
         if changed == 0 {
             return Err(StoreError::NotFound);
         }
-        Ok(())
+        self.publish_deployment(&conn, id)
     }
 
     /// Records what the ref resolved to.
@@ -207,15 +272,17 @@ impl Store {
             params![deployment, name],
         )?;
         tx.commit()?;
+        self.publish_step(&conn, id, false)?;
         Ok(id)
     }
 
     pub fn step_finished(&self, step: i64, state: StepState, output: &str) -> Result<()> {
-        self.conn().execute(
+        let conn = self.conn();
+        conn.execute(
             "UPDATE steps SET state = ?2, finished_at = ?3, output = ?4 WHERE id = ?1",
             params![step, state.as_str(), now(), output],
         )?;
-        Ok(())
+        self.publish_step(&conn, step, true)
     }
 
     pub fn steps(&self, deployment: i64) -> Result<Vec<Step>> {
@@ -386,12 +453,19 @@ impl Store {
 
     /// Replaces the output of the deployment's running step `name` (progress of a long step).
     pub fn set_running_output(&self, deployment: i64, name: &str, output: &str) -> Result<()> {
-        self.conn().execute(
-            "UPDATE steps SET output = ?3
-             WHERE deployment_id = ?1 AND name = ?2 AND state = 'running'",
-            params![deployment, name, output],
-        )?;
-        Ok(())
+        let conn = self.conn();
+        let step: Option<i64> = conn
+            .query_row(
+                "UPDATE steps SET output = ?3
+                 WHERE deployment_id = ?1 AND name = ?2 AND state = 'running' RETURNING id",
+                params![deployment, name, output],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match step {
+            Some(step) => self.publish_step(&conn, step, true),
+            None => Ok(()),
+        }
     }
 
     /// Succeeded deployments of `environment`, newest first.

@@ -16,6 +16,8 @@ pub enum DeploymentState {
     Refused,
     RolledBack,
     Interrupted,
+    /// Queued behind a running deployment and replaced by a newer push before it ran.
+    Superseded,
 }
 
 impl DeploymentState {
@@ -30,6 +32,7 @@ impl DeploymentState {
             DeploymentState::Refused => "refused",
             DeploymentState::RolledBack => "rolled_back",
             DeploymentState::Interrupted => "interrupted",
+            DeploymentState::Superseded => "superseded",
         }
     }
 
@@ -44,6 +47,7 @@ impl DeploymentState {
             "refused" => DeploymentState::Refused,
             "rolled_back" => DeploymentState::RolledBack,
             "interrupted" => DeploymentState::Interrupted,
+            "superseded" => DeploymentState::Superseded,
             _ => return None,
         })
     }
@@ -80,7 +84,7 @@ impl StepState {
         }
     }
 
-    fn parse(s: &str) -> StepState {
+    pub(super) fn parse(s: &str) -> StepState {
         match s {
             "ok" => StepState::Ok,
             "failed" => StepState::Failed,
@@ -90,7 +94,7 @@ impl StepState {
     }
 }
 
-fn bad_state(i: usize, s: &str) -> rusqlite::Error {
+pub(super) fn bad_state(i: usize, s: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
         i,
         rusqlite::types::Type::Text,
@@ -374,4 +378,73 @@ impl Instance {
             started_at: r.get(7)?,
         })
     }
+}
+
+/// An API token as listed; the secret itself is never stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Token {
+    pub id: i64,
+    pub name: String,
+    pub read_only: bool,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+impl Token {
+    pub(super) const COLUMNS: &'static str =
+        "id, name, read_only, created_at, last_used_at, revoked_at";
+
+    pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Token> {
+        Ok(Token {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            read_only: r.get(2)?,
+            created_at: r.get(3)?,
+            last_used_at: r.get(4)?,
+            revoked_at: r.get(5)?,
+        })
+    }
+}
+
+/// An accepted webhook delivery.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Delivery {
+    pub id: i64,
+    pub provider: String,
+    pub delivery_id: String,
+    pub event: String,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    pub commit_sha: Option<String>,
+    pub received_at: String,
+    pub outcome: String,
+}
+
+impl Delivery {
+    pub(super) const COLUMNS: &'static str =
+        "id, provider, delivery_id, event, git_ref, commit_sha, received_at, outcome";
+
+    pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
+        Ok(Delivery {
+            id: r.get(0)?,
+            provider: r.get(1)?,
+            delivery_id: r.get(2)?,
+            event: r.get(3)?,
+            git_ref: r.get(4)?,
+            commit_sha: r.get(5)?,
+            received_at: r.get(6)?,
+            outcome: r.get(7)?,
+        })
+    }
+}
+
+/// One audited API mutation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditEntry {
+    pub at: String,
+    pub token: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
 }

@@ -1,0 +1,220 @@
+//! API tokens: created once (the secret is shown once and only its SHA-256 is stored), checked
+//! in constant time, revoked by name.
+//!
+//! `ferry serve` makes a token called `local` at every start and writes its secret to
+//! `<state_dir>/local-token` (mode 0600) for the CLI on the same machine; the previous `local`
+//! token is revoked then.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::store::{Store, StoreError, Token};
+
+/// The name of the token `serve` makes for the CLI on its machine.
+pub const LOCAL: &str = "local";
+/// The file in the state dir holding the local token's secret.
+pub const LOCAL_FILE: &str = "local-token";
+const PREFIX: &str = "ferry_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error(
+        "token name \"{0}\" is not allowed: use 1 to 40 lowercase letters, digits, '-' or '_'"
+    )]
+    BadName(String),
+    #[error("\"local\" is the token `ferry serve` makes for this machine; choose another name")]
+    Reserved,
+    #[error("a token called \"{0}\" exists already; revoke it first or choose another name")]
+    Exists(String),
+    #[error("no live token is called \"{0}\"")]
+    Unknown(String),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Store(StoreError),
+    #[error("cannot read random bytes: {0}")]
+    Random(String),
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        AuthError::Store(e)
+    }
+}
+
+/// A new secret: `ferry_` and 40 hex digits (160 random bits).
+fn generate() -> Result<String, AuthError> {
+    let mut bytes = [0u8; 20];
+    getrandom::fill(&mut bytes).map_err(|e| AuthError::Random(e.to_string()))?;
+    Ok(format!("{PREFIX}{}", hex::encode(bytes)))
+}
+
+fn hash(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=40).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// Creates a token called `name`; returns it with its secret, which is not kept.
+pub fn create(store: &Store, name: &str, read_only: bool) -> Result<(Token, String), AuthError> {
+    if !valid_name(name) {
+        return Err(AuthError::BadName(name.to_string()));
+    }
+    if name == LOCAL {
+        return Err(AuthError::Reserved);
+    }
+    insert(store, name, read_only)
+}
+
+fn insert(store: &Store, name: &str, read_only: bool) -> Result<(Token, String), AuthError> {
+    let secret = generate()?;
+    match store.add_token(name, &hex::encode(hash(&secret)), read_only) {
+        Ok(token) => Ok((token, secret)),
+        Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(AuthError::Exists(name.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn revoke(store: &Store, name: &str) -> Result<(), AuthError> {
+    store.revoke_token(name).map_err(|e| match e {
+        StoreError::NotFound => AuthError::Unknown(name.to_string()),
+        e => AuthError::Store(e),
+    })
+}
+
+/// The live token whose secret is `presented`, if any. Every live token's hash is compared,
+/// each in constant time, so the answer's timing says nothing about which bytes matched.
+pub fn check(store: &Store, presented: &str) -> Result<Option<Token>, StoreError> {
+    let wanted = hash(presented);
+    let mut found = None;
+    for (token, stored) in store.live_token_hashes()? {
+        let Ok(stored) = hex::decode(stored) else {
+            continue;
+        };
+        if bool::from(stored.as_slice().ct_eq(&wanted)) {
+            found = Some(token);
+        }
+    }
+    if let Some(t) = &found {
+        store.token_used(t.id)?;
+    }
+    Ok(found)
+}
+
+/// Replaces the `local` token and writes its secret to `<state_dir>/local-token`, mode 0600,
+/// through a temp file and a rename so a reader never sees half a token.
+pub fn write_local(store: &Store, state_dir: &Path) -> Result<PathBuf, AuthError> {
+    match revoke(store, LOCAL) {
+        Ok(()) | Err(AuthError::Unknown(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let (_, secret) = insert(store, LOCAL, false)?;
+    let path = state_dir.join(LOCAL_FILE);
+    let tmp = state_dir.join(format!(".{LOCAL_FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(secret.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|source| AuthError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// The token the CLI sends: `FERRY_TOKEN`, else the local token file, else none.
+pub fn cli_token(state_dir: &Path) -> Option<String> {
+    if let Ok(t) = std::env::var("FERRY_TOKEN")
+        && !t.trim().is_empty()
+    {
+        return Some(t.trim().to_string());
+    }
+    std::fs::read_to_string(state_dir.join(LOCAL_FILE))
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ferry.db")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn a_token_is_stored_hashed_checked_and_revoked() {
+        let (dir, store) = store();
+        let (token, secret) = create(&store, "ci", false).unwrap();
+        assert!(secret.starts_with("ferry_") && secret.len() == 46);
+        assert_eq!(check(&store, &secret).unwrap().unwrap().name, "ci");
+        assert!(check(&store, "ferry_wrong").unwrap().is_none());
+        // only the hash is in the database file
+        drop(store);
+        let bytes = std::fs::read(dir.path().join("ferry.db")).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains(&secret));
+        let store = Store::open(&dir.path().join("ferry.db")).unwrap();
+        assert!(store.tokens().unwrap()[0].last_used_at.is_some());
+        assert!(matches!(create(&store, "ci", true), Err(AuthError::Exists(_))));
+        revoke(&store, "ci").unwrap();
+        assert!(check(&store, &secret).unwrap().is_none());
+        assert!(matches!(revoke(&store, "ci"), Err(AuthError::Unknown(_))));
+        // the name is free again once revoked
+        let (again, _) = create(&store, "ci", true).unwrap();
+        assert!(again.read_only && again.id != token.id);
+    }
+
+    #[test]
+    fn names_are_checked_and_local_is_reserved() {
+        let (_dir, store) = store();
+        for bad in ["", "CI", "a b", "../x", &"x".repeat(41)] {
+            assert!(matches!(create(&store, bad, false), Err(AuthError::BadName(_))));
+        }
+        assert!(matches!(create(&store, LOCAL, false), Err(AuthError::Reserved)));
+    }
+
+    #[test]
+    fn the_local_token_file_is_private_and_replaced_at_each_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, store) = store();
+        let path = write_local(&store, dir.path()).unwrap();
+        let first = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(check(&store, &first).unwrap().unwrap().name, LOCAL);
+        write_local(&store, dir.path()).unwrap();
+        let second = std::fs::read_to_string(&path).unwrap();
+        assert_ne!(first, second);
+        assert!(check(&store, &first).unwrap().is_none());
+        assert!(check(&store, &second).unwrap().is_some());
+    }
+}
