@@ -22,9 +22,7 @@ const PREFIX: &str = "ferry_";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error(
-        "token name \"{0}\" is not allowed: use 1 to 40 lowercase letters, digits, '-' or '_'"
-    )]
+    #[error("token name \"{0}\" is not allowed: use 1 to 40 lowercase letters, digits, '-' or '_'")]
     BadName(String),
     #[error("\"local\" is the token `ferry serve` makes for this machine; choose another name")]
     Reserved,
@@ -146,13 +144,13 @@ pub fn write_local(store: &Store, state_dir: &Path) -> Result<PathBuf, AuthError
 }
 
 /// The token the CLI sends: `FERRY_TOKEN`, else the local token file, else none.
-pub fn cli_token(state_dir: &Path) -> Option<String> {
+pub fn cli_token(state_dir: Option<&Path>) -> Option<String> {
     if let Ok(t) = std::env::var("FERRY_TOKEN")
         && !t.trim().is_empty()
     {
         return Some(t.trim().to_string());
     }
-    std::fs::read_to_string(state_dir.join(LOCAL_FILE))
+    std::fs::read_to_string(state_dir?.join(LOCAL_FILE))
         .ok()
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
@@ -182,7 +180,10 @@ mod tests {
         assert!(!text.contains(&secret));
         let store = Store::open(&dir.path().join("ferry.db")).unwrap();
         assert!(store.tokens().unwrap()[0].last_used_at.is_some());
-        assert!(matches!(create(&store, "ci", true), Err(AuthError::Exists(_))));
+        assert!(matches!(
+            create(&store, "ci", true),
+            Err(AuthError::Exists(_))
+        ));
         revoke(&store, "ci").unwrap();
         assert!(check(&store, &secret).unwrap().is_none());
         assert!(matches!(revoke(&store, "ci"), Err(AuthError::Unknown(_))));
@@ -195,9 +196,15 @@ mod tests {
     fn names_are_checked_and_local_is_reserved() {
         let (_dir, store) = store();
         for bad in ["", "CI", "a b", "../x", &"x".repeat(41)] {
-            assert!(matches!(create(&store, bad, false), Err(AuthError::BadName(_))));
+            assert!(matches!(
+                create(&store, bad, false),
+                Err(AuthError::BadName(_))
+            ));
         }
-        assert!(matches!(create(&store, LOCAL, false), Err(AuthError::Reserved)));
+        assert!(matches!(
+            create(&store, LOCAL, false),
+            Err(AuthError::Reserved)
+        ));
     }
 
     #[test]

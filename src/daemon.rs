@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::pipeline::{Engine, EngineError};
+use crate::server::AppState;
 use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,8 @@ pub enum DaemonError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot make the local API token: {0}")]
+    Token(#[from] crate::auth::AuthError),
     #[error("cannot open the store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
@@ -64,13 +67,25 @@ impl Daemon {
                 source,
             })?;
         let api_addr = api.local_addr().unwrap_or(api_addr);
+        // only now: a second ferry that cannot bind must not replace the first one's token
+        let token_file = crate::auth::write_local(&engine.store, &engine.config.state_dir)?;
+        tracing::info!(path = %token_file.display(), "wrote the local API token");
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = Vec::new();
         for (proxy, listener) in proxies {
             tasks.push(tokio::spawn(proxy.serve(listener, rx.clone())));
         }
         tasks.push(tokio::spawn(engine.clone().supervise(rx.clone())));
-        let server = crate::server::serve(engine.clone(), api, rx.clone());
+        let app = AppState::new(engine.clone(), rx.clone());
+        tasks.push(tokio::spawn({
+            let (metrics, bus, rx) = (
+                app.metrics.clone(),
+                engine.store.events().clone(),
+                rx.clone(),
+            );
+            async move { metrics.follow(&bus, rx).await }
+        }));
+        let server = crate::server::serve(app, api);
         tasks.push(tokio::spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "API server stopped");

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{GOOD, Options, Rel, Sandbox, alive, eventually, get, post, sh};
+use support::{GOOD, Options, Rel, Sandbox, alive, eventually, get, sh};
 
 /// One staging environment with `extra` in its table, served.
 fn staging_with(releases: &[Rel], extra: &'static str) -> Sandbox {
@@ -291,8 +291,8 @@ fn commit_checks_gate_deploys_until_ci_reports_success() {
     assert!(run.stdout().contains("check \"ci\" is failure"), "{run}");
 
     // CI reports over the API
-    let (status, body) = post(
-        &format!("{}/api/commits/{sha}/checks", s.api),
+    let (status, body) = s.post(
+        &format!("/api/commits/{sha}/checks"),
         &serde_json::json!({"name": "ci", "status": "success", "url": "https://ci.example/1"}),
     );
     assert_eq!(status, 201, "{body}");
@@ -315,7 +315,7 @@ fn commit_checks_gate_deploys_until_ci_reports_success() {
             "missing field",
         ),
     ] {
-        let (status, answer) = post(&format!("{}/api/commits/{path_sha}/checks", s.api), &body);
+        let (status, answer) = s.post(&format!("/api/commits/{path_sha}/checks"), &body);
         assert!(status == 400 || status == 422, "{status} {answer}");
         assert!(
             answer["error"]["message"].as_str().unwrap().contains(says),

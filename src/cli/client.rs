@@ -25,14 +25,17 @@ pub enum ClientError {
 pub struct ApiClient {
     base: String,
     config: PathBuf,
+    /// Sent as `Authorization: Bearer`; never printed.
+    token: Option<String>,
     http: reqwest::Client,
 }
 
 impl ApiClient {
-    pub fn new(base: &str, config: &Path) -> ApiClient {
+    pub fn new(base: &str, config: &Path, token: Option<String>) -> ApiClient {
         ApiClient {
             base: base.trim_end_matches('/').to_string(),
             config: config.to_path_buf(),
+            token,
             http: reqwest::Client::builder()
                 .no_proxy()
                 .connect_timeout(Duration::from_secs(3))
@@ -43,6 +46,18 @@ impl ApiClient {
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// A request carrying the token and the user's name.
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("x-ferry-user", super::current_user());
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        req
     }
 
     fn error(&self, e: reqwest::Error) -> ClientError {
@@ -71,7 +86,12 @@ impl ApiClient {
                 message: err["message"]
                     .as_str()
                     .map(str::to_string)
-                    .unwrap_or_else(|| format!("ferry answered {status}")),
+                    .unwrap_or_else(|| format!("ferry answered {status}"))
+                    + if status == 401 {
+                        "\nhelp: set FERRY_TOKEN, or run this where `ferry serve` keeps its local-token file"
+                    } else {
+                        ""
+                    },
             });
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Other {
@@ -81,8 +101,7 @@ impl ApiClient {
     }
 
     async fn send_get(&self, path: &str) -> Result<reqwest::Response, ClientError> {
-        self.http
-            .get(format!("{}{path}", self.base))
+        self.request(reqwest::Method::GET, path)
             .send()
             .await
             .map_err(|e| self.error(e))
@@ -99,9 +118,7 @@ impl ApiClient {
         body: &B,
     ) -> Result<T, ClientError> {
         let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("x-ferry-user", super::current_user())
+            .request(reqwest::Method::POST, path)
             .json(body)
             .send()
             .await
@@ -111,9 +128,7 @@ impl ApiClient {
 
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let resp = self
-            .http
-            .delete(format!("{}{path}", self.base))
-            .header("x-ferry-user", super::current_user())
+            .request(reqwest::Method::DELETE, path)
             .send()
             .await
             .map_err(|e| self.error(e))?;

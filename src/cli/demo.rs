@@ -195,7 +195,8 @@ pub async fn run(args: &Demo) -> CmdResult {
         .await
         .map_err(|e| Failure::Failed(format!("demo: {e}")))?;
     let api = format!("http://{}", daemon.api_addr);
-    let client = ApiClient::new(&api, &config_path);
+    let token = crate::auth::cli_token(Some(&daemon.engine.config.state_dir));
+    let client = ApiClient::new(&api, &config_path, token);
     println!("daemon: API on {api}, staging on {staging}\n");
 
     let result = walkthrough(&client, &staging).await;

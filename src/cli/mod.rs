@@ -12,6 +12,7 @@ mod logs;
 mod safety;
 mod serve;
 mod show;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,6 +80,8 @@ pub enum Command {
     Show(show::Show),
     /// The app log of an environment.
     Logs(logs::Logs),
+    /// API tokens: create (shown once), list, revoke.
+    Token(token::TokenArgs),
     /// Try ferry on a sample app: deploys, a zero-downtime switch and a refused broken release.
     Demo(demo::Demo),
     /// The sample app the demo deploys (serves $PORT).
@@ -134,6 +137,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::History(args) => show::history(&cli, args).await,
         Command::Show(args) => show::show(&cli, args).await,
         Command::Logs(args) => logs::run(&cli, args).await,
+        Command::Token(args) => token::run(&cli, args),
         Command::Demo(args) => demo::run(args).await,
         Command::SampleApp => crate::sample_app::run()
             .await
@@ -158,19 +162,25 @@ impl Cli {
     }
 
     /// A client for the daemon named by `--server` or the config.
+    /// The token is `FERRY_TOKEN`, else the local token `serve` wrote into the state dir.
     pub fn client(&self) -> Result<ApiClient, Failure> {
-        let base = match &self.server {
-            Some(url) => url.clone(),
+        let (base, state_dir) = match &self.server {
+            // with --server the config may be elsewhere; its state dir is used if it loads
+            Some(url) => (
+                url.clone(),
+                Config::load(&self.config).ok().map(|c| c.state_dir),
+            ),
             None => {
                 let config = self.load_config()?;
                 let mut addr = config.server.listen;
                 if addr.ip().is_unspecified() {
                     addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
                 }
-                format!("http://{addr}")
+                (format!("http://{addr}"), Some(config.state_dir))
             }
         };
-        Ok(ApiClient::new(&base, &self.config))
+        let token = crate::auth::cli_token(state_dir.as_deref());
+        Ok(ApiClient::new(&base, &self.config, token))
     }
 }
 

@@ -11,8 +11,8 @@ use toml::Spanned;
 
 use super::duration::HumanDuration;
 use super::{
-    App, Config, Diagnostic, Environment, Health, NOTIFY_EVENTS, Notify, NotifyFormat, RESERVED_VARS,
-    Server, Track, Webhooks,
+    App, Config, Diagnostic, Environment, Health, NOTIFY_EVENTS, Notify, NotifyFormat,
+    RESERVED_VARS, Server, Track, Webhooks,
 };
 
 #[derive(Deserialize)]
@@ -545,9 +545,7 @@ fn validate_webhooks(raw: RawWebhooks, fail: &Fail) -> Result<Webhooks, Diagnost
         let Some(v) = v else { return Ok(None) };
         let name = v.get_ref();
         let ok = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !name.starts_with(|c: char| c.is_ascii_digit());
         if !ok {
             return Err(fail(

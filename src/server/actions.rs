@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ApiError, ApiResult, JsonBody, created, parse_id, who};
+use super::{ApiError, ApiResult, Caller, JsonBody, created, parse_id};
 use crate::pipeline::{CheckReport, Engine, Plan};
 use crate::store::{Backup, Check, Deployment, LockHolder, Verification};
 
@@ -52,16 +52,16 @@ pub struct PromoteRequest {
 
 pub async fn approve(
     State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Deployment>> {
     let id = parse_id(&id)?;
-    Ok(Json(engine.approve(id, &who(&headers, None))?))
+    Ok(Json(engine.approve(id, &caller.who())?))
 }
 
 pub async fn verify(
     State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(env): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
@@ -73,7 +73,7 @@ pub async fn verify(
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?
     };
     let v: Verification = engine
-        .verify(&env, req.version.as_deref(), &who(&headers, None))
+        .verify(&env, req.version.as_deref(), &caller.who())
         .await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
@@ -87,7 +87,7 @@ pub async fn verifications(
 
 pub async fn rollback(
     State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(env): Path<String>,
     JsonBody(req): JsonBody<RollbackRequest>,
 ) -> Response {
@@ -99,7 +99,7 @@ pub async fn rollback(
         )
         .into_response();
     }
-    let who = who(&headers, None);
+    let who = caller.who();
     created(
         engine
             .request_rollback(
@@ -115,7 +115,7 @@ pub async fn rollback(
 
 pub async fn promote(
     State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
+    caller: Caller,
     JsonBody(req): JsonBody<PromoteRequest>,
 ) -> Response {
     let to = match engine.promotion_target(&req.tag, req.to.as_deref()) {
@@ -123,20 +123,16 @@ pub async fn promote(
         Err(e) => return ApiError::from(e).into_response(),
     };
     let force = req.force.then(|| req.reason.as_deref().unwrap_or(""));
-    created(engine.request(&to, &req.tag, &who(&headers, None), force))
+    created(engine.request(&to, &req.tag, &caller.who(), force))
 }
 
 pub async fn lock(
     State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(env): Path<String>,
     JsonBody(req): JsonBody<LockRequest>,
 ) -> ApiResult<Json<LockHolder>> {
-    Ok(Json(engine.lock_env(
-        &env,
-        &who(&headers, None),
-        &req.reason,
-    )?))
+    Ok(Json(engine.lock_env(&env, &caller.who(), &req.reason)?))
 }
 
 pub async fn unlock(
@@ -149,12 +145,11 @@ pub async fn unlock(
 
 pub async fn maintenance(
     State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(env): Path<String>,
     JsonBody(req): JsonBody<MaintenanceRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let message =
-        engine.set_maintenance(&env, req.on, req.message.as_deref(), &who(&headers, None))?;
+    let message = engine.set_maintenance(&env, req.on, req.message.as_deref(), &caller.who())?;
     Ok(Json(
         json!({"environment": env, "maintenance": req.on, "message": message}),
     ))
@@ -197,11 +192,11 @@ pub async fn backups(
 
 pub async fn report_check(
     State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(sha): Path<String>,
     JsonBody(report): JsonBody<CheckReport>,
 ) -> ApiResult<Response> {
-    let check = engine.report_check(&sha, &report, &who(&headers, None))?;
+    let check = engine.report_check(&sha, &report, &caller.who())?;
     Ok((StatusCode::CREATED, Json(check)).into_response())
 }
 

@@ -4,12 +4,18 @@
 //! in one place ([`ApiError`]).
 
 pub mod actions;
+mod guard;
 mod logs;
+pub mod metrics;
+mod stream;
+
+pub use guard::Caller;
+pub use metrics::Metrics;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -100,8 +106,36 @@ pub struct DeployRequest {
     pub reason: Option<String>,
 }
 
-/// The router over `engine`.
-pub fn router(engine: Arc<Engine>) -> Router {
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub metrics: Arc<Metrics>,
+    /// Reads need no token (the API listens on loopback only).
+    pub open_reads: bool,
+    /// Flips to true when ferry stops; long-lived streams end then.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl AppState {
+    pub fn new(engine: Arc<Engine>, shutdown: watch::Receiver<bool>) -> AppState {
+        AppState {
+            open_reads: engine.config.server.listen.ip().is_loopback(),
+            engine,
+            metrics: Arc::default(),
+            shutdown,
+        }
+    }
+}
+
+impl FromRef<AppState> for Arc<Engine> {
+    fn from_ref(app: &AppState) -> Arc<Engine> {
+        app.engine.clone()
+    }
+}
+
+/// The router over `app`.
+pub fn router(app: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/api/environments", get(environments))
@@ -130,38 +164,60 @@ pub fn router(engine: Arc<Engine>) -> Router {
             "/api/commits/{sha}/checks",
             get(actions::checks).post(actions::report_check),
         )
+        .route("/api/events", get(stream::events))
+        .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            guard::guard,
+        ))
         .layer(DefaultBodyLimit::max(1024 * 1024))
-        .with_state(engine)
+        .with_state(app)
 }
 
-/// Serves the API on `listener` until `shutdown` says stop.
-pub async fn serve(
-    engine: Arc<Engine>,
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(engine))
+/// Serves the API on `listener` until `app.shutdown` says stop.
+pub async fn serve(app: AppState, listener: TcpListener) -> std::io::Result<()> {
+    let mut shutdown = app.shutdown.clone();
+    axum::serve(listener, router(app))
         .with_graceful_shutdown(async move { crate::proxy::stopped(&mut shutdown).await })
         .await
 }
 
+/// `GET /health`: ferry itself. 200 when the store answers and every environment's proxy
+/// accepts connections; 503 naming what is wrong otherwise.
 async fn health(State(engine): State<Arc<Engine>>) -> Response {
-    match engine.store.history(None, 1) {
-        Ok(_) => Json(json!({
-            "status": "ok",
-            "store": "ok",
-            "environments": engine.environments().count(),
-        }))
-        .into_response(),
+    let store = match engine.store.history(None, 1) {
+        Ok(_) => "ok",
         Err(e) => {
             tracing::error!(error = %e, "store check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "degraded", "store": "unreachable"})),
-            )
-                .into_response()
+            "unreachable"
         }
+    };
+    let checks = engine.environments().map(|state| async move {
+        let addr = state.env.listen;
+        let up = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        .is_ok_and(|c| c.is_ok());
+        (state.env.name.clone(), up)
+    });
+    let proxies: std::collections::BTreeMap<String, &str> = futures_util::future::join_all(checks)
+        .await
+        .into_iter()
+        .map(|(name, up)| (name, if up { "up" } else { "down" }))
+        .collect();
+    let ok = store == "ok" && proxies.values().all(|p| *p == "up");
+    let body = Json(json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "store": store,
+        "proxies": proxies,
+    }));
+    if ok {
+        body.into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }
 
@@ -223,10 +279,10 @@ async fn env_history(
 
 async fn deploy(
     State(engine): State<Arc<Engine>>,
-    headers: HeaderMap,
+    caller: Caller,
     JsonBody(req): JsonBody<DeployRequest>,
 ) -> Response {
-    let who = who(&headers, req.triggered_by.as_deref());
+    let who = caller.as_user(req.triggered_by.as_deref()).who();
     let force = req.force.then(|| req.reason.as_deref().unwrap_or(""));
     created(engine.request(&req.environment, &req.git_ref, &who, force))
 }
@@ -242,20 +298,6 @@ fn created(result: Result<Deployment, EngineError>) -> Response {
             .into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
-}
-
-/// Who made a request: the name in the body, else the `X-Ferry-User` header, else "api".
-fn who(headers: &HeaderMap, named: Option<&str>) -> String {
-    named
-        .map(str::to_string)
-        .or_else(|| {
-            headers
-                .get("x-ferry-user")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        })
-        .filter(|w| !w.trim().is_empty() && w.len() <= 100)
-        .unwrap_or_else(|| "api".to_string())
 }
 
 /// A JSON body whose rejection is an [`ApiError`] (400 with the parser's words).

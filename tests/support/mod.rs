@@ -234,6 +234,16 @@ listen = "127.0.0.1:{api_port}"
         )
     }
 
+    /// The secret `serve` wrote for local use.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.state_dir().join("local-token")).expect("serve wrote a token")
+    }
+
+    /// `POST <api><path>` with the local token: status and body.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        post(&format!("{}{path}", self.api), Some(&self.token()), body)
+    }
+
     /// A deploy that must succeed.
     pub fn deploy_ok(&self, env: &str, git_ref: &str) -> Run {
         let run = self.ferry(&["deploy", env, git_ref]);
@@ -283,14 +293,18 @@ impl std::fmt::Display for Run {
     }
 }
 
-/// A blocking POST of JSON: status and body.
-pub fn post(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+/// A blocking POST of JSON with an optional bearer token: status and body.
+pub fn post(url: &str, token: Option<&str>, body: &serde_json::Value) -> (u16, serde_json::Value) {
     let client = reqwest::blocking::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let resp = client.post(url).json(body).send().unwrap();
+    let mut req = client.post(url).json(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().unwrap_or_default())
 }

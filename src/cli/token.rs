@@ -1,0 +1,127 @@
+//! `ferry token create|list|revoke`: API tokens, managed on the state dir's database directly
+//! (whoever can read the state dir is already trusted), so they work whether or not `serve`
+//! runs; a running `serve` sees changes at the next request.
+
+use super::{Cli, CmdResult, Failure};
+use crate::auth;
+use crate::store::Store;
+
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Make a token; its secret is printed once and not kept.
+    Create {
+        /// What the token is for, like "ci" or "github-actions".
+        #[arg(long)]
+        name: String,
+        /// The token may read but not change anything.
+        #[arg(long)]
+        read_only: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every token, revoked ones too (never their secrets).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a token from working.
+    Revoke { name: String },
+}
+
+fn open(cli: &Cli) -> Result<Store, Failure> {
+    let config = cli.load_config()?;
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+        Failure::Failed(format!(
+            "cannot create the state dir {}: {e}",
+            config.state_dir.display()
+        ))
+    })?;
+    Store::open(&config.state_dir.join("ferry.db"))
+        .map_err(|e| Failure::Failed(format!("cannot open the store: {e}")))
+}
+
+fn failed(e: auth::AuthError) -> Failure {
+    match e {
+        auth::AuthError::BadName(_) | auth::AuthError::Reserved => {
+            Failure::Usage(format!("error: {e}"))
+        }
+        e => Failure::Failed(format!("error: {e}")),
+    }
+}
+
+pub fn run(cli: &Cli, args: &TokenArgs) -> CmdResult {
+    let store = open(cli)?;
+    match &args.command {
+        TokenCommand::Create {
+            name,
+            read_only,
+            json,
+        } => {
+            let (token, secret) = auth::create(&store, name, *read_only).map_err(failed)?;
+            if *json {
+                let mut v = serde_json::to_value(&token).unwrap_or_default();
+                v["token"] = secret.into();
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                let scope = if token.read_only {
+                    "read-only"
+                } else {
+                    "read and write"
+                };
+                println!(
+                    "token \"{}\" ({scope}); shown this once, keep it safe:\n",
+                    token.name
+                );
+                println!("{secret}\n");
+                println!(
+                    "the CLI takes it from FERRY_TOKEN; HTTP clients send Authorization: Bearer <token>"
+                );
+            }
+        }
+        TokenCommand::List { json } => {
+            let tokens = store
+                .tokens()
+                .map_err(|e| Failure::Failed(format!("error: {e}")))?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&tokens).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            println!(
+                "{:<20} {:<11} {:<25} {:<25} STATE",
+                "NAME", "SCOPE", "CREATED", "LAST USED"
+            );
+            for t in tokens {
+                println!(
+                    "{:<20} {:<11} {:<25} {:<25} {}",
+                    t.name,
+                    if t.read_only {
+                        "read-only"
+                    } else {
+                        "read-write"
+                    },
+                    t.created_at,
+                    t.last_used_at.as_deref().unwrap_or("never"),
+                    t.revoked_at
+                        .as_deref()
+                        .map_or("live".to_string(), |at| format!("revoked {at}")),
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            auth::revoke(&store, name).map_err(failed)?;
+            println!("token \"{name}\" revoked");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! `GET /metrics`: Prometheus text format.
+//!
+//! Deployment counts come from the store (so they survive restarts); step durations and probe
+//! results are counted from the event stream since `serve` started; proxy counters from the
+//! proxies; webhook and notification outcomes from their handlers.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::{broadcast, watch};
+
+use super::{ApiError, AppState};
+use crate::events::{Bus, Event};
+use crate::store::StepState;
+
+/// Upper bounds (seconds) of the step duration histogram's buckets.
+const BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, v: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; BUCKETS.len()];
+        }
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if v <= *le {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+/// Counters kept in memory while `serve` runs.
+#[derive(Default)]
+pub struct Metrics {
+    steps: Mutex<BTreeMap<String, Histogram>>,
+    /// (environment, "ok" | "failed") → probes.
+    probes: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// (provider, outcome) → deliveries, rejected ones included.
+    webhooks: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// outcome → notifications.
+    notifications: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
+    *map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_default() += 1;
+}
+
+impl Metrics {
+    pub fn webhook(&self, provider: &str, outcome: &'static str) {
+        bump(&self.webhooks, (provider.to_string(), outcome));
+    }
+
+    pub fn notification(&self, outcome: &'static str) {
+        bump(&self.notifications, outcome);
+    }
+
+    fn observe(&self, event: &Event) {
+        match event {
+            Event::Step {
+                step,
+                state,
+                started_at,
+                finished_at: Some(finished),
+                ..
+            } if *state != StepState::Running => {
+                let (Ok(a), Ok(b)) = (
+                    chrono::DateTime::parse_from_rfc3339(started_at),
+                    chrono::DateTime::parse_from_rfc3339(finished),
+                ) else {
+                    return;
+                };
+                let secs = (b - a).num_milliseconds().max(0) as f64 / 1000.0;
+                self.steps
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(step.clone())
+                    .or_default()
+                    .observe(secs);
+            }
+            Event::Probe {
+                environment, ok, ..
+            } => bump(
+                &self.probes,
+                (environment.clone(), if *ok { "ok" } else { "failed" }),
+            ),
+            _ => {}
+        }
+    }
+
+    /// Counts events from `bus` until `shutdown`.
+    pub async fn follow(&self, bus: &Bus, mut shutdown: watch::Receiver<bool>) {
+        let mut rx = bus.subscribe();
+        loop {
+            tokio::select! {
+                event = rx.recv() => match event {
+                    Ok(e) => self.observe(&e),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "metrics fell behind the event stream");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                () = crate::proxy::stopped(&mut shutdown) => return,
+            }
+        }
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let engine = &app.engine;
+    let mut out = String::new();
+    header(&mut out, "ferry_up", "gauge", "1 while ferry serves.");
+    out.push_str("ferry_up 1\n");
+
+    header(
+        &mut out,
+        "ferry_deployments_total",
+        "counter",
+        "Deployments by environment and outcome (state).",
+    );
+    for (env, state, n) in engine.store.deployment_counts()? {
+        let _ = writeln!(
+            out,
+            "ferry_deployments_total{{environment=\"{}\",outcome=\"{}\"}} {n}",
+            label(&env),
+            label(&state)
+        );
+    }
+
+    header(
+        &mut out,
+        "ferry_step_duration_seconds",
+        "histogram",
+        "How long each deployment step took (since serve started).",
+    );
+    for (step, h) in app
+        .metrics
+        .steps
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        let step = label(step);
+        for (le, n) in BUCKETS.iter().zip(&h.counts) {
+            let _ = writeln!(
+                out,
+                "ferry_step_duration_seconds_bucket{{step=\"{step}\",le=\"{le}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "ferry_step_duration_seconds_bucket{{step=\"{step}\",le=\"+Inf\"}} {}\n\
+             ferry_step_duration_seconds_sum{{step=\"{step}\"}} {}\n\
+             ferry_step_duration_seconds_count{{step=\"{step}\"}} {}",
+            h.count, h.sum, h.count
+        );
+    }
+
+    header(
+        &mut out,
+        "ferry_version_info",
+        "gauge",
+        "The version each environment serves (value 1).",
+    );
+    let mut proxies = String::new();
+    for state in engine.environments() {
+        let name = &state.env.name;
+        let s = engine.status(name).await?;
+        if let Some(version) = &s.version {
+            let _ = writeln!(
+                out,
+                "ferry_version_info{{environment=\"{}\",slot=\"{}\",version=\"{}\",commit_sha=\"{}\"}} 1",
+                label(name),
+                s.slot,
+                label(version),
+                label(s.commit_sha.as_deref().unwrap_or("")),
+            );
+        }
+        let stats = state.proxy.stats();
+        let _ = writeln!(
+            proxies,
+            "ferry_proxy_requests_total{{environment=\"{0}\"}} {1}\n\
+             ferry_proxy_errors_total{{environment=\"{0}\"}} {2}",
+            label(name),
+            stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+            stats.errors.load(std::sync::atomic::Ordering::Relaxed),
+        );
+    }
+    header(
+        &mut out,
+        "ferry_proxy_requests_total",
+        "counter",
+        "Requests the environment's proxy answered.",
+    );
+    header(
+        &mut out,
+        "ferry_proxy_errors_total",
+        "counter",
+        "Requests the proxy answered with an error of its own (502, 503).",
+    );
+    out.push_str(&proxies);
+
+    header(
+        &mut out,
+        "ferry_monitor_probes_total",
+        "counter",
+        "Post-deploy monitor probes by environment and result.",
+    );
+    counters(
+        &mut out,
+        "ferry_monitor_probes_total",
+        &app.metrics.probes,
+        |(env, r)| format!("environment=\"{}\",result=\"{r}\"", label(env)),
+    );
+    header(
+        &mut out,
+        "ferry_webhook_deliveries_total",
+        "counter",
+        "Webhook deliveries by provider and outcome, rejected ones included.",
+    );
+    counters(
+        &mut out,
+        "ferry_webhook_deliveries_total",
+        &app.metrics.webhooks,
+        |(p, o)| format!("provider=\"{}\",outcome=\"{o}\"", label(p)),
+    );
+    header(
+        &mut out,
+        "ferry_notifications_total",
+        "counter",
+        "Outgoing notifications by outcome.",
+    );
+    counters(
+        &mut out,
+        "ferry_notifications_total",
+        &app.metrics.notifications,
+        |o| format!("outcome=\"{o}\""),
+    );
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
+}
+
+fn counters<K>(
+    out: &mut String,
+    name: &str,
+    map: &Mutex<BTreeMap<K, u64>>,
+    labels: impl Fn(&K) -> String,
+) {
+    for (k, n) in map.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = writeln!(out, "{name}{{{}}} {n}", labels(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let mut h = Histogram::default();
+        for v in [0.01, 0.3, 7.0, 1000.0] {
+            h.observe(v);
+        }
+        assert_eq!(h.count, 4);
+        assert_eq!(h.counts[0], 1); // <= 0.05
+        assert_eq!(h.counts[3], 2); // <= 0.5
+        assert_eq!(h.counts[7], 3); // <= 10
+        assert_eq!(*h.counts.last().unwrap(), 3); // <= 300; 1000 only in +Inf
+        assert!(h.counts.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
