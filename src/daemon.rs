@@ -20,6 +20,8 @@ pub enum DaemonError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Webhooks(String),
     #[error("cannot make the local API token: {0}")]
     Token(#[from] crate::auth::AuthError),
     #[error("cannot open the store: {0}")]
@@ -56,6 +58,8 @@ impl Daemon {
         })?;
         let store = Store::open(&config.state_dir.join("ferry.db"))?;
         let engine = Engine::new(Arc::new(config), store)?;
+        let (shutdown, rx) = watch::channel(false);
+        let app = AppState::new(engine.clone(), rx.clone()).map_err(DaemonError::Webhooks)?;
         engine.recover_store().await?;
         engine.apply_maintenance()?;
         let proxies = engine.bind_proxies().await?;
@@ -70,13 +74,11 @@ impl Daemon {
         // only now: a second ferry that cannot bind must not replace the first one's token
         let token_file = crate::auth::write_local(&engine.store, &engine.config.state_dir)?;
         tracing::info!(path = %token_file.display(), "wrote the local API token");
-        let (shutdown, rx) = watch::channel(false);
         let mut tasks = Vec::new();
         for (proxy, listener) in proxies {
             tasks.push(tokio::spawn(proxy.serve(listener, rx.clone())));
         }
         tasks.push(tokio::spawn(engine.clone().supervise(rx.clone())));
-        let app = AppState::new(engine.clone(), rx.clone());
         tasks.push(tokio::spawn({
             let (metrics, bus, rx) = (
                 app.metrics.clone(),
@@ -85,6 +87,13 @@ impl Daemon {
             );
             async move { metrics.follow(&bus, rx).await }
         }));
+        let metrics = app.metrics.clone();
+        tasks.push(tokio::spawn(crate::notify::run(
+            engine.config.clone(),
+            engine.store.clone(),
+            Arc::new(move |outcome| metrics.notification(outcome)),
+            rx.clone(),
+        )));
         let server = crate::server::serve(app, api);
         tasks.push(tokio::spawn(async move {
             if let Err(e) = server.await {

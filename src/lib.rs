@@ -18,6 +18,7 @@
 //! - [`events`]: the broadcast of every committed transition and monitor probe (SSE,
 //!   notifications and metrics listen to it).
 //! - [`auth`]: API tokens (hashed, constant-time checked, revocable) and the local token file.
+//! - [`notify`]: outgoing notifications (`[[notify]]`) of deployment events, retried.
 //! - [`server`]: the HTTP API the CLI talks to.
 //! - [`daemon`]: the engine, proxies and API started and stopped together (`ferry serve`).
 //! - [`cli`]: the `ferry` subcommands; each talks to the daemon over the API.
@@ -34,6 +35,7 @@ pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod health;
+pub mod notify;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;

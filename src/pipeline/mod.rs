@@ -15,6 +15,7 @@ mod monitor;
 mod recover;
 mod rollback;
 mod steps;
+mod triggers;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,7 @@ use crate::store::{Deployment, DeploymentState, Store, StoreError};
 pub use actions::{CheckReport, Plan};
 pub use approval::{ApprovalError, Approvals};
 pub use environment::{EnvState, EnvStatus};
+pub use triggers::{Pushed, is_deleted};
 
 /// Errors answering a deployment request (the deployment itself records its own outcome).
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +90,8 @@ pub struct Engine {
     /// Every instance started and not yet stopped, by store id, so shutdown stops them all.
     instances: Mutex<BTreeMap<i64, runtime::Instance>>,
     approvals: Approvals,
+    /// Per environment, the pushed deployment waiting for the one under way to finish.
+    queued: Mutex<BTreeMap<String, i64>>,
 }
 
 impl Engine {
@@ -114,6 +118,7 @@ impl Engine {
             git: tokio::sync::Mutex::new(()),
             instances: Mutex::new(BTreeMap::new()),
             approvals: Approvals::default(),
+            queued: Mutex::new(BTreeMap::new()),
         }))
     }
 

@@ -5,6 +5,7 @@
 
 pub mod actions;
 mod guard;
+pub mod hooks;
 mod logs;
 pub mod metrics;
 mod stream;
@@ -115,16 +116,19 @@ pub struct AppState {
     pub open_reads: bool,
     /// Flips to true when ferry stops; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
+    pub hooks: Arc<hooks::Secrets>,
 }
 
 impl AppState {
-    pub fn new(engine: Arc<Engine>, shutdown: watch::Receiver<bool>) -> AppState {
-        AppState {
+    /// Fails when `[webhooks]` names a variable that is not set.
+    pub fn new(engine: Arc<Engine>, shutdown: watch::Receiver<bool>) -> Result<AppState, String> {
+        Ok(AppState {
             open_reads: engine.config.server.listen.ip().is_loopback(),
+            hooks: Arc::new(hooks::Secrets::from_env(&engine.config.webhooks)?),
             engine,
             metrics: Arc::default(),
             shutdown,
-        }
+        })
     }
 }
 
@@ -166,6 +170,10 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/api/events", get(stream::events))
         .route("/metrics", get(metrics::metrics))
+        .route("/hooks/github", post(hooks::github))
+        .route("/hooks/gitlab", post(hooks::gitlab))
+        .route("/api/deliveries", get(deliveries))
+        .route("/api/audit", get(audit))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -265,6 +273,29 @@ async fn history(
     }
     let limit = q.limit.unwrap_or(50).min(1000);
     Ok(Json(engine.store.history(q.environment.as_deref(), limit)?))
+}
+
+#[derive(Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /api/deliveries`: accepted webhook deliveries and what each triggered, newest first.
+async fn deliveries(
+    State(engine): State<Arc<Engine>>,
+    Query(q): Query<LimitQuery>,
+) -> ApiResult<Json<Vec<crate::store::Delivery>>> {
+    Ok(Json(
+        engine.store.deliveries(q.limit.unwrap_or(50).min(1000))?,
+    ))
+}
+
+/// `GET /api/audit`: API mutations with the token that made each, newest first.
+async fn audit(
+    State(engine): State<Arc<Engine>>,
+    Query(q): Query<LimitQuery>,
+) -> ApiResult<Json<Vec<crate::store::AuditEntry>>> {
+    Ok(Json(engine.store.audit(q.limit.unwrap_or(50).min(1000))?))
 }
 
 async fn env_history(
