@@ -29,7 +29,7 @@ use crate::store::{Deployment, DeploymentState, Store, StoreError};
 pub use actions::{CheckReport, Plan};
 pub use approval::{ApprovalError, Approvals};
 pub use environment::{EnvState, EnvStatus};
-pub use triggers::{Pushed, is_deleted};
+pub use triggers::{Pushed, Tracked, is_deleted};
 
 /// Errors answering a deployment request (the deployment itself records its own outcome).
 #[derive(Debug, thiserror::Error)]

@@ -44,6 +44,16 @@ impl Pushed {
     }
 }
 
+/// What a tracked push became.
+#[derive(Debug)]
+pub enum Tracked {
+    /// Under way now.
+    Started(Deployment),
+    /// Waiting for the environment's current deployment; with the id of the waiting one it
+    /// replaced, if any.
+    Queued(Deployment, Option<i64>),
+}
+
 /// True for git's "no commit" id, which a push of a deleted ref carries as its new commit.
 pub fn is_deleted(sha: &str) -> bool {
     !sha.is_empty() && sha.bytes().all(|b| b == b'0')
@@ -66,8 +76,11 @@ impl Engine {
             let line = match (&env.track, pushed) {
                 (Track::Branch(b), Pushed::Branch(p)) if b == p => {
                     match self.request_tracked(&env.name, p, who) {
-                        Ok((d, None)) => format!("deployment {} to {}", d.id, env.name),
-                        Ok((d, Some(old))) => format!(
+                        Ok(Tracked::Started(d)) => format!("deployment {} to {}", d.id, env.name),
+                        Ok(Tracked::Queued(d, None)) => {
+                            format!("deployment {} to {} queued", d.id, env.name)
+                        }
+                        Ok(Tracked::Queued(d, Some(old))) => format!(
                             "deployment {} to {} queued (supersedes {old})",
                             d.id, env.name
                         ),
@@ -84,7 +97,12 @@ impl Engine {
                         )
                     } else {
                         match self.request_tracked(&env.name, t, who) {
-                            Ok((d, _)) => format!("deployment {} to {}", d.id, env.name),
+                            Ok(Tracked::Started(d)) => {
+                                format!("deployment {} to {}", d.id, env.name)
+                            }
+                            Ok(Tracked::Queued(d, _)) => {
+                                format!("deployment {} to {} queued", d.id, env.name)
+                            }
                             Err(e) => format!("{}: not deployed: {e}", env.name),
                         }
                     }
@@ -108,13 +126,12 @@ impl Engine {
 
     /// Like [`Engine::request`], but when the environment is busy with another deployment the
     /// new one waits (queued) instead of being refused, replacing any push already waiting.
-    /// Returns the deployment and the id of the one it superseded.
     pub fn request_tracked(
         self: &Arc<Self>,
         env: &str,
         git_ref: &str,
         who: &str,
-    ) -> Result<(Deployment, Option<i64>), EngineError> {
+    ) -> Result<Tracked, EngineError> {
         let state = self.env(env)?.clone();
         crate::release::check_ref(git_ref)?;
         let mut queue = self.queued.lock().unwrap_or_else(|e| e.into_inner());
@@ -126,7 +143,7 @@ impl Engine {
             .is_some_and(|h| h.kind == "manual");
         if !busy || manual {
             drop(queue);
-            return Ok((self.request(env, git_ref, who, None)?, None));
+            return Ok(Tracked::Started(self.request(env, git_ref, who, None)?));
         }
         let id = self.create(env, "deploy", git_ref, who)?;
         let superseded = queue.insert(env.to_string(), id);
@@ -163,7 +180,7 @@ impl Engine {
                 }
             }
         });
-        Ok((self.store.deployment(id)?, superseded))
+        Ok(Tracked::Queued(self.store.deployment(id)?, superseded))
     }
 
     /// True while `env` has an unfinished deployment other than `except`.

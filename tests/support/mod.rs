@@ -49,6 +49,8 @@ pub struct Sandbox {
     pub api: String,
     /// Environment name → its public URL.
     pub envs: Vec<(String, String)>,
+    /// Extra environment variables for `ferry serve` (webhook secrets).
+    pub serve_env: Vec<(String, String)>,
     serve: Option<Child>,
 }
 
@@ -143,6 +145,7 @@ listen = "127.0.0.1:{api_port}"
             config,
             api: format!("http://127.0.0.1:{api_port}"),
             envs,
+            serve_env: Vec::new(),
             serve: None,
         }
     }
@@ -170,6 +173,7 @@ listen = "127.0.0.1:{api_port}"
             .arg("serve")
             .arg("-c")
             .arg(&self.config)
+            .envs(self.serve_env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
