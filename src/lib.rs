@@ -11,6 +11,7 @@
 //! - [`proxy`]: one HTTP/1.1 listener per environment; atomic upstream switch; drain.
 //! - [`health`]: startup probes of a new instance.
 //! - [`backup`]: SQLite online backups and file snapshots of shared data; restoring one.
+//! - [`changelog`]: release notes from conventional commits, in Keep a Changelog form.
 //! - [`policy`]: the gates (release tags, promotion, checks, freeze windows, locks, approval)
 //!   the pipeline asks before it acts, and `ferry plan` shows.
 //! - [`pipeline`]: one task per deployment running the steps in order under the
@@ -30,6 +31,7 @@
 
 pub mod auth;
 pub mod backup;
+pub mod changelog;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -9,6 +9,7 @@ mod demo;
 mod deploy;
 mod init;
 mod logs;
+mod release;
 mod safety;
 mod serve;
 mod show;
@@ -80,6 +81,9 @@ pub enum Command {
     Show(show::Show),
     /// The app log of an environment.
     Logs(logs::Logs),
+    /// Cut a release of the app: CHANGELOG.md section from the commits since the last tag,
+    /// committed, and an annotated tag (run in the app's working copy).
+    Release(release::Release),
     /// API tokens: create (shown once), list, revoke.
     Token(token::TokenArgs),
     /// Try ferry on a sample app: deploys, a zero-downtime switch and a refused broken release.
@@ -138,6 +142,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Show(args) => show::show(&cli, args).await,
         Command::Logs(args) => logs::run(&cli, args).await,
         Command::Token(args) => token::run(&cli, args),
+        Command::Release(args) => release::run(args),
         Command::Demo(args) => demo::run(args).await,
         Command::SampleApp => crate::sample_app::run()
             .await
