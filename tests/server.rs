@@ -735,3 +735,60 @@ fn notifications_are_posted_retried_after_a_500_and_carry_a_failure_report() {
             .contains("failed on staging")
     );
 }
+
+#[test]
+fn the_openapi_document_lists_every_route_and_each_answers() {
+    let mut s = Sandbox::new(&[Rel("v1.0.0", GOOD)]);
+    s.serve();
+    let doc = s.api("/api/openapi.json");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let token = s.token();
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            assert!(
+                op["summary"].as_str().is_some_and(|s| !s.is_empty()),
+                "{method} {path}"
+            );
+            let url = format!(
+                "{}{}",
+                s.api,
+                path.replace("{env}", "staging")
+                    .replace("{id}", "1")
+                    .replace("{sha}", &"a".repeat(40))
+            );
+            let req = match method.as_str() {
+                "get" => client().get(&url),
+                "post" => client().post(&url).json(&json!({})),
+                "delete" => client().delete(&url),
+                other => panic!("unexpected method {other}"),
+            };
+            let resp = req
+                .bearer_auth(&token)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .unwrap();
+            let status = resp.status().as_u16();
+            assert_ne!(status, 405, "{method} {path} is documented but not routed");
+            if status == 404 && path != "/api/events" {
+                let body: Value = resp.json().unwrap_or_default();
+                assert_ne!(
+                    body["error"]["message"], "no such route",
+                    "{method} {path} is documented but not routed"
+                );
+            }
+        }
+    }
+    assert!(operations >= 28, "only {operations} operations documented");
+    // the check above can fail: an undocumented path gets the fallback
+    let (status, body) = get(&format!("{}/api/nope", s.api)).unwrap();
+    assert_eq!(status, 404);
+    assert!(body.contains("no such route"));
+    // mutations are marked as needing the bearer token; webhooks carry their own signature
+    assert_eq!(
+        doc["paths"]["/api/deployments"]["post"]["security"][0]["bearer"],
+        json!([])
+    );
+    assert!(doc["paths"]["/hooks/github"]["post"]["security"].is_null());
+}

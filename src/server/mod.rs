@@ -8,6 +8,7 @@ mod guard;
 pub mod hooks;
 mod logs;
 pub mod metrics;
+mod openapi;
 mod stream;
 
 pub use guard::Caller;
@@ -18,7 +19,6 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -138,42 +138,54 @@ impl FromRef<AppState> for Arc<Engine> {
     }
 }
 
+/// Declares the routes once: the router is built from this table and so is the OpenAPI
+/// document (`GET /api/openapi.json`), so the document cannot miss a route.
+macro_rules! routes {
+    ($( $method:ident $path:literal => $handler:expr, $tag:literal, $summary:literal; )*) => {
+        /// Every route: method, path, tag and summary.
+        pub const ROUTES: &[(&str, &str, &str, &str)] =
+            &[ $( (stringify!($method), $path, $tag, $summary), )* ];
+
+        fn add_routes(router: Router<AppState>) -> Router<AppState> {
+            router $( .route($path, axum::routing::$method($handler)) )*
+        }
+    };
+}
+
+routes! {
+    get "/health" => health, "ferry", "ferry itself: the store answers and every proxy accepts connections";
+    get "/metrics" => metrics::metrics, "ferry", "Prometheus metrics";
+    get "/api/openapi.json" => openapi::document, "ferry", "this document";
+    get "/api/events" => stream::events, "events", "live server-sent events: deployment and step transitions, monitor probes (?environment, ?deployment)";
+    get "/api/environments" => environments, "environments", "every environment with its version and health";
+    get "/api/environments/{env}" => environment, "environments", "one environment";
+    get "/api/environments/{env}/version" => version, "environments", "the version an environment serves";
+    get "/api/environments/{env}/deployments" => env_history, "deployments", "an environment's deployments, newest first (?limit)";
+    get "/api/environments/{env}/logs" => logs::logs, "environments", "the app log's tail (?n, ?follow)";
+    get "/api/environments/{env}/plan" => actions::plan, "deployments", "the gates and steps a deploy of ?ref would meet; changes nothing";
+    get "/api/environments/{env}/backups" => actions::backups, "environments", "data backups taken before deploys";
+    post "/api/environments/{env}/verify" => actions::verify, "promotion", "sign off the version running (or the one named)";
+    post "/api/environments/{env}/rollback" => actions::rollback, "deployments", "roll back to the previous good release or ?to";
+    post "/api/environments/{env}/lock" => actions::lock, "environments", "lock an environment against deploys";
+    delete "/api/environments/{env}/lock" => actions::unlock, "environments", "remove a manual lock";
+    post "/api/environments/{env}/maintenance" => actions::maintenance, "environments", "turn the maintenance page on or off";
+    get "/api/deployments" => history, "deployments", "deployments, newest first (?environment, ?limit)";
+    post "/api/deployments" => deploy, "deployments", "deploy a ref to an environment";
+    get "/api/deployments/{id}" => deployment, "deployments", "one deployment with its steps";
+    post "/api/deployments/{id}/approve" => actions::approve, "promotion", "approve a deployment waiting for approval";
+    get "/api/verifications" => actions::verifications, "promotion", "QA sign-offs (?version)";
+    post "/api/promote" => actions::promote, "promotion", "deploy a verified tag to the environment that requires it";
+    get "/api/commits/{sha}/checks" => actions::checks, "promotion", "CI checks reported for a commit";
+    post "/api/commits/{sha}/checks" => actions::report_check, "promotion", "report a CI check for a commit";
+    get "/api/deliveries" => deliveries, "webhooks", "accepted webhook deliveries and what each triggered";
+    get "/api/audit" => audit, "ferry", "API mutations with the token that made each";
+    post "/hooks/github" => hooks::github, "webhooks", "GitHub webhook (X-Hub-Signature-256): ping, push";
+    post "/hooks/gitlab" => hooks::gitlab, "webhooks", "GitLab webhook (X-Gitlab-Token): Push Hook, Tag Push Hook";
+}
+
 /// The router over `app`.
 pub fn router(app: AppState) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/api/environments", get(environments))
-        .route("/api/environments/{env}", get(environment))
-        .route("/api/environments/{env}/version", get(version))
-        .route("/api/environments/{env}/deployments", get(env_history))
-        .route("/api/environments/{env}/logs", get(logs::logs))
-        .route("/api/deployments", get(history).post(deploy))
-        .route("/api/deployments/{id}", get(deployment))
-        .route("/api/deployments/{id}/approve", post(actions::approve))
-        .route("/api/environments/{env}/verify", post(actions::verify))
-        .route("/api/environments/{env}/rollback", post(actions::rollback))
-        .route(
-            "/api/environments/{env}/lock",
-            post(actions::lock).delete(actions::unlock),
-        )
-        .route(
-            "/api/environments/{env}/maintenance",
-            post(actions::maintenance),
-        )
-        .route("/api/environments/{env}/plan", get(actions::plan))
-        .route("/api/environments/{env}/backups", get(actions::backups))
-        .route("/api/verifications", get(actions::verifications))
-        .route("/api/promote", post(actions::promote))
-        .route(
-            "/api/commits/{sha}/checks",
-            get(actions::checks).post(actions::report_check),
-        )
-        .route("/api/events", get(stream::events))
-        .route("/metrics", get(metrics::metrics))
-        .route("/hooks/github", post(hooks::github))
-        .route("/hooks/gitlab", post(hooks::gitlab))
-        .route("/api/deliveries", get(deliveries))
-        .route("/api/audit", get(audit))
+    add_routes(Router::new())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
