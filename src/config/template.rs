@@ -30,13 +30,14 @@ retries = 30
 [environments.staging]
 listen = "127.0.0.1:8081"       # the public address; ferry's proxy owns it
 slots = 1                       # 2 makes staging-1 on 8081 and staging-2 on 8082
-track = { branch = "main" }     # or { tags = true } for release tags
+track = { branch = "main" }     # webhook pushes to main deploy here; or { tags = true }
 env = { LOG_LEVEL = "debug" }
 # env_file = "config/.env"      # secrets, read from the environment's shared dir at start
 
 [environments.production]
 listen = "127.0.0.1:8080"
-track = { tags = true }         # release tags only: vMAJOR.MINOR.PATCH
+track = { tags = true }         # release tags only: vMAJOR.MINOR.PATCH; add auto = true
+                                # to deploy tags pushed through a webhook (gates still apply)
 # prerelease = false            # true also takes v1.2.0-rc.1
 requires = "staging"            # a tag must be deployed and `ferry verify`-ed there first
 approval = false                # true: deploys wait for `ferry approve <id>`
@@ -61,5 +62,20 @@ error_window = "1m"             # ... within this long
 error_pattern = "ERROR|CRITICAL|Traceback"
 
 [server]
-listen = "127.0.0.1:7070"       # ferry's API
+listen = "127.0.0.1:7070"       # ferry's API, webhooks and metrics; reads need no token on
+                                # loopback, mutations always need one (ferry token create)
+
+# Webhooks: name the environment variables holding the shared secrets (never the secrets).
+# GitHub: POST /hooks/github, content type application/json; GitLab: POST /hooks/gitlab.
+# [webhooks]
+# github_secret_env = "FERRY_GITHUB_SECRET"
+# gitlab_token_env = "FERRY_GITLAB_TOKEN"
+
+# Notifications: a POST per event; format "json" (with a Slack-style "text") or "slack".
+# Events: deploy.started, deploy.succeeded, deploy.failed, deploy.refused, rollback,
+# approval.needed (all of them when `on` is left out).
+# [[notify]]
+# url = "https://hooks.slack.com/services/..."
+# on = ["deploy.succeeded", "deploy.failed", "rollback", "approval.needed"]
+# format = "slack"
 "#;

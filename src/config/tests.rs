@@ -294,3 +294,60 @@ fn promotion_key_mistakes_point_at_their_value() {
     let d = diagnostic(dir.path(), &text);
     assert!(d.message.contains("makes a loop"), "{}", d.message);
 }
+
+#[test]
+fn webhooks_notify_and_auto_tags_are_read_and_checked() {
+    let dir = sandbox();
+    let text = format!(
+        "{MINIMAL}\n[environments.production]\nlisten = \"127.0.0.1:9999\"\n\
+         track = {{ tags = true, auto = true }}\n\n\
+         [webhooks]\ngithub_secret_env = \"FERRY_GITHUB_SECRET\"\n\n\
+         [[notify]]\nurl = \"https://hooks.slack.com/services/x\"\non = [\"deploy.failed\", \"rollback\"]\nformat = \"slack\"\n\n\
+         [[notify]]\nurl = \"http://127.0.0.1:9000/hook\"\n"
+    );
+    let config = parse(dir.path(), &text).unwrap();
+    let prod = config.environment("production").unwrap();
+    assert_eq!((prod.track.clone(), prod.auto), (Track::Tags, true));
+    assert!(!config.environment("staging").unwrap().auto);
+    assert_eq!(
+        config.webhooks.github_secret_env.as_deref(),
+        Some("FERRY_GITHUB_SECRET")
+    );
+    assert_eq!(config.webhooks.gitlab_token_env, None);
+    assert_eq!(config.notify.len(), 2);
+    assert_eq!(config.notify[0].format, NotifyFormat::Slack);
+    assert_eq!(config.notify[0].on, ["deploy.failed", "rollback"]);
+    assert_eq!(config.notify[1].format, NotifyFormat::Json);
+    assert_eq!(
+        config.notify[1].on.len(),
+        NOTIFY_EVENTS.len(),
+        "all events by default"
+    );
+
+    for (bad, says) in [
+        ("[[notify]]\nurl = \"ftp://x/y\"\n", "is not an http(s) URL"),
+        (
+            "[[notify]]\nurl = \"http://127.0.0.1:9/h\"\non = [\"deploy.done\"]\n",
+            "unknown notify event \"deploy.done\"",
+        ),
+        (
+            "[[notify]]\nurl = \"http://127.0.0.1:9/h\"\nformat = \"xml\"\n",
+            "unknown notify format",
+        ),
+        (
+            "[webhooks]\ngithub_secret_env = \"my secret value\"\n",
+            "is not an environment variable name",
+        ),
+    ] {
+        let d = diagnostic(dir.path(), &format!("{MINIMAL}\n{bad}"));
+        assert!(d.message.contains(says), "{}", d.message);
+    }
+    let d = diagnostic(
+        dir.path(),
+        &MINIMAL.replace(
+            "listen = \"127.0.0.1:8081\"",
+            "listen = \"127.0.0.1:8081\"\ntrack = { branch = \"main\", auto = false }",
+        ),
+    );
+    assert!(d.message.contains("`track`"), "{}", d.message);
+}
