@@ -122,6 +122,7 @@ pub fn write_local(store: &Store, state_dir: &Path) -> Result<PathBuf, AuthError
         Ok(()) | Err(AuthError::Unknown(_)) => {}
         Err(e) => return Err(e),
     }
+    store.forget_revoked_tokens(LOCAL)?;
     let (_, secret) = insert(store, LOCAL, false)?;
     let path = state_dir.join(LOCAL_FILE);
     let tmp = state_dir.join(format!(".{LOCAL_FILE}.tmp"));
@@ -223,5 +224,7 @@ mod tests {
         assert_ne!(first, second);
         assert!(check(&store, &first).unwrap().is_none());
         assert!(check(&store, &second).unwrap().is_some());
+        // the replaced local tokens do not pile up in the list
+        assert_eq!(store.tokens().unwrap().len(), 1);
     }
 }

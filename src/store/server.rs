@@ -64,6 +64,15 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes the revoked tokens called `name` (the `local` token is replaced at each start).
+    pub fn forget_revoked_tokens(&self, name: &str) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM tokens WHERE name = ?1 AND revoked_at IS NOT NULL",
+            [name],
+        )?;
+        Ok(())
+    }
+
     /// Records a delivery; `None` when this provider's delivery id was seen before.
     pub fn add_delivery(
         &self,
