@@ -6,7 +6,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::{FERRY, sh};
+use support::{FERRY, git_identity, sh};
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -23,16 +23,14 @@ fn git(dir: &Path, args: &[&str]) -> String {
 }
 
 fn release(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(FERRY)
-        .arg("release")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@t")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@t")
-        .output()
-        .unwrap();
+    let out = git_identity(
+        Command::new(FERRY)
+            .arg("release")
+            .args(args)
+            .current_dir(dir),
+    )
+    .output()
+    .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

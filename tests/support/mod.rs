@@ -9,15 +9,16 @@ use std::time::{Duration, Instant};
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
-pub fn sh(dir: &Path, script: &str) {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
+/// `cmd` with a git author and committer set, so commits work on a bare machine.
+pub fn git_identity(cmd: &mut Command) -> &mut Command {
+    cmd.env("GIT_AUTHOR_NAME", "t")
         .env("GIT_AUTHOR_EMAIL", "t@t")
         .env("GIT_COMMITTER_NAME", "t")
         .env("GIT_COMMITTER_EMAIL", "t@t")
+}
+
+pub fn sh(dir: &Path, script: &str) {
+    let out = git_identity(Command::new("sh").arg("-c").arg(script).current_dir(dir))
         .output()
         .unwrap();
     assert!(
