@@ -28,12 +28,28 @@ pub fn sh(dir: &Path, script: &str) {
     );
 }
 
+/// A port nothing listens on. Taken below Linux's ephemeral range (32768+) and handed out
+/// once per test process, so neither a client connection nor another test of this binary can
+/// take it between this call and `ferry serve` binding it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 60) * 200;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (base + n % 12_000) as u16;
+        if port < 32_000 && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+        if n > 12_000 {
+            // every candidate is taken; let the OS choose
+            return std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+        }
+    }
 }
 
 /// A release of the sample app: its tag and its `app.conf`.
