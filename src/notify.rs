@@ -256,7 +256,7 @@ fn report(
     for s in steps {
         let took = seconds_between(&s.started_at, s.finished_at.as_deref())
             .map_or("-".to_string(), |t| format!("{t:.1}s"));
-        md.push_str(&format!("| {} | {:?} | {took} |\n", s.name, s.state));
+        md.push_str(&format!("| {} | {} | {took} |\n", s.name, s.state.as_str()));
     }
     if let Some(s) = failing {
         md.push_str(&format!(

@@ -713,7 +713,7 @@ fn notifications_are_posted_retried_after_a_500_and_carry_a_failure_report() {
     let body = failed["report"]["body"].as_str().unwrap();
     assert!(
         body.contains("## Steps")
-            && body.contains("| health | Failed |")
+            && body.contains("| health | failed |")
             && body.contains("ferry show 2"),
         "{body}"
     );

@@ -53,11 +53,30 @@ pub fn run(cli: &Cli, _args: &Check) -> CmdResult {
     }
     println!("  state dir  {}", config.state_dir.display());
     println!("  api        http://{}", config.server.listen);
+    let hooks: Vec<String> = [
+        ("github", &config.webhooks.github_secret_env),
+        ("gitlab", &config.webhooks.gitlab_token_env),
+    ]
+    .iter()
+    .filter_map(|(p, var)| var.as_ref().map(|v| format!("{p} (secret from ${v})")))
+    .collect();
+    if !hooks.is_empty() {
+        println!("  webhooks   {}", hooks.join(", "));
+    }
+    for n in &config.notify {
+        let format = match n.format {
+            crate::config::NotifyFormat::Json => "json",
+            crate::config::NotifyFormat::Slack => "slack",
+        };
+        let host = n.url.split('/').nth(2).unwrap_or("?");
+        println!("  notify     {host} ({format}): {}", n.on.join(", "));
+    }
     for env in &config.environments {
         let track = match &env.track {
             Track::Manual => "manual deploys".to_string(),
             Track::Branch(b) => format!("branch {b}"),
-            Track::Tags => "release tags".to_string(),
+            Track::Tags if env.auto => "release tags, pushed ones deployed".to_string(),
+            Track::Tags => "release tags (pushed ones recorded only)".to_string(),
         };
         let mut rules = Vec::new();
         if let Some(r) = &env.requires {
