@@ -79,6 +79,7 @@ impl Daemon {
             tasks.push(tokio::spawn(proxy.serve(listener, rx.clone())));
         }
         tasks.push(tokio::spawn(engine.clone().supervise(rx.clone())));
+        tasks.push(tokio::spawn(engine.clone().watch_health(rx.clone())));
         tasks.push(tokio::spawn({
             let (metrics, bus, rx) = (
                 app.metrics.clone(),

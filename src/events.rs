@@ -1,4 +1,4 @@
-//! Events: every deployment and step transition, and every monitor probe, as it happens.
+//! Events: every deployment and step transition, and every health probe, as it happens.
 //!
 //! The store publishes a transition right after committing it, so a subscriber never sees an
 //! event the database does not hold. Subscribers (the SSE stream, notifications, metrics)
@@ -37,9 +37,10 @@ pub enum Event {
         /// The last lines of the step's output (finished steps and progress reports).
         output: Option<String>,
     },
-    /// One post-deploy monitor probe.
+    /// One health probe of an environment's serving instance: the post-deploy monitor's
+    /// (with its deployment) or the background watcher's.
     Probe {
-        deployment: i64,
+        deployment: Option<i64>,
         environment: String,
         ok: bool,
         response_ms: f64,
@@ -118,7 +119,7 @@ mod tests {
         let mut rx = bus.subscribe();
         for ok in [true, false] {
             bus.publish(Event::Probe {
-                deployment: 1,
+                deployment: Some(1),
                 environment: "staging".into(),
                 ok,
                 response_ms: 1.0,

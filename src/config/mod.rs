@@ -112,6 +112,9 @@ pub struct Health {
     pub interval: Duration,
     pub timeout: Duration,
     pub retries: u32,
+    /// How often `serve` probes each environment's serving instance for the dashboard's
+    /// health chart; zero turns the watcher off.
+    pub watch_interval: Duration,
 }
 
 /// What an environment follows for automatic deploys.

@@ -88,6 +88,7 @@ struct RawHealth {
     interval: Option<HumanDuration>,
     timeout: Option<HumanDuration>,
     retries: Option<Spanned<i64>>,
+    watch_interval: Option<HumanDuration>,
 }
 
 #[derive(Deserialize)]
@@ -375,6 +376,7 @@ fn validate_health(raw: RawHealth, fail: &Fail) -> Result<Health, Diagnostic> {
         interval: d(raw.interval, 1000),
         timeout: d(raw.timeout, 5000),
         retries,
+        watch_interval: d(raw.watch_interval, 10_000),
     })
 }
 

@@ -26,6 +26,7 @@ startup_delay = "0s"            # wait before the first probe
 interval = "1s"
 timeout = "5s"
 retries = 30
+watch_interval = "10s"          # `serve` probes what each environment serves this often ("0s": off)
 
 [environments.staging]
 listen = "127.0.0.1:8081"       # the public address; ferry's proxy owns it

@@ -16,6 +16,7 @@ mod recover;
 mod rollback;
 mod steps;
 mod triggers;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

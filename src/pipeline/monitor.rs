@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use super::Engine;
 use crate::config::{Monitor, format_duration};
-use crate::events::Event;
 use crate::runtime::Instance;
 
 /// Probes needed before the success rate alone can fail a deploy.
@@ -138,13 +137,17 @@ impl Engine {
             }
             tally.probes += 1;
             tally.slowest = tally.slowest.max(took);
-            self.store.events().publish(Event::Probe {
-                deployment: id,
+            let probe = crate::store::Probe {
                 environment: environment.to_string(),
+                deployment_id: Some(id),
+                at: crate::store::now(),
                 ok: failures.is_empty(),
                 response_ms: took.as_secs_f64() * 1000.0,
-                at: crate::store::now(),
-            });
+                detail: (!failures.is_empty()).then(|| failures.join("; ")),
+            };
+            if let Err(e) = self.store.add_probe(&probe) {
+                tracing::warn!(id, error = %e, "cannot record a monitor probe");
+            }
             let last = if failures.is_empty() {
                 tally.passed += 1;
                 tally.consecutive_failures = 0;

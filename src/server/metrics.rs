@@ -94,7 +94,10 @@ impl Metrics {
                     .observe(secs);
             }
             Event::Probe {
-                environment, ok, ..
+                environment,
+                ok,
+                deployment: Some(_),
+                ..
             } => bump(
                 &self.probes,
                 (environment.clone(), if *ok { "ok" } else { "failed" }),

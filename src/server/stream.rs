@@ -34,15 +34,15 @@ impl EventsQuery {
                 environment,
                 deployment,
                 ..
-            }
-            | Event::Probe {
+            } => (environment, Some(*deployment)),
+            Event::Probe {
                 environment,
                 deployment,
                 ..
             } => (environment, *deployment),
         };
         self.environment.as_ref().is_none_or(|want| want == env)
-            && self.deployment.is_none_or(|want| want == id)
+            && self.deployment.is_none_or(|want| Some(want) == id)
     }
 }
 

@@ -5,6 +5,7 @@
 //! transition is committed here before the pipeline acts on it, so a restarted ferry can tell
 //! what was in flight.
 
+mod dashboard;
 mod rows;
 mod server;
 
@@ -15,6 +16,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::events::{Bus, Event};
 
+pub use dashboard::Probe;
 pub use rows::{
     AuditEntry, Backup, Check, Delivery, Deployment, DeploymentState, Instance, LockHolder,
     Maintenance, Release, Step, StepState, Token, Verification,
@@ -24,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_promotion.sql"),
     include_str!("migrations/0003_server.sql"),
+    include_str!("migrations/0004_dashboard.sql"),
 ];
 
 /// Store errors.

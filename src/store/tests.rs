@@ -149,3 +149,105 @@ fn releases_keep_recorded_order_and_history_is_newest_first() {
         .collect();
     assert_eq!(refs, ["b", "a"]);
 }
+
+fn probe(env: &str, at: &str, ok: bool, deployment: Option<i64>) -> Probe {
+    Probe {
+        environment: env.into(),
+        deployment_id: deployment,
+        at: at.into(),
+        ok,
+        response_ms: 1.5,
+        detail: (!ok).then(|| "/ answered 500".into()),
+    }
+}
+
+#[test]
+fn probes_are_kept_per_environment_and_pruned_by_age() {
+    let (_dir, store) = open();
+    let mut events = store.events().subscribe();
+    store
+        .add_probe(&probe("staging", "2026-01-01T10:00:00.000Z", true, None))
+        .unwrap();
+    store
+        .add_probe(&probe(
+            "staging",
+            "2026-01-01T11:00:00.000Z",
+            false,
+            Some(7),
+        ))
+        .unwrap();
+    store
+        .add_probe(&probe("production", "2026-01-01T11:30:00.000Z", true, None))
+        .unwrap();
+    assert!(matches!(
+        events.try_recv().unwrap(),
+        crate::events::Event::Probe {
+            deployment: None,
+            ..
+        }
+    ));
+    let since = store
+        .probes_since("staging", "2026-01-01T10:30:00.000Z")
+        .unwrap();
+    assert_eq!(since.len(), 1);
+    assert!(!since[0].ok);
+    assert_eq!(since[0].detail.as_deref(), Some("/ answered 500"));
+    assert_eq!(store.deployment_probes(7).unwrap().len(), 1);
+    assert_eq!(
+        store.last_probe("staging").unwrap().unwrap().at,
+        "2026-01-01T11:00:00.000Z"
+    );
+    assert_eq!(store.prune_probes("2026-01-01T10:30:00.000Z").unwrap(), 1);
+    assert_eq!(store.probes_since("staging", "").unwrap().len(), 1);
+    assert!(store.last_probe("nowhere").unwrap().is_none());
+}
+
+#[test]
+fn history_pages_are_newest_first_with_a_total() {
+    let (_dir, store) = open();
+    for i in 0..7 {
+        let env = if i % 2 == 0 { "staging" } else { "production" };
+        store
+            .create_deployment(
+                env,
+                "deploy",
+                &format!("v1.0.{i}"),
+                "ann",
+                DeploymentState::Queued,
+            )
+            .unwrap();
+    }
+    let (first, total) = store.history_page("staging", 0, 3).unwrap();
+    assert_eq!(total, 4);
+    let refs: Vec<_> = first.iter().map(|d| d.git_ref.as_str()).collect();
+    assert_eq!(refs, ["v1.0.6", "v1.0.4", "v1.0.2"]);
+    let (second, _) = store.history_page("staging", 1, 3).unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].git_ref, "v1.0.0");
+    assert!(store.history_page("staging", 5, 3).unwrap().0.is_empty());
+}
+
+#[test]
+fn sessions_end_with_their_token_expiry_or_sign_out() {
+    let (_dir, store) = open();
+    let token = store.add_token("alice", "h-alice", false).unwrap();
+    store
+        .add_session("s1", token.id, "2999-01-01T00:00:00.000Z")
+        .unwrap();
+    store
+        .add_session("s2", token.id, "2000-01-01T00:00:00.000Z")
+        .unwrap();
+    store
+        .add_session("s3", token.id, "2999-01-01T00:00:00.000Z")
+        .unwrap();
+    assert_eq!(store.session_token("s1").unwrap().unwrap().name, "alice");
+    assert!(store.session_token("s2").unwrap().is_none(), "expired");
+    assert!(store.session_token("nope").unwrap().is_none());
+    store.end_session("s3").unwrap();
+    assert!(store.session_token("s3").unwrap().is_none(), "signed out");
+    store.revoke_token("alice").unwrap();
+    assert!(
+        store.session_token("s1").unwrap().is_none(),
+        "token revoked"
+    );
+}
