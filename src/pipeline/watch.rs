@@ -80,9 +80,7 @@ impl Engine {
             detail: None,
         };
         let Some(port) = port else {
-            if self.store.last_succeeded(env).ok()?.is_none() {
-                return None;
-            }
+            self.store.last_succeeded(env).ok()??;
             probe.detail = Some("no instance is running".into());
             return Some(probe);
         };
