@@ -47,11 +47,11 @@ impl From<StoreError> for AuthError {
     }
 }
 
-/// A new secret: `ferry_` and 40 hex digits (160 random bits).
-fn generate() -> Result<String, AuthError> {
+/// A new secret: `prefix` and 40 hex digits (160 random bits).
+fn generate(prefix: &str) -> Result<String, AuthError> {
     let mut bytes = [0u8; 20];
     getrandom::fill(&mut bytes).map_err(|e| AuthError::Random(e.to_string()))?;
-    Ok(format!("{PREFIX}{}", hex::encode(bytes)))
+    Ok(format!("{prefix}{}", hex::encode(bytes)))
 }
 
 fn hash(secret: &str) -> [u8; 32] {
@@ -77,7 +77,7 @@ pub fn create(store: &Store, name: &str, read_only: bool) -> Result<(Token, Stri
 }
 
 fn insert(store: &Store, name: &str, read_only: bool) -> Result<(Token, String), AuthError> {
-    let secret = generate()?;
+    let secret = generate(PREFIX)?;
     match store.add_token(name, &hex::encode(hash(&secret)), read_only) {
         Ok(token) => Ok((token, secret)),
         Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
@@ -113,6 +113,69 @@ pub fn check(store: &Store, presented: &str) -> Result<Option<Token>, StoreError
         store.token_used(t.id)?;
     }
     Ok(found)
+}
+
+/// How long a dashboard session lasts.
+pub const SESSION_HOURS: i64 = 12;
+const SESSION_PREFIX: &str = "ferrysession_";
+
+/// A signed-in dashboard session: the token it was opened with, and the CSRF token every form
+/// of the session carries. The CSRF token is derived from the session's secret (which only the
+/// `HttpOnly` cookie holds), so it needs no storage and is worthless without the cookie.
+pub struct Session {
+    pub token: Token,
+    pub csrf: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("token", &self.token.name)
+            .field("csrf", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Session {
+    /// True when `presented` is this session's CSRF token (compared in constant time).
+    pub fn csrf_ok(&self, presented: &str) -> bool {
+        bool::from(self.csrf.as_bytes().ct_eq(presented.as_bytes()))
+    }
+}
+
+fn csrf_for(session_secret: &str) -> String {
+    hex::encode(&hash(&format!("csrf:{session_secret}"))[..16])
+}
+
+/// Signs in with an API token's secret: the new session's secret (for the cookie), or `None`
+/// when the token is unknown or revoked. Only the secret's SHA-256 is stored.
+pub fn sign_in(store: &Store, presented: &str) -> Result<Option<String>, AuthError> {
+    let Some(token) = check(store, presented.trim())? else {
+        return Ok(None);
+    };
+    let secret = generate(SESSION_PREFIX)?;
+    let expires = (chrono::Utc::now() + chrono::TimeDelta::hours(SESSION_HOURS))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    store.add_session(&hex::encode(hash(&secret)), token.id, &expires)?;
+    Ok(Some(secret))
+}
+
+/// The live session whose cookie holds `secret`.
+pub fn session(store: &Store, secret: &str) -> Result<Option<Session>, StoreError> {
+    if !secret.starts_with(SESSION_PREFIX) {
+        return Ok(None);
+    }
+    Ok(store
+        .session_token(&hex::encode(hash(secret)))?
+        .map(|token| Session {
+            token,
+            csrf: csrf_for(secret),
+        }))
+}
+
+/// Ends the session whose cookie holds `secret`.
+pub fn sign_out(store: &Store, secret: &str) -> Result<(), StoreError> {
+    store.end_session(&hex::encode(hash(secret)))
 }
 
 /// Replaces the `local` token and writes its secret to `<state_dir>/local-token`, mode 0600,
@@ -165,6 +228,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("ferry.db")).unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn a_session_is_opened_with_a_token_and_carries_its_own_csrf_token() {
+        let (dir, store) = store();
+        let (_, secret) = create(&store, "alice", false).unwrap();
+        assert!(sign_in(&store, "ferry_wrong").unwrap().is_none());
+        let cookie = sign_in(&store, &format!(" {secret}\n")).unwrap().unwrap();
+        let other = sign_in(&store, &secret).unwrap().unwrap();
+        let s = session(&store, &cookie).unwrap().unwrap();
+        assert_eq!(s.token.name, "alice");
+        assert!(s.csrf_ok(&s.csrf));
+        let o = session(&store, &other).unwrap().unwrap();
+        assert!(!s.csrf_ok(&o.csrf), "each session has its own CSRF token");
+        assert!(!s.csrf_ok(""));
+        assert!(!format!("{s:?}").contains(&s.csrf));
+        // the token's secret is not a session cookie, and nothing secret is stored
+        assert!(session(&store, &secret).unwrap().is_none());
+        let db = std::fs::read(dir.path().join("ferry.db")).unwrap();
+        let wal = std::fs::read(dir.path().join("ferry.db-wal")).unwrap_or_default();
+        for needle in [&cookie, &s.csrf] {
+            let hay = [db.as_slice(), wal.as_slice()].concat();
+            assert!(!hay.windows(needle.len()).any(|w| w == needle.as_bytes()));
+        }
+        sign_out(&store, &cookie).unwrap();
+        assert!(session(&store, &cookie).unwrap().is_none());
+        revoke(&store, "alice").unwrap();
+        assert!(session(&store, &other).unwrap().is_none());
     }
 
     #[test]
