@@ -131,6 +131,67 @@ async fn git(dir: Option<&Path>, args: &[&str], action: &str) -> Result<String, 
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// One commit, as the dashboard lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    pub sha: String,
+    pub subject: String,
+    pub author: String,
+}
+
+fn range_text(from: Option<&str>, to: &str) -> String {
+    format!("{}..{to}", from.unwrap_or(""))
+}
+
+/// The commits reachable from `to` but not from `from` (all of `to`'s history when `from`
+/// is `None`), newest first, at most `max`; and whether there were more.
+pub async fn commits_between(
+    mirror: &Path,
+    from: Option<&str>,
+    to: &str,
+    max: usize,
+) -> Result<(Vec<Commit>, bool), ReleaseError> {
+    let is_sha = |s: &str| (4..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !is_sha(to) || from.is_some_and(|f| !is_sha(f)) {
+        return Err(ReleaseError::BadRef(
+            range_text(from, to),
+            "commits are compared by sha",
+        ));
+    }
+    let range = match from {
+        Some(from) => format!("{from}..{to}"),
+        None => to.to_string(),
+    };
+    let limit = format!("--max-count={}", max + 1);
+    let out = git(
+        Some(mirror),
+        &[
+            "log",
+            "--no-decorate",
+            "--format=%H%x1f%s%x1f%an",
+            &limit,
+            &range,
+            "--",
+        ],
+        "listing commits",
+    )
+    .await?;
+    let mut commits: Vec<Commit> = out
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split('\x1f');
+            Some(Commit {
+                sha: parts.next()?.to_string(),
+                subject: parts.next()?.to_string(),
+                author: parts.next()?.to_string(),
+            })
+        })
+        .collect();
+    let more = commits.len() > max;
+    commits.truncate(max);
+    Ok((commits, more))
+}
+
 /// Clones `repo` into `mirror` (a bare mirror) the first time, then fetches.
 pub async fn sync_mirror(repo: &str, mirror: &Path) -> Result<(), ReleaseError> {
     if mirror.join("HEAD").exists() {

@@ -42,10 +42,13 @@ pub struct EnvStatus {
     pub deployed_at: Option<String>,
     pub deployed_by: Option<String>,
     pub deployment_id: Option<i64>,
-    /// `healthy`, `unhealthy`, `down` (no instance running) or `none` (never deployed).
+    /// `healthy`, `unhealthy`, `down` (no instance running), `none` (never deployed) or,
+    /// without a fresh probe, `unknown` (not probed yet).
     pub health: String,
     pub health_detail: Option<String>,
     pub response_ms: Option<u64>,
+    /// When the health above was probed.
+    pub probed_at: Option<String>,
     pub pid: Option<u32>,
     /// The instance's own port on 127.0.0.1 (behind the proxy).
     pub port: Option<u16>,
@@ -90,6 +93,16 @@ impl EnvState {
 impl Engine {
     /// Status of one environment, probing its instance once.
     pub async fn status(&self, name: &str) -> Result<EnvStatus, super::EngineError> {
+        self.status_with(name, true).await
+    }
+
+    /// Status of one environment without probing: health is the last recorded probe's
+    /// (the health watcher's or the monitor's). Cheap enough for every dashboard page.
+    pub async fn snapshot(&self, name: &str) -> Result<EnvStatus, super::EngineError> {
+        self.status_with(name, false).await
+    }
+
+    async fn status_with(&self, name: &str, probe: bool) -> Result<EnvStatus, super::EngineError> {
         let state = self.env(name)?;
         let env = &state.env;
         let last = self.store.last_succeeded(name)?;
@@ -102,6 +115,7 @@ impl Engine {
             ),
             _ => (None, None, None),
         };
+        let mut probed_at = None;
         let (health, detail, response_ms) = match port {
             None if last.is_none() => ("none".to_string(), None, None),
             None => (
@@ -109,6 +123,17 @@ impl Engine {
                 Some("no instance is running".into()),
                 None,
             ),
+            Some(_) if !probe => match self.store.last_probe(name)? {
+                None => ("unknown".to_string(), Some("not probed yet".into()), None),
+                Some(p) => {
+                    probed_at = Some(p.at);
+                    (
+                        if p.ok { "healthy" } else { "unhealthy" }.to_string(),
+                        p.detail,
+                        Some(p.response_ms.round() as u64),
+                    )
+                }
+            },
             Some(port) => {
                 let path = &self.config.health.paths[0];
                 let timeout = self
@@ -119,6 +144,7 @@ impl Engine {
                 let probe =
                     crate::health::probe(&crate::health::client(), port, path, timeout).await;
                 let ms = Some(probe.elapsed.as_millis() as u64);
+                probed_at = Some(crate::store::now());
                 match probe.outcome {
                     Ok(code) if code == self.config.health.expect_status => {
                         ("healthy".to_string(), None, ms)
@@ -157,6 +183,7 @@ impl Engine {
             health,
             health_detail: detail,
             response_ms,
+            probed_at,
             pid,
             port,
             deploying,

@@ -28,6 +28,26 @@ use crate::runtime::{self, LogSink};
 use crate::store::{Deployment, DeploymentState, Store, StoreError};
 
 pub use actions::{CheckReport, Plan};
+
+/// The steps of a deploy, in the order they run.
+pub const DEPLOY_STEPS: &[&str] = &[
+    "resolve", "policy", "lock", "prepare", "build", "test", "backup", "start", "health", "switch",
+    "monitor", "finish",
+];
+/// The steps of a rollback, in the order they run.
+pub const ROLLBACK_STEPS: &[&str] = &[
+    "resolve", "policy", "lock", "prepare", "build", "test", "restore", "start", "health",
+    "switch", "monitor", "finish",
+];
+
+/// The steps a deployment of `kind` (`deploy` or `rollback`) goes through.
+pub fn planned_steps(kind: &str) -> &'static [&'static str] {
+    if kind == "rollback" {
+        ROLLBACK_STEPS
+    } else {
+        DEPLOY_STEPS
+    }
+}
 pub use approval::{ApprovalError, Approvals};
 pub use environment::{EnvState, EnvStatus};
 pub use triggers::{Pushed, Tracked, is_deleted};

@@ -67,7 +67,8 @@ fn unauthorized(message: &str) -> Response {
 
 pub async fn guard(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
-    if path == "/health" || path.starts_with("/hooks/") {
+    if !(path.starts_with("/api/") || path == "/metrics") {
+        // /health is open, webhooks carry signatures, the dashboard has its own gate
         return next.run(req).await;
     }
     let mutation = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
@@ -86,6 +87,13 @@ pub async fn guard(State(app): State<AppState>, mut req: Request, next: Next) ->
         },
     };
     let Some(token) = token else {
+        // a signed-in browser reads (the live stream) with its session cookie
+        let signed_in = !mutation
+            && !app.open_reads
+            && super::dashboard::session(&app, req.headers()).is_ok_and(|s| s.is_some());
+        if signed_in {
+            return next.run(req).await;
+        }
         if mutation || !app.open_reads {
             let what = if mutation {
                 "changing anything"

@@ -4,6 +4,7 @@
 //! in one place ([`ApiError`]).
 
 pub mod actions;
+mod dashboard;
 mod guard;
 pub mod hooks;
 mod logs;
@@ -117,7 +118,12 @@ pub struct AppState {
     /// Flips to true when ferry stops; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
     pub hooks: Arc<hooks::Secrets>,
+    /// Commits between two shas, as the dashboard lists them (they never change).
+    commits: Arc<std::sync::Mutex<CommitCache>>,
 }
+
+type CommitCache =
+    std::collections::HashMap<(Option<String>, String), Arc<(Vec<crate::release::Commit>, bool)>>;
 
 impl AppState {
     /// Fails when `[webhooks]` names a variable that is not set.
@@ -127,6 +133,7 @@ impl AppState {
             hooks: Arc::new(hooks::Secrets::from_env(&engine.config.webhooks)?),
             engine,
             metrics: Arc::default(),
+            commits: Arc::default(),
             shutdown,
         })
     }
@@ -186,6 +193,7 @@ routes! {
 /// The router over `app`.
 pub fn router(app: AppState) -> Router {
     add_routes(Router::new())
+        .merge(dashboard::routes(app.clone()))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),

@@ -1,0 +1,207 @@
+//! The dashboard at `/`: every environment at a glance, live deployments, history, health
+//! over time, and the buttons people press (approve, verify, promote, roll back, maintenance,
+//! lock).
+//!
+//! Server-rendered HTML (`maud`), readable without JavaScript; a few lines of embedded JS
+//! (`static/ferry.js`) re-render the live parts from server fragments when the event stream
+//! (`/api/events`) says something changed. Every asset is embedded in the binary.
+//!
+//! Reads are open where the API's reads are (loopback); elsewhere they need a session.
+//! Changes need a session opened with an API token (`/signin`): the cookie is `HttpOnly`
+//! and `SameSite=Strict`, every form carries the session's CSRF token, and a POST without
+//! both answers 403. Each change is written to the audit table under the token's name.
+
+mod chart;
+mod forms;
+mod pages;
+mod views;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+
+use super::AppState;
+use crate::auth::{self, Session};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "ferry_session";
+/// The largest form body a dashboard POST may send.
+const FORM_LIMIT: usize = 64 * 1024;
+
+/// Who is looking: the signed-in session, if any.
+#[derive(Clone, Default)]
+pub struct Viewer {
+    pub session: Option<Arc<Session>>,
+}
+
+impl Viewer {
+    /// Signed in with a token that may change things.
+    pub fn can_act(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| !s.token.read_only)
+    }
+
+    fn csrf(&self) -> &str {
+        self.session.as_ref().map_or("", |s| s.csrf.as_str())
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Viewer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Viewer, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Viewer>()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+/// The dashboard's routes, behind [`gate`].
+pub fn routes(app: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/", get(pages::overview))
+        .route("/fragments/overview", get(pages::overview_fragment))
+        .route("/environments/{env}", get(pages::environment))
+        .route("/deployments/{id}", get(pages::deployment))
+        .route("/deployments/{id}/live", get(pages::deployment_fragment))
+        .route("/signin", get(forms::sign_in_page).post(forms::sign_in))
+        .route("/signout", post(forms::sign_out))
+        .route("/actions/deployments/{id}/approve", post(forms::approve))
+        .route("/actions/environments/{env}/verify", post(forms::verify))
+        .route(
+            "/actions/environments/{env}/rollback",
+            post(forms::rollback),
+        )
+        .route(
+            "/actions/environments/{env}/maintenance",
+            post(forms::maintenance),
+        )
+        .route("/actions/environments/{env}/lock", post(forms::lock))
+        .route("/actions/environments/{env}/unlock", post(forms::unlock))
+        .route("/actions/promote", post(forms::promote))
+        .route("/static/ferry.css", get(css))
+        .route("/static/ferry.js", get(js))
+        .route_layer(axum::middleware::from_fn_with_state(app, gate))
+}
+
+/// The session secret in the request's cookie, if any.
+fn cookie_secret(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+}
+
+/// The live session a request's cookie names.
+pub fn session(
+    app: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Session>, crate::store::StoreError> {
+    match cookie_secret(headers) {
+        None => Ok(None),
+        Some(secret) => auth::session(&app.engine.store, secret),
+    }
+}
+
+/// Who may see and change what: reads need a session off loopback; a POST (other than
+/// signing in) needs a session whose token may change things and the form's CSRF token.
+/// Changes are audited.
+async fn gate(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let session = match session(&app, req.headers()) {
+        Ok(s) => s.map(Arc::new),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the session");
+            return views::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ferry cannot read its sessions; see its log",
+            );
+        }
+    };
+    let path = req.uri().path().to_string();
+    let public = path == "/signin" || path.starts_with("/static/");
+    if req.method() != Method::POST || path == "/signin" {
+        if session.is_none() && !app.open_reads && !public {
+            return Redirect::to("/signin").into_response();
+        }
+        let mut req = req;
+        req.extensions_mut().insert(Viewer { session });
+        return next.run(req).await;
+    }
+    let Some(session) = session else {
+        return views::error(
+            StatusCode::FORBIDDEN,
+            "sign in first: changes need a session opened with an API token",
+        );
+    };
+    if session.token.read_only {
+        return views::error(
+            StatusCode::FORBIDDEN,
+            &format!("token \"{}\" may only read", session.token.name),
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, FORM_LIMIT).await else {
+        return views::error(StatusCode::PAYLOAD_TOO_LARGE, "the form is too large");
+    };
+    let csrf = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes)
+        .ok()
+        .and_then(|fields| fields.into_iter().find(|(k, _)| k == "csrf"))
+        .map(|(_, v)| v);
+    if !csrf.is_some_and(|c| session.csrf_ok(&c)) {
+        return views::error(
+            StatusCode::FORBIDDEN,
+            "the form's CSRF token is missing or stale: reload the page and try again",
+        );
+    }
+    let method = parts.method.to_string();
+    let token = session.token.name.clone();
+    let mut req = Request::from_parts(parts, Body::from(bytes));
+    req.extensions_mut().insert(Viewer {
+        session: Some(session),
+    });
+    let resp = next.run(req).await;
+    if let Err(e) = app
+        .engine
+        .store
+        .add_audit(&token, &method, &path, resp.status().as_u16())
+    {
+        tracing::error!(error = %e, "cannot write the audit entry");
+    }
+    resp
+}
+
+async fn css() -> Response {
+    asset("text/css; charset=utf-8", include_str!("static/ferry.css"))
+}
+
+async fn js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("static/ferry.js"),
+    )
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
