@@ -23,6 +23,7 @@ from datetime import datetime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+TOKEN = ""  # serve's local token, read once it is up
 INTERVAL_MS, MAX_FAILURES, FAIL_AFTER_MS, BOOT_MS = 200, 3, 1000, 300
 
 
@@ -41,7 +42,8 @@ def sh(cwd, *args):
 def api(base, path, body=None):
     req = urllib.request.Request(base + path, method="POST" if body is not None else "GET",
                                  data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"content-type": "application/json", "x-ferry-user": "bench"})
+                                 headers={"content-type": "application/json", "x-ferry-user": "bench",
+                                          "authorization": f"Bearer {TOKEN}"})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.load(r)
@@ -127,6 +129,9 @@ listen = "127.0.0.1:{api_port}"
                     break
                 except OSError:
                     time.sleep(0.05)
+
+            global TOKEN
+            TOKEN = open(os.path.join(tmp, ".ferry", "local-token")).read().strip()
 
             def deploy(env, ref):
                 d = api(base, "/api/deployments", {"environment": env, "ref": ref})
