@@ -197,12 +197,16 @@ pub async fn run(args: &Demo) -> CmdResult {
     let api = format!("http://{}", daemon.api_addr);
     let token = crate::auth::cli_token(Some(&daemon.engine.config.state_dir));
     let client = ApiClient::new(&api, &config_path, token);
-    println!("daemon: API on {api}, staging on {staging}\n");
+    println!("daemon: API on {api}, staging on {staging}");
+    println!("dashboard: open {api}/ in a browser\n");
 
     let result = walkthrough(&client, &staging).await;
     if result.is_ok() {
         let c = config_path.display();
         println!("\nTry next (the daemon keeps running):");
+        println!(
+            "  open {api}/ (the dashboard; sign in with: ferry token create --name you -c {c})"
+        );
         println!("  curl {staging}/");
         println!("  ferry status -c {c}");
         println!("  ferry history staging -c {c}");
