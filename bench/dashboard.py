@@ -12,7 +12,6 @@ Everything runs on 127.0.0.1 in a temp dir and stops by itself.
 
 import json
 import os
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -22,23 +21,12 @@ import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import build_ferry, free_port, sh
+
 REQUESTS = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 DEPLOYMENTS = 1000
 STEPS = ["resolve", "policy", "lock", "prepare", "build", "test", "backup", "start", "health",
          "switch", "monitor", "finish"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def sh(cwd, *args):
-    subprocess.run(args, cwd=cwd, check=True, capture_output=True,
-                   env={**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b",
-                        "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"})
 
 
 def iso(t):
@@ -87,8 +75,7 @@ def timed(url):
 
 
 def main():
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
-    ferry = os.path.join(ROOT, "target", "release", "ferry")
+    ferry = build_ferry()
     with tempfile.TemporaryDirectory() as tmp:
         repo = os.path.join(tmp, "repo")
         os.mkdir(repo)

@@ -12,7 +12,6 @@ Everything runs on 127.0.0.1 in a temp dir and stops by itself.
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,22 +20,11 @@ import time
 import urllib.request
 from datetime import datetime
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import build_ferry, free_port, sh
+
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 TOKEN = ""  # serve's local token, read once it is up
 INTERVAL_MS, MAX_FAILURES, FAIL_AFTER_MS, BOOT_MS = 200, 3, 1000, 300
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def sh(cwd, *args):
-    subprocess.run(args, cwd=cwd, check=True, capture_output=True,
-                   env={**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b",
-                        "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"})
 
 
 def api(base, path, body=None):
@@ -75,8 +63,7 @@ def describe(label, values, unit, target=None):
 
 
 def main():
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
-    ferry = os.path.join(ROOT, "target", "release", "ferry")
+    ferry = build_ferry()
     with tempfile.TemporaryDirectory() as tmp:
         repo = os.path.join(tmp, "repo")
         os.mkdir(repo)
