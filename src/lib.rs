@@ -20,7 +20,8 @@
 //!   notifications and metrics listen to it).
 //! - [`auth`]: API tokens (hashed, constant-time checked, revocable) and the local token file.
 //! - [`notify`]: outgoing notifications (`[[notify]]`) of deployment events, retried.
-//! - [`server`]: the HTTP API the CLI talks to.
+//! - [`server`]: the HTTP API the CLI talks to, webhooks, metrics, and the dashboard at `/`
+//!   (`server/dashboard`: server-rendered pages, sessions, CSRF-checked actions).
 //! - [`daemon`]: the engine, proxies and API started and stopped together (`ferry serve`).
 //! - [`cli`]: the `ferry` subcommands; each talks to the daemon over the API.
 //! - [`sample_app`]: the small app `ferry demo` and the tests deploy.
