@@ -337,6 +337,7 @@ pub async fn run_command(
     command: &str,
     vars: &[(String, String)],
     timeout: Duration,
+    started: impl FnOnce(u32),
 ) -> Result<String, ReleaseError> {
     let mut child = Command::new("sh")
         .arg("-c")
@@ -350,6 +351,9 @@ pub async fn run_command(
         .spawn()
         .map_err(io(format!("starting `{command}`")))?;
     let pid = child.id();
+    if let Some(pid) = pid {
+        started(pid);
+    }
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let reader = tokio::spawn(async move {
         let mut tail = Vec::new();

@@ -4,6 +4,11 @@
 //! with ferry's variables, the environment's `env` and the secrets of its `env_file`. Its
 //! stdout and stderr go to the environment's rotated log ([`LogSink`]). Stopping sends
 //! SIGTERM to the group, waits the grace period, then SIGKILLs the group.
+//!
+//! Output travels through a named pipe (`InstanceSpec::output`) that the instance holds open
+//! for both reading and writing, so it never gets SIGPIPE: if ferry dies, the instance keeps
+//! running (its writes wait in the pipe, then block once it is full) and the next ferry
+//! [adopts](adopt) it, reopening the pipe and draining what was written meanwhile.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -41,6 +46,11 @@ pub enum RuntimeError {
     },
     #[error("no free port: {0}")]
     Port(std::io::Error),
+    #[error("cannot make the output pipe {}: {source}", path.display())]
+    Pipe {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Values from an `env_file`. `Debug` shows the keys only, never the values.
@@ -202,6 +212,8 @@ pub struct InstanceSpec {
     /// ferry's variables and the environment's `env`, in that order.
     pub vars: Vec<(String, String)>,
     pub secrets: Secrets,
+    /// Where the named pipe carrying the instance's output is made.
+    pub output: PathBuf,
 }
 
 /// A running (or exited) instance.
@@ -209,6 +221,8 @@ pub struct InstanceSpec {
 pub struct Instance {
     pub pid: u32,
     pub port: u16,
+    /// The named pipe carrying its output, removed once it is stopped.
+    output: PathBuf,
     exit: watch::Receiver<Option<ExitStatus>>,
     lines: Arc<LineTap>,
 }
@@ -252,13 +266,19 @@ impl fmt::Debug for Instance {
 
 /// Starts an instance; its output goes to `log`.
 pub fn spawn(spec: &InstanceSpec, log: &LogSink) -> Result<Instance, RuntimeError> {
+    let pipe_err = |source| RuntimeError::Pipe {
+        path: spec.output.clone(),
+        source,
+    };
+    let writer = make_pipe(&spec.output).map_err(pipe_err)?;
+    let reader = open_pipe(&spec.output).map_err(pipe_err)?;
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(&spec.start)
         .current_dir(&spec.release_dir)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::from(writer.try_clone().map_err(pipe_err)?))
+        .stderr(Stdio::from(writer))
         .process_group(0);
     // ferry's own settings (tokens, webhook secrets) are not the app's business
     for (key, _) in std::env::vars_os() {
@@ -268,18 +288,19 @@ pub fn spawn(spec: &InstanceSpec, log: &LogSink) -> Result<Instance, RuntimeErro
     }
     cmd.envs(spec.vars.iter().map(|(k, v)| (k, v)));
     cmd.envs(spec.secrets.iter());
-    let mut child = cmd.spawn().map_err(|source| RuntimeError::Spawn {
-        command: spec.start.clone(),
-        source,
+    let spawned = cmd.spawn();
+    // ferry's copies of the write end go now: the pipe ends when the instance's group exits
+    drop(cmd);
+    let mut child = spawned.map_err(|source| {
+        let _ = std::fs::remove_file(&spec.output);
+        RuntimeError::Spawn {
+            command: spec.start.clone(),
+            source,
+        }
     })?;
     let pid = child.id().unwrap_or_default();
     let lines = Arc::new(LineTap::default());
-    if let Some(out) = child.stdout.take() {
-        tokio::spawn(pump(out, log.clone(), lines.clone()));
-    }
-    if let Some(err) = child.stderr.take() {
-        tokio::spawn(pump(err, log.clone(), lines.clone()));
-    }
+    tokio::spawn(pump(reader, log.clone(), lines.clone()));
     let (tx, exit) = watch::channel(None);
     tokio::spawn(async move {
         let status = child.wait().await.ok();
@@ -288,9 +309,76 @@ pub fn spawn(spec: &InstanceSpec, log: &LogSink) -> Result<Instance, RuntimeErro
     Ok(Instance {
         pid,
         port: spec.port,
+        output: spec.output.clone(),
         exit,
         lines,
     })
+}
+
+/// Takes over an instance a previous ferry started: `pid` must still be the process that
+/// started at `proc_start` (clock ticks since boot), so a reused pid is never adopted. Its
+/// output pipe at `output` is reopened; what it wrote while nobody read goes to `log` now.
+pub fn adopt(
+    pid: u32,
+    proc_start: i64,
+    port: u16,
+    output: &Path,
+    log: &LogSink,
+) -> Result<Instance, RuntimeError> {
+    if process_start_time(pid) != Some(proc_start) {
+        return Err(RuntimeError::Spawn {
+            command: format!("adopt pid {pid}"),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "the process is gone"),
+        });
+    }
+    let lines = Arc::new(LineTap::default());
+    match open_pipe(output) {
+        Ok(reader) => {
+            tokio::spawn(pump(reader, log.clone(), lines.clone()));
+        }
+        Err(e) => {
+            tracing::warn!(pid, pipe = %output.display(), error = %e, "cannot reopen an adopted instance's output; it is not logged")
+        }
+    }
+    // not ferry's child any more: poll for its end; the exit status is not known
+    let (tx, exit) = watch::channel(None);
+    tokio::spawn(async move {
+        while process_start_time(pid) == Some(proc_start) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = tx.send(Some(std::os::unix::process::ExitStatusExt::from_raw(0)));
+    });
+    Ok(Instance {
+        pid,
+        port,
+        output: output.to_path_buf(),
+        exit,
+        lines,
+    })
+}
+
+/// Makes a fresh named pipe at `path` and opens it for reading and writing: the instance
+/// gets this end, so a reader always exists and its writes never fail with EPIPE.
+fn make_pipe(path: &Path) -> std::io::Result<File> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    nix::unistd::mkfifo(
+        path,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .map_err(std::io::Error::from)?;
+    OpenOptions::new().read(true).write(true).open(path)
+}
+
+/// Opens ferry's reading end of an instance's pipe (it sees the end once every writer is gone).
+fn open_pipe(path: &Path) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
+    tokio::net::unix::pipe::OpenOptions::new().open_receiver(path)
 }
 
 /// The longest partial line kept while waiting for its end.
@@ -362,6 +450,7 @@ impl Instance {
         // whatever else is left in the group goes too
         kill_group(self.pid, Signal::SIGKILL);
         self.wait_exit().await;
+        let _ = std::fs::remove_file(&self.output);
     }
 }
 

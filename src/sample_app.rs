@@ -15,11 +15,18 @@
 //! - `errors_after_ms`: prints an `ERROR` line every 20 ms from then on;
 //! - `exit_after_ms`: exits with status 4 then.
 //!
+//! Faults of a broken app, for the fault-injection tests:
+//! - `never_bind`: `true` makes it run without ever listening;
+//! - `wrong_port`: `true` makes it listen on `$PORT + 1` instead of `$PORT`;
+//! - `ignore_sigterm`: `true` makes it ignore SIGTERM (only SIGKILL stops it);
+//! - `log_flood_mb`: at start, writes this many MiB of log lines as fast as it can.
+//!
 //! - `db`: a SQLite file (relative to the release, so usually a shared path) the app writes
 //!   to all the time: each transaction adds the same number to tables `a` and `b`, so a
 //!   consistent copy has as many rows in each. `/count` answers the row count of `a`.
 //!
-//! Routes: `/` (message, version, environment), `/health`, `/version` (JSON), `/slow`.
+//! Routes: `/` (message, version, environment), `/health`, `/version` (JSON), `/slow`,
+//! `/log?line=TEXT` (prints TEXT to stdout).
 //! SIGTERM stops it after the requests in flight finish.
 
 use std::collections::HashMap;
@@ -61,6 +68,15 @@ pub async fn run() -> std::io::Result<()> {
     let port: u16 = var("PORT")
         .parse()
         .map_err(|_| std::io::Error::other("PORT is not set to a port number"))?;
+    let on = |key: &str| get_conf(key).as_deref() == Some("true");
+    if let Some(mib) = get_conf("log_flood_mb").and_then(|v| v.parse::<usize>().ok()) {
+        std::thread::spawn(move || flood(mib));
+    }
+    if on("never_bind") {
+        println!("never_bind is set: not listening");
+        std::future::pending::<()>().await;
+    }
+    let port = if on("wrong_port") { port + 1 } else { port };
     let health = StatusCode::from_u16(
         get_conf("health_status")
             .and_then(|v| v.parse().ok())
@@ -158,6 +174,15 @@ pub async fn run() -> std::io::Result<()> {
             get(move || async move { ([("content-type", "application/json")], version_json) }),
         )
         .route(
+            "/log",
+            get(
+                |q: axum::extract::Query<HashMap<String, String>>| async move {
+                    println!("{}", q.get("line").map_or("", String::as_str));
+                    "logged\n"
+                },
+            ),
+        )
+        .route(
             "/slow",
             get(move || async move {
                 tokio::time::sleep(slow).await;
@@ -166,11 +191,35 @@ pub async fn run() -> std::io::Result<()> {
         );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("listening on 127.0.0.1:{port}");
+    let ignore_sigterm = on("ignore_sigterm");
     axum::serve(listener, app)
-        .with_graceful_shutdown(crate::cli::wait_for_stop())
+        .with_graceful_shutdown(async move {
+            crate::cli::wait_for_stop().await;
+            if ignore_sigterm {
+                println!("ignore_sigterm is set: not stopping");
+                std::future::pending::<()>().await;
+            }
+        })
         .await?;
     println!("sample app {version} stopped");
     Ok(())
+}
+
+/// Writes `mib` MiB of numbered log lines to stdout.
+fn flood(mib: usize) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let line = "x".repeat(100);
+    let mut written = 0;
+    let mut n = 0u64;
+    while written < mib << 20 {
+        match writeln!(out, "flood {n:>10} {line}") {
+            Ok(()) => written += 118,
+            Err(_) => return,
+        }
+        n += 1;
+    }
+    let _ = out.flush();
 }
 
 /// Adds a row to `a` and `b` in one transaction every millisecond or so, until the process

@@ -303,25 +303,54 @@ fn serve_restarted_brings_environments_back_on_their_last_good_release() {
     assert!(eventually(Duration::from_secs(15), || get(&production)
         .is_some_and(|(c, b)| c == 200 && b.contains("v1.0.0"))));
 
-    // a crash (SIGKILL) leaves the app running; the next serve stops that orphan and restores
+    // a crash (SIGKILL) leaves the apps running; the next serve adopts them (same pid) and
+    // the proxy serves at once, with what they logged meanwhile still reaching the log
     let old_pid = s.ferry(&["status", "--json"]).json()[1]["pid"]
         .as_u64()
         .unwrap();
     s.stop(Signal::SIGKILL);
+    assert!(get(&staging).is_none());
     s.serve();
-    assert!(eventually(Duration::from_secs(15), || get(&staging)
-        .is_some_and(|(c, b)| c == 200 && b.contains("v1.1.0"))));
-    let alive = |pid: u64| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
-    };
-    assert!(
-        eventually(Duration::from_secs(5), || !alive(old_pid)),
-        "orphan instance {old_pid} still running"
-    );
+    let (status, body) = get(&staging).expect("the proxy serves as soon as serve is up");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("v1.1.0"), "{body}");
     let new_pid = s.ferry(&["status", "--json"]).json()[1]["pid"]
         .as_u64()
         .unwrap();
-    assert_ne!(new_pid, old_pid);
+    assert_eq!(new_pid, old_pid, "the instance was adopted, not restarted");
+    assert!(s.serve_log().contains("adopted the instance left running"));
+    get(&format!("{staging}/log?line=after-the-crash"));
+    let log = s.state_dir().join("environments/staging/logs/app.log");
+    assert!(
+        eventually(Duration::from_secs(5), || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("after-the-crash"))),
+        "the adopted instance's output is logged"
+    );
+
+    // an instance whose pid now belongs to another process is never adopted
+    s.stop(Signal::SIGKILL);
+    let db = rusqlite::Connection::open(s.state_dir().join("ferry.db")).unwrap();
+    db.execute(
+        "UPDATE instances SET proc_start = proc_start + 1 WHERE pid = ?1 AND stopped_at IS NULL",
+        [old_pid as i64],
+    )
+    .unwrap();
+    drop(db);
+    s.serve();
+    assert!(eventually(Duration::from_secs(15), || get(&staging)
+        .is_some_and(|(c, b)| c == 200 && b.contains("v1.1.0"))));
+    let new_pid = s.ferry(&["status", "--json"]).json()[1]["pid"]
+        .as_u64()
+        .unwrap();
+    assert_ne!(
+        new_pid, old_pid,
+        "a pid with another start time is not adopted"
+    );
+    assert!(
+        alive(old_pid as u32),
+        "a process that is not ours is left alone"
+    );
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(old_pid as i32), Signal::SIGKILL).unwrap();
 }
 
 #[test]

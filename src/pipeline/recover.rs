@@ -1,6 +1,6 @@
 //! Bringing environments back after `serve` starts, and keeping them up while it runs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +8,9 @@ use tokio::sync::watch;
 
 use nix::sys::signal::Signal;
 
+use super::environment::Active;
 use super::{Engine, EnvState};
+use crate::proxy::Upstream;
 use crate::runtime;
 use crate::store::DeploymentState;
 
@@ -18,8 +20,11 @@ pub const RESTORE_HOLDER: &str = "ferry (restoring the last good release)";
 pub const RESTART_HOLDER: &str = "ferry (restarting a crashed instance)";
 
 impl Engine {
-    /// Run once at `serve` start: deployments cut off by a stop are `interrupted`, their locks
-    /// freed, instances left running by a previous ferry stopped.
+    /// Run once at `serve` start, before the proxies listen: deployments cut off by a stop
+    /// are `interrupted` and their locks freed; build and test commands they left running
+    /// are killed. Per environment, an instance of the last good release still running from
+    /// the previous ferry (same pid, same process start time) and healthy is adopted and
+    /// serves at once; every other leftover instance is stopped.
     pub async fn recover_store(&self) -> Result<(), super::EngineError> {
         for d in self.store.unfinished()? {
             let step = d.step.as_deref().unwrap_or("queue");
@@ -29,7 +34,42 @@ impl Engine {
                 .set_state(d.id, DeploymentState::Interrupted, Some(&reason))?;
         }
         self.store.clear_deploy_locks()?;
-        for instance in self.store.live_instances()? {
+        for (deployment, pid, proc_start) in self.store.running_commands()? {
+            if runtime::process_start_time(pid) == Some(proc_start) {
+                tracing::info!(
+                    pid,
+                    deployment,
+                    "killing a command left by a previous ferry"
+                );
+                runtime::kill_group(pid, Signal::SIGKILL);
+            }
+            self.store.commands_ended(deployment)?;
+        }
+        let live = self.store.live_instances()?;
+        let mut adopted = HashSet::new();
+        for state in self.environments() {
+            let env = &state.env.name;
+            let good = self.store.last_succeeded(env)?.and_then(|d| d.release);
+            let candidate = live
+                .iter()
+                .filter(|i| &i.environment == env && Some(&i.release) == good.as_ref())
+                .filter(|i| {
+                    i.proc_start.is_some() && runtime::process_start_time(i.pid) == i.proc_start
+                })
+                .max_by_key(|i| i.id);
+            if let Some(row) = candidate {
+                match self.adopt(state, row).await {
+                    Ok(()) => {
+                        tracing::info!(env = %env, pid = row.pid, release = %row.release, "adopted the instance left running by the previous ferry");
+                        adopted.insert(row.id);
+                    }
+                    Err(e) => {
+                        tracing::warn!(env = %env, pid = row.pid, "not adopting the instance left running: {e}")
+                    }
+                }
+            }
+        }
+        for instance in live.iter().filter(|i| !adopted.contains(&i.id)) {
             // the same pid with the same start time is the process we started; anything else
             // reused the pid and is left alone
             let alive = runtime::process_start_time(instance.pid);
@@ -44,8 +84,42 @@ impl Engine {
                 }
                 runtime::kill_group(instance.pid, Signal::SIGKILL);
             }
+            let _ = std::fs::remove_file(self.output_pipe(&instance.environment, instance.port));
             self.store.instance_stopped(instance.id)?;
         }
+        Ok(())
+    }
+
+    /// Makes a leftover instance `env`'s serving one if every health path passes now.
+    async fn adopt(&self, state: &EnvState, row: &crate::store::Instance) -> Result<(), String> {
+        let health = &self.config.health;
+        let client = crate::health::client();
+        for path in &health.paths {
+            let probe = crate::health::probe(&client, row.port, path, health.timeout).await;
+            match probe.outcome {
+                Ok(code) if code == health.expect_status => {}
+                Ok(code) => return Err(format!("{path} answered {code}")),
+                Err(e) => return Err(format!("{path}: {e}")),
+            }
+        }
+        let output = self.output_pipe(&state.env.name, row.port);
+        let instance = runtime::adopt(
+            row.pid,
+            row.proc_start.unwrap_or_default(),
+            row.port,
+            &output,
+            &state.log,
+        )
+        .map_err(|e| e.to_string())?;
+        self.track_instance(row.id, instance.clone());
+        let upstream = Upstream::new(std::net::SocketAddr::from(([127, 0, 0, 1], row.port)));
+        let active = Active {
+            record: row.id,
+            instance,
+            release: row.release.clone(),
+            upstream,
+        };
+        state.activate(active).await;
         Ok(())
     }
 
@@ -68,6 +142,9 @@ impl Engine {
 
     async fn restore(&self, state: &EnvState) -> Result<Option<String>, String> {
         let env = &state.env.name;
+        if let Some(release) = state.active_release().await {
+            return Ok(Some(format!("{release} (adopted, still running)")));
+        }
         let Some(last) = self.store.last_succeeded(env).map_err(|e| e.to_string())? else {
             return Ok(None);
         };

@@ -135,6 +135,7 @@ impl Engine {
             .store
             .step_started(id, name)
             .map_err(|e| Stop::failed(format!("cannot record step {name}: {e}")))?;
+        hold_for_fault_injection(id, name).await;
         let result = work.await;
         let (state, output) = match &result {
             Ok((_, out)) => (StepState::Ok, out.clone()),
@@ -388,7 +389,7 @@ impl Engine {
         } else {
             let vars = instance_vars(state, &resolved.version, &resolved.commit);
             for (step, commands) in [("build", &app.build), ("test", &app.test)] {
-                self.step(id, step, self.run_commands(dir, commands, &vars))
+                self.step(id, step, self.run_commands(id, dir, commands, &vars))
                     .await
                     .inspect_err(|_| self.mark_release(&env.name, &name, "failed"))?;
             }
@@ -592,6 +593,7 @@ impl Engine {
 
     async fn run_commands(
         &self,
+        id: i64,
         dir: &Path,
         commands: &[String],
         vars: &[(String, String)],
@@ -599,7 +601,19 @@ impl Engine {
         let mut out = String::new();
         for command in commands {
             out.push_str(&format!("$ {command}\n"));
-            match release::run_command(dir, command, vars, self.config.app.command_timeout).await {
+            // recorded, so a ferry that dies meanwhile leaves nothing running behind
+            let record = |pid| {
+                if let Some(at) = crate::runtime::process_start_time(pid)
+                    && let Err(e) = self.store.command_started(id, pid, at)
+                {
+                    tracing::warn!(id, pid, error = %e, "cannot record a running command");
+                }
+            };
+            let result =
+                release::run_command(dir, command, vars, self.config.app.command_timeout, record)
+                    .await;
+            let _ = self.store.commands_ended(id);
+            match result {
                 Ok(text) => out.push_str(&text),
                 Err(e) => {
                     out.push_str(e.output());
@@ -642,7 +656,16 @@ impl Engine {
             port,
             vars,
             secrets,
+            output: self.output_pipe(&env.name, port),
         })
+    }
+
+    /// The named pipe carrying the output of `env`'s instance on `port`.
+    pub(super) fn output_pipe(&self, env: &str, port: u16) -> PathBuf {
+        self.config
+            .env_dir(env)
+            .join("run")
+            .join(format!("{port}.out"))
     }
 
     /// Removes releases beyond `keep_releases`, oldest first by the order they were made,
@@ -691,6 +714,18 @@ impl Engine {
             excess -= 1;
         }
         out
+    }
+}
+
+/// Fault injection for the crash-recovery tests: with `FERRY_FAULT_PAUSE_AT=<step>` in its
+/// environment, `ferry serve` holds every deployment for an hour once that step has started
+/// (and is recorded as running), so a test can kill ferry there. Unset, it costs one lookup.
+pub const FAULT_PAUSE_VAR: &str = "FERRY_FAULT_PAUSE_AT";
+
+async fn hold_for_fault_injection(id: i64, step: &str) {
+    if std::env::var(FAULT_PAUSE_VAR).is_ok_and(|at| at == step) {
+        tracing::warn!(id, step, "{FAULT_PAUSE_VAR}: holding the deployment here");
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
     }
 }
 

@@ -137,6 +137,7 @@ async fn commands_report_failure_output_and_time_out() {
         "echo hello; echo oops >&2",
         &[],
         Duration::from_secs(5),
+        |_| {},
     )
     .await
     .unwrap();
@@ -147,6 +148,7 @@ async fn commands_report_failure_output_and_time_out() {
         "echo $GREETING; exit 3",
         &vars,
         Duration::from_secs(5),
+        |_| {},
     )
     .await
     .unwrap_err();
@@ -158,6 +160,7 @@ async fn commands_report_failure_output_and_time_out() {
         "sleep 30 & sleep 30",
         &[],
         Duration::from_millis(200),
+        |_| {},
     )
     .await
     .unwrap_err();

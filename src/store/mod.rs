@@ -27,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_promotion.sql"),
     include_str!("migrations/0003_server.sql"),
     include_str!("migrations/0004_dashboard.sql"),
+    include_str!("migrations/0005_commands.sql"),
 ];
 
 /// Store errors.
@@ -666,6 +667,33 @@ impl Store {
             Instance::COLUMNS
         ))?;
         let rows = stmt.query_map([], Instance::from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records a build or test command of `deployment` as running (before it is waited on).
+    pub fn command_started(&self, deployment: i64, pid: u32, proc_start: i64) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO commands (deployment_id, pid, proc_start, started_at) VALUES (?1, ?2, ?3, ?4)",
+            params![deployment, pid, proc_start, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets `deployment`'s commands: they have ended.
+    pub fn commands_ended(&self, deployment: i64) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM commands WHERE deployment_id = ?1",
+            [deployment],
+        )?;
+        Ok(())
+    }
+
+    /// Commands recorded as running: (deployment, pid, process start time).
+    pub fn running_commands(&self) -> Result<Vec<(i64, u32, i64)>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT deployment_id, pid, proc_start FROM commands ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }
