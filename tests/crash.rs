@@ -44,10 +44,13 @@ fn processes_in(dir: &Path) -> Vec<(u32, u32)> {
     found
 }
 
-/// Requests the proxy every 10 ms until stopped: (time, status or `None` when refused).
+/// When a request was answered, and its status (`None`: the connection was refused).
+type Answers = Vec<(Instant, Option<u16>)>;
+
+/// Requests the proxy every 10 ms until stopped.
 struct Prober {
     stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<(Instant, Option<u16>)>>>,
+    seen: Arc<Mutex<Answers>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -77,7 +80,7 @@ impl Prober {
         }
     }
 
-    fn finish(mut self) -> Vec<(Instant, Option<u16>)> {
+    fn finish(mut self) -> Answers {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap();
         std::mem::take(&mut *self.seen.lock().unwrap())
