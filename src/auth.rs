@@ -109,8 +109,11 @@ pub fn check(store: &Store, presented: &str) -> Result<Option<Token>, StoreError
             found = Some(token);
         }
     }
-    if let Some(t) = &found {
-        store.token_used(t.id)?;
+    // when it was last used is a nicety: a full disk must not lock everyone out
+    if let Some(t) = &found
+        && let Err(e) = store.token_used(t.id)
+    {
+        tracing::warn!(token = %t.name, error = %e, "cannot record the token's use");
     }
     Ok(found)
 }
@@ -198,7 +201,9 @@ pub fn write_local(store: &Store, state_dir: &Path) -> Result<PathBuf, AuthError
             .open(&tmp)?;
         f.write_all(secret.as_bytes())?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        std::fs::rename(&tmp, &path)?;
+        // the rename itself is durable once the directory is synced
+        std::fs::File::open(state_dir)?.sync_all()
     };
     write().map_err(|source| AuthError::Write {
         path: path.clone(),

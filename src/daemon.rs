@@ -24,6 +24,15 @@ pub enum DaemonError {
     Webhooks(String),
     #[error("cannot make the local API token: {0}")]
     Token(#[from] crate::auth::AuthError),
+    #[error(
+        "another ferry serve is running on the state dir {path} (it holds {path}/serve.lock); stop it first"
+    )]
+    Running { path: String },
+    #[error("cannot lock the state dir {path}: {source}")]
+    Lock {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot open the store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
@@ -45,23 +54,25 @@ pub struct Daemon {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     restore: JoinHandle<()>,
+    /// Held while this daemon runs: one `serve` per state dir.
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl Daemon {
-    /// Opens the store, recovers from an earlier stop, binds every address, and starts
-    /// serving. Environments are brought back to their last good release in the background
-    /// ([`Daemon::restored`] waits for that).
+    /// Locks the state dir, binds every address, opens the store, recovers from an earlier
+    /// stop (adopting instances still running), and starts serving. Nothing is recovered
+    /// before every port is bound, so a ferry that cannot start changes nothing.
+    /// Environments without an adopted instance are brought back to their last good release
+    /// in the background ([`Daemon::restored`] waits for that).
     pub async fn start(config: Config) -> Result<Daemon, DaemonError> {
+        let state_dir = config.state_dir.display().to_string();
         std::fs::create_dir_all(&config.state_dir).map_err(|source| DaemonError::StateDir {
-            path: config.state_dir.display().to_string(),
+            path: state_dir.clone(),
             source,
         })?;
+        let lock = lock_state_dir(&config.state_dir)?;
         let store = Store::open(&config.state_dir.join("ferry.db"))?;
         let engine = Engine::new(Arc::new(config), store)?;
-        let (shutdown, rx) = watch::channel(false);
-        let app = AppState::new(engine.clone(), rx.clone()).map_err(DaemonError::Webhooks)?;
-        engine.recover_store().await?;
-        engine.apply_maintenance()?;
         let proxies = engine.bind_proxies().await?;
         let api_addr = engine.config.server.listen;
         let api = TcpListener::bind(api_addr)
@@ -71,6 +82,10 @@ impl Daemon {
                 source,
             })?;
         let api_addr = api.local_addr().unwrap_or(api_addr);
+        let (shutdown, rx) = watch::channel(false);
+        let app = AppState::new(engine.clone(), rx.clone()).map_err(DaemonError::Webhooks)?;
+        engine.recover_store().await?;
+        engine.apply_maintenance()?;
         // only now: a second ferry that cannot bind must not replace the first one's token
         let token_file = crate::auth::write_local(&engine.store, &engine.config.state_dir)?;
         tracing::info!(path = %token_file.display(), "wrote the local API token");
@@ -111,6 +126,7 @@ impl Daemon {
             shutdown,
             tasks,
             restore,
+            _lock: lock,
         })
     }
 
@@ -128,4 +144,29 @@ impl Daemon {
         }
         self.engine.shutdown().await;
     }
+}
+
+/// Takes `serve.lock` in the state dir, or says which ferry already holds it.
+fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
+    let path = dir.join("serve.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| DaemonError::Lock {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK => DaemonError::Running {
+                path: dir.display().to_string(),
+            },
+            e => DaemonError::Lock {
+                path: dir.display().to_string(),
+                source: e.into(),
+            },
+        },
+    )
 }

@@ -46,7 +46,7 @@ pub async fn probe(client: &reqwest::Client, port: u16, path: &str, timeout: Dur
                     crate::config::format_duration(timeout)
                 )
             } else if e.is_connect() {
-                "connection refused".to_string()
+                format!("connection refused on port {port} (does the app listen on $PORT?)")
             } else {
                 e.to_string()
             }

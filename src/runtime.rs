@@ -439,11 +439,17 @@ impl Instance {
         }
     }
 
-    /// SIGTERM to the group, SIGKILL after `grace`; returns once the process is gone.
+    /// SIGTERM to the group, SIGKILL after `grace` to whatever of the group is left; returns
+    /// once the process is gone. The grace period covers the whole group: a shell leading it
+    /// may die at once while the app under it is still finishing its requests.
     pub async fn stop(&self, grace: Duration) {
-        if self.exited().is_none() {
+        if group_alive(self.pid) {
             kill_group(self.pid, Signal::SIGTERM);
-            if tokio::time::timeout(grace, self.wait_exit()).await.is_err() {
+            let deadline = tokio::time::Instant::now() + grace;
+            while group_alive(self.pid) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if group_alive(self.pid) {
                 tracing::warn!(pid = self.pid, "instance ignored SIGTERM; killing it");
             }
         }
@@ -452,6 +458,33 @@ impl Instance {
         self.wait_exit().await;
         let _ = std::fs::remove_file(&self.output);
     }
+}
+
+/// True while a process of group `pgid` runs (zombies do not count).
+pub fn group_alive(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            return false;
+        };
+        // after the name: state, ppid, pgrp
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
+        pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
+    })
 }
 
 #[cfg(test)]

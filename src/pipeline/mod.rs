@@ -29,6 +29,17 @@ use crate::store::{Deployment, DeploymentState, Store, StoreError};
 
 pub use actions::{CheckReport, Plan};
 
+/// The free space the state dir's disk needs before a deployment starts.
+pub const MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
+
+fn human_bytes(n: u64) -> String {
+    if n >= 1024 * 1024 {
+        format!("{} MiB", n / (1024 * 1024))
+    } else {
+        format!("{} KiB", n / 1024)
+    }
+}
+
 /// The steps of a deploy, in the order they run.
 pub const DEPLOY_STEPS: &[&str] = &[
     "resolve", "policy", "lock", "prepare", "build", "test", "backup", "start", "health", "switch",
@@ -81,6 +92,9 @@ pub enum EngineError {
     /// The request is understood but not allowed now (not verified, not waiting, ...).
     #[error("{0}")]
     Conflict(String),
+    /// The state dir cannot take the writes a deployment makes (full disk, read-only).
+    #[error("{0}")]
+    Storage(String),
 }
 
 impl From<ApprovalError> for EngineError {
@@ -97,6 +111,11 @@ impl From<ApprovalError> for EngineError {
 
 impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
+        if e.is_disk_full() {
+            return EngineError::Storage(format!(
+                "refused: the disk holding ferry's state dir is full ({e}); nothing was changed"
+            ));
+        }
         EngineError::Store(e)
     }
 }
@@ -203,9 +222,51 @@ impl Engine {
     }
 
     fn create(&self, env: &str, kind: &str, git_ref: &str, who: &str) -> Result<i64, EngineError> {
+        self.check_storage()?;
         Ok(self
             .store
             .create_deployment(env, kind, git_ref, who, DeploymentState::Queued)?)
+    }
+
+    /// Refuses to start anything when the state dir's disk is nearly full or not writable:
+    /// a deployment that cannot record its steps, export its release or take its backups
+    /// must not begin. Checked before the deployment is even recorded, so nothing changes.
+    pub fn check_storage(&self) -> Result<(), EngineError> {
+        let dir = &self.config.state_dir;
+        let refuse = |what: String| {
+            EngineError::Storage(format!(
+                "refused: {what}; nothing was changed (free space under {} and try again)",
+                dir.display()
+            ))
+        };
+        let stat = nix::sys::statvfs::statvfs(dir.as_path()).map_err(|e| {
+            refuse(format!(
+                "cannot check the free space of {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+        if free < MIN_FREE_BYTES {
+            return Err(refuse(format!(
+                "the disk holding the state dir {} has {} free; a deployment needs at least {}",
+                dir.display(),
+                human_bytes(free),
+                human_bytes(MIN_FREE_BYTES)
+            )));
+        }
+        // free space is not the only way to fail: a read-only or broken disk shows on a write
+        let probe = dir.join(".write-check");
+        let written = std::fs::File::create(&probe).and_then(|mut f| {
+            std::io::Write::write_all(&mut f, &[0u8; 4096])?;
+            f.sync_all()
+        });
+        let _ = std::fs::remove_file(&probe);
+        written.map_err(|e| {
+            refuse(format!(
+                "cannot write to the state dir {}: {e}",
+                dir.display()
+            ))
+        })
     }
 
     /// A deployment asked for while the environment is locked is recorded as refused at once.

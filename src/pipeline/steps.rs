@@ -167,7 +167,14 @@ impl Engine {
             .step(id, "resolve", async {
                 let mirror = self.config.state_dir.join("mirror.git");
                 let _git = self.git.lock().await;
-                release::sync_mirror(&app.repo, &mirror).await?;
+                // an unreachable repo says nothing about the release: refused, nothing changed
+                release::sync_mirror(&app.repo, &mirror)
+                    .await
+                    .map_err(|e| {
+                        let output = e.output().to_string();
+                        Stop::refused(format!("cannot fetch from the repo {}: {e}", app.repo))
+                            .with_output(&output)
+                    })?;
                 let r = release::resolve(&mirror, &d.git_ref).await?;
                 let out = format!("{} -> {} ({:?})\n", d.git_ref, r.commit, r.kind);
                 Ok((r, out))

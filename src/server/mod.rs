@@ -66,6 +66,7 @@ impl From<EngineError> for ApiError {
             EngineError::NoRollbackTarget(_) => (StatusCode::CONFLICT, "no_rollback_target"),
             EngineError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             EngineError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            EngineError::Storage(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
             EngineError::Store(_) | EngineError::Bind { .. } | EngineError::Log { .. } => {
                 tracing::error!(error = %e, "internal error");
                 return ApiError::new(
@@ -81,7 +82,7 @@ impl From<EngineError> for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> ApiError {
-        EngineError::Store(e).into()
+        EngineError::from(e).into()
     }
 }
 

@@ -45,6 +45,14 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// SQLite could not write because the disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::DiskFull)
+    }
+}
+
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// A handle to the database; cheap to clone.
