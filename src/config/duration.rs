@@ -118,4 +118,25 @@ mod tests {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_or_is_refused_without_panic(text in "\\PC{0,24}") {
+            if let Ok(d) = parse_duration(&text) {
+                // what parses formats back to text that parses to the same
+                proptest::prop_assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+            }
+        }
+
+        #[test]
+        fn numbers_with_a_unit_parse_exactly(n in 0u64..1_000_000, unit in 0usize..4) {
+            let (suffix, d) = [
+                ("ms", Duration::from_millis(n)),
+                ("s", Duration::from_secs(n)),
+                ("m", Duration::from_secs(n * 60)),
+                ("h", Duration::from_secs(n * 3600)),
+            ][unit];
+            proptest::prop_assert_eq!(parse_duration(&format!("{n}{suffix}")), Ok(d));
+        }
+    }
 }

@@ -351,3 +351,39 @@ fn webhooks_notify_and_auto_tags_are_read_and_checked() {
     );
     assert!(d.message.contains("`track`"), "{}", d.message);
 }
+
+/// A valid config with every kind of key: the one `ferry init` writes, for [`sandbox`].
+fn valid() -> String {
+    crate::config::TEMPLATE.replacen("repo = \".\"", "repo = \"repo\"", 1)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+    /// Any text, and any splice into a valid config: an error or a config, never a panic.
+    #[test]
+    fn hostile_config_text_never_panics(
+        text in "\\PC{0,200}",
+        at in 0usize..4000,
+        cut in 0usize..40,
+        insert in "(\\PC|\n|\"|\\[|\\]|=){0,40}",
+    ) {
+        let dir = sandbox();
+        let _ = parse(dir.path(), &text);
+        let valid = valid();
+        let at = (0..=at.min(valid.len())).rev().find(|&i| valid.is_char_boundary(i)).unwrap_or(0);
+        let end = (at + cut).min(valid.len());
+        let end = (end..=valid.len()).find(|&i| valid.is_char_boundary(i)).unwrap();
+        let spliced = format!("{}{insert}{}", &valid[..at], &valid[end..]);
+        if let Err(ConfigError::Invalid(d)) = parse(dir.path(), &spliced) {
+            // a diagnostic renders, whatever the text it points into
+            let _ = d.to_string();
+        }
+    }
+}
+
+#[test]
+fn the_valid_config_of_the_property_test_is_valid() {
+    let dir = sandbox();
+    parse(dir.path(), &valid()).unwrap();
+}

@@ -166,11 +166,7 @@ impl Engine {
         report: &CheckReport,
         who: &str,
     ) -> Result<Check, EngineError> {
-        if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(EngineError::Invalid(format!(
-                "\"{sha}\" is not a full commit sha: report checks for the 40-character id"
-            )));
-        }
+        check_sha(sha)?;
         if !valid_check_name(&report.name) {
             return Err(EngineError::Invalid(format!(
                 "check name \"{}\" is not allowed: use letters, digits, spaces and . _ - / :",
@@ -386,4 +382,15 @@ fn commands(list: &[String]) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// Checks are kept per full commit id: 40 hex digits, nothing else.
+pub fn check_sha(sha: &str) -> Result<(), EngineError> {
+    if sha.len() != 40 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(EngineError::Invalid(format!(
+            "\"{}\" is not a full commit sha: checks are kept for the 40-character id",
+            sha.chars().take(60).collect::<String>()
+        )));
+    }
+    Ok(())
 }

@@ -27,7 +27,7 @@ use crate::release::{ReleaseError, check_ref};
 use crate::runtime::{self, LogSink};
 use crate::store::{Deployment, DeploymentState, Store, StoreError};
 
-pub use actions::{CheckReport, Plan};
+pub use actions::{CheckReport, Plan, check_sha};
 
 /// The free space the state dir's disk needs before a deployment starts.
 pub const MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;

@@ -215,3 +215,87 @@ fn copied_release_has_the_same_digest_once_shared_paths_are_linked_again() {
         0o755
     );
 }
+
+/// Characters a shell would act on.
+const SHELL_META: &[char] = &[
+    ' ', '\t', '\n', ';', '&', '|', '$', '`', '(', ')', '<', '>', '*', '?', '[', ']', '{', '}',
+    '\'', '"', '\\', '!', '#', '~', '=', '%', '^', ',',
+];
+
+/// What a ref accepted by [`check_ref`] may be: no option, no shell syntax, no way out of a
+/// directory, and a release name that is one plain path component.
+fn assert_safe(r: &str) {
+    assert!(!r.starts_with('-'), "{r}");
+    assert!(!r.contains(".."), "{r}");
+    assert!(!r.contains(SHELL_META), "{r}");
+    let resolved = Resolved {
+        commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        version: r.to_string(),
+        kind: RefKind::Tag,
+    };
+    let name = resolved.release_name();
+    let mut parts = Path::new(&name).components();
+    assert!(
+        matches!(parts.next(), Some(std::path::Component::Normal(_))) && parts.next().is_none(),
+        "{r} -> {name}"
+    );
+    let releases = Path::new("/srv/ferry/environments/prod/releases");
+    assert_eq!(releases.join(&name).parent(), Some(releases), "{r}");
+}
+
+#[test]
+fn hostile_refs_are_refused_before_anything_runs() {
+    for r in [
+        "..",
+        "../../etc",
+        "v1/../../x",
+        "a..b",
+        "/etc/passwd",
+        "main/",
+        "a//b",
+        "-x",
+        "--upload-pack=touch /tmp/pwned",
+        "v1 2",
+        " main",
+        "main;rm -rf /",
+        "$(id)",
+        "`id`",
+        "a|b",
+        "a&b",
+        "v1>x",
+        "v1\nx",
+        "x@{1}",
+        "x.lock",
+        "",
+    ] {
+        assert!(check_ref(r).is_err(), "{r:?} was accepted");
+    }
+    for r in [
+        "main",
+        "v1.2.3",
+        "feature/login",
+        "release/v1.2.3+build.5",
+        "a_b-c",
+    ] {
+        check_ref(r).unwrap();
+        assert_safe(r);
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn any_ref_accepted_is_safe(r in "\\PC{0,40}") {
+        if check_ref(&r).is_ok() {
+            assert_safe(&r);
+        }
+    }
+
+    #[test]
+    fn any_ref_of_ref_characters_accepted_is_safe(r in "[a-z0-9./_+-]{1,30}") {
+        if check_ref(&r).is_ok() {
+            assert_safe(&r);
+        }
+    }
+}

@@ -204,5 +204,6 @@ pub async fn checks(
     State(engine): State<Arc<Engine>>,
     Path(sha): Path<String>,
 ) -> ApiResult<Json<Vec<Check>>> {
+    crate::pipeline::check_sha(&sha)?;
     Ok(Json(engine.store.checks(&sha.to_ascii_lowercase())?))
 }

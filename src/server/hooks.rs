@@ -21,7 +21,7 @@ use super::{ApiError, AppState};
 use crate::pipeline::Pushed;
 
 /// The largest delivery body taken.
-pub const MAX_BODY: usize = 1024 * 1024;
+pub const MAX_BODY: usize = super::MAX_BODY;
 
 /// The shared secrets, read from the environment when `serve` starts. Never printed.
 #[derive(Clone, Default)]
@@ -204,6 +204,20 @@ enum Parsed {
     Other,
 }
 
+/// Reads a delivery's body as the payload of its event kind.
+fn parse(kind: Kind, body: &[u8]) -> Result<Parsed, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    Ok(match kind {
+        Kind::Push => Parsed::Push(
+            serde_json::from_value::<PushPayload>(value)
+                .map_err(|e| format!("not a push payload: {e}"))?,
+        ),
+        Kind::Ping => Parsed::Ping,
+        Kind::Other => Parsed::Other,
+    })
+}
+
 /// The part both providers share once the sender is proven.
 fn accept(
     app: &AppState,
@@ -222,23 +236,12 @@ fn accept(
         Ok(None) => {}
         Err(e) => return ApiError::from(e).into_response(),
     }
-    let value: serde_json::Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => {
+    let parsed = match parse(kind(event), body) {
+        Ok(parsed) => parsed,
+        Err(why) => {
             app.metrics.webhook(provider, "malformed");
-            return bad("malformed", format!("the body is not JSON: {e}"));
+            return bad("malformed", why);
         }
-    };
-    let parsed = match kind(event) {
-        Kind::Push => match serde_json::from_value::<PushPayload>(value) {
-            Ok(p) => Parsed::Push(p),
-            Err(e) => {
-                app.metrics.webhook(provider, "malformed");
-                return bad("malformed", format!("not a push payload: {e}"));
-            }
-        },
-        Kind::Ping => Parsed::Ping,
-        Kind::Other => Parsed::Other,
     };
     let push = match &parsed {
         Parsed::Push(p) => Some(p),
@@ -320,5 +323,47 @@ mod tests {
         };
         let shown = format!("{s:?}");
         assert!(!shown.contains("hunter2") && shown.contains("<set>"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_body_is_parsed_or_refused_without_panic(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+        ) {
+            for kind in [Kind::Push, Kind::Ping, Kind::Other] {
+                let _ = parse(kind, &body);
+            }
+        }
+
+        #[test]
+        fn push_payloads_keep_hostile_refs_as_data(
+            git_ref in "\\PC{0,80}",
+            after in "\\PC{0,50}",
+            name in "\\PC{0,20}",
+            extra in "\\PC{0,20}",
+        ) {
+            let body = json!({
+                "ref": git_ref, "after": after, "pusher": {"name": name}, extra: [1, {"x": null}],
+            })
+            .to_string();
+            let Ok(Parsed::Push(p)) = parse(Kind::Push, body.as_bytes()) else {
+                return Err(proptest::test_runner::TestCaseError::fail("a push payload was refused"));
+            };
+            proptest::prop_assert_eq!(&p.git_ref, &git_ref);
+            // what a push would deploy is checked like any ref before it goes anywhere
+            if let Some(crate::pipeline::Pushed::Branch(n) | crate::pipeline::Pushed::Tag(n)) =
+                crate::pipeline::Pushed::from_ref(&p.git_ref)
+            {
+                let _ = crate::release::check_ref(&n);
+            }
+        }
+
+        #[test]
+        fn a_wrong_signature_is_never_accepted(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            signature in "(sha256=)?[0-9a-f]{0,70}",
+        ) {
+            proptest::prop_assert!(!github_signature_ok("s3cret", &body, &signature));
+        }
     }
 }

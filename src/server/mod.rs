@@ -200,8 +200,31 @@ pub fn router(app: AppState) -> Router {
             app.clone(),
             guard::guard,
         ))
-        .layer(DefaultBodyLimit::max(1024 * 1024))
+        .layer(axum::middleware::from_fn(refuse_oversized))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)
+}
+
+/// The largest request body ferry reads (API, dashboard forms, webhook deliveries).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// A body declared larger than [`MAX_BODY`] is refused from its headers, before any of it
+/// is read (a body without a declared length is cut off at the limit as it is read).
+async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("a request body may be at most {MAX_BODY} bytes"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Serves the API on `listener` until `app.shutdown` says stop.

@@ -1,0 +1,306 @@
+//! Hostile input over HTTP: hostile refs, oversized bodies, forged webhooks in bulk, and path
+//! traversal on every route that takes a name. (Property tests of the parsers are unit tests
+//! next to them: config, durations, webhook payloads, refs.)
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+const HOOKS: &str =
+    "[webhooks]\ngithub_secret_env = \"FERRY_TEST_GH\"\ngitlab_token_env = \"FERRY_TEST_GL\"\n";
+
+fn sandbox() -> Sandbox {
+    let mut s = Sandbox::with(
+        &[Rel("v1.0.0", GOOD)],
+        Options {
+            tables: HOOKS,
+            ..Options::default()
+        },
+    );
+    s.serve_env
+        .push(("FERRY_TEST_GH".into(), "gh-s3cret".into()));
+    s.serve_env
+        .push(("FERRY_TEST_GL".into(), "gl-t0ken".into()));
+    s.serve();
+    s
+}
+
+/// One HTTP/1.1 request written by hand, so the path reaches ferry exactly as given (a client
+/// library would resolve `..`): status and body.
+fn raw(
+    api: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = api.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !headers.iter().any(|(k, _)| *k == "content-length") {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    conn.write_all(req.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Row counts of every table in the store.
+fn table_counts(s: &Sandbox) -> Vec<(String, i64)> {
+    let db = rusqlite::Connection::open(s.state_dir().join("ferry.db")).unwrap();
+    let names: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    names
+        .into_iter()
+        .map(|n| {
+            let count = db
+                .query_row(&format!("SELECT COUNT(*) FROM \"{n}\""), [], |r| r.get(0))
+                .unwrap();
+            (n, count)
+        })
+        .collect()
+}
+
+#[test]
+fn hostile_refs_never_reach_git_or_a_shell_and_record_nothing() {
+    let s = sandbox();
+    let marker = s.dir.path().join("pwned");
+    let m = marker.display();
+    let refs = [
+        "../../../../etc".to_string(),
+        "v1/../../x".into(),
+        "--upload-pack=touch {m}".into(),
+        "-c core.pager=touch".into(),
+        "main; touch {m}".into(),
+        "$(touch {m})".into(),
+        "`touch {m}`".into(),
+        "main && touch {m}".into(),
+        "main | touch {m}".into(),
+        "a b".into(),
+        "/etc/passwd".into(),
+        "main\ntouch".into(),
+        "x".repeat(5000),
+    ];
+    for r in refs {
+        let r = r.replace("{m}", &m.to_string());
+        let (status, body) = s.post(
+            "/api/deployments",
+            &json!({"environment": "staging", "ref": r}),
+        );
+        assert_eq!(status, 400, "{r:?}: {body}");
+        assert_eq!(body["error"]["code"], "bad_ref", "{r:?}: {body}");
+        let plan = get(&format!(
+            "{}/api/environments/staging/plan?ref={}",
+            s.api,
+            urlencode(&r)
+        ))
+        .unwrap();
+        assert_eq!(plan.0, 400, "{r:?}: {}", plan.1);
+    }
+    // through the CLI too, where a leading '-' could pass for an option
+    let run = s.ferry(&["deploy", "staging", "--", "--upload-pack=touch /tmp/x"]);
+    assert_ne!(run.code(), 0, "{run}");
+    assert!(!marker.exists(), "a hostile ref ran a command");
+    assert!(s.api("/api/deployments").as_array().unwrap().is_empty());
+    let releases = s.state_dir().join("environments/staging/releases");
+    assert!(!releases.exists() || std::fs::read_dir(releases).unwrap().count() == 0);
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes().map(|b| format!("%{b:02X}")).collect()
+}
+
+#[test]
+fn bodies_over_the_limits_get_413_and_change_nothing() {
+    let s = sandbox();
+    let before = table_counts(&s);
+    // a body declared over the limit is refused from its headers, before it is read
+    let token = s.token();
+    let cases = [
+        "/api/deployments",
+        "/api/environments/staging/lock",
+        "/api/commits/0123456789abcdef0123456789abcdef01234567/checks",
+        "/hooks/github",
+        "/hooks/gitlab",
+        "/signin",
+    ];
+    for path in cases {
+        let headers = [
+            ("content-type", "application/json".to_string()),
+            ("authorization", format!("Bearer {token}")),
+            ("x-github-event", "push".into()),
+            ("x-github-delivery", "big-1".into()),
+            ("x-gitlab-event", "Push Hook".into()),
+            ("x-gitlab-token", "gl-t0ken".into()),
+            ("content-length", (2 * 1024 * 1024).to_string()),
+        ];
+        let (status, body) = raw(&s.api, "POST", path, &headers, "{\"ref\": \"");
+        assert_eq!(status, 413, "{path}: {body}");
+    }
+    // and one sent in full, without saying its length, is cut off at the limit
+    let big = format!("{{\"ref\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let status = client()
+        .post(format!("{}/api/deployments", s.api))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(reqwest::blocking::Body::new(std::io::Cursor::new(big)))
+        .send()
+        .map(|r| r.status().as_u16());
+    assert!(matches!(status, Ok(413) | Err(_)), "{status:?}");
+    let mut after = table_counts(&s);
+    // the API's own calls are audited; nothing else may change
+    after.retain(|(n, _)| n != "audit");
+    let mut before = before;
+    before.retain(|(n, _)| n != "audit");
+    assert_eq!(before, after);
+}
+
+#[test]
+fn a_thousand_forged_webhooks_leave_only_a_counter() {
+    let s = sandbox();
+    let before = table_counts(&s);
+    let log_before = s.serve_log().len();
+    let client = client();
+    for i in 0..1000 {
+        let (path, header, value) = if i % 2 == 0 {
+            (
+                "/hooks/github",
+                "x-hub-signature-256",
+                format!("sha256={:064x}", i),
+            )
+        } else {
+            ("/hooks/gitlab", "x-gitlab-token", format!("guess-{i}"))
+        };
+        let status = client
+            .post(format!("{}{path}", s.api))
+            .header(header, value)
+            .header("x-github-event", "push")
+            .header("x-github-delivery", format!("forged-{i}"))
+            .header("x-gitlab-event", "Push Hook")
+            .body(r#"{"ref": "refs/heads/main", "after": "0123456789abcdef0123456789abcdef01234567"}"#)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(status, 401, "{path}");
+    }
+    assert_eq!(table_counts(&s), before, "a forged delivery left a row");
+    assert_eq!(
+        s.serve_log().len(),
+        log_before,
+        "forged deliveries were logged:\n{}",
+        &s.serve_log()[log_before..]
+    );
+    let metrics = get(&format!("{}/metrics", s.api)).unwrap().1;
+    for provider in ["github", "gitlab"] {
+        let line = format!(
+            "ferry_webhook_deliveries_total{{provider=\"{provider}\",outcome=\"bad_signature\"}} 500"
+        );
+        assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    }
+    assert!(s.api("/api/deployments").as_array().unwrap().is_empty());
+}
+
+#[test]
+fn path_traversal_on_every_named_route_finds_nothing() {
+    let s = sandbox();
+    s.deploy_ok("staging", "v1.0.0");
+    let token = s.token();
+    let hostile = [
+        "..",
+        "%2e%2e",
+        "..%2f..%2f..%2fetc%2fpasswd",
+        "%2e%2e%2f%2e%2e%2fferry.db",
+        "staging%2f..%2f..%2fferry.db",
+        "staging%00",
+        ".",
+        "%2f",
+        "~root",
+        "-1",
+        "99999999999999999999999",
+    ];
+    let before = table_counts(&s);
+    let mut tried = 0;
+    // every API route with a path parameter, and the dashboard's
+    let mut routes: Vec<(String, String)> = ferry::server::ROUTES
+        .iter()
+        .filter(|(_, path, _, _)| path.contains('{'))
+        .map(|(m, p, _, _)| (m.to_string(), p.to_string()))
+        .collect();
+    for p in [
+        "/environments/{env}",
+        "/deployments/{id}",
+        "/deployments/{id}/live",
+    ] {
+        routes.push(("get".into(), p.into()));
+    }
+    for (method, route) in &routes {
+        for name in hostile {
+            let path = regex::Regex::new(r"\{[a-z]+\}")
+                .unwrap()
+                .replace_all(route, name)
+                .into_owned();
+            let (status, body) = raw(
+                &s.api,
+                &method.to_uppercase(),
+                &path,
+                &[
+                    ("authorization", format!("Bearer {token}")),
+                    ("content-type", "application/json".into()),
+                ],
+                r#"{"reason": "x", "name": "x", "status": "success", "on": true}"#,
+            );
+            assert!(
+                (400..=405).contains(&status),
+                "{method} {path}: {status} {body}"
+            );
+            assert!(!body.contains("root:x:0"), "{method} {path}");
+            assert!(!body.contains("SQLite format"), "{method} {path}");
+            tried += 1;
+        }
+    }
+    let mut after = table_counts(&s);
+    after.retain(|(n, _)| n != "audit" && n != "probes");
+    let mut before = before;
+    before.retain(|(n, _)| n != "audit" && n != "probes");
+    assert_eq!(before, after);
+    println!(
+        "{tried} traversal attempts on {} routes: none found anything",
+        routes.len()
+    );
+}
