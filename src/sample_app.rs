@@ -17,7 +17,7 @@
 //!
 //! Faults of a broken app, for the fault-injection tests:
 //! - `never_bind`: `true` makes it run without ever listening;
-//! - `wrong_port`: `true` makes it listen on `$PORT + 1` instead of `$PORT`;
+//! - `wrong_port`: `true` makes it listen on a port the system picks instead of `$PORT`;
 //! - `ignore_sigterm`: `true` makes it ignore SIGTERM (only SIGKILL stops it);
 //! - `log_flood_mb`: at start, writes this many MiB of log lines as fast as it can.
 //!
@@ -76,7 +76,7 @@ pub async fn run() -> std::io::Result<()> {
         println!("never_bind is set: not listening");
         std::future::pending::<()>().await;
     }
-    let port = if on("wrong_port") { port + 1 } else { port };
+    let port = if on("wrong_port") { 0 } else { port };
     let health = StatusCode::from_u16(
         get_conf("health_status")
             .and_then(|v| v.parse().ok())
@@ -190,7 +190,7 @@ pub async fn run() -> std::io::Result<()> {
             }),
         );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    println!("listening on 127.0.0.1:{port}");
+    println!("listening on {}", listener.local_addr()?);
     let ignore_sigterm = on("ignore_sigterm");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
