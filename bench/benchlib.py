@@ -23,3 +23,21 @@ def build_ferry():
     """Builds ferry --release and returns the binary's path."""
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     return os.path.join(ROOT, "target", "release", "ferry")
+
+
+def start_serve(ferry, tmp, config, api_port):
+    """Starts `ferry serve -c config` (log in tmp/serve.log), waits for its API and returns
+    (process, API base URL, the local token)."""
+    import time
+    import urllib.request
+    base = f"http://127.0.0.1:{api_port}"
+    log = open(os.path.join(tmp, "serve.log"), "w")
+    serve = subprocess.Popen([ferry, "serve", "-c", config], stdout=log, stderr=log)
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(base + "/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.05)
+    token = open(os.path.join(tmp, ".ferry", "local-token")).read().strip()
+    return serve, base, token

@@ -21,7 +21,7 @@ import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
 
-from benchlib import build_ferry, free_port, sh
+from benchlib import build_ferry, free_port, sh, start_serve
 
 REQUESTS = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 DEPLOYMENTS = 1000
@@ -107,17 +107,8 @@ requires = "staging"
 [server]
 listen = "127.0.0.1:{api_port}"
 """)
-        base = f"http://127.0.0.1:{api_port}"
-        log = open(os.path.join(tmp, "serve.log"), "w")
-        serve = subprocess.Popen([ferry, "serve", "-c", config], stdout=log, stderr=log)
+        serve, base, token = start_serve(ferry, tmp, config, api_port)
         try:
-            for _ in range(200):
-                try:
-                    urllib.request.urlopen(base + "/health", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            token = open(os.path.join(tmp, ".ferry", "local-token")).read().strip()
             req = urllib.request.Request(
                 base + "/api/deployments", method="POST",
                 data=json.dumps({"environment": "staging", "ref": "v1.0.0"}).encode(),

@@ -21,7 +21,7 @@ import time
 import urllib.request
 from collections import Counter
 
-from benchlib import build_ferry, free_port, sh
+from benchlib import build_ferry, free_port, sh, start_serve
 
 CONNECTIONS = int(sys.argv[1]) if len(sys.argv) > 1 else 64
 DEPLOYS = int(sys.argv[2]) if len(sys.argv) > 2 else 20
@@ -107,18 +107,8 @@ listen = "127.0.0.1:{env_port}"
 [server]
 listen = "127.0.0.1:{api_port}"
 """)
-        base = f"http://127.0.0.1:{api_port}"
-        log = open(os.path.join(tmp, "serve.log"), "w")
-        serve = subprocess.Popen([ferry, "serve", "-c", config], stdout=log, stderr=log)
+        serve, base, token = start_serve(ferry, tmp, config, api_port)
         try:
-            for _ in range(200):
-                try:
-                    urllib.request.urlopen(base + "/health", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            token = open(os.path.join(tmp, ".ferry", "local-token")).read().strip()
-
             def call(path, body):
                 req = urllib.request.Request(base + path, method="POST", data=json.dumps(body).encode(),
                                              headers={"content-type": "application/json",

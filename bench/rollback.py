@@ -20,7 +20,7 @@ import time
 import urllib.request
 from datetime import datetime
 
-from benchlib import build_ferry, free_port, sh
+from benchlib import build_ferry, free_port, sh, start_serve
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 TOKEN = ""  # serve's local token, read once it is up
@@ -106,19 +106,10 @@ monitor = false
 [server]
 listen = "127.0.0.1:{api_port}"
 """)
-        base = f"http://127.0.0.1:{api_port}"
-        log = open(os.path.join(tmp, "serve.log"), "w")
-        serve = subprocess.Popen([ferry, "serve", "-c", config], stdout=log, stderr=log)
+        serve, base, token = start_serve(ferry, tmp, config, api_port)
         try:
-            for _ in range(100):
-                try:
-                    api(base, "/health")
-                    break
-                except OSError:
-                    time.sleep(0.05)
-
             global TOKEN
-            TOKEN = open(os.path.join(tmp, ".ferry", "local-token")).read().strip()
+            TOKEN = token
 
             def deploy(env, ref):
                 d = api(base, "/api/deployments", {"environment": env, "ref": ref})

@@ -99,7 +99,7 @@ pub async fn wait_healthy(instance: &Instance, cfg: &Health) -> Result<String, H
                         ));
                     }
                     Err(e) => {
-                        refused &= e == "connection refused";
+                        refused &= e.starts_with("connection refused");
                         failures.push(format!("{path}: {e}"));
                     }
                 }

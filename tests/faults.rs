@@ -307,3 +307,19 @@ fn a_taken_port_at_serve_start_names_the_port_and_environment_and_changes_nothin
     .is_some_and(|(c, _)| c == 200)));
     assert_eq!(s.serving("staging").0, "v1.0.0");
 }
+
+#[test]
+fn a_slow_booting_app_is_switched_to_as_soon_as_it_listens_not_a_round_later() {
+    let mut s = Sandbox::new(&[Rel("v1.0.0", "boot_ms = 300\n")]);
+    // one probe round lasts 5s: only the quick retries while nothing listens make round 1 pass
+    let config = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("interval = \"100ms\"", "interval = \"5s\"");
+    std::fs::write(&s.config, config).unwrap();
+    s.serve();
+    let run = s.deploy_ok("staging", "v1.0.0");
+    assert!(
+        run.stdout().contains("healthy after 1 probe round(s)"),
+        "{run}"
+    );
+}
