@@ -1,7 +1,7 @@
 //! `ferry check`: validate the config and summarise it.
 
 use super::{Cli, CmdResult};
-use crate::config::{Track, format_duration};
+use crate::config::{RepositorySource, Track, format_duration};
 
 #[derive(Debug, clap::Args)]
 pub struct Check {}
@@ -61,7 +61,18 @@ pub fn run(cli: &Cli, _args: &Check) -> CmdResult {
     .filter_map(|(p, var)| var.as_ref().map(|v| format!("{p} (secret from ${v})")))
     .collect();
     if !hooks.is_empty() {
-        println!("  webhooks   {}", hooks.join(", "));
+        let from = match config.webhook_repository() {
+            Some((r, RepositorySource::Configured)) => format!("pushes of {r}"),
+            Some((r, RepositorySource::AppRepo)) => format!("pushes of {r} (from [app] repo)"),
+            None => {
+                eprintln!(
+                    "warning: webhooks act on pushes from any repository, as [app] repo is not a \
+                     URL naming one: set [webhooks] repository = \"owner/name\""
+                );
+                "pushes of any repository".to_string()
+            }
+        };
+        println!("  webhooks   {}; {from}", hooks.join(", "));
     }
     for n in &config.notify {
         let format = match n.format {

@@ -50,12 +50,80 @@ pub struct Config {
     pub notify: Vec<Notify>,
 }
 
-/// `[webhooks]`: the names of the environment variables holding the shared secrets.
-/// The secrets themselves are read when `serve` starts and never written anywhere.
+/// `[webhooks]`: the names of the environment variables holding the shared secrets, and the
+/// repository whose pushes count. The secrets themselves are read when `serve` starts and
+/// never written anywhere.
 #[derive(Debug, Clone, Default)]
 pub struct Webhooks {
     pub github_secret_env: Option<String>,
     pub gitlab_token_env: Option<String>,
+    /// `owner/name` (GitHub's `repository.full_name`, GitLab's `project.path_with_namespace`);
+    /// see [`Config::webhook_repository`] for the default.
+    pub repository: Option<String>,
+}
+
+/// True for a repository name as providers write it: two or more `/`-separated parts of
+/// letters, digits, `.`, `_` and `-` (`owner/name`, `group/subgroup/name`).
+pub fn valid_repository(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('/').collect();
+    parts.len() >= 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && *p != "."
+                && *p != ".."
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        })
+}
+
+/// The repository path in a remote URL: `owner/name` from `https://github.com/owner/name.git`,
+/// `git@gitlab.com:group/sub/name.git`, `ssh://git@host:22/owner/name`. `None` for local paths,
+/// `file://` URLs and anything else that names no host.
+pub fn repository_from_url(url: &str) -> Option<String> {
+    if !is_remote_repo(url) {
+        return None;
+    }
+    let after_host = if let Some((scheme, rest)) = url.split_once("://") {
+        if !matches!(
+            scheme,
+            "https" | "http" | "ssh" | "git" | "git+ssh" | "ssh+git"
+        ) {
+            return None;
+        }
+        let (host, path) = rest.split_once('/')?;
+        if host.is_empty() {
+            return None;
+        }
+        path
+    } else {
+        // scp-like: user@host:path
+        let (_, path) = url.split_once(':')?;
+        path
+    };
+    let path = after_host.trim_matches('/');
+    let path = path.strip_suffix(".git").unwrap_or(path);
+    valid_repository(path).then(|| path.to_string())
+}
+
+/// Where the repository webhooks must name comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepositorySource {
+    /// `[webhooks] repository`.
+    Configured,
+    /// Derived from `[app] repo`.
+    AppRepo,
+}
+
+impl Config {
+    /// The repository whose pushes webhooks act on: `[webhooks] repository`, else the path of
+    /// `[app] repo` when that is a remote URL; `None` (pushes from any repository count, and
+    /// `ferry check` warns) when `[app] repo` is a local path and no repository is set.
+    pub fn webhook_repository(&self) -> Option<(String, RepositorySource)> {
+        if let Some(r) = &self.webhooks.repository {
+            return Some((r.clone(), RepositorySource::Configured));
+        }
+        repository_from_url(&self.app.repo).map(|r| (r, RepositorySource::AppRepo))
+    }
 }
 
 /// Events a `[[notify]]` target can ask for.

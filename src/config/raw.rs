@@ -38,6 +38,7 @@ pub struct RawConfig {
 struct RawWebhooks {
     github_secret_env: Option<Spanned<String>>,
     gitlab_token_env: Option<Spanned<String>>,
+    repository: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -558,9 +559,21 @@ fn validate_webhooks(raw: RawWebhooks, fail: &Fail) -> Result<Webhooks, Diagnost
         }
         Ok(Some(v.into_inner()))
     };
+    let repository = match raw.repository {
+        None => None,
+        Some(r) if super::valid_repository(r.get_ref()) => Some(r.into_inner()),
+        Some(r) => {
+            return Err(fail(
+                r.span(),
+                format!("\"{}\" is not a repository name", r.get_ref()),
+                "write it as the provider shows it: \"owner/name\" (GitHub), \"group/subgroup/name\" (GitLab)",
+            ));
+        }
+    };
     Ok(Webhooks {
         github_secret_env: var(raw.github_secret_env)?,
         gitlab_token_env: var(raw.gitlab_token_env)?,
+        repository,
     })
 }
 

@@ -67,10 +67,12 @@ listen = "127.0.0.1:7070"       # ferry's API, webhooks and metrics; reads need 
                                 # loopback, mutations always need one (ferry token create)
 
 # Webhooks: name the environment variables holding the shared secrets (never the secrets).
-# GitHub: POST /hooks/github, content type application/json; GitLab: POST /hooks/gitlab.
+# GitHub: POST /hooks/github (either content type); GitLab: POST /hooks/gitlab.
+# Only pushes of `repository` act; it defaults to the path of a remote [app] repo URL.
 # [webhooks]
 # github_secret_env = "FERRY_GITHUB_SECRET"
 # gitlab_token_env = "FERRY_GITLAB_TOKEN"
+# repository = "acme/shop"
 
 # Notifications: a POST per event; format "json" (with a Slack-style "text") or "slack".
 # Events: deploy.started, deploy.succeeded, deploy.failed, deploy.refused, rollback,

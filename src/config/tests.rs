@@ -387,3 +387,64 @@ fn the_valid_config_of_the_property_test_is_valid() {
     let dir = sandbox();
     parse(dir.path(), &valid()).unwrap();
 }
+
+#[test]
+fn the_webhook_repository_is_configured_or_derived_from_a_remote_repo() {
+    for (url, want) in [
+        ("https://github.com/acme/shop", Some("acme/shop")),
+        ("https://github.com/acme/shop.git", Some("acme/shop")),
+        ("https://github.com/acme/shop/", Some("acme/shop")),
+        ("git@github.com:acme/shop.git", Some("acme/shop")),
+        ("git@gitlab.com:group/sub/shop", Some("group/sub/shop")),
+        (
+            "ssh://git@gitlab.example.com:2222/group/shop.git",
+            Some("group/shop"),
+        ),
+        (
+            "https://user@gitlab.example.com/group/shop.git",
+            Some("group/shop"),
+        ),
+        ("https://github.com/acme", None),
+        ("file:///srv/git/shop.git", None),
+        ("/srv/git/shop.git", None),
+        ("repo", None),
+    ] {
+        assert_eq!(
+            crate::config::repository_from_url(url).as_deref(),
+            want,
+            "{url}"
+        );
+    }
+    let dir = sandbox();
+    let local = parse(dir.path(), MINIMAL).unwrap();
+    assert_eq!(local.webhook_repository(), None, "a local repo names none");
+    let set = parse(
+        dir.path(),
+        &format!("{MINIMAL}\n[webhooks]\nrepository = \"acme/shop\"\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        set.webhook_repository(),
+        Some((
+            "acme/shop".to_string(),
+            crate::config::RepositorySource::Configured
+        ))
+    );
+    for bad in [
+        "acme",
+        "acme/",
+        "https://github.com/acme/shop",
+        "acme/../x",
+        "a b/c",
+    ] {
+        let d = diagnostic(
+            dir.path(),
+            &format!("{MINIMAL}\n[webhooks]\nrepository = \"{bad}\"\n"),
+        );
+        assert!(
+            d.message.contains("is not a repository name"),
+            "{bad}: {}",
+            d.message
+        );
+    }
+}
