@@ -61,7 +61,7 @@ pub fn planned_steps(kind: &str) -> &'static [&'static str] {
 }
 pub use approval::{ApprovalError, Approvals};
 pub use environment::{EnvState, EnvStatus};
-pub use triggers::{Pushed, Tracked, is_deleted};
+pub use triggers::{Push, Pushed, Tracked, is_deleted};
 
 /// Errors answering a deployment request (the deployment itself records its own outcome).
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +132,8 @@ pub struct Engine {
     approvals: Approvals,
     /// Per environment, the pushed deployment waiting for the one under way to finish.
     queued: Mutex<BTreeMap<String, i64>>,
+    /// Held while a push is checked against earlier ones and acted on.
+    pushes: Mutex<()>,
 }
 
 impl Engine {
@@ -159,6 +161,7 @@ impl Engine {
             instances: Mutex::new(BTreeMap::new()),
             approvals: Approvals::default(),
             queued: Mutex::new(BTreeMap::new()),
+            pushes: Mutex::new(()),
         }))
     }
 

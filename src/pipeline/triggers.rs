@@ -8,6 +8,8 @@
 //!   through every gate (typically it then waits for approval); without `auto` the tag is
 //!   recorded and not deployed.
 //! - A deleted branch or tag deploys nothing.
+//! - A pushed (ref, commit) is acted on once per environment (see [`Engine::on_push`]): a
+//!   signed body replayed under a new delivery id deploys nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,10 +61,26 @@ pub fn is_deleted(sha: &str) -> bool {
     !sha.is_empty() && sha.bytes().all(|b| b == b'0')
 }
 
+/// A push to act on: the ref, its new commit as the provider sent it (`after`: for an
+/// annotated tag, the tag object) and the commit that is (the tag peeled), and who pushed.
+#[derive(Debug, Clone, Copy)]
+pub struct Push<'a> {
+    pub pushed: &'a Pushed,
+    pub after: &'a str,
+    pub commit: &'a str,
+    pub who: &'a str,
+}
+
 impl Engine {
-    /// Acts on a push of `pushed` (now at `after`), by `who`; returns one line per
-    /// environment saying what happened, for the delivery's record.
-    pub fn on_push(self: &Arc<Self>, pushed: &Pushed, after: &str, who: &str) -> Vec<String> {
+    /// Acts on `push`; returns one line per environment saying what happened, for the
+    /// delivery's record.
+    ///
+    /// A pushed (ref, commit) is acted on once per environment: not again when an earlier
+    /// push of it made a deployment there (unless that one was refused or interrupted before
+    /// it could run), nor while that commit of the ref is under way or deployed there. So a
+    /// signed body replayed with a fresh delivery id deploys nothing.
+    pub fn on_push(self: &Arc<Self>, push: Push<'_>) -> Vec<String> {
+        let Push { pushed, after, .. } = push;
         if is_deleted(after) {
             tracing::info!(
                 git_ref = pushed.name(),
@@ -70,44 +88,34 @@ impl Engine {
             );
             return vec![format!("ignored: {} was deleted", pushed.name())];
         }
+        // one push at a time, so two copies of one body cannot both pass the check
+        let _one = self.pushes.lock().unwrap_or_else(|e| e.into_inner());
         let mut said = Vec::new();
         for state in self.environments() {
             let env = &state.env;
-            let line = match (&env.track, pushed) {
-                (Track::Branch(b), Pushed::Branch(p)) if b == p => {
-                    match self.request_tracked(&env.name, p, who) {
-                        Ok(Tracked::Started(d)) => format!("deployment {} to {}", d.id, env.name),
-                        Ok(Tracked::Queued(d, None)) => {
-                            format!("deployment {} to {} queued", d.id, env.name)
-                        }
-                        Ok(Tracked::Queued(d, Some(old))) => format!(
-                            "deployment {} to {} queued (supersedes {old})",
-                            d.id, env.name
-                        ),
-                        Err(e) => format!("{}: not deployed: {e}", env.name),
-                    }
-                }
+            let wanted = match (&env.track, pushed) {
+                (Track::Branch(b), Pushed::Branch(p)) if b == p => Ok(p),
                 (Track::Tags, Pushed::Tag(t)) => {
                     if let Err(why) = crate::policy::release_tag(t, env.prerelease) {
-                        format!("{}: ignored: {why}", env.name)
+                        Err(format!("{}: ignored: {why}", env.name))
                     } else if !env.auto {
-                        format!(
+                        Err(format!(
                             "{}: tag {t} recorded, not deployed (track has no auto = true)",
                             env.name
-                        )
+                        ))
                     } else {
-                        match self.request_tracked(&env.name, t, who) {
-                            Ok(Tracked::Started(d)) => {
-                                format!("deployment {} to {}", d.id, env.name)
-                            }
-                            Ok(Tracked::Queued(d, _)) => {
-                                format!("deployment {} to {} queued", d.id, env.name)
-                            }
-                            Err(e) => format!("{}: not deployed: {e}", env.name),
-                        }
+                        Ok(t)
                     }
                 }
                 _ => continue,
+            };
+            let line = match wanted {
+                Err(line) => line,
+                Ok(name) => match self.seen_push(&env.name, name, &push) {
+                    Ok(Some(seen)) => format!("{}: not deployed again: {seen}", env.name),
+                    Ok(None) => self.deploy_push(&env.name, name, &push),
+                    Err(e) => format!("{}: not deployed: {e}", env.name),
+                },
             };
             tracing::info!(environment = %env.name, "{line}");
             said.push(line);
@@ -122,6 +130,68 @@ impl Engine {
             ));
         }
         said
+    }
+
+    /// Why a push of `name` to `env` was acted on already, if it was.
+    fn seen_push(
+        &self,
+        env: &str,
+        name: &str,
+        push: &Push<'_>,
+    ) -> Result<Option<String>, EngineError> {
+        let short = |sha: &str| sha.chars().take(7).collect::<String>();
+        if let Some(d) = self.store.pushed_before(env, name, push.after)? {
+            return Ok(Some(format!(
+                "this push of {name} ({}) made deployment {} already ({})",
+                short(push.after),
+                d.id,
+                d.state.as_str()
+            )));
+        }
+        let same = |d: &Deployment| {
+            d.environment == env
+                && d.kind == "deploy"
+                && d.git_ref == name
+                && d.commit_sha.as_deref() == Some(push.commit)
+        };
+        if let Some(d) = self.store.unfinished()?.into_iter().find(same) {
+            return Ok(Some(format!(
+                "{name} at {} is under way in deployment {}",
+                short(push.commit),
+                d.id
+            )));
+        }
+        if let Some(d) = self.store.last_succeeded(env)?.filter(same) {
+            return Ok(Some(format!(
+                "{name} at {} is deployed already (deployment {})",
+                short(push.commit),
+                d.id
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Deploys (or queues) a push of `name` to `env`; the line for the delivery's record.
+    fn deploy_push(self: &Arc<Self>, env: &str, name: &str, push: &Push<'_>) -> String {
+        let tracked = self.request_tracked(env, name, push.who);
+        let id = match &tracked {
+            Ok(Tracked::Started(d) | Tracked::Queued(d, _)) => Some(d.id),
+            Err(EngineError::Busy { deployment, .. }) => Some(*deployment),
+            Err(_) => None,
+        };
+        if let Some(id) = id
+            && let Err(e) = self.store.set_pushed(id, push.after)
+        {
+            tracing::error!(id, error = %e, "cannot record the pushed commit");
+        }
+        match tracked {
+            Ok(Tracked::Started(d)) => format!("deployment {} to {env}", d.id),
+            Ok(Tracked::Queued(d, None)) => format!("deployment {} to {env} queued", d.id),
+            Ok(Tracked::Queued(d, Some(old))) => {
+                format!("deployment {} to {env} queued (supersedes {old})", d.id)
+            }
+            Err(e) => format!("{env}: not deployed: {e}"),
+        }
     }
 
     /// Like [`Engine::request`], but when the environment is busy with another deployment the

@@ -118,7 +118,7 @@ pub struct AppState {
     pub open_reads: bool,
     /// Flips to true when ferry stops; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
-    pub hooks: Arc<hooks::Secrets>,
+    pub hooks: Arc<hooks::Hooks>,
     /// Commits between two shas, as the dashboard lists them (they never change).
     commits: Arc<std::sync::Mutex<CommitCache>>,
 }
@@ -131,7 +131,7 @@ impl AppState {
     pub fn new(engine: Arc<Engine>, shutdown: watch::Receiver<bool>) -> Result<AppState, String> {
         Ok(AppState {
             open_reads: engine.config.server.listen.ip().is_loopback(),
-            hooks: Arc::new(hooks::Secrets::from_env(&engine.config.webhooks)?),
+            hooks: Arc::new(hooks::Hooks::new(&engine.config)?),
             engine,
             metrics: Arc::default(),
             commits: Arc::default(),
@@ -205,10 +205,11 @@ pub fn router(app: AppState) -> Router {
         .with_state(app)
 }
 
-/// The largest request body ferry reads (API, dashboard forms, webhook deliveries).
+/// The largest request body ferry reads (API, dashboard forms); webhook deliveries may be
+/// larger ([`hooks::MAX_BODY`]).
 pub const MAX_BODY: usize = 1024 * 1024;
 
-/// A body declared larger than [`MAX_BODY`] is refused from its headers, before any of it
+/// A body declared larger than [`MAX_BODY`] (or [`hooks::MAX_BODY`]) is refused from its headers, before any of it
 /// is read (a body without a declared length is cut off at the limit as it is read).
 async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let declared = req
@@ -216,11 +217,17 @@ async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::N
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+    // webhook deliveries may be as large as GitHub sends (they read their own bodies)
+    let max = if req.uri().path().starts_with("/hooks/") {
+        hooks::MAX_BODY
+    } else {
+        MAX_BODY
+    };
+    if declared.is_some_and(|n| n > max as u64) {
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("a request body may be at most {MAX_BODY} bytes"),
+            format!("a request body may be at most {max} bytes"),
         )
         .into_response();
     }

@@ -21,6 +21,7 @@ pub use rows::{
     AuditEntry, Backup, Check, Delivery, Deployment, DeploymentState, Instance, LockHolder,
     Maintenance, Release, Step, StepState, Token, Verification,
 };
+pub use server::NewDelivery;
 
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
@@ -28,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_server.sql"),
     include_str!("migrations/0004_dashboard.sql"),
     include_str!("migrations/0005_commands.sql"),
+    include_str!("migrations/0008_webhooks.sql"),
 ];
 
 /// Store errors.

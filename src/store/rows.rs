@@ -413,6 +413,8 @@ pub struct Delivery {
     pub id: i64,
     pub provider: String,
     pub delivery_id: String,
+    /// GitLab's `Idempotency-Key`, when the delivery had one.
+    pub idempotency_key: Option<String>,
     pub event: String,
     #[serde(rename = "ref")]
     pub git_ref: Option<String>,
@@ -422,14 +424,15 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub(super) const COLUMNS: &'static str =
-        "id, provider, delivery_id, event, git_ref, commit_sha, received_at, outcome";
+    pub(super) const COLUMNS: &'static str = "id, provider, delivery_id, event, git_ref, commit_sha, received_at, outcome, \
+         idempotency_key";
 
     pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
         Ok(Delivery {
             id: r.get(0)?,
             provider: r.get(1)?,
             delivery_id: r.get(2)?,
+            idempotency_key: r.get(8)?,
             event: r.get(3)?,
             git_ref: r.get(4)?,
             commit_sha: r.get(5)?,

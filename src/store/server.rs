@@ -2,7 +2,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{AuditEntry, Delivery, Result, Store, StoreError, Token, now};
+use super::{AuditEntry, Delivery, Deployment, Result, Store, StoreError, Token, now};
 
 impl Store {
     /// Stores a new token under `name`; fails with `Conflict` semantics (a unique-constraint
@@ -73,20 +73,23 @@ impl Store {
         Ok(())
     }
 
-    /// Records a delivery; `None` when this provider's delivery id was seen before.
-    pub fn add_delivery(
-        &self,
-        provider: &str,
-        delivery_id: &str,
-        event: &str,
-        git_ref: Option<&str>,
-        commit_sha: Option<&str>,
-    ) -> Result<Option<i64>> {
+    /// Records a delivery; `None` when this provider's delivery id, or its idempotency key,
+    /// was seen before.
+    pub fn add_delivery(&self, new: &NewDelivery<'_>) -> Result<Option<i64>> {
         let conn = self.conn();
         let inserted = conn.execute(
-            "INSERT INTO deliveries (provider, delivery_id, event, git_ref, commit_sha, received_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (provider, delivery_id) DO NOTHING",
-            params![provider, delivery_id, event, git_ref, commit_sha, now()],
+            "INSERT INTO deliveries
+                 (provider, delivery_id, idempotency_key, event, git_ref, commit_sha, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+            params![
+                new.provider,
+                new.delivery_id,
+                new.idempotency_key,
+                new.event,
+                new.git_ref,
+                new.commit_sha,
+                now()
+            ],
         )?;
         Ok((inserted == 1).then(|| conn.last_insert_rowid()))
     }
@@ -100,16 +103,57 @@ impl Store {
         Ok(())
     }
 
-    pub fn delivery(&self, provider: &str, delivery_id: &str) -> Result<Option<Delivery>> {
+    /// The delivery of `provider` with this delivery id or, when given, this idempotency key.
+    pub fn delivery(
+        &self,
+        provider: &str,
+        delivery_id: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Option<Delivery>> {
         Ok(self
             .conn()
             .query_row(
                 &format!(
-                    "SELECT {} FROM deliveries WHERE provider = ?1 AND delivery_id = ?2",
+                    "SELECT {} FROM deliveries WHERE provider = ?1
+                         AND (delivery_id = ?2 OR idempotency_key = ?3)
+                     ORDER BY id LIMIT 1",
                     Delivery::COLUMNS
                 ),
-                params![provider, delivery_id],
+                params![provider, delivery_id, idempotency_key],
                 Delivery::from_row,
+            )
+            .optional()?)
+    }
+
+    /// Marks deployment `id` as asked for by a push whose new commit (`after`) is `sha`.
+    pub fn set_pushed(&self, id: i64, sha: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE deployments SET pushed_sha = ?2 WHERE id = ?1",
+            params![id, sha],
+        )?;
+        Ok(())
+    }
+
+    /// The newest deployment of `git_ref` to `environment` that a push of `sha` asked for,
+    /// unless it was refused or interrupted (then the push may be delivered again).
+    pub fn pushed_before(
+        &self,
+        environment: &str,
+        git_ref: &str,
+        sha: &str,
+    ) -> Result<Option<Deployment>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT {} FROM deployments
+                     WHERE environment = ?1 AND git_ref = ?2 AND pushed_sha = ?3
+                       AND state NOT IN ('refused', 'interrupted')
+                     ORDER BY id DESC LIMIT 1",
+                    Deployment::COLUMNS
+                ),
+                params![environment, git_ref, sha],
+                Deployment::from_row,
             )
             .optional()?)
     }
@@ -161,4 +205,17 @@ impl Store {
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
+}
+
+/// A delivery to record.
+#[derive(Debug, Clone, Copy)]
+pub struct NewDelivery<'a> {
+    pub provider: &'a str,
+    pub delivery_id: &'a str,
+    /// GitLab's `Idempotency-Key`, the same on a resend.
+    pub idempotency_key: Option<&'a str>,
+    pub event: &'a str,
+    pub git_ref: Option<&'a str>,
+    /// The pushed commit (an annotated tag's commit, not the tag object).
+    pub commit_sha: Option<&'a str>,
 }
