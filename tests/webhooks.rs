@@ -218,6 +218,12 @@ fn a_push_from_another_repository_is_acknowledged_and_ignored() {
     );
     assert!(outcome(&body).contains("names no repository"), "{body}");
     assert!(deployments(&s).is_empty(), "a foreign push deployed");
+    let (_, metrics) = support::get(&format!("{}/metrics", s.api)).unwrap();
+    assert!(
+        metrics
+            .contains("ferry_webhook_deliveries_total{provider=\"github\",outcome=\"foreign\"} 2"),
+        "{metrics}"
+    );
     let stored = deliveries(&s);
     assert_eq!(stored.len(), 3, "ignored deliveries are recorded");
     assert!(
@@ -341,16 +347,26 @@ fn a_replayed_body_with_a_fresh_delivery_id_deploys_once() {
     assert_eq!(deployments(&s).len(), 1, "the replays deployed");
     assert_eq!(deliveries(&s).len(), 6, "every delivery is recorded");
 
-    // a new commit still deploys
+    // a new commit deploys, once, however many copies of its push arrive at the same time
     let next = commit(&s, "another change");
-    let (_, body) = github_json(
-        &s,
-        "push",
-        "d-9",
-        &gh_push("acme/sample", "refs/heads/main", &next),
-    );
-    let d = wait_succeeded(&s, deployment_id(&body));
+    let body = serde_json::to_vec(&gh_push("acme/sample", "refs/heads/main", &next)).unwrap();
+    let answers: Vec<Value> = std::thread::scope(|scope| {
+        let copies: Vec<_> = (0..6)
+            .map(|n| {
+                let (s, body) = (&s, &body);
+                scope.spawn(move || github(s, "push", &format!("c-{n}"), "application/json", body))
+            })
+            .collect();
+        copies.into_iter().map(|c| c.join().unwrap().1).collect()
+    });
+    let started: Vec<&Value> = answers
+        .iter()
+        .filter(|a| outcome(a).starts_with("deployment "))
+        .collect();
+    assert_eq!(started.len(), 1, "{answers:?}");
+    let d = wait_succeeded(&s, deployment_id(started[0]));
     assert_eq!(d["commit_sha"], next.as_str());
+    assert_eq!(deployments(&s).len(), 2);
 }
 
 #[test]

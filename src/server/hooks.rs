@@ -451,6 +451,8 @@ fn accept(app: &AppState, d: &Delivery<'_>, body: &[u8]) -> Response {
         Ok(None) => return duplicate(app, provider, ""),
         Err(e) => return ApiError::from(e).into_response(),
     };
+    // a push of another repository is counted apart: an organisation hook sends many
+    let mut counted = "accepted";
     let outcome = match &parsed {
         Parsed::Ping => "pong".to_string(),
         Parsed::Other => format!("ignored: event \"{}\" is not handled", d.event),
@@ -458,7 +460,10 @@ fn accept(app: &AppState, d: &Delivery<'_>, body: &[u8]) -> Response {
             foreign(app.hooks.repository.as_deref(), p.repository()),
             Pushed::from_ref(&p.git_ref),
         ) {
-            (Some(why), _) => why,
+            (Some(why), _) => {
+                counted = "foreign";
+                why
+            }
             (None, None) => format!("ignored: {} is not a branch or tag", p.git_ref),
             (None, Some(pushed)) => {
                 let by = p
@@ -483,7 +488,7 @@ fn accept(app: &AppState, d: &Delivery<'_>, body: &[u8]) -> Response {
     if let Err(e) = store.set_delivery_outcome(id, &outcome) {
         tracing::error!(error = %e, "cannot record what a delivery triggered");
     }
-    app.metrics.webhook(provider, "accepted");
+    app.metrics.webhook(provider, counted);
     (
         StatusCode::ACCEPTED,
         Json(json!({"delivery": d.id, "outcome": outcome})),
