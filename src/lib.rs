@@ -6,6 +6,9 @@
 //!   instances. The source of truth: every transition is written before it is acted on.
 //! - [`release`]: git mirror, ref resolution, tree export, shared links, build and test
 //!   commands, content digest, pruning.
+//! - [`sandbox`]: who untrusted build, test and app commands run as (an unprivileged user
+//!   per environment when ferry is root), the environment they see, the owners and modes of
+//!   the state dir, and the redaction of known secrets from everything ferry records.
 //! - [`runtime`]: spawns instances in their own process groups with their environment and
 //!   secrets, pumps their output into the rotated app log, stops them (SIGTERM, then SIGKILL).
 //! - [`proxy`]: one HTTP/1.1 listener per environment; atomic upstream switch; drain.
@@ -45,5 +48,6 @@ pub mod proxy;
 pub mod release;
 pub mod runtime;
 pub mod sample_app;
+pub mod sandbox;
 pub mod server;
 pub mod store;

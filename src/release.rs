@@ -37,6 +37,9 @@ pub enum ReleaseError {
     },
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    /// The tree would make ferry write, or the app reach, outside the release.
+    #[error("{0}")]
+    Unsafe(String),
 }
 
 impl ReleaseError {
@@ -270,7 +273,8 @@ pub async fn export(mirror: &Path, commit: &str, dest: &Path) -> Result<(), Rele
     let tmp = partial_path(dest);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-    let script = "git -C \"$1\" archive --format=tar \"$2\" | tar -x -C \"$3\"";
+    // nothing exported is writable by group or other, whatever git's default umask says
+    let script = "git -c tar.umask=0022 -C \"$1\" archive --format=tar \"$2\" | tar -x --no-same-owner -C \"$3\"";
     let out = Command::new("sh")
         .args(["-c", script, "export"])
         .arg(mirror)
@@ -290,19 +294,126 @@ pub async fn export(mirror: &Path, commit: &str, dest: &Path) -> Result<(), Rele
     Ok(())
 }
 
+/// Refuses a tree holding a symlink that points out of it (an absolute target, or one that
+/// resolves above the release), or a symlink at or above a shared path: either would make
+/// ferry write, or the app read, outside the release. Dangling links that stay inside are
+/// fine. Run on an exported tree before anything of it runs.
+pub fn check_tree(release: &Path, shared: &[String]) -> Result<(), ReleaseError> {
+    let root = open_beneath(release)?;
+    check_shared_paths(&root, shared, true)?;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let read = if rel.as_os_str().is_empty() {
+            root.entries()
+        } else {
+            root.read_dir(&rel)
+        }
+        .map_err(io(format!("reading {}", release.join(&rel).display())))?;
+        for entry in read {
+            let entry = entry.map_err(io("reading a release entry"))?;
+            let path = rel.join(entry.file_name());
+            let kind = entry.file_type().map_err(io("reading a file type"))?;
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_symlink() {
+                let target = root
+                    .read_link_contents(&path)
+                    .map_err(io(format!("reading the link {}", path.display())))?;
+                let escapes = target.is_absolute()
+                    || !stays_inside(path.parent().unwrap_or(Path::new("")), &target)
+                    || match root.canonicalize(&path) {
+                        Ok(_) => false,
+                        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+                    };
+                if escapes {
+                    return Err(ReleaseError::Unsafe(format!(
+                        "the release has a symlink {} -> {} pointing out of it: ferry refuses such trees (make the link relative and inside the repository)",
+                        path.display(),
+                        target.display()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a symlink above each shared path (and at it, with `at_too`): ferry would create,
+/// remove or link through it.
+fn check_shared_paths(
+    root: &cap_std::fs::Dir,
+    shared: &[String],
+    at_too: bool,
+) -> Result<(), ReleaseError> {
+    for entry in shared {
+        let rel = Path::new(entry.trim_end_matches('/'));
+        let parts: Vec<_> = rel.components().collect();
+        let checked = if at_too { parts.len() } else { parts.len() - 1 };
+        let mut prefix = PathBuf::new();
+        for part in &parts[..checked] {
+            prefix.push(part);
+            match root.symlink_metadata(&prefix) {
+                Ok(m) if m.is_symlink() => {
+                    let target = root.read_link_contents(&prefix).unwrap_or_default();
+                    return Err(ReleaseError::Unsafe(format!(
+                        "the release has a symlink {} -> {} at or above the shared path \"{entry}\": ferry will not write through it (remove it from the repository)",
+                        prefix.display(),
+                        target.display()
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => {
+                    return Err(ReleaseError::Unsafe(format!(
+                        "the shared path \"{entry}\" cannot be reached inside the release: {e}"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `target`, read from the directory `from` (both relative to the release), stays
+/// inside the release, by its components alone.
+fn stays_inside(from: &Path, target: &Path) -> bool {
+    let mut depth = from.components().count() as i64;
+    for part in target.components() {
+        match part {
+            std::path::Component::ParentDir => depth -= 1,
+            std::path::Component::Normal(_) => depth += 1,
+            std::path::Component::CurDir => {}
+            _ => return false,
+        }
+        if depth < 0 {
+            return false;
+        }
+    }
+    true
+}
+
+/// The release dir as a capability: every path resolved through it stays beneath it.
+fn open_beneath(release: &Path) -> Result<cap_std::fs::Dir, ReleaseError> {
+    cap_std::fs::Dir::open_ambient_dir(release, cap_std::ambient_authority())
+        .map_err(io(format!("opening {}", release.display())))
+}
+
 /// Links each shared path of `release` to the same path under `shared_dir`.
 ///
 /// Directories (written with a trailing `/`) are created in `shared_dir` when missing; a
 /// missing file is an error. Whatever the tree had at that path is removed from the release,
-/// never copied over the shared one.
+/// never copied over the shared one. Every path is resolved beneath the release: a link in
+/// the tree cannot make ferry create, remove or link anything outside it.
 pub fn link_shared(
     release: &Path,
     shared_dir: &Path,
     shared: &[String],
 ) -> Result<(), ReleaseError> {
+    let root = open_beneath(release)?;
+    check_shared_paths(&root, shared, false)?;
     for entry in shared {
         let is_dir = entry.ends_with('/');
-        let rel = entry.trim_end_matches('/');
+        let rel = Path::new(entry.trim_end_matches('/'));
         let source = shared_dir.join(rel);
         if is_dir {
             std::fs::create_dir_all(&source)
@@ -313,37 +424,43 @@ pub fn link_shared(
                 shared_dir.to_path_buf(),
             ));
         }
-        let target = release.join(rel);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(io(format!("creating {}", parent.display())))?;
+        let shown = release.join(rel);
+        if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+            root.create_dir_all(parent)
+                .map_err(io(format!("creating {}", release.join(parent).display())))?;
         }
-        match std::fs::symlink_metadata(&target) {
-            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&target),
-            Ok(_) => std::fs::remove_file(&target),
-            Err(_) => Ok(()),
+        match root.symlink_metadata(rel) {
+            Ok(m) if m.is_dir() => root.remove_dir_all(rel),
+            Ok(_) => root.remove_file(rel),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
         }
-        .map_err(io(format!("replacing {}", target.display())))?;
-        std::os::unix::fs::symlink(&source, &target)
-            .map_err(io(format!("linking {}", target.display())))?;
+        .map_err(io(format!("replacing {}", shown.display())))?;
+        root.symlink_contents(&source, rel)
+            .map_err(io(format!("linking {}", shown.display())))?;
     }
     Ok(())
 }
 
-/// Runs `command` through `sh -c` in `dir`, in its own process group, killed at `timeout`.
-/// Returns the tail of its combined output.
+/// Runs `command` through `sh -c` in `dir`, in its own process group, killed at `timeout`,
+/// as `run_as` (when given) with exactly the environment `vars`. Returns the tail of its
+/// combined output.
 pub async fn run_command(
     dir: &Path,
     command: &str,
     vars: &[(String, String)],
+    run_as: Option<&crate::sandbox::RunAs>,
     timeout: Duration,
     started: impl FnOnce(u32),
 ) -> Result<String, ReleaseError> {
-    let mut child = Command::new("sh")
+    let mut cmd = Command::new("sh");
+    crate::sandbox::confine(&mut cmd, run_as, vars);
+    let mut child = cmd
         .arg("-c")
-        .arg(format!("exec 2>&1; {command}"))
+        .arg(crate::sandbox::shell_script(&format!(
+            "exec 2>&1; {command}"
+        )))
         .current_dir(dir)
-        .envs(vars.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .process_group(0)

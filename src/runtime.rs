@@ -104,6 +104,11 @@ impl Secrets {
     fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
         self.0.iter()
     }
+
+    /// The values, for [`crate::sandbox::Redactor`] to mask.
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.0.values().map(String::as_str)
+    }
 }
 
 /// Sends `signal` to the process group led by `pid`; a group already gone is fine.
@@ -136,6 +141,7 @@ pub fn free_port() -> Result<u16, RuntimeError> {
 #[derive(Clone)]
 pub struct LogSink {
     inner: Arc<Mutex<LogFile>>,
+    redactor: Option<Arc<crate::sandbox::Redactor>>,
 }
 
 struct LogFile {
@@ -157,7 +163,14 @@ impl LogSink {
                 file: Some(file),
                 size,
             })),
+            redactor: None,
         })
+    }
+
+    /// Masks known secrets in every line written from now on (writes are whole lines).
+    pub fn with_redactor(mut self, redactor: Arc<crate::sandbox::Redactor>) -> LogSink {
+        self.redactor = Some(redactor);
+        self
     }
 
     pub fn path(&self) -> PathBuf {
@@ -170,6 +183,11 @@ impl LogSink {
 
     /// Appends `bytes`, rotating first when the file would pass the limit.
     pub fn write(&self, bytes: &[u8]) {
+        let bytes = match &self.redactor {
+            Some(r) => r.redact_bytes(bytes),
+            None => std::borrow::Cow::Borrowed(bytes),
+        };
+        let bytes = &*bytes;
         let mut log = self.lock();
         if log.size > 0 && log.size + bytes.len() as u64 > LOG_ROTATE_BYTES {
             log.rotate();
@@ -209,9 +227,12 @@ pub struct InstanceSpec {
     pub release_dir: PathBuf,
     pub start: String,
     pub port: u16,
-    /// ferry's variables and the environment's `env`, in that order.
+    /// The instance's whole environment but the secrets: the sandbox's allowlist, ferry's
+    /// variables and the environment's `env`, in that order. Nothing else is inherited.
     pub vars: Vec<(String, String)>,
     pub secrets: Secrets,
+    /// The unprivileged user it runs as (ferry's own user when `None`).
+    pub run_as: Option<crate::sandbox::RunAs>,
     /// Where the named pipe carrying the instance's output is made.
     pub output: PathBuf,
 }
@@ -273,21 +294,16 @@ pub fn spawn(spec: &InstanceSpec, log: &LogSink) -> Result<Instance, RuntimeErro
     let writer = make_pipe(&spec.output).map_err(pipe_err)?;
     let reader = open_pipe(&spec.output).map_err(pipe_err)?;
     let mut cmd = Command::new("sh");
+    // ferry's own settings (tokens, webhook secrets, cloud keys) are not the app's business
+    crate::sandbox::confine(&mut cmd, spec.run_as.as_ref(), &spec.vars);
+    cmd.envs(spec.secrets.iter());
     cmd.arg("-c")
-        .arg(&spec.start)
+        .arg(crate::sandbox::shell_script(&spec.start))
         .current_dir(&spec.release_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::from(writer.try_clone().map_err(pipe_err)?))
         .stderr(Stdio::from(writer))
         .process_group(0);
-    // ferry's own settings (tokens, webhook secrets) are not the app's business
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("FERRY_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.envs(spec.vars.iter().map(|(k, v)| (k, v)));
-    cmd.envs(spec.secrets.iter());
     let spawned = cmd.spawn();
     // ferry's copies of the write end go now: the pipe ends when the instance's group exits
     drop(cmd);
@@ -383,32 +399,55 @@ fn open_pipe(path: &Path) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
 
 /// The longest partial line kept while waiting for its end.
 const MAX_PENDING_LINE: usize = 64 * 1024;
+/// How long a partial line waits for its end before it is written as it is.
+const PARTIAL_LINE_WAIT: Duration = Duration::from_millis(200);
 
+/// Copies an instance's output to the log in whole lines (so a secret is never split
+/// between two writes and escapes the redactor), feeding each line to the monitor's tap.
+/// A partial line is written once no more comes for [`PARTIAL_LINE_WAIT`], or at the end.
 async fn pump(mut from: impl AsyncRead + Unpin, log: LogSink, lines: Arc<LineTap>) {
     let mut buf = vec![0u8; 16 * 1024];
     let mut pending: Vec<u8> = Vec::new();
-    while let Ok(n) = from.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        if lines.active() {
-            pending.extend_from_slice(&buf[..n]);
-            let mut start = 0;
-            while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
-                lines.feed(&pending[start..start + end]);
-                start += end + 1;
+    loop {
+        let read = if pending.is_empty() {
+            from.read(&mut buf).await
+        } else {
+            match tokio::time::timeout(PARTIAL_LINE_WAIT, from.read(&mut buf)).await {
+                Ok(read) => read,
+                Err(_) => {
+                    // a prompt or a line still being written: write what there is
+                    flush(&log, &lines, std::mem::take(&mut pending)).await;
+                    continue;
+                }
             }
-            pending.drain(..start);
-            if pending.len() > MAX_PENDING_LINE {
-                lines.feed(&pending);
-                pending.clear();
-            }
-        }
-        let log = log.clone();
-        let chunk = buf[..n].to_vec();
-        // file writes block; keep them off the async workers
-        let _ = tokio::task::spawn_blocking(move || log.write(&chunk)).await;
+        };
+        let n = match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let whole = match pending.iter().rposition(|&b| b == b'\n') {
+            Some(end) => end + 1,
+            None if pending.len() > MAX_PENDING_LINE => pending.len(),
+            None => continue,
+        };
+        let rest = pending.split_off(whole);
+        flush(&log, &lines, std::mem::replace(&mut pending, rest)).await;
     }
+    if !pending.is_empty() {
+        flush(&log, &lines, pending).await;
+    }
+}
+
+async fn flush(log: &LogSink, lines: &LineTap, chunk: Vec<u8>) {
+    if lines.active() {
+        for line in chunk.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            lines.feed(line);
+        }
+    }
+    let log = log.clone();
+    // file writes block; keep them off the async workers
+    let _ = tokio::task::spawn_blocking(move || log.write(&chunk)).await;
 }
 
 impl Instance {

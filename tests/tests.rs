@@ -392,7 +392,7 @@ fn old_releases_are_pruned_in_recorded_order_and_built_ones_reused() {
             Rel("v1.2.0", GOOD),
         ],
         Options {
-            extra_app: "keep_releases = 2\nbuild = [\"echo built >> ../builds.log\"]",
+            extra_app: "keep_releases = 2\nbuild = [\"echo built >> $HOME/builds.log\"]",
             ..Options::default()
         },
     );
@@ -402,9 +402,7 @@ fn old_releases_are_pruned_in_recorded_order_and_built_ones_reused() {
     // redeploying a built release skips build and test
     let run = s.deploy_ok("staging", "v1.1.0");
     assert!(run.stdout().contains("reusing release v1.1.0"), "{run}");
-    let builds = s
-        .state_dir()
-        .join("environments/staging/releases/builds.log");
+    let builds = s.state_dir().join("environments/staging/home/builds.log");
     assert_eq!(std::fs::read_to_string(&builds).unwrap().lines().count(), 2);
     s.deploy_ok("staging", "v1.2.0");
     let releases = s.state_dir().join("environments/staging/releases");

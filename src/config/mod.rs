@@ -170,6 +170,9 @@ pub struct App {
     pub stop_timeout: Duration,
     /// Time requests in flight on the old instance get to finish after a switch.
     pub drain_timeout: Duration,
+    /// Variables of ferry's own environment that build, test and app commands inherit
+    /// besides PATH and the locale (everything else is cleared).
+    pub pass_env: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -229,6 +232,9 @@ pub struct Environment {
     pub backup: Vec<String>,
     /// Whether `[monitor]` watches deploys here after the switch.
     pub monitor: bool,
+    /// The unprivileged user its build, test and app commands run as when ferry runs as
+    /// root; `None`: a dedicated `ferry-<app>-<env>` (see [`crate::sandbox`]).
+    pub user: Option<String>,
 }
 
 /// Post-deploy monitoring (`[monitor]`): how long, how often, and the rules that roll back.

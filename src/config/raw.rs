@@ -78,6 +78,8 @@ struct RawApp {
     command_timeout: Option<HumanDuration>,
     stop_timeout: Option<HumanDuration>,
     drain_timeout: Option<HumanDuration>,
+    #[serde(default)]
+    pass_env: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -113,6 +115,7 @@ struct RawEnvironment {
     #[serde(default)]
     backup: Vec<Spanned<String>>,
     monitor: Option<bool>,
+    user: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -188,6 +191,7 @@ impl RawConfig {
             .transpose()?;
         let mut environments = Vec::new();
         let mut requires = Vec::new();
+        let mut users: HashMap<String, String> = HashMap::new();
         let mut taken: HashMap<SocketAddr, String> = HashMap::new();
         taken.insert(server_listen, "[server] listen".into());
         if self.environments.is_empty() {
@@ -209,6 +213,9 @@ impl RawConfig {
             }
             if let Some(r) = &env.requires {
                 requires.push((name.clone(), r.clone()));
+            }
+            if let Some(user) = &env.user {
+                check_user(user, &name, &mut users, &fail)?;
             }
             environments.extend(validate_environment(&name, env, &fail, &mut taken)?);
         }
@@ -278,8 +285,24 @@ fn validate_app(
             ));
         }
     };
+    let mut pass_env = Vec::new();
+    for v in raw.pass_env {
+        let name = v.get_ref();
+        let valid = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(fail(
+                v.span(),
+                format!("pass_env: \"{name}\" is not a variable name"),
+                "list names of ferry's environment variables, like [\"HTTP_PROXY\"]",
+            ));
+        }
+        pass_env.push(v.into_inner());
+    }
     Ok(App {
         name: raw.name.into_inner(),
+        pass_env,
         repo,
         build: raw.build,
         test: raw.test,
@@ -538,6 +561,7 @@ fn validate_environment(
             require_checks: require_checks.clone(),
             backup: backup.clone(),
             monitor: raw.monitor.unwrap_or(true),
+            user: raw.user.as_ref().map(|u| u.get_ref().clone()),
         });
     }
     Ok(out)
@@ -757,6 +781,44 @@ fn validate_monitor(raw: RawMonitor, fail: &Fail) -> Result<super::Monitor, Diag
         ));
     }
     Ok(monitor)
+}
+
+/// An environment's `user`: a valid name, and no other environment's: a user shared by
+/// staging and production would let code deployed to staging write production's data.
+fn check_user(
+    user: &Spanned<String>,
+    env: &str,
+    users: &mut HashMap<String, String>,
+    fail: &Fail,
+) -> Result<(), Diagnostic> {
+    let name = user.get_ref();
+    let mut chars = name.chars();
+    let valid = matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && name.len() <= 32
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'));
+    if !valid {
+        return Err(fail(
+            user.span(),
+            format!("user \"{name}\" is not a valid user name"),
+            "use lowercase letters, digits, '-' and '_' (at most 32), like \"app-staging\"",
+        ));
+    }
+    if name == "root" {
+        return Err(fail(
+            user.span(),
+            "user = \"root\" would give deployed code ferry's own powers".into(),
+            "give the environment an unprivileged user of its own",
+        ));
+    }
+    if let Some(other) = users.get(name) {
+        return Err(fail(
+            user.span(),
+            format!("user \"{name}\" is already the user of environment {other}"),
+            "give every environment its own user: code deployed to one could otherwise write the other's data",
+        ));
+    }
+    users.insert(name.clone(), env.to_string());
+    Ok(())
 }
 
 /// Environment names become directory names and URL segments.

@@ -25,6 +25,8 @@ pub struct EnvState {
     pub env: Environment,
     pub proxy: Proxy,
     pub log: LogSink,
+    /// Who its build, test and app commands run as (`None`: ferry's own user).
+    pub run_as: Option<crate::sandbox::RunAs>,
     pub(super) active: Mutex<Option<Active>>,
 }
 
@@ -59,11 +61,17 @@ pub struct EnvStatus {
 }
 
 impl EnvState {
-    pub(super) fn new(env: Environment, proxy: Proxy, log: LogSink) -> EnvState {
+    pub(super) fn new(
+        env: Environment,
+        proxy: Proxy,
+        log: LogSink,
+        run_as: Option<crate::sandbox::RunAs>,
+    ) -> EnvState {
         EnvState {
             env,
             proxy,
             log,
+            run_as,
             active: Mutex::new(None),
         }
     }

@@ -24,7 +24,8 @@ use std::sync::{Arc, Mutex};
 use crate::config::{Config, Environment};
 use crate::proxy::Proxy;
 use crate::release::{ReleaseError, check_ref};
-use crate::runtime::{self, LogSink};
+use crate::runtime::{self, LogSink, Secrets};
+use crate::sandbox::{self, Redactor};
 use crate::store::{Deployment, DeploymentState, Store, StoreError};
 
 pub use actions::{CheckReport, Plan, check_sha};
@@ -95,6 +96,9 @@ pub enum EngineError {
     /// The state dir cannot take the writes a deployment makes (full disk, read-only).
     #[error("{0}")]
     Storage(String),
+    /// An environment's user or directories cannot be set up.
+    #[error("{0}")]
+    Sandbox(#[from] crate::sandbox::SandboxError),
 }
 
 impl From<ApprovalError> for EngineError {
@@ -120,6 +124,22 @@ impl From<StoreError> for EngineError {
     }
 }
 
+/// The path of `env`'s env file: relative paths are read from its shared dir.
+pub(crate) fn env_file_path(config: &Config, env: &Environment) -> Option<std::path::PathBuf> {
+    let path = env.env_file.as_ref()?;
+    Some(if path.is_absolute() {
+        path.clone()
+    } else {
+        config.env_dir(&env.name).join("shared").join(path)
+    })
+}
+
+/// `env`'s secrets when its env file can be read now (for the redactor; a start reads the
+/// file again and reports what is wrong with it).
+fn read_env_file(config: &Config, env: &Environment) -> Option<Secrets> {
+    Secrets::read(&env_file_path(config, env)?).ok()
+}
+
 /// The deployment engine: owns every environment's proxy and instances.
 pub struct Engine {
     pub config: Arc<Config>,
@@ -134,23 +154,51 @@ pub struct Engine {
     queued: Mutex<BTreeMap<String, i64>>,
     /// Held while a push is checked against earlier ones and acted on.
     pushes: Mutex<()>,
+    /// Known secret values, masked in every step output, message and app log line.
+    pub redactor: Arc<Redactor>,
 }
 
 impl Engine {
-    /// Sets up environments (proxies idle, logs open); nothing listens or runs yet.
+    /// Sets up environments (their users and dirs, proxies idle, logs open); nothing listens
+    /// or runs yet.
     pub fn new(config: Arc<Config>, store: Store) -> Result<Arc<Engine>, EngineError> {
+        let redactor = Arc::new(Redactor::default());
+        let webhook_vars: Vec<&str> = [
+            config.webhooks.github_secret_env.as_deref(),
+            config.webhooks.gitlab_token_env.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        redactor.add_process_env(&webhook_vars);
+        sandbox::secure_state_dir(&config.state_dir)?;
         let mut envs = BTreeMap::new();
         for env in &config.environments {
             let dir = config.env_dir(&env.name);
-            let log = LogSink::open(dir.join("logs").join("app.log")).map_err(|source| {
-                EngineError::Log {
+            let run_as = sandbox::resolve_user(&config.app.name, env)?;
+            sandbox::prepare_env_dir(&dir, run_as.as_ref(), &config.app.shared)?;
+            if let Some(secrets) = read_env_file(&config, env) {
+                redactor.add(secrets.values());
+            }
+            let log = LogSink::open(dir.join("logs").join("app.log"))
+                .map_err(|source| EngineError::Log {
                     env: env.name.clone(),
                     source,
-                }
-            })?;
+                })?
+                .with_redactor(redactor.clone());
             envs.insert(
                 env.name.clone(),
-                Arc::new(EnvState::new(env.clone(), Proxy::new(&env.name), log)),
+                Arc::new(EnvState::new(
+                    env.clone(),
+                    Proxy::new(&env.name),
+                    log,
+                    run_as,
+                )),
+            );
+        }
+        if !sandbox::is_root() {
+            tracing::warn!(
+                "ferry is not running as root: build, test and app commands run as ferry's own user and can read its state dir (see the README, \"Trust boundaries\")"
             );
         }
         Ok(Arc::new(Engine {
@@ -162,6 +210,7 @@ impl Engine {
             approvals: Approvals::default(),
             queued: Mutex::new(BTreeMap::new()),
             pushes: Mutex::new(()),
+            redactor,
         }))
     }
 

@@ -15,6 +15,7 @@ use super::{Engine, EnvState};
 use crate::policy::{self, Ask, Verdict};
 use crate::release::{self, Resolved};
 use crate::runtime::{InstanceSpec, Secrets};
+use crate::sandbox;
 use crate::store::{Deployment, DeploymentState, StepState, Verification};
 
 /// Why a step stopped the deployment.
@@ -51,6 +52,10 @@ impl From<release::ReleaseError> for Stop {
         let output = e.output().to_string();
         Stop::failed(e.to_string()).with_output(&output)
     }
+}
+
+fn sandbox_failed(e: sandbox::SandboxError) -> Stop {
+    Stop::failed(e.to_string())
 }
 
 impl From<crate::store::StoreError> for Stop {
@@ -142,12 +147,12 @@ impl Engine {
             Err(stop) if stop.output.is_empty() => (StepState::Failed, stop.message.clone()),
             Err(stop) => (StepState::Failed, stop.output.clone()),
         };
-        let output = release::tail_text(output.as_bytes());
+        let output = self.redactor.redact(&release::tail_text(output.as_bytes()));
         if let Err(e) = self.store.step_finished(step, state, &output) {
             tracing::error!(id, step = name, error = %e, "cannot record step outcome");
         }
         result.map(|(v, _)| v).map_err(|mut stop| {
-            stop.message = format!("{name}: {}", stop.message);
+            stop.message = self.redactor.redact(&format!("{name}: {}", stop.message));
             stop
         })
     }
@@ -381,10 +386,19 @@ impl Engine {
                 None => {
                     let mirror = self.config.state_dir.join("mirror.git");
                     release::export(&mirror, &resolved.commit, dir).await?;
+                    // before any of it runs: no link out of the release or over shared paths
+                    release::check_tree(dir, &app.shared)?;
+                    if let Some(user) = &state.run_as {
+                        // the build writes in the release as the environment's user
+                        sandbox::own_tree(dir, user.uid, user.gid).map_err(sandbox_failed)?;
+                    }
                     format!("exported {} into {}\n", resolved.commit, dir.display())
                 }
             };
             release::link_shared(dir, &shared_dir, &app.shared)?;
+            if let Some(user) = &state.run_as {
+                sandbox::own_shared(&shared_dir, user, &app.shared).map_err(sandbox_failed)?;
+            }
             Ok(((), out))
         })
         .await
@@ -394,17 +408,31 @@ impl Engine {
             self.skip(id, "build", &format!("built on {from}"));
             self.skip(id, "test", &format!("tested on {from}"));
         } else {
-            let vars = instance_vars(state, &resolved.version, &resolved.commit);
+            let mut vars = self.command_env(state);
+            vars.extend(instance_vars(state, &resolved.version, &resolved.commit));
             for (step, commands) in [("build", &app.build), ("test", &app.test)] {
-                self.step(id, step, self.run_commands(id, dir, commands, &vars))
+                self.step(id, step, self.run_commands(id, state, dir, commands, &vars))
                     .await
                     .inspect_err(|_| self.mark_release(&env.name, &name, "failed"))?;
             }
         }
-        let (dir2, shared) = (dir.to_path_buf(), app.shared.clone());
-        let digest = tokio::task::spawn_blocking(move || release::digest(&dir2, &shared))
-            .await
-            .map_err(|e| Stop::failed(e.to_string()))??;
+        let (dir2, shared_dir2, shared, run_as) = (
+            dir.to_path_buf(),
+            shared_dir.clone(),
+            app.shared.clone(),
+            state.run_as.clone(),
+        );
+        let digest = tokio::task::spawn_blocking(move || {
+            // whatever the build did to the shared paths is undone, and the release sealed:
+            // the app writes only where `shared` says
+            release::link_shared(&dir2, &shared_dir2, &shared)?;
+            sandbox::seal_release(&dir2, run_as.as_ref())
+                .map_err(|e| release::ReleaseError::Unsafe(e.to_string()))?;
+            release::digest(&dir2, &shared)
+        })
+        .await
+        .map_err(|e| Stop::failed(e.to_string()))?
+        .inspect_err(|_| self.mark_release(&env.name, &name, "failed"))?;
         self.store
             .set_release_status(&env.name, &name, "built", Some(&digest))?;
         Ok(digest)
@@ -598,9 +626,16 @@ impl Engine {
         }
     }
 
+    /// What every command of `state`'s environment starts with (see [`sandbox::command_env`]).
+    fn command_env(&self, state: &EnvState) -> Vec<(String, String)> {
+        let home = sandbox::home_dir(&self.config.env_dir(&state.env.name));
+        sandbox::command_env(&home, state.run_as.as_ref(), &self.config.app.pass_env)
+    }
+
     async fn run_commands(
         &self,
         id: i64,
+        state: &EnvState,
         dir: &Path,
         commands: &[String],
         vars: &[(String, String)],
@@ -616,9 +651,15 @@ impl Engine {
                     tracing::warn!(id, pid, error = %e, "cannot record a running command");
                 }
             };
-            let result =
-                release::run_command(dir, command, vars, self.config.app.command_timeout, record)
-                    .await;
+            let result = release::run_command(
+                dir,
+                command,
+                vars,
+                state.run_as.as_ref(),
+                self.config.app.command_timeout,
+                record,
+            )
+            .await;
             let _ = self.store.commands_ended(id);
             match result {
                 Ok(text) => out.push_str(&text),
@@ -646,23 +687,20 @@ impl Engine {
         vars.push(("PORT".into(), port.to_string()));
         vars.push(("DEPLOYED_AT".into(), crate::store::now()));
         vars.extend(env.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let secrets = match &env.env_file {
+        let mut all = self.command_env(state);
+        all.extend(vars);
+        let secrets = match super::env_file_path(&self.config, env) {
             None => Secrets::default(),
-            Some(path) => {
-                let path: PathBuf = if path.is_absolute() {
-                    path.clone()
-                } else {
-                    self.config.env_dir(&env.name).join("shared").join(path)
-                };
-                Secrets::read(&path).map_err(|e| e.to_string())?
-            }
+            Some(path) => Secrets::read(&path).map_err(|e| e.to_string())?,
         };
+        self.redactor.add(secrets.values());
         Ok(InstanceSpec {
             release_dir: release_dir.to_path_buf(),
             start: self.config.app.start.clone(),
             port,
-            vars,
+            vars: all,
             secrets,
+            run_as: state.run_as.clone(),
             output: self.output_pipe(&env.name, port),
         })
     }

@@ -136,6 +136,7 @@ async fn commands_report_failure_output_and_time_out() {
         dir.path(),
         "echo hello; echo oops >&2",
         &[],
+        None,
         Duration::from_secs(5),
         |_| {},
     )
@@ -147,6 +148,7 @@ async fn commands_report_failure_output_and_time_out() {
         dir.path(),
         "echo $GREETING; exit 3",
         &vars,
+        None,
         Duration::from_secs(5),
         |_| {},
     )
@@ -159,6 +161,7 @@ async fn commands_report_failure_output_and_time_out() {
         dir.path(),
         "sleep 30 & sleep 30",
         &[],
+        None,
         Duration::from_millis(200),
         |_| {},
     )
@@ -298,4 +301,63 @@ proptest::proptest! {
             assert_safe(&r);
         }
     }
+}
+
+#[test]
+fn trees_with_links_out_of_the_release_or_over_shared_paths_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join("release");
+    std::fs::create_dir_all(release.join("src")).unwrap();
+    let outside = dir.path().join("production-shared");
+    std::fs::create_dir_all(&outside).unwrap();
+    let shared = ["config/.env".to_string(), "data/".to_string()];
+    // links inside the tree are fine, dangling ones too
+    std::os::unix::fs::symlink("../README", release.join("src/readme")).unwrap();
+    std::os::unix::fs::symlink("generated/later", release.join("soon")).unwrap();
+    check_tree(&release, &shared).unwrap();
+
+    let bad = |link: &str, target: &Path| {
+        let at = release.join(link);
+        std::os::unix::fs::symlink(target, &at).unwrap();
+        let err = check_tree(&release, &shared).unwrap_err();
+        std::fs::remove_file(&at).unwrap();
+        err.to_string()
+    };
+    let err = bad("config", &outside);
+    assert!(
+        err.contains("at or above the shared path \"config/.env\""),
+        "{err}"
+    );
+    let err = bad("data", Path::new("src"));
+    assert!(err.contains("shared path \"data/\""), "{err}");
+    let err = bad("etc", Path::new("/etc"));
+    assert!(err.contains("etc -> /etc pointing out of it"), "{err}");
+    let err = bad("src/up", Path::new("../../production-shared"));
+    assert!(err.contains("pointing out of it"), "{err}");
+    // a link to the tree's root, then `..` through it: each looks inside, together they escape
+    std::os::unix::fs::symlink(".", release.join("here")).unwrap();
+    let err = bad("sneaky", Path::new("here/.."));
+    assert!(err.contains("sneaky"), "{err}");
+}
+
+#[test]
+fn linking_shared_paths_never_writes_through_a_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join("release");
+    std::fs::create_dir_all(&release).unwrap();
+    let production = dir.path().join("production/shared");
+    std::fs::create_dir_all(production.join("config")).unwrap();
+    std::fs::write(production.join("config/.env"), "PROD=1\n").unwrap();
+    let staging = dir.path().join("staging/shared");
+    std::fs::create_dir_all(staging.join("config")).unwrap();
+    std::fs::write(staging.join("config/.env"), "STAGING=1\n").unwrap();
+    // what a build could leave behind: config pointing at production's shared config
+    std::os::unix::fs::symlink(production.join("config"), release.join("config")).unwrap();
+    let err = link_shared(&release, &staging, &["config/.env".into()]).unwrap_err();
+    assert!(err.to_string().contains("symlink config"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(production.join("config/.env")).unwrap(),
+        "PROD=1\n",
+        "production's env file is untouched"
+    );
 }

@@ -12,6 +12,7 @@ fn spec(dir: &Path, start: &str) -> InstanceSpec {
             ("APP_VERSION".into(), "v1".into()),
         ],
         secrets: Secrets::default(),
+        run_as: None,
         output: dir.join("run/4321.out"),
     }
 }

@@ -67,7 +67,10 @@ impl From<EngineError> for ApiError {
             EngineError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             EngineError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             EngineError::Storage(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
-            EngineError::Store(_) | EngineError::Bind { .. } | EngineError::Log { .. } => {
+            EngineError::Store(_)
+            | EngineError::Bind { .. }
+            | EngineError::Log { .. }
+            | EngineError::Sandbox(_) => {
                 tracing::error!(error = %e, "internal error");
                 return ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

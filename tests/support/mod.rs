@@ -102,6 +102,13 @@ impl Sandbox {
 
     pub fn with(releases: &[Rel], opts: Options) -> Sandbox {
         let dir = tempfile::tempdir().unwrap();
+        // as root, ferry runs the app as another user: it must be able to pass through to
+        // its release under the state dir (as under /srv or /var/lib on a real machine)
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
         let repo = dir.path().join("repo");
         std::fs::create_dir(&repo).unwrap();
         sh(&repo, "git init -q -b main");
