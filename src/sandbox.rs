@@ -68,6 +68,14 @@ pub enum SandboxError {
         user: String,
         output: String,
     },
+    #[error(
+        "the environments' users cannot reach the state dir {}: {} is mode {mode:04o}\nhelp: `chmod o+x {}`, or put state_dir under a passable dir such as /var/lib/ferry", state_dir.display(), blocked.display(), blocked.display()
+    )]
+    Unreachable {
+        state_dir: PathBuf,
+        blocked: PathBuf,
+        mode: u32,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -285,6 +293,20 @@ fn mkdir(path: &Path) -> Result<(), SandboxError> {
 pub fn secure_state_dir(state_dir: &Path) -> Result<(), SandboxError> {
     mkdir(state_dir)?;
     if is_root() {
+        // every dir above must be passable, or no app user gets to its release
+        let absolute = std::path::absolute(state_dir)
+            .map_err(io(format!("reading {}", state_dir.display())))?;
+        for dir in absolute.ancestors().skip(1) {
+            let meta =
+                std::fs::metadata(dir).map_err(io(format!("reading {}", dir.display())))?;
+            if meta.mode() & 0o001 == 0 {
+                return Err(SandboxError::Unreachable {
+                    state_dir: state_dir.to_path_buf(),
+                    blocked: dir.to_path_buf(),
+                    mode: meta.mode() & 0o7777,
+                });
+            }
+        }
         chmod(state_dir, 0o711)?;
         let envs = state_dir.join("environments");
         mkdir(&envs)?;

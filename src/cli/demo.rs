@@ -180,6 +180,12 @@ pub async fn run(args: &Demo) -> CmdResult {
         .prefix("ferry-demo-")
         .tempdir()
         .map_err(fail("creating a temp folder"))?;
+    // as root, the demo app runs as its own user, which must pass through to its release
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .map_err(fail("opening the temp folder to the demo's app user"))?;
     println!("ferry demo in {}", dir.path().display());
     let repo = sample_repo(dir.path())?;
     let config_path = write_config(dir.path(), &repo)?;
