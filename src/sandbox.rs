@@ -297,8 +297,7 @@ pub fn secure_state_dir(state_dir: &Path) -> Result<(), SandboxError> {
         let absolute = std::path::absolute(state_dir)
             .map_err(io(format!("reading {}", state_dir.display())))?;
         for dir in absolute.ancestors().skip(1) {
-            let meta =
-                std::fs::metadata(dir).map_err(io(format!("reading {}", dir.display())))?;
+            let meta = std::fs::metadata(dir).map_err(io(format!("reading {}", dir.display())))?;
             if meta.mode() & 0o001 == 0 {
                 return Err(SandboxError::Unreachable {
                     state_dir: state_dir.to_path_buf(),

@@ -83,17 +83,30 @@ impl Chrome {
         self.rt.block_on(self.client().goto(url)).unwrap();
     }
 
-    /// The text of the first element matching `css`, waiting up to 10 s for it.
+    /// The text of the first element matching `css`, waiting up to 10 s for it. The live
+    /// page replaces elements as events arrive: one replaced between finding and reading it
+    /// is found again.
     fn text(&self, css: &str) -> String {
         self.rt
             .block_on(async {
-                let el = self
-                    .client()
-                    .wait()
-                    .at_most(Duration::from_secs(10))
-                    .for_element(Locator::Css(css))
-                    .await?;
-                el.text().await
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    let el = self
+                        .client()
+                        .wait()
+                        .at_most(Duration::from_secs(10))
+                        .for_element(Locator::Css(css))
+                        .await?;
+                    match el.text().await {
+                        Err(e)
+                            if e.to_string().contains("stale")
+                                && std::time::Instant::now() < deadline =>
+                        {
+                            continue;
+                        }
+                        read => return read,
+                    }
+                }
             })
             .unwrap_or_else(|e| panic!("no {css}: {e}"))
     }
