@@ -310,6 +310,20 @@ pub fn secure_state_dir(state_dir: &Path) -> Result<(), SandboxError> {
         let envs = state_dir.join("environments");
         mkdir(&envs)?;
         chmod(&envs, 0o711)?;
+        // ferry's own files (the store, tokens, the mirror, logs), whatever made them and
+        // under whatever umask: nobody else's to read; what lies in a dir follows it
+        let entries =
+            std::fs::read_dir(state_dir).map_err(io(format!("reading {}", state_dir.display())))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if path == envs || meta.file_type().is_symlink() || meta.mode() & 0o077 == 0 {
+                continue;
+            }
+            chmod(&path, meta.mode() & 0o7700)?;
+        }
     } else {
         chmod(state_dir, 0o700)?;
     }

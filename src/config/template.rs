@@ -18,6 +18,8 @@ keep_releases = 5               # built releases kept per environment
 command_timeout = "10m"         # limit for each build or test command
 stop_timeout = "10s"            # SIGTERM, then SIGKILL after this long
 drain_timeout = "30s"           # requests in flight on the old instance get this long to finish
+pass_env = []                   # ferry's variables that commands inherit besides PATH and the
+                                # locale, e.g. ["HTTP_PROXY"]; everything else is cleared
 
 [health]
 paths = ["/"]                   # every path must answer expect_status
@@ -34,6 +36,9 @@ slots = 1                       # 2 makes staging-1 on 8081 and staging-2 on 808
 track = { branch = "main" }     # webhook pushes to main deploy here; or { tags = true }
 env = { LOG_LEVEL = "debug" }
 # env_file = "config/.env"      # secrets, read from the environment's shared dir at start
+# user = "app-staging"          # as root, build/test/app commands run as this user (default:
+                                # ferry-<app>-<env>, created on first start); never root,
+                                # never another environment's
 
 [environments.production]
 listen = "127.0.0.1:8080"

@@ -448,3 +448,44 @@ fn the_webhook_repository_is_configured_or_derived_from_a_remote_repo() {
         );
     }
 }
+
+#[test]
+fn environment_users_and_pass_env_are_read_and_checked() {
+    let dir = sandbox();
+    let text = format!(
+        "{MINIMAL}user = \"app-staging\"\n[environments.production]\nlisten = \"127.0.0.1:8082\"\n"
+    )
+    .replace(
+        "start = \"./run\"",
+        "start = \"./run\"\npass_env = [\"HTTP_PROXY\"]",
+    );
+    let config = parse(dir.path(), &text).unwrap();
+    assert_eq!(config.app.pass_env, ["HTTP_PROXY"]);
+    let staging = config.environment("staging").unwrap();
+    assert_eq!(staging.user.as_deref(), Some("app-staging"));
+    assert_eq!(config.environment("production").unwrap().user, None);
+
+    for (user, expected) in [
+        ("root", "would give deployed code ferry's own powers"),
+        ("App Staging", "is not a valid user name"),
+    ] {
+        let d = diagnostic(dir.path(), &format!("{MINIMAL}user = \"{user}\"\n"));
+        assert!(d.to_string().contains(expected), "{d}");
+    }
+    // one user for staging and production would let staging's code write production's data
+    let shared = format!(
+        "{MINIMAL}user = \"app\"\n[environments.production]\nlisten = \"127.0.0.1:8082\"\nuser = \"app\"\n"
+    );
+    let d = diagnostic(dir.path(), &shared);
+    assert!(
+        d.to_string()
+            .contains("user \"app\" is already the user of environment"),
+        "{d}"
+    );
+    let bad = MINIMAL.replace(
+        "start = \"./run\"",
+        "start = \"./run\"\npass_env = [\"A B\"]",
+    );
+    let d = diagnostic(dir.path(), &bad);
+    assert!(d.to_string().contains("is not a variable name"), "{d}");
+}
