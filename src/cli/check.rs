@@ -27,6 +27,10 @@ pub fn run(cli: &Cli, _args: &Check) -> CmdResult {
         }
     );
     println!("  releases   keep {}", app.keep_releases);
+    println!(
+        "  backups    keep those of the last {} deploys",
+        app.keep_backups
+    );
     let h = &config.health;
     println!(
         "  health     {} -> {} every {} (timeout {}, {} tries, first after {})",

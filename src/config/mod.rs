@@ -164,6 +164,8 @@ pub struct App {
     /// Paths that live in the environment's `shared/` dir; a trailing `/` marks a directory.
     pub shared: Vec<String>,
     pub keep_releases: usize,
+    /// Deployments whose backups are kept per environment, however many releases are kept.
+    pub keep_backups: usize,
     /// Limit for each build or test command.
     pub command_timeout: Duration,
     /// Time an instance gets between SIGTERM and SIGKILL.

@@ -75,6 +75,7 @@ struct RawApp {
     #[serde(default)]
     shared: Vec<Spanned<String>>,
     keep_releases: Option<Spanned<i64>>,
+    keep_backups: Option<Spanned<i64>>,
     command_timeout: Option<HumanDuration>,
     stop_timeout: Option<HumanDuration>,
     drain_timeout: Option<HumanDuration>,
@@ -300,6 +301,17 @@ fn validate_app(
         }
         pass_env.push(v.into_inner());
     }
+    let keep_backups = match raw.keep_backups {
+        None => keep_releases,
+        Some(k) if *k.get_ref() >= 1 && *k.get_ref() <= 1000 => *k.get_ref() as usize,
+        Some(k) => {
+            return Err(fail(
+                k.span(),
+                format!("keep_backups = {} is out of range", k.get_ref()),
+                "keep the backups of at least 1 deployment (the default is keep_releases)",
+            ));
+        }
+    };
     Ok(App {
         name: raw.name.into_inner(),
         pass_env,
@@ -309,6 +321,7 @@ fn validate_app(
         start: raw.start.into_inner(),
         shared,
         keep_releases,
+        keep_backups,
         command_timeout: raw
             .command_timeout
             .map_or(std::time::Duration::from_secs(600), |d| d.0),

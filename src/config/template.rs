@@ -15,6 +15,7 @@ test = []                       # the gate: a failing command stops the deploy
 start = "./server --port $PORT" # required: runs one instance; ferry sets $PORT
 shared = []                     # live outside releases and linked in, e.g. ["data/", "config/.env"]
 keep_releases = 5               # built releases kept per environment
+keep_backups = 5                # deploys whose data backups are kept (default: keep_releases)
 command_timeout = "10m"         # limit for each build or test command
 stop_timeout = "10s"            # SIGTERM, then SIGKILL after this long
 drain_timeout = "30s"           # requests in flight on the old instance get this long to finish

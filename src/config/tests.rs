@@ -46,6 +46,10 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(config.state_dir, base.join(".ferry"));
     assert_eq!(config.app.repo, base.join("repo").to_string_lossy());
     assert_eq!(config.app.keep_releases, 5);
+    assert_eq!(
+        config.app.keep_backups, 5,
+        "keep_backups follows keep_releases"
+    );
     assert!(config.app.build.is_empty() && config.app.test.is_empty());
     assert_eq!(config.app.drain_timeout, Duration::from_secs(30));
     assert_eq!(config.health.paths, vec!["/".to_string()]);
@@ -169,6 +173,7 @@ fn other_rejections_each_point_at_their_value() {
             "not an address",
         ),
         ("[app]", "[app]\nkeep_releases = 0", "keep_releases"),
+        ("[app]", "[app]\nkeep_backups = 0", "keep_backups"),
         ("[app]", "[app]\nshared = [\"../etc\"]", "shared path"),
         (
             "listen = \"127.0.0.1:8081\"",

@@ -299,7 +299,10 @@ impl Engine {
         );
         step(
             "finish",
-            format!("stop the old instance, keep {} releases", app.keep_releases),
+            format!(
+                "stop the old instance, keep {} releases and the backups of the last {} deploys",
+                app.keep_releases, app.keep_backups
+            ),
         );
         Ok(Plan {
             environment: env.to_string(),

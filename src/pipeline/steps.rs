@@ -250,6 +250,7 @@ impl Engine {
             };
             self.mark_release(&env.name, &name, "good");
             out.push_str(&self.prune(&env.name, &name));
+            out.push_str(&self.prune_backups(&env.name));
             Ok(((), out))
         })
         .await
@@ -714,7 +715,7 @@ impl Engine {
     }
 
     /// Removes releases beyond `keep_releases`, oldest first by the order they were made,
-    /// never the one serving or `keep`, with the backups taken when they were deployed.
+    /// never the one serving or `keep`. Backups are pruned on their own (`prune_backups`).
     fn prune(&self, env: &str, keep: &str) -> String {
         let Ok(releases) = self.store.releases(env) else {
             return String::new();
@@ -740,11 +741,20 @@ impl Engine {
             }
             self.mark_release(env, &r.name, "pruned");
             out.push_str(&format!("pruned {}\n", r.name));
-            for b in self
-                .store
-                .backups(env, None, Some(&r.name))
-                .unwrap_or_default()
-            {
+            excess -= 1;
+        }
+        out
+    }
+
+    /// Removes the backups of all but the newest `keep_backups` deployments that took
+    /// some, whether or not their releases are still kept.
+    fn prune_backups(&self, env: &str) -> String {
+        let Ok(deployments) = self.store.deployments_with_backups(env) else {
+            return String::new();
+        };
+        let mut out = String::new();
+        for id in deployments.into_iter().skip(self.config.app.keep_backups) {
+            for b in self.store.backups(env, Some(id), None).unwrap_or_default() {
                 match std::fs::remove_file(&b.path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -754,9 +764,8 @@ impl Engine {
                     }
                 }
                 let _ = self.store.backup_pruned(b.id);
-                out.push_str(&format!("pruned backup {}\n", b.path));
+                out.push_str(&format!("pruned backup {} (deployment #{id})\n", b.path));
             }
-            excess -= 1;
         }
         out
     }

@@ -45,6 +45,11 @@ pub enum StoreError {
         found: usize,
         known: usize,
     },
+    #[error("cannot make {path} private (mode 0600): {source}")]
+    Mode {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl StoreError {
@@ -73,9 +78,41 @@ pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Makes the database at `path` readable by its owner only: created empty with mode 0600
+/// when missing (SQLite would make it 0644), else set to 0600 with its `-wal` and `-shm`
+/// (SQLite gives those the database's mode). It holds token hashes and every record.
+fn private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let fail = |p: &Path| {
+        let path = p.display().to_string();
+        move |source| StoreError::Mode { path, source }
+    };
+    if !path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(fail(path))?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = std::path::PathBuf::from(name);
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => {}
+            Err(e) => return Err(fail(&file)(e)),
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the database and applies pending migrations.
     pub fn open(path: &Path) -> Result<Store> {
+        private(path)?;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -626,6 +663,17 @@ impl Store {
             Backup::COLUMNS
         ))?;
         let rows = stmt.query_map(params![environment, deployment, release], Backup::from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The deployments of an environment that have backups still on disk, newest first.
+    pub fn deployments_with_backups(&self, environment: &str) -> Result<Vec<i64>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT DISTINCT deployment_id FROM backups
+             WHERE environment = ?1 AND pruned_at IS NULL ORDER BY deployment_id DESC",
+        )?;
+        let rows = stmt.query_map(params![environment], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
