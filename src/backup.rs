@@ -3,10 +3,13 @@
 //! SQLite files are copied through SQLite's online backup API, so the app can keep writing
 //! while the snapshot is taken, and the copy is checked with `PRAGMA integrity_check`. Other
 //! files are copied. Either way the snapshot is written to a temp name, fsynced, then renamed.
+//! A snapshot has its source's mode (a 0600 database gives 0600 backups, readable by nobody
+//! else at any moment), and a restored file has the mode and owner of the file it replaces.
 //! Blocking: call from `spawn_blocking`.
 
-use std::fs::File;
+use std::fs::{File, Metadata, OpenOptions, Permissions};
 use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -71,7 +74,16 @@ pub fn snapshot(source: &Path, dest: &Path) -> Result<(Method, u64), BackupError
     let tmp = with_suffix(dest, ".partial");
     let _ = std::fs::remove_file(&tmp);
     let method = if is_sqlite(source) {
+        // made empty and private first, so SQLite (which would make it 0644) writes into
+        // a file nobody else can read; it gets the source's mode once written
+        let mode = std::fs::metadata(source)
+            .map_err(io("reading", source))?
+            .permissions()
+            .mode();
+        create_private(&tmp)?;
         sqlite_snapshot(source, &tmp)?;
+        std::fs::set_permissions(&tmp, Permissions::from_mode(mode & 0o7777))
+            .map_err(io("setting the mode of", &tmp))?;
         Method::Sqlite
     } else {
         std::fs::copy(source, &tmp).map_err(io("copying", source))?;
@@ -84,6 +96,19 @@ pub fn snapshot(source: &Path, dest: &Path) -> Result<(Method, u64), BackupError
     result?;
     let bytes = std::fs::metadata(dest).map_err(io("reading", dest))?.len();
     Ok((method, bytes))
+}
+
+/// Creates `path` empty, readable and writable by its owner only (whatever the umask).
+fn create_private(path: &Path) -> Result<File, BackupError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("creating", path))?;
+    file.set_permissions(Permissions::from_mode(0o600))
+        .map_err(io("setting the mode of", path))?;
+    Ok(file)
 }
 
 fn sqlite_snapshot(source: &Path, tmp: &Path) -> Result<(), BackupError> {
@@ -149,6 +174,8 @@ pub fn restore(
     suffix: &str,
 ) -> Result<Vec<PathBuf>, BackupError> {
     let mut moved = Vec::new();
+    // the live file's mode and owner are the restored one's
+    let original = std::fs::metadata(live).ok();
     if let Some(parent) = aside.parent() {
         std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
     }
@@ -165,9 +192,51 @@ pub fn restore(
         std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
     }
     let tmp = with_suffix(live, ".restoring");
-    std::fs::copy(backup, &tmp).map_err(io("copying", backup))?;
+    copy_like(backup, &tmp, original.as_ref())?;
     place(&tmp, live)?;
     Ok(moved)
+}
+
+/// Puts the data set aside by a restore back at `live`, with its own mode and owner.
+pub fn put_back(aside: &Path, live: &Path) -> Result<(), BackupError> {
+    let original = std::fs::metadata(aside).map_err(io("reading", aside))?;
+    let tmp = with_suffix(live, ".restoring");
+    copy_like(aside, &tmp, Some(&original))?;
+    place(&tmp, live)
+}
+
+/// Copies `from` to `to`, then gives `to` the mode of `like` and, when ferry runs as root,
+/// its owner and group (an app running as its own user keeps owning its data). Without
+/// `like`, `to` keeps `from`'s mode.
+fn copy_like(from: &Path, to: &Path, like: Option<&Metadata>) -> Result<(), BackupError> {
+    let _ = std::fs::remove_file(to);
+    let mode = match like {
+        Some(m) => m.permissions().mode(),
+        None => std::fs::metadata(from)
+            .map_err(io("reading", from))?
+            .permissions()
+            .mode(),
+    } & 0o7777;
+    let mut dst = create_private(to)?;
+    let mut src = File::open(from).map_err(io("reading", from))?;
+    std::io::copy(&mut src, &mut dst).map_err(io("copying", from))?;
+    if let Some(m) = like
+        && nix::unistd::geteuid().is_root()
+    {
+        nix::unistd::fchown(
+            &dst,
+            Some(nix::unistd::Uid::from_raw(m.uid())),
+            Some(nix::unistd::Gid::from_raw(m.gid())),
+        )
+        .map_err(|e| BackupError::Io {
+            action: "setting the owner of",
+            path: to.to_path_buf(),
+            source: e.into(),
+        })?;
+    }
+    // after the owner: chown clears set-id bits
+    dst.set_permissions(Permissions::from_mode(mode))
+        .map_err(io("setting the mode of", to))
 }
 
 #[cfg(test)]
@@ -193,6 +262,66 @@ mod tests {
                 .join("backups/config.json.v1.0.0.1.partial")
                 .exists()
         );
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn snapshots_keep_the_source_mode_and_restores_the_live_file_mode_and_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        let db = shared.join("app.db");
+        Connection::open(&db)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x TEXT); INSERT INTO t VALUES ('a');")
+            .unwrap();
+        let env = shared.join(".env");
+        std::fs::write(&env, "SECRET=1").unwrap();
+        for f in [&db, &env] {
+            std::fs::set_permissions(f, Permissions::from_mode(0o600)).unwrap();
+        }
+        let db_snap = dir.path().join("backups/app.db.v1");
+        let env_snap = dir.path().join("backups/.env.v1");
+        assert_eq!(snapshot(&db, &db_snap).unwrap().0, Method::Sqlite);
+        assert_eq!(snapshot(&env, &env_snap).unwrap().0, Method::Copy);
+        assert_eq!(mode(&db_snap), 0o600, "the SQLite online backup path");
+        assert_eq!(mode(&env_snap), 0o600, "the copy path");
+
+        // the live database is 0640 and, where we may, owned by another user
+        std::fs::set_permissions(&db, Permissions::from_mode(0o640)).unwrap();
+        let root = nix::unistd::geteuid().is_root();
+        if root {
+            std::os::unix::fs::chown(&db, Some(65534), Some(65534)).unwrap();
+        }
+        let aside = dir.path().join("backups/app.db");
+        restore(&db_snap, &db, &aside, ".before-restore.1").unwrap();
+        assert_eq!(
+            mode(&db),
+            0o640,
+            "the restored file has the live file's mode"
+        );
+        let meta = std::fs::metadata(&db).unwrap();
+        if root {
+            assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "and its owner");
+        } else {
+            eprintln!("not root: the owner part of this test is skipped");
+        }
+        // a restore whose rollback fails puts the set-aside data back as it was
+        let set_aside = dir.path().join("backups/app.db.before-restore.1");
+        put_back(&set_aside, &db).unwrap();
+        assert_eq!(mode(&db), 0o640);
+        if root {
+            let meta = std::fs::metadata(&db).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+        }
+        // with no live file, the restored one has the backup's mode
+        std::fs::remove_file(&env).unwrap();
+        restore(&env_snap, &env, &dir.path().join("backups/.env"), ".x").unwrap();
+        assert_eq!(mode(&env), 0o600);
+        assert_eq!(std::fs::read_to_string(&env).unwrap(), "SECRET=1");
     }
 
     #[test]

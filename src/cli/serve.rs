@@ -8,6 +8,8 @@ pub struct Serve {}
 
 pub async fn run(cli: &Cli, _args: &Serve) -> CmdResult {
     let config = cli.load_config()?;
+    // ferry's own files (its database, logs, backups, mirror) are for ferry alone
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let envs: Vec<String> = config
         .environments
         .iter()

@@ -308,7 +308,7 @@ impl Engine {
         for (aside, live) in &stopped.data {
             let tmp = format!("{}.failed-restore", live.display());
             let _ = std::fs::rename(live, &tmp);
-            if let Err(e) = std::fs::copy(aside, live) {
+            if let Err(e) = crate::backup::put_back(aside, live) {
                 tracing::error!(env = %env, file = %live.display(), error = %e, "cannot put the data back");
             }
         }
