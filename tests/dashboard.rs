@@ -397,3 +397,162 @@ fn a_read_only_or_revoked_token_cannot_act() {
     assert!(!b.get("/").body.contains("Signed in as"));
     assert!(s.api("/api/environments/staging")["deploying"].is_null());
 }
+
+#[test]
+fn a_sign_in_or_action_posted_from_another_site_is_refused() {
+    let mut s = two_envs();
+    s.serve();
+    let alice = token(&s, "alice", false);
+    let mut b = Browser::new(&s);
+    let host = s.api.trim_start_matches("http://").to_string();
+    // a login CSRF: evil.example's page posts the attacker's token to ferry's sign-in
+    for (name, value) in [
+        ("origin", "http://evil.example"),
+        ("origin", "null"),
+        ("origin", &format!("http://{host}.evil.example")),
+        ("referer", "http://evil.example/page"),
+        ("referer", &format!("http://user@{host}/")),
+    ] {
+        let a = b.answer(
+            b.client
+                .post(format!("{}/signin", b.base))
+                .header(name, value)
+                .form(&[("token", alice.as_str())]),
+        );
+        assert_eq!(a.status, 403, "{name}: {value}");
+        assert!(a.set_cookie.is_none(), "{name}: {value} opened a session");
+        assert!(a.body.contains("another site"), "{}", a.body);
+    }
+    // from ferry's own page it works, by Origin or by Referer
+    let a = b.answer(
+        b.client
+            .post(format!("{}/signin", b.base))
+            .header("origin", format!("http://{host}"))
+            .form(&[("token", alice.as_str())]),
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+    assert_eq!(b.sign_in(&alice).status, 303, "no Origin: not a browser");
+    let csrf = b.csrf();
+    // an action posted cross-site with a valid session and CSRF token is refused too
+    let lock = "/actions/environments/staging/lock";
+    let a = b.answer(
+        b.client
+            .post(format!("{}{lock}", b.base))
+            .header("origin", "http://evil.example")
+            .form(&[("reason", "x"), ("csrf", csrf.as_str())]),
+    );
+    assert_eq!(a.status, 403);
+    assert!(s.api("/api/environments/staging")["deploying"].is_null());
+    let a = b.answer(
+        b.client
+            .post(format!("{}{lock}", b.base))
+            .header("referer", format!("http://{host}/environments/staging"))
+            .form(&[("reason", "x"), ("csrf", csrf.as_str())]),
+    );
+    assert_eq!(a.status, 303, "{}", a.body);
+}
+
+#[test]
+fn every_dashboard_page_sends_the_security_headers() {
+    let mut s = two_envs();
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for path in [
+        "/",
+        "/environments/staging",
+        "/deployments/1",
+        "/deployments/1/live",
+        "/fragments/overview",
+        "/signin",
+        "/deployments/999",
+    ] {
+        let resp = client.get(format!("{}{path}", s.api)).send().unwrap();
+        let h = |name: &str| {
+            resp.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_else(|| panic!("{path}: no {name}"))
+        };
+        assert_eq!(h("x-frame-options"), "DENY", "{path}");
+        assert_eq!(h("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(h("referrer-policy"), "same-origin", "{path}");
+        assert_eq!(h("cache-control"), "no-store", "{path}");
+        let csp = h("content-security-policy");
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "frame-ancestors 'none'",
+            "form-action 'self'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        // what the CSP allows is all the pages need: no inline script, style or handler
+        let body = resp.text().unwrap();
+        assert!(
+            !body.contains("<script>") && !body.contains(" style="),
+            "{path}"
+        );
+        assert!(
+            !Regex::new(r" on[a-z]+=").unwrap().is_match(&body),
+            "{path}"
+        );
+    }
+    // a cross-site sign-in POST answers with the headers as well
+    let resp = client
+        .post(format!("{}/signin", s.api))
+        .header("origin", "http://evil.example")
+        .form(&[("token", "x")])
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.headers()["x-frame-options"], "DENY");
+    // the embedded assets keep their own cache header, and nosniff
+    let css = client
+        .get(format!("{}/static/ferry.css", s.api))
+        .send()
+        .unwrap();
+    assert!(
+        css.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("max-age")
+    );
+    assert_eq!(css.headers()["x-content-type-options"], "nosniff");
+}
+
+#[test]
+fn a_notice_in_the_query_shows_only_known_codes_never_text() {
+    let mut s = two_envs();
+    s.serve();
+    let b = Browser::new(&s);
+    for path in ["/", "/environments/staging"] {
+        for hostile in [
+            "%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+            "Your%20session%20expired%2C%20sign%20in%20at%20evil.example",
+            "Signed%20in.",
+        ] {
+            let page = b.get(&format!("{path}?notice={hostile}"));
+            assert_eq!(page.status, 200, "{path}?notice={hostile}");
+            assert!(
+                !page.body.contains("class=\"notice\""),
+                "{path}?notice={hostile}"
+            );
+            for text in ["alert(1)", "&lt;script", "evil.example", "session expired"] {
+                assert!(!page.body.contains(text), "{path}: {text}");
+            }
+        }
+        let page = b.get(&format!("{path}?notice=locked"));
+        assert!(
+            page.body
+                .contains("<p class=\"notice\" role=\"status\">Locked.</p>"),
+            "{path}: {}",
+            page.body
+        );
+    }
+}

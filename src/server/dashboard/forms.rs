@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
 
+use super::pages::Notice;
 use super::views::{self, Page};
 use super::{COOKIE, Viewer, cookie_secret};
 use crate::auth;
@@ -34,9 +35,8 @@ fn engine_refused(e: EngineError) -> Response {
 }
 
 /// Back to `path` with a notice for the person who acted.
-fn done(path: &str, notice: &str) -> Response {
-    let query = serde_urlencoded::to_string([("notice", notice)]).unwrap_or_default();
-    Redirect::to(&format!("{path}?{query}")).into_response()
+fn done(path: &str, notice: Notice) -> Response {
+    Redirect::to(&format!("{path}?notice={}", notice.code())).into_response()
 }
 
 fn bad_request(message: &str) -> Response {
@@ -95,7 +95,7 @@ pub async fn sign_in(
                 "{COOKIE}={secret}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
                 auth::SESSION_HOURS * 3600
             );
-            let mut resp = done("/", "Signed in.");
+            let mut resp = done("/", Notice::SignedIn);
             if let Ok(value) = header::HeaderValue::from_str(&cookie) {
                 resp.headers_mut().insert(header::SET_COOKIE, value);
             }
@@ -123,7 +123,7 @@ pub async fn sign_out(State(app): State<AppState>, headers: axum::http::HeaderMa
     {
         tracing::error!(error = %e, "cannot end the session");
     }
-    let mut resp = done("/", "Signed out.");
+    let mut resp = done("/", Notice::SignedOut);
     resp.headers_mut().insert(
         header::SET_COOKIE,
         header::HeaderValue::from_static(
@@ -143,7 +143,7 @@ pub async fn approve(
         Err(e) => return refused(e),
     };
     match app.engine.approve(id, &who(&viewer)) {
-        Ok(d) => done(&format!("/deployments/{}", d.id), "Approved."),
+        Ok(d) => done(&format!("/deployments/{}", d.id), Notice::Approved),
         Err(e) => engine_refused(e),
     }
 }
@@ -154,7 +154,7 @@ pub async fn verify(
     Path(env): Path<String>,
 ) -> Response {
     match app.engine.verify(&env, None, &who(&viewer)).await {
-        Ok(v) => done("/", &format!("Verified {} on {env}.", v.version)),
+        Ok(_) => done("/", Notice::Verified),
         Err(e) => engine_refused(e),
     }
 }
@@ -196,7 +196,7 @@ pub async fn rollback(
         .request_rollback(&env, to, reason, restore, &who(&viewer))
         .await
     {
-        Ok(d) => done(&format!("/deployments/{}", d.id), "Rollback started."),
+        Ok(d) => done(&format!("/deployments/{}", d.id), Notice::RollbackStarted),
         Err(e) => engine_refused(e),
     }
 }
@@ -219,10 +219,11 @@ pub async fn maintenance(
     {
         Ok(_) => done(
             "/",
-            &format!(
-                "Maintenance {} on {env}.",
-                if form.on { "on" } else { "off" }
-            ),
+            if form.on {
+                Notice::MaintenanceOn
+            } else {
+                Notice::MaintenanceOff
+            },
         ),
         Err(e) => engine_refused(e),
     }
@@ -241,14 +242,14 @@ pub async fn lock(
     Form(form): Form<Lock>,
 ) -> Response {
     match app.engine.lock_env(&env, &who(&viewer), &form.reason) {
-        Ok(_) => done("/", &format!("Locked {env}.")),
+        Ok(_) => done("/", Notice::Locked),
         Err(e) => engine_refused(e),
     }
 }
 
 pub async fn unlock(State(app): State<AppState>, Path(env): Path<String>) -> Response {
     match app.engine.unlock_env(&env) {
-        Ok(()) => done("/", &format!("Unlocked {env}.")),
+        Ok(()) => done("/", Notice::Unlocked),
         Err(e) => engine_refused(e),
     }
 }
@@ -274,7 +275,7 @@ pub async fn promote(
         .engine
         .request(&target, form.tag.trim(), &who(&viewer), None)
     {
-        Ok(d) => done(&format!("/deployments/{}", d.id), "Promotion started."),
+        Ok(d) => done(&format!("/deployments/{}", d.id), Notice::PromotionStarted),
         Err(e) => engine_refused(e),
     }
 }

@@ -9,7 +9,12 @@
 //! Reads are open where the API's reads are (loopback); elsewhere they need a session.
 //! Changes need a session opened with an API token (`/signin`): the cookie is `HttpOnly`
 //! and `SameSite=Strict`, every form carries the session's CSRF token, and a POST without
-//! both answers 403. Each change is written to the audit table under the token's name.
+//! both answers 403; a POST (signing in too) whose `Origin` or `Referer` names another site
+//! answers 403. Each change is written to the audit table under the token's name.
+//!
+//! Every answer carries [`SECURITY_HEADERS`]: no framing, a CSP allowing only ferry's own
+//! stylesheet, script and requests, `nosniff`, `Referrer-Policy: same-origin`, and
+//! `Cache-Control: no-store` (the embedded assets keep their own short cache).
 
 mod chart;
 mod forms;
@@ -25,6 +30,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::AppState;
 use crate::auth::{self, Session};
@@ -66,8 +72,36 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Viewer {
     }
 }
 
-/// The dashboard's routes, behind [`gate`].
+/// The headers every dashboard answer carries. The pages have no inline script or style
+/// attribute: `ferry.js` and `ferry.css` are all they load, and the script fetches fragments
+/// and the event stream from ferry itself.
+pub const SECURITY_HEADERS: &[(&str, &str)] = &[
+    ("x-frame-options", "DENY"),
+    (
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+         connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "same-origin"),
+];
+
+/// The dashboard's routes, behind [`gate`], with [`SECURITY_HEADERS`].
 pub fn routes(app: AppState) -> Router<AppState> {
+    let mut router = pages(app);
+    for (name, value) in SECURITY_HEADERS {
+        router = router.layer(SetResponseHeaderLayer::overriding(
+            header::HeaderName::from_static(name),
+            header::HeaderValue::from_static(value),
+        ));
+    }
+    router.layer(SetResponseHeaderLayer::if_not_present(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    ))
+}
+
+fn pages(app: AppState) -> Router<AppState> {
     Router::new()
         .route("/", get(pages::overview))
         .route("/fragments/overview", get(pages::overview_fragment))
@@ -133,6 +167,13 @@ async fn gate(State(app): State<AppState>, req: Request, next: Next) -> Response
     };
     let path = req.uri().path().to_string();
     let public = path == "/signin" || path.starts_with("/static/");
+    if req.method() == Method::POST && path == "/signin" && !same_origin(req.headers()) {
+        // a login CSRF would sign the victim in as the attacker
+        return views::error(
+            StatusCode::FORBIDDEN,
+            "this sign-in was sent from another site; sign in on ferry's own page",
+        );
+    }
     if req.method() != Method::POST || path == "/signin" {
         if session.is_none() && !app.open_reads && !public {
             return Redirect::to("/signin").into_response();
@@ -140,6 +181,12 @@ async fn gate(State(app): State<AppState>, req: Request, next: Next) -> Response
         let mut req = req;
         req.extensions_mut().insert(Viewer { session });
         return next.run(req).await;
+    }
+    if !same_origin(req.headers()) {
+        return views::error(
+            StatusCode::FORBIDDEN,
+            "this form was sent from another site; use ferry's own pages",
+        );
     }
     let Some(session) = session else {
         return views::error(
@@ -182,6 +229,33 @@ async fn gate(State(app): State<AppState>, req: Request, next: Next) -> Response
         tracing::error!(error = %e, "cannot write the audit entry");
     }
     resp
+}
+
+/// Whether a POST comes from ferry's own pages: its `Origin` (or, without one, its
+/// `Referer`) names the host the request was sent to. Browsers send `Origin` with every
+/// cross-site POST; a request carrying neither comes from no browser page (curl, a script),
+/// which the session and CSRF token judge alone. `Origin: null` (a sandboxed or opaque
+/// origin) is another site.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let from = match (headers.get(header::ORIGIN), headers.get(header::REFERER)) {
+        (Some(origin), _) => origin,
+        (None, Some(referer)) => referer,
+        (None, None) => return true,
+    };
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let Ok(from) = from.to_str() else {
+        return false;
+    };
+    let Some(rest) = from
+        .strip_prefix("http://")
+        .or_else(|| from.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    !authority.contains('@') && authority.eq_ignore_ascii_case(host)
 }
 
 async fn css() -> Response {

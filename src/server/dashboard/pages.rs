@@ -62,15 +62,81 @@ fn ordered(envs: &[Environment]) -> impl Iterator<Item = &Environment> {
     sorted.into_iter()
 }
 
+/// What an action's redirect tells the person who acted: `?notice=` takes one of these codes,
+/// never text, so a link cannot put words of its choosing on ferry's pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    SignedIn,
+    SignedOut,
+    Approved,
+    Verified,
+    RollbackStarted,
+    PromotionStarted,
+    MaintenanceOn,
+    MaintenanceOff,
+    Locked,
+    Unlocked,
+}
+
+impl Notice {
+    const ALL: [Notice; 10] = [
+        Notice::SignedIn,
+        Notice::SignedOut,
+        Notice::Approved,
+        Notice::Verified,
+        Notice::RollbackStarted,
+        Notice::PromotionStarted,
+        Notice::MaintenanceOn,
+        Notice::MaintenanceOff,
+        Notice::Locked,
+        Notice::Unlocked,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Notice::SignedIn => "signed-in",
+            Notice::SignedOut => "signed-out",
+            Notice::Approved => "approved",
+            Notice::Verified => "verified",
+            Notice::RollbackStarted => "rollback-started",
+            Notice::PromotionStarted => "promotion-started",
+            Notice::MaintenanceOn => "maintenance-on",
+            Notice::MaintenanceOff => "maintenance-off",
+            Notice::Locked => "locked",
+            Notice::Unlocked => "unlocked",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Notice::SignedIn => "Signed in.",
+            Notice::SignedOut => "Signed out.",
+            Notice::Approved => "Approved.",
+            Notice::Verified => "Verified the version running.",
+            Notice::RollbackStarted => "Rollback started.",
+            Notice::PromotionStarted => "Promotion started.",
+            Notice::MaintenanceOn => "Maintenance is on.",
+            Notice::MaintenanceOff => "Maintenance is off.",
+            Notice::Locked => "Locked.",
+            Notice::Unlocked => "Unlocked.",
+        }
+    }
+
+    /// The notice a code names; anything else shows nothing.
+    fn from_code(code: &str) -> Option<Notice> {
+        Notice::ALL.into_iter().find(|n| n.code() == code)
+    }
+}
+
 #[derive(Deserialize)]
-pub struct Notice {
+pub struct NoticeQuery {
     notice: Option<String>,
 }
 
-fn notice(n: &Notice) -> Markup {
+fn notice(code: Option<&str>) -> Markup {
     html! {
-        @if let Some(text) = n.notice.as_deref().filter(|t| !t.is_empty()) {
-            p.notice role="status" { (text.chars().take(300).collect::<String>()) }
+        @if let Some(n) = code.and_then(Notice::from_code) {
+            p.notice role="status" { (n.message()) }
         }
     }
 }
@@ -78,7 +144,7 @@ fn notice(n: &Notice) -> Markup {
 pub async fn overview(
     State(app): State<AppState>,
     viewer: Viewer,
-    Query(n): Query<Notice>,
+    Query(n): Query<NoticeQuery>,
 ) -> Response {
     let body = match overview_body(&app, &viewer).await {
         Ok(b) => b,
@@ -90,7 +156,7 @@ pub async fn overview(
         &viewer,
         html! {
             h1 { "Overview" }
-            (notice(&n))
+            (notice(n.notice.as_deref()))
             div #overview data-live-src="/fragments/overview" data-live-events="/api/events" {
                 (body)
             }
@@ -414,7 +480,7 @@ async fn environment_body(
     };
     let body = html! {
         h1 { (name) }
-        (notice(&Notice { notice: q.notice.clone() }))
+        (notice(q.notice.as_deref()))
         section.cards aria-label="Status" { (card) }
         section.panel aria-labelledby="health-title" {
             h2 #health-title { "Health, last " (hours) " h" }
