@@ -66,7 +66,7 @@ impl Daemon {
     /// in the background ([`Daemon::restored`] waits for that).
     pub async fn start(config: Config) -> Result<Daemon, DaemonError> {
         let state_dir = config.state_dir.display().to_string();
-        make_state_dir(&config.state_dir).map_err(|source| DaemonError::StateDir {
+        std::fs::create_dir_all(&config.state_dir).map_err(|source| DaemonError::StateDir {
             path: state_dir.clone(),
             source,
         })?;
@@ -147,20 +147,6 @@ impl Daemon {
     }
 }
 
-/// Creates the state dir (and its parents) and makes it closed to other users: 0700, or
-/// 0711 when ferry runs as root (app users may pass through to their release dirs, never
-/// list or read the rest). An existing dir is tightened the same way.
-pub fn make_state_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)?;
-    let mode = if nix::unistd::geteuid().is_root() {
-        0o711
-    } else {
-        0o700
-    };
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-}
-
 /// App logs written before ferry kept tight modes become 0600 (new ones are, by the umask
 /// `serve` sets); logs that cannot be changed are left as they are and logged.
 fn tighten_logs(config: &Config) {
@@ -170,7 +156,6 @@ fn tighten_logs(config: &Config) {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
-        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
         for entry in entries.flatten() {
             let path = entry.path();
             let loose = entry

@@ -38,7 +38,7 @@ pub enum TokenCommand {
 
 fn open(cli: &Cli) -> Result<Store, Failure> {
     let config = cli.load_config()?;
-    crate::daemon::make_state_dir(&config.state_dir).map_err(|e| {
+    crate::sandbox::secure_state_dir(&config.state_dir).map_err(|e| {
         Failure::Failed(format!(
             "cannot create the state dir {}: {e}",
             config.state_dir.display()
