@@ -70,10 +70,10 @@ impl Daemon {
             path: state_dir.clone(),
             source,
         })?;
-        tighten_logs(&config);
         let lock = lock_state_dir(&config.state_dir)?;
         let store = Store::open(&config.state_dir.join("ferry.db"))?;
         let engine = Engine::new(Arc::new(config), store)?;
+        tighten_logs(&engine.config);
         let proxies = engine.bind_proxies().await?;
         let api_addr = engine.config.server.listen;
         let api = TcpListener::bind(api_addr)
@@ -147,8 +147,8 @@ impl Daemon {
     }
 }
 
-/// App logs written before ferry kept tight modes become 0600 (new ones are, by the umask
-/// `serve` sets); logs that cannot be changed are left as they are and logged.
+/// App logs become 0600 (made before ferry kept tight modes, or, as root, under the usual
+/// umask in a logs dir only root may enter); logs that cannot be changed are logged.
 fn tighten_logs(config: &Config) {
     use std::os::unix::fs::PermissionsExt;
     for env in &config.environments {

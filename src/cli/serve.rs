@@ -8,8 +8,12 @@ pub struct Serve {}
 
 pub async fn run(cli: &Cli, _args: &Serve) -> CmdResult {
     let config = cli.load_config()?;
-    // ferry's own files (its database, logs, backups, mirror) are for ferry alone
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // ferry's own files (its database, logs, backups, mirror) are for ferry alone. As root,
+    // release dirs that app users must pass through are made under the usual umask, and
+    // ferry's own files get their modes explicitly (see `sandbox`, `store`, `backup`).
+    if !nix::unistd::geteuid().is_root() {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    }
     let envs: Vec<String> = config
         .environments
         .iter()
