@@ -308,3 +308,49 @@ fn path_traversal_on_every_named_route_finds_nothing() {
         routes.len()
     );
 }
+
+#[test]
+fn escape_sequences_in_command_output_and_app_logs_never_reach_the_terminal() {
+    // a build that clears the screen, retitles the window, forges a link and rewrites its
+    // own line into a fake "✓" (CR), and an app that logs the same
+    let mut s = Sandbox::with(
+        &[Rel("v1.0.0", GOOD)],
+        Options {
+            extra_app: r#"build = ["printf '\\033[2J\\033]0;pwned\\007\\033]8;;http://evil\\033\\\\link\\033]8;;\\033\\\\ real\\rforged\\033[31m red \\302\\233 c1\\n'"]"#,
+            ..Options::default()
+        },
+    );
+    s.serve();
+    let deploy = s.deploy_ok("staging", "v1.0.0");
+    let show = s.ferry(&["show", "1"]);
+    let json = s.ferry(&["show", "1", "--json"]);
+    let stored = s.api("/api/deployments/1").to_string();
+    assert!(
+        stored.contains("\\u001b") && stored.contains("\\r"),
+        "the API keeps the raw output: {stored}"
+    );
+    let hostile = |c: char| c.is_control() && c != '\n' && c != '\t';
+    for (what, out) in [
+        ("deploy", deploy.stdout()),
+        ("show", show.stdout()),
+        ("show --json", json.stdout()),
+    ] {
+        assert!(out.contains("link realforged red  c1"), "{what}: {out:?}");
+        assert!(!out.contains("\\u001b"), "{what}: {out:?}");
+        assert!(!out.chars().any(hostile), "{what}: {out:?}");
+    }
+
+    let (status, _) = get(&format!(
+        "{}/log?line=%1B%5D0%3Bpwned%07%1B%5B2Jlogged%0Dover%1B%5B1m",
+        s.url("staging")
+    ))
+    .unwrap();
+    assert_eq!(status, 200);
+    let mut logs = String::new();
+    assert!(eventually(Duration::from_secs(10), || {
+        logs = s.ferry(&["logs", "staging", "-n", "20"]).stdout();
+        logs.contains("loggedover")
+    }));
+    assert!(!logs.contains("pwned"), "{logs:?}");
+    assert!(!logs.chars().any(hostile), "{logs:?}");
+}

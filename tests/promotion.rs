@@ -784,3 +784,60 @@ fn rusqlite_count(path: &str) -> (u64, u64) {
     };
     (count("a"), count("b"))
 }
+
+#[test]
+fn a_plan_over_get_never_fetches_and_fetching_needs_a_token_and_is_rate_limited() {
+    let mut s = Sandbox::new(&[Rel("v1.0.0", GOOD)]);
+    s.serve();
+    let plan = |r: &str| get(&format!("{}/api/environments/staging/plan?ref={r}", s.api)).unwrap();
+    // nothing fetched yet: a plan over GET says so instead of cloning the repository
+    let (status, body) = plan("v1.0.0");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("has not fetched the repository"), "{body}");
+    assert!(!s.state_dir().join("mirror.git").exists());
+
+    s.deploy_ok("staging", "v1.0.0");
+    let fetch_head = s.state_dir().join("mirror.git/FETCH_HEAD");
+    let fetched = || {
+        std::fs::metadata(&fetch_head)
+            .and_then(|m| m.modified())
+            .ok()
+    };
+    let before = fetched();
+    // a new tag in the repository: GET plans do not see it, and do not fetch it
+    sh(
+        &s.repo,
+        "git commit -q --allow-empty -m next && git tag v1.1.0",
+    );
+    for _ in 0..3 {
+        let (status, body) = plan("v1.1.0");
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("not in ferry's mirror"), "{body}");
+    }
+    let (status, body) = plan("v1.0.0");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["mirror_fetched_at"].is_string(), "{v}");
+    assert_eq!(fetched(), before, "a GET fetched the repository");
+
+    // a fetch is a mutation: no token, no fetch; with one, one fetch per 10 s at most
+    let url = format!("{}/api/mirror/fetch", s.api);
+    assert_eq!(support::post(&url, None, &serde_json::json!({})).0, 401);
+    let (status, first) = s.post("/api/mirror/fetch", &serde_json::json!({}));
+    assert_eq!(
+        (status, first["fetched"].as_bool()),
+        (200, Some(true)),
+        "{first}"
+    );
+    let (_, again) = s.post("/api/mirror/fetch", &serde_json::json!({}));
+    assert_eq!(again["fetched"], false, "rate-limited: {again}");
+    assert_eq!(plan("v1.1.0").0, 200);
+
+    // `ferry plan` asks for the fetch itself, and says which mirror state it planned on
+    let run = s.ferry(&["plan", "staging", "v1.1.0"]);
+    assert!(
+        run.stdout()
+            .contains("resolved in ferry's mirror of the repository as fetched at"),
+        "{run}"
+    );
+}

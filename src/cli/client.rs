@@ -77,8 +77,14 @@ impl ApiClient {
     async fn decode<T: DeserializeOwned>(&self, resp: reqwest::Response) -> Result<T, ClientError> {
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(|e| self.error(e))?;
+        // every string the server sends is printed by some command: none may steer the
+        // terminal (escape sequences, carriage returns; see `terminal`)
+        let value = serde_json::from_slice::<serde_json::Value>(&bytes).map(|mut v| {
+            super::terminal::clean_json(&mut v);
+            v
+        });
         if status >= 400 {
-            let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let value = value.unwrap_or_default();
             let err = &value["error"];
             return Err(ClientError::Api {
                 status,
@@ -94,10 +100,12 @@ impl ApiClient {
                     },
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Other {
-            url: self.base.clone(),
-            detail: format!("unexpected answer: {e}"),
-        })
+        value
+            .and_then(serde_json::from_value)
+            .map_err(|e| ClientError::Other {
+                url: self.base.clone(),
+                detail: format!("unexpected answer: {e}"),
+            })
     }
 
     async fn send_get(&self, path: &str) -> Result<reqwest::Response, ClientError> {

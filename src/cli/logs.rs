@@ -24,11 +24,14 @@ pub async fn run(cli: &Cli, args: &Logs) -> CmdResult {
         ))
         .await?;
     let mut out = std::io::stdout();
+    // the app writes what it likes: no escape sequence of it reaches the terminal
+    let mut strip = super::terminal::Strip::default();
     loop {
         tokio::select! {
             chunk = resp.chunk() => match chunk {
                 Ok(Some(bytes)) => {
-                    if out.write_all(&bytes).and_then(|()| out.flush()).is_err() {
+                    let text = strip.feed(&bytes);
+                    if out.write_all(&text).and_then(|()| out.flush()).is_err() {
                         return Ok(()); // the reader went away (a closed pipe)
                     }
                 }

@@ -13,6 +13,7 @@ mod release;
 mod safety;
 mod serve;
 mod show;
+mod terminal;
 mod token;
 
 use std::path::PathBuf;

@@ -3,7 +3,7 @@
 
 use super::deploy::{create, finish};
 use super::{Cli, CmdResult, Failure};
-use crate::pipeline::{CheckReport, Plan};
+use crate::pipeline::{CheckReport, Mirror, Plan};
 use crate::policy::Verdict;
 use crate::server::actions::{
     LockRequest, MaintenanceRequest, PromoteRequest, RollbackRequest, VerifyRequest,
@@ -254,6 +254,16 @@ pub struct PlanArgs {
 
 pub async fn plan(cli: &Cli, args: &PlanArgs) -> CmdResult {
     let client = cli.client()?;
+    // the plan itself is a read and never fetches: fetch first where our token may
+    let fetched = match client
+        .post::<_, Mirror>("/api/mirror/fetch", &serde_json::json!({}))
+        .await
+    {
+        Ok(_) => None,
+        // a read-only token, or an unreachable repository: plan on the mirror as it is
+        Err(super::ClientError::Api { message, .. }) => Some(message),
+        Err(e) => return Err(e.into()),
+    };
     let mut path = format!(
         "/api/environments/{}/plan?ref={}",
         segment(&args.environment)?,
@@ -275,6 +285,13 @@ pub async fn plan(cli: &Cli, args: &PlanArgs) -> CmdResult {
             &plan.commit_sha[..7],
             plan.environment
         );
+        if let Some(at) = &plan.mirror_fetched_at {
+            println!("  resolved in ferry's mirror of the repository as fetched at {at}");
+        }
+        if let Some(why) = &fetched {
+            let why = why.lines().next().unwrap_or("");
+            println!("  (not fetched now: {why})");
+        }
         println!("gates:");
         for g in &plan.gates {
             let mark = match g.verdict {

@@ -18,6 +18,19 @@ pub struct CheckReport {
     pub url: Option<String>,
 }
 
+/// ferry's git mirror: when it was last fetched, and whether a fetch just happened.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Mirror {
+    /// False when the fetch was skipped: the API asked for one less than
+    /// [`FETCH_INTERVAL`] ago.
+    pub fetched: bool,
+    /// When the mirror was last cloned or fetched (by a deploy, a webhook or this route).
+    pub fetched_at: Option<String>,
+}
+
+/// At most one fetch asked through the API per this long.
+pub const FETCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What `ferry plan` shows: every gate and the steps a deploy would run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
@@ -31,6 +44,9 @@ pub struct Plan {
     pub steps: Vec<PlannedStep>,
     /// False when a gate would refuse the deploy.
     pub allowed: bool,
+    /// The ref was resolved in ferry's mirror as fetched then (a plan never fetches).
+    #[serde(default)]
+    pub mirror_fetched_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -199,8 +215,32 @@ impl Engine {
         Ok(check)
     }
 
-    /// Every gate and the steps a deploy of `git_ref` to `env` would run; changes nothing
-    /// but the git mirror's cache.
+    /// Fetches the repository into the mirror, unless the API asked for a fetch less than
+    /// [`FETCH_INTERVAL`] ago: a token holder cannot make ferry hammer the repository.
+    pub async fn fetch_mirror(&self) -> Result<Mirror, EngineError> {
+        let mirror = self.mirror_dir();
+        let mut last = self.git.lock().await;
+        let fetched = match *last {
+            Some(at) if at.elapsed() < FETCH_INTERVAL => false,
+            _ => {
+                *last = Some(std::time::Instant::now());
+                release::sync_mirror(&self.config.app.repo, &mirror).await?;
+                true
+            }
+        };
+        Ok(Mirror {
+            fetched,
+            fetched_at: mirror_fetched_at(&mirror),
+        })
+    }
+
+    fn mirror_dir(&self) -> std::path::PathBuf {
+        self.config.state_dir.join("mirror.git")
+    }
+
+    /// Every gate and the steps a deploy of `git_ref` to `env` would run; changes nothing.
+    /// The ref is resolved in the mirror as last fetched: a read never reaches out to the
+    /// repository (`ferry plan` asks for a fetch first, with its token).
     pub async fn plan(
         &self,
         env: &str,
@@ -209,11 +249,24 @@ impl Engine {
     ) -> Result<Plan, EngineError> {
         let state = self.env(env)?;
         check_ref_for(git_ref)?;
-        let resolved = {
-            let mirror = self.config.state_dir.join("mirror.git");
+        let mirror = self.mirror_dir();
+        let (resolved, fetched_at) = {
             let _git = self.git.lock().await;
-            release::sync_mirror(&self.config.app.repo, &mirror).await?;
-            release::resolve(&mirror, git_ref).await?
+            let Some(fetched_at) = mirror_fetched_at(&mirror) else {
+                return Err(EngineError::Conflict(
+                    "ferry has not fetched the repository yet: `ferry plan` fetches it first (POST /api/mirror/fetch), and so does a deploy".into(),
+                ));
+            };
+            let resolved = match release::resolve(&mirror, git_ref).await {
+                Ok(r) => r,
+                Err(release::ReleaseError::UnknownRef(r)) => {
+                    return Err(EngineError::Invalid(format!(
+                        "ref \"{r}\" is not in ferry's mirror of the repository as fetched at {fetched_at}: check the name, or fetch first (`ferry plan` does, POST /api/mirror/fetch)"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            (resolved, fetched_at)
         };
         let env_cfg = &state.env;
         let ask = Ask {
@@ -313,6 +366,7 @@ impl Engine {
             allowed: eval.refusal().is_none(),
             gates: eval.gates,
             steps,
+            mirror_fetched_at: Some(fetched_at),
         })
     }
 
@@ -370,6 +424,17 @@ impl Engine {
             .environment(env)
             .is_some_and(|e| e.track == Track::Tags)
     }
+}
+
+/// When the mirror was last fetched (`FETCH_HEAD`) or else cloned (`HEAD`); `None` when
+/// there is no mirror yet.
+fn mirror_fetched_at(mirror: &std::path::Path) -> Option<String> {
+    let modified = |name: &str| std::fs::metadata(mirror.join(name)).and_then(|m| m.modified());
+    let at = modified("FETCH_HEAD").or_else(|_| modified("HEAD")).ok()?;
+    Some(
+        chrono::DateTime::<chrono::Utc>::from(at)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
 }
 
 fn check_ref_for(git_ref: &str) -> Result<(), EngineError> {

@@ -28,7 +28,7 @@ use crate::runtime::{self, LogSink, Secrets};
 use crate::sandbox::{self, Redactor};
 use crate::store::{Deployment, DeploymentState, Store, StoreError};
 
-pub use actions::{CheckReport, Plan, check_sha};
+pub use actions::{CheckReport, FETCH_INTERVAL, Mirror, Plan, check_sha};
 
 /// The free space the state dir's disk needs before a deployment starts.
 pub const MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
@@ -145,8 +145,9 @@ pub struct Engine {
     pub config: Arc<Config>,
     pub store: Store,
     envs: BTreeMap<String, Arc<EnvState>>,
-    /// Mirror fetches and lookups run one at a time.
-    git: tokio::sync::Mutex<()>,
+    /// Mirror fetches and lookups run one at a time; inside, when the API last asked for a
+    /// fetch (see `fetch_mirror`).
+    git: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// Every instance started and not yet stopped, by store id, so shutdown stops them all.
     instances: Mutex<BTreeMap<i64, runtime::Instance>>,
     approvals: Approvals,
@@ -205,7 +206,7 @@ impl Engine {
             config,
             store,
             envs,
-            git: tokio::sync::Mutex::new(()),
+            git: tokio::sync::Mutex::new(None),
             instances: Mutex::new(BTreeMap::new()),
             approvals: Approvals::default(),
             queued: Mutex::new(BTreeMap::new()),

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ApiError, ApiResult, Caller, JsonBody, created, parse_id};
-use crate::pipeline::{CheckReport, Engine, Plan};
+use crate::pipeline::{CheckReport, Engine, Mirror, Plan};
 use crate::store::{Backup, Check, Deployment, LockHolder, Verification};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -180,6 +180,12 @@ pub async fn plan(
             .plan(&env, &git_ref, q.force_reason.as_deref())
             .await?,
     ))
+}
+
+/// `POST /api/mirror/fetch`: a mutation (it needs a token), at most one fetch per
+/// [`crate::pipeline::FETCH_INTERVAL`].
+pub async fn fetch_mirror(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Mirror>> {
+    Ok(Json(engine.fetch_mirror().await?))
 }
 
 pub async fn backups(

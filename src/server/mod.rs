@@ -173,7 +173,8 @@ routes! {
     get "/api/environments/{env}/version" => version, "environments", "the version an environment serves";
     get "/api/environments/{env}/deployments" => env_history, "deployments", "an environment's deployments, newest first (?limit)";
     get "/api/environments/{env}/logs" => logs::logs, "environments", "the app log's tail (?n, ?follow)";
-    get "/api/environments/{env}/plan" => actions::plan, "deployments", "the gates and steps a deploy of ?ref would meet; changes nothing";
+    get "/api/environments/{env}/plan" => actions::plan, "deployments", "the gates and steps a deploy of ?ref would meet, in the mirror as last fetched; changes nothing";
+    post "/api/mirror/fetch" => actions::fetch_mirror, "deployments", "fetch the repository into ferry's mirror (at most once per 10 s)";
     get "/api/environments/{env}/backups" => actions::backups, "environments", "data backups taken before deploys";
     post "/api/environments/{env}/verify" => actions::verify, "promotion", "sign off the version running (or the one named)";
     post "/api/environments/{env}/rollback" => actions::rollback, "deployments", "roll back to the previous good release or ?to";
