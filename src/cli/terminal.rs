@@ -94,11 +94,7 @@ pub fn clean(s: &str) -> String {
 pub fn clean_json(value: &mut serde_json::Value) {
     use serde_json::Value;
     match value {
-        Value::String(s) => {
-            if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-                *s = clean(s);
-            }
-        }
+        Value::String(s) => *s = clean(s),
         Value::Array(items) => items.iter_mut().for_each(clean_json),
         Value::Object(map) => {
             let dirty = map
