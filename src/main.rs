@@ -7,6 +7,10 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = ferry::cli::Cli::parse();
+    if let ferry::cli::Command::Confine(args) = &cli.command {
+        // before any thread or logging: Landlock and the uid change hold for what it execs
+        return ferry::cli::confine::run(args);
+    }
     let default_level = match cli.command {
         ferry::cli::Command::Serve(_) => "info",
         ferry::cli::Command::Demo(_) => "error",

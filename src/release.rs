@@ -443,23 +443,18 @@ pub fn link_shared(
 }
 
 /// Runs `command` through `sh -c` in `dir`, in its own process group, killed at `timeout`,
-/// as `run_as` (when given) with exactly the environment `vars`. Returns the tail of its
-/// combined output.
+/// confined as `confinement` says, with exactly the environment `vars`. Returns the tail of
+/// its combined output.
 pub async fn run_command(
     dir: &Path,
     command: &str,
     vars: &[(String, String)],
-    run_as: Option<&crate::sandbox::RunAs>,
+    confinement: &crate::sandbox::Confinement,
     timeout: Duration,
     started: impl FnOnce(u32),
 ) -> Result<String, ReleaseError> {
-    let mut cmd = Command::new("sh");
-    crate::sandbox::confine(&mut cmd, run_as, vars);
-    let mut child = cmd
-        .arg("-c")
-        .arg(crate::sandbox::shell_script(&format!(
-            "exec 2>&1; {command}"
-        )))
+    let mut child = confinement
+        .command(&format!("exec 2>&1; {command}"), vars)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

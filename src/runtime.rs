@@ -22,7 +22,6 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
 use tokio::sync::watch;
 
 /// Size at which the app log is rotated.
@@ -231,8 +230,8 @@ pub struct InstanceSpec {
     /// variables and the environment's `env`, in that order. Nothing else is inherited.
     pub vars: Vec<(String, String)>,
     pub secrets: Secrets,
-    /// The unprivileged user it runs as (ferry's own user when `None`).
-    pub run_as: Option<crate::sandbox::RunAs>,
+    /// Who it runs as and what of the state dir it reaches.
+    pub confinement: crate::sandbox::Confinement,
     /// Where the named pipe carrying the instance's output is made.
     pub output: PathBuf,
 }
@@ -293,13 +292,10 @@ pub fn spawn(spec: &InstanceSpec, log: &LogSink) -> Result<Instance, RuntimeErro
     };
     let writer = make_pipe(&spec.output).map_err(pipe_err)?;
     let reader = open_pipe(&spec.output).map_err(pipe_err)?;
-    let mut cmd = Command::new("sh");
     // ferry's own settings (tokens, webhook secrets, cloud keys) are not the app's business
-    crate::sandbox::confine(&mut cmd, spec.run_as.as_ref(), &spec.vars);
+    let mut cmd = spec.confinement.command(&spec.start, &spec.vars);
     cmd.envs(spec.secrets.iter());
-    cmd.arg("-c")
-        .arg(crate::sandbox::shell_script(&spec.start))
-        .current_dir(&spec.release_dir)
+    cmd.current_dir(&spec.release_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::from(writer.try_clone().map_err(pipe_err)?))
         .stderr(Stdio::from(writer))

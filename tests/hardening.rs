@@ -7,6 +7,8 @@ mod support;
 
 use std::os::unix::fs::MetadataExt;
 
+use std::path::Path;
+
 use support::*;
 
 /// Whether this test process can run the app as other users; prints why a test is skipped.
@@ -273,5 +275,84 @@ fn a_build_running_env_sees_no_secret_of_ferry_and_printed_ones_are_masked() {
                 .any(|w| w == ENV_SECRET.as_bytes()),
             "the secret is in {file}"
         );
+    }
+}
+
+/// Runs `script` through `ferry confine` shutting `state` but for `read` and `write`.
+fn confined(state: &Path, read: &Path, write: &Path, script: &str) -> (bool, String) {
+    let out = std::process::Command::new(FERRY)
+        .arg("confine")
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--read")
+        .arg(read)
+        .arg("--write")
+        .arg(write)
+        .args(["--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn confined_commands_reach_only_their_own_paths_even_as_a_user_who_could_read_everything() {
+    // whoever runs this (root, or ferry's own user without root): Landlock shuts the state
+    // dir to the command though file permissions would let it in
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let env = state.join("environments/staging");
+    let release = env.join("releases/v1");
+    let shared = env.join("shared");
+    for d in [
+        &release,
+        &shared,
+        &state.join("environments/production/shared"),
+    ] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(state.join("local-token"), "the-local-token").unwrap();
+    std::fs::write(release.join("app.txt"), "code").unwrap();
+    std::fs::write(dir.path().join("beside.txt"), "beside").unwrap();
+    let (ok, out) = confined(&state, &release, &shared, "true");
+    if out.contains("does not enforce Landlock") {
+        println!(
+            "SKIPPED confined_commands_reach_only_their_own_paths: this kernel has no Landlock"
+        );
+        return;
+    }
+    let run = |script: String| {
+        confined(
+            &state,
+            &release,
+            &shared,
+            &format!("cd {} && {script}", release.display()),
+        )
+    };
+    let (ok2, out2) = run("cat app.txt".into());
+    assert!(ok && ok2, "{out}{out2}");
+    let state = state.display();
+    for denied in [
+        format!("cat {state}/local-token"),
+        "cat ../../../../local-token".to_string(),
+        format!("ls {state}/environments/production"),
+        "echo x > app.txt".to_string(),
+        "touch new-file".to_string(),
+    ] {
+        let (ok, out) = run(denied.clone());
+        assert!(!ok, "`{denied}` was allowed: {out}");
+        assert!(!out.contains("the-local-token"), "{out}");
+    }
+    for allowed in [
+        format!("echo data > {}/data.txt", shared.display()),
+        format!("cat {}", dir.path().join("beside.txt").display()),
+        "ls /usr/bin > /dev/null".to_string(),
+    ] {
+        let (ok, out) = run(allowed.clone());
+        assert!(ok, "`{allowed}` was refused: {out}");
     }
 }

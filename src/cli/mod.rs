@@ -5,6 +5,7 @@
 
 mod check;
 mod client;
+pub mod confine;
 mod demo;
 mod deploy;
 mod init;
@@ -92,6 +93,9 @@ pub enum Command {
     /// The sample app the demo deploys (serves $PORT).
     #[command(hide = true)]
     SampleApp,
+    /// Starts a build, test or app command confined to its environment (used by `serve`).
+    #[command(hide = true)]
+    Confine(confine::Confine),
 }
 
 /// A command's failure, with the exit status it maps to.
@@ -145,6 +149,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Token(args) => token::run(&cli, args),
         Command::Release(args) => release::run(args),
         Command::Demo(args) => demo::run(args).await,
+        Command::Confine(args) => {
+            // main.rs runs it before any thread starts; here only if called as a library
+            return confine::run(args);
+        }
         Command::SampleApp => crate::sample_app::run()
             .await
             .map_err(|e| Failure::Failed(format!("sample app: {e}"))),

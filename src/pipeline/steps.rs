@@ -627,6 +627,25 @@ impl Engine {
         }
     }
 
+    /// What a command of `state`'s environment in `release` may reach of the state dir: its
+    /// release (writable while it builds), the shared dir and its home.
+    fn confinement(&self, state: &EnvState, release: &Path, builds: bool) -> sandbox::Confinement {
+        let env_dir = self.config.env_dir(&state.env.name);
+        let mut write = vec![env_dir.join("shared"), sandbox::home_dir(&env_dir)];
+        let mut read = Vec::new();
+        if builds {
+            write.push(release.to_path_buf());
+        } else {
+            read.push(release.to_path_buf());
+        }
+        sandbox::Confinement {
+            run_as: state.run_as.clone(),
+            state_dir: Some(self.config.state_dir.clone()),
+            read,
+            write,
+        }
+    }
+
     /// What every command of `state`'s environment starts with (see [`sandbox::command_env`]).
     fn command_env(&self, state: &EnvState) -> Vec<(String, String)> {
         let home = sandbox::home_dir(&self.config.env_dir(&state.env.name));
@@ -656,7 +675,7 @@ impl Engine {
                 dir,
                 command,
                 vars,
-                state.run_as.as_ref(),
+                &self.confinement(state, dir, true),
                 self.config.app.command_timeout,
                 record,
             )
@@ -701,7 +720,7 @@ impl Engine {
             port,
             vars: all,
             secrets,
-            run_as: state.run_as.clone(),
+            confinement: self.confinement(state, release_dir, false),
             output: self.output_pipe(&env.name, port),
         })
     }

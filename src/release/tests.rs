@@ -136,7 +136,7 @@ async fn commands_report_failure_output_and_time_out() {
         dir.path(),
         "echo hello; echo oops >&2",
         &[],
-        None,
+        &Default::default(),
         Duration::from_secs(5),
         |_| {},
     )
@@ -148,7 +148,7 @@ async fn commands_report_failure_output_and_time_out() {
         dir.path(),
         "echo $GREETING; exit 3",
         &vars,
-        None,
+        &Default::default(),
         Duration::from_secs(5),
         |_| {},
     )
@@ -161,7 +161,7 @@ async fn commands_report_failure_output_and_time_out() {
         dir.path(),
         "sleep 30 & sleep 30",
         &[],
-        None,
+        &Default::default(),
         Duration::from_millis(200),
         |_| {},
     )

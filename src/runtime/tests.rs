@@ -12,7 +12,7 @@ fn spec(dir: &Path, start: &str) -> InstanceSpec {
             ("APP_VERSION".into(), "v1".into()),
         ],
         secrets: Secrets::default(),
-        run_as: None,
+        confinement: Default::default(),
         output: dir.join("run/4321.out"),
     }
 }

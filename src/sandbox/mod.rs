@@ -26,6 +26,12 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::{Gid, Uid};
 
+mod confine;
+mod redact;
+
+pub use confine::{Confinement, restrict_self};
+pub use redact::Redactor;
+
 /// The PATH commands get when ferry itself has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -245,6 +251,23 @@ pub fn command_env(home: &Path, run_as: Option<&RunAs>, pass: &[String]) -> Vec<
     vars
 }
 
+/// Becomes `uid:gid` for good, without root's supplementary groups (`ferry confine`, which
+/// root starts). Refuses to stay root.
+pub fn drop_to(uid: u32, gid: u32) -> nix::Result<()> {
+    if uid == 0 {
+        return Err(nix::errno::Errno::EPERM);
+    }
+    let gid = Gid::from_raw(gid);
+    nix::unistd::setgroups(&[gid])?;
+    nix::unistd::setgid(gid)?;
+    nix::unistd::setuid(Uid::from_raw(uid))?;
+    // setuid from root drops every id; make sure there is no way back
+    if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+        return Err(nix::errno::Errno::EPERM);
+    }
+    Ok(())
+}
+
 /// Sets who `cmd` runs as and the whole of its environment: `vars` and nothing inherited.
 pub fn confine(
     cmd: &mut tokio::process::Command,
@@ -450,95 +473,6 @@ fn walk(
     Ok(())
 }
 
-/// Known secret values, masked as `***` in everything ferry stores, shows or sends: step
-/// output, deployment messages, the app log. Values shorter than [`Redactor::MIN_LEN`] are
-/// not masked: they would hide ordinary words and numbers.
-#[derive(Default)]
-pub struct Redactor {
-    secrets: std::sync::RwLock<Vec<String>>,
-}
-
-impl std::fmt::Debug for Redactor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Redactor({} values)", self.read().len())
-    }
-}
-
-impl Redactor {
-    pub const MIN_LEN: usize = 6;
-    pub const MASK: &str = "***";
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<String>> {
-        self.secrets.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Adds secret values; short and known ones are skipped.
-    pub fn add<I, S>(&self, values: I)
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        let mut secrets = self.secrets.write().unwrap_or_else(|e| e.into_inner());
-        let mut changed = false;
-        for value in values {
-            let value = value.as_ref().trim();
-            if value.len() >= Self::MIN_LEN && !secrets.iter().any(|s| s == value) {
-                secrets.push(value.to_string());
-                changed = true;
-            }
-        }
-        if changed {
-            // longest first, so a secret holding another is masked whole
-            secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        }
-    }
-
-    /// Adds the values of ferry's own environment variables whose names say they are
-    /// secret (`*TOKEN*`, `*SECRET*`, `*PASSWORD*`, `*KEY*`, `*CREDENTIAL*`), and `extra`.
-    pub fn add_process_env(&self, extra: &[&str]) {
-        let secret_name = |k: &str| {
-            let k = k.to_ascii_uppercase();
-            ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL"]
-                .iter()
-                .any(|w| k.contains(w))
-        };
-        let values: Vec<String> = std::env::vars_os()
-            .filter(|(k, _)| {
-                let k = k.to_string_lossy();
-                secret_name(&k) || extra.contains(&k.as_ref())
-            })
-            .map(|(_, v)| v.to_string_lossy().into_owned())
-            .collect();
-        self.add(values);
-    }
-
-    /// `text` with every known secret replaced by [`Redactor::MASK`].
-    pub fn redact(&self, text: &str) -> String {
-        let secrets = self.read();
-        let mut out = text.to_string();
-        for secret in secrets.iter() {
-            if out.contains(secret.as_str()) {
-                out = out.replace(secret.as_str(), Self::MASK);
-            }
-        }
-        out
-    }
-
-    /// Like [`Redactor::redact`], for raw output bytes.
-    pub fn redact_bytes<'a>(&self, bytes: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
-        let secrets = self.read();
-        if secrets.is_empty() {
-            return std::borrow::Cow::Borrowed(bytes);
-        }
-        let text = String::from_utf8_lossy(bytes);
-        if !secrets.iter().any(|s| text.contains(s.as_str())) {
-            return std::borrow::Cow::Borrowed(bytes);
-        }
-        drop(secrets);
-        std::borrow::Cow::Owned(self.redact(&text).into_bytes())
-    }
-}
-
 /// Where `env`'s commands keep their `HOME`.
 pub fn home_dir(env_dir: &Path) -> PathBuf {
     env_dir.join("home")
@@ -547,18 +481,6 @@ pub fn home_dir(env_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redactor_masks_known_values_longest_first_and_skips_short_ones() {
-        let r = Redactor::default();
-        r.add(["hunter2-secret", "hunter2-secret-longer", "abc", ""]);
-        assert_eq!(
-            r.redact("a hunter2-secret-longer and hunter2-secret, abc"),
-            "a *** and ***, abc"
-        );
-        assert_eq!(&*r.redact_bytes(b"nothing here"), b"nothing here");
-        assert!(!format!("{r:?}").contains("hunter2"));
-    }
 
     #[test]
     fn command_env_keeps_only_the_allowlist() {
