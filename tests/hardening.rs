@@ -265,6 +265,22 @@ fn a_build_running_env_sees_no_secret_of_ferry_and_printed_ones_are_masked() {
     // it printed the env file it can read: the value is masked in what ferry keeps
     assert!(out.contains("DB_PASSWORD=***"), "{out}");
     assert!(!out.contains(ENV_SECRET), "{out}");
+    // the app prints it into its log: masked there too
+    let (status, _) = get(&format!(
+        "{}/log?line=app%20says%20DB_PASSWORD={ENV_SECRET}",
+        s.url("staging")
+    ))
+    .unwrap();
+    assert_eq!(status, 200);
+    let log = s.state_dir().join("environments/staging/logs/app.log");
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || {
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("app says DB_PASSWORD=***"))
+        }),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(!std::fs::read_to_string(&log).unwrap().contains(ENV_SECRET));
     for file in ["ferry.db", "ferry.db-wal"] {
         let Ok(bytes) = std::fs::read(s.state_dir().join(file)) else {
             continue;

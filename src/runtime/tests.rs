@@ -98,3 +98,26 @@ fn process_start_time_is_read_for_live_pids_only() {
     assert!(process_start_time(std::process::id()).is_some());
     assert!(process_start_time(u32::MAX - 1).is_none());
 }
+
+#[tokio::test]
+async fn a_secret_written_in_two_pieces_is_masked_whole_and_a_prompt_still_reaches_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let redactor = Arc::new(crate::sandbox::Redactor::default());
+    redactor.add(["abc-secret-xyz"]);
+    let log = LogSink::open(dir.path().join("app.log"))
+        .unwrap()
+        .with_redactor(redactor);
+    let start = "printf 'key=abc-sec'; sleep 0.05; printf 'ret-xyz\\n'; printf 'prompt> '; sleep 1";
+    let instance = spawn(&spec(dir.path(), start), &log).unwrap();
+    // the unfinished prompt line is written once nothing more comes for a moment
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut text = String::new();
+    while Instant::now() < deadline && !text.contains("prompt> ") {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = std::fs::read_to_string(log.path()).unwrap_or_default();
+    }
+    assert!(text.contains("key=***\n"), "{text}");
+    assert!(text.contains("prompt> "), "{text}");
+    assert!(!text.contains("abc-sec"), "{text}");
+    instance.stop(Duration::from_secs(1)).await;
+}
