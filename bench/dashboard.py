@@ -106,6 +106,7 @@ requires = "staging"
 
 [server]
 listen = "127.0.0.1:{api_port}"
+open_reads = true  # the pages are read without a session: rendering is measured, not sign-in
 """)
         serve, base, token = start_serve(ferry, tmp, config, api_port)
         try:
@@ -114,7 +115,8 @@ listen = "127.0.0.1:{api_port}"
                 data=json.dumps({"environment": "staging", "ref": "v1.0.0"}).encode(),
                 headers={"content-type": "application/json", "authorization": f"Bearer {token}"})
             dep = json.load(urllib.request.urlopen(req, timeout=30))["id"]
-            while json.load(urllib.request.urlopen(f"{base}/api/deployments/{dep}"))[
+            while json.load(urllib.request.urlopen(urllib.request.Request(
+                    f"{base}/api/deployments/{dep}", headers={"authorization": f"Bearer {token}"})))[
                     "deployment"]["state"] in ("queued", "running"):
                 time.sleep(0.05)
             fill(os.path.join(tmp, ".ferry", "ferry.db"))

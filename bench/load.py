@@ -123,7 +123,9 @@ listen = "127.0.0.1:{api_port}"
                 if "id" not in dep:
                     raise SystemExit(f"ferry refused: {dep}")
                 while True:
-                    with urllib.request.urlopen(f"{base}/api/deployments/{dep['id']}", timeout=30) as r:
+                    req = urllib.request.Request(f"{base}/api/deployments/{dep['id']}",
+                                                 headers={"authorization": f"Bearer {token}"})
+                    with urllib.request.urlopen(req, timeout=30) as r:
                         d = json.load(r)["deployment"]
                     if d["state"] not in ("queued", "running", "monitoring"):
                         return d

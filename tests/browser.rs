@@ -118,6 +118,14 @@ impl Chrome {
             .is_ok_and(|found| !found.is_empty())
     }
 
+    /// Signs in on the sign-in page with `token` and waits for the overview.
+    fn sign_in(&self, s: &Sandbox, token: &str) {
+        self.goto(&format!("{}/signin", s.api));
+        self.type_into("#token", token);
+        self.click("form[action='/signin'] button");
+        self.until(Duration::from_secs(10), "the overview", |c| c.path() == "/");
+    }
+
     fn click(&self, css: &str) {
         self.rt
             .block_on(async { self.client().find(Locator::Css(css)).await?.click().await })
@@ -216,8 +224,17 @@ fn the_overview_shows_both_versions_and_a_deployment_advances_without_reload() {
     assert_eq!(s.ferry(&["promote", "v1.0.0"]).code(), 0);
     s.deploy_ok("staging", "v1.1.0");
 
+    let run = s.ferry(&[
+        "token",
+        "create",
+        "--name",
+        "viewer",
+        "--read-only",
+        "--json",
+    ]);
+    let viewer = run.json()["token"].as_str().unwrap().to_string();
     let chrome = Chrome::start();
-    chrome.goto(&s.api);
+    chrome.sign_in(&s, &viewer);
     assert_eq!(chrome.text("#env-staging .version"), "v1.1.0");
     assert_eq!(chrome.text("#env-production .version"), "v1.0.0");
     let compare = chrome.text(".compare");
@@ -284,11 +301,13 @@ fn signing_in_and_rolling_back_changes_the_overview() {
 
     let chrome = Chrome::start();
     chrome.goto(&s.api);
+    assert_eq!(
+        chrome.path(),
+        "/signin",
+        "signed out, the dashboard asks to sign in"
+    );
     assert!(!chrome.has("details.actions"), "no actions signed out");
-    chrome.goto(&format!("{}/signin", s.api));
-    chrome.type_into("#token", &token);
-    chrome.click("form[action='/signin'] button");
-    chrome.until(Duration::from_secs(10), "the overview", |c| c.path() == "/");
+    chrome.sign_in(&s, &token);
     assert!(chrome.text(".who").contains("Signed in as alice"));
     assert!(chrome.has("details.actions"));
     let cookies = chrome.script("return document.cookie;");

@@ -112,7 +112,22 @@ fn pages_render_the_environments_history_and_deployments() {
     s.serve();
     s.deploy_ok("staging", "v1.0.0");
     s.deploy_ok("staging", "v1.1.0");
-    let b = Browser::new(&s);
+    let mut b = Browser::new(&s);
+
+    // reads need a session: signed out, every page sends the browser to sign in
+    for page in [
+        "/",
+        "/environments/staging",
+        "/deployments/2",
+        "/fragments/overview",
+    ] {
+        let a = b.get(page);
+        assert_eq!(a.status, 303, "{page}");
+        assert_eq!(a.location.as_deref(), Some("/signin"), "{page}");
+        assert!(!a.body.contains("v1.1.0"));
+    }
+    let viewer = token(&s, "viewer", true);
+    assert_eq!(b.sign_in(&viewer).status, 303);
 
     let home = b.get("/");
     assert_eq!(home.status, 200);
@@ -120,14 +135,14 @@ fn pages_render_the_environments_history_and_deployments() {
         "v1.1.0",
         "staging → production",
         "would bring",
-        "Sign in",
+        "Signed in as",
         "/static/ferry.js",
     ] {
         assert!(home.body.contains(want), "overview lacks {want:?}");
     }
-    // staging comes first (production requires it), and no action is offered signed out
+    // staging comes first (production requires it), and no action is offered to a reader
     assert!(home.body.find("env-staging").unwrap() < home.body.find("env-production").unwrap());
-    assert!(!home.body.contains("name=\"csrf\""));
+    assert!(!home.body.contains("Lock staging"));
     assert!(!home.body.contains("Approve"));
 
     let env = b.get("/environments/staging");
@@ -138,7 +153,7 @@ fn pages_render_the_environments_history_and_deployments() {
     assert!(env.body.contains("Health, last 6 h"));
     assert!(
         !env.body.contains("Roll back staging"),
-        "no rollback form signed out"
+        "no rollback form for a reader"
     );
 
     let d = b.get("/deployments/2");

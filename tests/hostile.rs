@@ -124,12 +124,12 @@ fn hostile_refs_never_reach_git_or_a_shell_and_record_nothing() {
         );
         assert_eq!(status, 400, "{r:?}: {body}");
         assert_eq!(body["error"]["code"], "bad_ref", "{r:?}: {body}");
-        let plan = get(&format!(
-            "{}/api/environments/staging/plan?ref={}",
-            s.api,
-            urlencode(&r)
-        ))
-        .unwrap();
+        let plan = s
+            .get(&format!(
+                "/api/environments/staging/plan?ref={}",
+                urlencode(&r)
+            ))
+            .unwrap();
         assert_eq!(plan.0, 400, "{r:?}: {}", plan.1);
     }
     // through the CLI too, where a leading '-' could pass for an option
@@ -232,7 +232,7 @@ fn a_thousand_forged_webhooks_leave_only_a_counter() {
         "forged deliveries were logged:\n{}",
         &s.serve_log()[log_before..]
     );
-    let metrics = get(&format!("{}/metrics", s.api)).unwrap().1;
+    let metrics = s.get("/metrics").unwrap().1;
     for provider in ["github", "gitlab"] {
         let line = format!(
             "ferry_webhook_deliveries_total{{provider=\"{provider}\",outcome=\"bad_signature\"}} 500"

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
-use support::{BROKEN, GOOD, Options, Rel, Sandbox, eventually, get, post, sh};
+use support::{BROKEN, GOOD, Options, Rel, Sandbox, eventually, get, get_with, post, sh};
 
 const GH_SECRET: &str = "gh-secret-for-tests";
 const GL_TOKEN: &str = "gl-token-for-tests";
@@ -128,7 +128,7 @@ fn first_id(outcome: &Value) -> i64 {
 }
 
 fn metric(s: &Sandbox, line_start: &str) -> Option<f64> {
-    let (_, text) = get(&format!("{}/metrics", s.api)).unwrap();
+    let (_, text) = s.get("/metrics").unwrap();
     text.lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())
@@ -421,8 +421,10 @@ fn tokens_guard_mutations_and_every_mutation_records_its_token() {
     let (status, answer) = post(&lock, Some(&ci), &body);
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["holder"], "ci");
-    // reads are open on loopback
-    assert_eq!(get(&format!("{}/api/environments", s.api)).unwrap().0, 200);
+    // reads need a token, a read-only one will do
+    assert_eq!(get(&format!("{}/api/environments", s.api)).unwrap().0, 401);
+    let environments = format!("{}/api/environments", s.api);
+    assert_eq!(get_with(&environments, Some(&viewer)).unwrap().0, 200);
 
     // the CLI takes FERRY_TOKEN before the local token file
     let out = std::process::Command::new(support::FERRY)
@@ -470,6 +472,7 @@ fn the_event_stream_shows_every_step_of_a_deployment_in_order() {
     s.serve();
     let resp = client()
         .get(format!("{}/api/events?environment=staging", s.api))
+        .bearer_auth(s.token())
         .timeout(Duration::from_secs(60))
         .send()
         .unwrap();
@@ -541,7 +544,7 @@ fn metrics_are_valid_prometheus_text() {
     for _ in 0..3 {
         get(&s.url("staging")).unwrap();
     }
-    let (status, text) = get(&format!("{}/metrics", s.api)).unwrap();
+    let (status, text) = s.get("/metrics").unwrap();
     assert_eq!(status, 200);
 
     // a strict look at every line: comments are HELP/TYPE, samples are name{labels} value
@@ -791,7 +794,7 @@ fn the_openapi_document_lists_every_route_and_each_answers() {
     }
     assert!(operations >= 28, "only {operations} operations documented");
     // the check above can fail: an undocumented path gets the fallback
-    let (status, body) = get(&format!("{}/api/nope", s.api)).unwrap();
+    let (status, body) = s.get("/api/nope").unwrap();
     assert_eq!(status, 404);
     assert!(body.contains("no such route"));
     // mutations are marked as needing the bearer token; webhooks carry their own signature

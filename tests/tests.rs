@@ -49,9 +49,7 @@ fn deploy_serves_the_app_with_its_version_and_redeploy_switches() {
     assert_eq!(status[0]["health"], "healthy");
     assert_eq!(status[0]["deployed_by"], "tester");
 
-    let version = get(&format!("{}/api/environments/staging/version", s.api))
-        .unwrap()
-        .1;
+    let version = s.get("/api/environments/staging/version").unwrap().1;
     let version: serde_json::Value = serde_json::from_str(&version).unwrap();
     assert_eq!(version["ref"], "v1.1.0");
     assert_eq!(version["slot"], 1);

@@ -255,6 +255,11 @@ pub struct Monitor {
 #[derive(Debug, Clone)]
 pub struct Server {
     pub listen: SocketAddr,
+    /// Reads need no token from a loopback peer (`[server] open_reads`; default false).
+    pub open_reads: bool,
+    /// Names besides its own address that ferry is reached by (`[server] hosts`), lowercase,
+    /// `name` or `name:port`; a request whose `Host` is none of them is refused.
+    pub hosts: Vec<String>,
 }
 
 /// Why a config could not be loaded.

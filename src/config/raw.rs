@@ -131,6 +131,9 @@ struct RawTrack {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<Spanned<String>>,
+    open_reads: Option<bool>,
+    #[serde(default)]
+    hosts: Vec<Spanned<String>>,
 }
 
 /// A hint for serde's own messages, which already say what was expected.
@@ -181,10 +184,16 @@ impl RawConfig {
 
         let app = validate_app(self.app, &fail, &resolve)?;
         let health = validate_health(self.health, &fail)?;
-        let server_listen = match self.server.listen {
-            Some(s) => parse_addr(&s, &fail)?,
+        let server_listen = match &self.server.listen {
+            Some(s) => parse_addr(s, &fail)?,
             None => SocketAddr::from(([127, 0, 0, 1], 7070)),
         };
+        let server_hosts = self
+            .server
+            .hosts
+            .iter()
+            .map(|h| validate_host(h, &fail))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let monitor = self
             .monitor
@@ -232,6 +241,8 @@ impl RawConfig {
             monitor,
             server: Server {
                 listen: server_listen,
+                open_reads: self.server.open_reads.unwrap_or(false),
+                hosts: server_hosts,
             },
             webhooks: validate_webhooks(self.webhooks, &fail)?,
             notify: self
@@ -666,6 +677,26 @@ fn parse_addr(s: &Spanned<String>, fail: &Fail) -> Result<SocketAddr, Diagnostic
             "write an IP and port, like \"127.0.0.1:8080\"",
         )
     })
+}
+
+/// A name the API is reached by (`[server] hosts`): a host name or IP, with an optional port,
+/// as a browser writes it in the `Host` header. Kept lowercase.
+fn validate_host(h: &Spanned<String>, fail: &Fail) -> Result<String, Diagnostic> {
+    let host = h.get_ref().trim().to_ascii_lowercase();
+    let ok = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.:[]_".contains(c))
+        && crate::server::host_parts(&host).is_some();
+    if !ok {
+        return Err(fail(
+            h.span(),
+            format!("\"{}\" is not a host name", h.get_ref()),
+            "write the name (and port, if not the default) people reach ferry by, like \"ferry.example.com\" or \"10.0.0.5:7070\"; no scheme or path",
+        ));
+    }
+    Ok(host)
 }
 
 /// A relative path that stays inside its base: no `..`, no root, not empty.

@@ -69,8 +69,11 @@ error_window = "1m"             # ... within this long
 error_pattern = "ERROR|CRITICAL|Traceback"
 
 [server]
-listen = "127.0.0.1:7070"       # ferry's API, webhooks and metrics; reads need no token on
-                                # loopback, mutations always need one (ferry token create)
+listen = "127.0.0.1:7070"       # ferry's API, webhooks and metrics; every call needs a token
+                                # (ferry token create); the CLI here uses the local one
+# hosts = ["ferry.example.com"] # other names ferry is reached by (the Host header; webhooks
+                                # too): requests naming anything else get 421
+# open_reads = false            # true: reads need no token from a loopback peer
 
 # Webhooks: name the environment variables holding the shared secrets (never the secrets).
 # GitHub: POST /hooks/github (either content type); GitLab: POST /hooks/gitlab.

@@ -494,3 +494,37 @@ fn environment_users_and_pass_env_are_read_and_checked() {
     let d = diagnostic(dir.path(), &bad);
     assert!(d.to_string().contains("is not a variable name"), "{d}");
 }
+
+#[test]
+fn server_access_keys_default_closed_and_are_checked() {
+    let dir = sandbox();
+    let config = parse(dir.path(), MINIMAL).unwrap();
+    assert!(!config.server.open_reads, "reads need a token by default");
+    assert!(config.server.hosts.is_empty());
+
+    let text = format!(
+        "{MINIMAL}\n[server]\nopen_reads = true\nhosts = [\"Ferry.Example.com\", \"10.0.0.5:7070\", \"[::1]:8443\"]\n"
+    );
+    let config = parse(dir.path(), &text).unwrap();
+    assert!(config.server.open_reads);
+    assert_eq!(
+        config.server.hosts,
+        ["ferry.example.com", "10.0.0.5:7070", "[::1]:8443"]
+    );
+
+    for bad in [
+        "https://ferry.example.com",
+        "ferry.example.com/x",
+        "",
+        "a:b:c",
+        "x:99999",
+    ] {
+        let text = format!("{MINIMAL}\n[server]\nhosts = [\"{bad}\"]\n");
+        let d = diagnostic(dir.path(), &text);
+        assert!(
+            d.message.contains("is not a host name"),
+            "{bad}: {}",
+            d.message
+        );
+    }
+}

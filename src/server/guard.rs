@@ -1,9 +1,19 @@
-//! Who may call what: mutations need `Authorization: Bearer <token>` (and a token that is not
-//! read-only); reads are open when the API listens on loopback only, and need a token
-//! otherwise. `/health` is always open; webhooks carry their own signatures. Every mutation is
-//! written to the audit table with the token's name and the answer's status.
+//! Who may call what.
+//!
+//! - Every request but `/health` must name the server in its `Host` header: its listen
+//!   address, `localhost`, `127.0.0.1` or `[::1]` with its port, or a name from
+//!   `[server] hosts`. Anything else is answered 421 with no data, so a DNS-rebinding page
+//!   reads nothing.
+//! - Mutations need `Authorization: Bearer <token>` (and a token that is not read-only).
+//! - Reads (the API and `/metrics`) need a token too, unless `[server] open_reads = true` and
+//!   the peer itself is on loopback (decided from the connection, never the bind address; a
+//!   request carrying `Forwarded`/`X-Forwarded-For` came through a proxy and is not local).
+//! - `/health` is always open; webhooks carry their own signatures. Every mutation is written
+//!   to the audit table with the token's name and the answer's status.
 
-use axum::extract::{FromRequestParts, Request, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::{Method, StatusCode, header, request::Parts};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -65,6 +75,106 @@ fn unauthorized(message: &str) -> Response {
     resp
 }
 
+/// Splits a `Host` value into its name and port: `example.com:7070`, `[::1]:7070`,
+/// `example.com`. `None` when it is not of that shape.
+pub fn host_parts(host: &str) -> Option<(&str, Option<u16>)> {
+    let (name, port) = if host.starts_with('[') {
+        let end = host.find(']')?;
+        let (name, rest) = host.split_at(end + 1);
+        match rest {
+            "" => (name, None),
+            _ => (name, Some(rest.strip_prefix(':')?)),
+        }
+    } else {
+        match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        }
+    };
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().ok()?),
+        None => None,
+    };
+    let bracketed = name.starts_with('[');
+    (bracketed || (!name.is_empty() && !name.contains(':'))).then_some((name, port))
+}
+
+/// True when `host` (a `Host` header's value) names this server: its listen address, the
+/// loopback names with its port, or one of `[server] hosts` (a name given without a port
+/// matches it on any port).
+pub fn host_allowed(server: &crate::config::Server, host: &str) -> bool {
+    let host = host.trim().to_ascii_lowercase();
+    let Some((name, port)) = host_parts(&host) else {
+        return false;
+    };
+    let own_port = server.listen.port();
+    let own_ip = match server.listen.ip() {
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        IpAddr::V4(ip) => ip.to_string(),
+    };
+    let own = [own_ip.as_str(), "localhost", "127.0.0.1", "[::1]"];
+    if port.unwrap_or(80) == own_port && own.contains(&name) {
+        return true;
+    }
+    server.hosts.iter().any(|h| match host_parts(h) {
+        Some((n, None)) => n == name,
+        Some((n, Some(p))) => n == name && port.unwrap_or(80) == p,
+        None => false,
+    })
+}
+
+/// Refuses a request whose `Host` is not one of the server's own names (421, no data).
+/// `/health` answers whatever the name: it carries nothing private and load balancers probe
+/// it by address.
+pub async fn check_host(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    if req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()));
+    match host {
+        Some(h) if host_allowed(&app.engine.config.server, &h) => next.run(req).await,
+        Some(h) => {
+            let shown: String = h.chars().filter(|c| !c.is_control()).take(100).collect();
+            ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "unknown_host",
+                format!(
+                    "ferry does not answer to the name \"{shown}\"; if it is reached by that \
+                     name, add it to [server] hosts"
+                ),
+            )
+            .into_response()
+        }
+        None => ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "unknown_host",
+            "the request has no Host header",
+        )
+        .into_response(),
+    }
+}
+
+/// True when the request's peer is on this machine and no proxy says it forwarded it.
+pub fn peer_is_local(req: &Request) -> bool {
+    let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() else {
+        return false;
+    };
+    let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"]
+        .iter()
+        .any(|h| req.headers().contains_key(*h));
+    peer.ip().to_canonical().is_loopback() && !forwarded
+}
+
+/// Reads need no token here: `[server] open_reads` is on and the peer is local.
+pub fn reads_open(app: &AppState, req: &Request) -> bool {
+    app.engine.config.server.open_reads && peer_is_local(req)
+}
+
 pub async fn guard(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     if !(path.starts_with("/api/") || path == "/metrics") {
@@ -87,14 +197,15 @@ pub async fn guard(State(app): State<AppState>, mut req: Request, next: Next) ->
         },
     };
     let Some(token) = token else {
+        let open = reads_open(&app, &req);
         // a signed-in browser reads (the live stream) with its session cookie
         let signed_in = !mutation
-            && !app.open_reads
+            && !open
             && super::dashboard::session(&app, req.headers()).is_ok_and(|s| s.is_some());
         if signed_in {
             return next.run(req).await;
         }
-        if mutation || !app.open_reads {
+        if mutation || !open {
             let what = if mutation {
                 "changing anything"
             } else {
@@ -135,4 +246,53 @@ pub async fn guard(State(app): State<AppState>, mut req: Request, next: Next) ->
         tracing::error!(error = %e, "cannot write the audit entry");
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(listen: &str, hosts: &[&str]) -> crate::config::Server {
+        crate::config::Server {
+            listen: listen.parse().unwrap(),
+            open_reads: false,
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn only_the_servers_own_names_are_allowed_hosts() {
+        let s = server(
+            "127.0.0.1:7070",
+            &["ferry.example.com", "ci.example.com:8443"],
+        );
+        for ok in [
+            "127.0.0.1:7070",
+            "localhost:7070",
+            "LocalHost:7070",
+            "[::1]:7070",
+            "ferry.example.com",
+            "ferry.example.com:443",
+            "ci.example.com:8443",
+        ] {
+            assert!(host_allowed(&s, ok), "{ok}");
+        }
+        for bad in [
+            "attacker.example:7070",
+            "localhost",
+            "localhost:7071",
+            "127.0.0.2:7070",
+            "ci.example.com",
+            "ci.example.com:443",
+            "ferry.example.com.attacker.example",
+            "[::1",
+            "",
+            "::1:7070",
+        ] {
+            assert!(!host_allowed(&s, bad), "{bad}");
+        }
+        let v6 = server("[::]:80", &[]);
+        assert!(host_allowed(&v6, "[::]") && host_allowed(&v6, "localhost"));
+        assert!(host_allowed(&server("0.0.0.0:7070", &[]), "0.0.0.0:7070"));
+    }
 }

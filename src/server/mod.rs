@@ -12,7 +12,7 @@ pub mod metrics;
 mod openapi;
 mod stream;
 
-pub use guard::Caller;
+pub use guard::{Caller, host_allowed, host_parts};
 pub use metrics::Metrics;
 
 use std::sync::Arc;
@@ -117,8 +117,6 @@ pub struct DeployRequest {
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub metrics: Arc<Metrics>,
-    /// Reads need no token (the API listens on loopback only).
-    pub open_reads: bool,
     /// Flips to true when ferry stops; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
     pub hooks: Arc<hooks::Hooks>,
@@ -133,7 +131,6 @@ impl AppState {
     /// Fails when `[webhooks]` names a variable that is not set.
     pub fn new(engine: Arc<Engine>, shutdown: watch::Receiver<bool>) -> Result<AppState, String> {
         Ok(AppState {
-            open_reads: engine.config.server.listen.ip().is_loopback(),
             hooks: Arc::new(hooks::Hooks::new(&engine.config)?),
             engine,
             metrics: Arc::default(),
@@ -205,6 +202,10 @@ pub fn router(app: AppState) -> Router {
             guard::guard,
         ))
         .layer(axum::middleware::from_fn(refuse_oversized))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            guard::check_host,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)
 }
@@ -241,7 +242,8 @@ async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::N
 /// Serves the API on `listener` until `app.shutdown` says stop.
 pub async fn serve(app: AppState, listener: TcpListener) -> std::io::Result<()> {
     let mut shutdown = app.shutdown.clone();
-    axum::serve(listener, router(app))
+    let service = router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async move { crate::proxy::stopped(&mut shutdown).await })
         .await
 }

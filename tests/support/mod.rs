@@ -80,6 +80,8 @@ pub struct Options {
     pub env_extra: &'static [(&'static str, &'static str)],
     /// Top-level tables, such as `[monitor]`.
     pub tables: &'static str,
+    /// Added to the `[server]` table, such as `open_reads = true`.
+    pub server: &'static str,
 }
 
 impl Default for Options {
@@ -90,6 +92,7 @@ impl Default for Options {
             envs: &["staging"],
             env_extra: &[],
             tables: "",
+            server: "",
         }
     }
 }
@@ -155,11 +158,13 @@ retries = 15
 {env_text}
 [server]
 listen = "127.0.0.1:{api_port}"
+{server}
 
 {tables}
 "#,
             extra_app = opts.extra_app,
-            tables = opts.tables
+            tables = opts.tables,
+            server = opts.server
         );
         let config = dir.path().join("ferry.toml");
         std::fs::write(&config, text).unwrap();
@@ -244,9 +249,9 @@ listen = "127.0.0.1:{api_port}"
         Run(out)
     }
 
-    /// The JSON of `GET <api><path>`.
+    /// The JSON of `GET <api><path>`, read with the local token.
     pub fn api(&self, path: &str) -> serde_json::Value {
-        let (status, body) = get(&format!("{}{path}", self.api)).expect("the API answers");
+        let (status, body) = self.get(path).expect("the API answers");
         assert!(status < 400, "GET {path}: {status} {body}");
         serde_json::from_str(&body).unwrap()
     }
@@ -260,6 +265,11 @@ listen = "127.0.0.1:{api_port}"
             v["version"].as_str().unwrap().to_string(),
             v["pid"].as_u64().unwrap() as u32,
         )
+    }
+
+    /// `GET <api><path>` with the local token: status and body, or `None` when nothing answers.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        get_with(&format!("{}{path}", self.api), Some(&self.token()))
     }
 
     /// The secret `serve` wrote for local use.
@@ -342,14 +352,24 @@ pub fn alive(pid: u32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
 }
 
-/// A blocking GET: status and body, or `None` when nothing answers.
+/// A blocking GET without a token: status and body, or `None` when nothing answers.
 pub fn get(url: &str) -> Option<(u16, String)> {
+    get_with(url, None)
+}
+
+/// A blocking GET with an optional bearer token: status and body, or `None` when nothing
+/// answers.
+pub fn get_with(url: &str, token: Option<&str>) -> Option<(u16, String)> {
     let client = reqwest::blocking::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let resp = client.get(url).send().ok()?;
+    let mut req = client.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().ok()?;
     let status = resp.status().as_u16();
     Some((status, resp.text().unwrap_or_default()))
 }

@@ -6,7 +6,8 @@
 //! (`static/ferry.js`) re-render the live parts from server fragments when the event stream
 //! (`/api/events`) says something changed. Every asset is embedded in the binary.
 //!
-//! Reads are open where the API's reads are (loopback); elsewhere they need a session.
+//! Reads need a session, unless the API's reads are open (`[server] open_reads` and a
+//! loopback peer): an unsigned-in browser is sent to the sign-in page.
 //! Changes need a session opened with an API token (`/signin`): the cookie is `HttpOnly`
 //! and `SameSite=Strict`, every form carries the session's CSRF token, and a POST without
 //! both answers 403; a POST (signing in too) whose `Origin` or `Referer` names another site
@@ -175,7 +176,7 @@ async fn gate(State(app): State<AppState>, req: Request, next: Next) -> Response
         );
     }
     if req.method() != Method::POST || path == "/signin" {
-        if session.is_none() && !app.open_reads && !public {
+        if session.is_none() && !public && !super::guard::reads_open(&app, &req) {
             return Redirect::to("/signin").into_response();
         }
         let mut req = req;
