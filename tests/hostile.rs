@@ -247,6 +247,23 @@ fn path_traversal_on_every_named_route_finds_nothing() {
     let s = sandbox();
     s.deploy_ok("staging", "v1.0.0");
     let token = s.token();
+    // a signed-in session, so the dashboard's pages are reached rather than the sign-in page
+    let signed_in = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}/signin", s.api))
+        .form(&[("token", token.as_str())])
+        .send()
+        .unwrap();
+    let session = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
     let hostile = [
         "..",
         "%2e%2e",
@@ -285,6 +302,7 @@ fn path_traversal_on_every_named_route_finds_nothing() {
                 &path,
                 &[
                     ("authorization", format!("Bearer {token}")),
+                    ("cookie", session.clone()),
                     ("content-type", "application/json".into()),
                 ],
                 r#"{"reason": "x", "name": "x", "status": "success", "on": true}"#,
