@@ -1,9 +1,10 @@
 //! API tokens: created once (the secret is shown once and only its SHA-256 is stored), checked
 //! in constant time, revoked by name.
 //!
-//! `ferry serve` makes a token called `local` at every start and writes its secret to
-//! `<state_dir>/local-token` (mode 0600) for the CLI on the same machine; the previous `local`
-//! token is revoked then.
+//! Each token has scopes ([`Scope`]): a set of `read`, `deploy`, `verify`, `approve`,
+//! `admin`. `ferry serve` makes an `admin` token called `local` at every start and writes its
+//! secret to `<state_dir>/local-token` (mode 0600) for the CLI on the same machine; the
+//! previous `local` token is revoked then.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+pub use crate::store::Scope;
 use crate::store::{Store, StoreError, Token};
 
 /// The name of the token `serve` makes for the CLI on its machine.
@@ -65,20 +67,26 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
-/// Creates a token called `name`; returns it with its secret, which is not kept.
-pub fn create(store: &Store, name: &str, read_only: bool) -> Result<(Token, String), AuthError> {
+/// Creates a token called `name` with `scopes`; returns it with its secret, which is not kept.
+pub fn create(store: &Store, name: &str, scopes: &[Scope]) -> Result<(Token, String), AuthError> {
     if !valid_name(name) {
         return Err(AuthError::BadName(name.to_string()));
     }
     if name == LOCAL {
         return Err(AuthError::Reserved);
     }
-    insert(store, name, read_only)
+    insert(store, name, scopes)
 }
 
-fn insert(store: &Store, name: &str, read_only: bool) -> Result<(Token, String), AuthError> {
+fn insert(store: &Store, name: &str, scopes: &[Scope]) -> Result<(Token, String), AuthError> {
+    let mut scopes = scopes.to_vec();
+    scopes.sort();
+    scopes.dedup();
+    if scopes.is_empty() {
+        scopes.push(Scope::Read);
+    }
     let secret = generate(PREFIX)?;
-    match store.add_token(name, &hex::encode(hash(&secret)), read_only) {
+    match store.add_token(name, &hex::encode(hash(&secret)), &scopes) {
         Ok(token) => Ok((token, secret)),
         Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
             if e.code == rusqlite::ErrorCode::ConstraintViolation =>
@@ -189,7 +197,7 @@ pub fn write_local(store: &Store, state_dir: &Path) -> Result<PathBuf, AuthError
         Err(e) => return Err(e),
     }
     store.forget_revoked_tokens(LOCAL)?;
-    let (_, secret) = insert(store, LOCAL, false)?;
+    let (_, secret) = insert(store, LOCAL, &[Scope::Admin])?;
     let path = state_dir.join(LOCAL_FILE);
     let tmp = state_dir.join(format!(".{LOCAL_FILE}.tmp"));
     let write = || -> std::io::Result<()> {
@@ -238,7 +246,7 @@ mod tests {
     #[test]
     fn a_session_is_opened_with_a_token_and_carries_its_own_csrf_token() {
         let (dir, store) = store();
-        let (_, secret) = create(&store, "alice", false).unwrap();
+        let (_, secret) = create(&store, "alice", &[Scope::Admin]).unwrap();
         assert!(sign_in(&store, "ferry_wrong").unwrap().is_none());
         let cookie = sign_in(&store, &format!(" {secret}\n")).unwrap().unwrap();
         let other = sign_in(&store, &secret).unwrap().unwrap();
@@ -266,7 +274,7 @@ mod tests {
     #[test]
     fn a_token_is_stored_hashed_checked_and_revoked() {
         let (dir, store) = store();
-        let (token, secret) = create(&store, "ci", false).unwrap();
+        let (token, secret) = create(&store, "ci", &[Scope::Deploy, Scope::Verify]).unwrap();
         assert!(secret.starts_with("ferry_") && secret.len() == 46);
         assert_eq!(check(&store, &secret).unwrap().unwrap().name, "ci");
         assert!(check(&store, "ferry_wrong").unwrap().is_none());
@@ -278,15 +286,18 @@ mod tests {
         let store = Store::open(&dir.path().join("ferry.db")).unwrap();
         assert!(store.tokens().unwrap()[0].last_used_at.is_some());
         assert!(matches!(
-            create(&store, "ci", true),
+            create(&store, "ci", &[Scope::Read]),
             Err(AuthError::Exists(_))
         ));
         revoke(&store, "ci").unwrap();
         assert!(check(&store, &secret).unwrap().is_none());
         assert!(matches!(revoke(&store, "ci"), Err(AuthError::Unknown(_))));
         // the name is free again once revoked
-        let (again, _) = create(&store, "ci", true).unwrap();
-        assert!(again.read_only && again.id != token.id);
+        let (again, _) = create(&store, "ci", &[Scope::Read]).unwrap();
+        assert!(again.read_only() && again.id != token.id);
+        assert_eq!(token.scopes, [Scope::Deploy, Scope::Verify]);
+        assert!(token.allows(Scope::Read) && token.allows(Scope::Verify));
+        assert!(!token.allows(Scope::Approve) && !token.allows(Scope::Admin));
     }
 
     #[test]
@@ -294,12 +305,12 @@ mod tests {
         let (_dir, store) = store();
         for bad in ["", "CI", "a b", "../x", &"x".repeat(41)] {
             assert!(matches!(
-                create(&store, bad, false),
+                create(&store, bad, &[Scope::Admin]),
                 Err(AuthError::BadName(_))
             ));
         }
         assert!(matches!(
-            create(&store, LOCAL, false),
+            create(&store, LOCAL, &[Scope::Admin]),
             Err(AuthError::Reserved)
         ));
     }

@@ -184,18 +184,12 @@ pub fn payload(name: &str, app: &str, d: &Deployment, steps: &[Step]) -> Value {
     let duration = seconds_between(&d.created_at, d.finished_at.as_deref());
     let took = duration.map(|s| format!(" in {s:.1}s")).unwrap_or_default();
     let text = match name {
-        "deploy.started" => format!(
-            "🚀 {app} {version}{at} is deploying to {env} ({})",
-            d.triggered_by
-        ),
-        "deploy.succeeded" => format!(
-            "✅ {app} {version}{at} is live on {env}{took} ({})",
-            d.triggered_by
-        ),
+        "deploy.started" => format!("🚀 {app} {version}{at} is deploying to {env} ({})", d.by()),
+        "deploy.succeeded" => format!("✅ {app} {version}{at} is live on {env}{took} ({})", d.by()),
         "deploy.failed" => format!("❌ {app} {version}{at} failed on {env}: {why}"),
         "deploy.refused" => format!("⛔ {app} {version} refused for {env}: {why}"),
         "rollback" if d.kind == "rollback" => {
-            format!("↩️ {env} rolled back to {version}{at} ({})", d.triggered_by)
+            format!("↩️ {env} rolled back to {version}{at} ({})", d.by())
         }
         "rollback" => format!("↩️ {app} {version}{at} was rolled back on {env}: {why}"),
         "approval.needed" => format!(
@@ -216,6 +210,7 @@ pub fn payload(name: &str, app: &str, d: &Deployment, steps: &[Step]) -> Value {
         "ref": d.git_ref,
         "commit": d.commit_sha,
         "who": d.triggered_by,
+        "token": d.triggered_token,
         "reason": d.reason,
         "duration_seconds": duration,
         "failing_step": failing.map(|s| json!({"name": s.name, "output_tail": tail(&s.output, OUTPUT_TAIL)})),

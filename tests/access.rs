@@ -196,3 +196,283 @@ fn open_reads_are_open_to_a_loopback_peer_only() {
     let (status, body) = get_with(&url, Some(&s.token())).unwrap();
     assert_eq!(status, 200, "{body}");
 }
+
+/// A JSON call with `token` and a claimed `X-Ferry-User`: status and body.
+fn call(
+    s: &Sandbox,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    user: Option<&str>,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut req = client
+        .request(method, format!("{}{path}", s.api))
+        .bearer_auth(token)
+        .json(&body);
+    if let Some(u) = user {
+        req = req.header("x-ferry-user", u);
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or_default())
+}
+
+fn token(s: &Sandbox, name: &str, scope: &str) -> String {
+    let run = s.ferry(&["token", "create", name, "--scope", scope, "--json"]);
+    assert_eq!(run.code(), 0, "{run}");
+    assert_eq!(
+        run.json()["scopes"],
+        serde_json::json!(scope.split(',').collect::<Vec<_>>())
+    );
+    run.json()["token"].as_str().unwrap().to_string()
+}
+
+fn state_of(s: &Sandbox, id: i64) -> String {
+    s.api(&format!("/api/deployments/{id}"))["deployment"]["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn scopes_separate_duties_and_the_token_is_recorded_beside_the_claimed_name() {
+    use reqwest::Method;
+    use serde_json::json;
+    let mut s = Sandbox::with(
+        &[Rel("v1.0.0", GOOD)],
+        Options {
+            envs: &["staging", "production"],
+            env_extra: &[(
+                "production",
+                "requires = \"staging\"\napproval = { not_by_deployer = true }",
+            )],
+            ..Options::default()
+        },
+    );
+    s.serve();
+    let reader = token(&s, "reader", "read");
+    let ci = token(&s, "ci-bot", "deploy");
+    let qa = token(&s, "qa", "verify");
+    let approver = token(&s, "approver", "approve");
+    let lead = token(&s, "lead", "deploy,approve");
+    assert!(
+        s.ferry(&["token", "list"])
+            .stdout()
+            .contains("deploy,approve")
+    );
+    let bad = s.ferry(&["token", "create", "x", "--scope", "deploy,root"]);
+    assert_eq!(bad.code(), 2, "{bad}");
+    assert!(bad.stderr().contains("is not a scope"), "{bad}");
+
+    // a reader reads, and cannot deploy
+    let deploy = json!({"environment": "staging", "ref": "v1.0.0"});
+    let (status, body) = call(
+        &s,
+        Method::POST,
+        "/api/deployments",
+        &reader,
+        None,
+        deploy.clone(),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("may only read")
+    );
+    assert_eq!(
+        get_with(&format!("{}/api/deployments", s.api), Some(&reader))
+            .unwrap()
+            .0,
+        200
+    );
+    // a verifier cannot deploy either; the deploy token can
+    assert_eq!(
+        call(
+            &s,
+            Method::POST,
+            "/api/deployments",
+            &qa,
+            None,
+            deploy.clone()
+        )
+        .0,
+        403
+    );
+    let (status, d) = call(
+        &s,
+        Method::POST,
+        "/api/deployments",
+        &ci,
+        Some("dev-dan"),
+        deploy,
+    );
+    assert_eq!(status, 201, "{d}");
+    let id = d["id"].as_i64().unwrap();
+    assert!(support::eventually(Duration::from_secs(30), || state_of(
+        &s, id
+    ) == "succeeded"));
+    let d = &s.api(&format!("/api/deployments/{id}"))["deployment"];
+    assert_eq!(
+        (d["triggered_by"].as_str(), d["triggered_token"].as_str()),
+        (Some("dev-dan"), Some("ci-bot"))
+    );
+
+    // the deploy token cannot sign off; the QA token, claiming to be someone else, can, and
+    // the record keeps the token it really used
+    let verify = "/api/environments/staging/verify";
+    let (status, body) = call(&s, Method::POST, verify, &ci, Some("qa-lead"), json!({}));
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("lacks the verify scope"),
+        "{body}"
+    );
+    let (status, v) = call(
+        &s,
+        Method::POST,
+        verify,
+        &qa,
+        Some("release-manager-bob"),
+        json!({}),
+    );
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(
+        (v["verified_by"].as_str(), v["verified_token"].as_str()),
+        (Some("release-manager-bob"), Some("qa"))
+    );
+    let listed = s.api("/api/verifications");
+    assert_eq!(listed[0]["verified_token"], "qa");
+
+    // promotion waits for an approval; the verifier cannot give it
+    let (status, p) = call(
+        &s,
+        Method::POST,
+        "/api/promote",
+        &lead,
+        Some("lena"),
+        json!({"tag": "v1.0.0"}),
+    );
+    assert_eq!(status, 201, "{p}");
+    let pid = p["id"].as_i64().unwrap();
+    assert!(support::eventually(Duration::from_secs(30), || state_of(
+        &s, pid
+    ) == "awaiting_approval"));
+    let approve = format!("/api/deployments/{pid}/approve");
+    let (status, body) = call(
+        &s,
+        Method::POST,
+        &approve,
+        &qa,
+        Some("release-manager-bob"),
+        json!({}),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("lacks the approve scope"),
+        "{body}"
+    );
+    // not by the deployer: not with the same token under another name, nor another token
+    // under the deployer's name
+    let (status, body) = call(
+        &s,
+        Method::POST,
+        &approve,
+        &lead,
+        Some("someone-else"),
+        json!({}),
+    );
+    assert_eq!(status, 403, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("started by lena (token lead)") && message.contains("someone else"),
+        "{message}"
+    );
+    let (status, body) = call(
+        &s,
+        Method::POST,
+        &approve,
+        &approver,
+        Some("lena"),
+        json!({}),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(state_of(&s, pid), "awaiting_approval");
+    // another person with their own token approves
+    let (status, body) = call(
+        &s,
+        Method::POST,
+        &approve,
+        &approver,
+        Some("rita"),
+        json!({}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(support::eventually(Duration::from_secs(30), || state_of(
+        &s, pid
+    ) == "succeeded"));
+    let d = &s.api(&format!("/api/deployments/{pid}"))["deployment"];
+    assert_eq!(
+        (d["approved_by"].as_str(), d["approved_token"].as_str()),
+        (Some("rita"), Some("approver"))
+    );
+
+    // history and show say which token stood behind each name
+    let history = s.ferry(&["history", "production"]);
+    assert!(history.stdout().contains("lena (token lead)"), "{history}");
+    let show = s.ferry(&["show", &pid.to_string()]);
+    assert!(show.stdout().contains("lena (token lead)"), "{show}");
+    assert!(show.stdout().contains("rita (token approver)"), "{show}");
+}
+
+#[test]
+fn not_by_deployer_refuses_the_deployers_own_approval_through_the_cli() {
+    let mut s = Sandbox::with(
+        &[Rel("v1.0.0", GOOD)],
+        Options {
+            env_extra: &[("staging", "approval = { not_by_deployer = true }")],
+            ..Options::default()
+        },
+    );
+    s.serve();
+    let run = s.ferry(&["deploy", "staging", "v1.0.0", "--no-wait"]);
+    assert_eq!(run.code(), 0, "{run}");
+    assert!(support::eventually(Duration::from_secs(30), || state_of(
+        &s, 1
+    ) == "awaiting_approval"));
+    // the same local token, whatever name the shell claims
+    let run = s.ferry(&["approve", "1"]);
+    assert_eq!(run.code(), 1, "{run}");
+    assert!(
+        run.stderr().contains("needs someone else to approve it"),
+        "{run}"
+    );
+    assert_eq!(state_of(&s, 1), "awaiting_approval");
+    let other = token(&s, "bob", "approve");
+    let out = std::process::Command::new(support::FERRY)
+        .args(["-c", s.config.to_str().unwrap(), "approve", "1"])
+        .env("FERRY_TOKEN", &other)
+        .env("USER", "bob")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(support::eventually(Duration::from_secs(30), || state_of(
+        &s, 1
+    ) == "succeeded"));
+}

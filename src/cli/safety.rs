@@ -115,7 +115,7 @@ pub async fn verify(cli: &Cli, args: &Verify) -> CmdResult {
             v.version,
             &v.commit_sha[..7.min(v.commit_sha.len())],
             v.environment,
-            v.verified_by,
+            v.by(),
             v.version
         );
     }

@@ -120,7 +120,7 @@ pub async fn history(cli: &Cli, args: &History) -> CmdResult {
             d.state.as_str(),
             d.version.as_deref().unwrap_or(&d.git_ref),
             short(d.commit_sha.as_deref()),
-            d.triggered_by,
+            d.by(),
             &d.created_at[..19.min(d.created_at.len())],
             d.reason.as_deref().unwrap_or("")
         );
@@ -148,7 +148,10 @@ pub async fn show(cli: &Cli, args: &Show) -> CmdResult {
     println!("  commit    {}", d.commit_sha.as_deref().unwrap_or("-"));
     println!("  release   {}", d.release.as_deref().unwrap_or("-"));
     println!("  digest    {}", d.digest.as_deref().unwrap_or("-"));
-    println!("  by        {} at {}", d.triggered_by, d.created_at);
+    println!("  by        {} at {}", d.by(), d.created_at);
+    if let (Some(by), Some(at)) = (d.approved(), &d.approved_at) {
+        println!("  approved  {by} at {at}");
+    }
     if let Some(reason) = &d.reason {
         println!("  reason    {reason}");
     }

@@ -3,7 +3,7 @@
 //! runs; a running `serve` sees changes at the next request.
 
 use super::{Cli, CmdResult, Failure};
-use crate::auth;
+use crate::auth::{self, Scope};
 use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
@@ -16,11 +16,23 @@ pub struct TokenArgs {
 pub enum TokenCommand {
     /// Make a token; its secret is printed once and not kept.
     Create {
-        /// What the token is for, like "ci" or "github-actions".
-        #[arg(long)]
-        name: String,
-        /// The token may read but not change anything.
-        #[arg(long)]
+        /// What the token is for, like "ci", "qa-lead" or "github-actions".
+        #[arg(
+            value_name = "NAME",
+            required_unless_present = "name",
+            conflicts_with = "name"
+        )]
+        given: Option<String>,
+        /// The same as NAME.
+        #[arg(long, hide = true)]
+        name: Option<String>,
+        /// What it may do, comma-separated: read, deploy (deploy, promote, roll back, lock,
+        /// maintenance, check reports), verify, approve, admin (everything). Every token may
+        /// read. Default: admin.
+        #[arg(long, value_delimiter = ',', value_parser = parse_scope)]
+        scope: Vec<Scope>,
+        /// The same as --scope read.
+        #[arg(long, conflicts_with = "scope")]
         read_only: bool,
         /// Print JSON.
         #[arg(long)]
@@ -48,6 +60,12 @@ fn open(cli: &Cli) -> Result<Store, Failure> {
         .map_err(|e| Failure::Failed(format!("cannot open the store: {e}")))
 }
 
+fn parse_scope(s: &str) -> Result<Scope, String> {
+    Scope::parse(s).ok_or_else(|| {
+        format!("\"{s}\" is not a scope: use read, deploy, verify, approve or admin")
+    })
+}
+
 fn failed(e: auth::AuthError) -> Failure {
     match e {
         auth::AuthError::BadName(_) | auth::AuthError::Reserved => {
@@ -61,24 +79,28 @@ pub fn run(cli: &Cli, args: &TokenArgs) -> CmdResult {
     let store = open(cli)?;
     match &args.command {
         TokenCommand::Create {
+            given,
             name,
+            scope,
             read_only,
             json,
         } => {
-            let (token, secret) = auth::create(&store, name, *read_only).map_err(failed)?;
+            let name = given.as_deref().or(name.as_deref()).unwrap_or_default();
+            let scopes = match (read_only, scope.is_empty()) {
+                (true, _) => vec![Scope::Read],
+                (false, true) => vec![Scope::Admin],
+                (false, false) => scope.clone(),
+            };
+            let (token, secret) = auth::create(&store, name, &scopes).map_err(failed)?;
             if *json {
                 let mut v = serde_json::to_value(&token).unwrap_or_default();
                 v["token"] = secret.into();
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                let scope = if token.read_only {
-                    "read-only"
-                } else {
-                    "read and write"
-                };
                 println!(
-                    "token \"{}\" ({scope}); shown this once, keep it safe:\n",
-                    token.name
+                    "token \"{}\" (scope {}); shown this once, keep it safe:\n",
+                    token.name,
+                    token.scope_list()
                 );
                 println!("{secret}\n");
                 println!(
@@ -98,18 +120,14 @@ pub fn run(cli: &Cli, args: &TokenArgs) -> CmdResult {
                 return Ok(());
             }
             println!(
-                "{:<20} {:<11} {:<25} {:<25} STATE",
+                "{:<20} {:<22} {:<25} {:<25} STATE",
                 "NAME", "SCOPE", "CREATED", "LAST USED"
             );
             for t in tokens {
                 println!(
-                    "{:<20} {:<11} {:<25} {:<25} {}",
+                    "{:<20} {:<22} {:<25} {:<25} {}",
                     t.name,
-                    if t.read_only {
-                        "read-only"
-                    } else {
-                        "read-write"
-                    },
+                    t.scope_list(),
                     t.created_at,
                     t.last_used_at.as_deref().unwrap_or("never"),
                     t.revoked_at

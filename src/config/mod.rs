@@ -222,6 +222,9 @@ pub struct Environment {
     pub requires: Option<String>,
     /// Deployments wait for `ferry approve`.
     pub approval: bool,
+    /// The approver must be another token and another person than whoever started the
+    /// deploy (`approval = { not_by_deployer = true }`).
+    pub approval_not_by_deployer: bool,
     /// How long a deployment waits for approval before it is refused.
     pub approval_timeout: Duration,
     /// Deploys are refused inside these windows unless forced with a reason.

@@ -106,7 +106,7 @@ struct RawEnvironment {
     env_file: Option<String>,
     prerelease: Option<bool>,
     requires: Option<Spanned<String>>,
-    approval: Option<bool>,
+    approval: Option<RawApproval>,
     approval_timeout: Option<HumanDuration>,
     #[serde(default)]
     freeze: Vec<Spanned<String>>,
@@ -117,6 +117,23 @@ struct RawEnvironment {
     backup: Vec<Spanned<String>>,
     monitor: Option<bool>,
     user: Option<Spanned<String>>,
+}
+
+/// `approval = true`, or `approval = { not_by_deployer = true }`.
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "true, false or a table like { not_by_deployer = true }"
+)]
+enum RawApproval {
+    On(bool),
+    With(RawApprovalTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprovalTable {
+    not_by_deployer: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -576,7 +593,13 @@ fn validate_environment(
             env_file: raw.env_file.as_ref().map(PathBuf::from),
             prerelease: raw.prerelease.unwrap_or(false),
             requires: raw.requires.as_ref().map(|r| r.get_ref().clone()),
-            approval: raw.approval.unwrap_or(false),
+            approval: !matches!(raw.approval, None | Some(RawApproval::On(false))),
+            approval_not_by_deployer: matches!(
+                raw.approval,
+                Some(RawApproval::With(RawApprovalTable {
+                    not_by_deployer: Some(true)
+                }))
+            ),
             approval_timeout: raw
                 .approval_timeout
                 .map_or(std::time::Duration::from_secs(24 * 3600), |d| d.0),

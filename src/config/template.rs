@@ -47,7 +47,8 @@ track = { tags = true }         # release tags only: vMAJOR.MINOR.PATCH; add aut
                                 # to deploy tags pushed through a webhook (gates still apply)
 # prerelease = false            # true also takes v1.2.0-rc.1
 requires = "staging"            # a tag must be deployed and `ferry verify`-ed there first
-approval = false                # true: deploys wait for `ferry approve <id>`
+approval = false                # true: deploys wait for `ferry approve <id>`;
+                                # { not_by_deployer = true }: by another token and person
 approval_timeout = "24h"        # ... and are refused after this long
 freeze = []                     # e.g. ["Fri 17:00 - Mon 09:00", "2026-12-24 - 2026-12-27"]
 # timezone = "Europe/Berlin"    # freeze windows are in local time unless set

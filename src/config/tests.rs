@@ -501,9 +501,11 @@ fn server_access_keys_default_closed_and_are_checked() {
     let config = parse(dir.path(), MINIMAL).unwrap();
     assert!(!config.server.open_reads, "reads need a token by default");
     assert!(config.server.hosts.is_empty());
+    let env = config.environment("staging").unwrap();
+    assert!(!env.approval && !env.approval_not_by_deployer);
 
     let text = format!(
-        "{MINIMAL}\n[server]\nopen_reads = true\nhosts = [\"Ferry.Example.com\", \"10.0.0.5:7070\", \"[::1]:8443\"]\n"
+        "{MINIMAL}approval = {{ not_by_deployer = true }}\n\n[server]\nopen_reads = true\nhosts = [\"Ferry.Example.com\", \"10.0.0.5:7070\", \"[::1]:8443\"]\n"
     );
     let config = parse(dir.path(), &text).unwrap();
     assert!(config.server.open_reads);
@@ -511,6 +513,13 @@ fn server_access_keys_default_closed_and_are_checked() {
         config.server.hosts,
         ["ferry.example.com", "10.0.0.5:7070", "[::1]:8443"]
     );
+    let env = config.environment("staging").unwrap();
+    assert!(env.approval && env.approval_not_by_deployer);
+    for (approval, on) in [("true", true), ("false", false), ("{}", true)] {
+        let config = parse(dir.path(), &format!("{MINIMAL}approval = {approval}\n")).unwrap();
+        let env = config.environment("staging").unwrap();
+        assert_eq!((env.approval, env.approval_not_by_deployer), (on, false));
+    }
 
     for bad in [
         "https://ferry.example.com",
@@ -527,4 +536,9 @@ fn server_access_keys_default_closed_and_are_checked() {
             d.message
         );
     }
+    let d = diagnostic(
+        dir.path(),
+        &format!("{MINIMAL}approval = {{ not_by = true }}\n"),
+    );
+    assert!(d.message.contains("not_by_deployer"), "{}", d.message);
 }

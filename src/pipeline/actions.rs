@@ -7,7 +7,7 @@ use super::{Engine, EngineError};
 use crate::config::{Track, format_duration, valid_check_name};
 use crate::policy::{self, Ask, Gate};
 use crate::release;
-use crate::store::{Check, Deployment, LockHolder, Verification};
+use crate::store::{Actor, Check, Deployment, LockHolder, Verification};
 
 /// A commit check as CI reports it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,9 +58,23 @@ pub struct PlannedStep {
 const CHECK_STATUSES: &[&str] = &["success", "failure", "error", "pending"];
 
 impl Engine {
-    /// Approves deployment `id`, waiting in `awaiting_approval`.
-    pub fn approve(&self, id: i64, who: &str) -> Result<Deployment, EngineError> {
-        self.deployment(id)?;
+    /// Approves deployment `id`, waiting in `awaiting_approval`. Where the environment says
+    /// `approval = { not_by_deployer = true }`, the approver's token and name must both differ
+    /// from the deployer's.
+    pub fn approve(&self, id: i64, who: &Actor) -> Result<Deployment, EngineError> {
+        let (d, _) = self.deployment(id)?;
+        let not_by_deployer = self
+            .env(&d.environment)
+            .is_ok_and(|s| s.env.approval_not_by_deployer);
+        if not_by_deployer && is_deployer(&d, who) {
+            return Err(EngineError::Forbidden(format!(
+                "deployment {id} was started by {}; {} needs someone else to approve it \
+                 (approval = {{ not_by_deployer = true }}): ask a person with their own token \
+                 and the approve scope",
+                d.by(),
+                d.environment
+            )));
+        }
         self.approvals.approve(&self.store, id, who)?;
         Ok(self.store.deployment(id)?)
     }
@@ -70,7 +84,7 @@ impl Engine {
         &self,
         env: &str,
         version: Option<&str>,
-        who: &str,
+        who: &Actor,
     ) -> Result<Verification, EngineError> {
         let state = self.env(env)?;
         let Some(serving) = state.active_release().await else {
@@ -104,11 +118,12 @@ impl Engine {
             release: serving,
             digest: d.digest.clone().unwrap_or_default(),
             deployment_id: Some(d.id),
-            verified_by: who.to_string(),
+            verified_by: who.name.clone(),
             verified_at: crate::store::now(),
+            verified_token: who.token.clone(),
         };
         let id = self.store.add_verification(&v)?;
-        tracing::info!(env, version = %v.version, by = who, "verified");
+        tracing::info!(env, version = %v.version, by = %who.shown(), "verified");
         Ok(Verification { id, ..v })
     }
 
@@ -461,4 +476,11 @@ pub fn check_sha(sha: &str) -> Result<(), EngineError> {
         )));
     }
     Ok(())
+}
+
+/// True when `who` is the one who started `d`: the same token, or the same claimed name.
+fn is_deployer(d: &Deployment, who: &Actor) -> bool {
+    let same_token = who.token.is_some() && who.token == d.triggered_token;
+    let same_name = who.name.trim().eq_ignore_ascii_case(d.triggered_by.trim());
+    same_token || same_name
 }

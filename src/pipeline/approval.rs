@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::store::{DeploymentState, Store, StoreError};
+use crate::store::{Actor, DeploymentState, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApprovalError {
@@ -71,7 +71,7 @@ impl Approvals {
     }
 
     /// Records `who` approving deployment `id` and wakes its waiter.
-    pub fn approve(&self, store: &Store, id: i64, who: &str) -> Result<(), ApprovalError> {
+    pub fn approve(&self, store: &Store, id: i64, who: &Actor) -> Result<(), ApprovalError> {
         if !store.approve(id, who)? {
             let d = store.deployment(id)?;
             let state = match (d.state, d.approved_by) {
@@ -118,9 +118,11 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_secs(3600)).await;
         assert!(!waiter.is_finished());
-        approvals.approve(&store, id, "bob").unwrap();
+        approvals.approve(&store, id, &Actor::named("bob")).unwrap();
         assert_eq!(waiter.await.unwrap().unwrap(), "bob");
-        let again = approvals.approve(&store, id, "carol").unwrap_err();
+        let again = approvals
+            .approve(&store, id, &Actor::named("carol"))
+            .unwrap_err();
         assert_eq!(
             again.to_string(),
             format!("deployment {id} is not waiting for approval (it is approved by bob)")
@@ -151,10 +153,12 @@ mod tests {
         store
             .set_state(id, DeploymentState::Refused, Some("no"))
             .unwrap();
-        let err = Approvals::default().approve(&store, id, "bob").unwrap_err();
+        let err = Approvals::default()
+            .approve(&store, id, &Actor::named("bob"))
+            .unwrap_err();
         assert!(err.to_string().contains("(it is refused)"), "{err}");
         assert!(matches!(
-            Approvals::default().approve(&store, 999, "bob"),
+            Approvals::default().approve(&store, 999, &Actor::named("bob")),
             Err(ApprovalError::Store(StoreError::NotFound))
         ));
     }

@@ -26,7 +26,7 @@ use crate::proxy::Proxy;
 use crate::release::{ReleaseError, check_ref};
 use crate::runtime::{self, LogSink, Secrets};
 use crate::sandbox::{self, Redactor};
-use crate::store::{Deployment, DeploymentState, Store, StoreError};
+use crate::store::{Actor, Deployment, DeploymentState, Store, StoreError};
 
 pub use actions::{CheckReport, FETCH_INTERVAL, Mirror, Plan, check_sha};
 
@@ -93,6 +93,9 @@ pub enum EngineError {
     /// The request is understood but not allowed now (not verified, not waiting, ...).
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not do this (the deployer approving their own deployment).
+    #[error("{0}")]
+    Forbidden(String),
     /// The state dir cannot take the writes a deployment makes (full disk, read-only).
     #[error("{0}")]
     Storage(String),
@@ -251,7 +254,7 @@ impl Engine {
         self: &Arc<Self>,
         env: &str,
         git_ref: &str,
-        who: &str,
+        who: &Actor,
         force: Option<&str>,
     ) -> Result<Deployment, EngineError> {
         let state = self.env(env)?.clone();
@@ -274,11 +277,17 @@ impl Engine {
         Ok(self.store.deployment(id)?)
     }
 
-    fn create(&self, env: &str, kind: &str, git_ref: &str, who: &str) -> Result<i64, EngineError> {
+    fn create(
+        &self,
+        env: &str,
+        kind: &str,
+        git_ref: &str,
+        who: &Actor,
+    ) -> Result<i64, EngineError> {
         self.check_storage()?;
         Ok(self
             .store
-            .create_deployment(env, kind, git_ref, who, DeploymentState::Queued)?)
+            .create_deployment_by(env, kind, git_ref, who, DeploymentState::Queued)?)
     }
 
     /// Refuses to start anything when the state dir's disk is nearly full or not writable:

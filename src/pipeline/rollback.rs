@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::steps::{Held, Stop, Stopped, instance_vars};
 use super::{Engine, EngineError, EnvState};
-use crate::store::{Backup, Deployment, Release};
+use crate::store::{Actor, Backup, Deployment, Release};
 
 /// What a rollback will do, decided when it is asked for.
 struct Target {
@@ -24,7 +24,7 @@ impl Engine {
         to: Option<&str>,
         reason: &str,
         restore_data: bool,
-        who: &str,
+        who: &Actor,
     ) -> Result<Deployment, EngineError> {
         let state = self.env(env)?.clone();
         let target = self.rollback_target(&state, to).await?;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use super::{Engine, EngineError};
 use crate::config::Track;
-use crate::store::{Deployment, DeploymentState};
+use crate::store::{Actor, Deployment, DeploymentState};
 
 /// How often a queued push looks whether its environment is free.
 const QUEUE_POLL: Duration = Duration::from_millis(100);
@@ -204,6 +204,8 @@ impl Engine {
     ) -> Result<Tracked, EngineError> {
         let state = self.env(env)?.clone();
         crate::release::check_ref(git_ref)?;
+        // pushes carry no token: the name says which delivery it was
+        let who = &Actor::named(who);
         let mut queue = self.queued.lock().unwrap_or_else(|e| e.into_inner());
         let busy = queue.contains_key(env) || self.busy_with(env, None)?;
         // a person's lock refuses at once, as for any deploy

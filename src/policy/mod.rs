@@ -241,7 +241,7 @@ fn promotion(
             "{version} ({}) verified on {} by {} at {}",
             &v.commit_sha[..7],
             v.environment,
-            v.verified_by,
+            v.by(),
             v.verified_at
         );
         return Ok((Verdict::Pass, detail, Some(v)));

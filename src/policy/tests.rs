@@ -99,6 +99,7 @@ impl Fixture {
                 deployment_id: None,
                 verified_by: "qa".into(),
                 verified_at: crate::store::now(),
+                verified_token: None,
             })
             .unwrap();
     }

@@ -56,7 +56,7 @@ pub async fn approve(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Deployment>> {
     let id = parse_id(&id)?;
-    Ok(Json(engine.approve(id, &caller.who())?))
+    Ok(Json(engine.approve(id, &caller.actor())?))
 }
 
 pub async fn verify(
@@ -73,7 +73,7 @@ pub async fn verify(
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?
     };
     let v: Verification = engine
-        .verify(&env, req.version.as_deref(), &caller.who())
+        .verify(&env, req.version.as_deref(), &caller.actor())
         .await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
@@ -99,7 +99,7 @@ pub async fn rollback(
         )
         .into_response();
     }
-    let who = caller.who();
+    let who = caller.actor();
     created(
         engine
             .request_rollback(
@@ -123,7 +123,7 @@ pub async fn promote(
         Err(e) => return ApiError::from(e).into_response(),
     };
     let force = req.force.then(|| req.reason.as_deref().unwrap_or(""));
-    created(engine.request(&to, &req.tag, &caller.who(), force))
+    created(engine.request(&to, &req.tag, &caller.actor(), force))
 }
 
 pub async fn lock(

@@ -19,9 +19,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState};
-use crate::auth;
+use crate::auth::{self, Scope};
+use crate::store::{Actor, Token};
 
-/// Who made a request: the token's name and the person the CLI says is at the keyboard.
+/// Who made a request: the token's name and the person the caller says is at the keyboard
+/// (`X-Ferry-User`, or a name in the body). Only the token is proven.
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
     pub token: Option<String>,
@@ -29,15 +31,22 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// How the caller is recorded: `alice via ci`, `ci`, `alice` (with the machine's own
-    /// `local` token), or `api` for an open read. The audit table has the token regardless.
-    pub fn who(&self) -> String {
-        match (&self.user, &self.token) {
-            (Some(u), Some(t)) if u != t && t != auth::LOCAL => format!("{u} via {t}"),
-            (Some(u), _) => u.clone(),
-            (None, Some(t)) => t.clone(),
-            (None, None) => "api".to_string(),
+    /// The caller as recorded: the claimed name (else the token's) beside the token.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            name: self
+                .user
+                .clone()
+                .or_else(|| self.token.clone())
+                .unwrap_or_else(|| "api".to_string()),
+            token: self.token.clone(),
         }
+    }
+
+    /// How the caller is written where one line holds it (locks, maintenance, checks):
+    /// `alice (token ci)`, or `ci` when no other name was claimed.
+    pub fn who(&self) -> String {
+        self.actor().shown()
     }
 
     /// The same caller with `user` as the person (a name given in a request body).
@@ -175,6 +184,57 @@ pub fn reads_open(app: &AppState, req: &Request) -> bool {
     app.engine.config.server.open_reads && peer_is_local(req)
 }
 
+/// The scope a mutation of the API at `path` needs: approving needs `approve`, signing off
+/// `verify`, everything else that changes something (deploy, promote, roll back, lock,
+/// maintenance, check reports) `deploy`. A route not listed here needs `admin`.
+fn api_scope(path: &str) -> Scope {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["api", "deployments", _, "approve"] => Scope::Approve,
+        ["api", "environments", _, "verify"] => Scope::Verify,
+        ["api", "deployments"] | ["api", "promote"] | ["api", "commits", _, "checks"] => {
+            Scope::Deploy
+        }
+        [
+            "api",
+            "environments",
+            _,
+            "rollback" | "lock" | "maintenance",
+        ] => Scope::Deploy,
+        _ => Scope::Admin,
+    }
+}
+
+/// The scope a dashboard action at `path` needs, as [`api_scope`] for the same action.
+pub fn dashboard_scope(path: &str) -> Scope {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["signout"] => Scope::Read,
+        ["actions", "deployments", _, "approve"] => Scope::Approve,
+        ["actions", "environments", _, "verify"] => Scope::Verify,
+        ["actions", "environments", _, _] | ["actions", "promote"] => Scope::Deploy,
+        _ => Scope::Admin,
+    }
+}
+
+/// The 403 for a token without the scope an action needs.
+pub fn refused(token: &Token, needed: Scope) -> ApiError {
+    let what = if token.read_only() {
+        "may only read".to_string()
+    } else {
+        format!(
+            "lacks the {needed} scope (it has {}); this needs a token made with \
+             ferry token create NAME --scope {needed}",
+            token.scope_list()
+        )
+    };
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("token \"{}\" {what}", token.name),
+    )
+}
+
 pub async fn guard(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     if !(path.starts_with("/api/") || path == "/metrics") {
@@ -218,13 +278,13 @@ pub async fn guard(State(app): State<AppState>, mut req: Request, next: Next) ->
         }
         return next.run(req).await;
     };
-    if mutation && token.read_only {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("token \"{}\" may only read", token.name),
-        )
-        .into_response();
+    let needed = if mutation {
+        api_scope(&path)
+    } else {
+        Scope::Read
+    };
+    if !token.allows(needed) {
+        return refused(&token, needed).into_response();
     }
     let user = req
         .headers()
@@ -294,5 +354,49 @@ mod tests {
         let v6 = server("[::]:80", &[]);
         assert!(host_allowed(&v6, "[::]") && host_allowed(&v6, "localhost"));
         assert!(host_allowed(&server("0.0.0.0:7070", &[]), "0.0.0.0:7070"));
+    }
+
+    #[test]
+    fn every_mutating_route_needs_its_scope() {
+        let mut seen = 0;
+        for (method, path, _, _) in crate::server::ROUTES {
+            if *method == "get" || path.starts_with("/hooks/") {
+                continue;
+            }
+            let path = path
+                .replace("{env}", "staging")
+                .replace("{id}", "7")
+                .replace("{sha}", "abc");
+            let want = if path.ends_with("/approve") {
+                Scope::Approve
+            } else if path.ends_with("/verify") {
+                Scope::Verify
+            } else {
+                Scope::Deploy
+            };
+            assert_eq!(api_scope(&path), want, "{method} {path}");
+            seen += 1;
+        }
+        assert!(seen >= 9, "only {seen} mutating routes");
+        assert_eq!(
+            api_scope("/api/tokens"),
+            Scope::Admin,
+            "unknown: admin only"
+        );
+        assert_eq!(
+            dashboard_scope("/actions/deployments/3/approve"),
+            Scope::Approve
+        );
+        assert_eq!(
+            dashboard_scope("/actions/environments/staging/verify"),
+            Scope::Verify
+        );
+        for p in ["rollback", "lock", "unlock", "maintenance"] {
+            let path = format!("/actions/environments/staging/{p}");
+            assert_eq!(dashboard_scope(&path), Scope::Deploy);
+        }
+        assert_eq!(dashboard_scope("/actions/promote"), Scope::Deploy);
+        assert_eq!(dashboard_scope("/signout"), Scope::Read);
+        assert_eq!(dashboard_scope("/actions/other/thing/x/y"), Scope::Admin);
     }
 }

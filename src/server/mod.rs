@@ -66,6 +66,7 @@ impl From<EngineError> for ApiError {
             EngineError::NoRollbackTarget(_) => (StatusCode::CONFLICT, "no_rollback_target"),
             EngineError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             EngineError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            EngineError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             EngineError::Storage(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
             EngineError::Store(_)
             | EngineError::Bind { .. }
@@ -370,7 +371,7 @@ async fn deploy(
     caller: Caller,
     JsonBody(req): JsonBody<DeployRequest>,
 ) -> Response {
-    let who = caller.as_user(req.triggered_by.as_deref()).who();
+    let who = caller.as_user(req.triggered_by.as_deref()).actor();
     let force = req.force.then(|| req.reason.as_deref().unwrap_or(""));
     created(engine.request(&req.environment, &req.git_ref, &who, force))
 }

@@ -18,8 +18,8 @@ use crate::events::{Bus, Event};
 
 pub use dashboard::Probe;
 pub use rows::{
-    AuditEntry, Backup, Check, Delivery, Deployment, DeploymentState, Instance, LockHolder,
-    Maintenance, Release, Step, StepState, Token, Verification,
+    Actor, AuditEntry, Backup, Check, Delivery, Deployment, DeploymentState, Instance, LockHolder,
+    Maintenance, Release, Scope, Step, StepState, Token, Verification,
 };
 pub use server::NewDelivery;
 
@@ -29,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_server.sql"),
     include_str!("migrations/0004_dashboard.sql"),
     include_str!("migrations/0005_commands.sql"),
+    include_str!("migrations/0006_access.sql"),
     include_str!("migrations/0008_webhooks.sql"),
 ];
 
@@ -205,16 +206,36 @@ impl Store {
         triggered_by: &str,
         state: DeploymentState,
     ) -> Result<i64> {
+        self.create_deployment_by(
+            environment,
+            kind,
+            git_ref,
+            &Actor::named(triggered_by),
+            state,
+        )
+    }
+
+    /// Records a new deployment request by `by` (its name and token) and returns its id.
+    pub fn create_deployment_by(
+        &self,
+        environment: &str,
+        kind: &str,
+        git_ref: &str,
+        by: &Actor,
+        state: DeploymentState,
+    ) -> Result<i64> {
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO deployments (environment, kind, git_ref, state, triggered_by, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO deployments
+                 (environment, kind, git_ref, state, triggered_by, triggered_token, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 environment,
                 kind,
                 git_ref,
                 state.as_str(),
-                triggered_by,
+                by.name,
+                by.token,
                 now()
             ],
         )?;
@@ -494,11 +515,11 @@ impl Store {
     }
 
     /// Records the approval of a deployment waiting for one; false when it was not waiting.
-    pub fn approve(&self, id: i64, who: &str) -> Result<bool> {
+    pub fn approve(&self, id: i64, by: &Actor) -> Result<bool> {
         Ok(self.conn().execute(
-            "UPDATE deployments SET approved_by = ?2, approved_at = ?3
+            "UPDATE deployments SET approved_by = ?2, approved_token = ?3, approved_at = ?4
              WHERE id = ?1 AND state = 'awaiting_approval' AND approved_by IS NULL",
-            params![id, who, now()],
+            params![id, by.name, by.token, now()],
         )? == 1)
     }
 
@@ -573,8 +594,8 @@ impl Store {
         let conn = self.conn();
         conn.execute(
             "INSERT INTO verifications (environment, version, commit_sha, release, digest,
-                 deployment_id, verified_by, verified_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 deployment_id, verified_by, verified_at, verified_token)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 v.environment,
                 v.version,
@@ -583,7 +604,8 @@ impl Store {
                 v.digest,
                 v.deployment_id,
                 v.verified_by,
-                v.verified_at
+                v.verified_at,
+                v.verified_token
             ],
         )?;
         Ok(conn.last_insert_rowid())

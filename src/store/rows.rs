@@ -127,12 +127,27 @@ pub struct Deployment {
     pub restore_data: bool,
     pub approved_by: Option<String>,
     pub approved_at: Option<String>,
+    /// The token that started it (`triggered_by` is the name it claimed); none for webhooks.
+    pub triggered_token: Option<String>,
+    /// The token that approved it (`approved_by` is the name it claimed).
+    pub approved_token: Option<String>,
 }
 
 impl Deployment {
     pub(super) const COLUMNS: &'static str = "id, environment, kind, git_ref, commit_sha, version, \
         release, digest, state, step, reason, triggered_by, created_at, finished_at, note, forced, \
-        restore_data, approved_by, approved_at";
+        restore_data, approved_by, approved_at, triggered_token, approved_token";
+
+    /// Who started it, as people read it: `qa-lead (token ci)`, or the name alone.
+    pub fn by(&self) -> String {
+        shown(&self.triggered_by, self.triggered_token.as_deref())
+    }
+
+    /// Who approved it, as people read it.
+    pub fn approved(&self) -> Option<String> {
+        let by = self.approved_by.as_deref()?;
+        Some(shown(by, self.approved_token.as_deref()))
+    }
 
     pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Deployment> {
         let state: String = r.get(8)?;
@@ -156,6 +171,8 @@ impl Deployment {
             restore_data: r.get(16)?,
             approved_by: r.get(17)?,
             approved_at: r.get(18)?,
+            triggered_token: r.get(19)?,
+            approved_token: r.get(20)?,
         })
     }
 }
@@ -257,11 +274,18 @@ pub struct Verification {
     pub deployment_id: Option<i64>,
     pub verified_by: String,
     pub verified_at: String,
+    /// The token that signed off (`verified_by` is the name it claimed).
+    pub verified_token: Option<String>,
 }
 
 impl Verification {
     pub(super) const COLUMNS: &'static str = "id, environment, version, commit_sha, release, digest, \
-        deployment_id, verified_by, verified_at";
+        deployment_id, verified_by, verified_at, verified_token";
+
+    /// Who signed off, as people read it: `qa-lead (token ci)`, or the name alone.
+    pub fn by(&self) -> String {
+        shown(&self.verified_by, self.verified_token.as_deref())
+    }
 
     pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Verification> {
         Ok(Verification {
@@ -274,6 +298,7 @@ impl Verification {
             deployment_id: r.get(6)?,
             verified_by: r.get(7)?,
             verified_at: r.get(8)?,
+            verified_token: r.get(9)?,
         })
     }
 }
@@ -385,7 +410,8 @@ impl Instance {
 pub struct Token {
     pub id: i64,
     pub name: String,
-    pub read_only: bool,
+    /// What it may do, sorted, without duplicates.
+    pub scopes: Vec<Scope>,
     pub created_at: String,
     pub last_used_at: Option<String>,
     pub revoked_at: Option<String>,
@@ -393,17 +419,133 @@ pub struct Token {
 
 impl Token {
     pub(super) const COLUMNS: &'static str =
-        "id, name, read_only, created_at, last_used_at, revoked_at";
+        "id, name, scopes, created_at, last_used_at, revoked_at";
 
     pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Token> {
+        let scopes: String = r.get(2)?;
         Ok(Token {
             id: r.get(0)?,
             name: r.get(1)?,
-            read_only: r.get(2)?,
+            // an unknown word (a newer ferry's scope) grants nothing here
+            scopes: Scope::parse_list(&scopes).unwrap_or_default(),
             created_at: r.get(3)?,
             last_used_at: r.get(4)?,
             revoked_at: r.get(5)?,
         })
+    }
+
+    /// True when the token may do what `scope` covers: `admin` may do everything, every
+    /// token may read, and otherwise the scope must be the token's own.
+    pub fn allows(&self, scope: Scope) -> bool {
+        scope == Scope::Read || self.scopes.contains(&Scope::Admin) || self.scopes.contains(&scope)
+    }
+
+    /// True when the token may only read.
+    pub fn read_only(&self) -> bool {
+        self.scopes.iter().all(|s| *s == Scope::Read)
+    }
+
+    /// The scopes as written: `deploy,verify`.
+    pub fn scope_list(&self) -> String {
+        Scope::join(&self.scopes)
+    }
+}
+
+/// What a token may do. Scopes are a set, not levels: `verify` does not include `deploy`,
+/// so one token cannot both ship a change and sign it off. Every token may read; `admin`
+/// may do everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Every read: status, history, logs, metrics, the event stream.
+    Read,
+    /// Deploy, promote, roll back, lock and unlock, maintenance, report CI checks.
+    Deploy,
+    /// Sign off the version running on an environment.
+    Verify,
+    /// Approve a deployment waiting for approval.
+    Approve,
+    /// Everything.
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 5] = [
+        Scope::Read,
+        Scope::Deploy,
+        Scope::Verify,
+        Scope::Approve,
+        Scope::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Deploy => "deploy",
+            Scope::Verify => "verify",
+            Scope::Approve => "approve",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|x| x.as_str() == s.trim())
+    }
+
+    /// `deploy,verify` → the sorted set; `None` when a word is not a scope or none is given.
+    pub fn parse_list(s: &str) -> Option<Vec<Scope>> {
+        let mut out = s
+            .split(',')
+            .filter(|w| !w.trim().is_empty())
+            .map(Scope::parse)
+            .collect::<Option<Vec<_>>>()?;
+        out.sort();
+        out.dedup();
+        (!out.is_empty()).then_some(out)
+    }
+
+    pub fn join(scopes: &[Scope]) -> String {
+        scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who did something: the name they gave (or their token's, when they gave none) and the
+/// token they used. Only the token is proven; the name is what the caller claimed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    pub token: Option<String>,
+}
+
+impl Actor {
+    /// Someone or something without a token: a webhook delivery, ferry itself, a test.
+    pub fn named(name: &str) -> Actor {
+        Actor {
+            name: name.to_string(),
+            token: None,
+        }
+    }
+
+    /// As people read it: `qa-lead (token ci)`, or the name alone when it is the token's.
+    pub fn shown(&self) -> String {
+        shown(&self.name, self.token.as_deref())
+    }
+}
+
+fn shown(name: &str, token: Option<&str>) -> String {
+    match token {
+        Some(t) if t != name => format!("{name} (token {t})"),
+        _ => name.to_string(),
     }
 }
 

@@ -2,16 +2,18 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{AuditEntry, Delivery, Deployment, Result, Store, StoreError, Token, now};
+use super::{AuditEntry, Delivery, Deployment, Result, Scope, Store, StoreError, Token, now};
 
 impl Store {
     /// Stores a new token under `name`; fails with `Conflict` semantics (a unique-constraint
     /// error) when a live token already has that name.
-    pub fn add_token(&self, name: &str, hash: &str, read_only: bool) -> Result<Token> {
+    pub fn add_token(&self, name: &str, hash: &str, scopes: &[Scope]) -> Result<Token> {
         let conn = self.conn();
+        let read_only = scopes.iter().all(|s| *s == Scope::Read);
         conn.execute(
-            "INSERT INTO tokens (name, hash, read_only, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![name, hash, read_only, now()],
+            "INSERT INTO tokens (name, hash, read_only, scopes, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, hash, read_only, Scope::join(scopes), now()],
         )?;
         let id = conn.last_insert_rowid();
         Ok(conn.query_row(

@@ -230,7 +230,9 @@ fn history_pages_are_newest_first_with_a_total() {
 #[test]
 fn sessions_end_with_their_token_expiry_or_sign_out() {
     let (_dir, store) = open();
-    let token = store.add_token("alice", "h-alice", false).unwrap();
+    let token = store
+        .add_token("alice", "h-alice", &[Scope::Admin])
+        .unwrap();
     store
         .add_session("s1", token.id, "2999-01-01T00:00:00.000Z")
         .unwrap();
@@ -250,4 +252,32 @@ fn sessions_end_with_their_token_expiry_or_sign_out() {
         store.session_token("s1").unwrap().is_none(),
         "token revoked"
     );
+}
+
+#[test]
+fn tokens_made_before_scopes_keep_what_they_could_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let scopes = MIGRATIONS
+        .iter()
+        .position(|m| m.contains("ADD COLUMN scopes"))
+        .unwrap();
+    for sql in &MIGRATIONS[..scopes] {
+        conn.execute_batch(sql).unwrap();
+    }
+    conn.pragma_update(None, "user_version", scopes as i64)
+        .unwrap();
+    conn.execute(
+        "INSERT INTO tokens (name, hash, read_only, created_at)
+         VALUES ('ci', 'h1', 0, 'x'), ('viewer', 'h2', 1, 'x')",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(&path).unwrap();
+    let tokens = store.tokens().unwrap();
+    assert_eq!(tokens[0].scopes, [Scope::Admin]);
+    assert_eq!(tokens[1].scopes, [Scope::Read]);
+    assert!(tokens[0].allows(Scope::Approve) && !tokens[1].allows(Scope::Deploy));
 }

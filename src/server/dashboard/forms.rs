@@ -14,12 +14,17 @@ use super::{COOKIE, Viewer, cookie_secret};
 use crate::auth;
 use crate::pipeline::EngineError;
 use crate::server::{ApiError, AppState, parse_id};
+use crate::store::Actor;
 
-fn who(viewer: &Viewer) -> String {
-    viewer
-        .session
-        .as_ref()
-        .map_or_else(|| "dashboard".to_string(), |s| s.token.name.clone())
+/// The signed-in token: a session claims no other name.
+fn who(viewer: &Viewer) -> Actor {
+    viewer.session.as_ref().map_or_else(
+        || Actor::named("dashboard"),
+        |s| Actor {
+            name: s.token.name.clone(),
+            token: Some(s.token.name.clone()),
+        },
+    )
 }
 
 fn refused(e: impl Into<ApiError>) -> Response {
@@ -213,10 +218,12 @@ pub async fn maintenance(
     Path(env): Path<String>,
     Form(form): Form<Maintenance>,
 ) -> Response {
-    match app
-        .engine
-        .set_maintenance(&env, form.on, form.message.as_deref(), &who(&viewer))
-    {
+    match app.engine.set_maintenance(
+        &env,
+        form.on,
+        form.message.as_deref(),
+        &who(&viewer).shown(),
+    ) {
         Ok(_) => done(
             "/",
             if form.on {
@@ -241,7 +248,10 @@ pub async fn lock(
     Path(env): Path<String>,
     Form(form): Form<Lock>,
 ) -> Response {
-    match app.engine.lock_env(&env, &who(&viewer), &form.reason) {
+    match app
+        .engine
+        .lock_env(&env, &who(&viewer).shown(), &form.reason)
+    {
         Ok(_) => done("/", Notice::Locked),
         Err(e) => engine_refused(e),
     }

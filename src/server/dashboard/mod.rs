@@ -48,9 +48,9 @@ pub struct Viewer {
 }
 
 impl Viewer {
-    /// Signed in with a token that may change things.
+    /// Signed in with a token that may change something.
     pub fn can_act(&self) -> bool {
-        self.session.as_ref().is_some_and(|s| !s.token.read_only)
+        self.session.as_ref().is_some_and(|s| !s.token.read_only())
     }
 
     fn csrf(&self) -> &str {
@@ -195,11 +195,10 @@ async fn gate(State(app): State<AppState>, req: Request, next: Next) -> Response
             "sign in first: changes need a session opened with an API token",
         );
     };
-    if session.token.read_only {
-        return views::error(
-            StatusCode::FORBIDDEN,
-            &format!("token \"{}\" may only read", session.token.name),
-        );
+    let needed = super::guard::dashboard_scope(&path);
+    if !session.token.allows(needed) {
+        let e = super::guard::refused(&session.token, needed);
+        return views::error(e.status, &e.message);
     }
     let (parts, body) = req.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, FORM_LIMIT).await else {

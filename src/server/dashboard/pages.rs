@@ -573,7 +573,7 @@ fn history_table(rows: &[Deployment]) -> Markup {
                                     @if let Some(sha) = &d.commit_sha { br; code title=(sha) { (short(sha)) } }
                                 }
                                 td { (state_badge(d.state)) }
-                                td { (d.triggered_by) }
+                                td { (d.by()) }
                                 td { (d.note.as_deref().or(d.reason.as_deref()).unwrap_or("")) }
                                 td { (when(&d.created_at)) }
                                 td { (duration(&d.created_at, d.finished_at.as_deref()).unwrap_or_default()) }
@@ -636,9 +636,9 @@ fn deployment_live(app: &AppState, viewer: &Viewer, d: &Deployment, steps: &[Ste
             dl.facts {
                 @if let Some(v) = &d.version { dt { "Version" } dd { (v) } }
                 @if let Some(sha) = &d.commit_sha { dt { "Commit" } dd { code title=(sha) { (short(sha)) } } }
-                dt { "Triggered by" } dd { (d.triggered_by) }
+                dt { "Triggered by" } dd { (d.by()) }
                 @if let Some(note) = &d.note { dt { "Reason given" } dd { (note) } }
-                @if let Some(by) = &d.approved_by { dt { "Approved by" } dd { (by) } }
+                @if let Some(by) = d.approved() { dt { "Approved by" } dd { (by) } }
                 dt { "Started" } dd { (when(&d.created_at)) }
                 dt { "Took" } dd {
                     @if finished { (duration(&d.created_at, d.finished_at.as_deref()).unwrap_or_default()) }

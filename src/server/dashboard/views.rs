@@ -49,7 +49,7 @@ pub fn layout(page: &Page<'_>, viewer: &Viewer, body: Markup) -> Markup {
                             Some(s) => {
                                 span {
                                     "Signed in as " strong { (s.token.name) }
-                                    @if s.token.read_only { " (read-only)" }
+                                    @if s.token.read_only() { " (read-only)" }
                                 }
                                 form.inline method="post" action="/signout" {
                                     (csrf(viewer))
