@@ -218,7 +218,7 @@ fn a_push_from_another_repository_is_acknowledged_and_ignored() {
     );
     assert!(outcome(&body).contains("names no repository"), "{body}");
     assert!(deployments(&s).is_empty(), "a foreign push deployed");
-    let (_, metrics) = support::get(&format!("{}/metrics", s.api)).unwrap();
+    let (_, metrics) = s.get("/metrics").unwrap();
     assert!(
         metrics
             .contains("ferry_webhook_deliveries_total{provider=\"github\",outcome=\"foreign\"} 2"),
