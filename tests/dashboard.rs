@@ -543,7 +543,10 @@ fn every_dashboard_page_sends_the_security_headers() {
 fn a_notice_in_the_query_shows_only_known_codes_never_text() {
     let mut s = two_envs();
     s.serve();
-    let b = Browser::new(&s);
+    let mut b = Browser::new(&s);
+    // pages need a session; a reader's will do
+    let viewer = token(&s, "viewer", true);
+    assert_eq!(b.sign_in(&viewer).status, 303);
     for path in ["/", "/environments/staging"] {
         for hostile in [
             "%3Cscript%3Ealert(1)%3C%2Fscript%3E",
