@@ -789,7 +789,10 @@ fn rusqlite_count(path: &str) -> (u64, u64) {
 fn a_plan_over_get_never_fetches_and_fetching_needs_a_token_and_is_rate_limited() {
     let mut s = Sandbox::new(&[Rel("v1.0.0", GOOD)]);
     s.serve();
-    let plan = |r: &str| get(&format!("{}/api/environments/staging/plan?ref={r}", s.api)).unwrap();
+    let plan = |r: &str| {
+        s.get(&format!("/api/environments/staging/plan?ref={r}"))
+            .unwrap()
+    };
     // nothing fetched yet: a plan over GET says so instead of cloning the repository
     let (status, body) = plan("v1.0.0");
     assert_eq!(status, 409, "{body}");

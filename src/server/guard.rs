@@ -186,10 +186,12 @@ pub fn reads_open(app: &AppState, req: &Request) -> bool {
 
 /// The scope a mutation of the API at `path` needs: approving needs `approve`, signing off
 /// `verify`, everything else that changes something (deploy, promote, roll back, lock,
-/// maintenance, check reports) `deploy`. A route not listed here needs `admin`.
+/// maintenance, check reports) `deploy`. Fetching the mirror (rate-limited, for a plan)
+/// changes no deployment and needs only `read`. A route not listed here needs `admin`.
 fn api_scope(path: &str) -> Scope {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match parts.as_slice() {
+        ["api", "mirror", "fetch"] => Scope::Read,
         ["api", "deployments", _, "approve"] => Scope::Approve,
         ["api", "environments", _, "verify"] => Scope::Verify,
         ["api", "deployments"] | ["api", "promote"] | ["api", "commits", _, "checks"] => {
@@ -367,7 +369,9 @@ mod tests {
                 .replace("{env}", "staging")
                 .replace("{id}", "7")
                 .replace("{sha}", "abc");
-            let want = if path.ends_with("/approve") {
+            let want = if path == "/api/mirror/fetch" {
+                Scope::Read
+            } else if path.ends_with("/approve") {
                 Scope::Approve
             } else if path.ends_with("/verify") {
                 Scope::Verify
