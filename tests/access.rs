@@ -476,3 +476,69 @@ fn not_by_deployer_refuses_the_deployers_own_approval_through_the_cli() {
         &s, 1
     ) == "succeeded"));
 }
+
+#[test]
+fn dashboard_actions_check_the_signed_in_tokens_scopes() {
+    let mut s = Sandbox::new(&[Rel("v1.0.0", GOOD)]);
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+    let qa = token(&s, "qa", "verify");
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let signed_in = client
+        .post(format!("{}/signin", s.api))
+        .form(&[("token", qa.as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = client
+        .get(format!("{}/", s.api))
+        .header("cookie", &cookie)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let csrf = regex::Regex::new(r#"name="csrf" value="([0-9a-f]{32})""#)
+        .unwrap()
+        .captures(&page)
+        .expect("a form with the session's CSRF token")[1]
+        .to_string();
+    let act = |path: &str, fields: &[(&str, &str)]| {
+        let mut form = fields.to_vec();
+        form.push(("csrf", &csrf));
+        let r = client
+            .post(format!("{}{path}", s.api))
+            .header("cookie", &cookie)
+            .form(&form)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    // a verifier may not lock or roll back
+    let (status, body) = act("/actions/environments/staging/lock", &[("reason", "x")]);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("lacks the deploy scope"), "{body}");
+    assert!(s.api("/api/environments/staging")["deploying"].is_null());
+    // and may sign off, recorded under its own token
+    let (status, body) = act("/actions/environments/staging/verify", &[]);
+    assert_eq!(status, 303, "{body}");
+    let v = s.api("/api/verifications");
+    assert_eq!(
+        (
+            v[0]["verified_by"].as_str(),
+            v[0]["verified_token"].as_str()
+        ),
+        (Some("qa"), Some("qa"))
+    );
+}
