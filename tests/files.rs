@@ -69,6 +69,8 @@ fn the_database_logs_backups_and_restores_are_not_readable_by_others() {
     for f in ["ferry.db", "ferry.db-wal", "ferry.db-shm", "local-token"] {
         assert_eq!(mode(&state.join(f)), 0o600, "{f}");
     }
+    // the mirror's config can hold the repository's credentials
+    assert_eq!(mode(&state.join("mirror.git")) & 0o077, 0, "mirror.git");
     let logs = state.join("environments/staging/logs");
     assert_eq!(mode(&logs) & 0o077, 0, "the logs dir");
     assert_eq!(mode(&logs.join("app.log")), 0o600, "app.log");

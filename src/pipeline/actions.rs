@@ -239,7 +239,7 @@ impl Engine {
             Some(at) if at.elapsed() < FETCH_INTERVAL => false,
             _ => {
                 *last = Some(std::time::Instant::now());
-                release::sync_mirror(&self.config.app.repo, &mirror).await?;
+                sync_private_mirror(&self.config.app.repo, &mirror).await?;
                 true
             }
         };
@@ -439,6 +439,18 @@ impl Engine {
             .environment(env)
             .is_some_and(|e| e.track == Track::Tags)
     }
+}
+
+/// Clones or fetches `repo` into `mirror`, which only ferry may enter: its config can carry
+/// the repository's credentials, and as root the state dir lets app users pass through.
+pub(super) async fn sync_private_mirror(
+    repo: &str,
+    mirror: &std::path::Path,
+) -> Result<(), release::ReleaseError> {
+    use std::os::unix::fs::PermissionsExt;
+    release::sync_mirror(repo, mirror).await?;
+    std::fs::set_permissions(mirror, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| release::ReleaseError::Io(format!("making {} private", mirror.display()), e))
 }
 
 /// When the mirror was last fetched (`FETCH_HEAD`) or else cloned (`HEAD`); `None` when

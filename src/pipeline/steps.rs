@@ -173,7 +173,7 @@ impl Engine {
                 let mirror = self.config.state_dir.join("mirror.git");
                 let _git = self.git.lock().await;
                 // an unreachable repo says nothing about the release: refused, nothing changed
-                release::sync_mirror(&app.repo, &mirror)
+                super::actions::sync_private_mirror(&app.repo, &mirror)
                     .await
                     .map_err(|e| {
                         let output = e.output().to_string();
