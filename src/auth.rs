@@ -128,6 +128,61 @@ pub fn check(store: &Store, presented: &str) -> Result<Option<Token>, StoreError
 
 /// How long a dashboard session lasts.
 pub const SESSION_HOURS: i64 = 12;
+
+/// The session cookie's name over plain HTTP.
+pub const SESSION_COOKIE: &str = "ferry_session";
+/// The session cookie's name when the dashboard is served over TLS: browsers take a
+/// `__Host-` cookie only with `Secure`, `Path=/` and no `Domain`, so neither plain HTTP nor
+/// another host can set or overwrite it.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-ferry_session";
+/// Every cookie ferry sets. Cookies ignore ports, so a browser sends them to every
+/// environment's proxy on ferry's host too: the proxy strips these from what it forwards.
+pub const COOKIES: &[&str] = &[SESSION_COOKIE, SECURE_SESSION_COOKIE];
+
+/// How the session cookie is written: `secure` (the dashboard is served over TLS) gives it
+/// the `__Host-` name and the `Secure` attribute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionCookie {
+    pub secure: bool,
+}
+
+impl SessionCookie {
+    pub fn name(self) -> &'static str {
+        if self.secure {
+            SECURE_SESSION_COOKIE
+        } else {
+            SESSION_COOKIE
+        }
+    }
+
+    /// The `Set-Cookie` value that opens a session holding `secret`.
+    pub fn set(self, secret: &str) -> String {
+        self.with_value(secret, SESSION_HOURS * 3600)
+    }
+
+    /// The `Set-Cookie` value that removes the cookie.
+    pub fn clear(self) -> String {
+        self.with_value("", 0)
+    }
+
+    fn with_value(self, value: &str, max_age: i64) -> String {
+        let secure = if self.secure { "; Secure" } else { "" };
+        format!(
+            "{}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}",
+            self.name()
+        )
+    }
+
+    /// This cookie's value among the `Cookie` header values of a request.
+    pub fn find<'a>(self, cookie_headers: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+        cookie_headers
+            .into_iter()
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == self.name())
+            .map(|(_, value)| value)
+    }
+}
 const SESSION_PREFIX: &str = "ferrysession_";
 
 /// A signed-in dashboard session: the token it was opened with, and the CSRF token every form
@@ -241,6 +296,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("ferry.db")).unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn the_session_cookie_gets_secure_and_a_host_prefix_over_tls() {
+        let plain = SessionCookie { secure: false };
+        assert_eq!(
+            plain.set("s3"),
+            "ferry_session=s3; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200"
+        );
+        let tls = SessionCookie { secure: true };
+        assert_eq!(
+            tls.set("s3"),
+            "__Host-ferry_session=s3; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200; Secure"
+        );
+        assert!(
+            tls.clear().starts_with("__Host-ferry_session=; ") && tls.clear().contains("Max-Age=0")
+        );
+        let headers = ["a=1; ferry_session=p", "__Host-ferry_session=t"];
+        assert_eq!(plain.find(headers), Some("p"));
+        assert_eq!(tls.find(headers), Some("t"));
+        // over TLS a plain-named cookie (which plain HTTP could have set) is not a session
+        assert_eq!(tls.find(["ferry_session=p"]), None);
+        assert!(COOKIES.contains(&plain.name()) && COOKIES.contains(&tls.name()));
     }
 
     #[test]

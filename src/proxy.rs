@@ -280,6 +280,7 @@ impl Proxy {
             HeaderName::from_static("x-forwarded-proto"),
             HeaderValue::from_static("http"),
         );
+        strip_ferry_cookies(headers);
         let sent = match self.upstream_conn(cache, &guard.0).await {
             Ok(mut conn) => {
                 let response = conn.sender.send_request(req);
@@ -295,6 +296,7 @@ impl Proxy {
                 for name in HOP_BY_HOP {
                     parts.headers.remove(*name);
                 }
+                strip_ferry_set_cookies(&mut parts.headers);
                 let body = TrackedBody {
                     inner: body,
                     _guard: guard,
@@ -361,6 +363,65 @@ impl Proxy {
         }
         drop(listener);
         let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    }
+}
+
+/// True when `pair` (`name=value` of a `Cookie` or `Set-Cookie` header) is one of ferry's own
+/// cookies ([`crate::auth::COOKIES`]).
+fn is_ferry_cookie(pair: &[u8]) -> bool {
+    let name = pair
+        .split(|b| *b == b'=')
+        .next()
+        .unwrap_or(pair)
+        .trim_ascii();
+    crate::auth::COOKIES.iter().any(|c| c.as_bytes() == name)
+}
+
+/// Removes ferry's own cookies from the `Cookie` headers of a request going to an app and keeps
+/// the app's (in one header); the header goes when nothing is left. A browser sends the
+/// dashboard's session cookie to every port of ferry's host, so without this any app would
+/// receive it and could act as whoever signed in.
+fn strip_ferry_cookies(headers: &mut hyper::HeaderMap) {
+    let values = headers.get_all(header::COOKIE);
+    let pairs = || {
+        values
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+            .map(<[u8]>::trim_ascii)
+            .filter(|pair| !pair.is_empty())
+    };
+    if !pairs().any(is_ferry_cookie) {
+        return;
+    }
+    let kept: Vec<&[u8]> = pairs().filter(|pair| !is_ferry_cookie(pair)).collect();
+    let kept = HeaderValue::from_bytes(&kept.join(&b"; "[..]));
+    headers.remove(header::COOKIE);
+    if let Ok(value) = kept
+        && !value.is_empty()
+    {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Drops the `Set-Cookie` headers of an app's response that would set one of ferry's own
+/// cookies (an app must not plant a session of its choosing in the dashboard's browser).
+fn strip_ferry_set_cookies(headers: &mut hyper::HeaderMap) {
+    if !headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .any(|v| is_ferry_cookie(v.as_bytes()))
+    {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| !is_ferry_cookie(v.as_bytes()))
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for value in kept {
+        headers.append(header::SET_COOKIE, value);
     }
 }
 

@@ -26,7 +26,8 @@
 //!   consistent copy has as many rows in each. `/count` answers the row count of `a`.
 //!
 //! Routes: `/` (message, version, environment), `/health`, `/version` (JSON), `/slow`,
-//! `/log?line=TEXT` (prints TEXT to stdout).
+//! `/log?line=TEXT` (prints TEXT to stdout), `/headers` (the request's headers, one
+//! `name: value` line each; every `?set_cookie=NAME=VALUE` is answered as a `Set-Cookie`).
 //! SIGTERM stops it after the requests in flight finish.
 
 use std::collections::HashMap;
@@ -182,6 +183,7 @@ pub async fn run() -> std::io::Result<()> {
                 },
             ),
         )
+        .route("/headers", get(echo_headers))
         .route(
             "/slow",
             get(move || async move {
@@ -203,6 +205,23 @@ pub async fn run() -> std::io::Result<()> {
         .await?;
     println!("sample app {version} stopped");
     Ok(())
+}
+
+/// `/headers`: what the app received, so tests can see what the proxy forwards.
+async fn echo_headers(
+    axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
+    headers: axum::http::HeaderMap,
+) -> impl axum::response::IntoResponse {
+    let text: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())))
+        .collect();
+    let set: Vec<(&'static str, String)> = query
+        .into_iter()
+        .filter(|(k, _)| k == "set_cookie")
+        .map(|(_, v)| ("set-cookie", v))
+        .collect();
+    (axum::response::AppendHeaders(set), text)
 }
 
 /// Writes `mib` MiB of numbered log lines to stdout.

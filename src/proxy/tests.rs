@@ -28,6 +28,24 @@ async fn backend(name: &'static str) -> SocketAddr {
             }),
         )
         .route(
+            "/cookies",
+            get(move |headers: HeaderMap| async move {
+                let cookies: Vec<&str> = headers
+                    .get_all("cookie")
+                    .iter()
+                    .map(|v| v.to_str().unwrap())
+                    .collect();
+                (
+                    axum::response::AppendHeaders([
+                        ("set-cookie", "app=2; Path=/"),
+                        ("set-cookie", "ferry_session=planted; Path=/"),
+                        ("set-cookie", "__Host-ferry_session=planted; Path=/; Secure"),
+                    ]),
+                    format!("{} cookie headers: {}", cookies.len(), cookies.join(" | ")),
+                )
+            }),
+        )
+        .route(
             "/slow",
             get(move || async move {
                 tokio::time::sleep(Duration::from_millis(400)).await;
@@ -163,4 +181,41 @@ async fn maintenance_answers_503_with_a_page_and_retry_after_then_traffic_resume
     proxy.set_maintenance(None);
     let resp = client().get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn ferry_cookies_never_reach_the_app_and_the_app_cannot_set_them() {
+    let (proxy, url, _stop) = start_proxy().await;
+    proxy.switch(Some(Upstream::new(backend("app").await)));
+    let get = |cookie: &'static str| {
+        let url = url.clone();
+        async move {
+            let mut req = client().get(format!("{url}/cookies"));
+            if !cookie.is_empty() {
+                req = req.header("cookie", cookie);
+            }
+            let resp = req.send().await.unwrap();
+            let set: Vec<String> = resp
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect();
+            (resp.text().await.unwrap(), set)
+        }
+    };
+    let (body, set) =
+        get("app=1; ferry_session=ferrysession_s3cret;theme=dark ; __Host-ferry_session=x").await;
+    assert_eq!(body, "1 cookie headers: app=1; theme=dark");
+    assert_eq!(set, ["app=2; Path=/"], "the app's own cookie only");
+    let (body, _) = get("ferry_session=ferrysession_s3cret").await;
+    assert_eq!(body, "0 cookie headers: ", "nothing left: no Cookie header");
+    // an app cookie whose name merely contains ferry's is the app's
+    let (body, _) = get("my_ferry_session=1; ferry_session_x=2").await;
+    assert_eq!(
+        body,
+        "1 cookie headers: my_ferry_session=1; ferry_session_x=2"
+    );
+    let (body, _) = get("").await;
+    assert_eq!(body, "0 cookie headers: ");
 }

@@ -121,6 +121,9 @@ pub struct AppState {
     /// Flips to true when ferry stops; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
     pub hooks: Arc<hooks::Hooks>,
+    /// How the dashboard's session cookie is written; `secure` once the dashboard is served
+    /// over TLS (it is not yet).
+    pub session_cookie: crate::auth::SessionCookie,
     /// Commits between two shas, as the dashboard lists them (they never change).
     commits: Arc<std::sync::Mutex<CommitCache>>,
 }
@@ -135,6 +138,7 @@ impl AppState {
             hooks: Arc::new(hooks::Hooks::new(&engine.config)?),
             engine,
             metrics: Arc::default(),
+            session_cookie: crate::auth::SessionCookie::default(),
             commits: Arc::default(),
             shutdown,
         })

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::pages::Notice;
 use super::views::{self, Page};
-use super::{COOKIE, Viewer, cookie_secret};
+use super::{Viewer, cookie_secret};
 use crate::auth;
 use crate::pipeline::EngineError;
 use crate::server::{ApiError, AppState, parse_id};
@@ -96,10 +96,7 @@ pub async fn sign_in(
 ) -> Response {
     match auth::sign_in(&app.engine.store, &form.token) {
         Ok(Some(secret)) => {
-            let cookie = format!(
-                "{COOKIE}={secret}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-                auth::SESSION_HOURS * 3600
-            );
+            let cookie = app.session_cookie.set(&secret);
             let mut resp = done("/", Notice::SignedIn);
             if let Ok(value) = header::HeaderValue::from_str(&cookie) {
                 resp.headers_mut().insert(header::SET_COOKIE, value);
@@ -123,18 +120,15 @@ pub async fn sign_in(
 }
 
 pub async fn sign_out(State(app): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    if let Some(secret) = cookie_secret(&headers)
+    if let Some(secret) = cookie_secret(&app, &headers)
         && let Err(e) = auth::sign_out(&app.engine.store, secret)
     {
         tracing::error!(error = %e, "cannot end the session");
     }
     let mut resp = done("/", Notice::SignedOut);
-    resp.headers_mut().insert(
-        header::SET_COOKIE,
-        header::HeaderValue::from_static(
-            "ferry_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
-        ),
-    );
+    if let Ok(value) = header::HeaderValue::from_str(&app.session_cookie.clear()) {
+        resp.headers_mut().insert(header::SET_COOKIE, value);
+    }
     resp
 }
 

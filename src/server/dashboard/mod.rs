@@ -36,8 +36,6 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use super::AppState;
 use crate::auth::{self, Session};
 
-/// The session cookie's name.
-pub const COOKIE: &str = "ferry_session";
 /// The largest form body a dashboard POST may send.
 const FORM_LIMIT: usize = 64 * 1024;
 
@@ -130,15 +128,13 @@ fn pages(app: AppState) -> Router<AppState> {
 }
 
 /// The session secret in the request's cookie, if any.
-fn cookie_secret(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value)
+fn cookie_secret<'a>(app: &AppState, headers: &'a HeaderMap) -> Option<&'a str> {
+    app.session_cookie.find(
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
 }
 
 /// The live session a request's cookie names.
@@ -146,7 +142,7 @@ pub fn session(
     app: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<Session>, crate::store::StoreError> {
-    match cookie_secret(headers) {
+    match cookie_secret(app, headers) {
         None => Ok(None),
         Some(secret) => auth::session(&app.engine.store, secret),
     }
