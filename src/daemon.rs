@@ -71,6 +71,7 @@ impl Daemon {
             source,
         })?;
         let lock = lock_state_dir(&config.state_dir)?;
+        raise_open_files_limit(&config);
         let store = Store::open(&config.state_dir.join("ferry.db"))?;
         let engine = Engine::new(Arc::new(config), store)?;
         tighten_logs(&engine.config);
@@ -92,7 +93,11 @@ impl Daemon {
         tracing::info!(path = %token_file.display(), "wrote the local API token");
         let mut tasks = Vec::new();
         for (proxy, listener) in proxies {
-            tasks.push(tokio::spawn(proxy.serve(listener, rx.clone())));
+            tasks.push(tokio::spawn(proxy.serve(
+                listener,
+                engine.config.proxy,
+                rx.clone(),
+            )));
         }
         tasks.push(tokio::spawn(engine.clone().supervise(rx.clone())));
         tasks.push(tokio::spawn(engine.clone().watch_health(rx.clone())));
@@ -168,6 +173,48 @@ fn tighten_logs(config: &Config) {
                 tracing::warn!(file = %path.display(), error = %e, "cannot make the log private");
             }
         }
+    }
+}
+
+/// Descriptors kept free of every listener's budget: the store, logs, pipes, git, health checks.
+const SPARE_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft limit of open files to the hard limit, so connections run into ferry's own
+/// limits (`[server]`, `[proxy]`) long before the kernel's; warns when those budgets together
+/// could still exceed it. (Instances and commands inherit the raised limit.)
+fn raise_open_files_limit(config: &Config) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open files limit");
+            return;
+        }
+    };
+    let soft = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::info!(from = soft, to = hard, "raised the open files limit");
+                hard
+            }
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    // a proxied connection holds two descriptors: the client's and the app's
+    let budget = config.server.connections.max_connections as u64
+        + 2 * config.proxy.max_connections as u64 * config.environments.len() as u64
+        + SPARE_DESCRIPTORS;
+    if budget > soft {
+        tracing::warn!(
+            open_files_limit = soft,
+            needed = budget,
+            "the connection limits ([server] and [proxy] max_connections) add up to more descriptors than ferry may open; lower them or raise the hard limit (LimitNOFILE= in a systemd unit)"
+        );
     }
 }
 

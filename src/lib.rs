@@ -11,7 +11,10 @@
 //!   the state dir, and the redaction of known secrets from everything ferry records.
 //! - [`runtime`]: spawns instances in their own process groups with their environment and
 //!   secrets, pumps their output into the rotated app log, stops them (SIGTERM, then SIGKILL).
-//! - [`proxy`]: one HTTP/1.1 listener per environment; atomic upstream switch; drain.
+//! - [`listener`]: serving HTTP/1.1 on a listener under its own connection budget (header
+//!   timeout, per-client and overall limits), for the API and each proxy.
+//! - [`proxy`]: one HTTP/1.1 listener per environment; atomic upstream switch; drain; ferry's
+//!   cookies stripped.
 //! - [`health`]: startup probes of a new instance.
 //! - [`backup`]: SQLite online backups and file snapshots of shared data; restoring one.
 //! - [`changelog`]: release notes from conventional commits, in Keep a Changelog form.
@@ -41,6 +44,7 @@ pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod health;
+pub mod listener;
 pub mod notify;
 pub mod pipeline;
 pub mod policy;

@@ -27,6 +27,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
+use crate::listener::{ConnLimits, ConnStats, Gate};
+
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// One instance the proxy can send traffic to.
@@ -109,6 +111,8 @@ impl Body for TrackedBody {
 pub struct Stats {
     pub requests: AtomicU64,
     pub errors: AtomicU64,
+    /// The proxy's own connections (open, refused, closed at its limits).
+    pub connections: Arc<ConnStats>,
 }
 
 /// An environment's proxy: cheap to clone, shared by the listener and the pipeline.
@@ -329,40 +333,30 @@ impl Proxy {
         resp
     }
 
-    /// Serves `listener` until `shutdown` turns true, then lets open connections finish.
-    pub async fn serve(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "proxy accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = stopped(&mut shutdown) => break,
-            };
-            let _ = stream.set_nodelay(true);
+    /// Serves `listener` under `limits` (its own budget: another proxy's or the API's
+    /// connections never take from it) until `shutdown` turns true, then lets open connections
+    /// finish.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        limits: ConnLimits,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let gate = Gate::new(
+            format!("proxy {}", self.inner.environment),
+            limits,
+            self.inner.stats.connections.clone(),
+        );
+        let service = move |peer: SocketAddr| {
             let proxy = self.clone();
             let cache: ConnCache = Arc::default();
-            let service = hyper::service::service_fn(move |req| {
+            hyper::service::service_fn(move |req| {
                 let proxy = proxy.clone();
                 let cache = cache.clone();
                 async move { Ok::<_, Infallible>(proxy.handle(req, peer, &cache).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .writev(false)
-                .serve_connection(TokioIo::new(stream), service);
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-        }
-        drop(listener);
-        let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+            })
+        };
+        crate::listener::serve(listener, gate, service, shutdown).await;
     }
 }
 

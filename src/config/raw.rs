@@ -11,8 +11,8 @@ use toml::Spanned;
 
 use super::duration::HumanDuration;
 use super::{
-    App, Config, Diagnostic, Environment, Health, NOTIFY_EVENTS, Notify, NotifyFormat,
-    RESERVED_VARS, Server, Track, Webhooks,
+    App, Config, ConnLimits, DEFAULT_MAX_STREAMS, Diagnostic, Environment, Health, NOTIFY_EVENTS,
+    Notify, NotifyFormat, RESERVED_VARS, Server, Track, Webhooks,
 };
 
 #[derive(Deserialize)]
@@ -27,6 +27,8 @@ pub struct RawConfig {
     monitor: Option<RawMonitor>,
     #[serde(default)]
     server: RawServer,
+    #[serde(default)]
+    proxy: RawProxy,
     #[serde(default)]
     webhooks: RawWebhooks,
     #[serde(default)]
@@ -151,6 +153,19 @@ struct RawServer {
     open_reads: Option<bool>,
     #[serde(default)]
     hosts: Vec<Spanned<String>>,
+    max_connections: Option<Spanned<i64>>,
+    max_connections_per_client: Option<Spanned<i64>>,
+    header_timeout: Option<Spanned<HumanDuration>>,
+    max_streams: Option<Spanned<i64>>,
+}
+
+/// `[proxy]`: connection limits of every environment's proxy.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    max_connections: Option<Spanned<i64>>,
+    max_connections_per_client: Option<Spanned<i64>>,
+    header_timeout: Option<Spanned<HumanDuration>>,
 }
 
 /// A hint for serde's own messages, which already say what was expected.
@@ -260,7 +275,31 @@ impl RawConfig {
                 listen: server_listen,
                 open_reads: self.server.open_reads.unwrap_or(false),
                 hosts: server_hosts,
+                connections: validate_limits(
+                    "[server]",
+                    ConnLimits::API,
+                    (
+                        self.server.max_connections,
+                        self.server.max_connections_per_client,
+                        self.server.header_timeout,
+                    ),
+                    &fail,
+                )?,
+                max_streams: match self.server.max_streams {
+                    None => DEFAULT_MAX_STREAMS,
+                    Some(n) => count(n, "max_streams", &fail)?,
+                },
             },
+            proxy: validate_limits(
+                "[proxy]",
+                ConnLimits::PROXY,
+                (
+                    self.proxy.max_connections,
+                    self.proxy.max_connections_per_client,
+                    self.proxy.header_timeout,
+                ),
+                &fail,
+            )?,
             webhooks: validate_webhooks(self.webhooks, &fail)?,
             notify: self
                 .notify
@@ -392,6 +431,67 @@ fn validate_repo(
         ));
     }
     Ok(local.to_string_lossy().into_owned())
+}
+
+/// A positive count of a limit.
+fn count(n: Spanned<i64>, key: &str, fail: &Fail) -> Result<usize, Diagnostic> {
+    match usize::try_from(*n.get_ref()) {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err(fail(
+            n.span(),
+            format!("{key} = {} is out of range", n.get_ref()),
+            "write a number from 1 up",
+        )),
+    }
+}
+
+type RawLimits = (
+    Option<Spanned<i64>>,
+    Option<Spanned<i64>>,
+    Option<Spanned<HumanDuration>>,
+);
+
+/// A listener's connection limits: `defaults` where a key is left out.
+fn validate_limits(
+    table: &str,
+    defaults: ConnLimits,
+    (max, per_client, header_timeout): RawLimits,
+    fail: &Fail,
+) -> Result<ConnLimits, Diagnostic> {
+    let max_connections = match max {
+        None => defaults.max_connections,
+        Some(n) => count(n, "max_connections", fail)?,
+    };
+    let max_connections_per_client = match per_client {
+        None => defaults.max_connections_per_client.min(max_connections),
+        Some(n) if usize::try_from(*n.get_ref()).is_ok_and(|v| v > max_connections) => {
+            return Err(fail(
+                n.span(),
+                format!(
+                    "max_connections_per_client = {} is more than {table} max_connections ({max_connections})",
+                    n.get_ref()
+                ),
+                "a client cannot hold more than all connections: lower it or raise max_connections",
+            ));
+        }
+        Some(n) => count(n, "max_connections_per_client", fail)?,
+    };
+    let header_timeout = match header_timeout {
+        None => defaults.header_timeout,
+        Some(d) if d.get_ref().0.is_zero() => {
+            return Err(fail(
+                d.span(),
+                "header_timeout = \"0s\" would cut every connection at once".into(),
+                "give clients time to send a request header, like \"10s\"",
+            ));
+        }
+        Some(d) => d.into_inner().0,
+    };
+    Ok(ConnLimits {
+        max_connections,
+        max_connections_per_client,
+        header_timeout,
+    })
 }
 
 fn validate_health(raw: RawHealth, fail: &Fail) -> Result<Health, Diagnostic> {

@@ -75,6 +75,19 @@ listen = "127.0.0.1:7070"       # ferry's API, webhooks and metrics; every call 
 # hosts = ["ferry.example.com"] # other names ferry is reached by (the Host header; webhooks
                                 # too): requests naming anything else get 421
 # open_reads = false            # true: reads need no token from a loopback peer
+# Connections: the API and each environment's proxy have budgets of their own. At a limit the
+# oldest idle connection is closed to make room (or, all busy, the new one gets 503).
+# max_connections = 512           # open at once
+# max_connections_per_client = 128  # from one address (IPv6: one /64)
+# header_timeout = "10s"          # to send a request header, also after each response
+# max_streams = 64                # /api/events streams and followed logs open at once
+
+# Each environment's proxy (the same keys; defaults shown). Behind a load balancer every
+# request comes from its address: raise max_connections_per_client to max_connections.
+# [proxy]
+# max_connections = 2048
+# max_connections_per_client = 256
+# header_timeout = "10s"
 
 # Webhooks: name the environment variables holding the shared secrets (never the secrets).
 # GitHub: POST /hooks/github (either content type); GitLab: POST /hooks/gitlab.

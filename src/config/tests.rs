@@ -542,3 +542,52 @@ fn server_access_keys_default_closed_and_are_checked() {
     );
     assert!(d.message.contains("not_by_deployer"), "{}", d.message);
 }
+
+#[test]
+fn connection_limits_have_defaults_and_are_read_and_checked() {
+    let dir = sandbox();
+    let config = parse(dir.path(), MINIMAL).unwrap();
+    assert_eq!(config.server.connections, ConnLimits::API);
+    assert_eq!(config.server.max_streams, 64);
+    assert_eq!(config.proxy, ConnLimits::PROXY);
+    let text = format!(
+        "{MINIMAL}\n[server]\nmax_connections = 100\nmax_connections_per_client = 10\n\
+         header_timeout = \"2s\"\nmax_streams = 5\n\n[proxy]\nmax_connections = 50\n"
+    );
+    let config = parse(dir.path(), &text).unwrap();
+    assert_eq!(
+        config.server.connections,
+        ConnLimits {
+            max_connections: 100,
+            max_connections_per_client: 10,
+            header_timeout: Duration::from_secs(2),
+        }
+    );
+    assert_eq!(config.server.max_streams, 5);
+    // a per-client default above the whole is brought down to it
+    assert_eq!(config.proxy.max_connections, 50);
+    assert_eq!(config.proxy.max_connections_per_client, 50);
+    for (table, says) in [
+        (
+            "[server]\nmax_connections = 0",
+            "max_connections = 0 is out of range",
+        ),
+        ("[proxy]\nmax_connections_per_client = -1", "out of range"),
+        (
+            "[proxy]\nmax_connections = 10\nmax_connections_per_client = 11",
+            "is more than [proxy] max_connections (10)",
+        ),
+        (
+            "[server]\nheader_timeout = \"0s\"",
+            "would cut every connection",
+        ),
+        (
+            "[server]\nmax_streams = 0",
+            "max_streams = 0 is out of range",
+        ),
+        ("[proxy]\nmax_streams = 3", "unknown field"),
+    ] {
+        let d = diagnostic(dir.path(), &format!("{MINIMAL}\n{table}\n"));
+        assert!(d.message.contains(says), "{says}: {}", d.message);
+    }
+}

@@ -1,9 +1,9 @@
 //! `GET /api/environments/{env}/logs?n=N&follow=true`: the tail of the app log, and with
-//! `follow` the lines written after it, streamed as they come (rotation is followed).
+//! `follow` the lines written after it, streamed as they come (rotation is followed) until
+//! ferry stops; followed logs count against `[server] max_streams`.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -13,8 +13,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::ApiResult;
-use crate::pipeline::Engine;
+use super::{ApiResult, AppState};
+
+/// What a followed log holds while it streams: its place among the streams, and the
+/// shutdown watch that ends it.
+type Held = (
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::watch::Receiver<bool>,
+);
 
 #[derive(Deserialize)]
 pub(super) struct LogQuery {
@@ -49,11 +55,11 @@ fn tail(path: &std::path::Path, n: usize) -> std::io::Result<(Vec<u8>, u64)> {
 }
 
 pub(super) async fn logs(
-    State(engine): State<Arc<Engine>>,
+    State(app): State<AppState>,
     Path(env): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> ApiResult<Response> {
-    let state = engine.env(&env)?;
+    let state = app.engine.env(&env)?;
     let path = state.log.path();
     let n = q.n.unwrap_or(100).min(100_000);
     let (first, offset) = tokio::task::spawn_blocking({
@@ -66,18 +72,22 @@ pub(super) async fn logs(
     if !q.follow.unwrap_or(false) {
         return Ok((headers, first).into_response());
     }
+    let held = (super::stream::stream_permit(&app)?, app.shutdown.clone());
     let stream = futures_util::stream::unfold(
-        (Some(first), path, offset),
-        |(pending, path, offset): (Option<Vec<u8>>, PathBuf, u64)| async move {
+        (Some(first), path, offset, held),
+        |(pending, path, offset, mut held): (Option<Vec<u8>>, PathBuf, u64, Held)| async move {
             if let Some(first) = pending {
                 return Some((
                     Ok::<_, std::io::Error>(Bytes::from(first)),
-                    (None, path, offset),
+                    (None, path, offset, held),
                 ));
             }
             let mut offset = offset;
             loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    () = crate::proxy::stopped(&mut held.1) => return None,
+                }
                 let read = tokio::task::spawn_blocking({
                     let path = path.clone();
                     move || -> std::io::Result<(Vec<u8>, u64)> {
@@ -98,7 +108,7 @@ pub(super) async fn logs(
                     }
                     if !buf.is_empty() {
                         offset += buf.len() as u64;
-                        return Some((Ok(Bytes::from(buf)), (None, path, offset)));
+                        return Some((Ok(Bytes::from(buf)), (None, path, offset, held)));
                     }
                 }
             }

@@ -6,7 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::header;
@@ -15,6 +16,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::{ApiError, AppState};
 use crate::events::{Bus, Event};
+use crate::listener::ConnStats;
 use crate::store::StepState;
 
 /// Upper bounds (seconds) of the step duration histogram's buckets.
@@ -52,6 +54,10 @@ pub struct Metrics {
     webhooks: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// outcome → notifications.
     notifications: Mutex<BTreeMap<&'static str, u64>>,
+    /// The API's own connections.
+    pub connections: Arc<ConnStats>,
+    /// Event streams and followed logs refused at `[server] max_streams`.
+    pub streams_refused: AtomicU64,
 }
 
 fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
@@ -192,6 +198,10 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
         "The version each environment serves (value 1).",
     );
     let mut proxies = String::new();
+    let mut conns = vec![(
+        "listener=\"api\"".to_string(),
+        app.metrics.connections.clone(),
+    )];
     for state in engine.environments() {
         let name = &state.env.name;
         let s = engine.status(name).await?;
@@ -206,6 +216,10 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
             );
         }
         let stats = state.proxy.stats();
+        conns.push((
+            format!("listener=\"proxy\",environment=\"{}\"", label(name)),
+            stats.connections.clone(),
+        ));
         let _ = writeln!(
             proxies,
             "ferry_proxy_requests_total{{environment=\"{0}\"}} {1}\n\
@@ -215,6 +229,7 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
             stats.errors.load(std::sync::atomic::Ordering::Relaxed),
         );
     }
+    connections(&mut out, &app, &conns);
     header(
         &mut out,
         "ferry_proxy_requests_total",
@@ -273,6 +288,77 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
         out,
     )
         .into_response())
+}
+
+/// A connection series: name, type, help, and the counter it reads.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ConnStats) -> &AtomicU64,
+);
+
+/// Each listener's connections, and the API's streams.
+fn connections(out: &mut String, app: &AppState, conns: &[(String, Arc<ConnStats>)]) {
+    let series: [Series; 4] = [
+        (
+            "ferry_connections_open",
+            "gauge",
+            "Connections open now, by listener (the API, each environment's proxy).",
+            |s| &s.open,
+        ),
+        (
+            "ferry_connections_refused_total",
+            "counter",
+            "Connections answered 503 and closed at a connection limit (every connection busy).",
+            |s| &s.refused,
+        ),
+        (
+            "ferry_connections_closed_idle_total",
+            "counter",
+            "Idle connections (half-open, or kept alive) closed to make room at a connection limit.",
+            |s| &s.evicted,
+        ),
+        (
+            "ferry_connections_header_timeouts_total",
+            "counter",
+            "Connections closed because no complete request header came within header_timeout.",
+            |s| &s.timed_out,
+        ),
+    ];
+    for (name, kind, help, field) in series {
+        header(out, name, kind, help);
+        for (labels, stats) in conns {
+            let _ = writeln!(
+                out,
+                "{name}{{{labels}}} {}",
+                field(stats).load(Ordering::Relaxed)
+            );
+        }
+    }
+    let max = app.engine.config.server.max_streams;
+    header(
+        out,
+        "ferry_streams_open",
+        "gauge",
+        "Event streams and followed logs open now ([server] max_streams at most).",
+    );
+    let _ = writeln!(
+        out,
+        "ferry_streams_open {}",
+        max.saturating_sub(app.streams.available_permits())
+    );
+    header(
+        out,
+        "ferry_streams_refused_total",
+        "counter",
+        "Event streams and followed logs refused at [server] max_streams.",
+    );
+    let _ = writeln!(
+        out,
+        "ferry_streams_refused_total {}",
+        app.metrics.streams_refused.load(Ordering::Relaxed)
+    );
 }
 
 fn counters<K>(

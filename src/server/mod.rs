@@ -121,6 +121,8 @@ pub struct AppState {
     /// Flips to true when ferry stops; long-lived streams end then.
     pub shutdown: watch::Receiver<bool>,
     pub hooks: Arc<hooks::Hooks>,
+    /// Event streams and followed logs open at once ([`crate::config::Server::max_streams`]).
+    pub streams: Arc<tokio::sync::Semaphore>,
     /// How the dashboard's session cookie is written; `secure` once the dashboard is served
     /// over TLS (it is not yet).
     pub session_cookie: crate::auth::SessionCookie,
@@ -134,11 +136,15 @@ type CommitCache =
 impl AppState {
     /// Fails when `[webhooks]` names a variable that is not set.
     pub fn new(engine: Arc<Engine>, shutdown: watch::Receiver<bool>) -> Result<AppState, String> {
+        let streams = Arc::new(tokio::sync::Semaphore::new(
+            engine.config.server.max_streams,
+        ));
         Ok(AppState {
             hooks: Arc::new(hooks::Hooks::new(&engine.config)?),
             engine,
             metrics: Arc::default(),
             session_cookie: crate::auth::SessionCookie::default(),
+            streams,
             commits: Arc::default(),
             shutdown,
         })
@@ -244,13 +250,28 @@ async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::N
     next.run(req).await
 }
 
-/// Serves the API on `listener` until `app.shutdown` says stop.
+/// Serves the API on `listener` until `app.shutdown` says stop: HTTP/1.1 under `[server]`'s
+/// connection limits, in a budget of its own ([`crate::listener`]); each request carries its
+/// peer's address (`ConnectInfo<SocketAddr>`).
 pub async fn serve(app: AppState, listener: TcpListener) -> std::io::Result<()> {
-    let mut shutdown = app.shutdown.clone();
-    let service = router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(async move { crate::proxy::stopped(&mut shutdown).await })
-        .await
+    use hyper::service::Service as _;
+    let gate = crate::listener::Gate::new(
+        "api",
+        app.engine.config.server.connections,
+        app.metrics.connections.clone(),
+    );
+    let shutdown = app.shutdown.clone();
+    let router = router(app);
+    let service = move |peer: std::net::SocketAddr| {
+        let router = hyper_util::service::TowerToHyperService::new(router.clone());
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            router.call(req)
+        })
+    };
+    crate::listener::serve(listener, gate, service, shutdown).await;
+    Ok(())
 }
 
 /// `GET /health`: ferry itself. 200 when the store answers and every environment's proxy

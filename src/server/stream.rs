@@ -2,7 +2,7 @@
 //! server-sent events (`event: deployment|step|probe`, `data:` the JSON of
 //! [`crate::events::Event`]). `?environment=` and `?deployment=` narrow the stream. A client
 //! too slow to keep up gets an `event: lagged` saying how many it missed. The stream ends when
-//! ferry stops.
+//! ferry stops. Streams are capped (`[server] max_streams`, with followed logs): past it, 503.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -13,7 +13,10 @@ use futures_util::Stream;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{ApiResult, AppState};
+use axum::http::StatusCode;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{ApiError, ApiResult, AppState};
 use crate::events::Event;
 
 #[derive(Deserialize)]
@@ -46,6 +49,24 @@ impl EventsQuery {
     }
 }
 
+/// A place among the streams open at once (`[server] max_streams`, event streams and
+/// followed logs together), held until the stream ends; 503 when none is free.
+pub(super) fn stream_permit(app: &AppState) -> ApiResult<OwnedSemaphorePermit> {
+    app.streams.clone().try_acquire_owned().map_err(|_| {
+        app.metrics
+            .streams_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            format!(
+                "{} event streams and followed logs are open, as many as [server] max_streams allows; try again later",
+                app.engine.config.server.max_streams
+            ),
+        )
+    })
+}
+
 pub async fn events(
     State(app): State<AppState>,
     Query(q): Query<EventsQuery>,
@@ -53,10 +74,12 @@ pub async fn events(
     if let Some(env) = &q.environment {
         app.engine.env(env)?;
     }
+    let permit = stream_permit(&app)?;
     let rx = app.engine.store.events().subscribe();
     let shutdown = app.shutdown.clone();
-    let stream =
-        futures_util::stream::unfold((rx, shutdown, q), |(mut rx, mut shutdown, q)| async move {
+    let stream = futures_util::stream::unfold(
+        (rx, shutdown, q, permit),
+        |(mut rx, mut shutdown, q, permit)| async move {
             loop {
                 let next = tokio::select! {
                     e = rx.recv() => e,
@@ -73,8 +96,9 @@ pub async fn events(
                         .data(format!("{{\"missed\":{n}}}")),
                     Err(RecvError::Closed) => return None,
                 };
-                return Some((Ok(sse), (rx, shutdown, q)));
+                return Some((Ok(sse), (rx, shutdown, q, permit)));
             }
-        });
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

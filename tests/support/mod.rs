@@ -68,6 +68,8 @@ pub struct Sandbox {
     pub envs: Vec<(String, String)>,
     /// Extra environment variables for `ferry serve` (webhook secrets).
     pub serve_env: Vec<(String, String)>,
+    /// A limit of open files (soft and hard) for `ferry serve`, set with the shell's `ulimit`.
+    pub serve_open_files: Option<u64>,
     serve: Option<Child>,
 }
 
@@ -175,6 +177,7 @@ listen = "127.0.0.1:{api_port}"
             api: format!("http://127.0.0.1:{api_port}"),
             envs,
             serve_env: Vec::new(),
+            serve_open_files: None,
             serve: None,
         }
     }
@@ -198,7 +201,17 @@ listen = "127.0.0.1:{api_port}"
             .append(true)
             .open(self.dir.path().join("serve.log"))
             .unwrap();
-        let child = Command::new(FERRY)
+        let mut command = match self.serve_open_files {
+            None => Command::new(FERRY),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(FERRY);
+                sh
+            }
+        };
+        let child = command
             .arg("serve")
             .arg("-c")
             .arg(&self.config)
