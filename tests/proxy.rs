@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{GOOD, Options, Rel, Sandbox, get};
+use support::{GOOD, Options, Rel, Sandbox};
 
 fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
@@ -155,7 +155,7 @@ fn half_open_floods_starve_neither_the_api_nor_another_environment_nor_a_deploy(
     let api_flood = half_open(&s.api, API_FLOOD);
 
     // the API answers, a deploy of the other environment succeeds and its traffic flows
-    let (status, _) = get(&format!("{}/api/environments", s.api)).expect("the API answers");
+    let (status, _) = s.get("/api/environments").expect("the API answers");
     assert_eq!(status, 200);
     s.deploy_ok("production", "v1.1.0");
     assert_eq!(s.serving("production").0, "v1.1.0");
@@ -165,7 +165,7 @@ fn half_open_floods_starve_neither_the_api_nor_another_environment_nor_a_deploy(
     // a prompt client of the flooded environment still gets in: an idle connection makes room
     assert_eq!(s.serving("staging").0, "v1.0.0");
 
-    let (_, metrics) = get(&format!("{}/metrics", s.api)).expect("metrics");
+    let (_, metrics) = s.get("/metrics").expect("metrics");
     let closed = |labels: &str| {
         metric(
             &metrics,
@@ -248,7 +248,7 @@ fn a_header_trickled_slower_than_the_timeout_is_cut() {
     );
     let answer = String::from_utf8_lossy(&answer);
     assert!(!answer.contains(" 200 "), "{answer}");
-    let (_, metrics) = get(&format!("{}/metrics", s.api)).expect("metrics");
+    let (_, metrics) = s.get("/metrics").expect("metrics");
     assert!(
         metric(
             &metrics,

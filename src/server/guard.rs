@@ -319,6 +319,8 @@ mod tests {
             listen: listen.parse().unwrap(),
             open_reads: false,
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            connections: crate::config::ConnLimits::API,
+            max_streams: crate::config::DEFAULT_MAX_STREAMS,
         }
     }
 
