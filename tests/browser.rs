@@ -314,7 +314,16 @@ fn signing_in_and_rolling_back_changes_the_overview() {
     assert_eq!(cookies, json!(""), "the session cookie is HttpOnly");
 
     chrome.goto(&format!("{}/environments/staging#rollback", s.api));
-    chrome.select("#rollback-to", "v1.0.0");
+    // releases are offered by name, `<version>-<sha7>`
+    let first = s
+        .api("/api/environments/staging/deployments")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["version"] == "v1.0.0")
+        .map(|d| d["release"].as_str().unwrap().to_string())
+        .unwrap();
+    chrome.select("#rollback-to", &first);
     chrome.type_into("#rollback-reason", "checkout is broken");
     chrome.type_into("#rollback-confirm", "staging");
     chrome.click("#rollback button.danger");

@@ -326,9 +326,7 @@ fn actions_need_a_session_and_its_csrf_token() {
     assert_eq!(a.status, 400);
     assert_eq!(s.serving("staging").0, "v1.1.0");
     let env_page = b.get("/environments/staging").body;
-    assert!(
-        env_page.contains("Roll back staging") && env_page.contains("<option value=\"v1.0.0\"")
-    );
+    assert!(env_page.contains("Roll back staging") && env_page.contains("<option value=\"v1.0.0-"));
     let a = b.post(
         rb,
         &[

@@ -253,7 +253,13 @@ fn freeze_refuses_unless_forced_with_a_reason_and_rollbacks_pass() {
     assert_eq!(d["forced"], true);
     assert_eq!(d["note"], "second fix");
 
-    let run = s.ferry(&["rollback", "staging", "--reason", "second fix broke search"]);
+    let run = s.ferry(&[
+        "rollback",
+        "staging",
+        "--yes",
+        "--reason",
+        "second fix broke search",
+    ]);
     assert_eq!(run.code(), 0, "{run}");
     assert_eq!(s.serving("staging").0, "v1.0.0");
 }
@@ -488,7 +494,13 @@ fn manual_rollback_goes_to_the_previous_good_release_and_skips_bad_ones() {
     let run = s.ferry(&["rollback", "staging"]);
     assert_eq!(run.code(), 2, "--reason is required: {run}");
 
-    let run = s.ferry(&["rollback", "staging", "--reason", "v1.2.0 breaks checkout"]);
+    let run = s.ferry(&[
+        "rollback",
+        "staging",
+        "--yes",
+        "--reason",
+        "v1.2.0 breaks checkout",
+    ]);
     assert_eq!(run.code(), 0, "{run}");
     assert!(
         run.stdout().contains("rolled back staging to v1.1.0"),
@@ -521,10 +533,10 @@ fn manual_rollback_goes_to_the_previous_good_release_and_skips_bad_ones() {
     );
 
     // rolling back again goes to v1.0.0: v1.2.0 was rolled back, so it is bad and skipped
-    let run = s.ferry(&["rollback", "staging", "--reason", "v1.1.0 too"]);
+    let run = s.ferry(&["rollback", "staging", "--yes", "--reason", "v1.1.0 too"]);
     assert_eq!(run.code(), 0, "{run}");
     assert_eq!(s.serving("staging").0, "v1.0.0");
-    let run = s.ferry(&["rollback", "staging", "--reason", "nothing left"]);
+    let run = s.ferry(&["rollback", "staging", "--yes", "--reason", "nothing left"]);
     assert_eq!(run.code(), 1, "{run}");
     assert!(run.stderr().contains("no previous good release"), "{run}");
 
@@ -532,6 +544,7 @@ fn manual_rollback_goes_to_the_previous_good_release_and_skips_bad_ones() {
     let run = s.ferry(&[
         "rollback",
         "staging",
+        "--yes",
         "--to",
         "v1.2.0",
         "--reason",
@@ -539,7 +552,9 @@ fn manual_rollback_goes_to_the_previous_good_release_and_skips_bad_ones() {
     ]);
     assert_eq!(run.code(), 0, "{run}");
     assert_eq!(s.serving("staging").0, "v1.2.0");
-    let run = s.ferry(&["rollback", "staging", "--to", "v9.9.9", "--reason", "x"]);
+    let run = s.ferry(&[
+        "rollback", "staging", "--yes", "--to", "v9.9.9", "--reason", "x",
+    ]);
     assert_eq!(run.code(), 1);
     assert!(run.stderr().contains("no built release v9.9.9"), "{run}");
 }
@@ -724,6 +739,7 @@ fn backup_of_a_live_sqlite_db_is_consistent_and_restorable() {
     let run = s.ferry(&[
         "rollback",
         "staging",
+        "--yes",
         "--restore-data",
         "--reason",
         "bad migration",
@@ -759,6 +775,7 @@ fn backup_of_a_live_sqlite_db_is_consistent_and_restorable() {
     let run = s.ferry(&[
         "rollback",
         "staging",
+        "--yes",
         "--to",
         "v1.1.0",
         "--restore-data",

@@ -228,8 +228,9 @@ fn print_outcome(client: &ApiClient, d: &Deployment, steps: &[Step], took: Durat
     let short = d.commit_sha.as_deref().map_or("", |s| &s[..7.min(s.len())]);
     match d.state {
         DeploymentState::Succeeded if d.kind == "rollback" => println!(
-            "rolled back {} to {version} ({short}) (deployment #{}, {})",
+            "rolled back {} to {} (deployment #{}, {})",
             d.environment,
+            d.release.as_deref().unwrap_or(version),
             d.id,
             seconds(took)
         ),

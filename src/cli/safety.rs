@@ -3,7 +3,7 @@
 
 use super::deploy::{create, finish};
 use super::{Cli, CmdResult, Failure};
-use crate::pipeline::{CheckReport, Mirror, Plan};
+use crate::pipeline::{CheckReport, Mirror, Plan, ReleaseRef, RollbackPreview};
 use crate::policy::Verdict;
 use crate::server::actions::{
     LockRequest, MaintenanceRequest, PromoteRequest, RollbackRequest, VerifyRequest,
@@ -44,7 +44,8 @@ pub async fn promote(cli: &Cli, args: &Promote) -> CmdResult {
 #[derive(Debug, clap::Args)]
 pub struct Rollback {
     pub environment: String,
-    /// The version to go back to (default: the previous good release).
+    /// The release to go back to, by name (`main-1a2b3c4`, `v1.2.0-1a2b3c4`), or a version
+    /// naming one release (default: the previous good release).
     #[arg(long)]
     pub to: Option<String>,
     /// Why; recorded with the rollback.
@@ -54,6 +55,9 @@ pub struct Rollback {
     /// while it is restored; the current data is kept aside).
     #[arg(long)]
     pub restore_data: bool,
+    /// Roll back without asking for the typed confirmation (needed without a terminal).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
     #[arg(long)]
     pub no_wait: bool,
     #[arg(long)]
@@ -61,15 +65,83 @@ pub struct Rollback {
 }
 
 pub async fn rollback(cli: &Cli, args: &Rollback) -> CmdResult {
+    use std::io::IsTerminal;
+    if !args.yes && !std::io::stdin().is_terminal() {
+        return Err(Failure::Usage(
+            "ferry rollback asks for the environment's confirmation word typed, and there is no terminal to ask on: pass --yes to roll back without asking".into(),
+        ));
+    }
     let client = cli.client()?;
+    let env = segment(&args.environment)?;
+    if !args.yes {
+        let mut path = format!(
+            "/api/environments/{env}/rollback?restore_data={}",
+            args.restore_data
+        );
+        if let Some(to) = &args.to {
+            path.push_str(&format!("&to={}", query(to)));
+        }
+        let preview: RollbackPreview = client.get(&path).await.map_err(conflict)?;
+        confirm_rollback(&preview).await?;
+    }
     let body = RollbackRequest {
         to: args.to.clone(),
         reason: args.reason.clone(),
         restore_data: args.restore_data,
     };
-    let path = format!("/api/environments/{}/rollback", segment(&args.environment)?);
+    let path = format!("/api/environments/{env}/rollback");
     let created = create(&client, &path, &body).await?;
     finish(&client, created, args.no_wait, args.json).await
+}
+
+/// Shows what the rollback will do and asks for the confirmation word typed on the terminal.
+async fn confirm_rollback(p: &RollbackPreview) -> CmdResult {
+    let release = |r: &ReleaseRef| {
+        format!(
+            "{} (commit {})",
+            r.release,
+            &r.commit_sha[..7.min(r.commit_sha.len())]
+        )
+    };
+    let mut text = format!("Rolling back {}:\n", p.environment);
+    match &p.from {
+        Some(from) => text.push_str(&format!("  from  {}, serving now\n", release(from))),
+        None => text.push_str("  from  nothing serving now\n"),
+    }
+    text.push_str(&format!(
+        "  to    {}, built before: not rebuilt\n",
+        release(&p.to)
+    ));
+    if p.restore_data {
+        text.push_str(&format!(
+            "  data  RESTORED from the backups taken before deployment #{}: {} (the app stops meanwhile; the current data is kept aside)\n",
+            p.undoes.map_or("?".to_string(), |id| id.to_string()),
+            p.restores.join(", ")
+        ));
+    } else {
+        text.push_str("  data  left as it is (no --restore-data)\n");
+    }
+    text.push_str(&format!(
+        "Type {} to roll back (anything else cancels): ",
+        p.confirm
+    ));
+    eprint!("{text}");
+    let _ = std::io::Write::flush(&mut std::io::stderr());
+    let typed = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await
+    .map_err(|e| Failure::Failed(e.to_string()))?
+    .map_err(|e| Failure::Failed(format!("cannot read the confirmation: {e}")))?;
+    if typed.trim() == p.confirm {
+        Ok(())
+    } else {
+        Err(Failure::Failed(format!(
+            "rollback cancelled: {} was not typed; nothing was changed",
+            p.confirm
+        )))
+    }
 }
 
 #[derive(Debug, clap::Args)]

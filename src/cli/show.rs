@@ -110,16 +110,20 @@ pub async fn history(cli: &Cli, args: &History) -> CmdResult {
         return Ok(());
     }
     println!(
-        "{:<5} {:<12} {:<12} {:<8} {:<10} {:<20} REASON",
-        "ID", "STATE", "VERSION", "COMMIT", "BY", "CREATED"
+        "{:<5} {:<12} {:<9} {:<20} {:<10} {:<20} REASON",
+        "ID", "STATE", "KIND", "RELEASE", "BY", "CREATED"
     );
     for d in list {
+        // a release is named `<version>-<sha7>`, as `ferry rollback --to` takes it
         println!(
-            "{:<5} {:<12} {:<12} {:<8} {:<10} {:<20} {}",
+            "{:<5} {:<12} {:<9} {:<20} {:<10} {:<20} {}",
             d.id,
             d.state.as_str(),
-            d.version.as_deref().unwrap_or(&d.git_ref),
-            short(d.commit_sha.as_deref()),
+            d.kind,
+            d.release
+                .as_deref()
+                .or(d.version.as_deref())
+                .unwrap_or(&d.git_ref),
             d.by(),
             &d.created_at[..19.min(d.created_at.len())],
             d.reason.as_deref().unwrap_or("")

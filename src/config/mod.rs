@@ -242,6 +242,15 @@ pub struct Environment {
     /// The unprivileged user its build, test and app commands run as when ferry runs as
     /// root; `None`: a dedicated `ferry-<app>-<env>` (see [`crate::sandbox`]).
     pub user: Option<String>,
+    /// The word `ferry rollback` and the dashboard ask to have typed; `None`: the name.
+    pub confirm: Option<String>,
+}
+
+impl Environment {
+    /// What a person types to confirm a manual rollback here.
+    pub fn confirm_word(&self) -> &str {
+        self.confirm.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// Post-deploy monitoring (`[monitor]`): how long, how often, and the rules that roll back.

@@ -119,6 +119,7 @@ struct RawEnvironment {
     backup: Vec<Spanned<String>>,
     monitor: Option<bool>,
     user: Option<Spanned<String>>,
+    confirm: Option<Spanned<String>>,
 }
 
 /// `approval = true`, or `approval = { not_by_deployer = true }`.
@@ -653,6 +654,17 @@ fn validate_environment(
         }
         backup.push(p.clone());
     }
+    let confirm = match &raw.confirm {
+        None => None,
+        Some(c) if valid_confirm_word(c.get_ref()) => Some(c.get_ref().clone()),
+        Some(c) => {
+            return Err(fail(
+                c.span(),
+                format!("confirm = \"{}\" cannot be typed as a word", c.get_ref()),
+                "write one word of 1 to 64 letters, digits or . _ -, like \"ROLLBACK\" (default: the environment's name)",
+            ));
+        }
+    };
     let mut out = Vec::new();
     for slot in 1..=slots {
         let port = u32::from(listen.port()) + slot - 1;
@@ -709,9 +721,18 @@ fn validate_environment(
             backup: backup.clone(),
             monitor: raw.monitor.unwrap_or(true),
             user: raw.user.as_ref().map(|u| u.get_ref().clone()),
+            confirm: confirm.clone(),
         });
     }
     Ok(out)
+}
+
+/// A word a person can type to confirm: 1 to 64 of letters, digits and `. _ -`.
+fn valid_confirm_word(word: &str) -> bool {
+    (1..=64).contains(&word.len())
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 fn validate_webhooks(raw: RawWebhooks, fail: &Fail) -> Result<Webhooks, Diagnostic> {

@@ -56,6 +56,8 @@ require_checks = []             # CI checks that must pass for the commit, e.g. 
 backup = []                     # files in the shared dir snapshotted before each deploy,
                                 # e.g. ["data/production.db"] (SQLite: online backup API)
 env = { LOG_LEVEL = "info" }
+# confirm = "ROLLBACK"          # `ferry rollback` and the dashboard ask for this word typed
+                                # (default: the environment's name); --yes skips asking
 
 # After the switch the new release is watched; the previous one is kept running (out of
 # traffic) until this ends, and a breach switches back to it at once.

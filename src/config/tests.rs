@@ -191,6 +191,11 @@ fn other_rejections_each_point_at_their_value() {
             "environment name",
         ),
         ("start = \"./run\"", "start = \" \"", "`start` is empty"),
+        (
+            "listen = \"127.0.0.1:8081\"",
+            "listen = \"127.0.0.1:8081\"\nconfirm = \"roll back\"",
+            "cannot be typed as a word",
+        ),
     ];
     for (from, to, expected) in cases {
         let d = diagnostic(dir.path(), &MINIMAL.replace(from, to));
@@ -590,4 +595,27 @@ fn connection_limits_have_defaults_and_are_read_and_checked() {
         let d = diagnostic(dir.path(), &format!("{MINIMAL}\n{table}\n"));
         assert!(d.message.contains(says), "{says}: {}", d.message);
     }
+}
+
+#[test]
+fn rollback_confirmation_word_defaults_to_the_environment_name() {
+    let dir = sandbox();
+    let text = MINIMAL.replace(
+        "listen = \"127.0.0.1:8081\"",
+        "listen = \"127.0.0.1:8081\"\nslots = 2",
+    );
+    let config = parse(dir.path(), &text).unwrap();
+    assert_eq!(
+        config.environment("staging-2").unwrap().confirm_word(),
+        "staging-2"
+    );
+    let text = MINIMAL.replace(
+        "listen = \"127.0.0.1:8081\"",
+        "listen = \"127.0.0.1:8081\"\nconfirm = \"ROLLBACK\"",
+    );
+    let config = parse(dir.path(), &text).unwrap();
+    assert_eq!(
+        config.environment("staging").unwrap().confirm_word(),
+        "ROLLBACK"
+    );
 }

@@ -310,7 +310,13 @@ impl Engine {
         );
         step("policy", "the gates above".into());
         step("lock", format!("one deployment at a time on {env}"));
-        let from = eval.verified.as_ref().map(|v| v.environment.clone());
+        let from = eval.verified.as_ref().map(|v| {
+            if v.release == name {
+                v.environment.clone()
+            } else {
+                format!("{} (as {})", v.environment, v.release)
+            }
+        });
         match (&from, built) {
             (_, true) => {
                 step("prepare", format!("reuse release {name}, built before"));
@@ -386,8 +392,12 @@ impl Engine {
     }
 
     /// Where `ferry promote <tag>` sends a tag: `to`, or the one environment that requires
-    /// an environment the tag is verified on.
-    pub fn promotion_target(&self, tag: &str, to: Option<&str>) -> Result<String, EngineError> {
+    /// an environment the tag — or its commit, deployed under another ref — is verified on.
+    pub async fn promotion_target(
+        &self,
+        tag: &str,
+        to: Option<&str>,
+    ) -> Result<String, EngineError> {
         check_ref_for(tag)?;
         if let Some(to) = to {
             let env = &self.env(to)?.env;
@@ -398,9 +408,20 @@ impl Engine {
             }
             return Ok(to.to_string());
         }
-        let verified: Vec<String> = self
-            .store
-            .verifications(Some(tag))?
+        let mut sign_offs = self.store.verifications(Some(tag))?;
+        if sign_offs.is_empty() {
+            // verified as the branch or sha it was deployed under, then tagged
+            let mirror = self.config.state_dir.join("mirror.git");
+            let _git = self.git.lock().await;
+            if release::sync_mirror(&self.config.app.repo, &mirror)
+                .await
+                .is_ok()
+                && let Ok(resolved) = release::resolve(&mirror, tag).await
+            {
+                sign_offs = self.store.verifications_of_commit(&resolved.commit)?;
+            }
+        }
+        let verified: Vec<String> = sign_offs
             .into_iter()
             .filter_map(|v| {
                 self.config

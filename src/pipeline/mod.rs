@@ -29,6 +29,7 @@ use crate::sandbox::{self, Redactor};
 use crate::store::{Actor, Deployment, DeploymentState, Store, StoreError};
 
 pub use actions::{CheckReport, FETCH_INTERVAL, Mirror, Plan, check_sha};
+pub use rollback::{ReleaseRef, RollbackPreview};
 
 /// The free space the state dir's disk needs before a deployment starts.
 pub const MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;

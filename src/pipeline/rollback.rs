@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use super::steps::{Held, Stop, Stopped, instance_vars};
 use super::{Engine, EngineError, EnvState};
 use crate::store::{Actor, Backup, Deployment, Release};
@@ -16,8 +18,91 @@ struct Target {
     current: Option<Deployment>,
 }
 
+/// A release as a rollback names it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseRef {
+    /// `<version>-<sha7>`: what `--to` takes.
+    pub release: String,
+    pub version: String,
+    pub commit_sha: String,
+}
+
+impl From<Release> for ReleaseRef {
+    fn from(r: Release) -> ReleaseRef {
+        ReleaseRef {
+            release: r.name,
+            version: r.version,
+            commit_sha: r.commit_sha,
+        }
+    }
+}
+
+/// What `GET /api/environments/{env}/rollback` answers: a rollback described, not started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RollbackPreview {
+    pub environment: String,
+    /// The release serving now, if any.
+    pub from: Option<ReleaseRef>,
+    pub to: ReleaseRef,
+    /// The deployment being undone (whose backups `--restore-data` puts back).
+    pub undoes: Option<i64>,
+    pub restore_data: bool,
+    /// The data files put back, with `restore_data`.
+    pub restores: Vec<String>,
+    /// What a person types to confirm: `confirm` of the environment, else its name.
+    pub confirm: String,
+}
+
+/// The release `to` names among `usable` (oldest first): a release name, or a version that
+/// names one release other than the serving one.
+fn pick_release(
+    env: &str,
+    usable: &[&Release],
+    to: &str,
+    serving: Option<&str>,
+) -> Result<Release, EngineError> {
+    if let Some(r) = usable.iter().find(|r| r.name == to) {
+        return Ok((*r).clone());
+    }
+    let named: Vec<&Release> = usable
+        .iter()
+        .rev()
+        .filter(|r| r.version == to)
+        .copied()
+        .collect();
+    let others: Vec<&Release> = named
+        .iter()
+        .filter(|r| Some(r.name.as_str()) != serving)
+        .copied()
+        .collect();
+    match (others.as_slice(), named.first()) {
+        ([one], _) => Ok((*one).clone()),
+        ([], Some(serving)) => Ok((*serving).clone()),
+        ([], None) => {
+            let known: Vec<&str> = usable.iter().rev().map(|r| r.name.as_str()).collect();
+            Err(EngineError::NoRollbackTarget(format!(
+                "no built release {to} in {env} to roll back to; built releases: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )))
+        }
+        (many, _) => Err(EngineError::NoRollbackTarget(format!(
+            "{to} names {} releases in {env}: {}; say which with --to <release>",
+            many.len(),
+            many.iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
 impl Engine {
-    /// Records a rollback of `env` to `to` (a version) or to the previous good release.
+    /// Records a rollback of `env` to `to` (a release name, or a version naming one release)
+    /// or to the previous good release. The deployment's ref is the target's release name.
     pub async fn request_rollback(
         self: &Arc<Self>,
         env: &str,
@@ -31,8 +116,8 @@ impl Engine {
         if restore_data {
             self.backups_to_restore(env, target.current.as_ref())?;
         }
-        let version = target.release.version.clone();
-        let id = self.create(env, "rollback", &version, who)?;
+        // recorded by release name: a version (a branch's, say) can name several releases
+        let id = self.create(env, "rollback", &target.release.name, who)?;
         self.store
             .set_request(id, Some(reason), false, restore_data)?;
         if let Some(refused) = self.refuse_if_locked(env, id)? {
@@ -43,7 +128,7 @@ impl Engine {
     }
 
     /// The release to go back to: the newest good release before the serving one, or the
-    /// named version. Releases that failed, were rolled back or pruned are skipped.
+    /// one `to` names (see [`pick_release`]). Releases that failed, were rolled back or pruned are skipped.
     async fn rollback_target(
         &self,
         state: &EnvState,
@@ -69,22 +154,7 @@ impl Engine {
             .filter(|r| r.digest.is_some() && r.status != "failed" && on_disk(r))
             .collect();
         let release = match to {
-            Some(version) => usable
-                .iter()
-                .rev()
-                .find(|r| r.version == version || r.name == version)
-                .map(|r| (*r).clone())
-                .ok_or_else(|| {
-                    let known: Vec<&str> = usable.iter().map(|r| r.version.as_str()).collect();
-                    EngineError::NoRollbackTarget(format!(
-                        "no built release {version} in {env} to roll back to; built releases: {}",
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
-                        }
-                    ))
-                })?,
+            Some(to) => pick_release(env, &usable, to, serving.as_deref())?,
             None => {
                 // newest first by when each release last went live
                 let mut seen = Vec::new();
@@ -114,10 +184,44 @@ impl Engine {
         if serving.as_deref() == Some(release.name.as_str()) {
             return Err(EngineError::NoRollbackTarget(format!(
                 "{} is already serving {env}",
-                release.version
+                release.name
             )));
         }
         Ok(Target { release, current })
+    }
+
+    /// What a rollback of `env` would do, changing nothing: from which release to which,
+    /// whether data is restored, and the word `ferry rollback` asks to have typed.
+    pub async fn rollback_preview(
+        &self,
+        env: &str,
+        to: Option<&str>,
+        restore_data: bool,
+    ) -> Result<RollbackPreview, EngineError> {
+        let state = self.env(env)?.clone();
+        let target = self.rollback_target(&state, to).await?;
+        let restores = if restore_data {
+            self.backups_to_restore(env, target.current.as_ref())?
+                .into_iter()
+                .map(|b| b.file)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let from = state.active_release().await;
+        let from = match from {
+            Some(name) => self.store.release(env, &name)?,
+            None => None,
+        };
+        Ok(RollbackPreview {
+            environment: env.to_string(),
+            from: from.map(ReleaseRef::from),
+            to: ReleaseRef::from(target.release),
+            undoes: target.current.map(|d| d.id),
+            restore_data,
+            restores,
+            confirm: state.env.confirm_word().to_string(),
+        })
     }
 
     /// The backups taken before `current` (the deploy being undone); refuses when none.
@@ -328,5 +432,59 @@ impl Engine {
             .into_iter()
             .find(|m| m.environment == env)
             .map(|m| m.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(name: &str, version: &str) -> Release {
+        Release {
+            id: 0,
+            environment: "staging".into(),
+            name: name.into(),
+            version: version.into(),
+            commit_sha: "0".repeat(40),
+            digest: Some("sha256:x".into()),
+            status: "good".into(),
+            created_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_rollback_target_is_named_by_release_or_by_a_version_naming_one() {
+        let all = [
+            release("main-aaaaaaa", "main"),
+            release("main-bbbbbbb", "main"),
+            release("v1.0.0-ccccccc", "v1.0.0"),
+            release("main-ddddddd", "main"),
+        ];
+        let usable: Vec<&Release> = all.iter().collect();
+        let pick = |to: &str, serving: Option<&str>| {
+            pick_release("staging", &usable, to, serving).map(|r| r.name)
+        };
+        assert_eq!(
+            pick("main-bbbbbbb", Some("main-ddddddd")).unwrap(),
+            "main-bbbbbbb"
+        );
+        assert_eq!(
+            pick("v1.0.0", Some("main-ddddddd")).unwrap(),
+            "v1.0.0-ccccccc"
+        );
+        let err = pick("main", Some("main-ddddddd")).unwrap_err().to_string();
+        assert!(
+            err.contains("main names 2 releases in staging: main-bbbbbbb, main-aaaaaaa")
+                && err.contains("--to <release>"),
+            "{err}"
+        );
+        // the version of the serving release alone: that one, which is then refused
+        assert_eq!(
+            pick("v1.0.0", Some("v1.0.0-ccccccc")).unwrap(),
+            "v1.0.0-ccccccc"
+        );
+        let err = pick("v9.9.9", None).unwrap_err().to_string();
+        assert!(err.contains("no built release v9.9.9 in staging"), "{err}");
+        assert!(err.contains("main-ddddddd, v1.0.0-ccccccc"), "{err}");
     }
 }

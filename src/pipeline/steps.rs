@@ -356,15 +356,24 @@ impl Engine {
             self.skip(id, "test", "release already tested");
             return Ok(existing.and_then(|r| r.digest).unwrap_or_default());
         }
+        // the very release verified, whatever it was named there (`main-<sha7>` on a
+        // branch-tracking staging); it is recorded here under this deploy's name
         let source = verified
+            .filter(|v| one_component(&v.release))
             .map(|v| {
                 self.config
                     .env_dir(&v.environment)
                     .join("releases")
-                    .join(&name)
+                    .join(&v.release)
             })
             .filter(|d| d.is_dir());
-        let copied_from = verified.map(|v| v.environment.clone());
+        let copied_from = verified.map(|v| {
+            if v.release == name {
+                v.environment.clone()
+            } else {
+                format!("{} (as {})", v.environment, v.release)
+            }
+        });
         self.step(id, "prepare", async {
             self.store
                 .upsert_release(&env.name, &name, &resolved.version, &resolved.commit)?;
@@ -788,6 +797,12 @@ impl Engine {
         }
         out
     }
+}
+
+/// True when `name` is one plain path component (a release dir name from the store).
+fn one_component(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!(parts.next(), Some(std::path::Component::Normal(_))) && parts.next().is_none()
 }
 
 /// Fault injection for the crash-recovery tests: with `FERRY_FAULT_PAUSE_AT=<step>` in its

@@ -213,8 +213,9 @@ pub fn evaluate(config: &Config, store: &Store, ask: &Ask<'_>) -> Result<Evaluat
     Ok(Evaluation { gates, verified })
 }
 
-/// The promotion gate: `resolved` must have been deployed to an environment of group
-/// `required` at the same commit, and verified there.
+/// The promotion gate: the commit of `resolved` must have been deployed to an environment of
+/// group `required` — under this tag, or under a branch, another tag or its sha — and
+/// verified there. A sign-off of this very tag is preferred; any sign-off of the commit counts.
 fn promotion(
     config: &Config,
     store: &Store,
@@ -222,53 +223,72 @@ fn promotion(
     resolved: &Resolved,
 ) -> Result<(Verdict, String, Option<Verification>), StoreError> {
     let version = &resolved.version;
+    let short = &resolved.commit[..7];
     let group: Vec<String> = config
         .group(required)
         .iter()
         .map(|e| e.name.clone())
         .collect();
-    let sign_offs: Vec<Verification> = store
-        .verifications(Some(version))?
+    let in_group = |v: &Verification| group.contains(&v.environment);
+    let of_commit: Vec<Verification> = store
+        .verifications_of_commit(&resolved.commit)?
         .into_iter()
-        .filter(|v| group.contains(&v.environment))
+        .filter(in_group)
         .collect();
-    if let Some(v) = sign_offs
+    if let Some(v) = of_commit
         .iter()
-        .find(|v| v.commit_sha == resolved.commit)
+        .find(|v| &v.version == version)
+        .or_else(|| of_commit.first())
         .cloned()
     {
+        let under = if &v.version == version {
+            String::new()
+        } else {
+            format!(" as {}", v.release)
+        };
         let detail = format!(
-            "{version} ({}) verified on {} by {} at {}",
-            &v.commit_sha[..7],
+            "{version} ({short}) verified on {}{under} by {} at {}",
             v.environment,
             v.by(),
             v.verified_at
         );
         return Ok((Verdict::Pass, detail, Some(v)));
     }
-    let deployed = store.deployed_versions(&group, version)?;
-    let detail = if let Some(v) = sign_offs.first() {
+    // why not: the tag moved, the commit runs there unverified, another commit was verified
+    let tag_sign_offs: Vec<Verification> = store
+        .verifications(Some(version))?
+        .into_iter()
+        .filter(in_group)
+        .collect();
+    let detail = if let Some(v) = tag_sign_offs.first() {
         format!(
-            "{version} was verified on {} at commit {}, but it is now commit {}",
+            "{version} was verified on {} at commit {}, but it is now commit {short}",
             v.environment,
-            &v.commit_sha[..7],
-            &resolved.commit[..7]
+            &v.commit_sha[..7.min(v.commit_sha.len())],
         )
-    } else if deployed.is_empty() {
-        format!("{version} was never deployed to {required}")
-    } else if let Some(d) = deployed
-        .iter()
-        .find(|d| d.commit_sha.as_deref() == Some(&resolved.commit))
-    {
-        format!(
-            "{version} on {env} is not verified: run `ferry verify {env} {version}`",
-            env = d.environment
-        )
+    } else if let Some(d) = store.deployed_commit(&group, &resolved.commit)?.first() {
+        let env = &d.environment;
+        if d.version.as_deref() == Some(version.as_str()) {
+            format!("{version} on {env} is not verified: run `ferry verify {env} {version}`")
+        } else {
+            format!(
+                "{version} is commit {short}, deployed to {env} as {} but not verified: run `ferry verify {env}` while it runs there",
+                d.release.as_deref().unwrap_or("?")
+            )
+        }
+    } else if !store.deployed_versions(&group, version)?.is_empty() {
+        format!("{version} was deployed to {required} at another commit than {short}")
     } else {
-        format!(
-            "{version} was deployed to {required} at another commit than {}",
-            &resolved.commit[..7]
-        )
+        let mut detail = format!("{version} was never deployed to {required}");
+        if let Some(v) = store.verifications(None)?.into_iter().find(in_group) {
+            detail.push_str(&format!(
+                ": {version} is commit {short}, and the newest commit verified on {required} is {} ({} on {}); tag that commit, or deploy {version} to {required} and verify it",
+                &v.commit_sha[..7.min(v.commit_sha.len())],
+                v.release,
+                v.environment
+            ));
+        }
+        detail
     };
     Ok((Verdict::Fail, detail, None))
 }

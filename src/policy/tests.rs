@@ -243,3 +243,39 @@ fn lock_gate_names_the_holder_and_reason() {
     assert_eq!(backup.detail, "snapshots data/app.db before start");
     assert!(eval.refusal().unwrap().contains("locked by alice"));
 }
+
+#[test]
+fn promotion_gate_takes_the_commit_verified_under_a_branch() {
+    let f = fixture("");
+    f.deployed("staging-1", "main", SHA);
+    f.verify("staging-1", "main", SHA);
+    let eval = f.gates(&tag("v1.2.0", SHA), None);
+    let g = eval.gates.iter().find(|g| g.name == "promotion").unwrap();
+    assert_eq!(g.verdict, Verdict::Pass, "{}", g.detail);
+    assert!(
+        g.detail
+            .starts_with("v1.2.0 (0123456) verified on staging-1 as main-0123456 by qa"),
+        "{}",
+        g.detail
+    );
+    let v = eval.verified.unwrap();
+    assert_eq!(
+        (v.release.as_str(), v.version.as_str()),
+        ("main-0123456", "main")
+    );
+
+    // a tag at a commit never verified names both commits
+    let g = f.gate(&tag("v1.3.0", OTHER), "promotion");
+    assert_eq!(g.verdict, Verdict::Fail);
+    assert_eq!(
+        g.detail,
+        "v1.3.0 was never deployed to staging: v1.3.0 is commit fedcba9, and the newest commit verified on staging is 0123456 (main-0123456 on staging-1); tag that commit, or deploy v1.3.0 to staging and verify it"
+    );
+    // deployed under the branch but not signed off
+    f.deployed("staging-2", "main", OTHER);
+    let g = f.gate(&tag("v1.3.0", OTHER), "promotion");
+    assert_eq!(
+        g.detail,
+        "v1.3.0 is commit fedcba9, deployed to staging-2 as main-fedcba9 but not verified: run `ferry verify staging-2` while it runs there"
+    );
+}

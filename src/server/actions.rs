@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ApiError, ApiResult, Caller, JsonBody, created, parse_id};
-use crate::pipeline::{CheckReport, Engine, Mirror, Plan};
+use crate::pipeline::{CheckReport, Engine, Mirror, Plan, RollbackPreview};
 use crate::store::{Backup, Check, Deployment, LockHolder, Verification};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -22,7 +22,8 @@ pub struct VerifyRequest {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RollbackRequest {
-    /// A version built for this environment; defaults to the previous good release.
+    /// A release built for this environment (`<version>-<sha7>`, or a version naming one
+    /// release other than the serving one); defaults to the previous good release.
     pub to: Option<String>,
     pub reason: String,
     #[serde(default)]
@@ -113,12 +114,31 @@ pub async fn rollback(
     )
 }
 
+#[derive(Deserialize)]
+pub struct RollbackQuery {
+    to: Option<String>,
+    #[serde(default)]
+    restore_data: bool,
+}
+
+/// `GET …/rollback`: what a rollback would do (from, to, data), changing nothing.
+pub async fn rollback_preview(
+    State(engine): State<Arc<Engine>>,
+    Path(env): Path<String>,
+    Query(q): Query<RollbackQuery>,
+) -> ApiResult<Json<RollbackPreview>> {
+    let to = q.to.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    Ok(Json(
+        engine.rollback_preview(&env, to, q.restore_data).await?,
+    ))
+}
+
 pub async fn promote(
     State(engine): State<Arc<Engine>>,
     caller: Caller,
     JsonBody(req): JsonBody<PromoteRequest>,
 ) -> Response {
-    let to = match engine.promotion_target(&req.tag, req.to.as_deref()) {
+    let to = match engine.promotion_target(&req.tag, req.to.as_deref()).await {
         Ok(to) => to,
         Err(e) => return ApiError::from(e).into_response(),
     };

@@ -572,6 +572,26 @@ impl Store {
             .collect())
     }
 
+    /// Succeeded deployments of `commit` (under any ref) to any of `environments`, newest first.
+    pub fn deployed_commit(
+        &self,
+        environments: &[String],
+        commit: &str,
+    ) -> Result<Vec<Deployment>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM deployments WHERE commit_sha = ?1 AND state = 'succeeded'
+             ORDER BY id DESC",
+            Deployment::COLUMNS
+        ))?;
+        let rows = stmt.query_map([commit], Deployment::from_row)?;
+        let all: Vec<Deployment> = rows.collect::<rusqlite::Result<_>>()?;
+        Ok(all
+            .into_iter()
+            .filter(|d| environments.contains(&d.environment))
+            .collect())
+    }
+
     /// Takes a manual lock; says who holds the environment when it is taken already.
     pub fn lock_manually(
         &self,
@@ -619,6 +639,17 @@ impl Store {
             Verification::COLUMNS
         ))?;
         let rows = stmt.query_map([version], Verification::from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Sign-offs of `commit`, whatever ref it was deployed under, newest first.
+    pub fn verifications_of_commit(&self, commit: &str) -> Result<Vec<Verification>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {} FROM verifications WHERE commit_sha = ?1 ORDER BY id DESC",
+            Verification::COLUMNS
+        ))?;
+        let rows = stmt.query_map([commit], Verification::from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

@@ -176,13 +176,16 @@ pub async fn rollback(
     Path(env): Path<String>,
     Form(form): Form<Rollback>,
 ) -> Response {
-    if let Err(e) = app.engine.env(&env) {
-        return refused(e);
-    }
-    if form.confirm.trim() != env {
-        return bad_request(&format!(
-            "type the environment's name ({env}) to confirm the rollback"
-        ));
+    let word = match app.engine.env(&env) {
+        Ok(state) => state.env.confirm_word().to_string(),
+        Err(e) => return refused(e),
+    };
+    if form.confirm.trim() != word {
+        return bad_request(&if word == env {
+            format!("type the environment's name ({env}) to confirm the rollback")
+        } else {
+            format!("type {word} to confirm the rollback of {env}")
+        });
     }
     let reason = form.reason.trim();
     if reason.is_empty() {
@@ -271,7 +274,7 @@ pub async fn promote(
     Form(form): Form<Promote>,
 ) -> Response {
     let to = Some(form.to.as_deref().unwrap_or("").trim()).filter(|t| !t.is_empty());
-    let target = match app.engine.promotion_target(form.tag.trim(), to) {
+    let target = match app.engine.promotion_target(form.tag.trim(), to).await {
         Ok(t) => t,
         Err(e) => return engine_refused(e),
     };

@@ -505,17 +505,25 @@ async fn environment_body(
     Ok((body, busy))
 }
 
-/// Rolling back: the target, a reason, and the environment's name typed to confirm.
+/// Rolling back: the target (every earlier good release, by name), a reason, and the
+/// environment's confirmation word typed.
 fn rollback_form(app: &AppState, viewer: &Viewer, env: &Environment, s: &EnvStatus) -> PageResult {
     let name = &env.name;
+    let word = env.confirm_word();
+    let store = &app.engine.store;
+    let good: BTreeSet<String> = store
+        .releases(name)?
+        .into_iter()
+        .filter(|r| r.status == "good" && r.digest.is_some())
+        .map(|r| r.name)
+        .collect();
     let mut seen = BTreeSet::new();
-    let targets: Vec<Deployment> = app
-        .engine
-        .store
+    let targets: Vec<Deployment> = store
         .succeeded(name)?
         .into_iter()
-        .filter(|d| d.version.is_some() && d.version != s.version)
-        .filter(|d| seen.insert(d.version.clone()))
+        .filter(|d| d.release.is_some() && d.release != s.release)
+        .filter(|d| d.release.as_ref().is_some_and(|r| good.contains(r)))
+        .filter(|d| seen.insert(d.release.clone()))
         .take(10)
         .collect();
     Ok(html! {
@@ -529,8 +537,8 @@ fn rollback_form(app: &AppState, viewer: &Viewer, env: &Environment, s: &EnvStat
                     label for="rollback-to" { "Go back to" }
                     select #rollback-to name="to" {
                         @for d in &targets {
-                            @let v = d.version.as_deref().unwrap_or("");
-                            option value=(v) { (v) " — deployed " (d.finished_at.as_deref().unwrap_or("")) }
+                            @let r = d.release.as_deref().unwrap_or("");
+                            option value=(r) { (r) " — deployed " (d.finished_at.as_deref().unwrap_or("")) }
                         }
                     }
                     label for="rollback-reason" { "Reason" }
@@ -541,8 +549,8 @@ fn rollback_form(app: &AppState, viewer: &Viewer, env: &Environment, s: &EnvStat
                             " Also restore the data backed up before the deploy being undone"
                         }
                     }
-                    label for="rollback-confirm" { "Type " strong { (name) } " to confirm" }
-                    input #rollback-confirm name="confirm" type="text" required autocomplete="off" pattern=(regex_literal(name));
+                    label for="rollback-confirm" { "Type " strong { (word) } " to confirm" }
+                    input #rollback-confirm name="confirm" type="text" required autocomplete="off" pattern=(regex_literal(word));
                     button.danger type="submit" { "Roll back " (name) }
                 }
             }
@@ -568,7 +576,7 @@ fn history_table(rows: &[Deployment]) -> Markup {
                             tr {
                                 td { a href={ "/deployments/" (d.id) } { "#" (d.id) } }
                                 td {
-                                    (d.version.as_deref().unwrap_or(&d.git_ref))
+                                    (d.release.as_deref().or(d.version.as_deref()).unwrap_or(&d.git_ref))
                                     @if d.kind != "deploy" { " " span.badge.muted { (d.kind) } }
                                     @if let Some(sha) = &d.commit_sha { br; code title=(sha) { (short(sha)) } }
                                 }
