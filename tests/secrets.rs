@@ -177,8 +177,13 @@ fn known_secrets_appear_nowhere_after_a_full_scenario() {
         .to_string();
     let mut paths: Vec<String> = Vec::new();
     for (method, route, _, _) in ferry::server::ROUTES {
-        // the live stream never ends; plan needs ?ref (added below)
-        if *method != "get" || matches!(*route, "/api/events" | "/api/environments/{env}/plan") {
+        // the live stream never ends; plan needs ?ref, the rollback preview a target (below)
+        if *method != "get"
+            || matches!(
+                *route,
+                "/api/events" | "/api/environments/{env}/plan" | "/api/environments/{env}/rollback"
+            )
+        {
             continue;
         }
         for id in &ids {
@@ -192,6 +197,7 @@ fn known_secrets_appear_nowhere_after_a_full_scenario() {
     }
     paths.push("/api/environments/staging/logs?n=1000".into());
     paths.push("/api/environments/staging/plan?ref=v1.1.0".into());
+    paths.push("/api/environments/staging/rollback?to=v1.1.0".into());
     for p in [
         "/",
         "/environments/staging",
