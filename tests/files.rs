@@ -82,7 +82,14 @@ fn the_database_logs_backups_and_restores_are_not_readable_by_others() {
     assert_eq!(mode(snap), 0o600, "a backup of a 0600 database");
     let owner = std::fs::metadata(&live).unwrap();
 
-    let run = s.ferry(&["rollback", "staging", "--restore-data", "--reason", "modes"]);
+    let run = s.ferry(&[
+        "rollback",
+        "staging",
+        "--yes",
+        "--restore-data",
+        "--reason",
+        "modes",
+    ]);
     assert_eq!(run.code(), 0, "{run}\n{}", s.serve_log());
     let restored = std::fs::metadata(&live).unwrap();
     assert_eq!(restored.permissions().mode() & 0o7777, 0o600, "restored");

@@ -410,14 +410,12 @@ impl Engine {
         }
         let mut sign_offs = self.store.verifications(Some(tag))?;
         if sign_offs.is_empty() {
-            // verified as the branch or sha it was deployed under, then tagged
-            let mirror = self.config.state_dir.join("mirror.git");
+            // verified as the branch or sha it was deployed under, then tagged: the tag's
+            // commit, fetched (at most once per FETCH_INTERVAL) in case it was just pushed
+            let _ = self.fetch_mirror().await;
+            let mirror = self.mirror_dir();
             let _git = self.git.lock().await;
-            if release::sync_mirror(&self.config.app.repo, &mirror)
-                .await
-                .is_ok()
-                && let Ok(resolved) = release::resolve(&mirror, tag).await
-            {
+            if let Ok(resolved) = release::resolve(&mirror, tag).await {
                 sign_offs = self.store.verifications_of_commit(&resolved.commit)?;
             }
         }
