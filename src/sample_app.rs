@@ -19,7 +19,7 @@
 //! - `never_bind`: `true` makes it run without ever listening;
 //! - `wrong_port`: `true` makes it listen on a port the system picks instead of `$PORT`;
 //! - `ignore_sigterm`: `true` makes it ignore SIGTERM (only SIGKILL stops it);
-//! - `log_flood_mb`: at start, writes this many MiB of log lines as fast as it can.
+//! - `log_flood_mb`: once listening, writes this many MiB of log lines as fast as it can.
 //!
 //! - `db`: a SQLite file (relative to the release, so usually a shared path) the app writes
 //!   to all the time: each transaction adds the same number to tables `a` and `b`, so a
@@ -70,9 +70,6 @@ pub async fn run() -> std::io::Result<()> {
         .parse()
         .map_err(|_| std::io::Error::other("PORT is not set to a port number"))?;
     let on = |key: &str| get_conf(key).as_deref() == Some("true");
-    if let Some(mib) = get_conf("log_flood_mb").and_then(|v| v.parse::<usize>().ok()) {
-        std::thread::spawn(move || flood(mib));
-    }
     if on("never_bind") {
         println!("never_bind is set: not listening");
         std::future::pending::<()>().await;
@@ -193,6 +190,11 @@ pub async fn run() -> std::io::Result<()> {
         );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("listening on {}", listener.local_addr()?);
+    // only now: the flood holds stdout's lock throughout, and a `println!` waiting for it
+    // would keep the app from ever serving
+    if let Some(mib) = get_conf("log_flood_mb").and_then(|v| v.parse::<usize>().ok()) {
+        std::thread::spawn(move || flood(mib));
+    }
     let ignore_sigterm = on("ignore_sigterm");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
