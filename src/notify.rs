@@ -5,7 +5,9 @@
 //! `deploy.refused`, `rollback` (a monitor breach that switched
 //! back, or a manual rollback that went through) and `approval.needed`. The `json` format is
 //! ferry's own object with a Slack-compatible `text`; `slack` sends `text` alone. A failed
-//! deploy also carries `report`: a title and a markdown body, ready to file as an issue.
+//! deploy, and a deploy the monitor rolled back, also carry `report`: a title and a markdown
+//! body (reason, steps, the failing output, the monitor's probes, the new instance's last
+//! output lines), ready to file as an issue.
 //!
 //! Each POST runs in its own task: 10 s timeout, retried 3 times with doubling backoff on an
 //! error or a non-2xx answer, then given up with a log line. Deployments never wait for it.
@@ -20,7 +22,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::config::{Config, Notify, NotifyFormat};
 use crate::events::{Event, tail};
-use crate::store::{Deployment, DeploymentState, Step, StepState, Store};
+use crate::store::{Deployment, DeploymentState, Probe, Step, StepState, Store};
 
 /// Retries after the first attempt.
 const RETRIES: u32 = 3;
@@ -28,6 +30,8 @@ const RETRIES: u32 = 3;
 const BACKOFF: Duration = Duration::from_millis(250);
 /// How much of the failing step's output a notification carries.
 const OUTPUT_TAIL: usize = 2000;
+/// The newest monitor probes a report lists (the figures count them all).
+const REPORT_PROBES: usize = 30;
 
 /// Called with `sent` or `failed` for each notification (metrics count them).
 pub type Outcome = Arc<dyn Fn(&'static str) + Send + Sync>;
@@ -122,7 +126,12 @@ pub async fn run(
                 continue;
             }
         };
-        let payload = payload(name, &config.app.name, &d, &steps);
+        let probes = if d.state == DeploymentState::RolledBack {
+            store.deployment_probes(id).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let payload = payload(name, &config.app.name, &d, &steps, &probes);
         for target in targets {
             let body = match target.format {
                 NotifyFormat::Json => payload.clone(),
@@ -173,8 +182,8 @@ fn seconds_between(start: &str, end: Option<&str>) -> Option<f64> {
     Some((b - a).num_milliseconds() as f64 / 1000.0)
 }
 
-/// The `json` body for event `name` about `d`.
-pub fn payload(name: &str, app: &str, d: &Deployment, steps: &[Step]) -> Value {
+/// The `json` body for event `name` about `d` (`probes`: the monitor's, for a rolled back one).
+pub fn payload(name: &str, app: &str, d: &Deployment, steps: &[Step], probes: &[Probe]) -> Value {
     let version = d.version.clone().unwrap_or_else(|| d.git_ref.clone());
     let short = d.commit_sha.as_deref().map(|s| &s[..7.min(s.len())]);
     let at = short.map(|s| format!(" ({s})")).unwrap_or_default();
@@ -215,25 +224,41 @@ pub fn payload(name: &str, app: &str, d: &Deployment, steps: &[Step]) -> Value {
         "duration_seconds": duration,
         "failing_step": failing.map(|s| json!({"name": s.name, "output_tail": tail(&s.output, OUTPUT_TAIL)})),
     });
-    if name == "deploy.failed" {
-        body["report"] = report(app, d, &version, failing, steps);
+    if name == "deploy.failed" || d.state == DeploymentState::RolledBack {
+        body["report"] = report(app, d, &version, failing, steps, probes);
     }
     body
 }
 
-/// A ready-to-file issue for a failed deploy: a title and a markdown body.
+/// A ready-to-file issue for a failed or rolled back deploy: a title and a markdown body.
 fn report(
     app: &str,
     d: &Deployment,
     version: &str,
     failing: Option<&Step>,
     steps: &[Step],
+    probes: &[Probe],
 ) -> Value {
     let step = failing.map_or("(no step failed; see the reason)", |s| s.name.as_str());
-    let title = format!(
-        "Deploy of {app} {version} to {} failed at {step}",
-        d.environment
-    );
+    let rolled_back = d.state == DeploymentState::RolledBack;
+    let title = if rolled_back {
+        // the rule, as the monitor named it: "max_consecutive_failures breached: …"
+        let rule = d
+            .reason
+            .as_deref()
+            .and_then(|r| r.split(" breached").next())
+            .map(|r| r.trim_start_matches("monitor: "))
+            .unwrap_or("a monitoring rule");
+        format!(
+            "Deploy of {app} {version} to {} rolled back by the monitor ({rule})",
+            d.environment
+        )
+    } else {
+        format!(
+            "Deploy of {app} {version} to {} failed at {step}",
+            d.environment
+        )
+    };
     let mut md = format!(
         "## What happened\n\nDeployment {} of `{}` to **{}** ended `{}`.\n\n\
          - Reason: {}\n- Commit: `{}`\n- Triggered by: {}\n- Started: {}\n- Finished: {}\n\n\
@@ -260,11 +285,53 @@ fn report(
             tail(&s.output, OUTPUT_TAIL).trim_end()
         ));
     }
+    if !probes.is_empty() {
+        md.push_str(&probe_table(probes));
+    }
+    if let Some(lines) = failing.and_then(|s| s.app_output.as_deref()) {
+        md.push_str(&format!(
+            "\n## The app's last lines (`{}`)\n\n```\n{}\n```\n",
+            d.release.as_deref().unwrap_or(version),
+            lines.trim_end()
+        ));
+    }
     md.push_str(&format!(
-        "\nThe previous release kept serving. Details: `ferry show {}`.\n",
+        "\n{} Details: `ferry show {}`.\n",
+        if rolled_back {
+            "Traffic went back to the previous release."
+        } else {
+            "The previous release kept serving."
+        },
         d.id
     ));
     json!({"title": title, "body": md})
+}
+
+/// The monitor's figures and its newest probes, as a markdown section.
+fn probe_table(probes: &[Probe]) -> String {
+    let passed = probes.iter().filter(|p| p.ok).count();
+    let in_a_row = probes.iter().rev().take_while(|p| !p.ok).count();
+    let slowest = probes.iter().map(|p| p.response_ms).fold(0.0, f64::max);
+    let mut md = format!(
+        "\n## Monitoring\n\n{} probes, {passed} passed ({:.1}%), {in_a_row} failed in a row at the end, slowest {slowest:.1} ms.\n\n\
+         | at | result | ms | detail |\n|---|---|---|---|\n",
+        probes.len(),
+        100.0 * passed as f64 / probes.len() as f64,
+    );
+    let skipped = probes.len().saturating_sub(REPORT_PROBES);
+    if skipped > 0 {
+        md.push_str(&format!("| … | {skipped} earlier probes | | |\n"));
+    }
+    for p in &probes[skipped..] {
+        let detail = p.detail.as_deref().unwrap_or("").replace('|', "\\|");
+        md.push_str(&format!(
+            "| {} | {} | {:.1} | {detail} |\n",
+            p.at,
+            if p.ok { "ok" } else { "failed" },
+            p.response_ms
+        ));
+    }
+    md
 }
 
 #[cfg(test)]

@@ -28,6 +28,10 @@ use tokio::sync::watch;
 pub const LOG_ROTATE_BYTES: u64 = 10 * 1024 * 1024;
 /// Files kept: `app.log`, `app.log.1`, `app.log.2`.
 pub const LOG_FILES_KEPT: usize = 3;
+/// Output lines each instance keeps in memory for failure reports ([`Instance::last_lines`]).
+pub const LAST_LINES: usize = 40;
+/// The longest of those lines kept, in characters (the rest is cut after redaction).
+const LAST_LINE_CHARS: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -176,6 +180,15 @@ impl LogSink {
         self.lock().path.clone()
     }
 
+    /// `line` as the log would hold it: known secrets masked.
+    fn redact_line(&self, line: &[u8]) -> String {
+        let text = String::from_utf8_lossy(line);
+        match &self.redactor {
+            Some(r) => r.redact(&text),
+            None => text.into_owned(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, LogFile> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -247,10 +260,23 @@ pub struct Instance {
     lines: Arc<LineTap>,
 }
 
-/// Watches an instance's output lines for a pattern once asked to (post-deploy monitoring).
-#[derive(Default)]
+/// Watches an instance's output lines for a pattern once asked to (post-deploy monitoring),
+/// and keeps its last [`LAST_LINES`] lines, redacted, for failure reports.
 struct LineTap {
     watch: Mutex<Option<(regex::Regex, Vec<std::time::Instant>)>>,
+    last: Mutex<std::collections::VecDeque<String>>,
+    /// Set once the output pipe has ended (every line is in `last`).
+    ended: watch::Sender<bool>,
+}
+
+impl Default for LineTap {
+    fn default() -> Self {
+        LineTap {
+            watch: Mutex::default(),
+            last: Mutex::default(),
+            ended: watch::channel(false).0,
+        }
+    }
 }
 
 impl LineTap {
@@ -259,6 +285,18 @@ impl LineTap {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_some()
+    }
+
+    fn keep(&self, mut line: String) {
+        if let Some((cut, _)) = line.char_indices().nth(LAST_LINE_CHARS) {
+            line.truncate(cut);
+            line.push('…');
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.len() >= LAST_LINES {
+            last.pop_front();
+        }
+        last.push_back(line);
     }
 
     fn feed(&self, line: &[u8]) {
@@ -433,13 +471,17 @@ async fn pump(mut from: impl AsyncRead + Unpin, log: LogSink, lines: Arc<LineTap
     if !pending.is_empty() {
         flush(&log, &lines, pending).await;
     }
+    lines.ended.send_replace(true);
 }
 
 async fn flush(log: &LogSink, lines: &LineTap, chunk: Vec<u8>) {
-    if lines.active() {
-        for line in chunk.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+    let active = lines.active();
+    for line in chunk.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        if active {
             lines.feed(line);
         }
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        lines.keep(log.redact_line(line));
     }
     let log = log.clone();
     // file writes block; keep them off the async workers
@@ -458,6 +500,20 @@ impl Instance {
         watch
             .as_ref()
             .map_or(0, |(_, hits)| hits.iter().filter(|&&t| t >= since).count())
+    }
+
+    /// The instance's last output lines (at most [`LAST_LINES`]), secrets masked as in the
+    /// log. Once it has exited, waits up to a second for the rest of its output first.
+    pub async fn last_lines(&self) -> Vec<String> {
+        if self.exited().is_some() {
+            let mut ended = self.lines.ended.subscribe();
+            let _ = tokio::time::timeout(Duration::from_secs(1), ended.wait_for(|e| *e)).await;
+        } else {
+            // a line read just now may still be on its way through the pump
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let last = self.lines.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.iter().cloned().collect()
     }
 
     /// The exit status once the process has exited.

@@ -5,6 +5,8 @@
 //! - `message`: what `/` answers before the version (default "hello");
 //! - `health_status`: the status `/health` answers (default 200; a broken release uses 500);
 //! - `exit_at_start`: `true` makes it exit with status 3 at once;
+//! - `print_env`: the name of a variable it prints as `NAME=value` at start (its own words
+//!   about its settings, as a misconfigured app would print them);
 //! - `boot_ms`: wait this long before listening (a slow boot);
 //! - `slow_ms`: `/slow` takes this long to answer (default 300).
 //!
@@ -59,6 +61,9 @@ pub async fn run() -> std::io::Result<()> {
         "sample app {version} starting in {slot} (pid {})",
         std::process::id()
     );
+    if let Some(name) = get_conf("print_env") {
+        println!("{name}={}", var(&name));
+    }
     if get_conf("exit_at_start").as_deref() == Some("true") {
         eprintln!("ERROR exit_at_start is set: exiting");
         std::process::exit(3);

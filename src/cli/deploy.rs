@@ -251,6 +251,12 @@ fn print_outcome(client: &ApiClient, d: &Deployment, steps: &[Step], took: Durat
                         println!("    | {line}");
                     }
                 }
+                if let Some(app) = &step.app_output {
+                    println!("  the app's last lines:");
+                    for line in app.lines() {
+                        println!("    > {line}");
+                    }
+                }
             }
             println!(
                 "{}: {} (deployment #{}; details: ferry show {} --server {})",

@@ -169,6 +169,12 @@ pub async fn show(cli: &Cli, args: &Show) -> CmdResult {
         for line in step.output.lines() {
             println!("      | {line}");
         }
+        if let Some(app) = &step.app_output {
+            println!("      the app's last lines:");
+            for line in app.lines() {
+                println!("      > {line}");
+            }
+        }
     }
     Ok(())
 }

@@ -23,6 +23,8 @@ pub(super) struct Stop {
     pub state: DeploymentState,
     pub message: String,
     pub output: String,
+    /// The judged instance's last output lines, kept with the step (`Step::app_output`).
+    pub app_output: Option<String>,
 }
 
 impl Stop {
@@ -31,6 +33,7 @@ impl Stop {
             state: DeploymentState::Failed,
             message: message.into(),
             output: String::new(),
+            app_output: None,
         }
     }
 
@@ -43,6 +46,15 @@ impl Stop {
 
     pub fn with_output(mut self, output: &str) -> Stop {
         self.output = output.to_string();
+        self
+    }
+
+    /// Keeps `instance`'s last output lines with the failing step.
+    pub async fn with_app_output(mut self, instance: &crate::runtime::Instance) -> Stop {
+        let lines = instance.last_lines().await;
+        if !lines.is_empty() {
+            self.app_output = Some(lines.join("\n") + "\n");
+        }
         self
     }
 }
@@ -148,6 +160,12 @@ impl Engine {
             Err(stop) => (StepState::Failed, stop.output.clone()),
         };
         let output = self.redactor.redact(&release::tail_text(output.as_bytes()));
+        if let Err(stop) = &result
+            && let Some(lines) = &stop.app_output
+            && let Err(e) = self.store.set_step_app_output(step, lines)
+        {
+            tracing::error!(id, step = name, error = %e, "cannot record the app's output");
+        }
         if let Err(e) = self.store.step_finished(step, state, &output) {
             tracing::error!(id, step = name, error = %e, "cannot record step outcome");
         }
@@ -235,7 +253,9 @@ impl Engine {
                     match self.watch(id, &env.name, &instance, cfg).await {
                         Ok(log) => Ok((previous, log)),
                         Err(breach) => {
-                            Err(self.roll_back_now(state, &name, previous, breach).await)
+                            let stop = self.roll_back_now(state, &name, previous, breach).await;
+                            // traffic is back first; the stopped instance keeps its last lines
+                            Err(stop.with_app_output(&instance).await)
                         }
                     }
                 })
@@ -532,10 +552,12 @@ impl Engine {
             .await?;
         let health = self.config.health.clone();
         self.step(id, "health", async {
-            crate::health::wait_healthy(&instance, &health)
-                .await
-                .map(|log| ((), log))
-                .map_err(|e| Stop::failed(e.to_string()))
+            match crate::health::wait_healthy(&instance, &health).await {
+                Ok(log) => Ok(((), log)),
+                Err(e) => Err(Stop::failed(e.to_string())
+                    .with_app_output(&instance)
+                    .await),
+            }
         })
         .await
         .inspect_err(|_| self.mark_release(env, release, "bad"))?;
@@ -611,6 +633,7 @@ impl Engine {
             state: DeploymentState::RolledBack,
             message: format!("{what}; rolled back to {back_to}"),
             output: out,
+            app_output: None,
         }
     }
 

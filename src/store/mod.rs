@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_commands.sql"),
     include_str!("migrations/0006_access.sql"),
     include_str!("migrations/0008_webhooks.sql"),
+    include_str!("migrations/0010_app_output.sql"),
 ];
 
 /// Store errors.
@@ -357,10 +358,19 @@ impl Store {
         self.publish_step(&conn, step, true)
     }
 
+    /// Keeps the last output lines of the instance step `step` judged (see `Step::app_output`).
+    pub fn set_step_app_output(&self, step: i64, lines: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE steps SET app_output = ?2 WHERE id = ?1",
+            params![step, lines],
+        )?;
+        Ok(())
+    }
+
     pub fn steps(&self, deployment: i64) -> Result<Vec<Step>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT name, state, started_at, finished_at, output FROM steps
+            "SELECT name, state, started_at, finished_at, output, app_output FROM steps
              WHERE deployment_id = ?1 ORDER BY id",
         )?;
         let rows = stmt.query_map([deployment], Step::from_row)?;

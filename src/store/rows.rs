@@ -184,6 +184,10 @@ pub struct Step {
     pub started_at: String,
     pub finished_at: Option<String>,
     pub output: String,
+    /// The new instance's last output lines (redacted) where this step failed it (`health`)
+    /// or rolled it back (`monitor`): the app's own words about what went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_output: Option<String>,
 }
 
 impl Step {
@@ -195,6 +199,7 @@ impl Step {
             started_at: r.get(2)?,
             finished_at: r.get(3)?,
             output: r.get(4)?,
+            app_output: r.get(5)?,
         })
     }
 }

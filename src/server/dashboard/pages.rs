@@ -712,6 +712,10 @@ fn timeline(d: &Deployment, steps: &[Step]) -> Markup {
                                 span.name { (name) }
                                 span.meta { "failed after " (took) }
                                 pre.output { (s.output) }
+                                @if let Some(app) = &s.app_output {
+                                    p.meta { "the app's last lines:" }
+                                    pre.output.app { (app) }
+                                }
                             },
                             StepState::Skipped => li.skipped {
                                 span.icon aria-label="skipped" { "–" }
