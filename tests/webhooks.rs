@@ -507,3 +507,69 @@ fn an_annotated_tag_push_records_the_commit() {
     assert_eq!(deliveries(&s)[0]["commit_sha"], head.as_str());
     assert_eq!(deployments(&s).len(), 1);
 }
+
+#[test]
+fn a_push_during_a_running_deploy_or_the_restore_at_start_deploys_afterwards() {
+    let mut s = Sandbox::with(
+        &[Rel("v1.0.0", "boot_ms = 1500\n")],
+        Options {
+            env_extra: MAIN,
+            tables: WEBHOOKS,
+            ..Options::default()
+        },
+    );
+    // slow to boot, and given the time to: every deployment and the restore take a while
+    let config = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("retries = 15", "retries = 200");
+    std::fs::write(&s.config, config).unwrap();
+    s.serve_env.push(("FERRY_TEST_GH".into(), GH_SECRET.into()));
+    s.serve_env.push(("FERRY_TEST_GL".into(), GL_TOKEN.into()));
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+
+    // a person's deploy is under way: the push waits for it, then deploys
+    let run = s.ferry(&["deploy", "staging", "v1.0.0", "--no-wait"]);
+    assert_eq!(run.code(), 0, "{run}");
+    let c1 = commit(&s, "one");
+    let (status, body) = github_json(
+        &s,
+        "push",
+        "d-1",
+        &gh_push("acme/sample", "refs/heads/main", &c1),
+    );
+    assert_eq!(status, 202, "{body}");
+    assert!(outcome(&body).contains("queued"), "{body}");
+    assert_eq!(
+        wait_succeeded(&s, deployment_id(&body))["commit_sha"],
+        c1.as_str()
+    );
+
+    // ferry restarts: the restore of the last good release holds the environment
+    s.stop(nix::sys::signal::Signal::SIGTERM);
+    s.serve();
+    let restoring = || {
+        s.api("/api/environments")[0]["deploying"]["holder"]
+            .as_str()
+            .is_some_and(|h| h.contains("restoring"))
+    };
+    assert!(
+        eventually(Duration::from_secs(20), restoring),
+        "{}",
+        s.serve_log()
+    );
+    let c2 = commit(&s, "two");
+    let push = gh_push("acme/sample", "refs/heads/main", &c2);
+    let (status, body) = github_json(&s, "push", "d-2", &push);
+    assert_eq!(status, 202, "{body}");
+    assert!(outcome(&body).contains("queued"), "{body}");
+    let id = deployment_id(&body);
+    // the provider's redelivery is a duplicate, not a second deployment
+    let (_, again) = github_json(&s, "push", "d-2", &push);
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(wait_succeeded(&s, id)["commit_sha"], c2.as_str());
+    assert_eq!(
+        s.api("/api/environments/staging/version")["commit_sha"],
+        c2.as_str()
+    );
+}

@@ -554,9 +554,7 @@ impl Engine {
         self.step(id, "health", async {
             match crate::health::wait_healthy(&instance, &health).await {
                 Ok(log) => Ok(((), log)),
-                Err(e) => Err(Stop::failed(e.to_string())
-                    .with_app_output(&instance)
-                    .await),
+                Err(e) => Err(Stop::failed(e.to_string()).with_app_output(&instance).await),
             }
         })
         .await

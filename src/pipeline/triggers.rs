@@ -3,7 +3,8 @@
 //! - An environment with `track = { branch = "main" }` deploys every push to `main`. When a
 //!   deployment is already under way there, the push waits in the environment's queue; a newer
 //!   push replaces the waiting one (which becomes `superseded`), so only the newest commit
-//!   deploys once the environment is free.
+//!   deploys once the environment is free. ferry's own work counts as under way too: the
+//!   restore `serve` runs at start, and a crashed instance being started again.
 //! - An environment with `track = { tags = true, auto = true }` deploys pushed release tags
 //!   through every gate (typically it then waits for approval); without `auto` the tag is
 //!   recorded and not deployed.
@@ -255,13 +256,18 @@ impl Engine {
         Ok(Tracked::Queued(self.store.deployment(id)?, superseded))
     }
 
-    /// True while `env` has an unfinished deployment other than `except`.
+    /// True while `env` has an unfinished deployment other than `except`, or ferry itself
+    /// holds its lock (restoring the last good release at start, restarting a crashed one).
     fn busy_with(&self, env: &str, except: Option<i64>) -> Result<bool, EngineError> {
-        Ok(self
-            .store
-            .unfinished()?
-            .iter()
-            .any(|d| d.environment == env && Some(d.id) != except))
+        let ferry_holds = self.store.lock_holder(env)?.is_some_and(|h| {
+            h.kind != "manual" && (h.deployment_id.is_none() || h.deployment_id != except)
+        });
+        Ok(ferry_holds
+            || self
+                .store
+                .unfinished()?
+                .iter()
+                .any(|d| d.environment == env && Some(d.id) != except))
     }
 }
 
