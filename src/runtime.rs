@@ -180,14 +180,6 @@ impl LogSink {
         self.lock().path.clone()
     }
 
-    /// `line` as the log would hold it: known secrets masked.
-    fn redact_line(&self, line: &[u8]) -> String {
-        let text = String::from_utf8_lossy(line);
-        match &self.redactor {
-            Some(r) => r.redact(&text),
-            None => text.into_owned(),
-        }
-    }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LogFile> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -264,17 +256,31 @@ pub struct Instance {
 /// and keeps its last [`LAST_LINES`] lines, redacted, for failure reports.
 struct LineTap {
     watch: Mutex<Option<(regex::Regex, Vec<std::time::Instant>)>>,
-    last: Mutex<std::collections::VecDeque<String>>,
+    /// Raw, as read: masked when asked for ([`Instance::last_lines`]), so a flood of output
+    /// costs one copy of the last lines of each chunk and nothing more.
+    last: Mutex<std::collections::VecDeque<Vec<u8>>>,
     /// Set once the output pipe has ended (every line is in `last`).
     ended: watch::Sender<bool>,
+    /// The log's: lines are masked as the log masks them.
+    redactor: Option<Arc<crate::sandbox::Redactor>>,
 }
 
-impl Default for LineTap {
-    fn default() -> Self {
+impl LineTap {
+    fn new(log: &LogSink) -> LineTap {
         LineTap {
             watch: Mutex::default(),
             last: Mutex::default(),
             ended: watch::channel(false).0,
+            redactor: log.redactor.clone(),
+        }
+    }
+
+    /// `line` as the log holds it: known secrets masked.
+    fn redact(&self, line: &[u8]) -> String {
+        let text = String::from_utf8_lossy(line);
+        match &self.redactor {
+            Some(r) => r.redact(&text),
+            None => text.into_owned(),
         }
     }
 }
@@ -287,16 +293,22 @@ impl LineTap {
             .is_some()
     }
 
-    fn keep(&self, mut line: String) {
-        if let Some((cut, _)) = line.char_indices().nth(LAST_LINE_CHARS) {
-            line.truncate(cut);
-            line.push('…');
-        }
+    /// Keeps the last [`LAST_LINES`] lines of `chunk` (whole lines, as the pump writes them).
+    fn keep(&self, chunk: &[u8]) {
+        let mut newest: Vec<&[u8]> = chunk
+            .rsplit(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .filter(|l| !l.is_empty())
+            .take(LAST_LINES)
+            .collect();
+        newest.reverse();
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if last.len() >= LAST_LINES {
-            last.pop_front();
+        for line in newest {
+            if last.len() >= LAST_LINES {
+                last.pop_front();
+            }
+            last.push_back(line.to_vec());
         }
-        last.push_back(line);
     }
 
     fn feed(&self, line: &[u8]) {
@@ -349,7 +361,7 @@ pub fn spawn(spec: &InstanceSpec, log: &LogSink) -> Result<Instance, RuntimeErro
         }
     })?;
     let pid = child.id().unwrap_or_default();
-    let lines = Arc::new(LineTap::default());
+    let lines = Arc::new(LineTap::new(log));
     tokio::spawn(pump(reader, log.clone(), lines.clone()));
     let (tx, exit) = watch::channel(None);
     tokio::spawn(async move {
@@ -381,7 +393,7 @@ pub fn adopt(
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "the process is gone"),
         });
     }
-    let lines = Arc::new(LineTap::default());
+    let lines = Arc::new(LineTap::new(log));
     match open_pipe(output) {
         Ok(reader) => {
             tokio::spawn(pump(reader, log.clone(), lines.clone()));
@@ -475,14 +487,12 @@ async fn pump(mut from: impl AsyncRead + Unpin, log: LogSink, lines: Arc<LineTap
 }
 
 async fn flush(log: &LogSink, lines: &LineTap, chunk: Vec<u8>) {
-    let active = lines.active();
-    for line in chunk.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        if active {
+    if lines.active() {
+        for line in chunk.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             lines.feed(line);
         }
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        lines.keep(log.redact_line(line));
     }
+    lines.keep(&chunk);
     let log = log.clone();
     // file writes block; keep them off the async workers
     let _ = tokio::task::spawn_blocking(move || log.write(&chunk)).await;
@@ -512,8 +522,21 @@ impl Instance {
             // a line read just now may still be on its way through the pump
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let last = self.lines.last.lock().unwrap_or_else(|e| e.into_inner());
-        last.iter().cloned().collect()
+        let raw: Vec<Vec<u8>> = {
+            let last = self.lines.last.lock().unwrap_or_else(|e| e.into_inner());
+            last.iter().cloned().collect()
+        };
+        raw.iter()
+            .map(|line| {
+                // masked whole, then cut: a cut never leaves part of a secret unmasked
+                let mut text = self.lines.redact(line);
+                if let Some((cut, _)) = text.char_indices().nth(LAST_LINE_CHARS) {
+                    text.truncate(cut);
+                    text.push('…');
+                }
+                text
+            })
+            .collect()
     }
 
     /// The exit status once the process has exited.

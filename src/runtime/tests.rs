@@ -121,3 +121,26 @@ async fn a_secret_written_in_two_pieces_is_masked_whole_and_a_prompt_still_reach
     assert!(!text.contains("abc-sec"), "{text}");
     instance.stop(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn an_instance_keeps_its_last_lines_masked_and_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let redactor = Arc::new(crate::sandbox::Redactor::default());
+    redactor.add(["hunter2-secret-value"]);
+    let log = LogSink::open(dir.path().join("logs/app.log"))
+        .unwrap()
+        .with_redactor(redactor);
+    let long = "x".repeat(LAST_LINE_CHARS + 100);
+    let script = format!(
+        "i=1; while [ $i -le 50 ]; do echo line $i; i=$((i+1)); done; \
+         echo {long}; printf 'key=hunter2-secret-value\\r\\n'"
+    );
+    let instance = spawn(&spec(dir.path(), &script), &log).unwrap();
+    instance.wait_exit().await;
+    let lines = instance.last_lines().await;
+    assert_eq!(lines.len(), LAST_LINES, "{lines:?}");
+    assert_eq!(lines[0], "line 13");
+    assert_eq!(lines[LAST_LINES - 3], "line 50");
+    assert_eq!(lines[LAST_LINES - 2].chars().count(), LAST_LINE_CHARS + 1);
+    assert_eq!(lines[LAST_LINES - 1], "key=***");
+}
