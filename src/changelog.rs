@@ -1,5 +1,5 @@
 //! Release notes: commits grouped by their conventional-commit prefix into a Keep a Changelog
-//! section, and that section put at the top of `CHANGELOG.md`. Pure text; `ferry release`
+//! section naming who contributed, and that section put at the top of `CHANGELOG.md`. Pure text; `ferry release`
 //! (`cli/release.rs`) runs git around it.
 
 use std::sync::LazyLock;
@@ -12,6 +12,8 @@ pub struct Commit {
     pub sha: String,
     pub subject: String,
     pub body: String,
+    /// The author's name (as git's mailmap gives it).
+    pub author: String,
 }
 
 /// The groups, in the order they are written.
@@ -79,7 +81,34 @@ pub fn section(version: &str, date: &str, commits: &[Commit]) -> String {
             out.push('\n');
         }
     }
+    let names = contributors(commits);
+    if !names.is_empty() {
+        out.push_str("\n### Contributors\n\n");
+        for name in names {
+            out.push_str(&format!("- {name}\n"));
+        }
+    }
     out
+}
+
+/// Everyone who wrote or co-wrote the listed commits (`Co-authored-by:` trailers count),
+/// each once, in the order they first appear.
+fn contributors(commits: &[Commit]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for c in commits.iter().filter(|c| !is_release_commit(c)) {
+        let co = c.body.lines().filter_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case("co-authored-by")
+                .then(|| value.split('<').next().unwrap_or("").trim().to_string())
+        });
+        for name in std::iter::once(c.author.trim().to_string()).chain(co) {
+            if !name.is_empty() && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
 }
 
 /// The header a new `CHANGELOG.md` starts with.
@@ -118,6 +147,7 @@ mod tests {
             sha: sha.repeat(40)[..40].to_string(),
             subject: subject.into(),
             body: body.into(),
+            author: "Alice".into(),
         }
     }
 
@@ -143,7 +173,24 @@ mod tests {
              \n### Breaking\n\n- drop the v1 API (ccccccc)\n- split the handler (ddddddd)\n\
              \n### Added\n\n- **search:** filter by city (aaaaaaa)\n\
              \n### Fixed\n\n- crash on empty query (bbbbbbb)\n\
-             \n### Changed\n\n- readme (eeeeeee)\n- Plain subject without a prefix (fffffff)\n"
+             \n### Changed\n\n- readme (eeeeeee)\n- Plain subject without a prefix (fffffff)\n\
+             \n### Contributors\n\n- Alice\n"
+        );
+    }
+
+    #[test]
+    fn contributors_are_each_author_and_co_author_once() {
+        let mut commits = vec![
+            c("a", "feat: one", ""),
+            c("b", "fix: two", "Co-authored-by: Carol <carol@example.com>"),
+            c("c", "chore(release): v1.0.0", ""),
+        ];
+        commits[1].author = "Bob".into();
+        commits[2].author = "Release Bot".into();
+        let s = section("1.1.0", "2026-11-23", &commits);
+        assert!(
+            s.ends_with("\n### Contributors\n\n- Alice\n- Bob\n- Carol\n"),
+            "{s}"
         );
     }
 

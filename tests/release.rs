@@ -60,7 +60,13 @@ fn release_notes_from_feat_fix_and_breaking_commits() {
     commit(&repo, "a", "first");
     sh(&repo, "git tag -a v1.2.0 -m v1.2.0");
     commit(&repo, "b", "feat(search): filter by city");
-    commit(&repo, "c", "fix: crash on an empty query");
+    // another author, with a co-author: both are named in the section
+    std::fs::write(repo.join("c"), "c").unwrap();
+    sh(
+        &repo,
+        "git add . && git commit -q --author 'Bob Builder <bob@example.com>' \
+         -m 'fix: crash on an empty query' -m 'Co-authored-by: Carol <carol@example.com>'",
+    );
     commit(&repo, "d", "feat!: drop the v1 API");
     commit(
         &repo,
@@ -83,7 +89,8 @@ fn release_notes_from_feat_fix_and_breaking_commits() {
          ### Breaking\n\n- drop the v1 API ({})\n- rename settings ({})\n\n\
          ### Added\n\n- **search:** filter by city ({})\n\n\
          ### Fixed\n\n- crash on an empty query ({})\n\n\
-         ### Changed\n\n- explain deploys ({})\n",
+         ### Changed\n\n- explain deploys ({})\n\n\
+         ### Contributors\n\n- t\n- Bob Builder\n- Carol\n",
         sha("drop the v1"),
         sha("rename settings"),
         sha("filter by city"),

@@ -99,17 +99,19 @@ fn commits_since(repo: &Path, last: Option<&str>) -> Result<Vec<Commit>, Failure
             "log",
             "--reverse",
             "--no-merges",
-            "--format=%H%x1f%s%x1f%b%x1e",
+            "--format=%H%x1f%aN%x1f%s%x1f%b%x1e",
             &range,
         ],
     )?;
     Ok(log
         .split('\x1e')
         .filter_map(|rec| {
-            let mut f = rec.trim_start_matches('\n').splitn(3, '\x1f');
+            let mut f = rec.trim_start_matches('\n').splitn(4, '\x1f');
             let sha = f.next()?.trim();
+            let author = f.next().unwrap_or("").to_string();
             (!sha.is_empty()).then(|| Commit {
                 sha: sha.to_string(),
+                author,
                 subject: f.next().unwrap_or("").to_string(),
                 body: f.next().unwrap_or("").trim().to_string(),
             })
