@@ -2,11 +2,14 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::FromArgMatches;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = ferry::cli::Cli::parse();
+    let cli = match ferry::cli::Cli::from_arg_matches(&ferry::cli::command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     if let ferry::cli::Command::Confine(args) = &cli.command {
         // before any thread or logging: Landlock and the uid change hold for what it execs
         return ferry::cli::confine::run(args);
@@ -21,6 +24,8 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        // colour codes only for a person at a terminal, never into serve.log or a pipe
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -21,8 +21,12 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(300);
 pub enum ReleaseError {
     #[error("\"{0}\" is not a valid ref: {1}")]
     BadRef(String, &'static str),
-    #[error("ref \"{0}\" was not found in the repository (no such tag, branch or commit)")]
-    UnknownRef(String),
+    #[error("ref \"{name}\" was not found in the repository (no such tag, branch or commit); {known}")]
+    UnknownRef {
+        name: String,
+        /// What the repository has instead: its branches and tags, or no commits at all.
+        known: String,
+    },
     #[error("git {action} failed: {output}")]
     Git { action: String, output: String },
     #[error(
@@ -265,7 +269,43 @@ pub async fn resolve(mirror: &Path, r: &str) -> Result<Resolved, ReleaseError> {
             kind: RefKind::Commit,
         });
     }
-    Err(ReleaseError::UnknownRef(r.to_string()))
+    Err(ReleaseError::UnknownRef {
+        name: r.to_string(),
+        known: known_refs(mirror).await,
+    })
+}
+
+/// The branches and tags of `mirror` (newest tags first, a few of each), or that it has no
+/// commits: what to say when a ref is not found.
+async fn known_refs(mirror: &Path) -> String {
+    const SHOWN: usize = 10;
+    let list = |pattern: &'static str, sort: &'static str| async move {
+        let out = git(
+            Some(mirror),
+            &["for-each-ref", sort, "--format=%(refname:short)", pattern],
+            "for-each-ref",
+        )
+        .await
+        .unwrap_or_default();
+        out.lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    let branches = list("refs/heads", "--sort=refname").await;
+    let tags = list("refs/tags", "--sort=-creatordate").await;
+    if branches.is_empty() && tags.is_empty() {
+        return "the repository has no commits yet: commit and push your app first".into();
+    }
+    let named = |what: &str, all: &[String]| {
+        if all.is_empty() {
+            return format!("no {what}");
+        }
+        let more = all.len().saturating_sub(SHOWN);
+        let mut text = format!("{what}: {}", all[..all.len().min(SHOWN)].join(", "));
+        if more > 0 {
+            text.push_str(&format!(" and {more} more"));
+        }
+        text
+    };
+    format!("{}; {}", named("branches", &branches), named("tags", &tags))
 }
 
 /// Writes the tree of `commit` into `dest` (which must not exist), without `.git`.

@@ -133,7 +133,7 @@ pub async fn run() -> std::io::Result<()> {
     }
     let version_json = serde_json::json!({
         "version": version, "commit": commit, "environment": environment,
-        "slot": slot, "pid": std::process::id(),
+        "slot": slot, "pid": std::process::id(), "deployed_at": var("DEPLOYED_AT"),
     })
     .to_string();
     let app = Router::new()

@@ -6,10 +6,63 @@ use crate::config::{RepositorySource, Track, format_duration};
 #[derive(Debug, clap::Args)]
 pub struct Check {}
 
+/// Warnings about a local `repo` a first deploy would trip on: no commits yet, or a `start`
+/// program (a path into the repo, like `./server`) that is not in the commit at HEAD.
+fn repo_warnings(repo: &str, start: &str) -> Vec<String> {
+    if crate::config::is_remote_repo(repo) {
+        return Vec::new();
+    }
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+    };
+    let Some(head) = git(&["rev-parse", "--verify", "--quiet", "HEAD^{commit}"]) else {
+        return vec![format!(
+            "the repo {repo} has no commits yet: nothing can be deployed until you commit your app"
+        )];
+    };
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    // the program: the first word that is not a variable assignment or `exec`
+    let program = start
+        .split_whitespace()
+        .find(|w| !w.contains('=') && *w != "exec")
+        .unwrap_or("")
+        .trim_matches(|c| c == '\'' || c == '"');
+    let Some(rel) = program.strip_prefix("./").or_else(|| {
+        (program.contains('/') && !program.starts_with('/') && !program.starts_with('$'))
+            .then_some(program)
+    }) else {
+        return Vec::new();
+    };
+    let short = &head[..7.min(head.len())];
+    match git(&["cat-file", "-e", &format!("{head}:{rel}")]) {
+        Some(_) => Vec::new(),
+        // a build may make it: say so rather than fail
+        None => vec![format!(
+            "start runs {program}, which is not in the repo at HEAD ({short}); unless a build command makes it, the first deploy will fail"
+        )],
+    }
+}
+
 pub fn run(cli: &Cli, _args: &Check) -> CmdResult {
     let config = cli.load_config()?;
     let app = &config.app;
-    println!("{}: ok", config.path.display());
+    let warnings = repo_warnings(&app.repo, &app.start);
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    if warnings.is_empty() {
+        println!("{}: ok", config.path.display());
+    } else {
+        println!("{}: ok, with {} warning(s)", config.path.display(), warnings.len());
+    }
     println!("  app        {} from {}", app.name, app.repo);
     println!("  start      {}", app.start);
     println!(

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("ferry is not running at {url}: start it with `ferry serve -c {}`", config.display())]
+    #[error("ferry is not running at {url}: start it with `ferry serve{}`", config_flag(config))]
     NotRunning { url: String, config: PathBuf },
     #[error("{message}")]
     Api {
@@ -20,6 +20,15 @@ pub enum ClientError {
     Other { url: String, detail: String },
 }
 
+/// ` -c <file>` for a printed command, unless `config` is the default one.
+fn config_flag(config: &Path) -> String {
+    if config == Path::new(super::DEFAULT_CONFIG) {
+        String::new()
+    } else {
+        format!(" -c {}", config.display())
+    }
+}
+
 /// A client for the daemon's API.
 #[derive(Clone)]
 pub struct ApiClient {
@@ -27,6 +36,8 @@ pub struct ApiClient {
     config: PathBuf,
     /// Sent as `Authorization: Bearer`; never printed.
     token: Option<String>,
+    /// What a printed `ferry …` hint needs to reach this daemon (empty with the defaults).
+    flags: String,
     http: reqwest::Client,
 }
 
@@ -35,6 +46,7 @@ impl ApiClient {
         ApiClient {
             base: base.trim_end_matches('/').to_string(),
             config: config.to_path_buf(),
+            flags: config_flag(config),
             token,
             http: reqwest::Client::builder()
                 .no_proxy()
@@ -46,6 +58,17 @@ impl ApiClient {
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// The flags printed hints add (` -c FILE`, ` --server URL`), none with the defaults.
+    pub fn flags(&self) -> &str {
+        &self.flags
+    }
+
+    /// Hints name `--server` too: it was given and differs from the config's.
+    pub fn with_server_flag(mut self) -> ApiClient {
+        self.flags.push_str(&format!(" --server {}", self.base));
+        self
     }
 
     /// A request carrying the token and the user's name.

@@ -139,6 +139,7 @@ pub async fn follow(client: &ApiClient, id: i64, live: bool) -> Result<Deploymen
     let mut printed = 0;
     let mut frame = 0usize;
     let mut said_waiting = false;
+    let mut said_monitoring = false;
     let mut progress_lines = 0;
     loop {
         let detail: DeploymentDetail = client.get(&format!("/api/deployments/{id}")).await?;
@@ -152,26 +153,40 @@ pub async fn follow(client: &ApiClient, id: i64, live: bool) -> Result<Deploymen
             );
         }
         if live {
-            for step in detail.steps.iter().skip(printed) {
-                if step.state == StepState::Running {
-                    break;
-                }
+            let clear = || {
                 if tty {
                     print!("\r\x1b[2K");
                 }
+            };
+            for step in detail.steps.iter().skip(printed) {
+                // the monitor writes a line per probe as it goes: each is printed, the last
+                // ones too; its final line is the step's summary, printed with it
+                if step.name == "monitor" && step.state != StepState::Skipped {
+                    if !said_monitoring {
+                        said_monitoring = true;
+                        clear();
+                        println!(
+                            "  monitoring: Ctrl-C stops following, not the deployment (`ferry show {id}` later)"
+                        );
+                    }
+                    let lines: Vec<&str> = step.output.lines().collect();
+                    let upto = match step.state {
+                        StepState::Running => lines.len(),
+                        _ => lines.len().saturating_sub(1),
+                    };
+                    for line in lines.iter().take(upto).skip(progress_lines) {
+                        clear();
+                        println!("    {line}");
+                        progress_lines += 1;
+                    }
+                }
+                if step.state == StepState::Running {
+                    break;
+                }
+                clear();
                 print_step(step);
                 printed += 1;
                 progress_lines = 0;
-            }
-            // a long step (monitor) writes progress lines as it goes
-            if !tty
-                && let Some(step) = detail.steps.get(printed)
-                && step.name == "monitor"
-            {
-                for line in step.output.lines().skip(progress_lines) {
-                    println!("    {line}");
-                    progress_lines += 1;
-                }
             }
             if tty && let Some(step) = detail.steps.get(printed) {
                 const SPIN: [&str; 4] = ["|", "/", "-", "\\"];
@@ -259,12 +274,12 @@ fn print_outcome(client: &ApiClient, d: &Deployment, steps: &[Step], took: Durat
                 }
             }
             println!(
-                "{}: {} (deployment #{}; details: ferry show {} --server {})",
+                "{}: {} (deployment #{}; details: ferry show {}{})",
                 state.as_str(),
                 d.reason.as_deref().unwrap_or("no reason recorded"),
                 d.id,
                 d.id,
-                client.base()
+                client.flags()
             );
         }
     }

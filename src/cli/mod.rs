@@ -20,12 +20,15 @@ mod token;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::Config;
 
 pub use client::{ApiClient, ClientError};
 pub use serve::wait_for_stop;
+
+/// The config file read when `-c` is not given.
+pub const DEFAULT_CONFIG: &str = "ferry.toml";
 
 /// ferry: deploy a git ref to an environment, verify it, promote the same bytes.
 #[derive(Debug, Parser)]
@@ -36,7 +39,7 @@ pub struct Cli {
         short = 'c',
         long = "config",
         global = true,
-        default_value = "ferry.toml"
+        default_value = DEFAULT_CONFIG
     )]
     pub config: PathBuf,
     /// The daemon's API address, instead of `[server] listen` from the config.
@@ -98,6 +101,58 @@ pub enum Command {
     Confine(confine::Confine),
 }
 
+/// Help for arguments many commands share, where their own definition gives none.
+const SHARED_HELP: &[(&str, &str)] = &[
+    ("environment", "The environment (or slot, like staging-2)."),
+    ("json", "Print JSON."),
+    (
+        "no_wait",
+        "Return at once with the deployment's id instead of following it.",
+    ),
+    ("git_ref", "A tag, branch or commit sha of the app's repository."),
+    ("state", "on or off."),
+];
+
+/// Subcommands that never talk to the daemon (`--server` does not apply), and those that
+/// read no config either (`--config` does not apply).
+const LOCAL_ONLY: &[&str] = &["init", "check", "serve", "token", "release", "demo"];
+const NO_CONFIG: &[&str] = &["release", "demo"];
+
+/// The command line as `ferry` parses it: every argument with help text, and each
+/// subcommand's help listing only the global options that apply to it.
+pub fn command() -> clap::Command {
+    fn fill(cmd: clap::Command) -> clap::Command {
+        let names: Vec<String> = cmd
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        let mut cmd = cmd.mut_args(|a| match a.get_help() {
+            Some(_) => a,
+            None => match SHARED_HELP.iter().find(|(id, _)| a.get_id().as_str() == *id) {
+                Some((_, help)) => a.help(*help),
+                None => a,
+            },
+        });
+        for name in names {
+            cmd = cmd.mut_subcommand(&name, fill);
+        }
+        cmd
+    }
+    // a global option a subcommand already has is not copied into it: a hidden one of the
+    // same name, accepted and ignored, keeps it out of that subcommand's help
+    let hidden = |id: &'static str| clap::Arg::new(id).long(id).hide(true);
+    let mut cmd = fill(Cli::command());
+    for name in LOCAL_ONLY {
+        cmd = cmd.mut_subcommand(name, |c| c.arg(hidden("server")));
+    }
+    for name in NO_CONFIG {
+        cmd = cmd.mut_subcommand(name, |c| {
+            c.arg(hidden("config").short('c').value_parser(clap::value_parser!(PathBuf)))
+        });
+    }
+    cmd
+}
+
 /// A command's failure, with the exit status it maps to.
 #[derive(Debug)]
 pub enum Failure {
@@ -105,6 +160,27 @@ pub enum Failure {
     Failed(String),
     /// Bad usage or config: exit 2.
     Usage(String),
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_argument_and_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                if a.get_help().is_none() && !a.is_hide_set() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            // hidden ones are ferry's own plumbing (sample-app, confine)
+            for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::command(), "ferry", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
 }
 
 impl From<ClientError> for Failure {
@@ -171,6 +247,15 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 impl Cli {
+    /// ` -c <file>` when the config is not the default one, for commands printed as hints.
+    pub fn config_flag(&self) -> String {
+        if self.config == std::path::Path::new(DEFAULT_CONFIG) {
+            String::new()
+        } else {
+            format!(" -c {}", self.config.display())
+        }
+    }
+
     pub fn load_config(&self) -> Result<Config, Failure> {
         Ok(Config::load(&self.config)?)
     }
@@ -178,23 +263,30 @@ impl Cli {
     /// A client for the daemon named by `--server` or the config.
     /// The token is `FERRY_TOKEN`, else the local token `serve` wrote into the state dir.
     pub fn client(&self) -> Result<ApiClient, Failure> {
-        let (base, state_dir) = match &self.server {
+        let api = |config: &Config| {
+            let mut addr = config.server.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        };
+        let (base, state_dir, own) = match &self.server {
             // with --server the config may be elsewhere; its state dir is used if it loads
-            Some(url) => (
-                url.clone(),
-                Config::load(&self.config).ok().map(|c| c.state_dir),
-            ),
+            Some(url) => {
+                let config = Config::load(&self.config).ok();
+                let own = config
+                    .as_ref()
+                    .is_some_and(|c| api(c) == url.trim_end_matches('/'));
+                (url.clone(), config.map(|c| c.state_dir), own)
+            }
             None => {
                 let config = self.load_config()?;
-                let mut addr = config.server.listen;
-                if addr.ip().is_unspecified() {
-                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                }
-                (format!("http://{addr}"), Some(config.state_dir))
+                (api(&config), Some(config.state_dir), true)
             }
         };
         let token = crate::auth::cli_token(state_dir.as_deref());
-        Ok(ApiClient::new(&base, &self.config, token))
+        let client = ApiClient::new(&base, &self.config, token);
+        Ok(if own { client } else { client.with_server_flag() })
     }
 }
 

@@ -1,4 +1,5 @@
-//! Read commands: `ferry status`, `ferry history <env>`, `ferry show <id>`.
+//! Read commands: `ferry status`, `ferry history [env]`, `ferry show <id>`. Times are shown
+//! in local time with their UTC offset.
 
 use super::deploy::{elapsed, seconds};
 use super::{Cli, CmdResult};
@@ -15,7 +16,8 @@ pub struct Status {
 
 #[derive(Debug, clap::Args)]
 pub struct History {
-    pub environment: String,
+    /// The environment (or slot); every environment's when left out.
+    pub environment: Option<String>,
     /// How many deployments to show.
     #[arg(short = 'n', long, default_value_t = 20)]
     pub limit: usize,
@@ -40,6 +42,18 @@ fn json(value: &impl serde::Serialize) {
     );
 }
 
+/// A stored (RFC 3339) time in local time with its offset: `2026-12-01 17:05:03 +01:00`.
+pub fn local(at: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(at).map_or_else(
+        |_| at.to_string(),
+        |t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S %:z")
+                .to_string()
+        },
+    )
+}
+
 fn short(sha: Option<&str>) -> &str {
     sha.map_or("-", |s| &s[..7.min(s.len())])
 }
@@ -51,7 +65,7 @@ pub async fn status(cli: &Cli, args: &Status) -> CmdResult {
         return Ok(());
     }
     println!(
-        "{:<14} {:<12} {:<8} {:<25} {:<10} URL",
+        "{:<14} {:<12} {:<8} {:<38} {:<10} URL",
         "ENVIRONMENT", "VERSION", "COMMIT", "DEPLOYED", "HEALTH"
     );
     for s in all {
@@ -65,13 +79,13 @@ pub async fn status(cli: &Cli, args: &Status) -> CmdResult {
             .map(|t| {
                 format!(
                     "{} by {}",
-                    &t[..19.min(t.len())],
+                    local(t),
                     s.deployed_by.as_deref().unwrap_or("?")
                 )
             })
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<14} {:<12} {:<8} {:<25} {:<10} http://{}",
+            "{:<14} {:<12} {:<8} {:<38} {:<10} http://{}",
             s.environment,
             s.version.as_deref().unwrap_or("-"),
             short(s.commit_sha.as_deref()),
@@ -84,10 +98,15 @@ pub async fn status(cli: &Cli, args: &Status) -> CmdResult {
                 "{:<14} locked by {} since {}: {}",
                 "",
                 lock.holder,
-                lock.since,
+                local(&lock.since),
                 lock.reason.as_deref().unwrap_or("")
             ),
-            Some(lock) => println!("{:<14} deploying: {} since {}", "", lock.holder, lock.since),
+            Some(lock) => println!(
+                "{:<14} deploying: {} since {}",
+                "",
+                lock.holder,
+                local(&lock.since)
+            ),
             None => {}
         }
         if let Some(message) = &s.maintenance {
@@ -98,26 +117,25 @@ pub async fn status(cli: &Cli, args: &Status) -> CmdResult {
 }
 
 pub async fn history(cli: &Cli, args: &History) -> CmdResult {
-    let list: Vec<Deployment> = cli
-        .client()?
-        .get(&format!(
-            "/api/environments/{}/deployments?limit={}",
-            args.environment, args.limit
-        ))
-        .await?;
+    let path = match &args.environment {
+        Some(env) => format!("/api/environments/{env}/deployments?limit={}", args.limit),
+        None => format!("/api/deployments?limit={}", args.limit),
+    };
+    let list: Vec<Deployment> = cli.client()?.get(&path).await?;
     if args.json {
         json(&list);
         return Ok(());
     }
     println!(
-        "{:<5} {:<12} {:<9} {:<20} {:<10} {:<20} REASON",
-        "ID", "STATE", "KIND", "RELEASE", "BY", "CREATED"
+        "{:<5} {:<14} {:<12} {:<9} {:<20} {:<10} {:<26} REASON",
+        "ID", "ENVIRONMENT", "STATE", "KIND", "RELEASE", "BY", "CREATED"
     );
     for d in list {
         // a release is named `<version>-<sha7>`, as `ferry rollback --to` takes it
         println!(
-            "{:<5} {:<12} {:<9} {:<20} {:<10} {:<20} {}",
+            "{:<5} {:<14} {:<12} {:<9} {:<20} {:<10} {:<26} {}",
             d.id,
+            d.environment,
             d.state.as_str(),
             d.kind,
             d.release
@@ -125,7 +143,7 @@ pub async fn history(cli: &Cli, args: &History) -> CmdResult {
                 .or(d.version.as_deref())
                 .unwrap_or(&d.git_ref),
             d.by(),
-            &d.created_at[..19.min(d.created_at.len())],
+            local(&d.created_at),
             d.reason.as_deref().unwrap_or("")
         );
     }
@@ -152,9 +170,12 @@ pub async fn show(cli: &Cli, args: &Show) -> CmdResult {
     println!("  commit    {}", d.commit_sha.as_deref().unwrap_or("-"));
     println!("  release   {}", d.release.as_deref().unwrap_or("-"));
     println!("  digest    {}", d.digest.as_deref().unwrap_or("-"));
-    println!("  by        {} at {}", d.by(), d.created_at);
+    println!("  by        {} at {}", d.by(), local(&d.created_at));
+    if let Some(end) = &d.finished_at {
+        println!("  finished  {}", local(end));
+    }
     if let (Some(by), Some(at)) = (d.approved(), &d.approved_at) {
-        println!("  approved  {by} at {at}");
+        println!("  approved  {by} at {}", local(at));
     }
     if let Some(reason) = &d.reason {
         println!("  reason    {reason}");

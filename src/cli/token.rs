@@ -45,7 +45,10 @@ pub enum TokenCommand {
         json: bool,
     },
     /// Stop a token from working.
-    Revoke { name: String },
+    Revoke {
+        /// The token's name, as `ferry token list` shows it.
+        name: String,
+    },
 }
 
 fn open(cli: &Cli) -> Result<Store, Failure> {

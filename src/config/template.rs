@@ -60,7 +60,11 @@ env = { LOG_LEVEL = "info" }
                                 # (default: the environment's name); --yes skips asking
 
 # After the switch the new release is watched; the previous one is kept running (out of
-# traffic) until this ends, and a breach switches back to it at once.
+# traffic) until this ends, and a breach switches back to it at once. `ferry deploy` shows
+# each probe and returns when monitoring ends (Ctrl-C stops following, not the deploy).
+# An environment's first deploy has nothing to roll back to: it is watched all the same,
+# and a breach leaves it serving (the deploy is marked failed). Set `monitor = false` on an
+# environment to skip this there, or shorten `duration` while trying ferry out.
 [monitor]
 duration = "5m"
 interval = "30s"

@@ -19,6 +19,17 @@ pub(super) struct Active {
     pub release: String,
     /// What the proxy sends to; counts the requests in flight on this instance.
     pub upstream: Arc<Upstream>,
+    /// The `DEPLOYED_AT` the instance was given (its row's `started_at`).
+    pub deployed_at: String,
+}
+
+/// The `DEPLOYED_AT` `spec` gives its instance.
+pub(super) fn deployed_at(spec: &InstanceSpec) -> String {
+    spec.vars
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "DEPLOYED_AT")
+        .map_or_else(crate::store::now, |(_, v)| v.clone())
 }
 
 pub struct EnvState {
@@ -43,6 +54,8 @@ pub struct EnvStatus {
     pub release: Option<String>,
     pub deployed_at: Option<String>,
     pub deployed_by: Option<String>,
+    /// The `DEPLOYED_AT` of the instance serving now (a restart gives a new one).
+    pub live_since: Option<String>,
     pub deployment_id: Option<i64>,
     /// `healthy`, `unhealthy`, `down` (no instance running), `none` (never deployed) or,
     /// without a fresh probe, `unknown` (not probed yet).
@@ -115,13 +128,14 @@ impl Engine {
         let env = &state.env;
         let last = self.store.last_succeeded(name)?;
         let deploying = self.store.lock_holder(name)?;
-        let (pid, port, release) = match state.active.lock().await.as_ref() {
+        let (pid, port, release, live_since) = match state.active.lock().await.as_ref() {
             Some(a) if a.instance.exited().is_none() => (
                 Some(a.instance.pid),
                 Some(a.instance.port),
                 Some(a.release.clone()),
+                Some(a.deployed_at.clone()),
             ),
-            _ => (None, None, None),
+            _ => (None, None, None, None),
         };
         let mut probed_at = None;
         let (health, detail, response_ms) = match port {
@@ -187,6 +201,7 @@ impl Engine {
             release: release.or_else(|| last.as_ref().and_then(|d| d.release.clone())),
             deployed_at: last.as_ref().and_then(|d| d.finished_at.clone()),
             deployed_by: last.as_ref().map(|d| d.triggered_by.clone()),
+            live_since,
             deployment_id: last.as_ref().map(|d| d.id),
             health,
             health_detail: detail,
@@ -206,6 +221,7 @@ impl Engine {
         release: &str,
         deployment: Option<i64>,
         instance: runtime::Instance,
+        deployed_at: String,
     ) -> Result<Active, String> {
         let row = crate::store::Instance {
             id: 0,
@@ -215,7 +231,7 @@ impl Engine {
             pid: instance.pid,
             port: instance.port,
             proc_start: runtime::process_start_time(instance.pid),
-            started_at: crate::store::now(),
+            started_at: deployed_at.clone(),
         };
         let record = match self.store.insert_instance(&row) {
             Ok(id) => id,
@@ -231,6 +247,7 @@ impl Engine {
             instance,
             release: release.to_string(),
             upstream,
+            deployed_at,
         })
     }
 
@@ -243,7 +260,9 @@ impl Engine {
         spec: InstanceSpec,
     ) -> Result<Active, String> {
         let instance = runtime::spawn(&spec, &state.log).map_err(|e| e.to_string())?;
-        let active = self.record_instance(state, release, None, instance).await?;
+        let active = self
+            .record_instance(state, release, None, instance, deployed_at(&spec))
+            .await?;
         match crate::health::wait_healthy(&active.instance, &self.config.health).await {
             Ok(_) => Ok(active),
             Err(e) => {

@@ -60,13 +60,15 @@ impl Tally {
 }
 
 impl Engine {
-    /// Watches `instance` per `cfg`, writing progress to deployment `id`'s monitor step.
+    /// Watches `instance` per `cfg`, writing progress to deployment `id`'s monitor step,
+    /// after `intro` (what a breach would do).
     pub(super) async fn watch(
         &self,
         id: i64,
         environment: &str,
         instance: &Instance,
         cfg: &Monitor,
+        intro: String,
     ) -> Result<String, Breach> {
         instance.watch_lines(cfg.error_pattern.clone());
         let started = Instant::now();
@@ -74,7 +76,10 @@ impl Engine {
         let client = crate::health::client();
         let health = &self.config.health;
         let mut tally = Tally::default();
-        let mut log = String::new();
+        let mut log = intro;
+        if let Err(e) = self.store.set_running_output(id, "monitor", &log) {
+            tracing::warn!(id, error = %e, "cannot record monitor progress");
+        }
         let breach = |rule, detail: String, log: &str| Breach {
             rule,
             detail,

@@ -118,6 +118,7 @@ impl Engine {
             instance,
             release: row.release.clone(),
             upstream,
+            deployed_at: row.started_at.clone(),
         };
         state.activate(active).await;
         Ok(())

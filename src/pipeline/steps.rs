@@ -249,8 +249,20 @@ impl Engine {
             Some(cfg) => {
                 self.store
                     .set_state(id, DeploymentState::Monitoring, None)?;
+                let intro = match &previous {
+                    Some(p) => format!(
+                        "watching {name} for {}; {} keeps running out of traffic, and a breach switches back to it\n",
+                        crate::config::format_duration(cfg.duration),
+                        p.release
+                    ),
+                    None => format!(
+                        "watching {name} for {}; it is the first release in {}: there is nothing to roll back to, so a breach leaves it serving and fails the deploy\n",
+                        crate::config::format_duration(cfg.duration),
+                        env.name
+                    ),
+                };
                 self.step(id, "monitor", async {
-                    match self.watch(id, &env.name, &instance, cfg).await {
+                    match self.watch(id, &env.name, &instance, cfg, intro).await {
                         Ok(log) => Ok((previous, log)),
                         Err(breach) => {
                             let stop = self.roll_back_now(state, &name, previous, breach).await;
@@ -543,7 +555,13 @@ impl Engine {
                     instance.pid, instance.port
                 );
                 let active = self
-                    .record_instance(state, release, Some(id), instance.clone())
+                    .record_instance(
+                        state,
+                        release,
+                        Some(id),
+                        instance.clone(),
+                        super::environment::deployed_at(&spec),
+                    )
                     .await
                     .map_err(Stop::failed)?;
                 held.instance = Some(active);

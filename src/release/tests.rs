@@ -78,7 +78,7 @@ async fn resolves_tags_branches_and_shas_through_the_mirror() {
     assert_eq!(tag.release_name(), format!("v1.0.0-{}", &tag.commit[..7]));
     assert!(matches!(
         resolve(&mirror, "v9.9.9").await,
-        Err(ReleaseError::UnknownRef(_))
+        Err(ReleaseError::UnknownRef { .. })
     ));
 
     // a new tag in the repo is seen after the next sync

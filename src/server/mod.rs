@@ -333,12 +333,14 @@ async fn version(
     Path(env): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let s = engine.status(&env).await?;
+    // named as the app's own variables name them: ENVIRONMENT, FERRY_SLOT, DEPLOYED_AT
+    let group = engine.env(&env)?.env.group.clone();
     Ok(Json(json!({
-        "environment": s.environment,
-        "slot": s.slot,
+        "environment": group,
+        "slot": s.environment,
         "ref": s.git_ref,
         "commit_sha": s.commit_sha,
-        "deployed_at": s.deployed_at,
+        "deployed_at": s.live_since.or(s.deployed_at),
     })))
 }
 

@@ -372,14 +372,32 @@ async fn compare(app: &AppState, from: &EnvStatus, to: &EnvStatus) -> Markup {
             }
             Ok(found) => {
                 let (commits, more) = (&found.0, found.1);
+                let version = from.version.as_deref().unwrap_or("?");
+                // a branch cannot go where only release tags are deployed: tag it first
+                let tags_only = app
+                    .engine
+                    .config
+                    .environment(&to.environment)
+                    .is_some_and(|e| matches!(e.track, crate::config::Track::Tags));
+                let needs_tag = tags_only && crate::policy::release_tag(version, true).is_err();
                 html! {
+                @if needs_tag {
+                    p {
+                        (from.environment) " runs " strong { (version) } ", not a release tag, and "
+                        (to.environment) " deploys release tags only: tag a release ("
+                        code { "ferry release" } ") to bring these "
+                        strong { (commits.len()) @if more { "+" } " commit(s)" }
+                        " to " (to.environment) ":"
+                    }
+                } @else {
                 p {
-                    "Promoting " strong { (from.version.as_deref().unwrap_or("?")) }
+                    "Promoting " strong { (version) }
                     " from " (from.environment) " would bring "
                     strong { (commits.len()) @if more { "+" } " commit(s)" }
                     " to " (to.environment)
                     @if let Some(v) = &to.version { " (now " (v) ")" }
                     ":"
+                }
                 }
                 ol.commits {
                     @for c in commits.iter() {
