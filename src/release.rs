@@ -21,7 +21,9 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(300);
 pub enum ReleaseError {
     #[error("\"{0}\" is not a valid ref: {1}")]
     BadRef(String, &'static str),
-    #[error("ref \"{name}\" was not found in the repository (no such tag, branch or commit); {known}")]
+    #[error(
+        "ref \"{name}\" was not found in the repository (no such tag, branch or commit); {known}"
+    )]
     UnknownRef {
         name: String,
         /// What the repository has instead: its branches and tags, or no commits at all.

@@ -180,7 +180,6 @@ impl LogSink {
         self.lock().path.clone()
     }
 
-
     fn lock(&self) -> std::sync::MutexGuard<'_, LogFile> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }

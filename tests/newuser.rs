@@ -163,7 +163,10 @@ fn every_argument_has_help_and_init_lists_only_what_applies() {
         run.stdout()
     };
     let init = help(&["init", "--help"]);
-    assert!(init.contains("--force") && init.contains("--config"), "{init}");
+    assert!(
+        init.contains("--force") && init.contains("--config"),
+        "{init}"
+    );
     assert!(!init.contains("--server"), "{init}");
     let release = help(&["release", "--help"]);
     assert!(!release.contains("--server"), "{release}");

@@ -61,7 +61,11 @@ pub fn run(cli: &Cli, _args: &Check) -> CmdResult {
     if warnings.is_empty() {
         println!("{}: ok", config.path.display());
     } else {
-        println!("{}: ok, with {} warning(s)", config.path.display(), warnings.len());
+        println!(
+            "{}: ok, with {} warning(s)",
+            config.path.display(),
+            warnings.len()
+        );
     }
     println!("  app        {} from {}", app.name, app.repo);
     println!("  start      {}", app.start);

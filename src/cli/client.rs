@@ -8,7 +8,10 @@ use serde::de::DeserializeOwned;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("ferry is not running at {url}: start it with `ferry serve{}`", config_flag(config))]
+    #[error(
+        "ferry is not running at {url}: start it with `ferry serve{}`",
+        config_flag(config)
+    )]
     NotRunning { url: String, config: PathBuf },
     #[error("{message}")]
     Api {

@@ -29,7 +29,9 @@ fn current_branch(dir: &Path) -> Option<String> {
 pub fn template(branch: &str) -> String {
     TEMPLATE.replacen(
         "track = { branch = \"main\" }     # webhook pushes to main deploy here",
-        &format!("track = {{ branch = \"{branch}\" }}     # webhook pushes to {branch} deploy here"),
+        &format!(
+            "track = {{ branch = \"{branch}\" }}     # webhook pushes to {branch} deploy here"
+        ),
         1,
     )
 }

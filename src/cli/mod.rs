@@ -109,7 +109,10 @@ const SHARED_HELP: &[(&str, &str)] = &[
         "no_wait",
         "Return at once with the deployment's id instead of following it.",
     ),
-    ("git_ref", "A tag, branch or commit sha of the app's repository."),
+    (
+        "git_ref",
+        "A tag, branch or commit sha of the app's repository.",
+    ),
     ("state", "on or off."),
 ];
 
@@ -128,7 +131,10 @@ pub fn command() -> clap::Command {
             .collect();
         let mut cmd = cmd.mut_args(|a| match a.get_help() {
             Some(_) => a,
-            None => match SHARED_HELP.iter().find(|(id, _)| a.get_id().as_str() == *id) {
+            None => match SHARED_HELP
+                .iter()
+                .find(|(id, _)| a.get_id().as_str() == *id)
+            {
                 Some((_, help)) => a.help(*help),
                 None => a,
             },
@@ -147,7 +153,11 @@ pub fn command() -> clap::Command {
     }
     for name in NO_CONFIG {
         cmd = cmd.mut_subcommand(name, |c| {
-            c.arg(hidden("config").short('c').value_parser(clap::value_parser!(PathBuf)))
+            c.arg(
+                hidden("config")
+                    .short('c')
+                    .value_parser(clap::value_parser!(PathBuf)),
+            )
         });
     }
     cmd
@@ -160,27 +170,6 @@ pub enum Failure {
     Failed(String),
     /// Bad usage or config: exit 2.
     Usage(String),
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn every_argument_and_flag_has_help() {
-        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
-            for a in cmd.get_arguments() {
-                if a.get_help().is_none() && !a.is_hide_set() {
-                    missing.push(format!("{path} {}", a.get_id()));
-                }
-            }
-            // hidden ones are ferry's own plumbing (sample-app, confine)
-            for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
-                walk(sub, &format!("{path} {}", sub.get_name()), missing);
-            }
-        }
-        let mut missing = Vec::new();
-        walk(&super::command(), "ferry", &mut missing);
-        assert!(missing.is_empty(), "no help text: {missing:?}");
-    }
 }
 
 impl From<ClientError> for Failure {
@@ -286,7 +275,11 @@ impl Cli {
         };
         let token = crate::auth::cli_token(state_dir.as_deref());
         let client = ApiClient::new(&base, &self.config, token);
-        Ok(if own { client } else { client.with_server_flag() })
+        Ok(if own {
+            client
+        } else {
+            client.with_server_flag()
+        })
     }
 }
 
@@ -303,4 +296,25 @@ pub fn current_user() -> String {
                 .map(|u| u.name)
         })
         .unwrap_or_else(|| "unknown".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_argument_and_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                if a.get_help().is_none() && !a.is_hide_set() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            // hidden ones are ferry's own plumbing (sample-app, confine)
+            for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::command(), "ferry", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
 }

@@ -274,9 +274,9 @@ impl Engine {
             };
             let resolved = match release::resolve(&mirror, git_ref).await {
                 Ok(r) => r,
-                Err(release::ReleaseError::UnknownRef(r)) => {
+                Err(release::ReleaseError::UnknownRef { name, known }) => {
                     return Err(EngineError::Invalid(format!(
-                        "ref \"{r}\" is not in ferry's mirror of the repository as fetched at {fetched_at}: check the name, or fetch first (`ferry plan` does, POST /api/mirror/fetch)"
+                        "ref \"{name}\" is not in ferry's mirror of the repository as fetched at {fetched_at} ({known}): check the name, or fetch first (`ferry plan` does, POST /api/mirror/fetch)"
                     )));
                 }
                 Err(e) => return Err(e.into()),
