@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{FERRY, Run, eventually, free_port, get, sh};
+use support::{FERRY, Run, eventually, free_port, get, get_with, sh};
 
 /// The CLI run in `dir` as a person would: no `-c`, local time in UTC.
 fn ferry(dir: &Path, args: &[&str]) -> Run {
@@ -134,7 +134,12 @@ fn init_in_a_master_repo_then_check_then_the_first_deploy_works() {
     // the API says what the app was given
     let (_, body) = get(&format!("http://127.0.0.1:{staging}/version")).unwrap();
     let app: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let (_, body) = get(&format!("{api_url}/api/environments/staging/version")).unwrap();
+    let token = std::fs::read_to_string(repo.join(".ferry/local-token")).unwrap();
+    let (_, body) = get_with(
+        &format!("{api_url}/api/environments/staging/version"),
+        Some(&token),
+    )
+    .unwrap();
     let version: serde_json::Value = serde_json::from_str(&body).unwrap();
     for key in ["environment", "slot", "deployed_at"] {
         assert!(app[key].is_string(), "{key}: {app}");
