@@ -52,7 +52,9 @@ fn deploy_serves_the_app_with_its_version_and_redeploy_switches() {
     let version = s.get("/api/environments/staging/version").unwrap().1;
     let version: serde_json::Value = serde_json::from_str(&version).unwrap();
     assert_eq!(version["ref"], "v1.1.0");
-    assert_eq!(version["slot"], 1);
+    // named as the app's ENVIRONMENT and FERRY_SLOT name them
+    assert_eq!(version["environment"], "staging");
+    assert_eq!(version["slot"], "staging");
     assert!(version["deployed_at"].is_string());
 
     let history = s.ferry(&["history", "staging", "--json"]).json();
