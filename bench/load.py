@@ -77,6 +77,7 @@ class Load:
 def main():
     ferry = build_ferry()
     with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o711)  # as root, the environments' users pass through to the state dir
         repo = os.path.join(tmp, "repo")
         os.mkdir(repo)
         sh(repo, "git", "init", "-q", "-b", "main")
