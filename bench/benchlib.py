@@ -19,6 +19,23 @@ def sh(cwd, *args):
                         "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"})
 
 
+def sample_repo(tmp, releases):
+    """Makes tmp passable for the environments' users (as root, ferry runs the app as one and
+    it must reach its release under the state dir) and a git repo at tmp/repo with one
+    commit and tag per (tag, app.conf text) of `releases`, in order."""
+    os.chmod(tmp, 0o711)
+    repo = os.path.join(tmp, "repo")
+    os.mkdir(repo)
+    sh(repo, "git", "init", "-q", "-b", "main")
+    for tag, conf in releases:
+        with open(os.path.join(repo, "app.conf"), "w") as f:
+            f.write(conf)
+        sh(repo, "git", "add", ".")
+        sh(repo, "git", "commit", "-qm", tag)
+        sh(repo, "git", "tag", tag)
+    return repo
+
+
 def build_ferry():
     """Builds ferry --release and returns the binary's path."""
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)

@@ -21,7 +21,7 @@ import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
 
-from benchlib import build_ferry, free_port, sh, start_serve
+from benchlib import build_ferry, free_port, sample_repo, start_serve
 
 REQUESTS = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 DEPLOYMENTS = 1000
@@ -77,15 +77,7 @@ def timed(url):
 def main():
     ferry = build_ferry()
     with tempfile.TemporaryDirectory() as tmp:
-        os.chmod(tmp, 0o711)  # as root, the environments' users pass through to the state dir
-        repo = os.path.join(tmp, "repo")
-        os.mkdir(repo)
-        sh(repo, "git", "init", "-q", "-b", "main")
-        with open(os.path.join(repo, "app.conf"), "w") as f:
-            f.write("health_status = 200\n")
-        sh(repo, "git", "add", ".")
-        sh(repo, "git", "commit", "-qm", "first")
-        sh(repo, "git", "tag", "v1.0.0")
+        sample_repo(tmp, [("v1.0.0", "health_status = 200\n")])
         api_port, env_port, prod_port = free_port(), free_port(), free_port()
         config = os.path.join(tmp, "ferry.toml")
         with open(config, "w") as f:

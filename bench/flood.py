@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.request
 
-from benchlib import build_ferry, free_port, sh, start_serve
+from benchlib import build_ferry, free_port, sample_repo, sh, start_serve
 
 FLOOD = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
 API_FLOOD = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
@@ -66,15 +66,7 @@ def main():
     # FERRY_BIN: an already built binary (the debug one, say) instead of building --release
     ferry = os.environ.get("FERRY_BIN") or build_ferry()
     with tempfile.TemporaryDirectory() as tmp:
-        os.chmod(tmp, 0o711)  # as root, the environments' users pass through to the state dir
-        repo = os.path.join(tmp, "repo")
-        os.mkdir(repo)
-        sh(repo, "git", "init", "-q", "-b", "main")
-        with open(os.path.join(repo, "app.conf"), "w") as f:
-            f.write("message = flood\n")
-        sh(repo, "git", "add", ".")
-        sh(repo, "git", "commit", "-qm", "v1.0.0")
-        sh(repo, "git", "tag", "v1.0.0")
+        sample_repo(tmp, [("v1.0.0", "message = flood\n")])
         api_port, quiet_port, flooded_port = free_port(), free_port(), free_port()
         config = os.path.join(tmp, "ferry.toml")
         with open(config, "w") as f:

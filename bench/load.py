@@ -21,7 +21,7 @@ import time
 import urllib.request
 from collections import Counter
 
-from benchlib import build_ferry, free_port, sh, start_serve
+from benchlib import build_ferry, free_port, sample_repo, start_serve
 
 CONNECTIONS = int(sys.argv[1]) if len(sys.argv) > 1 else 64
 DEPLOYS = int(sys.argv[2]) if len(sys.argv) > 2 else 20
@@ -77,16 +77,7 @@ class Load:
 def main():
     ferry = build_ferry()
     with tempfile.TemporaryDirectory() as tmp:
-        os.chmod(tmp, 0o711)  # as root, the environments' users pass through to the state dir
-        repo = os.path.join(tmp, "repo")
-        os.mkdir(repo)
-        sh(repo, "git", "init", "-q", "-b", "main")
-        for tag in ["v1.0.0", "v1.1.0"]:
-            with open(os.path.join(repo, "app.conf"), "w") as f:
-                f.write(f"message = {tag}\n")
-            sh(repo, "git", "add", ".")
-            sh(repo, "git", "commit", "-qm", tag)
-            sh(repo, "git", "tag", tag)
+        sample_repo(tmp, [(tag, f"message = {tag}\n") for tag in ["v1.0.0", "v1.1.0"]])
         api_port, env_port = free_port(), free_port()
         config = os.path.join(tmp, "ferry.toml")
         with open(config, "w") as f:

@@ -20,7 +20,7 @@ import time
 import urllib.request
 from datetime import datetime
 
-from benchlib import build_ferry, free_port, sh, start_serve
+from benchlib import build_ferry, free_port, sample_repo, start_serve
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 TOKEN = ""  # serve's local token, read once it is up
@@ -65,18 +65,9 @@ def describe(label, values, unit, target=None):
 def main():
     ferry = build_ferry()
     with tempfile.TemporaryDirectory() as tmp:
-        os.chmod(tmp, 0o711)  # as root, the environments' users pass through to the state dir
-        repo = os.path.join(tmp, "repo")
-        os.mkdir(repo)
-        sh(repo, "git", "init", "-q", "-b", "main")
-        for tag, conf in [("v1.0.0", f"boot_ms = {BOOT_MS}\n"),
+        sample_repo(tmp, [("v1.0.0", f"boot_ms = {BOOT_MS}\n"),
                           ("v2.0.0", f"boot_ms = {BOOT_MS}\nmessage = two\n"),
-                          ("v3.0.0", f"fail_health_after_ms = {FAIL_AFTER_MS}\n")]:
-            with open(os.path.join(repo, "app.conf"), "w") as f:
-                f.write(conf)
-            sh(repo, "git", "add", ".")
-            sh(repo, "git", "commit", "-qm", tag)
-            sh(repo, "git", "tag", tag)
+                          ("v3.0.0", f"fail_health_after_ms = {FAIL_AFTER_MS}\n")])
         api_port, mon_port, cold_port = free_port(), free_port(), free_port()
         config = os.path.join(tmp, "ferry.toml")
         with open(config, "w") as f:
