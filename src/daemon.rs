@@ -207,7 +207,7 @@ fn raise_open_files_limit(config: &Config) {
     };
     // a proxied connection holds two descriptors: the client's and the app's
     let budget = config.server.connections.max_connections as u64
-        + 2 * config.proxy.max_connections as u64 * config.environments.len() as u64
+        + 2 * config.proxy.connections.max_connections as u64 * config.environments.len() as u64
         + SPARE_DESCRIPTORS;
     if budget > soft {
         tracing::warn!(

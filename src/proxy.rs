@@ -27,7 +27,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
-use crate::listener::{ConnLimits, ConnStats, Gate};
+use crate::config::ProxySettings;
+use crate::listener::{ConnStats, Gate};
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -339,12 +340,12 @@ impl Proxy {
     pub async fn serve(
         self,
         listener: TcpListener,
-        limits: ConnLimits,
+        settings: ProxySettings,
         shutdown: watch::Receiver<bool>,
     ) {
         let gate = Gate::new(
             format!("proxy {}", self.inner.environment),
-            limits,
+            settings.connections,
             self.inner.stats.connections.clone(),
         );
         let service = move |peer: SocketAddr| {

@@ -7,6 +7,8 @@
 mod diagnostic;
 mod duration;
 mod raw;
+mod server;
+mod size;
 mod template;
 
 use std::collections::BTreeMap;
@@ -17,6 +19,8 @@ use std::time::Duration;
 pub use diagnostic::Diagnostic;
 pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use raw::valid_check_name;
+pub use server::{ConnLimits, DEFAULT_MAX_STREAMS, ProxySettings, Server};
+pub use size::{HumanSize, format_size, parse_size};
 pub use template::TEMPLATE;
 
 pub use crate::policy::FreezeWindow;
@@ -45,8 +49,8 @@ pub struct Config {
     /// Post-deploy monitoring; `None` when the file has no `[monitor]` table.
     pub monitor: Option<Monitor>,
     pub server: Server,
-    /// `[proxy]`: the limits each environment's proxy applies to its own connections.
-    pub proxy: ConnLimits,
+    /// `[proxy]`: what each environment's proxy applies.
+    pub proxy: ProxySettings,
     pub webhooks: Webhooks,
     /// Outgoing notifications (`[[notify]]`), in file order.
     pub notify: Vec<Notify>,
@@ -244,6 +248,8 @@ pub struct Environment {
     pub user: Option<String>,
     /// The word `ferry rollback` and the dashboard ask to have typed; `None`: the name.
     pub confirm: Option<String>,
+    /// The proxy writes a JSON line per request to `logs/access.log` (`access_log = true`).
+    pub access_log: bool,
 }
 
 impl Environment {
@@ -264,51 +270,6 @@ pub struct Monitor {
     pub max_error_lines: u32,
     pub error_window: Duration,
     pub error_pattern: regex::Regex,
-}
-
-#[derive(Debug, Clone)]
-pub struct Server {
-    pub listen: SocketAddr,
-    /// Reads need no token from a loopback peer (`[server] open_reads`; default false).
-    pub open_reads: bool,
-    /// Names besides its own address that ferry is reached by (`[server] hosts`), lowercase,
-    /// `name` or `name:port`; a request whose `Host` is none of them is refused.
-    pub hosts: Vec<String>,
-    /// The API's connection limits.
-    pub connections: ConnLimits,
-    /// Server-sent event streams (`/api/events`) and followed logs open at once, together.
-    pub max_streams: usize,
-}
-
-/// Streams the API serves at once when `[server] max_streams` is left out.
-pub const DEFAULT_MAX_STREAMS: usize = 64;
-
-/// One listener's connection limits (`[server]` for the API, `[proxy]` for each environment's
-/// proxy, each proxy with its own budget); see [`crate::listener`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnLimits {
-    /// Connections open at once.
-    pub max_connections: usize,
-    /// Connections open at once from one client address (an IPv6 /64).
-    pub max_connections_per_client: usize,
-    /// Time a client has to send a complete request header, from opening the connection or
-    /// from the end of the previous response (so it also ends idle keep-alive connections).
-    pub header_timeout: Duration,
-}
-
-impl ConnLimits {
-    /// The API's defaults.
-    pub const API: ConnLimits = ConnLimits {
-        max_connections: 512,
-        max_connections_per_client: 128,
-        header_timeout: Duration::from_secs(10),
-    };
-    /// Each proxy's defaults (a proxied connection holds two descriptors).
-    pub const PROXY: ConnLimits = ConnLimits {
-        max_connections: 2048,
-        max_connections_per_client: 256,
-        header_timeout: Duration::from_secs(10),
-    };
 }
 
 /// Why a config could not be loaded.

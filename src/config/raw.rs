@@ -11,8 +11,8 @@ use toml::Spanned;
 
 use super::duration::HumanDuration;
 use super::{
-    App, Config, ConnLimits, DEFAULT_MAX_STREAMS, Diagnostic, Environment, Health, NOTIFY_EVENTS,
-    Notify, NotifyFormat, RESERVED_VARS, Server, Track, Webhooks,
+    App, Config, Diagnostic, Environment, Health, NOTIFY_EVENTS, Notify, NotifyFormat,
+    RESERVED_VARS, Track, Webhooks,
 };
 
 #[derive(Deserialize)]
@@ -26,9 +26,9 @@ pub struct RawConfig {
     environments: BTreeMap<Spanned<String>, RawEnvironment>,
     monitor: Option<RawMonitor>,
     #[serde(default)]
-    server: RawServer,
+    server: super::server::RawServer,
     #[serde(default)]
-    proxy: RawProxy,
+    proxy: super::server::RawProxy,
     #[serde(default)]
     webhooks: RawWebhooks,
     #[serde(default)]
@@ -120,6 +120,7 @@ struct RawEnvironment {
     monitor: Option<bool>,
     user: Option<Spanned<String>>,
     confirm: Option<Spanned<String>>,
+    access_log: Option<bool>,
 }
 
 /// `approval = true`, or `approval = { not_by_deployer = true }`.
@@ -147,28 +148,6 @@ struct RawTrack {
     auto: Option<bool>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: Option<Spanned<String>>,
-    open_reads: Option<bool>,
-    #[serde(default)]
-    hosts: Vec<Spanned<String>>,
-    max_connections: Option<Spanned<i64>>,
-    max_connections_per_client: Option<Spanned<i64>>,
-    header_timeout: Option<Spanned<HumanDuration>>,
-    max_streams: Option<Spanned<i64>>,
-}
-
-/// `[proxy]`: connection limits of every environment's proxy.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawProxy {
-    max_connections: Option<Spanned<i64>>,
-    max_connections_per_client: Option<Spanned<i64>>,
-    header_timeout: Option<Spanned<HumanDuration>>,
-}
-
 /// A hint for serde's own messages, which already say what was expected.
 pub fn help_for(message: &str) -> Option<String> {
     if let Some(rest) = message.strip_prefix("missing field `") {
@@ -191,7 +170,7 @@ pub fn help_for(message: &str) -> Option<String> {
     None
 }
 
-type Fail = Box<dyn Fn(Range<usize>, String, &str) -> Diagnostic>;
+pub(super) type Fail = Box<dyn Fn(Range<usize>, String, &str) -> Diagnostic>;
 
 impl RawConfig {
     pub fn validate(self, path: &Path, text: &str, base: &Path) -> Result<Config, Diagnostic> {
@@ -217,16 +196,7 @@ impl RawConfig {
 
         let app = validate_app(self.app, &fail, &resolve)?;
         let health = validate_health(self.health, &fail)?;
-        let server_listen = match &self.server.listen {
-            Some(s) => parse_addr(s, &fail)?,
-            None => SocketAddr::from(([127, 0, 0, 1], 7070)),
-        };
-        let server_hosts = self
-            .server
-            .hosts
-            .iter()
-            .map(|h| validate_host(h, &fail))
-            .collect::<Result<Vec<_>, _>>()?;
+        let server_listen = self.server.listen(&fail)?;
 
         let monitor = self
             .monitor
@@ -272,35 +242,8 @@ impl RawConfig {
             health,
             environments,
             monitor,
-            server: Server {
-                listen: server_listen,
-                open_reads: self.server.open_reads.unwrap_or(false),
-                hosts: server_hosts,
-                connections: validate_limits(
-                    "[server]",
-                    ConnLimits::API,
-                    (
-                        self.server.max_connections,
-                        self.server.max_connections_per_client,
-                        self.server.header_timeout,
-                    ),
-                    &fail,
-                )?,
-                max_streams: match self.server.max_streams {
-                    None => DEFAULT_MAX_STREAMS,
-                    Some(n) => count(n, "max_streams", &fail)?,
-                },
-            },
-            proxy: validate_limits(
-                "[proxy]",
-                ConnLimits::PROXY,
-                (
-                    self.proxy.max_connections,
-                    self.proxy.max_connections_per_client,
-                    self.proxy.header_timeout,
-                ),
-                &fail,
-            )?,
+            server: self.server.validate(&fail)?,
+            proxy: self.proxy.validate(&fail)?,
             webhooks: validate_webhooks(self.webhooks, &fail)?,
             notify: self
                 .notify
@@ -432,67 +375,6 @@ fn validate_repo(
         ));
     }
     Ok(local.to_string_lossy().into_owned())
-}
-
-/// A positive count of a limit.
-fn count(n: Spanned<i64>, key: &str, fail: &Fail) -> Result<usize, Diagnostic> {
-    match usize::try_from(*n.get_ref()) {
-        Ok(v) if v > 0 => Ok(v),
-        _ => Err(fail(
-            n.span(),
-            format!("{key} = {} is out of range", n.get_ref()),
-            "write a number from 1 up",
-        )),
-    }
-}
-
-type RawLimits = (
-    Option<Spanned<i64>>,
-    Option<Spanned<i64>>,
-    Option<Spanned<HumanDuration>>,
-);
-
-/// A listener's connection limits: `defaults` where a key is left out.
-fn validate_limits(
-    table: &str,
-    defaults: ConnLimits,
-    (max, per_client, header_timeout): RawLimits,
-    fail: &Fail,
-) -> Result<ConnLimits, Diagnostic> {
-    let max_connections = match max {
-        None => defaults.max_connections,
-        Some(n) => count(n, "max_connections", fail)?,
-    };
-    let max_connections_per_client = match per_client {
-        None => defaults.max_connections_per_client.min(max_connections),
-        Some(n) if usize::try_from(*n.get_ref()).is_ok_and(|v| v > max_connections) => {
-            return Err(fail(
-                n.span(),
-                format!(
-                    "max_connections_per_client = {} is more than {table} max_connections ({max_connections})",
-                    n.get_ref()
-                ),
-                "a client cannot hold more than all connections: lower it or raise max_connections",
-            ));
-        }
-        Some(n) => count(n, "max_connections_per_client", fail)?,
-    };
-    let header_timeout = match header_timeout {
-        None => defaults.header_timeout,
-        Some(d) if d.get_ref().0.is_zero() => {
-            return Err(fail(
-                d.span(),
-                "header_timeout = \"0s\" would cut every connection at once".into(),
-                "give clients time to send a request header, like \"10s\"",
-            ));
-        }
-        Some(d) => d.into_inner().0,
-    };
-    Ok(ConnLimits {
-        max_connections,
-        max_connections_per_client,
-        header_timeout,
-    })
 }
 
 fn validate_health(raw: RawHealth, fail: &Fail) -> Result<Health, Diagnostic> {
@@ -722,6 +604,7 @@ fn validate_environment(
             monitor: raw.monitor.unwrap_or(true),
             user: raw.user.as_ref().map(|u| u.get_ref().clone()),
             confirm: confirm.clone(),
+            access_log: raw.access_log.unwrap_or(false),
         });
     }
     Ok(out)
@@ -813,7 +696,7 @@ fn validate_notify(raw: RawNotify, fail: &Fail) -> Result<Notify, Diagnostic> {
     })
 }
 
-fn parse_addr(s: &Spanned<String>, fail: &Fail) -> Result<SocketAddr, Diagnostic> {
+pub(super) fn parse_addr(s: &Spanned<String>, fail: &Fail) -> Result<SocketAddr, Diagnostic> {
     s.get_ref().trim().parse().map_err(|_| {
         fail(
             s.span(),
@@ -821,26 +704,6 @@ fn parse_addr(s: &Spanned<String>, fail: &Fail) -> Result<SocketAddr, Diagnostic
             "write an IP and port, like \"127.0.0.1:8080\"",
         )
     })
-}
-
-/// A name the API is reached by (`[server] hosts`): a host name or IP, with an optional port,
-/// as a browser writes it in the `Host` header. Kept lowercase.
-fn validate_host(h: &Spanned<String>, fail: &Fail) -> Result<String, Diagnostic> {
-    let host = h.get_ref().trim().to_ascii_lowercase();
-    let ok = !host.is_empty()
-        && host.len() <= 255
-        && host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-.:[]_".contains(c))
-        && crate::server::host_parts(&host).is_some();
-    if !ok {
-        return Err(fail(
-            h.span(),
-            format!("\"{}\" is not a host name", h.get_ref()),
-            "write the name (and port, if not the default) people reach ferry by, like \"ferry.example.com\" or \"10.0.0.5:7070\"; no scheme or path",
-        ));
-    }
-    Ok(host)
 }
 
 /// A relative path that stays inside its base: no `..`, no root, not empty.

@@ -58,6 +58,7 @@ backup = []                     # files in the shared dir snapshotted before eac
 env = { LOG_LEVEL = "info" }
 # confirm = "ROLLBACK"          # `ferry rollback` and the dashboard ask for this word typed
                                 # (default: the environment's name); --yes skips asking
+# access_log = false            # true: a JSON line per request in logs/access.log (rotated)
 
 # After the switch the new release is watched; the previous one is kept running (out of
 # traffic) until this ends, and a breach switches back to it at once. `ferry deploy` shows
@@ -87,6 +88,8 @@ listen = "127.0.0.1:7070"       # ferry's API, webhooks and metrics; every call 
 # max_connections_per_client = 128  # from one address (IPv6: one /64)
 # header_timeout = "10s"          # to send a request header, also after each response
 # max_streams = 64                # /api/events streams and followed logs open at once
+# stop_apps_on_exit = false       # true: stopping serve stops the apps (as `serve --stop-apps`);
+                                  # by default they keep serving and the next serve adopts them
 
 # Each environment's proxy (the same keys; defaults shown). Behind a load balancer every
 # request comes from its address: raise max_connections_per_client to max_connections.
@@ -94,6 +97,14 @@ listen = "127.0.0.1:7070"       # ferry's API, webhooks and metrics; every call 
 # max_connections = 2048
 # max_connections_per_client = 256
 # header_timeout = "10s"
+# upstream_timeout = "60s"        # the app must start answering by then: 504 (502: refused)
+# max_request_body = "100MB"      # 413 beyond; 0: no limit
+# max_response_body = 0           # a response is cut beyond; 0: no limit
+# max_request_headers = "32KB"    # request line and headers together: 431 beyond
+# upstream_keepalive = 32         # idle connections to each instance, shared by all clients
+# upstream_idle_timeout = "60s"   # an idle one is closed after this long
+# upstream_max_connections = 256  # open to one instance at once; more requests wait ...
+# upstream_queue_timeout = "10s"  # ... this long for one, then get 503 with Retry-After
 
 # Webhooks: name the environment variables holding the shared secrets (never the secrets).
 # GitHub: POST /hooks/github (either content type); GitLab: POST /hooks/gitlab.

@@ -554,7 +554,7 @@ fn connection_limits_have_defaults_and_are_read_and_checked() {
     let config = parse(dir.path(), MINIMAL).unwrap();
     assert_eq!(config.server.connections, ConnLimits::API);
     assert_eq!(config.server.max_streams, 64);
-    assert_eq!(config.proxy, ConnLimits::PROXY);
+    assert_eq!(config.proxy, crate::config::ProxySettings::DEFAULT);
     let text = format!(
         "{MINIMAL}\n[server]\nmax_connections = 100\nmax_connections_per_client = 10\n\
          header_timeout = \"2s\"\nmax_streams = 5\n\n[proxy]\nmax_connections = 50\n"
@@ -570,8 +570,8 @@ fn connection_limits_have_defaults_and_are_read_and_checked() {
     );
     assert_eq!(config.server.max_streams, 5);
     // a per-client default above the whole is brought down to it
-    assert_eq!(config.proxy.max_connections, 50);
-    assert_eq!(config.proxy.max_connections_per_client, 50);
+    assert_eq!(config.proxy.connections.max_connections, 50);
+    assert_eq!(config.proxy.connections.max_connections_per_client, 50);
     for (table, says) in [
         (
             "[server]\nmax_connections = 0",
@@ -593,6 +593,45 @@ fn connection_limits_have_defaults_and_are_read_and_checked() {
         ("[proxy]\nmax_streams = 3", "unknown field"),
     ] {
         let d = diagnostic(dir.path(), &format!("{MINIMAL}\n{table}\n"));
+        assert!(d.message.contains(says), "{says}: {}", d.message);
+    }
+}
+
+#[test]
+fn proxy_request_and_pool_settings_are_read_and_checked() {
+    let dir = sandbox();
+    let text = format!(
+        "{MINIMAL}access_log = true\n\n[server]\nstop_apps_on_exit = true\n\n[proxy]\n\
+         upstream_timeout = \"5s\"\nmax_request_body = \"1MB\"\nmax_response_body = 0\n\
+         max_request_headers = \"8KB\"\nupstream_keepalive = 4\nupstream_max_connections = 8\n\
+         upstream_idle_timeout = \"2s\"\nupstream_queue_timeout = \"0s\"\n"
+    );
+    let config = parse(dir.path(), &text).unwrap();
+    assert!(config.server.stop_apps_on_exit);
+    assert!(config.environment("staging").unwrap().access_log);
+    let p = config.proxy;
+    assert_eq!(p.upstream_timeout, Duration::from_secs(5));
+    assert_eq!(p.max_request_body, Some(1 << 20));
+    assert_eq!(p.max_response_body, None, "0 is no limit");
+    assert_eq!(p.max_request_headers, 8 << 10);
+    assert_eq!((p.upstream_keepalive, p.upstream_max_connections), (4, 8));
+    assert_eq!(p.upstream_idle_timeout, Duration::from_secs(2));
+    assert_eq!(p.upstream_queue_timeout, Duration::ZERO);
+    let defaults = parse(dir.path(), MINIMAL).unwrap();
+    assert!(!defaults.server.stop_apps_on_exit);
+    assert!(!defaults.environment("staging").unwrap().access_log);
+    for (table, says) in [
+        (
+            "upstream_keepalive = 9\nupstream_max_connections = 8",
+            "more than upstream_max_connections (8)",
+        ),
+        ("upstream_timeout = \"0s\"", "would fail every request"),
+        ("max_request_headers = \"100B\"", "out of range"),
+        ("max_request_body = \"2 furlongs\"", "invalid size"),
+        ("max_request_body = -1", "negative"),
+        ("upstream_max_connections = 0", "out of range"),
+    ] {
+        let d = diagnostic(dir.path(), &format!("{MINIMAL}\n[proxy]\n{table}\n"));
         assert!(d.message.contains(says), "{says}: {}", d.message);
     }
 }

@@ -63,7 +63,11 @@ async fn start_proxy() -> (Proxy, String, watch::Sender<bool>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(proxy.clone().serve(listener, ConnLimits::PROXY, rx));
+    tokio::spawn(
+        proxy
+            .clone()
+            .serve(listener, crate::config::ProxySettings::DEFAULT, rx),
+    );
     (proxy, url, tx)
 }
 

@@ -321,6 +321,7 @@ mod tests {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             connections: crate::config::ConnLimits::API,
             max_streams: crate::config::DEFAULT_MAX_STREAMS,
+            stop_apps_on_exit: false,
         }
     }
 
