@@ -27,17 +27,47 @@
 //!   to all the time: each transaction adds the same number to tables `a` and `b`, so a
 //!   consistent copy has as many rows in each. `/count` answers the row count of `a`.
 //!
+//! - `max_connections`: accept at most this many connections at once (an app server with a
+//!   fixed number of workers); further clients wait in the listen backlog.
+//!
 //! Routes: `/` (message, version, environment), `/health`, `/version` (JSON), `/slow`,
 //! `/log?line=TEXT` (prints TEXT to stdout), `/headers` (the request's headers, one
 //! `name: value` line each; every `?set_cookie=NAME=VALUE` is answered as a `Set-Cookie`).
+//!
+//! Routes for the proxy's conformance tests (tests/proxy_http.rs, bench/conformance.py):
+//! - `/request`: JSON of the request as the app received it: `method`, `uri` (the target as
+//!   sent), `version`, `headers` (`[name, value]` pairs in order);
+//! - `/seen`: JSON list of the targets of every request the app received (the last 10,000),
+//!   so a test can tell that a request never reached it;
+//! - `/conns`: JSON `open` (connections open now), `accepted` (since start), `max_open`;
+//! - `/ws`: a WebSocket that first sends the app's version as text, then echoes every message;
+//! - `/upgrade`: any other `Upgrade`: answers 101 with the same `Upgrade` and echoes raw bytes;
+//! - `/sse?n=5&gap_ms=200`: `n` server-sent events `data: <i>`, each flushed, `gap_ms` apart;
+//! - `/upload` (POST): streams the body through SHA-256: answers `<sha256 hex> <length>`;
+//! - `/download?mb=100`: `mb` MiB (with a Content-Length) of 64 KiB blocks whose byte `j` is
+//!   `j % 251` ([`download_block`]);
+//! - `/status/{code}`: answers that status (no body for 1xx, 204 and 304);
+//! - `/hang`: never answers; `/abort`: drops the connection without an answer.
+//!
 //! SIGTERM stops it after the requests in flight finish.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::StatusCode;
-use axum::routing::get;
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt;
+use sha2::Digest;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Reads `app.conf`; a missing file means defaults.
 fn settings() -> HashMap<String, String> {
@@ -192,9 +222,19 @@ pub async fn run() -> std::io::Result<()> {
                 tokio::time::sleep(slow).await;
                 "slow done\n"
             }),
-        );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    println!("listening on {}", listener.local_addr()?);
+        )
+        .merge(conformance_routes(version.clone()))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(axum::middleware::from_fn(record_target));
+    let max_connections = get_conf("max_connections").and_then(|v| v.parse::<usize>().ok());
+    let listener = Counting {
+        inner: tokio::net::TcpListener::bind(("127.0.0.1", port)).await?,
+        slots: max_connections.map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
+    };
+    println!(
+        "listening on {}",
+        axum::serve::Listener::local_addr(&listener)?
+    );
     // only now: the flood holds stdout's lock throughout, and a `println!` waiting for it
     // would keep the app from ever serving
     if let Some(mib) = get_conf("log_flood_mb").and_then(|v| v.parse::<usize>().ok()) {
@@ -229,6 +269,281 @@ async fn echo_headers(
         .map(|(_, v)| ("set-cookie", v))
         .collect();
     (axum::response::AppendHeaders(set), text)
+}
+
+/// The targets of the requests the app received, oldest first (the last [`SEEN_KEPT`]).
+static SEEN: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
+const SEEN_KEPT: usize = 10_000;
+
+/// Connections accepted and open, for `/conns`.
+static OPEN: AtomicU64 = AtomicU64::new(0);
+static ACCEPTED: AtomicU64 = AtomicU64::new(0);
+static MAX_OPEN: AtomicU64 = AtomicU64::new(0);
+
+/// Remembers every request's target for `/seen`.
+async fn record_target(req: Request, next: axum::middleware::Next) -> Response {
+    {
+        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() == SEEN_KEPT {
+            seen.pop_front();
+        }
+        seen.push_back(req.uri().to_string());
+    }
+    next.run(req).await
+}
+
+/// The routes the proxy's conformance tests use (see the module's documentation).
+fn conformance_routes(version: String) -> Router {
+    Router::new()
+        .route("/request", get(echo_request).post(echo_request))
+        .route(
+            "/seen",
+            get(|| async {
+                let seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+                axum::Json(seen.iter().cloned().collect::<Vec<_>>())
+            }),
+        )
+        .route(
+            "/conns",
+            get(|| async {
+                axum::Json(serde_json::json!({
+                    "open": OPEN.load(Ordering::SeqCst),
+                    "accepted": ACCEPTED.load(Ordering::SeqCst),
+                    "max_open": MAX_OPEN.load(Ordering::SeqCst),
+                }))
+            }),
+        )
+        .route(
+            "/ws",
+            get(move |ws: WebSocketUpgrade| async move {
+                ws.on_upgrade(move |socket| ws_echo(socket, version))
+            }),
+        )
+        .route("/upgrade", get(raw_upgrade).post(raw_upgrade))
+        .route("/sse", get(sse))
+        .route("/upload", post(upload))
+        .route("/download", get(download))
+        .route("/status/{code}", get(status).post(status))
+        .route("/hang", get(std::future::pending::<()>))
+        .route("/abort", get(abort))
+}
+
+/// `/abort`: the panic ends this connection's task, so the client gets no answer at all.
+async fn abort() -> &'static str {
+    panic!("/abort: dropping the connection without an answer")
+}
+
+/// `/request`: the request as the app received it.
+async fn echo_request(req: Request) -> impl IntoResponse {
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "method": req.method().as_str(),
+        "uri": req.uri().to_string(),
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
+    }))
+}
+
+/// `/ws`: sends `version`, then echoes every message until the client closes.
+async fn ws_echo(mut socket: WebSocket, version: String) {
+    if socket.send(Message::Text(version.into())).await.is_err() {
+        return;
+    }
+    while let Some(Ok(message)) = socket.recv().await {
+        let echo = match message {
+            Message::Text(_) | Message::Binary(_) => message,
+            Message::Close(_) => return,
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        if socket.send(echo).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `/upgrade`: accepts whatever protocol the client asks for and echoes raw bytes on it.
+async fn raw_upgrade(mut req: Request) -> Response {
+    let Some(protocol) = req.headers().get(header::UPGRADE).cloned() else {
+        return (StatusCode::BAD_REQUEST, "no Upgrade header\n").into_response();
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrade.await {
+            let (mut read, mut write) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+            let _ = tokio::io::copy(&mut read, &mut write).await;
+        }
+    });
+    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    resp.headers_mut().insert(header::UPGRADE, protocol);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    resp
+}
+
+/// `/sse?n=5&gap_ms=200`: `n` events, each sent as soon as it is made.
+async fn sse(Query(q): Query<HashMap<String, String>>) -> impl IntoResponse {
+    let number = |k: &str, default: u64| q.get(k).and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (n, gap) = (number("n", 5), Duration::from_millis(number("gap_ms", 200)));
+    let events = futures_util::stream::unfold(0u64, move |i| async move {
+        if i >= n {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(gap).await;
+        }
+        let event = axum::response::sse::Event::default().data(i.to_string());
+        Some((Ok::<_, std::convert::Infallible>(event), i + 1))
+    });
+    axum::response::sse::Sse::new(events)
+}
+
+/// `/upload`: the body's SHA-256 and length, read frame by frame (never held whole).
+async fn upload(body: Body) -> Response {
+    let mut hasher = sha2::Sha256::new();
+    let mut length = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(bytes) => {
+                hasher.update(&bytes);
+                length += bytes.len() as u64;
+            }
+            Err(e) => {
+                return (StatusCode::BAD_REQUEST, format!("body cut short: {e}\n")).into_response();
+            }
+        }
+    }
+    format!("{} {length}\n", hex::encode(hasher.finalize())).into_response()
+}
+
+/// One 64 KiB block of `/download`: byte `j` is `j % 251`.
+pub fn download_block() -> Vec<u8> {
+    (0..64 * 1024).map(|j| (j % 251) as u8).collect()
+}
+
+/// `/download?mb=N`: `N` MiB of [`download_block`]s, streamed.
+async fn download(Query(q): Query<HashMap<String, String>>) -> Response {
+    let mib: u64 = q.get("mb").and_then(|v| v.parse().ok()).unwrap_or(1);
+    let block = bytes::Bytes::from(download_block());
+    let blocks = futures_util::stream::iter(0..mib * 16)
+        .map(move |_| Ok::<_, std::convert::Infallible>(block.clone()));
+    let mut resp = Body::from_stream(blocks).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(mib << 20));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    resp
+}
+
+/// `/status/{code}`: that status, with a short body where one is allowed.
+async fn status(Path(code): Path<u16>) -> Response {
+    let Ok(status) = StatusCode::from_u16(code) else {
+        return (StatusCode::BAD_REQUEST, "not a status code\n").into_response();
+    };
+    if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return status.into_response();
+    }
+    (status, format!("status {code}\n")).into_response()
+}
+
+/// The app's listener: counts connections for `/conns` and, with `max_connections`, accepts
+/// no more than that many at once.
+struct Counting {
+    inner: tokio::net::TcpListener,
+    slots: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl axum::serve::Listener for Counting {
+    type Io = Counted;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Counted, std::net::SocketAddr) {
+        let slot = match &self.slots {
+            Some(slots) => slots.clone().acquire_owned().await.ok(),
+            None => None,
+        };
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        ACCEPTED.fetch_add(1, Ordering::SeqCst);
+        let open = OPEN.fetch_add(1, Ordering::SeqCst) + 1;
+        MAX_OPEN.fetch_max(open, Ordering::SeqCst);
+        (
+            Counted {
+                stream,
+                _slot: slot,
+            },
+            addr,
+        )
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// An accepted connection: counted open, and holding its slot, until dropped.
+struct Counted {
+    stream: tokio::net::TcpStream,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// Writes `mib` MiB of numbered log lines to stdout.

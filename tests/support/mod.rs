@@ -236,6 +236,11 @@ listen = "127.0.0.1:{api_port}"
         self
     }
 
+    /// The process id of the running `ferry serve`, if one runs.
+    pub fn serve_pid(&self) -> Option<u32> {
+        self.serve.as_ref().map(Child::id)
+    }
+
     pub fn serve_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }
