@@ -103,6 +103,24 @@ pub struct Ticket {
     close: Arc<Notify>,
 }
 
+impl Ticket {
+    /// Marks the connection busy (a request in progress: never closed to make room) until
+    /// the guard is dropped.
+    pub fn busy(&self) -> Busy {
+        Busy::new(&self.busy)
+    }
+
+    /// Notified when the gate closes this (idle) connection to make room for a new one.
+    pub fn evicted(&self) -> Arc<Notify> {
+        self.close.clone()
+    }
+
+    /// Counts the connection as closed for not sending a request header in time.
+    pub fn timed_out(&self) {
+        self.gate.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut table = self.gate.table.lock().unwrap_or_else(|e| e.into_inner());
@@ -212,7 +230,7 @@ impl Gate {
 }
 
 /// Counts a request in progress on its connection until dropped.
-struct Busy(Arc<AtomicUsize>);
+pub struct Busy(Arc<AtomicUsize>);
 
 impl Busy {
     fn new(count: &Arc<AtomicUsize>) -> Busy {
@@ -279,7 +297,7 @@ where
 }
 
 /// What a refused connection is sent before it is closed.
-const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+pub const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 content-type: text/plain; charset=utf-8\r\ncontent-length: 38\r\n\
 retry-after: 1\r\nconnection: close\r\n\r\n\
 too many connections; try again later\n";

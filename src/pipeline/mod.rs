@@ -191,14 +191,20 @@ impl Engine {
                     source,
                 })?
                 .with_redactor(redactor.clone());
+            let proxy = if env.access_log {
+                let path = dir.join("logs").join("access.log");
+                let access =
+                    crate::proxy::AccessLog::open(path).map_err(|source| EngineError::Log {
+                        env: env.name.clone(),
+                        source,
+                    })?;
+                Proxy::with_access_log(&env.name, access)
+            } else {
+                Proxy::new(&env.name)
+            };
             envs.insert(
                 env.name.clone(),
-                Arc::new(EnvState::new(
-                    env.clone(),
-                    Proxy::new(&env.name),
-                    log,
-                    run_as,
-                )),
+                Arc::new(EnvState::new(env.clone(), proxy, log, run_as)),
             );
         }
         if !sandbox::is_root() {

@@ -1,3 +1,5 @@
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::Router;

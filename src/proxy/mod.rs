@@ -1,0 +1,242 @@
+//! Proxy: one HTTP/1.1 listener per environment, forwarding to the active instance.
+//!
+//! ferry's own forwarder ([`conn`]) rather than a general HTTP server and client pair: it
+//! parses each head once (`httparse`), writes the app's head straight from the client's bytes,
+//! and streams bodies through bounded buffers; README "The proxy" has the figures that chose
+//! it over hyper.
+//!
+//! The upstream is swapped atomically ([`Proxy::switch`]); every request counts itself in
+//! flight on the upstream it picked until its response is done, so the pipeline can wait for
+//! the old instance to drain ([`Upstream::drain`]) before stopping it; the old instance's
+//! idle pooled connections are closed at the switch. No upstream yet answers 503 with a
+//! plain message.
+
+mod access_log;
+mod conn;
+mod cookies;
+mod http;
+mod upstream;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use access_log::AccessLog;
+pub use upstream::{PoolStats, Upstream};
+
+use crate::config::ProxySettings;
+use crate::listener::{ConnStats, Gate};
+
+/// Counters a proxy keeps.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    /// Requests ferry itself could not pass on (502, 503, 504).
+    pub errors: AtomicU64,
+    /// The proxy's own connections (open, refused, closed at its limits).
+    pub connections: Arc<ConnStats>,
+}
+
+/// An environment's proxy: cheap to clone, shared by the listener and the pipeline.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    environment: String,
+    upstream: RwLock<Option<Arc<Upstream>>>,
+    /// The maintenance page's message while maintenance is on.
+    maintenance: RwLock<Option<String>>,
+    stats: Stats,
+    access_log: Option<AccessLog>,
+}
+
+impl Proxy {
+    pub fn new(environment: &str) -> Proxy {
+        Proxy::build(environment, None)
+    }
+
+    /// A proxy that writes a JSON line per request to `access_log`.
+    pub fn with_access_log(environment: &str, access_log: AccessLog) -> Proxy {
+        Proxy::build(environment, Some(access_log))
+    }
+
+    fn build(environment: &str, access_log: Option<AccessLog>) -> Proxy {
+        Proxy {
+            inner: Arc::new(Inner {
+                environment: environment.to_string(),
+                upstream: RwLock::new(None),
+                maintenance: RwLock::new(None),
+                stats: Stats::default(),
+                access_log,
+            }),
+        }
+    }
+
+    /// Sends new requests to `next` from now on; returns the upstream it replaces, whose
+    /// idle connections are closed (requests in flight on it finish).
+    pub fn switch(&self, next: Option<Arc<Upstream>>) -> Option<Arc<Upstream>> {
+        if let Some(next) = &next {
+            next.activate();
+        }
+        let old = {
+            let mut slot = self
+                .inner
+                .upstream
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *slot, next.clone())
+        };
+        if let Some(old) = &old
+            && !next.as_ref().is_some_and(|n| Arc::ptr_eq(n, old))
+        {
+            old.retire();
+        }
+        old
+    }
+
+    pub fn upstream(&self) -> Option<Arc<Upstream>> {
+        self.inner
+            .upstream
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Turns maintenance on (every request answers 503 with `message`) or off.
+    pub fn set_maintenance(&self, message: Option<String>) {
+        *self
+            .inner
+            .maintenance
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = message;
+    }
+
+    pub fn maintenance(&self) -> Option<String> {
+        self.inner
+            .maintenance
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    fn access_log(&self) -> Option<&AccessLog> {
+        self.inner.access_log.as_ref()
+    }
+
+    /// Picks the current upstream and counts the request on it, under the same read lock, so
+    /// a switch either happens before (the request goes to the new one) or after (drain waits).
+    fn pick(&self) -> Option<upstream::InFlight> {
+        let slot = self
+            .inner
+            .upstream
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        Some(slot.as_ref()?.enter())
+    }
+
+    /// Serves `listener` under `settings` (its own connection budget: another proxy's or the
+    /// API's connections never take from it) until `shutdown` turns true; then connections
+    /// finish the request they are serving (up to [`FINISH_TIMEOUT`]) and close.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        settings: ProxySettings,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let gate = Gate::new(
+            format!("proxy {}", self.inner.environment),
+            settings.connections,
+            self.inner.stats.connections.clone(),
+        );
+        let ctx = Arc::new(conn::Ctx {
+            proxy: self.clone(),
+            settings,
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // out of file descriptors, most likely: wait for some to be given back
+                        tracing::warn!(env = %self.inner.environment, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = stopped(&mut shutdown) => break,
+            };
+            let ticket = match gate.admit(peer.ip()) {
+                Ok(ticket) => ticket,
+                Err(_) => {
+                    // a best effort, never waited for: the socket is closed right after
+                    let _ = stream.try_write(crate::listener::REFUSED);
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            tasks.spawn(conn::serve(
+                ctx.clone(),
+                stream,
+                peer,
+                ticket,
+                shutdown.clone(),
+            ));
+            // reap finished connections as they go so the set stays small
+            while tasks.try_join_next().is_some() {}
+        }
+        drop(listener);
+        let _ = tokio::time::timeout(FINISH_TIMEOUT, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if let Some(log) = self.access_log() {
+            log.flush();
+        }
+    }
+}
+
+/// How long open connections get to finish their requests once a proxy stops.
+pub const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Resolves once `shutdown` says stop (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Seconds clients are told to wait before trying again during maintenance.
+pub const MAINTENANCE_RETRY_AFTER: u32 = 120;
+
+/// The HTML of the 503 page served while an environment is in maintenance.
+fn maintenance_page(environment: &str, message: &str) -> String {
+    let escaped: String = message
+        .chars()
+        .map(|c| match c {
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '&' => "&amp;".to_string(),
+            '"' => "&quot;".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Down for maintenance</title></head>\
+         <body style=\"font-family: sans-serif; max-width: 36em; margin: 4em auto; padding: 0 1em\">\
+         <h1>Down for maintenance</h1><p>{escaped}</p>\
+         <p><small>{environment}</small></p></body></html>\n"
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,421 @@
+//! An instance the proxy sends traffic to, and its pool of connections.
+//!
+//! Every client of an environment shares one pool per instance: a request takes an idle
+//! connection (or opens one, up to `upstream_max_connections`), and gives it back when its
+//! response is done, so an idle client holds none. At most `upstream_keepalive` idle ones are
+//! kept, each for at most `upstream_idle_timeout`. When every connection is in use a request
+//! waits in line (first come, first served) up to `upstream_queue_timeout`. An upgraded
+//! connection (WebSocket) or a server-sent event stream leaves the pool's count for its
+//! lifetime ([`Upstream::detach`]), so long-lived streams never starve plain requests.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, oneshot};
+
+use crate::config::ProxySettings;
+
+/// One connection to an instance.
+#[derive(Debug)]
+pub struct Conn {
+    pub stream: TcpStream,
+    /// Bytes read past the end of the last response (none on a healthy connection).
+    pub buf: BytesMut,
+    /// Whether it served a request before (a failure on it may be a keep-alive race).
+    pub reused: bool,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// What a waiting request is handed.
+enum Grant {
+    Conn(Conn),
+    /// A place to open a new connection (already counted as open).
+    Open,
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// Most recently used last.
+    idle: Vec<Idle>,
+    /// Connections counted against `upstream_max_connections` (idle ones included).
+    open: usize,
+    waiters: VecDeque<oneshot::Sender<Grant>>,
+    sweeper: bool,
+}
+
+/// Counters of an instance's pool, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Connections ever opened to the instance.
+    pub opened: AtomicU64,
+    /// Upgraded connections and event streams open now (outside the pool's count).
+    pub detached: AtomicUsize,
+    /// Requests that waited for a connection and got 503.
+    pub queue_timeouts: AtomicU64,
+}
+
+/// One instance the proxy can send traffic to.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    inflight: AtomicUsize,
+    drained: Notify,
+    pool: Mutex<PoolState>,
+    /// Replaced by a switch: connections given back are closed, not kept.
+    retired: AtomicBool,
+    pub stats: PoolStats,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why no connection could be had.
+#[derive(Debug)]
+pub enum CheckoutError {
+    /// Every connection stayed busy for `upstream_queue_timeout`.
+    Busy,
+    /// The instance refused or did not take the connection.
+    Connect(std::io::Error),
+}
+
+impl Upstream {
+    pub fn new(addr: SocketAddr) -> Arc<Upstream> {
+        Arc::new(Upstream {
+            addr,
+            inflight: AtomicUsize::new(0),
+            drained: Notify::new(),
+            pool: Mutex::default(),
+            retired: AtomicBool::new(false),
+            stats: PoolStats::default(),
+        })
+    }
+
+    /// Requests still being served by this upstream.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no request is in flight, or `timeout`; returns how many were left.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let idle = self.drained.notified();
+            let left = self.in_flight();
+            if left == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.in_flight();
+            }
+        }
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub(super) fn enter(self: &Arc<Self>) -> InFlight {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Connections open to it now: (in the pool's count, idle among them, detached).
+    pub fn connections(&self) -> (usize, usize, usize) {
+        let pool = self.lock();
+        (
+            pool.open,
+            pool.idle.len(),
+            self.stats.detached.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Takes traffic again (a rollback switches back to it).
+    pub(super) fn activate(&self) {
+        self.retired.store(false, Ordering::SeqCst);
+    }
+
+    /// Stops keeping connections: idle ones are closed now, busy ones when given back.
+    pub(super) fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        let idle = {
+            let mut pool = self.lock();
+            let idle = std::mem::take(&mut pool.idle);
+            pool.open -= idle.len();
+            idle
+        };
+        drop(idle);
+    }
+
+    /// An idle connection, a new one, or one given back by another request while this one
+    /// waits in line.
+    pub(super) async fn checkout(
+        self: &Arc<Self>,
+        settings: &ProxySettings,
+    ) -> Result<Lease, CheckoutError> {
+        let conn = self.take(settings).await?;
+        Ok(Lease {
+            upstream: self.clone(),
+            conn: Some(conn),
+        })
+    }
+
+    async fn take(self: &Arc<Self>, settings: &ProxySettings) -> Result<Conn, CheckoutError> {
+        let waiting = {
+            let mut pool = self.lock();
+            let now = Instant::now();
+            while let Some(idle) = pool.idle.pop() {
+                if now.duration_since(idle.since) < settings.upstream_idle_timeout
+                    && still_open(&idle.conn.stream)
+                {
+                    return Ok(idle.conn);
+                }
+                pool.open -= 1;
+            }
+            if pool.open < settings.upstream_max_connections {
+                pool.open += 1;
+                None
+            } else {
+                let (tx, rx) = oneshot::channel();
+                pool.waiters.push_back(tx);
+                Some(rx)
+            }
+        };
+        if let Some(rx) = waiting {
+            match tokio::time::timeout(settings.upstream_queue_timeout, rx).await {
+                Ok(Ok(Grant::Conn(conn))) => return Ok(conn),
+                Ok(Ok(Grant::Open)) => {}
+                // the sender went away: the pool is gone with its proxy
+                Ok(Err(_)) | Err(_) => {
+                    self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Err(CheckoutError::Busy);
+                }
+            }
+        }
+        match TcpStream::connect(self.addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                self.stats.opened.fetch_add(1, Ordering::Relaxed);
+                self.start_sweeper(settings);
+                Ok(Conn {
+                    stream,
+                    buf: BytesMut::new(),
+                    reused: false,
+                })
+            }
+            Err(e) => {
+                self.closed();
+                Err(CheckoutError::Connect(e))
+            }
+        }
+    }
+
+    /// Gives a connection back after a complete exchange.
+    fn give_back(&self, mut conn: Conn, settings: &ProxySettings) {
+        conn.reused = true;
+        let mut pool = self.lock();
+        let mut grant = Grant::Conn(conn);
+        while let Some(waiter) = pool.waiters.pop_front() {
+            match waiter.send(grant) {
+                Ok(()) => return,
+                Err(back) => grant = back,
+            }
+        }
+        let Grant::Conn(conn) = grant else { return };
+        if self.retired.load(Ordering::SeqCst) || pool.idle.len() >= settings.upstream_keepalive {
+            pool.open -= 1;
+            drop(pool);
+            drop(conn);
+            return;
+        }
+        pool.idle.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    /// A connection of the pool's count was closed (or never opened): its place goes to the
+    /// first request in line.
+    fn closed(&self) {
+        let mut pool = self.lock();
+        while let Some(waiter) = pool.waiters.pop_front() {
+            if waiter.send(Grant::Open).is_ok() {
+                return;
+            }
+        }
+        pool.open -= 1;
+    }
+
+    /// Closes idle connections past `upstream_idle_timeout` while the upstream lives, so
+    /// the app sees them go even without traffic.
+    fn start_sweeper(self: &Arc<Self>, settings: &ProxySettings) {
+        {
+            let mut pool = self.lock();
+            if pool.sweeper {
+                return;
+            }
+            pool.sweeper = true;
+        }
+        let weak: Weak<Upstream> = Arc::downgrade(self);
+        let timeout = settings.upstream_idle_timeout;
+        let every = (timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(upstream) = weak.upgrade() else {
+                    return;
+                };
+                let stale = {
+                    let mut pool = upstream.lock();
+                    let now = Instant::now();
+                    let (keep, stale): (Vec<Idle>, Vec<Idle>) =
+                        std::mem::take(&mut pool.idle).into_iter().partition(|i| {
+                            now.duration_since(i.since) < timeout && still_open(&i.conn.stream)
+                        });
+                    pool.idle = keep;
+                    pool.open -= stale.len();
+                    stale
+                };
+                drop(stale);
+            }
+        });
+    }
+}
+
+/// False when the app closed the connection (or sent something unasked) while it was idle.
+fn still_open(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// A connection taken from an upstream's pool: given back after a complete exchange,
+/// detached, or (dropped) closed, which frees its place.
+pub struct Lease {
+    upstream: Arc<Upstream>,
+    conn: Option<Conn>,
+}
+
+impl Lease {
+    pub fn conn(&mut self) -> &mut Conn {
+        self.conn
+            .as_mut()
+            .expect("a lease holds its connection until it ends")
+    }
+
+    pub fn give_back(mut self, settings: &ProxySettings) {
+        if let Some(conn) = self.conn.take() {
+            self.upstream.give_back(conn, settings);
+        }
+    }
+
+    /// The connection leaves the pool's count for good (upgraded, or an event stream).
+    pub fn detach(mut self) -> (Conn, Detached) {
+        let conn = self
+            .conn
+            .take()
+            .expect("a lease holds its connection until it ends");
+        self.upstream.closed();
+        self.upstream.stats.detached.fetch_add(1, Ordering::Relaxed);
+        (conn, Detached(self.upstream.clone()))
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.conn.take().is_some() {
+            self.upstream.closed();
+        }
+    }
+}
+
+/// Counts a request in flight on its upstream until dropped.
+pub struct InFlight(pub Arc<Upstream>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+/// A connection outside the pool's count, until dropped.
+pub struct Detached(Arc<Upstream>);
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        self.0.stats.detached.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(max: usize, keepalive: usize) -> ProxySettings {
+        ProxySettings {
+            upstream_max_connections: max,
+            upstream_keepalive: keepalive,
+            upstream_queue_timeout: Duration::from_millis(300),
+            ..ProxySettings::DEFAULT
+        }
+    }
+
+    #[tokio::test]
+    async fn the_pool_reuses_bounds_and_hands_over_connections() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                held.push(s);
+            }
+        });
+        let up = Upstream::new(addr);
+        let s = settings(2, 1);
+        let a = up.checkout(&s).await.unwrap();
+        let b = up.checkout(&s).await.unwrap();
+        assert_eq!(up.connections().0, 2);
+        // a third waits in line and gets the first connection given back
+        let up2 = up.clone();
+        let third = tokio::spawn(async move { up2.checkout(&s).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        a.give_back(&s);
+        let mut c = third.await.unwrap().unwrap();
+        assert!(c.conn().reused);
+        // at the limit with nothing given back: 503 after the queue timeout
+        assert!(matches!(up.checkout(&s).await, Err(CheckoutError::Busy)));
+        // only `upstream_keepalive` idle connections are kept
+        b.give_back(&s);
+        c.give_back(&s);
+        assert_eq!(up.connections(), (1, 1, 0));
+        let mut d = up.checkout(&s).await.unwrap();
+        assert!(d.conn().reused);
+        // a detached connection frees its place; a dropped lease too
+        let (_conn, _ws) = d.detach();
+        assert_eq!(up.connections(), (0, 0, 1));
+        drop(up.checkout(&s).await.unwrap());
+        assert_eq!(up.connections(), (0, 0, 1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        up.retire();
+        assert_eq!(up.connections().1, 0);
+    }
+}
