@@ -126,8 +126,8 @@ enum ReadError {
 
 /// Reads until a whole request head is in `buf`. `Ok(None)`: the client closed the
 /// connection (or sent garbage and went away) before sending one.
-/// While nothing of a request has come, the gate may close the connection to make room
-/// (`evicted`), and a stopping proxy closes it.
+/// Until the head is complete the gate may close the connection to make room (`evicted`);
+/// a stopping proxy closes it while nothing of a request has come.
 async fn read_request(
     settings: &ProxySettings,
     client: &mut TcpStream,
@@ -164,7 +164,8 @@ async fn read_request(
                 Ok(_) => {}
             },
             () = tokio::time::sleep_until(deadline) => return Err(ReadError::TimedOut),
-            () = evicted.notified(), if idle => return Ok(None),
+            // a header still trickling in is idle to the gate too
+            () = evicted.notified() => return Ok(None),
             changed = shutdown.changed(), if idle => {
                 if changed.is_err() {
                     return Ok(None);
