@@ -3,11 +3,15 @@
 # reverse proxy and direct, all to the same nginx backend that ferry deployed as its app; the
 # time from `ferry deploy` to switched for an already built release; idle RSS of `ferry serve`.
 #
-#   bash bench/proxy.sh            # DURATION=10s CONNECTIONS=64 by default
+# Then, with 2,000 idle keep-alive clients that each made one request through ferry: the
+# connections the app holds, and serve's RSS and descriptors.
+#
+#   bash bench/proxy.sh            # DURATION=10s CONNECTIONS="64 256" by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
-CONNECTIONS=${CONNECTIONS:-64}
+CONNECTIONS=${CONNECTIONS:-64 256}
+IDLE_CLIENTS=${IDLE_CLIENTS:-2000}
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
@@ -89,7 +93,7 @@ error_log stderr error;
 events { worker_connections 4096; }
 http {
     access_log off;
-    upstream app { server 127.0.0.1:$BACKEND; keepalive 128; }
+    upstream app { server 127.0.0.1:$BACKEND; keepalive 64; }
     server {
         listen 127.0.0.1:$NGINX_PROXY;
         location / {
@@ -105,9 +109,9 @@ CONF
 nginx -p "$work/proxy" -c "$work/proxy/nginx.conf"
 
 measure() {
-    local name=$1 url=$2
-    wrk -t2 -c"$CONNECTIONS" -d5s "$url" >/dev/null 2>&1 || true  # warm up
-    wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "$url" > "$work/wrk.out" 2>&1
+    local name=$1 url=$2 conns=$3
+    wrk -t2 -c"$conns" -d3s "$url" >/dev/null 2>&1 || true  # warm up
+    wrk -t2 -c"$conns" -d"$DURATION" --latency "$url" > "$work/wrk.out" 2>&1
     python3 - "$name" "$work/wrk.out" <<'PY'
 import re, sys
 name, text = sys.argv[1], open(sys.argv[2]).read()
@@ -121,10 +125,49 @@ print(f"{name:<14} {float(rps):>10.0f} req/s   p50 {p50:>8}   p99 {p99:>8}   non
 PY
 }
 
-echo "== proxy throughput: wrk, $CONNECTIONS connections, $DURATION, one nginx backend (1 worker)"
-measure direct "http://127.0.0.1:$BACKEND/"
-measure nginx-proxy "http://127.0.0.1:$NGINX_PROXY/"
-measure ferry-proxy "http://127.0.0.1:$STAGING/"
+for conns in $CONNECTIONS; do
+    echo "== proxy throughput: wrk -t2, $conns connections, $DURATION, one nginx backend (1 worker); nginx proxy: worker_processes auto, keepalive 64"
+    measure direct "http://127.0.0.1:$BACKEND/" "$conns"
+    measure nginx-proxy "http://127.0.0.1:$NGINX_PROXY/" "$conns"
+    measure ferry-proxy "http://127.0.0.1:$STAGING/" "$conns"
+done
+
+echo "== $IDLE_CLIENTS idle keep-alive clients, one request each through ferry's proxy"
+python3 - "$STAGING" "$BACKEND" "$serve_pid" "$IDLE_CLIENTS" <<'PY'
+import os, resource, socket, sys, time
+port, backend, pid, n = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, n + 1024)), hard))
+def app_conns():
+    # established connections to the backend's port, seen from its side (local port = backend)
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                parts = line.split()
+                if int(parts[1].split(":")[1], 16) == backend and parts[3] == "01":
+                    count += 1
+    return count
+def serve_figures():
+    rss = next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS"))
+    return int(rss) // 1024, len(os.listdir(f"/proc/{pid}/fd"))
+before = app_conns(), *serve_figures()
+clients = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data or not data.endswith(b"backend\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    clients.append(s)
+time.sleep(1)
+after = app_conns(), *serve_figures()
+print(f"before: app connections {before[0]:>5}   serve RSS {before[1]:>4} MiB   serve fds {before[2]:>5}")
+print(f"after:  app connections {after[0]:>5}   serve RSS {after[1]:>4} MiB   serve fds {after[2]:>5}   ({len(clients)} clients open)")
+PY
 
 echo "== deploy of an already built release, to switched (from the store's timestamps)"
 for tag in v1 v2 v1 v2 v1; do

@@ -20,7 +20,7 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::sync::watch;
 
 use super::http::{self, Chunked, Framing, Reject, Request, Response};
-use super::upstream::{CheckoutError, Lease};
+use super::upstream::{CheckoutError, Conn, Lease};
 use super::{Proxy, access_log};
 use crate::config::ProxySettings;
 use crate::listener::Ticket;
@@ -37,6 +37,14 @@ const ATTEMPTS: usize = 3;
 pub(super) struct Ctx {
     pub proxy: Proxy,
     pub settings: ProxySettings,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Ctx {
+    /// The proxy is stopping: answers say `connection: close`.
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
 }
 
 /// What one exchange came to, for the access log and the next request.
@@ -454,12 +462,12 @@ async fn exchange(
     let mut attempt = 0;
     let result = loop {
         attempt += 1;
-        let lease = match upstream.checkout(settings).await {
-            Ok(lease) => lease,
+        let (lease, conn) = match upstream.checkout(settings).await {
+            Ok(taken) => taken,
             Err(CheckoutError::Busy) => break Err(Failure::Busy),
             Err(CheckoutError::Connect(e)) => break Err(Failure::Upstream(e.to_string())),
         };
-        match forward(ctx, client, buf, req, &head, lease).await {
+        match forward(ctx, client, buf, req, &head, lease, conn).await {
             Err(Failure::Stale(_)) if attempt < ATTEMPTS && req.retryable() => continue,
             Err(Failure::Stale(e)) => break Err(Failure::Upstream(e)),
             other => break other,
@@ -549,10 +557,11 @@ async fn forward(
     buf: &mut BytesMut,
     req: &Request,
     head: &[u8],
-    mut lease: Lease,
+    lease: Lease,
+    mut conn: Conn,
 ) -> Result<Outcome, Failure> {
     let settings = &ctx.settings;
-    let reused = lease.conn().reused;
+    let reused = conn.reused;
     let stale = |e: String| {
         if reused {
             Failure::Stale(e)
@@ -571,13 +580,13 @@ async fn forward(
         }
         _ => 0,
     };
-    if req.expect_continue && req.framing != Framing::Empty && buf.is_empty() && body_left > 0 {
+    let body_to_come = body_left > 0 || req.framing == Framing::Chunked;
+    if req.expect_continue && body_to_come && buf.is_empty() {
         client
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             .await
             .map_err(|_| Failure::Client)?;
     }
-    let conn = lease.conn();
     conn.stream
         .write_all(&first)
         .await
@@ -650,7 +659,7 @@ async fn forward(
             .await
             .map_err(|_| Failure::Client)?;
         let leftover = buf.split();
-        let (mut conn, _detached) = lease.detach();
+        let _detached = lease.detach();
         if !leftover.is_empty() && conn.stream.write_all(&leftover).await.is_err() {
             return Ok(done(101, 0, false));
         }
@@ -670,7 +679,7 @@ async fn forward(
         (Framing::Chunked, 0) => Framing::Close,
         (f, _) => f,
     };
-    let keep_alive = req.keep_alive && sent && to_client != Framing::Close;
+    let keep_alive = req.keep_alive && sent && to_client != Framing::Close && !ctx.stopping();
     let mut out = Vec::with_capacity(resp.head.raw.len() + 64);
     response_head(&mut out, req, &resp, to_client, keep_alive);
     let event_stream = resp
@@ -678,6 +687,12 @@ async fn forward(
         .get("content-type")
         .is_some_and(|v| v.starts_with(b"text/event-stream"));
     let status = resp.code;
+    // a stream of events may last as long as the page is open: it leaves the pool's count
+    let (lease, _detached) = if event_stream {
+        (None, Some(lease.detach()))
+    } else {
+        (Some(lease), None)
+    };
     let limit = settings.max_response_body.unwrap_or(u64::MAX);
     let idle = settings.upstream_timeout;
     let relayed = relay_body(
@@ -691,11 +706,11 @@ async fn forward(
         idle,
     )
     .await;
-    let upstream_reusable = resp.keep_alive && sent && upbuf.is_empty();
+    let upstream_reusable = resp.keep_alive && sent && upbuf.is_empty() && !event_stream;
     match relayed {
         Ok(bytes) => {
-            if upstream_reusable && !event_stream {
-                lease.give_back(settings);
+            if upstream_reusable && let Some(lease) = lease {
+                lease.give_back(conn, settings);
             }
             Ok(done(status, bytes, keep_alive))
         }

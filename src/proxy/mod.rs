@@ -160,6 +160,7 @@ impl Proxy {
         let ctx = Arc::new(conn::Ctx {
             proxy: self.clone(),
             settings,
+            shutdown: shutdown.clone(),
         });
         let mut tasks = tokio::task::JoinSet::new();
         loop {

@@ -166,12 +166,13 @@ impl Upstream {
     pub(super) async fn checkout(
         self: &Arc<Self>,
         settings: &ProxySettings,
-    ) -> Result<Lease, CheckoutError> {
+    ) -> Result<(Lease, Conn), CheckoutError> {
         let conn = self.take(settings).await?;
-        Ok(Lease {
+        let lease = Lease {
             upstream: self.clone(),
-            conn: Some(conn),
-        })
+            counted: true,
+        };
+        Ok((lease, conn))
     }
 
     async fn take(self: &Arc<Self>, settings: &ProxySettings) -> Result<Conn, CheckoutError> {
@@ -302,41 +303,31 @@ fn still_open(stream: &TcpStream) -> bool {
     matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
-/// A connection taken from an upstream's pool: given back after a complete exchange,
-/// detached, or (dropped) closed, which frees its place.
+/// A place in an upstream's pool, held by a connection taken from it: given back with the
+/// connection after a complete exchange, detached, or (dropped) freed for the next request.
 pub struct Lease {
     upstream: Arc<Upstream>,
-    conn: Option<Conn>,
+    counted: bool,
 }
 
 impl Lease {
-    pub fn conn(&mut self) -> &mut Conn {
-        self.conn
-            .as_mut()
-            .expect("a lease holds its connection until it ends")
-    }
-
-    pub fn give_back(mut self, settings: &ProxySettings) {
-        if let Some(conn) = self.conn.take() {
-            self.upstream.give_back(conn, settings);
-        }
+    pub fn give_back(mut self, conn: Conn, settings: &ProxySettings) {
+        self.counted = false;
+        self.upstream.give_back(conn, settings);
     }
 
     /// The connection leaves the pool's count for good (upgraded, or an event stream).
-    pub fn detach(mut self) -> (Conn, Detached) {
-        let conn = self
-            .conn
-            .take()
-            .expect("a lease holds its connection until it ends");
+    pub fn detach(mut self) -> Detached {
+        self.counted = false;
         self.upstream.closed();
         self.upstream.stats.detached.fetch_add(1, Ordering::Relaxed);
-        (conn, Detached(self.upstream.clone()))
+        Detached(self.upstream.clone())
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.conn.take().is_some() {
+        if self.counted {
             self.upstream.closed();
         }
     }
@@ -397,19 +388,19 @@ mod tests {
         let up2 = up.clone();
         let third = tokio::spawn(async move { up2.checkout(&s).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        a.give_back(&s);
-        let mut c = third.await.unwrap().unwrap();
-        assert!(c.conn().reused);
+        a.0.give_back(a.1, &s);
+        let c = third.await.unwrap().unwrap();
+        assert!(c.1.reused);
         // at the limit with nothing given back: 503 after the queue timeout
         assert!(matches!(up.checkout(&s).await, Err(CheckoutError::Busy)));
         // only `upstream_keepalive` idle connections are kept
-        b.give_back(&s);
-        c.give_back(&s);
+        b.0.give_back(b.1, &s);
+        c.0.give_back(c.1, &s);
         assert_eq!(up.connections(), (1, 1, 0));
-        let mut d = up.checkout(&s).await.unwrap();
-        assert!(d.conn().reused);
+        let d = up.checkout(&s).await.unwrap();
+        assert!(d.1.reused);
         // a detached connection frees its place; a dropped lease too
-        let (_conn, _ws) = d.detach();
+        let _ws = d.0.detach();
         assert_eq!(up.connections(), (0, 0, 1));
         drop(up.checkout(&s).await.unwrap());
         assert_eq!(up.connections(), (0, 0, 1));
