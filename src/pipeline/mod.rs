@@ -2,7 +2,8 @@
 //! lock, and the environments' live state (proxy, log, active instance).
 //!
 //! Steps: resolve → policy → lock → prepare → build → test → backup → start → health →
-//! switch → monitor → finish (`steps.rs`); rollbacks reuse a built release (`rollback.rs`).
+//! switch → monitor → finish (`steps.rs`, with `prepare.rs`, `serving.rs` and `retention.rs`);
+//! rollbacks reuse a built release (`rollback.rs`).
 //! Each step is written to the store as running before it acts, and finished with its
 //! outcome and output tail after. A failure before the switch stops the new instance (if one
 //! was started) and leaves the old one serving; a monitor breach switches back to the old
@@ -12,8 +13,11 @@ mod actions;
 mod approval;
 mod environment;
 mod monitor;
+mod prepare;
 mod recover;
+mod retention;
 mod rollback;
+mod serving;
 mod steps;
 mod triggers;
 mod watch;
