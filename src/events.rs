@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::store::{DeploymentState, StepState};
+use crate::lifecycle::{DeploymentState, StepState};
 
 /// How many events a slow subscriber may fall behind before it misses some.
 const CAPACITY: usize = 1024;

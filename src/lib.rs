@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: `ferry.toml` into a validated [`config::Config`].
+//! - [`lifecycle`]: the states of a deployment and of its steps, which the store records and
+//!   events announce.
 //! - [`store`]: SQLite (WAL) with numbered migrations; deployments, steps, releases, locks and
 //!   instances. The source of truth: every transition is written before it is acted on.
 //! - [`release`]: git mirror, ref resolution, tree export, shared links, build and test
@@ -44,6 +46,7 @@ pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod health;
+pub mod lifecycle;
 pub mod listener;
 pub mod notify;
 pub mod pipeline;

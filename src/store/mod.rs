@@ -21,10 +21,11 @@ use rusqlite::Connection;
 
 use crate::events::Bus;
 
+pub use crate::lifecycle::{DeploymentState, StepState};
 pub use dashboard::Probe;
 pub use rows::{
-    Actor, AuditEntry, Backup, Check, Delivery, Deployment, DeploymentState, Instance, LockHolder,
-    Maintenance, Release, Scope, Step, StepState, Token, Verification,
+    Actor, AuditEntry, Backup, Check, Delivery, Deployment, Instance, LockHolder, Maintenance,
+    Release, Scope, Step, Token, Verification,
 };
 pub use server::NewDelivery;
 
