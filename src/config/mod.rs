@@ -6,6 +6,7 @@
 
 mod diagnostic;
 mod duration;
+mod freeze;
 mod raw;
 mod server;
 mod size;
@@ -18,12 +19,11 @@ use std::time::Duration;
 
 pub use diagnostic::Diagnostic;
 pub use duration::{HumanDuration, format_duration, parse_duration};
+pub use freeze::FreezeWindow;
 pub use raw::valid_check_name;
 pub use server::{ConnLimits, DEFAULT_MAX_STREAMS, ProxySettings, Server};
 pub use size::{HumanSize, format_size, parse_size};
 pub use template::TEMPLATE;
-
-pub use crate::policy::FreezeWindow;
 
 /// Variables ferry sets for every instance; the `env` table may not override them.
 pub const RESERVED_VARS: &[&str] = &[

@@ -493,15 +493,13 @@ fn validate_environment(
     }
     let mut freeze = Vec::new();
     for w in &raw.freeze {
-        freeze.push(
-            crate::policy::FreezeWindow::parse(w.get_ref()).map_err(|e| {
-                fail(
-                    w.span(),
-                    e,
-                    "times are in the environment's time zone (the `timezone` key, or local time)",
-                )
-            })?,
-        );
+        freeze.push(super::FreezeWindow::parse(w.get_ref()).map_err(|e| {
+            fail(
+                w.span(),
+                e,
+                "times are in the environment's time zone (the `timezone` key, or local time)",
+            )
+        })?);
     }
     let timezone = match &raw.timezone {
         None => None,

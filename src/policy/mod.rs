@@ -4,12 +4,10 @@
 //! The pipeline's `policy` step and `ferry plan` both ask [`evaluate`], so what plan says is
 //! what a deploy does. Nothing here changes state.
 
-mod freeze;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use freeze::FreezeWindow;
+pub use crate::config::FreezeWindow;
 
 use crate::config::{Config, Environment, Track};
 use crate::release::{RefKind, Resolved};

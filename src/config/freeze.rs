@@ -5,6 +5,8 @@
 //! - daily, `"18:00 - 08:00"` (wraps around midnight);
 //! - dates, `"2026-12-24 - 2026-12-27"` (the end day included) or with times,
 //!   `"2026-12-24 18:00 - 2026-12-27 09:00"` (the end excluded).
+//!
+//! Parsed here, with the config that states them; the policy's freeze gate asks them.
 
 use std::fmt;
 
