@@ -271,10 +271,12 @@ impl<B: Body + Unpin> Body for BusyBody<B> {
     }
 }
 
-/// A connection's service, marking the connection busy while it serves a request.
+/// A connection's service, marking the connection busy while it serves a request; once the
+/// listener stops, each response says `Connection: close`.
 struct Tracked<S> {
     inner: S,
     busy: Arc<AtomicUsize>,
+    closing: watch::Receiver<bool>,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for Tracked<S>
@@ -289,8 +291,15 @@ where
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let busy = Busy::new(&self.busy);
         let answer = self.inner.call(req);
+        let closing = self.closing.clone();
         Box::pin(async move {
-            let resp = answer.await?;
+            let mut resp = answer.await?;
+            if *closing.borrow() {
+                resp.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
             Ok(resp.map(|inner| BusyBody { inner, _busy: busy }))
         })
     }
@@ -302,9 +311,15 @@ content-type: text/plain; charset=utf-8\r\ncontent-length: 38\r\n\
 retry-after: 1\r\nconnection: close\r\n\r\n\
 too many connections; try again later\n";
 
-/// Serves HTTP/1.1 on `listener` through `gate` until `shutdown` says stop, then lets open
-/// connections finish for up to 5 s. `service` makes each connection's service from the peer's
-/// address.
+/// How long kept-alive connections get, once the listener stops, to send one more request and
+/// be told `Connection: close` with its response (the client then opens its next connection to
+/// whoever accepts now — a new `serve` — instead of racing a close); then idle ones are closed.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves HTTP/1.1 on `listener` through `gate` until `shutdown` says stop, then stops
+/// accepting, closes kept-alive connections after their next response (within
+/// [`CLOSE_GRACE`]) and lets the requests in progress finish for up to 5 s. `service` makes
+/// each connection's service from the peer's address.
 pub async fn serve<F, S, B>(
     listener: TcpListener,
     gate: Arc<Gate>,
@@ -350,6 +365,7 @@ pub async fn serve<F, S, B>(
         let service = Tracked {
             inner: service(peer),
             busy: ticket.busy.clone(),
+            closing: shutdown.clone(),
         };
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         let stats = gate.stats.clone();
@@ -367,6 +383,10 @@ pub async fn serve<F, S, B>(
         });
     }
     drop(listener);
+    let grace = tokio::time::Instant::now() + CLOSE_GRACE;
+    while gate.stats.open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
 }
 

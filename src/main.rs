@@ -27,6 +27,13 @@ fn main() -> ExitCode {
         // colour codes only for a person at a terminal, never into serve.log or a pipe
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let ferry::cli::Command::Serve(_) = &cli.command
+        && let Err(e) = ferry::daemon::sockets::take_systemd()
+    {
+        // before any thread: listenfd takes LISTEN_FDS out of the environment
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -258,10 +258,15 @@ struct LineTap {
     /// Raw, as read: masked when asked for ([`Instance::last_lines`]), so a flood of output
     /// costs one copy of the last lines of each chunk and nothing more.
     last: Mutex<std::collections::VecDeque<Vec<u8>>>,
-    /// Set once the output pipe has ended (every line is in `last`).
+    /// Set once the output pipe has ended (every line is in `last`), or the pump was detached.
     ended: watch::Sender<bool>,
+    /// Set to stop reading the pipe (a new `serve` takes the instance over, see
+    /// [`Instance::detach`]).
+    detach: watch::Sender<bool>,
     /// The log's: lines are masked as the log masks them.
     redactor: Option<Arc<crate::sandbox::Redactor>>,
+    /// Where the output goes (kept to read it again after a detach, see [`Instance::reattach`]).
+    log: LogSink,
 }
 
 impl LineTap {
@@ -270,7 +275,9 @@ impl LineTap {
             watch: Mutex::default(),
             last: Mutex::default(),
             ended: watch::channel(false).0,
+            detach: watch::channel(false).0,
             redactor: log.redactor.clone(),
+            log: log.clone(),
         }
     }
 
@@ -450,20 +457,29 @@ const PARTIAL_LINE_WAIT: Duration = Duration::from_millis(200);
 /// Copies an instance's output to the log in whole lines (so a secret is never split
 /// between two writes and escapes the redactor), feeding each line to the monitor's tap.
 /// A partial line is written once no more comes for [`PARTIAL_LINE_WAIT`], or at the end.
+/// Detaching ([`Instance::detach`]) ends it between two reads, with what was read written.
 async fn pump(mut from: impl AsyncRead + Unpin, log: LogSink, lines: Arc<LineTap>) {
     let mut buf = vec![0u8; 16 * 1024];
     let mut pending: Vec<u8> = Vec::new();
+    let mut detach = lines.detach.subscribe();
     loop {
-        let read = if pending.is_empty() {
-            from.read(&mut buf).await
-        } else {
-            match tokio::time::timeout(PARTIAL_LINE_WAIT, from.read(&mut buf)).await {
-                Ok(read) => read,
-                Err(_) => {
-                    // a prompt or a line still being written: write what there is
-                    flush(&log, &lines, std::mem::take(&mut pending)).await;
-                    continue;
+        let read = tokio::select! {
+            biased;
+            _ = detach.wait_for(|d| *d) => break,
+            read = async {
+                if pending.is_empty() {
+                    Some(from.read(&mut buf).await)
+                } else {
+                    tokio::time::timeout(PARTIAL_LINE_WAIT, from.read(&mut buf)).await.ok()
                 }
+            } => read,
+        };
+        let read = match read {
+            Some(read) => read,
+            None => {
+                // a prompt or a line still being written: write what there is
+                flush(&log, &lines, std::mem::take(&mut pending)).await;
+                continue;
             }
         };
         let n = match read {
@@ -536,6 +552,33 @@ impl Instance {
                 text
             })
             .collect()
+    }
+
+    /// Stops reading the instance's output, leaving it running and its pipe in place, once
+    /// what was read is in the log: a new `serve` reopens the pipe and reads on from there
+    /// (the instance holds the pipe open, so it keeps running while nobody reads).
+    pub async fn detach(&self) {
+        self.lines.detach.send_replace(true);
+        let mut ended = self.lines.ended.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(2), ended.wait_for(|e| *e)).await;
+    }
+
+    /// Reads the instance's output again after [`Instance::detach`] (a takeover that did not
+    /// happen after all).
+    pub fn reattach(&self) {
+        if !*self.lines.detach.borrow() {
+            return;
+        }
+        match open_pipe(&self.output) {
+            Ok(reader) => {
+                self.lines.detach.send_replace(false);
+                self.lines.ended.send_replace(false);
+                tokio::spawn(pump(reader, self.lines.log.clone(), self.lines.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(pid = self.pid, pipe = %self.output.display(), error = %e, "cannot reopen an instance's output; it is not logged")
+            }
+        }
     }
 
     /// The exit status once the process has exited.

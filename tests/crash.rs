@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,30 +18,6 @@ const STEPS: &[&str] = &[
     "resolve", "policy", "lock", "prepare", "build", "test", "backup", "start", "health", "switch",
     "monitor", "finish",
 ];
-
-/// Every process whose working directory is inside `dir`: (pid, process group).
-fn processes_in(dir: &Path) -> Vec<(u32, u32)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        if fields[0] == "Z" {
-            continue;
-        }
-        if cwd.starts_with(dir) {
-            found.push((pid, fields[2].parse().unwrap()));
-        }
-    }
-    found
-}
 
 /// When a request was answered, and its status (`None`: the connection was refused).
 type Answers = Vec<(Instant, Option<u16>)>;

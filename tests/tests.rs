@@ -287,12 +287,13 @@ fn serve_restarted_brings_environments_back_on_their_last_good_release() {
             ..Options::default()
         },
     );
+    s.serve_args.push("--stop-apps".into());
     s.serve();
     s.deploy_ok("staging", "v1.1.0");
     s.deploy_ok("production", "v1.0.0");
     assert_eq!(s.ferry(&["deploy", "staging", "v1.2.0"]).code(), 1);
 
-    // a graceful stop takes the apps down with it
+    // a graceful stop with --stop-apps takes the apps down with it
     s.stop(Signal::SIGTERM);
     assert!(get(&s.url("staging")).is_none());
     s.serve();

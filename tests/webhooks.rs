@@ -525,6 +525,8 @@ fn a_push_during_a_running_deploy_or_the_restore_at_start_deploys_afterwards() {
     std::fs::write(&s.config, config).unwrap();
     s.serve_env.push(("FERRY_TEST_GH".into(), GH_SECRET.into()));
     s.serve_env.push(("FERRY_TEST_GL".into(), GL_TOKEN.into()));
+    // the restart below must bring the release back (not adopt it)
+    s.serve_args.push("--stop-apps".into());
     s.serve();
     s.deploy_ok("staging", "v1.0.0");
 

@@ -197,7 +197,7 @@ pub async fn run(args: &Demo) -> CmdResult {
             .map(|e| e.listen)
             .expect("staging is in the demo config")
     );
-    let daemon = Daemon::start(config)
+    let daemon = Daemon::start(config, Default::default())
         .await
         .map_err(|e| Failure::Failed(format!("demo: {e}")))?;
     let api = format!("http://{}", daemon.api_addr);
@@ -226,7 +226,8 @@ pub async fn run(args: &Demo) -> CmdResult {
         }
     }
     println!("stopping the demo");
-    daemon.stop().await;
+    // the demo's apps live in its temp dir: they go with it
+    daemon.stop(true).await;
     result
 }
 

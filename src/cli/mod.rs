@@ -16,6 +16,7 @@ mod serve;
 mod show;
 mod terminal;
 mod token;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +58,9 @@ pub enum Command {
     Check(check::Check),
     /// Run the daemon: API, proxies and instances.
     Serve(serve::Serve),
+    /// Replace the running serve with a new binary's (`serve --takeover`): no connection is
+    /// refused, the apps keep running.
+    Upgrade(upgrade::Upgrade),
     /// Deploy a tag, branch or commit to an environment and follow it live.
     Deploy(deploy::Deploy),
     /// Deploy a verified release tag to the environment that requires it (e.g. production).
@@ -118,7 +122,9 @@ const SHARED_HELP: &[(&str, &str)] = &[
 
 /// Subcommands that never talk to the daemon (`--server` does not apply), and those that
 /// read no config either (`--config` does not apply).
-const LOCAL_ONLY: &[&str] = &["init", "check", "serve", "token", "release", "demo"];
+const LOCAL_ONLY: &[&str] = &[
+    "init", "check", "serve", "upgrade", "token", "release", "demo",
+];
 const NO_CONFIG: &[&str] = &["release", "demo"];
 
 /// The command line as `ferry` parses it: every argument with help text, and each
@@ -197,6 +203,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Init(args) => init::run(&cli, args),
         Command::Check(args) => check::run(&cli, args),
         Command::Serve(args) => serve::run(&cli, args).await,
+        Command::Upgrade(args) => upgrade::run(&cli, args).await,
         Command::Deploy(args) => deploy::run(&cli, args).await,
         Command::Promote(args) => safety::promote(&cli, args).await,
         Command::Plan(args) => safety::plan(&cli, args).await,

@@ -105,6 +105,16 @@ impl EnvState {
         active.take()
     }
 
+    /// Where the serving instance listens, while it runs.
+    pub async fn serving_addr(&self) -> Option<std::net::SocketAddr> {
+        let active = self.active.lock().await;
+        let a = active.as_ref().filter(|a| a.instance.exited().is_none())?;
+        Some(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            a.instance.port,
+        )))
+    }
+
     /// The release currently serving, if any.
     pub async fn active_release(&self) -> Option<String> {
         self.active.lock().await.as_ref().map(|a| a.release.clone())

@@ -165,6 +165,10 @@ pub struct Engine {
     pushes: Mutex<()>,
     /// Known secret values, masked in every step output, message and app log line.
     pub redactor: Arc<Redactor>,
+    /// True while this engine hands over to a new `serve`: no deployment may start. Held
+    /// while a deployment is recorded, so one is either recorded before the handover looks
+    /// for running ones or refused.
+    handing_over: Mutex<bool>,
 }
 
 impl Engine {
@@ -226,6 +230,7 @@ impl Engine {
             queued: Mutex::new(BTreeMap::new()),
             pushes: Mutex::new(()),
             redactor,
+            handing_over: Mutex::new(false),
         }))
     }
 
@@ -240,23 +245,6 @@ impl Engine {
 
     pub fn environments(&self) -> impl Iterator<Item = &Arc<EnvState>> {
         self.envs.values()
-    }
-
-    /// Binds every environment's listen address; fails naming the first port that is taken.
-    pub async fn bind_proxies(&self) -> Result<Vec<(Proxy, tokio::net::TcpListener)>, EngineError> {
-        let mut out = Vec::new();
-        for state in self.envs.values() {
-            let env: &Environment = &state.env;
-            let listener = tokio::net::TcpListener::bind(env.listen)
-                .await
-                .map_err(|source| EngineError::Bind {
-                    env: env.name.clone(),
-                    addr: env.listen,
-                    source,
-                })?;
-            out.push((state.proxy.clone(), listener));
-        }
-        Ok(out)
     }
 
     /// Records a deployment of `git_ref` to `env` and starts it in the background.
@@ -296,9 +284,74 @@ impl Engine {
         who: &Actor,
     ) -> Result<i64, EngineError> {
         self.check_storage()?;
+        let handing_over = self.handing_over.lock().unwrap_or_else(|e| e.into_inner());
+        if *handing_over {
+            return Err(EngineError::Conflict(
+                "ferry is handing over to a new serve (a restart or an upgrade); try again in a few seconds".into(),
+            ));
+        }
         Ok(self
             .store
             .create_deployment_by(env, kind, git_ref, who, DeploymentState::Queued)?)
+    }
+
+    /// Why this engine cannot hand over to a new `serve` now, if it cannot: a deployment is
+    /// under way (or queued, or waiting for approval), or ferry is bringing an environment
+    /// back (a restore or a restart holds its lock).
+    pub fn handover_blocker(&self) -> Result<Option<String>, EngineError> {
+        if let Some(d) = self.store.unfinished()?.first() {
+            let step = d
+                .step
+                .as_deref()
+                .map(|s| format!(", step {s}"))
+                .unwrap_or_default();
+            return Ok(Some(format!(
+                "deployment {} to {} is {}{step}; wait until it has finished (ferry show {}), then try again",
+                d.id,
+                d.environment,
+                d.state.as_str(),
+                d.id
+            )));
+        }
+        for state in self.environments() {
+            if let Some(h) = self.store.lock_holder(&state.env.name)?
+                && h.kind == "restore"
+            {
+                return Ok(Some(format!(
+                    "{} holds environment {} since {}; wait until it serves again, then try again",
+                    h.holder, state.env.name, h.since
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stops new deployments for a handover, unless one is under way (see
+    /// [`Engine::handover_blocker`]): then nothing changes and the reason is returned.
+    pub fn begin_handover(&self) -> Result<(), String> {
+        let mut handing_over = self.handing_over.lock().unwrap_or_else(|e| e.into_inner());
+        match self.handover_blocker() {
+            Ok(None) => {
+                *handing_over = true;
+                Ok(())
+            }
+            Ok(Some(reason)) => Err(reason),
+            Err(e) => Err(format!("cannot read the store: {e}")),
+        }
+    }
+
+    /// Lets deployments start again: the handover did not happen, and this engine goes on
+    /// (its instances' output is read again).
+    pub fn end_handover(&self) {
+        *self.handing_over.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        for instance in self
+            .instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            instance.reattach();
+        }
     }
 
     /// Refuses to start anything when the state dir's disk is nearly full or not writable:
@@ -394,7 +447,21 @@ impl Engine {
         }
     }
 
-    /// Stops every instance ferry started (on `serve` shutdown).
+    /// Leaves every instance running for the next `serve` to adopt (on `serve` shutdown,
+    /// by default, and on a takeover): their output is no longer read once what was read is
+    /// in the log, and the store keeps them as running.
+    pub async fn leave_running(&self) {
+        let all: Vec<_> = self
+            .instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        futures_util::future::join_all(all.iter().map(|i| i.detach())).await;
+    }
+
+    /// Stops every instance ferry started (on `serve` shutdown with `--stop-apps`).
     pub async fn shutdown(&self) {
         let all: Vec<_> =
             std::mem::take(&mut *self.instances.lock().unwrap_or_else(|e| e.into_inner()))

@@ -172,7 +172,7 @@ macro_rules! routes {
 }
 
 routes! {
-    get "/health" => health, "ferry", "ferry itself: the store answers and every proxy accepts connections";
+    get "/health" => health, "ferry", "ferry itself: the store answers, every proxy accepts connections and has an instance answering once its environment has a release";
     get "/metrics" => metrics::metrics, "ferry", "Prometheus metrics";
     get "/api/openapi.json" => openapi::document, "ferry", "this document";
     get "/api/events" => stream::events, "events", "live server-sent events: deployment and step transitions, monitor probes (?environment, ?deployment)";
@@ -276,7 +276,9 @@ pub async fn serve(app: AppState, listener: TcpListener) -> std::io::Result<()> 
 }
 
 /// `GET /health`: ferry itself. 200 when the store answers and every environment's proxy
-/// accepts connections; 503 naming what is wrong otherwise.
+/// accepts connections and, once the environment has a release, has an instance that answers
+/// behind it (so a restarted ferry is not reported up while its apps are still booting); 503
+/// naming what is wrong otherwise.
 async fn health(State(engine): State<Arc<Engine>>) -> Response {
     let store = match engine.store.history(None, 1) {
         Ok(_) => "ok",
@@ -285,20 +287,37 @@ async fn health(State(engine): State<Arc<Engine>>) -> Response {
             "unreachable"
         }
     };
-    let checks = engine.environments().map(|state| async move {
-        let addr = state.env.listen;
-        let up = tokio::time::timeout(
+    let reachable = |addr: std::net::SocketAddr| async move {
+        tokio::time::timeout(
             std::time::Duration::from_secs(1),
             tokio::net::TcpStream::connect(addr),
         )
         .await
-        .is_ok_and(|c| c.is_ok());
-        (state.env.name.clone(), up)
+        .is_ok_and(|c| c.is_ok())
+    };
+    let checks = engine.environments().map(|state| {
+        let engine = engine.clone();
+        async move {
+            let name = state.env.name.clone();
+            if !reachable(state.env.listen).await {
+                return (name, "down");
+            }
+            let deployed = engine.store.last_succeeded(&name).ok().flatten().is_some();
+            let answering = match state.serving_addr().await {
+                Some(addr) => reachable(addr).await,
+                None => false,
+            };
+            let status = if !deployed || answering || state.proxy.maintenance().is_some() {
+                "up"
+            } else {
+                "no instance answering"
+            };
+            (name, status)
+        }
     });
     let proxies: std::collections::BTreeMap<String, &str> = futures_util::future::join_all(checks)
         .await
         .into_iter()
-        .map(|(name, up)| (name, if up { "up" } else { "down" }))
         .collect();
     let ok = store == "ok" && proxies.values().all(|p| *p == "up");
     let body = Json(json!({

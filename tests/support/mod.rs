@@ -70,6 +70,8 @@ pub struct Sandbox {
     pub serve_env: Vec<(String, String)>,
     /// A limit of open files (soft and hard) for `ferry serve`, set with the shell's `ulimit`.
     pub serve_open_files: Option<u64>,
+    /// Extra arguments for `ferry serve`, such as `--stop-apps`.
+    pub serve_args: Vec<String>,
     serve: Option<Child>,
 }
 
@@ -178,6 +180,7 @@ listen = "127.0.0.1:{api_port}"
             envs,
             serve_env: Vec::new(),
             serve_open_files: None,
+            serve_args: Vec::new(),
             serve: None,
         }
     }
@@ -215,6 +218,7 @@ listen = "127.0.0.1:{api_port}"
             .arg("serve")
             .arg("-c")
             .arg(&self.config)
+            .args(&self.serve_args)
             .envs(self.serve_env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -313,9 +317,81 @@ listen = "127.0.0.1:{api_port}"
     }
 }
 
+impl Sandbox {
+    /// The pid of the `ferry serve` holding the state dir (it writes it into `serve.lock`),
+    /// while that process runs with this sandbox's config.
+    pub fn serve_pid(&self) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.state_dir().join("serve.lock"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let config = self.config.to_string_lossy();
+        String::from_utf8_lossy(&cmdline)
+            .contains(config.as_ref())
+            .then_some(pid)
+    }
+
+    /// Stops whatever is left: a serve not started by [`Sandbox::serve`] (one that took
+    /// over), and the apps, which outlive a stopped serve.
+    fn stop_leftovers(&mut self) {
+        if let Some(pid) = self.serve_pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            eventually(Duration::from_secs(10), || !alive(pid));
+        }
+        for (pid, pgid) in processes_in(self.dir.path()) {
+            let group = nix::unistd::Pid::from_raw(pgid as i32);
+            if pid == pgid
+                && nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).is_ok()
+            {
+                continue;
+            }
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Every live process whose working directory is inside `dir`: (pid, process group).
+pub fn processes_in(dir: &Path) -> Vec<(u32, u32)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        if fields[0] == "Z" || !cwd.starts_with(dir) {
+            continue;
+        }
+        if let Ok(pgid) = fields[2].parse() {
+            found.push((pid, pgid));
+        }
+    }
+    found
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.stop(nix::sys::signal::Signal::SIGTERM);
+        self.stop_leftovers();
     }
 }
 
