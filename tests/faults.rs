@@ -181,6 +181,8 @@ impl Drop for Tmpfs {
 #[test]
 fn a_full_disk_refuses_the_deploy_before_anything_changes() {
     let mut s = Sandbox::new(&[Rel("v1.0.0", GOOD), Rel("v1.1.0", GOOD)]);
+    // the app must stop with serve: the tmpfs under it is unmounted after the test
+    s.serve_args.push("--stop-apps".into());
     let Some(_tmpfs) = Tmpfs::mount(&s.state_dir(), 128) else {
         // CI runs as root; a machine that cannot mount runs every other test here
         eprintln!("SKIPPED: cannot mount a tmpfs here (not root?)");

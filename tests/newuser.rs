@@ -96,6 +96,8 @@ fn init_in_a_master_repo_then_check_then_the_first_deploy_works() {
     let _serve = Serve(
         Command::new(FERRY)
             .arg("serve")
+            // the app goes with it (by default it would outlive serve)
+            .arg("--stop-apps")
             .current_dir(&repo)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
