@@ -548,3 +548,91 @@ fn a_takeover_is_refused_clearly_with_no_serve_or_during_a_deployment() {
     assert_eq!(health(&s).unwrap().0, 200);
     std::fs::remove_file(env_dir.join("hold")).unwrap();
 }
+
+#[test]
+fn install_systemd_writes_units_systemd_accepts_and_never_overwrites_silently() {
+    let s = Sandbox::with(
+        &[Rel("v1.0.0", GOOD)],
+        Options {
+            envs: &["staging", "production"],
+            ..Options::default()
+        },
+    );
+    let dir = s.dir.path().join("units");
+    let dir_arg = dir.to_str().unwrap();
+    let run = s.ferry(&["install", "systemd", "--dir", dir_arg]);
+    assert_eq!(run.code(), 0, "{run}");
+    let service = std::fs::read_to_string(dir.join("ferry.service")).unwrap();
+    assert!(
+        service.contains(&format!(
+            "ExecStart={FERRY} serve -c {}",
+            s.config.display()
+        )),
+        "{service}"
+    );
+    for line in [
+        "KillMode=process",
+        "Type=notify",
+        "NotifyAccess=all",
+        "ExecReload=",
+        "Restart=on-failure",
+        "LimitNOFILE=",
+    ] {
+        assert!(service.contains(line), "{line} in\n{service}");
+    }
+    for (name, url) in [("api".to_string(), s.api.clone())]
+        .into_iter()
+        .chain(s.envs.iter().cloned())
+    {
+        let unit = std::fs::read_to_string(dir.join(format!("ferry-{name}.socket"))).unwrap();
+        let addr = url.trim_start_matches("http://");
+        assert!(unit.contains(&format!("ListenStream={addr}\n")), "{unit}");
+        assert!(unit.contains(&format!("FileDescriptorName={name}\n")), "{unit}");
+        assert!(unit.contains("Service=ferry.service"), "{unit}");
+        assert!(service.contains(&format!("ferry-{name}.socket")), "{service}");
+    }
+
+    // the same again changes nothing; a file changed by hand is kept without --force
+    let again = s.ferry(&["install", "systemd", "--dir", dir_arg]);
+    assert_eq!(again.code(), 0, "{again}");
+    assert!(again.stdout().contains("unchanged"), "{again}");
+    std::fs::write(dir.join("ferry-api.socket"), "edited\n").unwrap();
+    let refused = s.ferry(&["install", "systemd", "--dir", dir_arg]);
+    assert_eq!(refused.code(), 1, "{refused}");
+    assert!(refused.stderr().contains("--force"), "{refused}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("ferry-api.socket")).unwrap(),
+        "edited\n"
+    );
+    let forced = s.ferry(&["install", "systemd", "--dir", dir_arg, "--force"]);
+    assert_eq!(forced.code(), 0, "{forced}");
+    assert!(
+        std::fs::read_to_string(dir.join("ferry-api.socket"))
+            .unwrap()
+            .contains("FileDescriptorName=api")
+    );
+
+    let analyze = Command::new("systemd-analyze").arg("--version").output();
+    if !analyze.is_ok_and(|o| o.status.success()) {
+        println!("skipped systemd-analyze verify: systemd-analyze is not installed");
+        return;
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg("--man=no")
+        .args(&files)
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.display()))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && !text.contains("ferry"), "systemd-analyze verify:\n{text}");
+}

@@ -9,6 +9,7 @@ pub mod confine;
 mod demo;
 mod deploy;
 mod init;
+mod install;
 mod logs;
 mod release;
 mod safety;
@@ -58,6 +59,8 @@ pub enum Command {
     Check(check::Check),
     /// Run the daemon: API, proxies and instances.
     Serve(serve::Serve),
+    /// Write service files: `install systemd` (a service and its socket units).
+    Install(install::Install),
     /// Replace the running serve with a new binary's (`serve --takeover`): no connection is
     /// refused, the apps keep running.
     Upgrade(upgrade::Upgrade),
@@ -123,7 +126,7 @@ const SHARED_HELP: &[(&str, &str)] = &[
 /// Subcommands that never talk to the daemon (`--server` does not apply), and those that
 /// read no config either (`--config` does not apply).
 const LOCAL_ONLY: &[&str] = &[
-    "init", "check", "serve", "upgrade", "token", "release", "demo",
+    "init", "check", "serve", "upgrade", "install", "token", "release", "demo",
 ];
 const NO_CONFIG: &[&str] = &["release", "demo"];
 
@@ -204,6 +207,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => check::run(&cli, args),
         Command::Serve(args) => serve::run(&cli, args).await,
         Command::Upgrade(args) => upgrade::run(&cli, args).await,
+        Command::Install(args) => install::run(&cli, args),
         Command::Deploy(args) => deploy::run(&cli, args).await,
         Command::Promote(args) => safety::promote(&cli, args).await,
         Command::Plan(args) => safety::plan(&cli, args).await,
