@@ -636,3 +636,52 @@ fn install_systemd_writes_units_systemd_accepts_and_never_overwrites_silently() 
     );
     assert!(out.status.success() && !text.contains("ferry"), "systemd-analyze verify:\n{text}");
 }
+
+#[test]
+fn a_new_serve_that_fails_during_the_takeover_leaves_the_old_one_serving() {
+    let mut s = Sandbox::new(&[Rel("v1.0.0", GOOD)]);
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+    let pid = app_pid(&s, "staging");
+    let old = s.serve_pid().unwrap();
+    // the new serve's config has an environment whose port is taken: it fails once it has
+    // the sockets and the lock
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let moved = s.dir.path().join("next.toml");
+    std::fs::write(
+        &moved,
+        format!("{text}\n[environments.extra]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    // same state dir: the default is beside the config file
+    let hammer = Hammer::start(&s.url("staging"), 4);
+    hammer.wait_for(100);
+    let run = Command::new(FERRY)
+        .args(["serve", "--takeover", "-c"])
+        .arg(&moved)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    hammer.wait_for(100);
+    let t = hammer.finish();
+    assert_none_failed("a failed takeover", &t, &s.serve_log());
+    // the old serve goes on: it holds the state dir again, deploys, and logs its app
+    assert_eq!(s.serve_pid(), Some(old));
+    assert!(s.serve_log().contains("this serve goes on"), "{}", s.serve_log());
+    let second = s.ferry(&["serve"]);
+    assert!(
+        second.stderr().contains("another ferry serve is running"),
+        "{second}"
+    );
+    get(&format!("{}/log?line=after-a-failed-takeover", s.url("staging")));
+    let log = s.state_dir().join("environments/staging/logs/app.log");
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("after-a-failed-takeover"))
+    }));
+    assert_eq!(app_pid(&s, "staging"), pid);
+    s.deploy_ok("staging", "v1.0.0");
+}

@@ -164,11 +164,11 @@ impl Daemon {
             let lock = lock_state_dir(&config.state_dir)?;
             (sockets::systemd(), sockets::Source::Systemd, None, lock)
         };
+        let mut listeners = sockets::assign(&config, passed, source)?;
         raise_open_files_limit(&config);
         let store = Store::open(&config.state_dir.join("ferry.db"))?;
         let engine = Engine::new(Arc::new(config), store)?;
         tighten_logs(&engine.config);
-        let mut listeners = sockets::assign(&engine.config, passed, source)?;
         let mut kept = Vec::new();
         for (name, listener) in &listeners {
             // std duplicates with close-on-exec
