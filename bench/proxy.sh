@@ -189,3 +189,7 @@ done
 sleep 2
 rss_idle=$(awk '/VmRSS/ {print $2}' "/proc/$serve_pid/status")
 echo "== ferry serve RSS with two environments: at start $((rss_empty / 1024)) MiB (${rss_empty} kB), idle after deploys $((rss_idle / 1024)) MiB (${rss_idle} kB)"
+
+# failed requests across restarts of ferry itself (a SIGTERM, an upgrade, a kill -9 under
+# socket activation): bench/restart.py runs its own ferry
+python3 bench/restart.py
