@@ -294,8 +294,9 @@ fn stopping_serve_leaves_the_apps_running_and_the_next_serve_adopts_them() {
     s.serve();
     s.stop(Signal::SIGTERM);
     assert!(
-        eventually(Duration::from_secs(5), || !running(pid as u32)),
-        "--stop-apps stops the app"
+        eventually(Duration::from_secs(15), || !running(pid as u32)),
+        "--stop-apps stops the app:\n{}",
+        s.serve_log()
     );
     assert!(get(&s.url("staging")).is_none());
 }
@@ -475,11 +476,11 @@ fn ferry_upgrade_hands_the_sockets_over_and_fails_no_request() {
     let hammer = Hammer::start(&s.url("staging"), 8);
     hammer.wait_for(200);
     for round in 0..2 {
-        let old = s.serve_pid().expect("serve holds the lock");
+        let old = s.locked_serve_pid().expect("serve holds the lock");
         let run = s.ferry(&["upgrade", "--binary", FERRY]);
         assert_eq!(run.code(), 0, "{run}\n{}", s.serve_log());
         assert!(run.stdout().contains("serves now"), "{run}");
-        let new = s.serve_pid().expect("the new serve holds the lock");
+        let new = s.locked_serve_pid().expect("the new serve holds the lock");
         assert_ne!(new, old, "round {round}");
         assert!(
             eventually(Duration::from_secs(15), || !running(old)),
@@ -587,9 +588,15 @@ fn install_systemd_writes_units_systemd_accepts_and_never_overwrites_silently() 
         let unit = std::fs::read_to_string(dir.join(format!("ferry-{name}.socket"))).unwrap();
         let addr = url.trim_start_matches("http://");
         assert!(unit.contains(&format!("ListenStream={addr}\n")), "{unit}");
-        assert!(unit.contains(&format!("FileDescriptorName={name}\n")), "{unit}");
+        assert!(
+            unit.contains(&format!("FileDescriptorName={name}\n")),
+            "{unit}"
+        );
         assert!(unit.contains("Service=ferry.service"), "{unit}");
-        assert!(service.contains(&format!("ferry-{name}.socket")), "{service}");
+        assert!(
+            service.contains(&format!("ferry-{name}.socket")),
+            "{service}"
+        );
     }
 
     // the same again changes nothing; a file changed by hand is kept without --force
@@ -634,7 +641,10 @@ fn install_systemd_writes_units_systemd_accepts_and_never_overwrites_silently() 
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success() && !text.contains("ferry"), "systemd-analyze verify:\n{text}");
+    assert!(
+        out.status.success() && !text.contains("ferry"),
+        "systemd-analyze verify:\n{text}"
+    );
 }
 
 #[test]
@@ -643,7 +653,7 @@ fn a_new_serve_that_fails_during_the_takeover_leaves_the_old_one_serving() {
     s.serve();
     s.deploy_ok("staging", "v1.0.0");
     let pid = app_pid(&s, "staging");
-    let old = s.serve_pid().unwrap();
+    let old = s.locked_serve_pid().unwrap();
     // the new serve's config has an environment whose port is taken: it fails once it has
     // the sockets and the lock
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -670,14 +680,21 @@ fn a_new_serve_that_fails_during_the_takeover_leaves_the_old_one_serving() {
     let t = hammer.finish();
     assert_none_failed("a failed takeover", &t, &s.serve_log());
     // the old serve goes on: it holds the state dir again, deploys, and logs its app
-    assert_eq!(s.serve_pid(), Some(old));
-    assert!(s.serve_log().contains("this serve goes on"), "{}", s.serve_log());
+    assert_eq!(s.locked_serve_pid(), Some(old));
+    assert!(
+        s.serve_log().contains("this serve goes on"),
+        "{}",
+        s.serve_log()
+    );
     let second = s.ferry(&["serve"]);
     assert!(
         second.stderr().contains("another ferry serve is running"),
         "{second}"
     );
-    get(&format!("{}/log?line=after-a-failed-takeover", s.url("staging")));
+    get(&format!(
+        "{}/log?line=after-a-failed-takeover",
+        s.url("staging")
+    ));
     let log = s.state_dir().join("environments/staging/logs/app.log");
     assert!(eventually(Duration::from_secs(5), || {
         std::fs::read_to_string(&log).is_ok_and(|t| t.contains("after-a-failed-takeover"))

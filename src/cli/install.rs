@@ -163,7 +163,13 @@ pub fn run(cli: &Cli, args: &Install) -> CmdResult {
         .map(|(n, _)| n.as_str())
         .filter(|n| n.ends_with(".socket"))
         .collect();
-    println!("\nthen: systemctl daemon-reload && systemctl enable --now {} ferry.service", sockets.join(" "));
-    println!("upgrade in place: install the new ferry over {}, then systemctl reload ferry", binary.display());
+    println!(
+        "\nthen: systemctl daemon-reload && systemctl enable --now {} ferry.service",
+        sockets.join(" ")
+    );
+    println!(
+        "upgrade in place: install the new ferry over {}, then systemctl reload ferry",
+        binary.display()
+    );
     Ok(())
 }

@@ -319,8 +319,9 @@ listen = "127.0.0.1:{api_port}"
 
 impl Sandbox {
     /// The pid of the `ferry serve` holding the state dir (it writes it into `serve.lock`),
-    /// while that process runs with this sandbox's config.
-    pub fn serve_pid(&self) -> Option<u32> {
+    /// while that process runs with this sandbox's config: also one that took over from the
+    /// one [`Sandbox::serve`] started.
+    pub fn locked_serve_pid(&self) -> Option<u32> {
         let pid: u32 = std::fs::read_to_string(self.state_dir().join("serve.lock"))
             .ok()?
             .trim()
@@ -336,7 +337,7 @@ impl Sandbox {
     /// Stops whatever is left: a serve not started by [`Sandbox::serve`] (one that took
     /// over), and the apps, which outlive a stopped serve.
     fn stop_leftovers(&mut self) {
-        if let Some(pid) = self.serve_pid() {
+        if let Some(pid) = self.locked_serve_pid() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGTERM,
