@@ -121,7 +121,9 @@ pub(super) async fn serve(
                 client: peer,
             });
         }
-        if !outcome.keep_alive || *shutdown.borrow() {
+        // told to keep the connection: a stopping proxy answers one more request on it (with
+        // `connection: close`) rather than close under a client that may be sending
+        if !outcome.keep_alive {
             return;
         }
     }
@@ -135,7 +137,7 @@ enum ReadError {
 /// Reads until a whole request head is in `buf`. `Ok(None)`: the client closed the
 /// connection (or sent garbage and went away) before sending one.
 /// Until the head is complete the gate may close the connection to make room (`evicted`);
-/// a stopping proxy closes it while nothing of a request has come.
+/// a stopping proxy closes it once nothing of a request has come within `CLOSE_GRACE`.
 async fn read_request(
     settings: &ProxySettings,
     client: &mut TcpStream,
@@ -162,7 +164,13 @@ async fn read_request(
         }
         let idle = buf.is_empty();
         if idle && *shutdown.borrow() {
-            return Ok(None);
+            // a request on its way (on a connection just accepted, or from a kept-alive client
+            // about to send) is still answered, with `connection: close`, so a restart or a
+            // takeover fails none; a connection that stays silent is closed after the grace
+            match tokio::time::timeout(crate::listener::CLOSE_GRACE, client.read_buf(buf)).await {
+                Ok(Ok(n)) if n > 0 => continue,
+                _ => return Ok(None),
+            }
         }
         buf.reserve(4 << 10);
         tokio::select! {
