@@ -30,7 +30,8 @@
 //! - [`notify`]: outgoing notifications (`[[notify]]`) of deployment events, retried.
 //! - [`server`]: the HTTP API the CLI talks to, webhooks, metrics, and the dashboard at `/`
 //!   (`server/dashboard`: server-rendered pages, sessions, CSRF-checked actions).
-//! - [`daemon`]: the engine, proxies and API started and stopped together (`ferry serve`).
+//! - [`daemon`]: the engine, proxies and API started and stopped together (`ferry serve`);
+//!   its listening sockets passed by systemd or handed over by the serve it replaces.
 //! - [`cli`]: the `ferry` subcommands; each talks to the daemon over the API.
 //! - [`sample_app`]: the small app `ferry demo` and the tests deploy.
 //!
