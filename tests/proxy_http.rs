@@ -768,6 +768,46 @@ fn a_body_over_max_request_body_is_answered_413() {
 }
 
 #[test]
+fn a_response_over_max_response_body_is_not_passed_on() {
+    let s = deployed(
+        &[Rel("v1.0.0", GOOD)],
+        Options {
+            tables: "[proxy]\nmax_response_body = \"1MB\"\n",
+            ..Options::default()
+        },
+    );
+    let resp = raw(
+        &s,
+        b"GET /download?mb=2 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(resp.status, 502, "{:?}", resp.headers);
+    assert!(resp.body.len() < 1 << 20);
+    assert_eq!(s.serving("staging").0, "v1.0.0", "small answers pass");
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_header_timeout() {
+    let s = deployed(
+        &[Rel("v1.0.0", GOOD)],
+        Options {
+            tables: "[proxy]\nheader_timeout = \"1s\"\n",
+            ..Options::default()
+        },
+    );
+    let c = connect(&s);
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    w.write_all(b"GET /version HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut r, false).status, 200);
+    // no next request: the proxy closes the connection (well before the read guard)
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest)
+        .expect("the proxy closes an idle keep-alive connection");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+}
+
+#[test]
 fn headers_over_the_limit_are_answered_431_without_reaching_the_app() {
     let s = staging();
     // the default limit is 32 KB in all
