@@ -19,6 +19,8 @@ fi
 cargo build --release -q
 FERRY=$PWD/target/release/ferry
 work=$(mktemp -d)
+# as root, ferry runs the app as another user, who must pass through to its release
+chmod 711 "$work"
 cleanup() {
     [[ -n ${serve_pid:-} ]] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null
     [[ -f $work/proxy/nginx.pid ]] && kill "$(cat "$work/proxy/nginx.pid")" 2>/dev/null
@@ -38,6 +40,11 @@ error_log stderr error;
 events { worker_connections 4096; }
 http {
     access_log off;
+    client_body_temp_path body;
+    proxy_temp_path proxy;
+    fastcgi_temp_path fastcgi;
+    uwsgi_temp_path uwsgi;
+    scgi_temp_path scgi;
     keepalive_requests 1000000;
     server {
         listen 127.0.0.1:@PORT@ reuseport;
@@ -47,9 +54,11 @@ http {
 CONF
 cat > "$work/repo/run.sh" <<'RUN'
 #!/bin/sh
-mkdir -p logs
-sed "s/@PORT@/$PORT/" nginx.conf.in > nginx.conf
-exec nginx -p "$PWD" -c "$PWD/nginx.conf" -g 'daemon off;'
+# the release dir is read-only to the app: nginx's files go to a dir of its own
+d="$HOME/nginx-$PORT"
+mkdir -p "$d/logs"
+sed "s/@PORT@/$PORT/" nginx.conf.in > "$d/nginx.conf"
+exec nginx -p "$d" -c "$d/nginx.conf" -g 'daemon off;'
 RUN
 chmod +x "$work/repo/run.sh"
 (cd "$work/repo" && git init -q -b main && git add . \
@@ -71,16 +80,25 @@ listen = "127.0.0.1:$STAGING"
 listen = "127.0.0.1:$PRODUCTION"
 [server]
 listen = "127.0.0.1:$API"
+[proxy]
+# every bench client comes from 127.0.0.1: one client address may hold them all
+max_connections = 4096
+max_connections_per_client = 4096
 TOML
 
 env ${SERVE_ENV:-} "$FERRY" serve -c "$work/ferry.toml" > "$work/serve.log" 2>&1 &
 serve_pid=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$API/health" >/dev/null && break; sleep 0.1; done
 sleep 1
+if ! kill -0 "$serve_pid" 2>/dev/null; then
+    echo "ferry serve did not start:" >&2
+    cat "$work/serve.log" >&2
+    exit 1
+fi
 rss_empty=$(awk '/VmRSS/ {print $2}' "/proc/$serve_pid/status")
 
 f() { "$FERRY" -c "$work/ferry.toml" "$@"; }
-f deploy staging v1 >/dev/null
+f deploy staging v1 >/dev/null || { f deploy staging v1; exit 1; }
 f deploy production v1 >/dev/null
 f deploy staging v2 >/dev/null
 BACKEND=$(f status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[1]["port"])')
@@ -139,13 +157,21 @@ port, backend, pid, n = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, n + 1024)), hard))
 def app_conns():
-    # established connections to the backend's port, seen from its side (local port = backend)
+    # serve's own connections to the backend: its socket inodes whose peer is the backend port
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:
             for line in f.readlines()[1:]:
                 parts = line.split()
-                if int(parts[1].split(":")[1], 16) == backend and parts[3] == "01":
+                if int(parts[2].split(":")[1], 16) == backend and parts[3] == "01" and parts[9] in inodes:
                     count += 1
     return count
 def serve_figures():

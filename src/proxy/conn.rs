@@ -82,6 +82,7 @@ pub(super) async fn serve(
 ) {
     let mut buf = BytesMut::with_capacity(8 << 10);
     let evicted = ticket.evicted();
+    let client_ip = peer.ip().to_canonical().to_string();
     loop {
         let req = read_request(
             &ctx.settings,
@@ -107,7 +108,7 @@ pub(super) async fn serve(
         };
         let _busy = ticket.busy();
         let started = Instant::now();
-        let outcome = exchange(&ctx, &mut client, &mut buf, &req, peer).await;
+        let outcome = exchange(&ctx, &mut client, &mut buf, &req, &client_ip).await;
         ctx.proxy.count();
         if let Some(log) = ctx.proxy.access_log() {
             log.record(&access_log::Entry {
@@ -209,7 +210,10 @@ fn new_request_id() -> String {
         let _ = getrandom::fill(&mut b);
         u64::from_le_bytes(b)
     });
-    format!("{prefix:016x}{:016x}", NEXT.fetch_add(1, Ordering::Relaxed))
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&prefix.to_be_bytes());
+    id[8..].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    hex::encode(id)
 }
 
 /// The target as the app gets it and the host it is for: an absolute-form target
@@ -250,7 +254,7 @@ fn upstream_head(
     req: &Request,
     target: &[u8],
     host: &[u8],
-    peer: SocketAddr,
+    client_ip: &str,
     request_id: Option<&str>,
 ) {
     out.extend_from_slice(req.method());
@@ -296,7 +300,8 @@ fn upstream_head(
         out.extend_from_slice(prior);
         out.extend_from_slice(b", ");
     }
-    let _ = std::io::Write::write_fmt(out, format_args!("{}\r\n", peer.ip().to_canonical()));
+    out.extend_from_slice(client_ip.as_bytes());
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(b"x-forwarded-proto: http\r\nx-forwarded-host: ");
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\nvia: ");
@@ -385,7 +390,7 @@ async fn exchange(
     client: &mut TcpStream,
     buf: &mut BytesMut,
     req: &Request,
-    peer: SocketAddr,
+    client_ip: &str,
 ) -> Outcome {
     let proxy = &ctx.proxy;
     let settings = &ctx.settings;
@@ -465,7 +470,14 @@ async fn exchange(
     };
     let generated = request_id_of(req).is_none().then(new_request_id);
     let mut head = Vec::with_capacity(req.head.raw.len() + 256);
-    upstream_head(&mut head, req, target, host, peer, generated.as_deref());
+    upstream_head(
+        &mut head,
+        req,
+        target,
+        host,
+        client_ip,
+        generated.as_deref(),
+    );
 
     let mut attempt = 0;
     let result = loop {
@@ -578,12 +590,11 @@ async fn forward(
         }
     };
     // the head, with as much of a fixed-length body as is already here
-    let mut first = Vec::with_capacity(head.len() + 1024);
-    first.extend_from_slice(head);
+    let mut first = std::borrow::Cow::Borrowed(head);
     let mut body_left = match req.framing {
         Framing::Length(n) => {
             let now = (n as usize).min(buf.len());
-            first.extend_from_slice(&buf.split_to(now));
+            first.to_mut().extend_from_slice(&buf.split_to(now));
             n - now as u64
         }
         _ => 0,

@@ -20,6 +20,9 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::config::ProxySettings;
 
+/// Idle connections taken after this long are checked for having been closed by the app.
+const PROBE_AFTER: Duration = Duration::from_millis(100);
+
 /// One connection to an instance.
 #[derive(Debug)]
 pub struct Conn {
@@ -180,8 +183,11 @@ impl Upstream {
             let mut pool = self.lock();
             let now = Instant::now();
             while let Some(idle) = pool.idle.pop() {
-                if now.duration_since(idle.since) < settings.upstream_idle_timeout
-                    && still_open(&idle.conn.stream)
+                let quiet = now.duration_since(idle.since);
+                // a connection back a moment ago is open: the probe (a syscall) is for
+                // those the app may have closed while they sat idle
+                if quiet < settings.upstream_idle_timeout
+                    && (quiet < PROBE_AFTER || still_open(&idle.conn.stream))
                 {
                     return Ok(idle.conn);
                 }
