@@ -259,3 +259,53 @@ fn a_header_trickled_slower_than_the_timeout_is_cut() {
     // a prompt client is served as ever
     assert_eq!(s.serving("staging").0, "v1.0.0");
 }
+
+#[test]
+fn clients_that_stay_connected_share_one_app_connection_and_metrics_show_the_pool() {
+    let mut s = Sandbox::new(&[Rel("v1.0.0", GOOD)]);
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+    let addr = s.url("staging").trim_start_matches("http://").to_string();
+    // 20 clients one after another, each keeping its connection open after its request
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: pool\r\n\r\n")
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("v1.0.0") {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+        held.push(c);
+    }
+    let (_, metrics) = s.get("/metrics").expect("metrics");
+    let series = |name: &str, state: Option<&str>| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{environment=\"staging\"")))
+            .filter(|l| state.is_none_or(|st| l.contains(&format!("state=\"{st}\""))))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    // sequential requests reuse the one pooled connection, whoever sends them
+    assert_eq!(
+        series("ferry_upstream_connections_opened_total", None),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        series("ferry_upstream_connections", Some("idle")),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        series("ferry_upstream_connections", Some("busy")),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(series("ferry_upstream_queue_timeouts_total", None), 0.0);
+    drop(held);
+}

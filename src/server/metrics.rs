@@ -198,6 +198,7 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
         "The version each environment serves (value 1).",
     );
     let mut proxies = String::new();
+    let mut pools = String::new();
     let mut conns = vec![(
         "listener=\"api\"".to_string(),
         app.metrics.connections.clone(),
@@ -228,6 +229,9 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
             stats.requests.load(std::sync::atomic::Ordering::Relaxed),
             stats.errors.load(std::sync::atomic::Ordering::Relaxed),
         );
+        if let Some(upstream) = state.proxy.upstream() {
+            pool_lines(&mut pools, name, &upstream);
+        }
     }
     connections(&mut out, &app, &conns);
     header(
@@ -243,6 +247,25 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
         "Requests the proxy answered with an error of its own (502, 503).",
     );
     out.push_str(&proxies);
+    header(
+        &mut out,
+        "ferry_upstream_connections",
+        "gauge",
+        "Connections from the proxy to the serving instance: busy and idle ones in its pool, and detached ones (upgraded, event streams).",
+    );
+    header(
+        &mut out,
+        "ferry_upstream_connections_opened_total",
+        "counter",
+        "Connections the proxy opened to the serving instance.",
+    );
+    header(
+        &mut out,
+        "ferry_upstream_queue_timeouts_total",
+        "counter",
+        "Requests that waited upstream_queue_timeout for a connection to the serving instance and got 503.",
+    );
+    out.push_str(&pools);
 
     header(
         &mut out,
@@ -370,6 +393,34 @@ fn counters<K>(
     for (k, n) in map.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         let _ = writeln!(out, "{name}{{{}}} {n}", labels(k));
     }
+}
+
+/// The pool figures of the instance an environment serves from.
+fn pool_lines(out: &mut String, env: &str, upstream: &crate::proxy::Upstream) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (open, idle, detached) = upstream.connections();
+    let labels = format!(
+        "environment=\"{}\",instance=\"{}\"",
+        label(env),
+        upstream.addr
+    );
+    for (state, n) in [
+        ("busy", open - idle.min(open)),
+        ("idle", idle),
+        ("detached", detached),
+    ] {
+        let _ = writeln!(
+            out,
+            "ferry_upstream_connections{{{labels},state=\"{state}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "ferry_upstream_connections_opened_total{{{labels}}} {}\n\
+         ferry_upstream_queue_timeouts_total{{{labels}}} {}",
+        upstream.stats.opened.load(Relaxed),
+        upstream.stats.queue_timeouts.load(Relaxed),
+    );
 }
 
 #[cfg(test)]
