@@ -49,7 +49,8 @@ def start_serve(ferry, tmp, config, api_port):
     import urllib.request
     base = f"http://127.0.0.1:{api_port}"
     log = open(os.path.join(tmp, "serve.log"), "w")
-    serve = subprocess.Popen([ferry, "serve", "-c", config], stdout=log, stderr=log)
+    # --stop-apps: the apps go with serve when the bench ends (they outlive it by default)
+    serve = subprocess.Popen([ferry, "serve", "--stop-apps", "-c", config], stdout=log, stderr=log)
     for _ in range(200):
         try:
             urllib.request.urlopen(base + "/health", timeout=1)

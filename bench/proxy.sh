@@ -86,7 +86,8 @@ max_connections = 4096
 max_connections_per_client = 4096
 TOML
 
-env ${SERVE_ENV:-} "$FERRY" serve -c "$work/ferry.toml" > "$work/serve.log" 2>&1 &
+# --stop-apps: the apps go with serve when the bench ends (they outlive it by default)
+env ${SERVE_ENV:-} "$FERRY" serve --stop-apps -c "$work/ferry.toml" > "$work/serve.log" 2>&1 &
 serve_pid=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$API/health" >/dev/null && break; sleep 0.1; done
 sleep 1
