@@ -566,13 +566,22 @@ header_timeout = "5m"
         subprocess.run([ferry, "-c", config, "deploy", "staging", "v1"], check=True,
                        capture_output=True)
         targets = [("nginx", f"127.0.0.1:{nginx_port}"), ("ferry", f"127.0.0.1:{staging}")]
-        for _, addr in targets:
+        # each port is the proxy this run started (a free port can be taken by someone else
+        # between picking it and binding it)
+        for (name, addr), proc in zip(targets, (procs[1], serve)):
             for _ in range(100):
                 try:
-                    get_json(addr, "/version")
-                    break
-                except (OSError, AssertionError, EOFError):
-                    time.sleep(0.1)
+                    status, h, _ = exchange(addr, "GET /version HTTP/1.1\r\nHost: t\r\n"
+                                                  "Connection: close\r\n\r\n")
+                    if status == 200:
+                        break
+                except (OSError, EOFError):
+                    pass
+                time.sleep(0.1)
+            if proc.poll() is not None:
+                sys.exit(f"{name} exited at start; see {tmp}")
+            if name == "nginx" and not h.get("server", "").startswith("nginx"):
+                sys.exit(f"{addr} is not this run's nginx (Server: {h.get('server')})")
         app_pid = get_json(targets[1][1], "/version")["pid"]
 
         nginx_version = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr
