@@ -204,18 +204,7 @@ impl Store {
         environments: &[String],
         version: &str,
     ) -> Result<Vec<Deployment>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {} FROM deployments WHERE version = ?1 AND state = 'succeeded'
-             ORDER BY id DESC",
-            Deployment::COLUMNS
-        ))?;
-        let rows = stmt.query_map([version], Deployment::from_row)?;
-        let all: Vec<Deployment> = rows.collect::<rusqlite::Result<_>>()?;
-        Ok(all
-            .into_iter()
-            .filter(|d| environments.contains(&d.environment))
-            .collect())
+        self.succeeded_with("version", version, environments)
     }
 
     /// Succeeded deployments of `commit` (under any ref) to any of `environments`, newest first.
@@ -224,13 +213,25 @@ impl Store {
         environments: &[String],
         commit: &str,
     ) -> Result<Vec<Deployment>> {
+        self.succeeded_with("commit_sha", commit, environments)
+    }
+
+    /// Succeeded deployments whose `column` (one of ours, never input) is `value`, to any of
+    /// `environments`, newest first.
+    fn succeeded_with(
+        &self,
+        column: &'static str,
+        value: &str,
+        environments: &[String],
+    ) -> Result<Vec<Deployment>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
-            "SELECT {} FROM deployments WHERE commit_sha = ?1 AND state = 'succeeded'
+            "SELECT {} FROM deployments WHERE {} = ?1 AND state = 'succeeded'
              ORDER BY id DESC",
-            Deployment::COLUMNS
+            Deployment::COLUMNS,
+            column
         ))?;
-        let rows = stmt.query_map([commit], Deployment::from_row)?;
+        let rows = stmt.query_map([value], Deployment::from_row)?;
         let all: Vec<Deployment> = rows.collect::<rusqlite::Result<_>>()?;
         Ok(all
             .into_iter()
