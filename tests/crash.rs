@@ -126,12 +126,17 @@ fn serve_killed_at_every_step_comes_back_on_the_last_good_release() {
             s.serve_log()
         );
         if hold {
-            // the build command is running, in the new release's dir
+            // the build command is running, in the new release's dir, and has seen the hold
+            // file: its `sleep` runs (counting processes there would count the serving
+            // instance too, and the hold file could go before the command looked at it)
             assert!(eventually(Duration::from_secs(10), || processes_in(
                 &state_dir.join("environments/staging/releases")
             )
-            .len()
-                > 1));
+            .iter()
+            .any(
+                |(pid, _)| std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim() == "sleep")
+            )));
             std::fs::remove_file(&hold_file).unwrap();
         }
         let history = s.api("/api/environments/staging/deployments?limit=100");
