@@ -151,6 +151,10 @@ for conns in $CONNECTIONS; do
     measure ferry-proxy "http://127.0.0.1:$STAGING/" "$conns"
 done
 
+echo "== connections ferry's proxy opened to the app during all of the above (its pool's churn)"
+curl -sf -H "authorization: Bearer $(cat "$work/.ferry/local-token")" "http://127.0.0.1:$API/metrics" \
+    | grep -E '^ferry_upstream_connections(_opened_total)?\{environment="staging"' || true
+
 echo "== $IDLE_CLIENTS idle keep-alive clients, one request each through ferry's proxy"
 python3 - "$STAGING" "$BACKEND" "$serve_pid" "$IDLE_CLIENTS" <<'PY'
 import os, resource, socket, sys, time
