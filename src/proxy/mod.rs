@@ -12,9 +12,11 @@
 //! plain message.
 
 mod access_log;
+mod answer;
 mod conn;
 mod cookies;
 mod http;
+mod outbound;
 mod upstream;
 
 use std::sync::atomic::AtomicU64;

@@ -2,8 +2,10 @@
 //!
 //! Every client of an environment shares one pool per instance: a request takes an idle
 //! connection (or opens one, up to `upstream_max_connections`), and gives it back when its
-//! response is done, so an idle client holds none. At most `upstream_keepalive` idle ones are
-//! kept, each for at most `upstream_idle_timeout`. When every connection is in use a request
+//! response is done, so an idle client holds none. Idle ones beyond `upstream_keepalive` are
+//! closed once idle for [`TRIM_AFTER`] (under load they are wanted again at once, and closing
+//! them would cost a new connection per request), and every one after
+//! `upstream_idle_timeout`. When every connection is in use a request
 //! waits in line (first come, first served) up to `upstream_queue_timeout`. An upgraded
 //! connection (WebSocket) or a server-sent event stream leaves the pool's count for its
 //! lifetime ([`Upstream::detach`]), so long-lived streams never starve plain requests.
@@ -19,6 +21,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 
 use crate::config::ProxySettings;
+
+/// Idle connections beyond `upstream_keepalive` are closed once idle this long (not at once:
+/// under load they are wanted again in a moment).
+const TRIM_AFTER: Duration = Duration::from_secs(1);
 
 /// Idle connections taken after this long are checked for having been closed by the app.
 const PROBE_AFTER: Duration = Duration::from_millis(100);
@@ -243,7 +249,9 @@ impl Upstream {
             }
         }
         let Grant::Conn(conn) = grant else { return };
-        if self.retired.load(Ordering::SeqCst) || pool.idle.len() >= settings.upstream_keepalive {
+        // beyond `upstream_keepalive` too: under load it is wanted again in a moment (closing
+        // it would mean a new connection per request); the sweep closes it once it idles
+        if self.retired.load(Ordering::SeqCst) || settings.upstream_keepalive == 0 {
             pool.open -= 1;
             drop(pool);
             drop(conn);
@@ -267,8 +275,9 @@ impl Upstream {
         pool.open -= 1;
     }
 
-    /// Closes idle connections past `upstream_idle_timeout` while the upstream lives, so
-    /// the app sees them go even without traffic.
+    /// Closes idle connections past `upstream_idle_timeout`, and those beyond
+    /// `upstream_keepalive` idle for [`TRIM_AFTER`], while the upstream lives, so the app
+    /// sees them go even without traffic.
     fn start_sweeper(self: &Arc<Self>, settings: &ProxySettings) {
         {
             let mut pool = self.lock();
@@ -278,28 +287,38 @@ impl Upstream {
             pool.sweeper = true;
         }
         let weak: Weak<Upstream> = Arc::downgrade(self);
-        let timeout = settings.upstream_idle_timeout;
-        let every = (timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let (timeout, keep) = (settings.upstream_idle_timeout, settings.upstream_keepalive);
+        let every = (timeout / 2).clamp(Duration::from_millis(100), TRIM_AFTER);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(upstream) = weak.upgrade() else {
                     return;
                 };
-                let stale = {
-                    let mut pool = upstream.lock();
-                    let now = Instant::now();
-                    let (keep, stale): (Vec<Idle>, Vec<Idle>) =
-                        std::mem::take(&mut pool.idle).into_iter().partition(|i| {
-                            now.duration_since(i.since) < timeout && still_open(&i.conn.stream)
-                        });
-                    pool.idle = keep;
-                    pool.open -= stale.len();
-                    stale
-                };
+                let stale = upstream.sweep(timeout, keep);
                 drop(stale);
             }
         });
+    }
+
+    /// Takes out of the pool what a sweep closes (dropped by the caller, outside the lock).
+    fn sweep(&self, timeout: Duration, keep: usize) -> Vec<Idle> {
+        let mut pool = self.lock();
+        let now = Instant::now();
+        // most recently used last: the excess to trim is at the front
+        let mut excess = pool.idle.len().saturating_sub(keep);
+        let (kept, stale): (Vec<Idle>, Vec<Idle>) =
+            std::mem::take(&mut pool.idle).into_iter().partition(|i| {
+                let quiet = now.duration_since(i.since);
+                let trim = excess > 0 && quiet >= TRIM_AFTER;
+                if trim {
+                    excess -= 1;
+                }
+                !trim && quiet < timeout && still_open(&i.conn.stream)
+            });
+        pool.idle = kept;
+        pool.open -= stale.len();
+        stale
     }
 }
 
@@ -399,9 +418,18 @@ mod tests {
         assert!(c.1.reused);
         // at the limit with nothing given back: 503 after the queue timeout
         assert!(matches!(up.checkout(&s).await, Err(CheckoutError::Busy)));
-        // only `upstream_keepalive` idle connections are kept
+        // idle connections beyond `upstream_keepalive` go once they idled for TRIM_AFTER
         b.0.give_back(b.1, &s);
         c.0.give_back(c.1, &s);
+        assert_eq!(up.connections(), (2, 2, 0));
+        drop(up.sweep(s.upstream_idle_timeout, s.upstream_keepalive));
+        assert_eq!(
+            up.connections(),
+            (2, 2, 0),
+            "not while they may be wanted again"
+        );
+        tokio::time::sleep(TRIM_AFTER).await;
+        drop(up.sweep(s.upstream_idle_timeout, s.upstream_keepalive));
         assert_eq!(up.connections(), (1, 1, 0));
         let d = up.checkout(&s).await.unwrap();
         assert!(d.1.reused);
