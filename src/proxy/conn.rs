@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,6 +55,31 @@ struct Outcome {
     upstream: Option<SocketAddr>,
     /// The connection can take another request.
     keep_alive: bool,
+}
+
+/// Time and bytes a closing connection may still send that are read and dropped.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Closes a connection as nginx's lingering close does: the answer is sent, the write side
+/// shut, and what the client still sends (the rest of a refused body or header) read and
+/// dropped for a while. Closing with unread bytes would reset the connection, and a reset
+/// can destroy the answer before the client reads it.
+async fn linger(mut client: TcpStream) {
+    if client.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = vec![0u8; 16 << 10];
+    let mut dropped = 0;
+    let _ = tokio::time::timeout(LINGER, async {
+        while dropped < LINGER_BYTES {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => dropped += n,
+            }
+        }
+    })
+    .await;
 }
 
 impl Outcome {
@@ -101,6 +126,7 @@ pub(super) async fn serve(
                 let _ = client
                     .write_all(&plain(reject.status(), reject.reason(), false, &[]))
                     .await;
+                linger(client).await;
                 return;
             }
         };
@@ -123,6 +149,7 @@ pub(super) async fn serve(
         // told to keep the connection: a stopping proxy answers one more request on it (with
         // `connection: close`) rather than close under a client that may be sending
         if !outcome.keep_alive {
+            linger(client).await;
             return;
         }
     }
