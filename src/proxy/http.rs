@@ -183,6 +183,14 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<Request>, Reject> {
         }
         match codings.as_slice() {
             [one] if one.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
+            list if list
+                .iter()
+                .filter(|c| c.eq_ignore_ascii_case(b"chunked"))
+                .count()
+                > 1 =>
+            {
+                return Err(Reject::Bad("chunked applied more than once"));
+            }
             [.., last] if last.eq_ignore_ascii_case(b"chunked") => {
                 return Err(Reject::NotImplemented("unsupported transfer coding"));
             }
@@ -555,6 +563,10 @@ mod tests {
             (
                 "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n",
                 "final",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "more than once",
             ),
             (
                 "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
