@@ -83,13 +83,14 @@ async fn linger(mut client: TcpStream) {
 }
 
 impl Outcome {
-    fn close(status: u16) -> Outcome {
+    /// An answer of ferry's own, no body passed on.
+    fn own(status: u16, keep_alive: bool) -> Outcome {
         Outcome {
             status,
             request_id: None,
             bytes: 0,
             upstream: None,
-            keep_alive: false,
+            keep_alive,
         }
     }
 }
@@ -279,16 +280,10 @@ async fn exchange(
     };
     if let Some((status, bytes, keep)) = early {
         let _ = client.write_all(&bytes).await;
-        return Outcome {
-            status,
-            request_id: None,
-            bytes: 0,
-            upstream: None,
-            keep_alive: keep,
-        };
+        return Outcome::own(status, keep);
     }
     let Ok((target, absolute_host)) = origin_form(req) else {
-        return Outcome::close(400);
+        return Outcome::own(400, false);
     };
     let Some(guard) = proxy.pick() else {
         let text = format!(
@@ -298,13 +293,7 @@ async fn exchange(
         let (status, bytes, keep) = reply(503, &text, true, &[]);
         proxy.count_error();
         let _ = client.write_all(&bytes).await;
-        return Outcome {
-            status,
-            request_id: None,
-            bytes: 0,
-            upstream: None,
-            keep_alive: keep,
-        };
+        return Outcome::own(status, keep);
     };
     let upstream = guard.0.clone();
     let host_owned;

@@ -418,6 +418,26 @@ impl Chunked {
         self.state == ChunkState::Done
     }
 
+    /// A byte of a chunk extension or a trailer line, which ends at CR (then `next`); their
+    /// bytes count against [`MAX_CHUNK_EXTRA`] (past it: `too_large`).
+    fn line_byte(
+        &mut self,
+        b: u8,
+        next: ChunkState,
+        too_large: &'static str,
+    ) -> Result<(), &'static str> {
+        self.extra += 1;
+        if self.extra > MAX_CHUNK_EXTRA {
+            return Err(too_large);
+        }
+        match b {
+            b'\r' => self.state = next,
+            b'\n' | 0 => return Err("a bare LF or NUL in a chunk extension or trailer"),
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// Reads `input` up to the end of the body at most; returns how many bytes belong to the
     /// body. `data` receives the ranges of `input` that are chunk data.
     pub fn feed(
@@ -443,17 +463,7 @@ impl Chunked {
                     b';' if self.digits > 0 => self.state = Ext,
                     _ => return Err("an invalid chunk size"),
                 },
-                Ext => {
-                    self.extra += 1;
-                    if self.extra > MAX_CHUNK_EXTRA {
-                        return Err("chunk extensions are too large");
-                    }
-                    match b {
-                        b'\r' => self.state = SizeLf,
-                        b'\n' | 0 => return Err("an invalid chunk extension"),
-                        _ => {}
-                    }
-                }
+                Ext => self.line_byte(b, SizeLf, "chunk extensions are too large")?,
                 SizeLf => {
                     if b != b'\n' {
                         return Err("a chunk size line without CRLF");
@@ -496,17 +506,7 @@ impl Chunked {
                     }
                     self.state = Done;
                 }
-                TrailerLine => {
-                    self.extra += 1;
-                    if self.extra > MAX_CHUNK_EXTRA {
-                        return Err("trailers are too large");
-                    }
-                    match b {
-                        b'\r' => self.state = TrailerLineLf,
-                        b'\n' | 0 => return Err("an invalid trailer"),
-                        _ => {}
-                    }
-                }
+                TrailerLine => self.line_byte(b, TrailerLineLf, "trailers are too large")?,
                 TrailerLineLf => {
                     if b != b'\n' {
                         return Err("a trailer without CRLF");
