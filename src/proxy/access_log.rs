@@ -81,7 +81,10 @@ impl AccessLog {
         if full {
             self.flush();
         }
-        if !self.inner.flusher.swap(true, Ordering::SeqCst) {
+        // a load first: the swap (a write every request would make) only until it is started
+        if !self.inner.flusher.load(Ordering::Relaxed)
+            && !self.inner.flusher.swap(true, Ordering::SeqCst)
+        {
             let log = Arc::downgrade(&self.inner);
             tokio::spawn(async move {
                 loop {

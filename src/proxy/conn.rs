@@ -271,29 +271,23 @@ async fn exchange(
     } else {
         None
     };
-    let early = match early {
-        Some(e) => Some(e),
-        None => match origin_form(req) {
-            Err(reject) => Some(reply(reject.status(), reject.reason(), false, &[])),
-            Ok(_) => None,
-        },
-    };
-    if let Some((status, bytes, keep)) = early {
-        let _ = client.write_all(&bytes).await;
-        return Outcome::own(status, keep);
+    if let Some(answer) = early {
+        return own_answer(client, answer).await;
     }
-    let Ok((target, absolute_host)) = origin_form(req) else {
-        return Outcome::own(400, false);
+    let (target, absolute_host) = match origin_form(req) {
+        Ok(form) => form,
+        Err(reject) => {
+            let answer = reply(reject.status(), reject.reason(), false, &[]);
+            return own_answer(client, answer).await;
+        }
     };
     let Some(guard) = proxy.pick() else {
         let text = format!(
             "no release is running in environment {} yet",
             proxy.inner.environment
         );
-        let (status, bytes, keep) = reply(503, &text, true, &[]);
         proxy.count_error();
-        let _ = client.write_all(&bytes).await;
-        return Outcome::own(status, keep);
+        return own_answer(client, reply(503, &text, true, &[])).await;
     };
     let upstream = guard.0.clone();
     let host_owned;
@@ -369,14 +363,21 @@ async fn exchange(
                 let _ = client.write_all(&plain(status, &text, keep, extra)).await;
             }
             Outcome {
-                status,
                 request_id: generated,
-                bytes: 0,
                 upstream: Some(upstream.addr),
-                keep_alive: keep,
+                ..Outcome::own(status, keep)
             }
         }
     }
+}
+
+/// Sends an answer of ferry's own: (status, the bytes, whether the connection stays open).
+async fn own_answer(
+    client: &mut TcpStream,
+    (status, bytes, keep): (u16, Vec<u8>, bool),
+) -> Outcome {
+    let _ = client.write_all(&bytes).await;
+    Outcome::own(status, keep)
 }
 
 /// Sends the request on `lease` and passes the response back.

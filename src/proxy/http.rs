@@ -71,11 +71,21 @@ impl Head {
             .map(|(n, v)| (&self.raw[n.clone()], &self.raw[v.clone()]))
     }
 
-    /// The first value of `name` (lowercase).
-    pub fn get(&self, name: &str) -> Option<&[u8]> {
+    /// The value of every header line named `name` (any case), in order.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
         self.headers()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v)
+    }
+
+    /// The first value of `name`.
+    pub fn get<'a>(&'a self, name: &'a str) -> Option<&'a [u8]> {
+        self.all(name).next()
+    }
+
+    /// The items of every list header `name` (`Connection`, `Transfer-Encoding`), in order.
+    pub fn list<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+        self.all(name).flat_map(split_list)
     }
 
     /// Where `headers` (parsed from a buffer at `base`) are, as ranges of that buffer.
@@ -155,26 +165,15 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<Request>, Reject> {
         headers,
     };
     let length = {
-        let mut lengths = head
-            .headers()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(b"content-length"));
+        let mut lengths = head.all("content-length");
         match (lengths.next(), lengths.next()) {
             (None, _) => None,
             (Some(_), Some(_)) => return Err(Reject::Bad("more than one Content-Length")),
-            (Some((_, v)), None) => {
-                Some(parse_length(v).ok_or(Reject::Bad("invalid Content-Length"))?)
-            }
+            (Some(v), None) => Some(parse_length(v).ok_or(Reject::Bad("invalid Content-Length"))?),
         }
     };
-    let codings: Vec<&[u8]> = head
-        .headers()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(b"transfer-encoding"))
-        .flat_map(|(_, v)| split_list(v))
-        .collect();
-    let te_present = head
-        .headers()
-        .any(|(n, _)| n.eq_ignore_ascii_case(b"transfer-encoding"));
-    let framing = if te_present {
+    let codings: Vec<&[u8]> = head.list("transfer-encoding").collect();
+    let framing = if head.get("transfer-encoding").is_some() {
         if length.is_some() {
             return Err(Reject::Bad("both Content-Length and Transfer-Encoding"));
         }
@@ -202,14 +201,11 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<Request>, Reject> {
             Some(n) => Framing::Length(n),
         }
     };
-    let hosts = head
-        .headers()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(b"host"))
-        .count();
+    let hosts = head.all("host").count();
     if hosts > 1 || (hosts == 0 && version == 1) {
         return Err(Reject::Bad("a request needs exactly one Host header"));
     }
-    let connection = |token: &[u8]| has_token(&head, b"connection", token);
+    let connection = |token: &[u8]| has_token(&head, "connection", token);
     let keep_alive = if version == 1 {
         !connection(b"close")
     } else {
@@ -276,17 +272,13 @@ pub fn parse_response(
         headers,
     };
     let length = {
-        let mut lengths = head
-            .headers()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(b"content-length"));
+        let mut lengths = head.all("content-length");
         match (lengths.next(), lengths.next()) {
             (None, _) => None,
-            (Some((_, a)), Some((_, b))) if a != b => {
+            (Some(a), Some(b)) if a != b => {
                 return Err(BadResponse("several Content-Length values"));
             }
-            (Some((_, v)), _) => {
-                Some(parse_length(v).ok_or(BadResponse("an invalid Content-Length"))?)
-            }
+            (Some(v), _) => Some(parse_length(v).ok_or(BadResponse("an invalid Content-Length"))?),
         }
     };
     let te = head.get("transfer-encoding").is_some();
@@ -296,11 +288,7 @@ pub fn parse_response(
         if length.is_some() {
             return Err(BadResponse("both Content-Length and Transfer-Encoding"));
         }
-        let last = head
-            .headers()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(b"transfer-encoding"))
-            .flat_map(|(_, v)| split_list(v))
-            .last();
+        let last = head.list("transfer-encoding").last();
         if last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
             Framing::Chunked
         } else {
@@ -315,9 +303,9 @@ pub fn parse_response(
     };
     let keep_alive = framing != Framing::Close
         && if version == 1 {
-            !has_token(&head, b"connection", b"close")
+            !has_token(&head, "connection", b"close")
         } else {
-            has_token(&head, b"connection", b"keep-alive")
+            has_token(&head, "connection", b"keep-alive")
         };
     Ok(Some(Response {
         head,
@@ -345,11 +333,8 @@ pub fn split_list(v: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Whether a list header `name` holds `token` (case-insensitive).
-pub fn has_token(head: &Head, name: &[u8], token: &[u8]) -> bool {
-    head.headers()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .flat_map(|(_, v)| split_list(v))
-        .any(|t| t.eq_ignore_ascii_case(token))
+pub fn has_token(head: &Head, name: &str, token: &[u8]) -> bool {
+    head.list(name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// Headers that belong to one connection and are never forwarded (besides those a
@@ -369,7 +354,7 @@ pub const HOP_BY_HOP: &[&[u8]] = &[
 
 /// Whether header `name` is this connection's own: hop-by-hop, or named in `Connection`.
 pub fn is_hop_by_hop(head: &Head, name: &[u8]) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name)) || has_token(head, b"connection", name)
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name)) || has_token(head, "connection", name)
 }
 
 /// Where a chunked body is.
