@@ -15,6 +15,10 @@
 //!   secrets, pumps their output into the rotated app log, stops them (SIGTERM, then SIGKILL).
 //! - [`listener`]: serving HTTP/1.1 on a listener under its own connection budget (header
 //!   timeout, per-client and overall limits), for the API and each proxy.
+//! - [`hosts`]: host names as environments claim them (exact and wildcard) and the table
+//!   that finds a request's among them.
+//! - [`tls`]: the certificates the front door serves by SNI, with their status, and the
+//!   ACME HTTP-01 answers.
 //! - [`proxy`]: one HTTP/1.1 listener per environment; atomic upstream switch; drain; ferry's
 //!   cookies stripped.
 //! - [`health`]: startup probes of a new instance.
@@ -47,6 +51,7 @@ pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod health;
+pub mod hosts;
 pub mod lifecycle;
 pub mod listener;
 pub mod notify;
@@ -59,3 +64,4 @@ pub mod sample_app;
 pub mod sandbox;
 pub mod server;
 pub mod store;
+pub mod tls;
