@@ -38,6 +38,7 @@
 //!   its listening sockets passed by systemd or handed over by the serve it replaces.
 //! - [`cli`]: the `ferry` subcommands; each talks to the daemon over the API.
 //! - [`sample_app`]: the small app `ferry demo` and the tests deploy.
+//! - [`shutdown`]: Ctrl-C or SIGTERM, for every long-running ferry process.
 //!
 //! Data flows CLI → server → pipeline → (release, runtime, health, proxy), with the pipeline
 //! recording each step in the store. The proxy, runtime and health modules know nothing of
@@ -63,5 +64,6 @@ pub mod runtime;
 pub mod sample_app;
 pub mod sandbox;
 pub mod server;
+pub mod shutdown;
 pub mod store;
 pub mod tls;

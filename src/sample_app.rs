@@ -243,7 +243,7 @@ pub async fn run() -> std::io::Result<()> {
     let ignore_sigterm = on("ignore_sigterm");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            crate::cli::wait_for_stop().await;
+            crate::shutdown::wait_for_stop().await;
             if ignore_sigterm {
                 println!("ignore_sigterm is set: not stopping");
                 std::future::pending::<()>().await;
