@@ -75,22 +75,39 @@ impl std::fmt::Display for HostPattern {
     }
 }
 
+/// Splits a `Host` value into its name and port: `example.com:7070`, `[::1]:7070`,
+/// `example.com`. `None` when it is not of that shape.
+pub fn host_parts(host: &str) -> Option<(&str, Option<u16>)> {
+    let (name, port) = if host.starts_with('[') {
+        let end = host.find(']')?;
+        let (name, rest) = host.split_at(end + 1);
+        match rest {
+            "" => (name, None),
+            _ => (name, Some(rest.strip_prefix(':')?)),
+        }
+    } else {
+        match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        }
+    };
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().ok()?),
+        None => None,
+    };
+    let bracketed = name.starts_with('[');
+    (bracketed || (!name.is_empty() && !name.contains(':'))).then_some((name, port))
+}
+
 /// A request's host as the table looks it up: the `Host` header or SNI without a port or a
 /// trailing dot, lowercased. `None` for something that is no name (empty, or an IPv6
 /// literal's brackets left open).
 pub fn normalize(host: &str) -> Option<String> {
-    let host = host.trim();
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        // an IPv6 literal: `[::1]:8080`
-        let (inside, _) = rest.split_once(']')?;
-        return Some(inside.to_ascii_lowercase());
-    } else {
-        match host.rsplit_once(':') {
-            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
-            _ => host,
-        }
+    let (name, _) = host_parts(host.trim())?;
+    let name = match name.strip_prefix('[') {
+        Some(literal) => literal.strip_suffix(']')?,
+        None => name.trim_end_matches('.'),
     };
-    let name = name.trim_end_matches('.');
     (!name.is_empty()).then(|| name.to_ascii_lowercase())
 }
 

@@ -275,7 +275,7 @@ fn validate_host(h: &Spanned<String>, fail: &Fail) -> Result<String, Diagnostic>
         && host
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-.:[]_".contains(c))
-        && crate::server::host_parts(&host).is_some();
+        && crate::hosts::host_parts(&host).is_some();
     if !ok {
         return Err(fail(
             h.span(),

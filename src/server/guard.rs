@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState};
 use crate::auth::{self, Scope};
+use crate::hosts::host_parts;
 use crate::store::{Actor, Token};
 
 /// Who made a request: the token's name and the person the caller says is at the keyboard
@@ -82,30 +83,6 @@ fn unauthorized(message: &str) -> Response {
         header::HeaderValue::from_static("Bearer"),
     );
     resp
-}
-
-/// Splits a `Host` value into its name and port: `example.com:7070`, `[::1]:7070`,
-/// `example.com`. `None` when it is not of that shape.
-pub fn host_parts(host: &str) -> Option<(&str, Option<u16>)> {
-    let (name, port) = if host.starts_with('[') {
-        let end = host.find(']')?;
-        let (name, rest) = host.split_at(end + 1);
-        match rest {
-            "" => (name, None),
-            _ => (name, Some(rest.strip_prefix(':')?)),
-        }
-    } else {
-        match host.split_once(':') {
-            Some((name, port)) => (name, Some(port)),
-            None => (host, None),
-        }
-    };
-    let port = match port {
-        Some(p) => Some(p.parse::<u16>().ok()?),
-        None => None,
-    };
-    let bracketed = name.starts_with('[');
-    (bracketed || (!name.is_empty() && !name.contains(':'))).then_some((name, port))
 }
 
 /// True when `host` (a `Host` header's value) names this server: its listen address, the

@@ -12,7 +12,7 @@ pub mod metrics;
 mod openapi;
 mod stream;
 
-pub use guard::{Caller, host_allowed, host_parts};
+pub use guard::{Caller, host_allowed};
 pub use metrics::Metrics;
 
 use std::sync::Arc;
