@@ -19,6 +19,9 @@
 //!   that finds a request's among them.
 //! - [`tls`]: the certificates the front door serves by SNI, with their status, and the
 //!   ACME HTTP-01 answers.
+//! - [`acme`]: certificates for `tls = "acme"` environments ordered from an ACME CA
+//!   (instant-acme, HTTP-01), stored under the state dir, installed into the [`tls`] store and
+//!   renewed ahead of expiry.
 //! - [`proxy`]: one HTTP/1.1 listener per environment; atomic upstream switch; drain; ferry's
 //!   cookies stripped.
 //! - [`health`]: startup probes of a new instance.
@@ -44,6 +47,7 @@
 //! recording each step in the store. The proxy, runtime and health modules know nothing of
 //! deployments; the pipeline knows nothing of HTTP.
 
+pub mod acme;
 pub mod auth;
 pub mod backup;
 pub mod changelog;

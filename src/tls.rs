@@ -63,11 +63,15 @@ pub struct CertStatus {
     pub names: Vec<String>,
     pub not_before: Option<DateTime<Utc>>,
     pub not_after: Option<DateTime<Utc>>,
+    /// Its serial number, hex (a renewal serves a new one).
+    pub serial: Option<String>,
     /// When the certificate now served was loaded or obtained.
     pub loaded_at: Option<DateTime<Utc>>,
     /// The last error loading, obtaining or renewing it (cleared by the next success).
     pub error: Option<String>,
     pub error_at: Option<DateTime<Utc>>,
+    /// ACME: when it is next looked at (renewed if due, or tried again after an error).
+    pub next_attempt: Option<DateTime<Utc>>,
 }
 
 impl CertStatus {
@@ -79,9 +83,11 @@ impl CertStatus {
             names: Vec::new(),
             not_before: None,
             not_after: None,
+            serial: None,
             loaded_at: None,
             error: None,
             error_at: None,
+            next_attempt: None,
         }
     }
 }
@@ -309,6 +315,7 @@ impl CertStore {
         s.names = info.names.clone();
         s.not_before = Some(info.not_before);
         s.not_after = Some(info.not_after);
+        s.serial = Some(info.serial.clone());
         s.loaded_at = Some(Utc::now());
         s.error = None;
         s.error_at = None;
@@ -320,6 +327,13 @@ impl CertStore {
         if let Some(cert) = self.write().certs.get_mut(name) {
             cert.status.error = Some(error.to_string());
             cert.status.error_at = Some(Utc::now());
+        }
+    }
+
+    /// Records when certificate `name` is next looked at (ACME's renewal schedule).
+    pub fn schedule(&self, name: &str, at: Option<DateTime<Utc>>) {
+        if let Some(cert) = self.write().certs.get_mut(name) {
+            cert.status.next_attempt = at;
         }
     }
 

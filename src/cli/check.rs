@@ -143,6 +143,19 @@ pub fn run(cli: &Cli, _args: &Check) -> CmdResult {
         let host = n.url.split('/').nth(2).unwrap_or("?");
         println!("  notify     {host} ({format}): {}", n.on.join(", "));
     }
+    if let Some(a) = &config.acme {
+        let ca =
+            a.ca.as_ref()
+                .map(|c| format!(" (trusting {})", c.display()))
+                .unwrap_or_default();
+        println!(
+            "  acme       {} at {}{ca}; renewed {} before expiry, checked every {}",
+            a.email,
+            a.directory,
+            format_duration(a.renew_before),
+            format_duration(a.check_interval)
+        );
+    }
     for env in &config.environments {
         let track = match &env.track {
             Track::Manual => "manual deploys".to_string(),

@@ -1,4 +1,4 @@
-//! Human durations in config files: `"500ms"`, `"2s"`, `"5m"`, `"1h"`.
+//! Human durations in config files: `"500ms"`, `"2s"`, `"5m"`, `"1h"`, `"30d"`.
 
 use std::fmt;
 use std::time::Duration;
@@ -11,9 +11,9 @@ pub struct HumanDuration(pub Duration);
 
 /// The hint shown with every duration error.
 pub const DURATION_HELP: &str =
-    "write a whole number followed by ms, s, m or h, like \"500ms\", \"30s\" or \"5m\"";
+    "write a whole number followed by ms, s, m, h or d, like \"500ms\", \"30s\" or \"5m\"";
 
-/// Parses `"500ms"`, `"2s"`, `"5m"`, `"1h"`; whitespace around the text is allowed.
+/// Parses `"500ms"`, `"2s"`, `"5m"`, `"1h"`, `"30d"` (days of 24 hours); whitespace around the text is allowed.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -31,6 +31,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return Err(format!("invalid duration \"{text}\": {DURATION_HELP}")),
     };
     n.checked_mul(millis_per_unit)
@@ -38,11 +39,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("duration \"{text}\" is too large"))
 }
 
-/// Formats a duration the way config files write it (`1500ms`, `2s`, `5m`).
+/// Formats a duration the way config files write it (`1500ms`, `2s`, `5m`, `30d`).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         "0s".to_string()
+    } else if ms >= 2 * 86_400_000 && ms.is_multiple_of(86_400_000) {
+        // a day or less stays in hours ("24h")
+        format!("{}d", ms / 86_400_000)
     } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
     } else if ms.is_multiple_of(60_000) {
@@ -91,6 +95,7 @@ mod tests {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration(" 5m "), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
     }
 
@@ -114,7 +119,9 @@ mod tests {
 
     #[test]
     fn formats_round_trip() {
-        for text in ["0s", "500ms", "2s", "5m", "1h", "1500ms"] {
+        for text in [
+            "0s", "500ms", "2s", "5m", "1h", "1500ms", "30d", "36h", "24h",
+        ] {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
         }
     }
@@ -129,12 +136,13 @@ mod tests {
         }
 
         #[test]
-        fn numbers_with_a_unit_parse_exactly(n in 0u64..1_000_000, unit in 0usize..4) {
+        fn numbers_with_a_unit_parse_exactly(n in 0u64..1_000_000, unit in 0usize..5) {
             let (suffix, d) = [
                 ("ms", Duration::from_millis(n)),
                 ("s", Duration::from_secs(n)),
                 ("m", Duration::from_secs(n * 60)),
                 ("h", Duration::from_secs(n * 3600)),
+                ("d", Duration::from_secs(n * 86_400)),
             ][unit];
             proptest::prop_assert_eq!(parse_duration(&format!("{n}{suffix}")), Ok(d));
         }

@@ -4,6 +4,7 @@
 //! [`Config`] the rest of ferry uses. Every error a user can cause names the file, line and
 //! column and says what to write instead (see [`Diagnostic`]).
 
+mod acme;
 mod diagnostic;
 mod duration;
 mod freeze;
@@ -17,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use acme::{Acme, DEFAULT_CHECK_INTERVAL, DEFAULT_RENEW_BEFORE, LETS_ENCRYPT};
 pub use diagnostic::Diagnostic;
 pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use freeze::FreezeWindow;
@@ -54,6 +56,8 @@ pub struct Config {
     pub webhooks: Webhooks,
     /// Outgoing notifications (`[[notify]]`), in file order.
     pub notify: Vec<Notify>,
+    /// `[acme]`: where `tls = "acme"` certificates come from; `None` without the table.
+    pub acme: Option<Acme>,
 }
 
 /// `[webhooks]`: the names of the environment variables holding the shared secrets, and the

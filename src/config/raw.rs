@@ -33,6 +33,7 @@ pub struct RawConfig {
     webhooks: RawWebhooks,
     #[serde(default)]
     notify: Vec<RawNotify>,
+    acme: Option<Spanned<super::acme::RawAcme>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -250,6 +251,10 @@ impl RawConfig {
                 .into_iter()
                 .map(|n| validate_notify(n, &fail))
                 .collect::<Result<_, _>>()?,
+            acme: self
+                .acme
+                .map(|a| super::acme::validate(a, &fail, &resolve))
+                .transpose()?,
         })
     }
 }

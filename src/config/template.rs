@@ -121,4 +121,16 @@ listen = "127.0.0.1:7070"       # ferry's API, webhooks and metrics; every call 
 # url = "https://hooks.slack.com/services/..."
 # on = ["deploy.succeeded", "deploy.failed", "rollback", "approval.needed"]
 # format = "slack"
+
+# Certificates from ACME for environments with tls = "acme": ordered at the first start (one per
+# environment, for its hosts), renewed ahead of expiry, kept in the state dir (acme/, mode 0600).
+# The CA checks http://HOST/.well-known/acme-challenge/... on [server] http: port 80 must reach
+# ferry. Failures are retried (10s, doubling, up to check_interval) and shown by `ferry status`.
+# [acme]
+# email = "ops@example.com"       # required: the account's contact address
+# directory = "https://acme-v02.api.letsencrypt.org/directory"  # the default: Let's Encrypt
+# ca = "root.pem"                 # a PEM root trusted (alone) for the directory's HTTPS:
+                                  # a private or test ACME server
+# renew_before = "30d"            # renewed once it expires within this long
+# check_interval = "12h"          # expiry dates are looked at this often
 "#;

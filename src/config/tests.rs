@@ -658,3 +658,85 @@ fn rollback_confirmation_word_defaults_to_the_environment_name() {
         "ROLLBACK"
     );
 }
+
+#[test]
+fn acme_settings_have_defaults_and_are_checked() {
+    let dir = sandbox();
+    assert!(parse(dir.path(), MINIMAL).unwrap().acme.is_none());
+    let with = |table: &str| format!("{MINIMAL}\n[acme]\n{table}\n");
+    let acme = parse(dir.path(), &with("email = \"ops@example.com\""))
+        .unwrap()
+        .acme
+        .unwrap();
+    assert_eq!(acme.email, "ops@example.com");
+    assert_eq!(
+        acme.directory,
+        "https://acme-v02.api.letsencrypt.org/directory"
+    );
+    assert_eq!(acme.ca, None);
+    assert_eq!(acme.renew_before, Duration::from_secs(30 * 86_400));
+    assert_eq!(acme.check_interval, Duration::from_secs(12 * 3600));
+
+    let root = rcgen::generate_simple_self_signed(vec!["acme.test".to_string()]).unwrap();
+    std::fs::write(dir.path().join("root.pem"), root.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), root.signing_key.serialize_pem()).unwrap();
+    let acme = parse(
+        dir.path(),
+        &with(
+            "email = \"ops@example.com\"\ndirectory = \"https://127.0.0.1:14000/dir\"\nca = \"root.pem\"\nrenew_before = \"60d\"\ncheck_interval = \"1h\"",
+        ),
+    )
+    .unwrap()
+    .acme
+    .unwrap();
+    assert_eq!(acme.directory, "https://127.0.0.1:14000/dir");
+    assert_eq!(
+        acme.ca,
+        Some(dir.path().canonicalize().unwrap().join("root.pem"))
+    );
+    assert_eq!(acme.renew_before, Duration::from_secs(60 * 86_400));
+    assert_eq!(acme.check_interval, Duration::from_secs(3600));
+
+    let cases: &[(&str, &str)] = &[
+        ("directory = \"https://x.test/dir\"", "[acme] has no email"),
+        ("email = \"ops\"", "is not an email address"),
+        (
+            "email = \"mailto:ops@example.com\"",
+            "is not an email address",
+        ),
+        (
+            "email = \"ops@example.com\"\ndirectory = \"http://x.test/dir\"",
+            "is not an https:// URL",
+        ),
+        (
+            "email = \"ops@example.com\"\nca = \"missing.pem\"",
+            "cannot be read",
+        ),
+        (
+            "email = \"ops@example.com\"\nca = \"key.pem\"",
+            "holds no PEM certificate",
+        ),
+        (
+            "email = \"ops@example.com\"\nrenew_before = \"0s\"",
+            "renew_before",
+        ),
+        (
+            "email = \"ops@example.com\"\ncheck_interval = \"10ms\"",
+            "check_interval",
+        ),
+        (
+            "email = \"ops@example.com\"\nemial = \"x\"",
+            "unknown field",
+        ),
+    ];
+    for (table, expected) in cases {
+        let d = diagnostic(dir.path(), &with(table));
+        assert!(d.message.contains(expected), "{table}: {}", d.message);
+        assert!(d.help.is_some(), "{table}: no help");
+    }
+    let d = diagnostic(
+        dir.path(),
+        &with("email = \"ops@example.com\"\nca = \"missing.pem\""),
+    );
+    assert!(d.message.contains("missing.pem"), "{}", d.message);
+}
