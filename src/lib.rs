@@ -22,6 +22,8 @@
 //! - [`acme`]: certificates for `tls = "acme"` environments ordered from an ACME CA
 //!   (instant-acme, HTTP-01), stored under the state dir, installed into the [`tls`] store and
 //!   renewed ahead of expiry.
+//! - [`frontdoor`]: `[server] http`/`https`: routes requests by Host/SNI to environments'
+//!   proxies, terminates TLS from the certificate store, redirects to https, HTTP/2 by ALPN.
 //! - [`proxy`]: one HTTP/1.1 listener per environment; atomic upstream switch; drain; ferry's
 //!   cookies stripped.
 //! - [`health`]: startup probes of a new instance.
@@ -55,6 +57,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod frontdoor;
 pub mod health;
 pub mod hosts;
 pub mod lifecycle;

@@ -1,6 +1,6 @@
 //! `ferry check`: validate the config and summarise it.
 
-use super::{Cli, CmdResult};
+use super::{Cli, CmdResult, Failure};
 use crate::config::{RepositorySource, Track, format_duration};
 
 #[derive(Debug, clap::Args)]
@@ -54,9 +54,31 @@ fn repo_warnings(repo: &str, start: &str) -> Vec<String> {
 pub fn run(cli: &Cli, _args: &Check) -> CmdResult {
     let config = cli.load_config()?;
     let app = &config.app;
-    let warnings = repo_warnings(&app.repo, &app.start);
+    let mut warnings = repo_warnings(&app.repo, &app.start);
+    let certs = crate::frontdoor::certs::check_files(&config);
+    let mut cert_errors = Vec::new();
+    for c in &certs {
+        match &c.result {
+            Err(e) => cert_errors.push(format!("app {}, environment {}: {e}", c.app, c.env)),
+            Ok(_) if !c.uncovered.is_empty() => warnings.push(format!(
+                "app {}, environment {}: the certificate {} does not cover {}: browsers will refuse it there",
+                c.app,
+                c.env,
+                c.cert.display(),
+                c.uncovered.join(", ")
+            )),
+            Ok(_) => {}
+        }
+    }
     for w in &warnings {
         eprintln!("warning: {w}");
+    }
+    if !cert_errors.is_empty() {
+        return Err(Failure::Failed(format!(
+            "{}: certificate files cannot be served:\n  {}\nhelp: point tls = {{ cert, key }} at a PEM certificate chain and its private key",
+            config.path.display(),
+            cert_errors.join("\n  ")
+        )));
     }
     if warnings.is_empty() {
         println!("{}: ok", config.path.display());
@@ -114,6 +136,23 @@ pub fn run(cli: &Cli, _args: &Check) -> CmdResult {
     }
     println!("  state dir  {}", config.state_dir.display());
     println!("  api        http://{}", config.server.listen);
+    if let Some(http) = config.server.http {
+        println!("  http       {http} (front door)");
+    }
+    if let Some(https) = config.server.https {
+        println!("  https      {https} (front door)");
+    }
+    for c in &certs {
+        if let Ok(info) = &c.result {
+            println!(
+                "  tls        {:<14} {} (issuer {}, expires {})",
+                c.env,
+                c.cert.display(),
+                info.issuer,
+                info.not_after.format("%Y-%m-%d")
+            );
+        }
+    }
     let hooks: Vec<String> = [
         ("github", &config.webhooks.github_secret_env),
         ("gitlab", &config.webhooks.gitlab_token_env),
@@ -189,8 +228,9 @@ pub fn run(cli: &Cli, _args: &Check) -> CmdResult {
             format!("; {}", rules.join("; "))
         };
         println!(
-            "  env        {:<14} http://{:<21} {track}{rules}",
-            env.name, env.listen
+            "  env        {:<14} {:<28} {track}{rules}",
+            env.name,
+            env.urls(&config.server).join(" ")
         );
     }
     Ok(())

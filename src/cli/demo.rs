@@ -194,8 +194,8 @@ pub async fn run(args: &Demo) -> CmdResult {
         "http://{}",
         config
             .environment("staging")
-            .map(|e| e.listen)
-            .expect("staging is in the demo config")
+            .and_then(|e| e.listen)
+            .expect("staging listens in the demo config")
     );
     let daemon = Daemon::start(config, Default::default())
         .await

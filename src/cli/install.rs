@@ -42,7 +42,7 @@ pub fn units(config: &Config, binary: &Path, config_path: &Path) -> Vec<(String,
             config
                 .environments
                 .iter()
-                .map(|e| (e.name.clone(), e.listen)),
+                .filter_map(|e| Some((e.name.clone(), e.listen?))),
         )
         .map(|(name, addr)| (name, addr.to_string()))
         .collect();

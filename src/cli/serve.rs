@@ -28,7 +28,7 @@ pub async fn run(cli: &Cli, args: &Serve) -> CmdResult {
     let envs: Vec<String> = config
         .environments
         .iter()
-        .map(|e| format!("{} on http://{}", e.name, e.listen))
+        .map(|e| format!("{} on {}", e.name, e.urls(&config.server).join(" ")))
         .collect();
     let opts = StartOptions {
         takeover: args.takeover,

@@ -85,13 +85,13 @@ pub async fn status(cli: &Cli, args: &Status) -> CmdResult {
             })
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:<14} {:<12} {:<8} {:<38} {:<10} http://{}",
+            "{:<14} {:<12} {:<8} {:<38} {:<10} {}",
             s.environment,
             s.version.as_deref().unwrap_or("-"),
             short(s.commit_sha.as_deref()),
             deployed,
             health,
-            s.listen
+            s.urls.join(" ")
         );
         match s.deploying {
             Some(lock) if lock.kind == "manual" => println!(

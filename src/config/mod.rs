@@ -8,6 +8,7 @@ mod acme;
 mod diagnostic;
 mod duration;
 mod freeze;
+mod frontdoor;
 mod raw;
 mod server;
 mod size;
@@ -22,6 +23,7 @@ pub use acme::{Acme, DEFAULT_CHECK_INTERVAL, DEFAULT_RENEW_BEFORE, LETS_ENCRYPT}
 pub use diagnostic::Diagnostic;
 pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use freeze::FreezeWindow;
+pub use frontdoor::{Tls, under_prefix};
 pub use raw::valid_check_name;
 pub use server::{ConnLimits, DEFAULT_MAX_STREAMS, ProxySettings, Server};
 pub use size::{HumanSize, format_size, parse_size};
@@ -218,7 +220,17 @@ pub struct Environment {
     pub group: String,
     /// 1-based slot number.
     pub slot: u32,
-    pub listen: SocketAddr,
+    /// Its own port (`listen`; the next port for each further slot), if it has one.
+    pub listen: Option<SocketAddr>,
+    /// The names the front door routes to it (`hosts`), exact or `*.` wildcards.
+    pub hosts: Vec<crate::hosts::HostPattern>,
+    /// Requests on its hosts whose path is under this (`/api`) come here, the prefix stripped
+    /// (longest prefix wins; `X-Forwarded-Prefix` tells the app). `None`: every path.
+    pub path_prefix: Option<String>,
+    /// Its certificate on `[server] https`, if it serves HTTPS.
+    pub tls: Option<Tls>,
+    /// Plain HTTP on its hosts is answered with 308 to https (default: on when `tls` is set).
+    pub redirect_https: bool,
     pub track: Track,
     /// With `track = { tags = true, auto = true }`, pushed release tags are deployed (through
     /// every gate); without `auto` they are recorded only. Branch tracking always deploys.
@@ -257,6 +269,29 @@ pub struct Environment {
 }
 
 impl Environment {
+    /// Where it is reached: `http://` its own `listen` address, then each host on the front
+    /// door (`https://` when it has `tls`, else `http://`; the port when not 80/443, then the
+    /// path prefix), e.g. `https://staging.example.com/api`.
+    pub fn urls(&self, server: &Server) -> Vec<String> {
+        let mut urls: Vec<String> = self.listen.iter().map(|a| format!("http://{a}")).collect();
+        let (scheme, addr, default_port) = match (&self.tls, server.https, server.http) {
+            (Some(_), Some(https), _) => ("https", https, 443),
+            (_, _, Some(http)) => ("http", http, 80),
+            (_, Some(https), None) => ("https", https, 443),
+            _ => return urls,
+        };
+        let port = if addr.port() == default_port {
+            String::new()
+        } else {
+            format!(":{}", addr.port())
+        };
+        let prefix = self.path_prefix.as_deref().unwrap_or("");
+        for host in &self.hosts {
+            urls.push(format!("{scheme}://{host}{port}{prefix}"));
+        }
+        urls
+    }
+
     /// What a person types to confirm a manual rollback here.
     pub fn confirm_word(&self) -> &str {
         self.confirm.as_deref().unwrap_or(&self.name)

@@ -101,7 +101,12 @@ struct RawHealth {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEnvironment {
-    listen: Spanned<String>,
+    listen: Option<Spanned<String>>,
+    #[serde(default)]
+    hosts: Vec<Spanned<String>>,
+    path_prefix: Option<Spanned<String>>,
+    tls: Option<Spanned<super::frontdoor::RawTls>>,
+    redirect_https: Option<Spanned<bool>>,
     slots: Option<Spanned<i64>>,
     track: Option<Spanned<RawTrack>>,
     #[serde(default)]
@@ -208,6 +213,13 @@ impl RawConfig {
         let mut users: HashMap<String, String> = HashMap::new();
         let mut taken: HashMap<SocketAddr, String> = HashMap::new();
         taken.insert(server_listen, "[server] listen".into());
+        let (http, https) = super::frontdoor::server_addrs(
+            self.server.http.as_ref(),
+            self.server.https.as_ref(),
+            &fail,
+            &mut taken,
+        )?;
+        let mut claims = super::frontdoor::Claims::new(http, https);
         if self.environments.is_empty() {
             return Err(fail(
                 text.len()..text.len(),
@@ -231,7 +243,13 @@ impl RawConfig {
             if let Some(user) = &env.user {
                 check_user(user, &name, &mut users, &fail)?;
             }
-            environments.extend(validate_environment(&name, env, &fail, &mut taken)?);
+            environments.extend(validate_environment(
+                (&name, span),
+                env,
+                &fail,
+                &mut taken,
+                (&mut claims, &resolve),
+            )?);
         }
         let groups: Vec<String> = environments.iter().map(|e| e.group.clone()).collect();
         check_requires(&requires, &groups, &fail)?;
@@ -434,13 +452,18 @@ fn validate_health(raw: RawHealth, fail: &Fail) -> Result<Health, Diagnostic> {
 }
 
 fn validate_environment(
-    name: &str,
+    (name, span): (&str, Range<usize>),
     raw: RawEnvironment,
     fail: &Fail,
     taken: &mut HashMap<SocketAddr, String>,
+    (claims, resolve): (&mut super::frontdoor::Claims, &dyn Fn(&str) -> PathBuf),
 ) -> Result<Vec<Environment>, Diagnostic> {
-    let listen = parse_addr(&raw.listen, fail)?;
-    let slots = match raw.slots {
+    let listen = raw
+        .listen
+        .as_ref()
+        .map(|l| parse_addr(l, fail))
+        .transpose()?;
+    let slots = match &raw.slots {
         None => 1,
         Some(s) if (1..=64).contains(s.get_ref()) => *s.get_ref() as u32,
         Some(s) => {
@@ -550,40 +573,42 @@ fn validate_environment(
             ));
         }
     };
+    let front = claims.environment(
+        name,
+        super::frontdoor::RawFront {
+            listen: raw.listen.as_ref(),
+            slots: raw.slots.as_ref().map(|s| (s.span(), slots)),
+            hosts: &raw.hosts,
+            path_prefix: raw.path_prefix.as_ref(),
+            tls: raw.tls.as_ref(),
+            redirect_https: raw.redirect_https.as_ref(),
+        },
+        span,
+        fail,
+        resolve,
+    )?;
     let mut out = Vec::new();
     for slot in 1..=slots {
-        let port = u32::from(listen.port()) + slot - 1;
-        let Ok(port) = u16::try_from(port) else {
-            return Err(fail(
-                raw.listen.span(),
-                format!(
-                    "{slots} slots starting at port {} run past port 65535",
-                    listen.port()
-                ),
-                "pick a lower port or fewer slots",
-            ));
-        };
-        let addr = SocketAddr::new(listen.ip(), port);
         let slot_name = if slots == 1 {
             name.to_string()
         } else {
             format!("{name}-{slot}")
         };
-        if let Some(other) = taken.get(&addr) {
-            return Err(fail(
-                raw.listen.span(),
-                format!(
-                    "listen address {addr} of environment {slot_name} is already used by {other}"
-                ),
-                "give every environment (and each of its slots) its own port",
-            ));
-        }
-        taken.insert(addr, format!("environment {slot_name}"));
+        let addr = match (&raw.listen, listen) {
+            (Some(written), Some(listen)) => Some(slot_addr(
+                written, listen, slot, slots, &slot_name, fail, taken,
+            )?),
+            _ => None,
+        };
         out.push(Environment {
             name: slot_name,
             group: name.to_string(),
             slot,
             listen: addr,
+            hosts: front.hosts.clone(),
+            path_prefix: front.path_prefix.clone(),
+            tls: front.tls.clone(),
+            redirect_https: front.redirect_https,
             track: track.clone(),
             auto,
             env: env.clone(),
@@ -611,6 +636,40 @@ fn validate_environment(
         });
     }
     Ok(out)
+}
+
+/// The address of slot `slot` of `slots` from `listen`: the next port per slot, each
+/// address used once.
+fn slot_addr(
+    written: &Spanned<String>,
+    listen: SocketAddr,
+    slot: u32,
+    slots: u32,
+    slot_name: &str,
+    fail: &Fail,
+    taken: &mut HashMap<SocketAddr, String>,
+) -> Result<SocketAddr, Diagnostic> {
+    let port = u32::from(listen.port()) + slot - 1;
+    let Ok(port) = u16::try_from(port) else {
+        return Err(fail(
+            written.span(),
+            format!(
+                "{slots} slots starting at port {} run past port 65535",
+                listen.port()
+            ),
+            "pick a lower port or fewer slots",
+        ));
+    };
+    let addr = SocketAddr::new(listen.ip(), port);
+    if let Some(other) = taken.get(&addr) {
+        return Err(fail(
+            written.span(),
+            format!("listen address {addr} of environment {slot_name} is already used by {other}"),
+            "give every environment (and each of its slots) its own port",
+        ));
+    }
+    taken.insert(addr, format!("environment {slot_name}"));
+    Ok(addr)
 }
 
 /// A word a person can type to confirm: 1 to 64 of letters, digits and `. _ -`.

@@ -15,6 +15,10 @@ use super::size::HumanSize;
 #[derive(Debug, Clone)]
 pub struct Server {
     pub listen: SocketAddr,
+    /// The front door's plain HTTP listener (`[server] http`), if any.
+    pub http: Option<SocketAddr>,
+    /// The front door's HTTPS listener (`[server] https`), if any.
+    pub https: Option<SocketAddr>,
     /// Reads need no token from a loopback peer (`[server] open_reads`; default false).
     pub open_reads: bool,
     /// Names besides its own address that ferry is reached by (`[server] hosts`), lowercase,
@@ -102,6 +106,8 @@ impl ProxySettings {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawServer {
     pub(super) listen: Option<Spanned<String>>,
+    pub(super) http: Option<Spanned<String>>,
+    pub(super) https: Option<Spanned<String>>,
     open_reads: Option<bool>,
     #[serde(default)]
     hosts: Vec<Spanned<String>>,
@@ -147,6 +153,16 @@ impl RawServer {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Server {
             listen,
+            http: self
+                .http
+                .as_ref()
+                .map(|a| parse_addr(a, fail))
+                .transpose()?,
+            https: self
+                .https
+                .as_ref()
+                .map(|a| parse_addr(a, fail))
+                .transpose()?,
             open_reads: self.open_reads.unwrap_or(false),
             hosts,
             connections: validate_limits(

@@ -32,7 +32,14 @@ retries = 30
 watch_interval = "10s"          # `serve` probes what each environment serves this often ("0s": off)
 
 [environments.staging]
-listen = "127.0.0.1:8081"       # the public address; ferry's proxy owns it
+listen = "127.0.0.1:8081"       # a port of its own; ferry's proxy owns it (optional with hosts)
+# hosts = ["staging.example.com", "*.preview.example.com"]  # served on [server] http/https
+                                # by Host/SNI; exact names before wildcards (one label)
+# path_prefix = "/api"          # only paths under it on those hosts (longest prefix wins);
+                                # stripped, the app gets X-Forwarded-Prefix: /api
+# tls = { cert = "certs/staging.pem", key = "certs/staging.key" }  # PEM files, reloaded
+                                # when they change; or tls = "acme" (see [acme]; no wildcards)
+# redirect_https = true         # plain HTTP gets 308 to https (default: on with tls)
 slots = 1                       # 2 makes staging-1 on 8081 and staging-2 on 8082
 track = { branch = "main" }     # webhook pushes to main deploy here; or { tags = true }
 env = { LOG_LEVEL = "debug" }
@@ -79,6 +86,8 @@ error_pattern = "ERROR|CRITICAL|Traceback"
 [server]
 listen = "127.0.0.1:7070"       # ferry's API, webhooks and metrics; every call needs a token
                                 # (ferry token create); the CLI here uses the local one
+# http = "0.0.0.0:80"           # the front door: environments' `hosts` on one pair of ports
+# https = "0.0.0.0:443"         # (HTTP/2 and HTTP/1.1; unknown hosts get 404)
 # hosts = ["ferry.example.com"] # other names ferry is reached by (the Host header; webhooks
                                 # too): requests naming anything else get 421
 # open_reads = false            # true: reads need no token from a loopback peer

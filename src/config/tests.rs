@@ -71,7 +71,7 @@ fn slots_expand_into_numbered_environments_on_consecutive_ports() {
     let config = parse(dir.path(), &text).unwrap();
     assert_eq!(config.environment_names(), vec!["staging-1", "staging-2"]);
     let second = config.environment("staging-2").unwrap();
-    assert_eq!(second.listen.port(), 8082);
+    assert_eq!(second.listen.map(|a| a.port()), Some(8082));
     assert_eq!(second.group, "staging");
     assert_eq!(second.track, Track::Branch("main".into()));
 }
@@ -739,4 +739,193 @@ fn acme_settings_have_defaults_and_are_checked() {
         &with("email = \"ops@example.com\"\nca = \"missing.pem\""),
     );
     assert!(d.message.contains("missing.pem"), "{}", d.message);
+}
+
+const FRONT: &str = r#"[app]
+name = "demo"
+repo = "repo"
+start = "./run"
+
+[server]
+http = "0.0.0.0:8080"
+https = "0.0.0.0:8443"
+
+[environments.staging]
+hosts = ["Staging.Example.com", "*.preview.example.com"]
+tls = { cert = "certs/staging.pem", key = "/etc/keys/staging.key" }
+
+[environments.api]
+listen = "127.0.0.1:8081"
+hosts = ["staging.example.com"]
+path_prefix = "/api/"
+redirect_https = false
+
+[environments.production]
+hosts = ["example.com"]
+tls = "acme"
+"#;
+
+#[test]
+fn front_door_keys_are_read_with_their_defaults() {
+    let dir = sandbox();
+    let config = parse(dir.path(), FRONT).unwrap();
+    let base = dir.path().canonicalize().unwrap();
+    assert_eq!(config.server.http.map(|a| a.port()), Some(8080));
+    assert_eq!(config.server.https.map(|a| a.port()), Some(8443));
+    let staging = config.environment("staging").unwrap();
+    assert_eq!(staging.listen, None, "listen is optional with hosts");
+    let hosts: Vec<&str> = staging.hosts.iter().map(|h| h.as_str()).collect();
+    assert_eq!(hosts, ["staging.example.com", "*.preview.example.com"]);
+    assert_eq!(
+        staging.tls,
+        Some(Tls::Files {
+            cert: base.join("certs/staging.pem"),
+            key: "/etc/keys/staging.key".into(),
+        }),
+        "cert paths are relative to the config file"
+    );
+    assert!(staging.redirect_https, "on by default with tls");
+    assert_eq!(
+        staging.urls(&config.server),
+        [
+            "https://staging.example.com:8443",
+            "https://*.preview.example.com:8443"
+        ]
+    );
+    let api = config.environment("api").unwrap();
+    assert_eq!(
+        api.path_prefix.as_deref(),
+        Some("/api"),
+        "trailing / dropped"
+    );
+    assert_eq!(api.tls, None);
+    assert!(!api.redirect_https);
+    assert_eq!(
+        api.urls(&config.server),
+        [
+            "http://127.0.0.1:8081",
+            "http://staging.example.com:8080/api"
+        ]
+    );
+    let production = config.environment("production").unwrap();
+    assert_eq!(production.tls, Some(Tls::Acme));
+    assert!(production.redirect_https);
+    // the front door is optional: none of it is needed for a plain config
+    let plain = parse(dir.path(), MINIMAL).unwrap();
+    assert_eq!((plain.server.http, plain.server.https), (None, None));
+    let env = plain.environment("staging").unwrap();
+    assert!(env.hosts.is_empty() && env.tls.is_none() && !env.redirect_https);
+    assert_eq!(env.urls(&plain.server), ["http://127.0.0.1:8081"]);
+}
+
+#[test]
+fn front_door_mistakes_are_refused_and_located() {
+    let dir = sandbox();
+    let check = |text: &str, wanted: &str, at: &str| {
+        let d = diagnostic(dir.path(), text);
+        let shown = d.to_string();
+        assert!(
+            d.message.contains(wanted),
+            "{wanted:?} not in {}",
+            d.message
+        );
+        assert!(shown.contains(at), "{at:?} not in\n{shown}");
+        assert!(d.help.is_some());
+    };
+    // a host claimed by two environments names both; twice in one names it
+    check(
+        &FRONT.replace(
+            "hosts = [\"example.com\"]",
+            "hosts = [\"STAGING.example.com.\"]\npath_prefix = \"/api\"",
+        ),
+        "host staging.example.com/api is claimed by environments api and production",
+        "STAGING.example.com.",
+    );
+    check(
+        &FRONT.replace(
+            "hosts = [\"example.com\"]",
+            "hosts = [\"example.com\", \"example.com\"]",
+        ),
+        "host example.com is claimed twice by environment production",
+        "hosts = [",
+    );
+    check(
+        &FRONT.replace("path_prefix = \"/api/\"\n", ""),
+        "host staging.example.com is claimed by environments api and staging",
+        "staging.example.com",
+    );
+    // neither listen nor hosts
+    check(
+        &MINIMAL.replace("listen = \"127.0.0.1:8081\"", "track = { tags = true }"),
+        "environment staging has neither `listen` nor `hosts`",
+        "[environments.staging]",
+    );
+    // hosts without a front door
+    check(
+        &MINIMAL.replace("listen = \"127.0.0.1:8081\"", "hosts = [\"a.example.com\"]"),
+        "has `hosts` but ferry has no front door",
+        "a.example.com",
+    );
+    check(
+        &FRONT.replace("https = \"0.0.0.0:8443\"\n", ""),
+        "has `tls` but [server] has no `https`",
+        "tls = \"acme\"",
+    );
+    check(
+        &FRONT.replace("hosts = [\"example.com\"]", "listen = \"127.0.0.1:9000\""),
+        "has `tls` but no `hosts`",
+        "tls = \"acme\"",
+    );
+    check(
+        &FRONT.replace("hosts = [\"example.com\"]", "hosts = [\"*.example.com\"]"),
+        "tls = \"acme\" cannot obtain a certificate for *.example.com",
+        "*.example.com",
+    );
+    check(
+        &FRONT.replace("tls = \"acme\"", "tls = \"letsencrypt\""),
+        "is not a certificate source",
+        "letsencrypt",
+    );
+    check(
+        &FRONT.replace("redirect_https = false", "redirect_https = true"),
+        "redirect_https = true but no `tls`",
+        "redirect_https = true",
+    );
+    check(
+        &FRONT.replace("/api/", "/a?b"),
+        "is not a path prefix",
+        "/a?b",
+    );
+    check(
+        &FRONT.replace("/api/", "/"),
+        "is not a path prefix",
+        "\"/\"",
+    );
+    check(
+        &FRONT.replace(
+            "path_prefix = \"/api/\"\nredirect_https = false",
+            "path_prefix = \"/api\"\ntls = \"acme\"",
+        ),
+        "host staging.example.com gets a certificate from environments api and staging",
+        "staging.example.com",
+    );
+    check(
+        &FRONT.replace("\"*.preview.example.com\"", "\"*.example\""),
+        "",
+        "*.example",
+    );
+    check(
+        &FRONT.replace("https = \"0.0.0.0:8443\"", "https = \"0.0.0.0:8080\""),
+        "[server] https = \"0.0.0.0:8080\" is already used by [server] http",
+        "0.0.0.0:8080",
+    );
+    // several slots: each would claim the same names
+    check(
+        &FRONT.replace(
+            "redirect_https = false",
+            "redirect_https = false\nslots = 2",
+        ),
+        "has 2 slots and `hosts`",
+        "staging.example.com",
+    );
 }

@@ -191,7 +191,7 @@ impl Daemon {
         };
         let api = tokio_listener(sockets::API)?;
         let mut proxies = Vec::new();
-        for state in engine.environments() {
+        for state in engine.environments().filter(|s| s.env.listen.is_some()) {
             proxies.push((state.proxy.clone(), tokio_listener(&state.env.name)?));
         }
         let api_addr = api.local_addr().unwrap_or(engine.config.server.listen);

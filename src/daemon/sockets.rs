@@ -122,7 +122,7 @@ fn wanted(config: &Config) -> Vec<(String, SocketAddr)> {
             config
                 .environments
                 .iter()
-                .map(|e| (e.name.clone(), e.listen)),
+                .filter_map(|e| Some((e.name.clone(), e.listen?))),
         )
         .collect()
 }

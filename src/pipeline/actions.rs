@@ -357,7 +357,7 @@ impl Engine {
             "switch",
             format!(
                 "move {env}'s traffic ({}) to the new instance",
-                env_cfg.listen
+                env_cfg.urls(&self.config.server).join(", ")
             ),
         );
         step(

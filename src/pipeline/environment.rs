@@ -46,7 +46,12 @@ pub struct EnvState {
 pub struct EnvStatus {
     pub environment: String,
     pub slot: u32,
-    pub listen: String,
+    /// Its own port, if it has one.
+    pub listen: Option<String>,
+    /// Where it is reached: its own port and its front door hosts (see
+    /// [`crate::config::Environment::urls`]).
+    #[serde(default)]
+    pub urls: Vec<String>,
     pub version: Option<String>,
     #[serde(rename = "ref")]
     pub git_ref: Option<String>,
@@ -204,7 +209,8 @@ impl Engine {
         Ok(EnvStatus {
             environment: env.name.clone(),
             slot: env.slot,
-            listen: env.listen.to_string(),
+            listen: env.listen.map(|a| a.to_string()),
+            urls: env.urls(&self.config.server),
             version: last.as_ref().and_then(|d| d.version.clone()),
             git_ref: last.as_ref().map(|d| d.git_ref.clone()),
             commit_sha: last.as_ref().and_then(|d| d.commit_sha.clone()),

@@ -293,6 +293,8 @@ mod tests {
 
     fn server(listen: &str, hosts: &[&str]) -> crate::config::Server {
         crate::config::Server {
+            http: None,
+            https: None,
             listen: listen.parse().unwrap(),
             open_reads: false,
             hosts: hosts.iter().map(|h| h.to_string()).collect(),

@@ -299,7 +299,9 @@ async fn health(State(engine): State<Arc<Engine>>) -> Response {
         let engine = engine.clone();
         async move {
             let name = state.env.name.clone();
-            if !reachable(state.env.listen).await {
+            if let Some(listen) = state.env.listen
+                && !reachable(listen).await
+            {
                 return (name, "down");
             }
             let deployed = engine.store.last_succeeded(&name).ok().flatten().is_some();

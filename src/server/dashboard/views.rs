@@ -219,7 +219,12 @@ pub fn env_card(s: &EnvStatus, extras: &CardExtras, viewer: &Viewer) -> Markup {
                         @if let Some(d) = &s.health_detail { br; small.error { (d) } }
                     }
                 }
-                dt { "Listens on" } dd { code { (s.listen) } }
+                dt { "Reached at" } dd {
+                    @for (i, url) in s.urls.iter().enumerate() {
+                        @if i > 0 { br; }
+                        code { (url) }
+                    }
+                }
             }
             @if let Some(m) = &s.maintenance {
                 p.note { strong { "Maintenance page on: " } (m) }
