@@ -178,10 +178,16 @@ fn pages_render_the_environments_history_and_deployments() {
     assert_eq!(css.status, 200);
     assert!(css.body.contains(".timeline"));
     assert!(b.get("/static/ferry.js").body.contains("EventSource"));
-    // nothing is fetched from elsewhere
+    // nothing is fetched from elsewhere (an environment's own URLs are shown as text)
     for page in [&home.body, &env.body, &d.body] {
-        assert!(!page.contains("http://") && !page.contains("https://"));
+        for fetch in ["src=\"http", "href=\"http", "url(http", "action=\"http"] {
+            assert!(!page.contains(fetch), "{fetch}");
+        }
     }
+    assert!(
+        env.body
+            .contains(&format!("<code>{}</code>", s.url("staging")))
+    );
 }
 
 #[test]
