@@ -325,6 +325,36 @@ fn the_acme_module_obtains_stores_renews_and_survives_a_ca_that_is_down() {
     );
     rt.block_on(renewals.stop());
 
+    // another directory (a test CA before production): its own account, and a certificate
+    // of its own at once although the stored one is not due
+    let settings = ferry::config::Acme {
+        directory: pebble.directory().replace("127.0.0.1", "localhost"),
+        ..settings
+    };
+    let acme = ferry::acme::Acme::new(
+        settings.clone(),
+        state.path(),
+        certs.clone(),
+        challenges.clone(),
+    );
+    let renewals = rt.block_on(async { acme.start(wanted.clone()) });
+    assert!(
+        eventually(Duration::from_secs(60), || certs
+            .status("staging")
+            .and_then(|s| s.serial)
+            .is_some_and(|s| s != first)),
+        "not replaced: {:?}\n{}",
+        certs.status("staging"),
+        pebble.log()
+    );
+    let first = certs.status("staging").unwrap().serial.unwrap();
+    let account = std::fs::read_to_string(acme_dir.join("account.json")).unwrap();
+    assert!(
+        account.contains("https://localhost:"),
+        "the account was not made anew"
+    );
+    rt.block_on(renewals.stop());
+
     // renew_before longer than Pebble's validity (5 years): due at once, renewed in place
     let settings = ferry::config::Acme {
         renew_before: Duration::from_secs(3650 * 86_400),

@@ -1,6 +1,7 @@
 //! What ACME leaves on disk, under `<state_dir>/acme/` (0700): the account
 //! (`account.json`: its key and URL, for one directory) and each certificate
-//! (`certs/<name>/cert.pem` and `key.pem`). Every file is 0600 and written whole: to a
+//! (`certs/<name>/cert.pem` and `key.pem`, with `directory`: the ACME directory that issued
+//! it, so a certificate from a test CA is replaced once the config names another). Every file is 0600 and written whole: to a
 //! temporary file in the same directory, synced, then renamed over the old one.
 
 use std::io::Write;
@@ -82,27 +83,34 @@ impl AcmeDir {
         write_private(&path, &json)
     }
 
-    /// The stored chain and key of certificate `name`, checked to belong together: `None`
-    /// when there is none; an error when the files are there but unusable.
-    pub fn load_cert(
-        &self,
-        name: &str,
-    ) -> Result<Option<(Arc<CertifiedKey>, CertInfo)>, FileError> {
+    /// The stored chain and key of certificate `name`, checked to belong together, and the
+    /// directory that issued it (if recorded): `None` when there is none; an error when the
+    /// files are there but unusable.
+    pub fn load_cert(&self, name: &str) -> Result<Option<Stored>, FileError> {
         let dir = self.cert_dir(name);
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
         if !cert.exists() && !key.exists() {
             return Ok(None);
         }
-        crate::tls::load_pem_files(&cert, &key)
-            .map(Some)
-            .map_err(|e| FileError::new(&dir, e))
+        let (served, info) =
+            crate::tls::load_pem_files(&cert, &key).map_err(|e| FileError::new(&dir, e))?;
+        let directory = std::fs::read_to_string(dir.join("directory"))
+            .ok()
+            .map(|d| d.trim().to_string());
+        Ok(Some(Stored {
+            served,
+            info,
+            directory,
+        }))
     }
 
-    /// Stores certificate `name` (the chain as PEM, its key as PEM) and gives back what the
-    /// front door serves; nothing is written unless they belong together.
+    /// Stores certificate `name` (the chain as PEM, its key as PEM, issued through
+    /// `directory`) and gives back what the front door serves; nothing is written unless they
+    /// belong together.
     pub fn save_cert(
         &self,
         name: &str,
+        directory: &str,
         chain_pem: &str,
         key_pem: &str,
     ) -> Result<(Arc<CertifiedKey>, CertInfo), FileError> {
@@ -130,6 +138,7 @@ impl AcmeDir {
         // next start refuses and orders again, never a new chain with an old key
         write_private(&dir.join("key.pem"), key_pem.as_bytes())?;
         write_private(&dir.join("cert.pem"), chain_pem.as_bytes())?;
+        write_private(&dir.join("directory"), format!("{directory}\n").as_bytes())?;
         Ok(served)
     }
 
@@ -150,6 +159,14 @@ impl AcmeDir {
         }
         Ok(())
     }
+}
+
+/// A certificate read back from the ACME dir.
+pub struct Stored {
+    pub served: Arc<CertifiedKey>,
+    pub info: CertInfo,
+    /// The directory that issued it; `None` when not recorded.
+    pub directory: Option<String>,
 }
 
 /// Writes `bytes` to `path` with mode 0600, whole or not at all.
@@ -180,6 +197,8 @@ mod tests {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o777
     }
 
+    const DIR: &str = "https://acme.example.test/directory";
+
     #[test]
     fn certificates_are_stored_private_and_read_back() {
         let state = tempfile::tempdir().unwrap();
@@ -188,27 +207,29 @@ mod tests {
         let rcgen::CertifiedKey { cert, signing_key } =
             rcgen::generate_simple_self_signed(vec!["staging.example.com".to_string()]).unwrap();
         let (_, info) = dir
-            .save_cert("staging", &cert.pem(), &signing_key.serialize_pem())
+            .save_cert("staging", DIR, &cert.pem(), &signing_key.serialize_pem())
             .unwrap();
         assert_eq!(info.names, ["staging.example.com"]);
-        let (_, again) = dir.load_cert("staging").unwrap().unwrap();
-        assert_eq!(again, info);
+        let again = dir.load_cert("staging").unwrap().unwrap();
+        assert_eq!(again.info, info);
+        assert_eq!(again.directory.as_deref(), Some(DIR));
         let certs = dir.cert_dir("staging");
         assert_eq!(mode(&certs.join("cert.pem")), 0o600);
         assert_eq!(mode(&certs.join("key.pem")), 0o600);
         assert_eq!(mode(&certs), 0o700);
         assert_eq!(mode(&state.path().join("acme")), 0o700);
         assert_eq!(mode(&state.path().join("acme/certs")), 0o700);
+        assert_eq!(mode(&certs.join("directory")), 0o600);
         // no temporary file left behind
-        assert_eq!(std::fs::read_dir(&certs).unwrap().count(), 2);
+        assert_eq!(std::fs::read_dir(&certs).unwrap().count(), 3);
 
         // a key that is not the certificate's is refused and nothing is replaced
         let other = rcgen::KeyPair::generate().unwrap();
         let err = dir
-            .save_cert("staging", &cert.pem(), &other.serialize_pem())
+            .save_cert("staging", DIR, &cert.pem(), &other.serialize_pem())
             .unwrap_err();
         assert!(err.to_string().contains("does not fit its key"), "{err}");
-        assert_eq!(dir.load_cert("staging").unwrap().unwrap().1, info);
+        assert_eq!(dir.load_cert("staging").unwrap().unwrap().info, info);
 
         // a pair broken on disk is an error, not "none"
         std::fs::write(certs.join("key.pem"), other.serialize_pem()).unwrap();

@@ -112,8 +112,9 @@ impl Acme {
         })
     }
 
-    /// Declares every wanted certificate, installs the stored ones at once, and starts a task
-    /// per certificate that orders and renews it. Returns without waiting for any order.
+    /// Declares every wanted certificate, installs the stored ones at once (even expiring ones,
+    /// or ones from another directory: they serve until replaced), and starts a task per
+    /// certificate that orders and renews it. Returns without waiting for any order.
     pub fn start(self: &Arc<Self>, wanted: Vec<Wanted>) -> Renewals {
         let (stop, rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -121,10 +122,18 @@ impl Acme {
             self.certs
                 .declare(&want.name, &want.hosts, CertSource::Acme);
             let held = match self.dir.load_cert(&want.name) {
-                Ok(Some((key, info))) => {
-                    self.certs.install(&want.name, key, &info);
+                Ok(Some(stored)) => {
+                    let info = stored.info;
+                    self.certs.install(&want.name, stored.served, &info);
                     tracing::info!(certificate = %want.name, serial = %info.serial, expires = %info.not_after, "serving the stored certificate");
-                    Some(info)
+                    if stored.directory.as_deref() == Some(self.settings.directory.as_str()) {
+                        Some(info)
+                    } else {
+                        // issued by another CA (a test one before production): served until
+                        // this directory's replaces it, at once
+                        tracing::info!(certificate = %want.name, "the stored certificate comes from another ACME directory; ordering one from {}", self.settings.directory);
+                        None
+                    }
                 }
                 Ok(None) => None,
                 Err(e) => {
@@ -222,7 +231,9 @@ impl Acme {
                     .get_or_try_init(|| order::account(&self.settings, &self.dir))
                     .await?;
                 let (chain, key) = order::obtain(account, &hosts, &self.challenges).await?;
-                let (served, info) = self.dir.save_cert(&want.name, &chain, &key)?;
+                let (served, info) =
+                    self.dir
+                        .save_cert(&want.name, &self.settings.directory, &chain, &key)?;
                 self.certs.install(&want.name, served, &info);
                 Ok(info)
             })
