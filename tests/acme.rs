@@ -240,7 +240,9 @@ fn the_acme_module_obtains_stores_renews_and_survives_a_ca_that_is_down() {
         check_interval: Duration::from_secs(2),
     };
     let wanted = vec![ferry::acme::Wanted {
-        name: "staging".into(),
+        name: "shop/staging".into(),
+        app: "shop".into(),
+        env: "staging".into(),
         hosts: vec![host("staging.example.test"), host("www.example.test")],
     }];
 
@@ -254,14 +256,14 @@ fn the_acme_module_obtains_stores_renews_and_survives_a_ca_that_is_down() {
     let renewals = rt.block_on(async { acme.start(wanted.clone()) });
     assert!(
         eventually(Duration::from_secs(20), || certs
-            .status("staging")
+            .status("shop/staging")
             .is_some_and(|s| s.error.is_some())),
         "no error while the CA is down"
     );
-    let status = certs.status("staging").unwrap();
+    let status = certs.status("shop/staging").unwrap();
     let error = status.error.unwrap();
     assert!(
-        error.contains("environment staging")
+        error.contains("app shop environment staging")
             && error.contains("staging.example.test, www.example.test")
             && error.contains("cannot reach the ACME directory"),
         "{error}"
@@ -273,13 +275,13 @@ fn the_acme_module_obtains_stores_renews_and_survives_a_ca_that_is_down() {
     pebble.start();
     assert!(
         eventually(Duration::from_secs(60), || certs
-            .status("staging")
+            .status("shop/staging")
             .is_some_and(|s| s.serial.is_some())),
         "no certificate once the CA is up: {:?}\n{}",
-        certs.status("staging"),
+        certs.status("shop/staging"),
         pebble.log()
     );
-    let status = certs.status("staging").unwrap();
+    let status = certs.status("shop/staging").unwrap();
     assert_eq!(status.error, None);
     assert!(status.issuer.as_deref().unwrap_or("").contains("Pebble"));
     let served = certs.for_host("www.example.test").unwrap();
@@ -292,8 +294,8 @@ fn the_acme_module_obtains_stores_renews_and_survives_a_ca_that_is_down() {
     let acme_dir = state.path().join("acme");
     for file in [
         "account.json",
-        "certs/staging/cert.pem",
-        "certs/staging/key.pem",
+        "certs/shop/staging/cert.pem",
+        "certs/shop/staging/key.pem",
     ] {
         let mode = std::fs::metadata(acme_dir.join(file))
             .unwrap()
@@ -314,12 +316,12 @@ fn the_acme_module_obtains_stores_renews_and_survives_a_ca_that_is_down() {
     );
     let renewals = rt.block_on(async { acme.start(wanted.clone()) });
     assert_eq!(
-        certs.status("staging").unwrap().serial.as_deref(),
+        certs.status("shop/staging").unwrap().serial.as_deref(),
         Some(first.as_str())
     );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        certs.status("staging").unwrap().serial.as_deref(),
+        certs.status("shop/staging").unwrap().serial.as_deref(),
         Some(first.as_str()),
         "renewed although not due"
     );
@@ -340,14 +342,14 @@ fn the_acme_module_obtains_stores_renews_and_survives_a_ca_that_is_down() {
     let renewals = rt.block_on(async { acme.start(wanted.clone()) });
     assert!(
         eventually(Duration::from_secs(60), || certs
-            .status("staging")
+            .status("shop/staging")
             .and_then(|s| s.serial)
             .is_some_and(|s| s != first)),
         "not replaced: {:?}\n{}",
-        certs.status("staging"),
+        certs.status("shop/staging"),
         pebble.log()
     );
-    let first = certs.status("staging").unwrap().serial.unwrap();
+    let first = certs.status("shop/staging").unwrap().serial.unwrap();
     let account = std::fs::read_to_string(acme_dir.join("account.json")).unwrap();
     assert!(
         account.contains("https://localhost:"),
@@ -364,11 +366,11 @@ fn the_acme_module_obtains_stores_renews_and_survives_a_ca_that_is_down() {
     let renewals = rt.block_on(async { acme.start(wanted.clone()) });
     assert!(
         eventually(Duration::from_secs(60), || certs
-            .status("staging")
+            .status("shop/staging")
             .and_then(|s| s.serial)
             .is_some_and(|s| s != first)),
         "not renewed: {:?}\n{}",
-        certs.status("staging"),
+        certs.status("shop/staging"),
         pebble.log()
     );
     let served = certs.for_host("staging.example.test").unwrap();

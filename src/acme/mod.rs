@@ -48,11 +48,13 @@ pub enum AcmeError {
     Files(#[from] files::FileError),
 }
 
-/// A certificate ferry keeps for some hosts.
+/// A certificate ferry keeps for an environment's hosts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wanted {
-    /// The environment's name (the certificate's name in the [`CertStore`]).
+    /// Its name in the [`CertStore`] (`app/env`), and its directory under `acme/certs/`.
     pub name: String,
+    pub app: String,
+    pub env: String,
     pub hosts: Vec<HostPattern>,
 }
 
@@ -188,8 +190,8 @@ impl Acme {
                     }
                     Some(Err(e)) => {
                         let message = format!(
-                            "certificate for environment {} ({hosts}) not obtained: {e}",
-                            want.name
+                            "no certificate for app {} environment {} ({hosts}): {e}",
+                            want.app, want.env
                         );
                         tracing::warn!(certificate = %want.name, "{message}");
                         self.certs.fail(&want.name, &message);
