@@ -194,6 +194,15 @@ pub fn run(cli: &Cli, _args: &Check) -> CmdResult {
             format_duration(a.renew_before),
             format_duration(a.check_interval)
         );
+        if !config
+            .environments
+            .iter()
+            .any(|e| e.tls == Some(crate::config::Tls::Acme))
+        {
+            eprintln!(
+                "warning: [acme] is set but no environment has tls = \"acme\": no certificate will be ordered"
+            );
+        }
     }
     for env in &config.environments {
         let track = match &env.track {

@@ -149,6 +149,37 @@ impl RawAcme {
     }
 }
 
+/// `tls = "acme"` needs `[acme]` (its email at least): the error points at the first
+/// environment asking for it.
+pub(super) fn check_needed(
+    acme: Option<&Acme>,
+    environments: &[super::Environment],
+    fail: &Fail,
+    text: &str,
+) -> Result<(), Diagnostic> {
+    if acme.is_some() {
+        return Ok(());
+    }
+    let Some(env) = environments
+        .iter()
+        .find(|e| e.tls == Some(super::Tls::Acme))
+    else {
+        return Ok(());
+    };
+    let header = format!("[environments.{}]", env.group);
+    let span = text
+        .find(&header)
+        .map_or(0..0, |at| at + 1..at + header.len() - 1);
+    Err(fail(
+        span,
+        format!(
+            "environment {} has tls = \"acme\" but there is no [acme] table",
+            env.group
+        ),
+        "add [acme] with email = \"ops@example.com\" (the ACME account's contact); the CA is Let's Encrypt unless `directory` names another",
+    ))
+}
+
 /// `local@domain.tld`, nothing around it (no `mailto:`, no spaces, one address).
 fn valid_email(email: &str) -> bool {
     let Some((local, domain)) = email.split_once('@') else {

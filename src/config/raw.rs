@@ -254,6 +254,11 @@ impl RawConfig {
         let groups: Vec<String> = environments.iter().map(|e| e.group.clone()).collect();
         check_requires(&requires, &groups, &fail)?;
         let state_dir = resolve(self.state_dir.as_deref().unwrap_or(".ferry"));
+        let acme = self
+            .acme
+            .map(|a| super::acme::validate(a, &fail, &resolve))
+            .transpose()?;
+        super::acme::check_needed(acme.as_ref(), &environments, &fail, text)?;
         Ok(Config {
             path: path.to_path_buf(),
             state_dir,
@@ -269,10 +274,7 @@ impl RawConfig {
                 .into_iter()
                 .map(|n| validate_notify(n, &fail))
                 .collect::<Result<_, _>>()?,
-            acme: self
-                .acme
-                .map(|a| super::acme::validate(a, &fail, &resolve))
-                .transpose()?,
+            acme,
         })
     }
 }

@@ -763,6 +763,9 @@ redirect_https = false
 [environments.production]
 hosts = ["example.com"]
 tls = "acme"
+
+[acme]
+email = "ops@example.com"
 "#;
 
 #[test]
@@ -928,4 +931,28 @@ fn front_door_mistakes_are_refused_and_located() {
         "has 2 slots and `hosts`",
         "staging.example.com",
     );
+}
+
+#[test]
+fn tls_acme_needs_an_acme_table() {
+    let dir = sandbox();
+    let text = MINIMAL.replace(
+        "listen = \"127.0.0.1:8081\"",
+        "hosts = [\"staging.example.com\"]\ntls = \"acme\"",
+    ) + "[server]\nhttp = \"127.0.0.1:8080\"\nhttps = \"127.0.0.1:8443\"\n";
+    let d = diagnostic(dir.path(), &text);
+    assert!(
+        d.message
+            .contains("environment staging has tls = \"acme\" but there is no [acme] table"),
+        "{}",
+        d.message
+    );
+    assert!(d.help.as_deref().unwrap_or("").contains("email"));
+    let config = parse(
+        dir.path(),
+        &format!("{text}[acme]\nemail = \"ops@example.com\"\n"),
+    )
+    .unwrap();
+    assert_eq!(config.environments[0].tls, Some(Tls::Acme));
+    assert_eq!(config.acme.unwrap().email, "ops@example.com");
 }
