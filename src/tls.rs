@@ -18,7 +18,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::hosts::{HostPattern, HostTable, normalize};
 
@@ -44,7 +44,7 @@ pub enum TlsError {
 }
 
 /// Where a certificate comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CertSource {
     Files { cert: String, key: String },
@@ -52,7 +52,7 @@ pub enum CertSource {
 }
 
 /// What is known of one certificate, for status pages.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CertStatus {
     pub source: CertSource,
     /// The host names it is meant to serve.

@@ -38,6 +38,8 @@ pub fn socket_unit_name(name: &str) -> String {
 /// The units for `config` read from `config_path`, run by `binary`: (file name, text).
 pub fn units(config: &Config, binary: &Path, config_path: &Path) -> Vec<(String, String)> {
     let listeners: Vec<(String, String)> = std::iter::once((API.to_string(), config.server.listen))
+        .chain(config.server.http.map(|a| ("http".to_string(), a)))
+        .chain(config.server.https.map(|a| ("https".to_string(), a)))
         .chain(
             config
                 .environments

@@ -112,6 +112,19 @@ pub async fn status(cli: &Cli, args: &Status) -> CmdResult {
         if let Some(message) = &s.maintenance {
             println!("{:<14} maintenance: {message}", "");
         }
+        if let Some(c) = &s.certificate {
+            match (&c.issuer, c.not_after) {
+                (Some(issuer), Some(until)) => println!(
+                    "{:<14} certificate: {issuer}, expires {}",
+                    "",
+                    until.format("%Y-%m-%d")
+                ),
+                _ => println!("{:<14} certificate: none yet", ""),
+            }
+            if let Some(error) = &c.error {
+                println!("{:<14} certificate error: {error}", "");
+            }
+        }
     }
     Ok(())
 }

@@ -288,6 +288,23 @@ impl Claims {
     }
 }
 
+/// Environment names become listener names (systemd's `FileDescriptorName=`, the
+/// handover), beside ferry's own: `api`, `http`, `https`.
+pub(super) fn listener_name_free(
+    name: &str,
+    span: std::ops::Range<usize>,
+    fail: &Fail,
+) -> Result<(), Diagnostic> {
+    if matches!(name, "api" | "http" | "https") {
+        return Err(fail(
+            span,
+            format!("environment name \"{name}\" is the name of one of ferry's own listeners"),
+            "name it otherwise, like \"backend\" or \"web\"",
+        ));
+    }
+    Ok(())
+}
+
 /// A `path_prefix`: `/` and segments of URL-safe characters, kept without a trailing `/`.
 fn path_prefix(p: &Spanned<String>, fail: &Fail) -> Result<String, Diagnostic> {
     let written = p.get_ref();

@@ -237,6 +237,7 @@ impl RawConfig {
                     "use lowercase letters, digits and '-', starting with a letter, like \"staging\"",
                 ));
             }
+            super::frontdoor::listener_name_free(&name, span.clone(), &fail)?;
             if let Some(r) = &env.requires {
                 requires.push((name.clone(), r.clone()));
             }

@@ -922,6 +922,11 @@ fn front_door_mistakes_are_refused_and_located() {
         "[server] https = \"0.0.0.0:8080\" is already used by [server] http",
         "0.0.0.0:8080",
     );
+    check(
+        &MINIMAL.replace("[environments.staging]", "[environments.https]"),
+        "is the name of one of ferry's own listeners",
+        "[environments.https]",
+    );
     // several slots: each would claim the same names
     check(
         &FRONT.replace(

@@ -34,6 +34,8 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     Webhooks(String),
+    #[error("{0}")]
+    FrontDoor(#[from] crate::frontdoor::FrontDoorError),
     #[error("cannot make the local API token: {0}")]
     Token(#[from] crate::auth::AuthError),
     #[error(
@@ -194,6 +196,26 @@ impl Daemon {
         for state in engine.environments().filter(|s| s.env.listen.is_some()) {
             proxies.push((state.proxy.clone(), tokio_listener(&state.env.name)?));
         }
+        let mut front_listeners = Vec::new();
+        for (name, wanted) in [
+            (sockets::HTTP, engine.config.server.http),
+            (sockets::HTTPS, engine.config.server.https),
+        ] {
+            if wanted.is_some() {
+                front_listeners.push((name, tokio_listener(name)?));
+            }
+        }
+        let entries = front_door_entries(&engine);
+        let front = Arc::new(crate::frontdoor::FrontDoor::new(
+            &entries,
+            engine.certs.clone(),
+            engine.challenges.clone(),
+            engine.config.server.https,
+        )?);
+        let cert_files = crate::frontdoor::certs::load(
+            crate::frontdoor::certs::Files::of(&entries),
+            engine.certs.clone(),
+        );
         let api_addr = api.local_addr().unwrap_or(engine.config.server.listen);
         let (listeners_stop, rx) = watch::channel(false);
         let app = AppState::new(engine.clone(), rx.clone()).map_err(DaemonError::Webhooks)?;
@@ -210,6 +232,17 @@ impl Daemon {
                 rx.clone(),
             )));
         }
+        for (name, listener) in front_listeners {
+            let (front, settings, rx) = (front.clone(), engine.config.proxy, rx.clone());
+            listener_tasks.push(tokio::spawn(async move {
+                if name == sockets::HTTPS {
+                    front.serve_https(listener, settings, rx).await;
+                } else {
+                    front.serve_http(listener, settings, rx).await;
+                }
+            }));
+        }
+        listener_tasks.push(tokio::spawn(cert_files.run(rx.clone())));
         let server = crate::server::serve(app.clone(), api);
         listener_tasks.push(tokio::spawn(async move {
             if let Err(e) = server.await {
@@ -310,6 +343,24 @@ impl Daemon {
             self.engine.leave_running().await;
         }
     }
+}
+
+/// The environments the front door routes to (those with `hosts`). A daemon of several apps
+/// gives it every app's.
+fn front_door_entries(engine: &Engine) -> Vec<crate::frontdoor::Entry> {
+    engine
+        .environments()
+        .filter(|s| !s.env.hosts.is_empty())
+        .map(|s| crate::frontdoor::Entry {
+            app: engine.config.app.name.clone(),
+            env: s.env.name.clone(),
+            proxy: s.proxy.clone(),
+            hosts: s.env.hosts.clone(),
+            prefix: s.env.path_prefix.clone(),
+            tls: s.env.tls.clone(),
+            redirect_https: s.env.redirect_https,
+        })
+        .collect()
 }
 
 /// Asks the serve running on `state_dir` for its sockets; returns them once it has let go

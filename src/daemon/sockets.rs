@@ -17,6 +17,9 @@ use crate::config::Config;
 
 /// The API's listener name (`FileDescriptorName=api`).
 pub const API: &str = "api";
+/// The front door's listener names (`[server] http`, `https`).
+pub const HTTP: &str = "http";
+pub const HTTPS: &str = "https";
 
 /// Connections the kernel queues while nobody accepts (a restart): plenty for a burst.
 const BACKLOG: u32 = 1024;
@@ -50,6 +53,14 @@ pub enum SocketError {
     #[error("cannot listen on {addr} for environment {env}: {source} (is another program using port {port}?)", port = addr.port())]
     Env {
         env: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot listen on {addr} for the front door ([server] {key}): {source} (is another program, a web server, using port {port}?)", port = addr.port()
+    )]
+    FrontDoor {
+        key: String,
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -118,6 +129,8 @@ pub fn close_on_exec(fd: impl AsFd) -> std::io::Result<()> {
 /// ferry's listeners by name ([`API`] and each environment) with their configured addresses.
 fn wanted(config: &Config) -> Vec<(String, SocketAddr)> {
     std::iter::once((API.to_string(), config.server.listen))
+        .chain(config.server.http.map(|a| (HTTP.to_string(), a)))
+        .chain(config.server.https.map(|a| (HTTPS.to_string(), a)))
         .chain(
             config
                 .environments
@@ -185,6 +198,12 @@ pub fn assign(
         let listener = bind(addr).map_err(|source| {
             if name == API {
                 SocketError::Api { addr, source }
+            } else if name == HTTP || name == HTTPS {
+                SocketError::FrontDoor {
+                    key: name.clone(),
+                    addr,
+                    source,
+                }
             } else {
                 SocketError::Env {
                     env: name.clone(),

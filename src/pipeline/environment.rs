@@ -52,6 +52,9 @@ pub struct EnvStatus {
     /// [`crate::config::Environment::urls`]).
     #[serde(default)]
     pub urls: Vec<String>,
+    /// Its certificate on the front door (`tls`): issuer, expiry, the last error.
+    #[serde(default)]
+    pub certificate: Option<crate::tls::CertStatus>,
     pub version: Option<String>,
     #[serde(rename = "ref")]
     pub git_ref: Option<String>,
@@ -211,6 +214,10 @@ impl Engine {
             slot: env.slot,
             listen: env.listen.map(|a| a.to_string()),
             urls: env.urls(&self.config.server),
+            certificate: self.certs.status(&crate::frontdoor::cert_name(
+                &self.config.app.name,
+                &env.name,
+            )),
             version: last.as_ref().and_then(|d| d.version.clone()),
             git_ref: last.as_ref().map(|d| d.git_ref.clone()),
             commit_sha: last.as_ref().and_then(|d| d.commit_sha.clone()),

@@ -169,6 +169,10 @@ pub struct Engine {
     /// while a deployment is recorded, so one is either recorded before the handover looks
     /// for running ones or refused.
     handing_over: Mutex<bool>,
+    /// The certificates the front door serves (see [`crate::frontdoor`]), with their status.
+    pub certs: Arc<crate::tls::CertStore>,
+    /// ACME HTTP-01 answers the front door's http listener gives.
+    pub challenges: Arc<crate::tls::Challenges>,
 }
 
 impl Engine {
@@ -231,6 +235,8 @@ impl Engine {
             pushes: Mutex::new(()),
             redactor,
             handing_over: Mutex::new(false),
+            certs: crate::tls::CertStore::new(),
+            challenges: crate::tls::Challenges::new(),
         }))
     }
 

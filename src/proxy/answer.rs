@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
+use tokio::io::AsyncWrite;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::tcp::ReadHalf;
 
 use super::conn::CHUNK;
 use super::http::{self, Chunked, Framing, Request, Response};
@@ -185,7 +186,7 @@ pub(super) fn response_head(
 pub(super) async fn relay_body(
     up: &mut ReadHalf<'_>,
     upbuf: &mut BytesMut,
-    client: &mut WriteHalf<'_>,
+    client: &mut (impl AsyncWrite + Unpin),
     mut out: Vec<u8>,
     from: Framing,
     to: Framing,

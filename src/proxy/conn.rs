@@ -14,13 +14,15 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::answer::{ReadFailure, page_bytes, plain, read_response, relay_body, response_head};
 use super::http::{self, Framing, Reject, Request};
-use super::outbound::{new_request_id, origin_form, request_id_of, send_body, upstream_head};
+use super::outbound::{
+    new_request_id, origin_form, request_id_of, send_body, strip_prefix, upstream_head,
+};
+use super::route::{Answer, ClientIo, RequestInfo, Route, Router};
 use super::upstream::{CheckoutError, Conn, Lease};
 use super::{Proxy, access_log};
 use crate::config::ProxySettings;
@@ -32,13 +34,13 @@ pub(super) const CHUNK: usize = 64 << 10;
 /// Attempts at a request without a body whose pooled connection turned out closed.
 const ATTEMPTS: usize = 3;
 
-pub(super) struct Ctx {
-    pub proxy: Proxy,
+pub(crate) struct Ctx<R> {
+    pub router: R,
     pub settings: ProxySettings,
     pub shutdown: watch::Receiver<bool>,
 }
 
-impl Ctx {
+impl<R> Ctx<R> {
     /// The proxy is stopping: answers say `connection: close`.
     fn stopping(&self) -> bool {
         *self.shutdown.borrow()
@@ -65,7 +67,7 @@ const LINGER_BYTES: usize = 1 << 20;
 /// shut, and what the client still sends (the rest of a refused body or header) read and
 /// dropped for a while. Closing with unread bytes would reset the connection, and a reset
 /// can destroy the answer before the client reads it.
-async fn linger(mut client: TcpStream) {
+async fn linger(mut client: impl AsyncRead + AsyncWrite + Unpin) {
     if client.shutdown().await.is_err() {
         return;
     }
@@ -97,9 +99,9 @@ impl Outcome {
 
 /// Serves one client connection until it closes, misbehaves, idles out, or `shutdown` says
 /// stop (between requests).
-pub(super) async fn serve(
-    ctx: Arc<Ctx>,
-    mut client: TcpStream,
+pub(crate) async fn serve<R: Router, S: ClientIo>(
+    ctx: Arc<Ctx<R>>,
+    mut client: S,
     peer: SocketAddr,
     ticket: Ticket,
     mut shutdown: watch::Receiver<bool>,
@@ -107,6 +109,7 @@ pub(super) async fn serve(
     let mut buf = BytesMut::with_capacity(8 << 10);
     let evicted = ticket.evicted();
     let client_ip = peer.ip().to_canonical().to_string();
+    let sni = client.server_name();
     loop {
         let req = read_request(
             &ctx.settings,
@@ -123,7 +126,9 @@ pub(super) async fn serve(
                 return;
             }
             Err(ReadError::Rejected(reject)) => {
-                ctx.proxy.count();
+                if let Some(proxy) = ctx.router.fallback() {
+                    proxy.count();
+                }
                 let _ = client
                     .write_all(&plain(reject.status(), reject.reason(), false, &[]))
                     .await;
@@ -133,9 +138,52 @@ pub(super) async fn serve(
         };
         let _busy = ticket.busy();
         let started = Instant::now();
-        let outcome = exchange(&ctx, &mut client, &mut buf, &req, &client_ip).await;
-        ctx.proxy.count();
-        if let Some(log) = ctx.proxy.access_log() {
+        let (outcome, proxy) = match origin_form(&req) {
+            Err(reject) => {
+                let bytes = plain(reject.status(), reject.reason(), false, &[]);
+                (
+                    own_answer(&mut client, (reject.status(), bytes, false)).await,
+                    ctx.router.fallback(),
+                )
+            }
+            Ok((target, absolute_host)) => {
+                let info = RequestInfo {
+                    host: absolute_host.or_else(|| req.head.get("host")),
+                    target,
+                    sni: sni.as_deref(),
+                };
+                match ctx.router.route(&info) {
+                    Route::Proxy { proxy, prefix } => {
+                        let target = match prefix {
+                            Some(p) => strip_prefix(target, p),
+                            None => std::borrow::Cow::Borrowed(target),
+                        };
+                        let to = To {
+                            proxy,
+                            target: &target,
+                            absolute_host,
+                            prefix,
+                            scheme: ctx.router.scheme(),
+                        };
+                        let outcome =
+                            exchange(&ctx, to, &mut client, &mut buf, &req, &client_ip).await;
+                        (outcome, Some(proxy))
+                    }
+                    Route::Answer(answer) => {
+                        let keep = req.framing == Framing::Empty && req.keep_alive;
+                        let bytes = answer_bytes(&answer, keep);
+                        (
+                            own_answer(&mut client, (answer.status, bytes, keep)).await,
+                            None,
+                        )
+                    }
+                }
+            }
+        };
+        if let Some(proxy) = proxy {
+            proxy.count();
+        }
+        if let Some(log) = proxy.and_then(Proxy::access_log) {
             log.record(&access_log::Entry {
                 method: req.method(),
                 target: req.target(),
@@ -167,7 +215,7 @@ enum ReadError {
 /// a stopping proxy closes it once nothing of a request has come within `CLOSE_GRACE`.
 async fn read_request(
     settings: &ProxySettings,
-    client: &mut TcpStream,
+    client: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
     evicted: &tokio::sync::Notify,
     shutdown: &mut watch::Receiver<bool>,
@@ -233,14 +281,41 @@ pub(super) enum Failure {
     Stale(String),
 }
 
-async fn exchange(
-    ctx: &Ctx,
-    client: &mut TcpStream,
+/// Where a routed request goes and how it reaches the app.
+struct To<'a> {
+    proxy: &'a Proxy,
+    /// In origin form, any path prefix taken off.
+    target: &'a [u8],
+    absolute_host: Option<&'a [u8]>,
+    prefix: Option<&'a str>,
+    scheme: &'static str,
+}
+
+/// An answer of ferry's own as bytes.
+fn answer_bytes(answer: &Answer, keep_alive: bool) -> Vec<u8> {
+    let extra: Vec<(&str, &str)> = answer
+        .headers
+        .iter()
+        .map(|(n, v)| (*n, v.as_str()))
+        .collect();
+    page_bytes(
+        answer.status,
+        answer.content_type,
+        &answer.body,
+        keep_alive,
+        &extra,
+    )
+}
+
+async fn exchange<R>(
+    ctx: &Ctx<R>,
+    to: To<'_>,
+    client: &mut impl ClientIo,
     buf: &mut BytesMut,
     req: &Request,
     client_ip: &str,
 ) -> Outcome {
-    let proxy = &ctx.proxy;
+    let proxy = to.proxy;
     let settings = &ctx.settings;
     let has_body = req.framing != Framing::Empty;
     let reply = |status: u16, text: &str, keep: bool, extra: &[(&str, &str)]| {
@@ -274,13 +349,6 @@ async fn exchange(
     if let Some(answer) = early {
         return own_answer(client, answer).await;
     }
-    let (target, absolute_host) = match origin_form(req) {
-        Ok(form) => form,
-        Err(reject) => {
-            let answer = reply(reject.status(), reject.reason(), false, &[]);
-            return own_answer(client, answer).await;
-        }
-    };
     let Some(guard) = proxy.pick() else {
         let text = format!(
             "no release is running in environment {} yet",
@@ -291,7 +359,7 @@ async fn exchange(
     };
     let upstream = guard.0.clone();
     let host_owned;
-    let host: &[u8] = match absolute_host.or_else(|| req.head.get("host")) {
+    let host: &[u8] = match to.absolute_host.or_else(|| req.head.get("host")) {
         Some(h) => h,
         None => {
             host_owned = upstream.addr.to_string();
@@ -303,10 +371,11 @@ async fn exchange(
     upstream_head(
         &mut head,
         req,
-        target,
+        to.target,
         host,
         client_ip,
         generated.as_deref(),
+        (to.scheme, to.prefix),
     );
 
     let mut attempt = 0;
@@ -373,7 +442,7 @@ async fn exchange(
 
 /// Sends an answer of ferry's own: (status, the bytes, whether the connection stays open).
 async fn own_answer(
-    client: &mut TcpStream,
+    client: &mut (impl AsyncWrite + Unpin),
     (status, bytes, keep): (u16, Vec<u8>, bool),
 ) -> Outcome {
     let _ = client.write_all(&bytes).await;
@@ -381,9 +450,10 @@ async fn own_answer(
 }
 
 /// Sends the request on `lease` and passes the response back.
-async fn forward(
-    ctx: &Ctx,
-    client: &mut TcpStream,
+#[allow(clippy::too_many_arguments)]
+async fn forward<R>(
+    ctx: &Ctx<R>,
+    client: &mut impl ClientIo,
     buf: &mut BytesMut,
     req: &Request,
     head: &[u8],
@@ -420,7 +490,7 @@ async fn forward(
         .write_all(&first)
         .await
         .map_err(|e| stale(e.to_string()))?;
-    let (mut client_r, mut client_w) = client.split();
+    let (mut client_r, mut client_w) = client.halves();
     let (mut up_r, mut up_w) = conn.stream.split();
     let upbuf = &mut conn.buf;
 
@@ -487,6 +557,7 @@ async fn forward(
             .write_all(&out)
             .await
             .map_err(|_| Failure::Client)?;
+        drop((client_r, client_w));
         let leftover = buf.split();
         let _detached = lease.detach();
         if !leftover.is_empty() && conn.stream.write_all(&leftover).await.is_err() {
@@ -560,12 +631,12 @@ fn done(status: u16, bytes: u64, keep_alive: bool) -> Outcome {
 
 impl Proxy {
     /// Counts a request answered.
-    fn count(&self) {
+    pub(super) fn count(&self) {
         self.inner.stats.requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an error of ferry's own (it could not pass a request on).
-    fn count_error(&self) {
+    pub(super) fn count_error(&self) {
         self.inner.stats.errors.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -1,4 +1,6 @@
-//! Proxy: one HTTP/1.1 listener per environment, forwarding to the active instance.
+//! Proxy: one HTTP/1.1 listener per environment, forwarding to the active instance; the same
+//! forwarder serves the front door's listeners (TLS, routed per request by a [`Router`], HTTP/2
+//! through a bridge, [`h2`]).
 //!
 //! ferry's own forwarder ([`conn`]) rather than a general HTTP server and client pair: it
 //! parses each head once (`httparse`), writes the app's head straight from the client's bytes,
@@ -15,8 +17,11 @@ mod access_log;
 mod answer;
 mod conn;
 mod cookies;
+mod h2;
 mod http;
 mod outbound;
+mod route;
+mod serve;
 mod upstream;
 
 use std::sync::atomic::AtomicU64;
@@ -27,10 +32,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use access_log::AccessLog;
+pub use route::{Answer, ClientIo, RequestInfo, Route, Router};
+pub use serve::{Listening, serve};
 pub use upstream::{PoolStats, Upstream};
 
 use crate::config::ProxySettings;
-use crate::listener::{ConnStats, Gate};
+use crate::listener::ConnStats;
 
 /// Counters a proxy keeps.
 #[derive(Debug, Default)]
@@ -152,56 +159,16 @@ impl Proxy {
         self,
         listener: TcpListener,
         settings: ProxySettings,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) {
-        let gate = Gate::new(
-            format!("proxy {}", self.inner.environment),
-            settings.connections,
-            self.inner.stats.connections.clone(),
-        );
-        let ctx = Arc::new(conn::Ctx {
-            proxy: self.clone(),
+        let listening = Listening {
+            name: format!("proxy {}", self.inner.environment),
+            router: self.clone(),
             settings,
-            shutdown: shutdown.clone(),
-        });
-        let mut tasks = tokio::task::JoinSet::new();
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // out of file descriptors, most likely: wait for some to be given back
-                        tracing::warn!(env = %self.inner.environment, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = stopped(&mut shutdown) => break,
-            };
-            let ticket = match gate.admit(peer.ip()) {
-                Ok(ticket) => ticket,
-                Err(_) => {
-                    // a best effort, never waited for: the socket is closed right after
-                    let _ = stream.try_write(crate::listener::REFUSED);
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            tasks.spawn(conn::serve(
-                ctx.clone(),
-                stream,
-                peer,
-                ticket,
-                shutdown.clone(),
-            ));
-            // reap finished connections as they go so the set stays small
-            while tasks.try_join_next().is_some() {}
-        }
-        drop(listener);
-        let _ = tokio::time::timeout(FINISH_TIMEOUT, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+            stats: self.inner.stats.connections.clone(),
+            tls: None,
+        };
+        serve(listening, listener, shutdown).await;
         if let Some(log) = self.access_log() {
             log.flush();
         }

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use tokio::io::AsyncRead;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use super::conn::{CHUNK, Failure};
 use super::http::{self, Chunked, Framing, Reject, Request};
@@ -68,7 +68,22 @@ pub(super) fn origin_form(req: &Request) -> Result<(&[u8], Option<&[u8]>), Rejec
     Ok((path, Some(host)))
 }
 
-/// Writes the request head the app gets into `out`.
+/// `target` with `prefix` taken off its path (`/api/x?q` → `/x?q`, `/api` → `/`); the
+/// router has matched it segment-wise.
+pub(super) fn strip_prefix<'a>(target: &'a [u8], prefix: &str) -> std::borrow::Cow<'a, [u8]> {
+    let rest = target.get(prefix.len()..).unwrap_or_default();
+    if rest.first() == Some(&b'/') {
+        std::borrow::Cow::Borrowed(rest)
+    } else {
+        let mut t = Vec::with_capacity(rest.len() + 1);
+        t.push(b'/');
+        t.extend_from_slice(rest);
+        std::borrow::Cow::Owned(t)
+    }
+}
+
+/// Writes the request head the app gets into `out`: the app is told the client's scheme
+/// and, routed by a path prefix, the prefix taken off (`X-Forwarded-Prefix`).
 pub(super) fn upstream_head(
     out: &mut Vec<u8>,
     req: &Request,
@@ -76,6 +91,7 @@ pub(super) fn upstream_head(
     host: &[u8],
     client_ip: &str,
     request_id: Option<&str>,
+    (scheme, prefix): (&str, Option<&str>),
 ) {
     out.extend_from_slice(req.method());
     out.push(b' ');
@@ -91,6 +107,7 @@ pub(super) fn upstream_head(
             || name.eq_ignore_ascii_case(b"expect")
             || name.eq_ignore_ascii_case(b"x-forwarded-proto")
             || name.eq_ignore_ascii_case(b"x-forwarded-host")
+            || name.eq_ignore_ascii_case(b"x-forwarded-prefix")
         {
             continue;
         }
@@ -122,7 +139,13 @@ pub(super) fn upstream_head(
     }
     out.extend_from_slice(client_ip.as_bytes());
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(b"x-forwarded-proto: http\r\nx-forwarded-host: ");
+    out.extend_from_slice(b"x-forwarded-proto: ");
+    out.extend_from_slice(scheme.as_bytes());
+    if let Some(prefix) = prefix {
+        out.extend_from_slice(b"\r\nx-forwarded-prefix: ");
+        out.extend_from_slice(prefix.as_bytes());
+    }
+    out.extend_from_slice(b"\r\nx-forwarded-host: ");
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\nvia: ");
     if let Some(prior) = via {
@@ -163,9 +186,9 @@ pub(super) fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// Copies the rest of the request body from the client to the app.
 pub(super) async fn send_body(
     settings: &ProxySettings,
-    client: &mut ReadHalf<'_>,
+    client: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
-    up: &mut WriteHalf<'_>,
+    up: &mut tokio::net::tcp::WriteHalf<'_>,
     framing: Framing,
     left: &mut u64,
 ) -> Result<(), Failure> {
@@ -213,7 +236,7 @@ pub(super) async fn send_body(
 }
 
 pub(super) async fn read_some(
-    client: &mut ReadHalf<'_>,
+    client: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
     idle: Duration,
 ) -> Result<(), Failure> {

@@ -225,6 +225,16 @@ pub fn env_card(s: &EnvStatus, extras: &CardExtras, viewer: &Viewer) -> Markup {
                         code { (url) }
                     }
                 }
+                @if let Some(c) = &s.certificate {
+                    dt { "Certificate" } dd {
+                        @if let (Some(issuer), Some(until)) = (&c.issuer, c.not_after) {
+                            (issuer) ", expires " (until.format("%Y-%m-%d"))
+                        } @else {
+                            "none yet"
+                        }
+                        @if let Some(e) = &c.error { br; small.error { (e) } }
+                    }
+                }
             }
             @if let Some(m) = &s.maintenance {
                 p.note { strong { "Maintenance page on: " } (m) }
