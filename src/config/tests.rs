@@ -754,7 +754,7 @@ https = "0.0.0.0:8443"
 hosts = ["Staging.Example.com", "*.preview.example.com"]
 tls = { cert = "certs/staging.pem", key = "/etc/keys/staging.key" }
 
-[environments.api]
+[environments.backend]
 listen = "127.0.0.1:8081"
 hosts = ["staging.example.com"]
 path_prefix = "/api/"
@@ -795,7 +795,7 @@ fn front_door_keys_are_read_with_their_defaults() {
             "https://*.preview.example.com:8443"
         ]
     );
-    let api = config.environment("api").unwrap();
+    let api = config.environment("backend").unwrap();
     assert_eq!(
         api.path_prefix.as_deref(),
         Some("/api"),
@@ -841,7 +841,7 @@ fn front_door_mistakes_are_refused_and_located() {
             "hosts = [\"example.com\"]",
             "hosts = [\"STAGING.example.com.\"]\npath_prefix = \"/api\"",
         ),
-        "host staging.example.com/api is claimed by environments api and production",
+        "host staging.example.com/api is claimed by environments backend and production",
         "STAGING.example.com.",
     );
     check(
@@ -854,7 +854,7 @@ fn front_door_mistakes_are_refused_and_located() {
     );
     check(
         &FRONT.replace("path_prefix = \"/api/\"\n", ""),
-        "host staging.example.com is claimed by environments api and staging",
+        "host staging.example.com is claimed by environments backend and staging",
         "staging.example.com",
     );
     // neither listen nor hosts
@@ -909,7 +909,7 @@ fn front_door_mistakes_are_refused_and_located() {
             "path_prefix = \"/api/\"\nredirect_https = false",
             "path_prefix = \"/api\"\ntls = \"acme\"",
         ),
-        "host staging.example.com gets a certificate from environments api and staging",
+        "host staging.example.com gets a certificate from environments backend and staging",
         "staging.example.com",
     );
     check(

@@ -130,3 +130,123 @@ impl Router for HttpsRouter {
         "https"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frontdoor::{Entry, FrontDoor};
+    use crate::hosts::HostPattern;
+
+    fn entry(env: &str, hosts: &[&str], prefix: Option<&str>, redirect: bool) -> Entry {
+        Entry {
+            app: "shop".into(),
+            env: env.into(),
+            proxy: Proxy::new(env),
+            hosts: hosts
+                .iter()
+                .map(|h| HostPattern::parse(h).unwrap())
+                .collect(),
+            prefix: prefix.map(str::to_string),
+            tls: None,
+            redirect_https: redirect,
+        }
+    }
+
+    fn req<'a>(host: &'a str, target: &'a str) -> RequestInfo<'a> {
+        RequestInfo {
+            host: Some(host.as_bytes()),
+            target: target.as_bytes(),
+            sni: None,
+        }
+    }
+
+    type Goes = Result<(String, Option<String>), (u16, Vec<(&'static str, String)>)>;
+
+    /// The environment a request goes to, or the status of ferry's own answer.
+    fn goes(router: &impl Router, host: &str, target: &str) -> Goes {
+        match router.route(&req(host, target)) {
+            Route::Proxy { proxy, prefix } => Ok((proxy.environment(), prefix.map(str::to_string))),
+            Route::Answer(a) => Err((a.status, a.headers)),
+        }
+    }
+
+    #[test]
+    fn the_longest_prefix_on_a_host_wins_and_redirects_keep_path_and_query() {
+        let entries = [
+            entry("web", &["example.com", "*.example.com"], None, true),
+            entry("api", &["example.com"], Some("/api"), false),
+            entry("v2", &["example.com"], Some("/api/v2"), false),
+        ];
+        let https = "0.0.0.0:443".parse().ok();
+        let front = FrontDoor::new(
+            &entries,
+            crate::tls::CertStore::new(),
+            Challenges::new(),
+            https,
+        )
+        .unwrap();
+        let http = HttpRouter {
+            table: front.table.clone(),
+            challenges: front.challenges.clone(),
+            https_port: Some(443),
+        };
+        assert_eq!(
+            goes(&http, "example.com", "/api/x"),
+            Ok(("api".into(), Some("/api".into())))
+        );
+        assert_eq!(
+            goes(&http, "EXAMPLE.com:80", "/api"),
+            Ok(("api".into(), Some("/api".into())))
+        );
+        assert_eq!(
+            goes(&http, "example.com", "/api/v2/y?q"),
+            Ok(("v2".into(), Some("/api/v2".into())))
+        );
+        // `/apix` is not under `/api`: the environment without a prefix, which redirects
+        assert_eq!(
+            goes(&http, "example.com", "/apix?a=1"),
+            Err((
+                308,
+                vec![("location", "https://example.com/apix?a=1".to_string())]
+            ))
+        );
+        assert_eq!(
+            goes(&http, "a.example.com", "/"),
+            Err((
+                308,
+                vec![("location", "https://a.example.com/".to_string())]
+            ))
+        );
+        // challenges: answered when pending, never redirected
+        front.challenges.insert("tok", "tok.key");
+        assert!(
+            matches!(http.route(&req("example.com", "/.well-known/acme-challenge/tok")), Route::Answer(Answer { status: 200, ref body, .. }) if body == "tok.key")
+        );
+        assert_eq!(
+            goes(&http, "example.com", "/.well-known/acme-challenge/other"),
+            Ok(("web".into(), None))
+        );
+        assert_eq!(goes(&http, "nobody.test", "/").map_err(|e| e.0), Err(404));
+        assert_eq!(
+            goes(&http, "a.b.example.com", "/").map_err(|e| e.0),
+            Err(404)
+        );
+
+        // the same host and prefix claimed by two apps' environments: refused, naming both
+        let mut other = entry("admin", &["example.com"], Some("/api"), false);
+        other.app = "admin".into();
+        let err = FrontDoor::new(
+            &[entries[1].clone(), other],
+            crate::tls::CertStore::new(),
+            Challenges::new(),
+            None,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains("app shop environment api") && err.contains("app admin environment admin"),
+            "{err}"
+        );
+    }
+}

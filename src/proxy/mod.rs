@@ -108,6 +108,11 @@ impl Proxy {
         old
     }
 
+    /// The environment it serves.
+    pub fn environment(&self) -> String {
+        self.inner.environment.clone()
+    }
+
     pub fn upstream(&self) -> Option<Arc<Upstream>> {
         self.inner
             .upstream
