@@ -310,6 +310,63 @@ fn hosts_route_over_http_and_https_with_redirect_http2_and_reloaded_certificates
             assert!(headers.contains(h), "{flag}: {h} not in {headers}");
         }
     }
+    // HTTP/2 bodies stream both ways: with a length, without one (chunked to the app), and
+    // a download
+    let upload = dir.join("upload.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&upload, &data).unwrap();
+    let want = {
+        use sha2::Digest;
+        format!(
+            "{} {}",
+            hex::encode(sha2::Sha256::digest(&data)),
+            data.len()
+        )
+    };
+    let file = format!("@{}", upload.display());
+    let got = front.https(
+        "staging.example.com",
+        "/upload",
+        &["--http2", "--data-binary", &file],
+    );
+    assert_eq!(
+        (got.status, got.version.as_str()),
+        (200, "2"),
+        "{}",
+        got.stderr
+    );
+    assert_eq!(got.body.trim(), want);
+    let piped = format!(
+        "cat '{}' | curl -sS --http2 -X POST --cacert '{}' --resolve staging.example.com:{}:127.0.0.1 -T - https://staging.example.com:{}/upload",
+        upload.display(),
+        front.ca.pem.display(),
+        front.https,
+        front.https
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &piped])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        want,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = dir.join("download.bin");
+    let saved_arg = saved.display().to_string();
+    let got = front.https(
+        "staging.example.com",
+        "/download?mb=5",
+        &["--http2", "-o", &saved_arg],
+    );
+    assert_eq!(
+        (got.status, got.version.as_str()),
+        (200, "2"),
+        "{}",
+        got.stderr
+    );
+    assert_eq!(std::fs::metadata(&saved).unwrap().len(), 5 << 20);
     let got = front.https("www.example.com", "/apix/version", &[]);
     assert_eq!(
         got.status, 404,
