@@ -14,8 +14,13 @@ CONNECTIONS=${CONNECTIONS:-64 256}
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null || ! command -v openssl >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk openssl >/dev/null
 fi
-cargo build --release -q
-FERRY=$PWD/target/release/ferry
+# FERRY_BIN=target/debug/ferry skips the release build (to try the script, not for figures)
+if [[ -n ${FERRY_BIN:-} ]]; then
+    FERRY=$(realpath "$FERRY_BIN")
+else
+    cargo build --release -q
+    FERRY=$PWD/target/release/ferry
+fi
 work=$(mktemp -d)
 chmod 711 "$work"
 cleanup() {
@@ -108,8 +113,7 @@ http {
     access_log off;
     upstream app { server 127.0.0.1:$BACKEND; keepalive 64; }
     server {
-        listen 127.0.0.1:$NGINX_TLS ssl;
-        http2 on;
+        listen 127.0.0.1:$NGINX_TLS ssl http2;
         ssl_certificate $work/cert.pem;
         ssl_certificate_key $work/key.pem;
         ssl_session_cache off;
@@ -158,7 +162,7 @@ if command -v h2load >/dev/null; then
     for pair in "nginx-h2 $NGINX_TLS" "ferry-h2 $HTTPS"; do
         set -- $pair
         h2load -c 16 -m 16 -n 100000 "https://localhost:$2/" 2>/dev/null \
-            | awk -v n="$1" '/^finished in/ {rps=$4} /^requests:/ {fail=$8} END {printf "%-14s %10s req/s   failed %s\n", n, rps, fail}'
+            | awk -v n="$1" '/^finished in/ {rps=$4} /^requests:/ {fail=$10} END {printf "%-14s %10s req/s   failed %s\n", n, rps, fail}'
     done
 fi
 echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
