@@ -586,3 +586,47 @@ fn a_taken_front_door_port_is_named() {
         "{run}"
     );
 }
+
+#[test]
+fn ferry_upgrade_hands_the_front_door_sockets_over_and_fails_no_request() {
+    let mut s = two_envs();
+    let front = front_door(&s, &[]);
+    let dir = s.dir.path().to_path_buf();
+    let (c, k) = front.ca.issue(&dir, "staging", &["staging.example.com"]);
+    edit(
+        &s.config,
+        "[environments.staging]\n",
+        &format!(
+            "[environments.staging]\nhosts = [\"staging.example.com\"]\n{}\nredirect_https = false\n",
+            tls_files(&c, &k)
+        ),
+    );
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, port) = (stop.clone(), front.http);
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match raw_get(port, "staging.example.com", "/version") {
+                    Some(200) => ok += 1,
+                    other => failed.push(other),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let old = s.locked_serve_pid().expect("serve holds the lock");
+    let run = s.ferry(&["upgrade", "--binary", support::FERRY]);
+    assert_eq!(run.code(), 0, "{run}\n{}", s.serve_log());
+    assert_ne!(s.locked_serve_pid(), Some(old));
+    // the new serve answers on the handed-over https socket, with the certificate loaded
+    let got = front.https("staging.example.com", "/version", &[]);
+    assert_eq!(got.status, 200, "{}\n{}", got.stderr, s.serve_log());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    assert!(ok > 0);
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    s.stop(nix::sys::signal::Signal::SIGTERM);
+}
