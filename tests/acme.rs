@@ -253,7 +253,11 @@ fn the_acme_module_obtains_stores_renews_and_survives_a_ca_that_is_down() {
         certs.clone(),
         challenges.clone(),
     );
-    let renewals = rt.block_on(async { acme.start(wanted.clone()) });
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let renewals = {
+        let _in = rt.enter();
+        acme.start(wanted.clone(), rx)
+    };
     assert!(
         eventually(Duration::from_secs(20), || certs
             .status("shop/staging")
@@ -304,7 +308,8 @@ fn the_acme_module_obtains_stores_renews_and_survives_a_ca_that_is_down() {
         assert_eq!(mode & 0o777, 0o600, "{file}");
     }
     let first = status.serial.unwrap();
-    rt.block_on(renewals.stop());
+    stop.send_replace(true);
+    rt.block_on(renewals).unwrap();
 
     // a restart serves the stored certificate at once and orders nothing
     let certs = ferry::tls::CertStore::new();
@@ -314,7 +319,11 @@ fn the_acme_module_obtains_stores_renews_and_survives_a_ca_that_is_down() {
         certs.clone(),
         challenges.clone(),
     );
-    let renewals = rt.block_on(async { acme.start(wanted.clone()) });
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let renewals = {
+        let _in = rt.enter();
+        acme.start(wanted.clone(), rx)
+    };
     assert_eq!(
         certs.status("shop/staging").unwrap().serial.as_deref(),
         Some(first.as_str())
@@ -325,7 +334,8 @@ fn the_acme_module_obtains_stores_renews_and_survives_a_ca_that_is_down() {
         Some(first.as_str()),
         "renewed although not due"
     );
-    rt.block_on(renewals.stop());
+    stop.send_replace(true);
+    rt.block_on(renewals).unwrap();
 
     // another directory (a test CA before production): its own account, and a certificate
     // of its own at once although the stored one is not due
@@ -339,7 +349,11 @@ fn the_acme_module_obtains_stores_renews_and_survives_a_ca_that_is_down() {
         certs.clone(),
         challenges.clone(),
     );
-    let renewals = rt.block_on(async { acme.start(wanted.clone()) });
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let renewals = {
+        let _in = rt.enter();
+        acme.start(wanted.clone(), rx)
+    };
     assert!(
         eventually(Duration::from_secs(60), || certs
             .status("shop/staging")
@@ -355,7 +369,8 @@ fn the_acme_module_obtains_stores_renews_and_survives_a_ca_that_is_down() {
         account.contains("https://localhost:"),
         "the account was not made anew"
     );
-    rt.block_on(renewals.stop());
+    stop.send_replace(true);
+    rt.block_on(renewals).unwrap();
 
     // renew_before longer than Pebble's validity (5 years): due at once, renewed in place
     let settings = ferry::config::Acme {
@@ -363,7 +378,11 @@ fn the_acme_module_obtains_stores_renews_and_survives_a_ca_that_is_down() {
         ..settings
     };
     let acme = ferry::acme::Acme::new(settings, state.path(), certs.clone(), challenges.clone());
-    let renewals = rt.block_on(async { acme.start(wanted.clone()) });
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let renewals = {
+        let _in = rt.enter();
+        acme.start(wanted.clone(), rx)
+    };
     assert!(
         eventually(Duration::from_secs(60), || certs
             .status("shop/staging")
@@ -375,5 +394,6 @@ fn the_acme_module_obtains_stores_renews_and_survives_a_ca_that_is_down() {
     );
     let served = certs.for_host("staging.example.test").unwrap();
     verify(&served.cert, &root, "staging.example.test");
-    rt.block_on(renewals.stop());
+    stop.send_replace(true);
+    rt.block_on(renewals).unwrap();
 }

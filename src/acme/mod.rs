@@ -83,21 +83,6 @@ impl std::fmt::Debug for Acme {
     }
 }
 
-/// The running renewal tasks; [`Renewals::stop`] ends them.
-pub struct Renewals {
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Renewals {
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
-        }
-    }
-}
-
 impl Acme {
     pub fn new(
         settings: Settings,
@@ -117,8 +102,13 @@ impl Acme {
     /// Declares every wanted certificate, installs the stored ones at once (even expiring ones,
     /// or ones from another directory: they serve until replaced), and starts a task per
     /// certificate that orders and renews it. Returns without waiting for any order.
-    pub fn start(self: &Arc<Self>, wanted: Vec<Wanted>) -> Renewals {
-        let (stop, rx) = watch::channel(false);
+    /// The tasks end when `stop` turns true (the daemon's listeners stopping); the handle
+    /// resolves once they all have.
+    pub fn start(
+        self: &Arc<Self>,
+        wanted: Vec<Wanted>,
+        stop: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
         let mut tasks = Vec::new();
         for want in wanted {
             self.certs
@@ -143,9 +133,13 @@ impl Acme {
                     None
                 }
             };
-            tasks.push(tokio::spawn(self.clone().keep(want, held, rx.clone())));
+            tasks.push(tokio::spawn(self.clone().keep(want, held, stop.clone())));
         }
-        Renewals { stop, tasks }
+        tokio::spawn(async move {
+            for task in tasks {
+                let _ = task.await;
+            }
+        })
     }
 
     /// Whether `held` must be replaced now: missing, not covering every host, or expiring
