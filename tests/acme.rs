@@ -121,6 +121,14 @@ impl Pebble {
         );
     }
 
+    /// Stops Pebble (its DNS and files stay).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.pebble.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
     }
@@ -396,4 +404,162 @@ fn the_acme_module_obtains_stores_renews_and_survives_a_ca_that_is_down() {
     verify(&served.cert, &root, "staging.example.test");
     stop.send_replace(true);
     rt.block_on(renewals).unwrap();
+}
+
+/// `curl` over HTTPS to `host` on 127.0.0.1:`port`, verifying against `ca` only: the HTTP
+/// status and the served leaf's serial number, or curl's error.
+fn https_get(port: u16, host: &str, ca: &Path, path: &str) -> Result<(u16, String), String> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "/dev/null"])
+        .args(["-w", "%{http_code}\\n%{certs}"])
+        .arg("--cacert")
+        .arg(ca)
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let serial = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Serial Number:"))
+        .map(|s| s.trim().replace(':', "").to_ascii_lowercase())
+        .ok_or_else(|| format!("no serial in curl's output: {text}"))?;
+    Ok((status, serial))
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{from:?} not in {text}");
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn serve_obtains_renews_and_retries_certificates_while_other_hosts_serve() {
+    if !Pebble::available() {
+        return;
+    }
+    let mut s = Sandbox::with(
+        &[Rel("v1.0.0", GOOD)],
+        Options {
+            envs: &["staging", "production"],
+            ..Options::default()
+        },
+    );
+    let (http, https) = (free_port(), free_port());
+    let mut pebble = Pebble::new(http);
+    // production's certificate comes from files, and serves while the CA is down
+    let files = rcgen::generate_simple_self_signed(vec!["www.example.test".to_string()]).unwrap();
+    let (cert, key) = (s.dir.path().join("www.crt"), s.dir.path().join("www.key"));
+    std::fs::write(&cert, files.cert.pem()).unwrap();
+    std::fs::write(&key, files.signing_key.serialize_pem()).unwrap();
+    edit(
+        &s.config,
+        "[server]\n",
+        &format!("[server]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n"),
+    );
+    edit(
+        &s.config,
+        "[environments.staging]\n",
+        "[environments.staging]\nhosts = [\"staging.example.test\", \"app.example.test\"]\ntls = \"acme\"\n",
+    );
+    edit(
+        &s.config,
+        "[environments.production]\n",
+        &format!(
+            "[environments.production]\nhosts = [\"www.example.test\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    // renew_before longer than Pebble's validity (5 years): each certificate is due for
+    // renewal as soon as it is issued, and renewed every check_interval
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    text.push_str(&format!(
+        "\n[acme]\nemail = \"ops@example.com\"\ndirectory = \"{}\"\nca = \"{}\"\nrenew_before = \"3650d\"\ncheck_interval = \"3s\"\n",
+        pebble.directory(),
+        pebble.api_cert().display()
+    ));
+    std::fs::write(&s.config, text).unwrap();
+    let check = s.ferry(&["check"]);
+    assert_eq!(check.code(), 0, "{check}");
+    assert!(
+        check
+            .stdout()
+            .contains("acme       ops@example.com at https://127.0.0.1:"),
+        "{check}"
+    );
+
+    // the CA is down: serve starts all the same, the other host serves, the error is shown
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+    let (status, _) = https_get(https, "www.example.test", &cert, "/").unwrap();
+    assert_eq!(status, 503, "production serves (nothing deployed there)");
+    assert!(
+        eventually(Duration::from_secs(20), || s
+            .ferry(&["status"])
+            .stdout()
+            .contains("cannot reach the ACME directory")),
+        "{}",
+        s.ferry(&["status"])
+    );
+    let status = s.ferry(&["status"]).stdout();
+    assert!(
+        status.contains("staging.example.test, app.example.test"),
+        "{status}"
+    );
+
+    // it comes up: the certificate is issued at the next attempt and verifies against
+    // Pebble's root, for each host
+    pebble.start();
+    // kept beyond Pebble's own dir, which goes when it is stopped
+    let root = s.dir.path().join("pebble-root.pem");
+    std::fs::copy(pebble.root(), &root).unwrap();
+    let mut first = String::new();
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            match https_get(https, "staging.example.test", &root, "/version") {
+                Ok((200, serial)) => {
+                    first = serial;
+                    true
+                }
+                _ => false,
+            }
+        }),
+        "no verified HTTPS on staging: {:?}\n{}\n{}",
+        https_get(https, "staging.example.test", &root, "/version"),
+        s.ferry(&["status"]),
+        pebble.log()
+    );
+    assert_eq!(
+        https_get(https, "app.example.test", &root, "/version").map(|r| r.0),
+        Ok(200)
+    );
+    // renewed without a restart: a new serial on the same listener
+    assert!(
+        eventually(Duration::from_secs(60), || matches!(
+            https_get(https, "staging.example.test", &root, "/version"),
+            Ok((200, serial)) if serial != first
+        )),
+        "not renewed\n{}",
+        s.ferry(&["status"])
+    );
+
+    // a restart with the CA down serves the stored certificate at once
+    pebble.stop();
+    std::thread::sleep(Duration::from_secs(4));
+    let (_, last) = https_get(https, "staging.example.test", &root, "/version").unwrap();
+    s.stop(nix::sys::signal::Signal::SIGTERM);
+    s.serve();
+    let (status, serial) = https_get(https, "staging.example.test", &root, "/version").unwrap();
+    assert_eq!((status, serial), (200, last));
 }

@@ -226,7 +226,8 @@ impl Acme {
                     .account
                     .get_or_try_init(|| order::account(&self.settings, &self.dir))
                     .await?;
-                let (chain, key) = order::obtain(account, &hosts, &self.challenges).await?;
+                let (chain, key) =
+                    order::obtain(&self.settings, account, &hosts, &self.challenges).await?;
                 let (served, info) =
                     self.dir
                         .save_cert(&want.name, &self.settings.directory, &chain, &key)?;

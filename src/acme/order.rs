@@ -46,8 +46,14 @@ fn server_error(settings: &Settings, e: instant_acme::Error) -> AcmeError {
         instant_acme::Error::Api(problem) => AcmeError::Refused {
             reason: problem.to_string(),
         },
-        other => AcmeError::Unreachable {
+        // the connection, TLS or HTTP under it
+        instant_acme::Error::Other(_)
+        | instant_acme::Error::Http(_)
+        | instant_acme::Error::Hyper(_) => AcmeError::Unreachable {
             directory: settings.directory.clone(),
+            reason: describe(&e),
+        },
+        other => AcmeError::Refused {
             reason: describe(&other),
         },
     }
@@ -122,13 +128,12 @@ const POLL: RetryPolicy = RetryPolicy::new()
 /// Orders a certificate for `hosts` and answers its HTTP-01 challenges through
 /// `challenges`; gives back the chain and the new private key, both PEM.
 pub async fn obtain(
+    settings: &Settings,
     account: &Account,
     hosts: &[String],
     challenges: &Arc<Challenges>,
 ) -> Result<(String, String), AcmeError> {
-    let refused = |e: instant_acme::Error| AcmeError::Refused {
-        reason: describe(&e),
-    };
+    let refused = |e: instant_acme::Error| server_error(settings, e);
     let identifiers: Vec<Identifier> = hosts.iter().map(|h| Identifier::Dns(h.clone())).collect();
     let mut order = account
         .new_order(&NewOrder::new(&identifiers))

@@ -122,7 +122,12 @@ pub async fn status(cli: &Cli, args: &Status) -> CmdResult {
                 _ => println!("{:<14} certificate: none yet", ""),
             }
             if let Some(error) = &c.error {
-                println!("{:<14} certificate error: {error}", "");
+                // ACME tries again on its own
+                let next = c
+                    .next_attempt
+                    .map(|t| format!(" (next attempt {})", t.format("%Y-%m-%d %H:%M:%S UTC")))
+                    .unwrap_or_default();
+                println!("{:<14} certificate error: {error}{next}", "");
             }
         }
     }

@@ -225,6 +225,8 @@ impl Daemon {
         let token_file = crate::auth::write_local(&engine.store, &engine.config.state_dir)?;
         tracing::info!(path = %token_file.display(), "wrote the local API token");
         let mut listener_tasks = Vec::new();
+        // stored ACME certificates are installed before the https listener accepts
+        listener_tasks.extend(acme_renewals(&engine, &entries, rx.clone()));
         for (proxy, listener) in proxies {
             listener_tasks.push(tokio::spawn(proxy.serve(
                 listener,
@@ -361,6 +363,37 @@ fn front_door_entries(engine: &Engine) -> Vec<crate::frontdoor::Entry> {
             redirect_https: s.env.redirect_https,
         })
         .collect()
+}
+
+/// Certificates from ACME for the front door's `tls = "acme"` environments: the stored ones
+/// installed now, orders and renewals in the background until `stop` ([`crate::acme`]).
+/// `None` without such environments.
+fn acme_renewals(
+    engine: &Engine,
+    entries: &[crate::frontdoor::Entry],
+    stop: watch::Receiver<bool>,
+) -> Option<JoinHandle<()>> {
+    let settings = engine.config.acme.clone()?;
+    let wanted: Vec<crate::acme::Wanted> = entries
+        .iter()
+        .filter(|e| e.tls == Some(crate::config::Tls::Acme))
+        .map(|e| crate::acme::Wanted {
+            name: crate::frontdoor::cert_name(&e.app, &e.env),
+            app: e.app.clone(),
+            env: e.env.clone(),
+            hosts: e.hosts.clone(),
+        })
+        .collect();
+    if wanted.is_empty() {
+        return None;
+    }
+    let acme = crate::acme::Acme::new(
+        settings,
+        &engine.config.state_dir,
+        engine.certs.clone(),
+        engine.challenges.clone(),
+    );
+    Some(acme.start(wanted, stop))
 }
 
 /// Asks the serve running on `state_dir` for its sockets; returns them once it has let go
