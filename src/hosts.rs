@@ -100,15 +100,24 @@ pub fn host_parts(host: &str) -> Option<(&str, Option<u16>)> {
 }
 
 /// A request's host as the table looks it up: the `Host` header or SNI without a port or a
-/// trailing dot, lowercased. `None` for something that is no name (empty, or an IPv6
-/// literal's brackets left open).
+/// trailing dot, lowercased. `None` for anything that is not a host name (letters, digits,
+/// `-` and `_` in non-empty dot-separated labels) or an IP literal: such a value never
+/// reaches a routing table, a redirect's `Location` or an app.
 pub fn normalize(host: &str) -> Option<String> {
     let (name, _) = host_parts(host.trim())?;
-    let name = match name.strip_prefix('[') {
-        Some(literal) => literal.strip_suffix(']')?,
-        None => name.trim_end_matches('.'),
+    if let Some(literal) = name.strip_prefix('[') {
+        let ip: std::net::Ipv6Addr = literal.strip_suffix(']')?.parse().ok()?;
+        return Some(ip.to_string());
+    }
+    let name = name.trim_end_matches('.');
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
-    (!name.is_empty()).then(|| name.to_ascii_lowercase())
+    (!name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok))
+        .then(|| name.to_ascii_lowercase())
 }
 
 /// Values by claimed host name; [`HostTable::get`] tries the exact name, then the wildcard
@@ -253,5 +262,18 @@ mod tests {
         assert_eq!(normalize("127.0.0.1:80").as_deref(), Some("127.0.0.1"));
         assert_eq!(normalize(""), None);
         assert_eq!(normalize("[::1"), None);
+        assert_eq!(normalize("[nope]"), None);
+        // nothing but a name goes on to a table, a redirect or an app
+        for hostile in [
+            "evil%2ecom/x.preview.example.com",
+            "evil.com\\x.preview.example.com",
+            "a b.example.com",
+            "a..example.com",
+            "evil.com?.preview.example.com",
+            "evil.com#.preview.example.com",
+            "user@evil.com",
+        ] {
+            assert_eq!(normalize(hostile), None, "{hostile}");
+        }
     }
 }

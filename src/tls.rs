@@ -428,8 +428,16 @@ impl Challenges {
     }
 
     /// True when `path` is an ACME challenge's (answered or not): never redirected to HTTPS.
+    /// Only `/.well-known/acme-challenge/{token}` with a token of base64url characters
+    /// counts, so no other path (`/.well-known/acme-challenge/../../admin`) slips past the
+    /// redirect.
     pub fn is_challenge_path(path: &str) -> bool {
-        path.starts_with(CHALLENGE_PREFIX)
+        path.strip_prefix(CHALLENGE_PREFIX).is_some_and(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
     }
 }
 

@@ -226,6 +226,26 @@ mod tests {
             goes(&http, "example.com", "/.well-known/acme-challenge/other"),
             Ok(("web".into(), None))
         );
+        // a challenge's prefix with something else than a token is redirected like any path
+        assert_eq!(
+            goes(
+                &http,
+                "example.com",
+                "/.well-known/acme-challenge/../../admin"
+            ),
+            Err((
+                308,
+                vec![(
+                    "location",
+                    "https://example.com/.well-known/acme-challenge/../../admin".to_string()
+                )]
+            ))
+        );
+        // a Host that is no name never reaches a wildcard, a Location or an app
+        assert_eq!(
+            goes(&http, "evil%2ecom/x.example.com", "/p?q=1").map_err(|e| e.0),
+            Err(404)
+        );
         assert_eq!(goes(&http, "nobody.test", "/").map_err(|e| e.0), Err(404));
         assert_eq!(
             goes(&http, "a.b.example.com", "/").map_err(|e| e.0),
