@@ -110,6 +110,11 @@ impl Ticket {
         Busy::new(&self.busy)
     }
 
+    /// True while a request is in progress on the connection.
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::SeqCst) > 0
+    }
+
     /// Notified when the gate closes this (idle) connection to make room for a new one.
     pub fn evicted(&self) -> Arc<Notify> {
         self.close.clone()

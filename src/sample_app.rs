@@ -45,7 +45,7 @@
 //! - `/sse?n=5&gap_ms=200`: `n` server-sent events `data: <i>`, each flushed, `gap_ms` apart;
 //! - `/upload` (POST): streams the body through SHA-256: answers `<sha256 hex> <length>`;
 //! - `/download?mb=100`: `mb` MiB (with a Content-Length) of 64 KiB blocks whose byte `j` is
-//!   `j % 251` ([`download_block`]);
+//!   `j % 251` ([`download_block`]); with `&cut` the connection breaks off half-way;
 //! - `/status/{code}`: answers that status (no body for 1xx, 204 and 304);
 //! - `/hang`: never answers; `/abort`: drops the connection without an answer.
 //!
@@ -433,9 +433,13 @@ pub fn download_block() -> Vec<u8> {
 /// `/download?mb=N`: `N` MiB of [`download_block`]s, streamed.
 async fn download(Query(q): Query<HashMap<String, String>>) -> Response {
     let mib: u64 = q.get("mb").and_then(|v| v.parse().ok()).unwrap_or(1);
+    // `?cut`: the connection breaks off half-way through the promised length
+    let cut = q.contains_key("cut").then_some(mib * 8);
     let block = bytes::Bytes::from(download_block());
-    let blocks = futures_util::stream::iter(0..mib * 16)
-        .map(move |_| Ok::<_, std::convert::Infallible>(block.clone()));
+    let blocks = futures_util::stream::iter(0..mib * 16).map(move |i| match cut {
+        Some(at) if i >= at => Err(std::io::Error::other("cut off on purpose")),
+        _ => Ok(block.clone()),
+    });
     let mut resp = Body::from_stream(blocks).into_response();
     resp.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(mib << 20));

@@ -630,3 +630,140 @@ fn ferry_upgrade_hands_the_front_door_sockets_over_and_fails_no_request() {
     assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
     s.stop(nix::sys::signal::Signal::SIGTERM);
 }
+
+/// Adds `lines` to the sandbox config's `[proxy]` table (made when missing).
+fn proxy_settings(s: &Sandbox, lines: &str) {
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    if text.contains("[proxy]\n") {
+        edit(&s.config, "[proxy]\n", &format!("[proxy]\n{lines}\n"));
+    } else {
+        std::fs::write(&s.config, format!("{text}\n[proxy]\n{lines}\n")).unwrap();
+    }
+}
+
+#[test]
+fn head_answers_carry_no_body_and_http2_streams_end_honestly_and_time_out() {
+    let mut s = two_envs();
+    let front = front_door(&s, &[]);
+    let dir = s.dir.path().to_path_buf();
+    let (c, k) = front.ca.issue(&dir, "www", &["www.example.com"]);
+    edit(
+        &s.config,
+        "[environments.production]\n",
+        &format!(
+            "[environments.production]\nhosts = [\"www.example.com\"]\n{}\n",
+            tls_files(&c, &k)
+        ),
+    );
+    proxy_settings(&s, "upstream_max_connections = 2\nheader_timeout = \"1s\"");
+    s.serve();
+    s.deploy_ok("production", "v1.0.0");
+
+    // HEAD to a host nobody claimed, pipelined before a GET on the same connection: the
+    // 404's head alone, so the next bytes are the GET's answer
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", front.http)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(
+        b"HEAD /x HTTP/1.1\r\nHost: nobody.test\r\n\r\nGET /y HTTP/1.1\r\nHost: nobody.test\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let (first, rest) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(first.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(
+        rest.starts_with("HTTP/1.1 404"),
+        "HEAD got a body: {answer}"
+    );
+    assert!(
+        rest.contains("Nothing is served at this address"),
+        "{answer}"
+    );
+
+    // event streams over HTTP/2 leave the pool's count: with a pool of 2, three open streams
+    // still let a plain request through
+    let url = format!(
+        "https://www.example.com:{}/sse?n=100&gap_ms=100",
+        front.https
+    );
+    let [r1, r2] = front.resolve("www.example.com");
+    let ca = front.ca.pem.display().to_string();
+    let mut streams: Vec<std::process::Child> = (0..3)
+        .map(|_| {
+            std::process::Command::new("curl")
+                .args(["-sSN", "--http2", "--max-time", "20", "--cacert", &ca])
+                .args(["--resolve", &r1, "--resolve", &r2, &url])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let got = front.https("www.example.com", "/version", &["--http2"]);
+    assert_eq!(
+        (got.status, got.version.as_str()),
+        (200, "2"),
+        "{}",
+        got.stderr
+    );
+    for stream in &mut streams {
+        let _ = stream.kill();
+        let _ = stream.wait();
+    }
+
+    // a response the app breaks off half-way never ends as if complete over HTTP/2
+    for _ in 0..5 {
+        let got = front.https(
+            "www.example.com",
+            "/download?mb=4&cut",
+            &["--http2", "-o", "/dev/null"],
+        );
+        assert!(
+            !got.stderr.is_empty(),
+            "a cut-off body passed as complete: {} {}",
+            got.status,
+            got.version
+        );
+    }
+    let got = front.https(
+        "www.example.com",
+        "/download?mb=4",
+        &["--http2", "-o", "/dev/null"],
+    );
+    assert_eq!(got.status, 200, "{}", got.stderr);
+
+    // an HTTP/2 connection that sends no request is closed after header_timeout (1 s)
+    let script = format!(
+        r#"
+import socket, ssl, sys, time
+ctx = ssl.create_default_context(cafile="{ca}")
+ctx.set_alpn_protocols(["h2"])
+raw = socket.create_connection(("127.0.0.1", {port}))
+tls = ctx.wrap_socket(raw, server_hostname="www.example.com")
+assert tls.selected_alpn_protocol() == "h2", tls.selected_alpn_protocol()
+tls.settimeout(10)
+start = time.time()
+try:
+    while tls.recv(65536):
+        pass
+except (ssl.SSLError, ConnectionResetError):
+    pass
+except socket.timeout:
+    print("still open after 10 s"); sys.exit(1)
+print("closed after %.1f s" % (time.time() - start))
+"#,
+        port = front.https
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -46,6 +46,15 @@ pub(super) fn reason_phrase(status: u16) -> &'static str {
         .unwrap_or("")
 }
 
+/// An answer of ferry's own to a HEAD request: its head alone, whose `content-length` says
+/// what a GET would get (RFC 9110 9.3.2); a body would be read as the next response.
+pub(super) fn for_method(mut bytes: Vec<u8>, is_head: bool) -> Vec<u8> {
+    if is_head && let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+        bytes.truncate(end + 4);
+    }
+    bytes
+}
+
 pub(super) fn page_bytes(
     status: u16,
     content_type: &str,

@@ -17,7 +17,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::answer::{ReadFailure, page_bytes, plain, read_response, relay_body, response_head};
+use super::answer::{
+    ReadFailure, for_method, page_bytes, plain, read_response, relay_body, response_head,
+};
 use super::http::{self, Framing, Reject, Request};
 use super::outbound::{
     new_request_id, origin_form, request_id_of, send_body, strip_prefix, upstream_head,
@@ -171,7 +173,7 @@ pub(crate) async fn serve<R: Router, S: ClientIo>(
                     }
                     Route::Answer(answer) => {
                         let keep = req.framing == Framing::Empty && req.keep_alive;
-                        let bytes = answer_bytes(&answer, keep);
+                        let bytes = for_method(answer_bytes(&answer, keep), req.is_head());
                         (
                             own_answer(&mut client, (answer.status, bytes, keep)).await,
                             None,
@@ -346,8 +348,8 @@ async fn exchange<R>(
     } else {
         None
     };
-    if let Some(answer) = early {
-        return own_answer(client, answer).await;
+    if let Some((status, bytes, keep)) = early {
+        return own_answer(client, (status, for_method(bytes, req.is_head()), keep)).await;
     }
     let Some(guard) = proxy.pick() else {
         let text = format!(
@@ -429,7 +431,8 @@ async fn exchange<R>(
             // a request whose body was (partly) read cannot be followed by another
             let keep = matches!(failure, Failure::Busy) && !has_body && req.keep_alive;
             if !matches!(failure, Failure::Client) {
-                let _ = client.write_all(&plain(status, &text, keep, extra)).await;
+                let bytes = for_method(plain(status, &text, keep, extra), req.is_head());
+                let _ = client.write_all(&bytes).await;
             }
             Outcome {
                 request_id: generated,

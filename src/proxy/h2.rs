@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -27,7 +28,7 @@ use super::outbound::{header, new_request_id};
 use super::route::{RequestInfo, Route, Router};
 use super::upstream::{CheckoutError, Conn};
 use super::{Proxy, access_log, stopped};
-use crate::listener::Ticket;
+use crate::listener::{Busy, Ticket};
 
 type Out = BoxBody<Bytes, std::io::Error>;
 
@@ -44,14 +45,20 @@ pub(super) async fn serve<R: Router>(
     let client_ip: Arc<str> = Arc::from(peer.ip().to_canonical().to_string());
     let ticket = Arc::new(ticket);
     let evicted = ticket.evicted();
+    let idle = ctx.settings.connections.header_timeout;
+    // requests begun on this connection, for the idle timer below
+    let begun = Arc::new(AtomicU64::new(0));
     let service = {
-        let ticket = ticket.clone();
+        let (ticket, begun, ctx) = (ticket.clone(), begun.clone(), ctx.clone());
         hyper::service::service_fn(move |req: Request<Incoming>| {
-            let (ctx, sni, client_ip, ticket) =
-                (ctx.clone(), sni.clone(), client_ip.clone(), ticket.clone());
+            let (ctx, sni, client_ip) = (ctx.clone(), sni.clone(), client_ip.clone());
+            // busy until the response body is done, not only its head: a stream being
+            // relayed is never closed as idle to make room
+            let busy = ticket.busy();
+            begun.fetch_add(1, Ordering::Relaxed);
             async move {
-                let _busy = ticket.busy();
-                Ok::<_, Infallible>(handle(&ctx, req, sni.as_deref(), &client_ip, peer).await)
+                let resp = handle(&ctx, req, sni.as_deref(), &client_ip, peer, busy).await;
+                Ok::<_, Infallible>(resp)
             }
         })
     };
@@ -59,19 +66,42 @@ pub(super) async fn serve<R: Router>(
     builder.timer(TokioTimer::new()).max_concurrent_streams(128);
     let conn = builder.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        () = stopped(&mut shutdown) => {}
-        () = evicted.notified() => {}
+    // a connection with no stream open and no new request for `header_timeout` is closed, as
+    // an idle HTTP/1.1 connection is (the first request included)
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = stopped(&mut shutdown) => break,
+            () = evicted.notified() => break,
+            () = tokio::time::sleep(idle) => {
+                let now = begun.load(Ordering::Relaxed);
+                if now == seen && !ticket.is_busy() {
+                    ticket.timed_out();
+                    break;
+                }
+                seen = now;
+            }
+        }
     }
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(super::FINISH_TIMEOUT, conn).await;
 }
 
-fn full(status: u16, content_type: &str, body: String, extra: &[(&str, &str)]) -> Response<Out> {
+/// An answer of ferry's own; to a HEAD request without its body (`content-length` says what
+/// a GET would get).
+fn full(
+    status: u16,
+    content_type: &str,
+    body: String,
+    extra: &[(&str, &str)],
+    is_head: bool,
+) -> Response<Out> {
     let mut resp = Response::builder()
         .status(status)
-        .header("content-type", content_type);
+        .header("content-type", content_type)
+        .header("content-length", body.len());
+    let body = if is_head { String::new() } else { body };
     for (n, v) in extra {
         resp = resp.header(*n, *v);
     }
@@ -83,12 +113,13 @@ fn full(status: u16, content_type: &str, body: String, extra: &[(&str, &str)]) -
     .unwrap_or_else(|_| Response::new(http_body_util::Empty::new().map_err(|n| match n {}).boxed()))
 }
 
-fn text(status: u16, message: &str, extra: &[(&str, &str)]) -> Response<Out> {
+fn text(status: u16, message: &str, extra: &[(&str, &str)], is_head: bool) -> Response<Out> {
     full(
         status,
         "text/plain; charset=utf-8",
         format!("{message}\n"),
         extra,
+        is_head,
     )
 }
 
@@ -98,8 +129,10 @@ async fn handle<R: Router>(
     sni: Option<&str>,
     client_ip: &str,
     peer: SocketAddr,
+    busy: Busy,
 ) -> Response<Out> {
     let started = Instant::now();
+    let is_head = req.method() == hyper::Method::HEAD;
     let host = req
         .uri()
         .authority()
@@ -124,7 +157,7 @@ async fn handle<R: Router>(
         Route::Answer(a) => {
             let extra: Vec<(&str, &str)> =
                 a.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-            return full(a.status, a.content_type, a.body, &extra);
+            return full(a.status, a.content_type, a.body, &extra, is_head);
         }
         Route::Proxy { proxy, prefix } => (proxy.clone(), prefix.map(str::to_string)),
     };
@@ -162,6 +195,7 @@ async fn handle<R: Router>(
             generated: generated.as_deref(),
         },
         logged,
+        busy,
     )
     .await;
     match resp {
@@ -171,7 +205,7 @@ async fn handle<R: Router>(
                 proxy.count_error();
             }
             logged.done(status, 0, None);
-            text(status, &message, extra)
+            text(status, &message, extra, is_head)
         }
     }
 }
@@ -306,7 +340,9 @@ async fn forward<R>(
     req: Request<Incoming>,
     head: Head<'_>,
     logged: Logged,
+    busy: Busy,
 ) -> Result<Response<Out>, Failed> {
+    let is_head = req.method() == hyper::Method::HEAD;
     let settings = ctx.settings;
     let env = proxy.inner.environment.clone();
     let length = req
@@ -328,6 +364,7 @@ async fn forward<R>(
             "text/html; charset=utf-8",
             page,
             &[("retry-after", &retry)],
+            is_head,
         ));
     }
     let framing = match length {
@@ -346,7 +383,6 @@ async fn forward<R>(
     };
     let upstream = guard.0.clone();
     let bytes = upstream_head(&req, &head, framing);
-    let is_head = req.method() == hyper::Method::HEAD;
     let mut body = req.into_body();
     let mut attempt = 0;
     let (lease, mut conn, resp) = loop {
@@ -408,6 +444,17 @@ async fn forward<R>(
             logged,
         ));
     }
+    if let (Framing::Length(n), Some(max)) = (resp.framing, settings.max_response_body)
+        && n > max
+    {
+        tracing::warn!(env = %env, bytes = n, "a response is over max_response_body");
+        return Err((
+            502,
+            format!("the app in environment {env} did not answer"),
+            &[],
+            logged,
+        ));
+    }
     let mut builder = Response::builder().status(resp.code);
     for (name, value) in resp.head.headers() {
         let framing_header = name.eq_ignore_ascii_case(b"content-length")
@@ -426,7 +473,18 @@ async fn forward<R>(
     if let Framing::Length(n) = resp.framing {
         builder = builder.header("content-length", n);
     }
+    let event_stream = resp
+        .head
+        .get("content-type")
+        .is_some_and(|v| v.starts_with(b"text/event-stream"));
+    // a stream of events may last as long as the page is open: it leaves the pool's count
+    let (lease, detached) = if event_stream {
+        (None, Some(lease.detach()))
+    } else {
+        (Some(lease), None)
+    };
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    let complete = Arc::new(AtomicBool::new(false));
     let status = resp.code;
     let relay = Relay {
         settings,
@@ -434,35 +492,52 @@ async fn forward<R>(
         reusable: resp.keep_alive,
         upstream: upstream.addr,
     };
-    tokio::spawn(async move {
-        let (sent, reusable) = relay.run(&mut conn, &tx).await;
-        if reusable {
-            lease.give_back(conn, &relay.settings);
-        }
-        drop(guard);
-        logged.done(status, sent, Some(relay.upstream));
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    builder
-        .body(BodyExt::boxed(StreamBody::new(stream)))
-        .map_err(|e| {
-            let logged = Logged {
-                proxy: proxy.clone(),
-                method: Vec::new(),
-                target: Vec::new(),
-                started: Instant::now(),
-                peer: SocketAddr::from(([0, 0, 0, 0], 0)),
-                request_id: None,
-            };
-            (
+    // the body ends cleanly only when the app's did: a response cut short (the app broke
+    // off, over max_response_body, a client that stopped reading) ends in an error, so the
+    // client's stream is reset instead of ending as if complete
+    let relay_done = complete.clone();
+    let stream = futures_util::stream::unfold(
+        (rx, complete, false),
+        |(mut rx, complete, failed)| async move {
+            if failed {
+                return None;
+            }
+            match rx.recv().await {
+                Some(Ok(frame)) => Some((Ok(frame), (rx, complete, false))),
+                Some(Err(e)) => Some((Err(e), (rx, complete, true))),
+                None if complete.load(Ordering::Acquire) => None,
+                None => Some((
+                    Err(std::io::Error::other("the app's response broke off")),
+                    (rx, complete, true),
+                )),
+            }
+        },
+    );
+    let response = match builder.body(BodyExt::boxed(StreamBody::new(stream))) {
+        Ok(response) => response,
+        Err(e) => {
+            // a head hyper cannot send: the app's connection is not reused
+            return Err((
                 502,
                 format!("the app's response cannot be passed on: {e}"),
                 &[][..],
                 logged,
-            )
-        })
+            ));
+        }
+    };
+    tokio::spawn(async move {
+        let (sent, end) = relay.run(&mut conn, &tx).await;
+        relay_done.store(end != End::Broken, Ordering::Release);
+        if end == End::Reusable
+            && let Some(lease) = lease
+        {
+            lease.give_back(conn, &relay.settings);
+        }
+        drop((guard, detached, tx));
+        logged.done(status, sent, Some(relay.upstream));
+        drop(busy);
+    });
+    Ok(response)
 }
 
 enum Sent {
@@ -559,6 +634,17 @@ async fn send_and_receive(
     }
 }
 
+/// How a relayed body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Complete, and the app's connection can serve another request.
+    Reusable,
+    /// Complete (to the app's close, or the connection is spent).
+    Complete,
+    /// Cut short: the app broke off, went over a limit, or the client stopped reading.
+    Broken,
+}
+
 /// Passes the app's response body on as HTTP/2 data frames.
 struct Relay {
     settings: crate::config::ProxySettings,
@@ -568,12 +654,12 @@ struct Relay {
 }
 
 impl Relay {
-    /// The body bytes sent, and whether the connection can serve another request.
+    /// The body bytes sent, and how the body ended.
     async fn run(
         &self,
         conn: &mut Conn,
         tx: &mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
-    ) -> (u64, bool) {
+    ) -> (u64, End) {
         let limit = self.settings.max_response_body.unwrap_or(u64::MAX);
         let idle = self.settings.upstream_timeout;
         let mut sent = 0u64;
@@ -583,9 +669,6 @@ impl Relay {
             _ => 0,
         };
         let buf: &mut BytesMut = &mut conn.buf;
-        let broken = |tx: &mpsc::Sender<_>| {
-            let _ = tx.try_send(Err(std::io::Error::other("the app's response broke off")));
-        };
         loop {
             let mut out = BytesMut::new();
             let finished = match self.framing {
@@ -599,8 +682,7 @@ impl Relay {
                 Framing::Chunked => {
                     let mut ranges = Vec::new();
                     let Ok(used) = chunked.feed(buf, |r| ranges.push(r)) else {
-                        broken(tx);
-                        return (sent, false);
+                        return (sent, End::Broken);
                     };
                     let part = buf.split_to(used);
                     for r in ranges {
@@ -615,23 +697,34 @@ impl Relay {
             };
             sent += out.len() as u64;
             if sent > limit {
-                broken(tx);
-                return (sent, false);
+                return (sent, End::Broken);
             }
-            if !out.is_empty() && tx.send(Ok(Frame::data(out.freeze()))).await.is_err() {
-                // the client reset the stream
-                return (sent, false);
+            // a client that takes nothing for `upstream_timeout` (a zero flow-control window)
+            // gives its pooled connection back
+            if !out.is_empty() {
+                match tokio::time::timeout(idle, tx.send(Ok(Frame::data(out.freeze())))).await {
+                    Ok(Ok(())) => {}
+                    // the client reset the stream, or stopped reading
+                    Ok(Err(_)) | Err(_) => return (sent, End::Broken),
+                }
             }
             if finished {
-                return (sent, self.reusable && buf.is_empty());
+                let reusable = self.reusable && buf.is_empty();
+                return (
+                    sent,
+                    if reusable {
+                        End::Reusable
+                    } else {
+                        End::Complete
+                    },
+                );
             }
             buf.reserve(CHUNK);
             match tokio::time::timeout(idle, conn.stream.read_buf(buf)).await {
-                Ok(Ok(0)) if self.framing == Framing::Close => return (sent, false),
+                Ok(Ok(0)) if self.framing == Framing::Close => return (sent, End::Complete),
                 Ok(Ok(n)) if n > 0 => {}
                 _ => {
-                    broken(tx);
-                    return (sent, false);
+                    return (sent, End::Broken);
                 }
             }
         }
