@@ -145,7 +145,8 @@ pub fn load(files: Vec<Files>, store: std::sync::Arc<CertStore>) -> Watch {
 }
 
 impl Watch {
-    /// Checks the files every [`POLL`] and reloads those that changed, until `shutdown`.
+    /// Checks the files every [`POLL`] and reloads those that changed, until `shutdown`;
+    /// the file system is read on a blocking thread, never on the one serving requests.
     pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         if self.files.is_empty() {
             return;
@@ -155,14 +156,27 @@ impl Watch {
                 () = tokio::time::sleep(POLL) => {}
                 () = crate::proxy::stopped(&mut shutdown) => return,
             }
-            for (f, seen) in self.files.iter().zip(self.stamps.iter_mut()) {
-                let now = f.stamp();
-                if now != *seen {
-                    // a file caught half-written fails to load; the end of the write changes
-                    // its stamp again, and the next poll loads it
-                    f.load(&self.store);
-                    *seen = now;
-                }
+            self = match tokio::task::spawn_blocking(move || {
+                self.poll();
+                self
+            })
+            .await
+            {
+                Ok(watch) => watch,
+                Err(_) => return,
+            };
+        }
+    }
+
+    /// Reloads the certificates whose files changed since they were last seen.
+    fn poll(&mut self) {
+        for (f, seen) in self.files.iter().zip(self.stamps.iter_mut()) {
+            let now = f.stamp();
+            if now != *seen {
+                // a file caught half-written fails to load; the end of the write changes its
+                // stamp again, and the next poll loads it
+                f.load(&self.store);
+                *seen = now;
             }
         }
     }
