@@ -316,6 +316,51 @@ fn the_acme_module_obtains_stores_renews_and_survives_a_ca_that_is_down() {
         assert_eq!(mode & 0o777, 0o600, "{file}");
     }
     let first = status.serial.unwrap();
+    assert!(
+        format!("{challenges:?}").contains("pending: 0"),
+        "answered challenges are taken out: {challenges:?}"
+    );
+    stop.send_replace(true);
+    rt.block_on(renewals).unwrap();
+
+    // a challenge the http listener does not answer (its token is not among those served):
+    // the CA's reason is shown, naming the host
+    let unanswered = ferry::tls::Challenges::new();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = ferry::tls::CertStore::new();
+    let acme = ferry::acme::Acme::new(
+        settings.clone(),
+        elsewhere.path(),
+        other.clone(),
+        unanswered,
+    );
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let renewals = {
+        let _in = rt.enter();
+        acme.start(
+            vec![ferry::acme::Wanted {
+                name: "shop/preview".into(),
+                app: "shop".into(),
+                env: "preview".into(),
+                hosts: vec![host("preview.example.test")],
+            }],
+            rx,
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || other
+            .status("shop/preview")
+            .is_some_and(|s| s.error.is_some())),
+        "no error for an unanswered challenge"
+    );
+    let error = other.status("shop/preview").unwrap().error.unwrap();
+    assert!(
+        error.contains("app shop environment preview (preview.example.test)")
+            && error.contains("HTTP-01 validation failed")
+            && error.contains("http://preview.example.test:"),
+        "{error}"
+    );
+    assert!(other.for_host("preview.example.test").is_none());
     stop.send_replace(true);
     rt.block_on(renewals).unwrap();
 

@@ -166,7 +166,16 @@ pub async fn obtain(
         answers.tokens.push(challenge.token.clone());
         challenge.set_ready().await.map_err(refused)?;
     }
-    let status = order.poll_ready(&POLL).await.map_err(refused)?;
+    // an order whose challenge failed may come back as an error (the order's problem)
+    let status = order.poll_ready(&POLL).await.map_err(|e| match e {
+        instant_acme::Error::Api(problem) => AcmeError::Validation {
+            reason: problem
+                .detail
+                .clone()
+                .unwrap_or_else(|| problem.to_string()),
+        },
+        other => refused(other),
+    })?;
     if status != OrderStatus::Ready {
         return Err(AcmeError::Validation {
             reason: validation_errors(&mut order).await,
