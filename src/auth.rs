@@ -247,12 +247,21 @@ pub fn sign_out(store: &Store, secret: &str) -> Result<(), StoreError> {
 /// Replaces the `local` token and writes its secret to `<state_dir>/local-token`, mode 0600,
 /// through a temp file and a rename so a reader never sees half a token.
 pub fn write_local(store: &Store, state_dir: &Path) -> Result<PathBuf, AuthError> {
-    match revoke(store, LOCAL) {
-        Ok(()) | Err(AuthError::Unknown(_)) => {}
-        Err(e) => return Err(e),
+    write_local_for(&[store], state_dir)
+}
+
+/// [`write_local`] for a serve of several apps: one secret, registered as the `local` token
+/// in every app's store, written once to `<state_dir>/local-token`.
+pub fn write_local_for(stores: &[&Store], state_dir: &Path) -> Result<PathBuf, AuthError> {
+    let secret = generate(PREFIX)?;
+    for store in stores {
+        match revoke(store, LOCAL) {
+            Ok(()) | Err(AuthError::Unknown(_)) => {}
+            Err(e) => return Err(e),
+        }
+        store.forget_revoked_tokens(LOCAL)?;
+        store.add_token(LOCAL, &hex::encode(hash(&secret)), &[Scope::Admin])?;
     }
-    store.forget_revoked_tokens(LOCAL)?;
-    let (_, secret) = insert(store, LOCAL, &[Scope::Admin])?;
     let path = state_dir.join(LOCAL_FILE);
     let tmp = state_dir.join(format!(".{LOCAL_FILE}.tmp"));
     let write = || -> std::io::Result<()> {

@@ -52,10 +52,35 @@ fn repo_warnings(repo: &str, start: &str) -> Vec<String> {
 }
 
 pub fn run(cli: &Cli, _args: &Check) -> CmdResult {
-    let config = cli.load_config()?;
+    let servers = cli.load_servers()?;
+    if servers.shared {
+        println!(
+            "{}: ok, {} app(s) sharing the API on http://{} and the state dir {}",
+            servers.path.display(),
+            servers.apps.len(),
+            servers.server.listen,
+            servers.state_dir.display()
+        );
+    }
+    for config in &servers.apps {
+        if cli.app.as_ref().is_some_and(|a| *a != config.app.name) {
+            continue;
+        }
+        check_app(config)?;
+    }
+    if let Some(app) = &cli.app {
+        servers
+            .app(Some(app))
+            .map_err(|e| super::Failure::Usage(format!("error: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Prints one app's summary, with warnings about its repo.
+fn check_app(config: &crate::config::Config) -> super::CmdResult {
     let app = &config.app;
     let mut warnings = repo_warnings(&app.repo, &app.start);
-    let certs = crate::frontdoor::certs::check_files(&config);
+    let certs = crate::frontdoor::certs::check_files(config);
     let mut cert_errors = Vec::new();
     for c in &certs {
         match &c.result {

@@ -41,6 +41,8 @@ pub struct ApiClient {
     token: Option<String>,
     /// What a printed `ferry …` hint needs to reach this daemon (empty with the defaults).
     flags: String,
+    /// The app addressed: `/api/…` paths become `/api/apps/{app}/…`.
+    app: Option<String>,
     http: reqwest::Client,
 }
 
@@ -50,6 +52,7 @@ impl ApiClient {
             base: base.trim_end_matches('/').to_string(),
             config: config.to_path_buf(),
             flags: config_flag(config),
+            app: None,
             token,
             http: reqwest::Client::builder()
                 .no_proxy()
@@ -68,6 +71,18 @@ impl ApiClient {
         &self.flags
     }
 
+    /// The flags printed hints add, as the command line gave them (` -c A -c B -a app`).
+    pub fn set_flags(&mut self, flags: &str) {
+        self.flags = flags.to_string();
+    }
+
+    /// Addresses `app` of a serve hosting several: every `/api/…` path goes to
+    /// `/api/apps/{app}/…`.
+    pub fn for_app(mut self, app: &str) -> ApiClient {
+        self.app = Some(app.to_string());
+        self
+    }
+
     /// Hints name `--server` too: it was given and differs from the config's.
     pub fn with_server_flag(mut self) -> ApiClient {
         self.flags.push_str(&format!(" --server {}", self.base));
@@ -76,6 +91,10 @@ impl ApiClient {
 
     /// A request carrying the token and the user's name.
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let path = match (&self.app, path.strip_prefix("/api/")) {
+            (Some(app), Some(rest)) => format!("/api/apps/{app}/{rest}"),
+            _ => path.to_string(),
+        };
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))

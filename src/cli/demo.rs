@@ -197,11 +197,14 @@ pub async fn run(args: &Demo) -> CmdResult {
             .and_then(|e| e.listen)
             .expect("staging listens in the demo config")
     );
-    let daemon = Daemon::start(config, Default::default())
-        .await
-        .map_err(|e| Failure::Failed(format!("demo: {e}")))?;
+    let daemon = Daemon::start(
+        crate::config::ServerConfig::single(config),
+        Default::default(),
+    )
+    .await
+    .map_err(|e| Failure::Failed(format!("demo: {e}")))?;
     let api = format!("http://{}", daemon.api_addr);
-    let token = crate::auth::cli_token(Some(&daemon.engine.config.state_dir));
+    let token = crate::auth::cli_token(Some(&daemon.engines()[0].config.server_dir));
     let client = ApiClient::new(&api, &config_path, token);
     println!("daemon: API on {api}, staging on {staging}");
     println!("dashboard: open {api}/ in a browser\n");

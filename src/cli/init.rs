@@ -37,7 +37,7 @@ pub fn template(branch: &str) -> String {
 }
 
 pub fn run(cli: &Cli, args: &Init) -> CmdResult {
-    let path = &cli.config;
+    let path = cli.config_path();
     if path.exists() && !args.force {
         return Err(Failure::Usage(format!(
             "{} already exists; pass --force to overwrite it",

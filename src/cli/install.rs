@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Cli, CmdResult, Failure};
-use crate::config::Config;
+use crate::config::ServerConfig;
 use crate::daemon::sockets::API;
 
 #[derive(Debug, clap::Args)]
@@ -35,23 +35,23 @@ pub fn socket_unit_name(name: &str) -> String {
     format!("ferry-{name}.socket")
 }
 
-/// The units for `config` read from `config_path`, run by `binary`: (file name, text).
-pub fn units(config: &Config, binary: &Path, config_path: &Path) -> Vec<(String, String)> {
-    let listeners: Vec<(String, String)> = std::iter::once((API.to_string(), config.server.listen))
-        .chain(config.server.http.map(|a| ("http".to_string(), a)))
-        .chain(config.server.https.map(|a| ("https".to_string(), a)))
-        .chain(
-            config
-                .environments
-                .iter()
-                .filter_map(|e| Some((e.name.clone(), e.listen?))),
-        )
+/// The units for `config` read from `config_paths`, run by `binary`: (file name, text).
+pub fn units(
+    config: &ServerConfig,
+    binary: &Path,
+    config_paths: &[PathBuf],
+) -> Vec<(String, String)> {
+    let listeners: Vec<(String, String)> = config
+        .listeners()
+        .into_iter()
         .map(|(name, addr)| (name, addr.to_string()))
         .collect();
     let sockets: Vec<String> = listeners.iter().map(|(n, _)| socket_unit_name(n)).collect();
     let sockets = sockets.join(" ");
-    let (bin, conf) = (quote(binary), quote(config_path));
-    let app = &config.app.name;
+    let bin = quote(binary);
+    let conf: Vec<String> = config_paths.iter().map(|p| quote(p)).collect();
+    let conf = conf.join(" -c ");
+    let app = config.names().join(", ");
     let service = format!(
         "# Written by `ferry install systemd`.\n\
          [Unit]\n\
@@ -126,12 +126,18 @@ fn quote(path: &Path) -> String {
 
 pub fn run(cli: &Cli, args: &Install) -> CmdResult {
     let What::Systemd(args) = &args.what;
-    let config = cli.load_config()?;
-    let config_path = std::path::absolute(&cli.config)
-        .map_err(|e| Failure::Usage(format!("error: {}: {e}", cli.config.display())))?;
+    let config = cli.load_servers()?;
+    let config_paths = cli
+        .config
+        .iter()
+        .map(|c| {
+            std::path::absolute(c)
+                .map_err(|e| Failure::Usage(format!("error: {}: {e}", c.display())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let binary = std::env::current_exe()
         .map_err(|e| Failure::Failed(format!("error: cannot find this binary: {e}")))?;
-    let units = units(&config, &binary, &config_path);
+    let units = units(&config, &binary, &config_paths);
     let mut differing = Vec::new();
     for (name, text) in &units {
         let path = args.dir.join(name);

@@ -24,7 +24,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 
 pub use client::{ApiClient, ClientError};
 pub use serve::wait_for_stop;
@@ -36,14 +36,19 @@ pub const DEFAULT_CONFIG: &str = "ferry.toml";
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about, disable_help_subcommand = true)]
 pub struct Cli {
-    /// The config file.
+    /// The config file: an app's `ferry.toml`, or a server config listing apps (`apps =
+    /// [...]`); several app configs may be given (`-c api.toml -c admin.toml`).
     #[arg(
         short = 'c',
         long = "config",
         global = true,
-        default_value = DEFAULT_CONFIG
+        default_value = DEFAULT_CONFIG,
+        action = clap::ArgAction::Append
     )]
-    pub config: PathBuf,
+    pub config: Vec<PathBuf>,
+    /// The app to act on, when ferry serves several (default: the only one).
+    #[arg(short = 'a', long = "app", global = true, env = "FERRY_APP")]
+    pub app: Option<String>,
     /// The daemon's API address, instead of `[server] listen` from the config.
     #[arg(long, global = true, env = "FERRY_SERVER")]
     pub server: Option<String>,
@@ -248,44 +253,86 @@ pub async fn run(cli: Cli) -> ExitCode {
 
 impl Cli {
     /// ` -c <file>` when the config is not the default one, for commands printed as hints.
+    /// ` -a <app>` too when one was named.
     pub fn config_flag(&self) -> String {
-        if self.config == std::path::Path::new(DEFAULT_CONFIG) {
-            String::new()
-        } else {
-            format!(" -c {}", self.config.display())
+        let mut flags = String::new();
+        if self.config.len() != 1 || self.config[0] != std::path::Path::new(DEFAULT_CONFIG) {
+            for c in &self.config {
+                flags.push_str(&format!(" -c {}", c.display()));
+            }
         }
+        if let Some(app) = &self.app {
+            flags.push_str(&format!(" -a {app}"));
+        }
+        flags
     }
 
+    /// The first config file (where `init` writes, and what messages name).
+    pub fn config_path(&self) -> &std::path::Path {
+        self.config
+            .first()
+            .map_or(std::path::Path::new(DEFAULT_CONFIG), |p| p.as_path())
+    }
+
+    /// Every app the config files describe, and the server's part.
+    pub fn load_servers(&self) -> Result<ServerConfig, Failure> {
+        Ok(ServerConfig::load(&self.config)?)
+    }
+
+    /// The config of the app this command acts on: `-a`, or the only one.
     pub fn load_config(&self) -> Result<Config, Failure> {
-        Ok(Config::load(&self.config)?)
+        let servers = self.load_servers()?;
+        servers
+            .app(self.app.as_deref())
+            .cloned()
+            .map_err(|e| Failure::Usage(format!("error: {e}")))
     }
 
     /// A client for the daemon named by `--server` or the config.
     /// The token is `FERRY_TOKEN`, else the local token `serve` wrote into the state dir.
     pub fn client(&self) -> Result<ApiClient, Failure> {
-        let api = |config: &Config| {
+        let api = |config: &ServerConfig| {
             let mut addr = config.server.listen;
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
             format!("http://{addr}")
         };
-        let (base, state_dir, own) = match &self.server {
+        // the app's routes are prefixed (`/api/apps/{app}/…`) when apps share the serve
+        let (base, state_dir, own, app) = match &self.server {
             // with --server the config may be elsewhere; its state dir is used if it loads
             Some(url) => {
-                let config = Config::load(&self.config).ok();
+                let config = ServerConfig::load(&self.config).ok();
                 let own = config
                     .as_ref()
                     .is_some_and(|c| api(c) == url.trim_end_matches('/'));
-                (url.clone(), config.map(|c| c.state_dir), own)
+                let app = match &config {
+                    Some(c) if c.shared => Some(
+                        c.app(self.app.as_deref())
+                            .map_err(|e| Failure::Usage(format!("error: {e}")))?
+                            .app
+                            .name
+                            .clone(),
+                    ),
+                    _ => self.app.clone(),
+                };
+                (url.clone(), config.map(|c| c.state_dir), own, app)
             }
             None => {
-                let config = self.load_config()?;
-                (api(&config), Some(config.state_dir), true)
+                let config = self.load_servers()?;
+                let chosen = config
+                    .app(self.app.as_deref())
+                    .map_err(|e| Failure::Usage(format!("error: {e}")))?;
+                let app = config.shared.then(|| chosen.app.name.clone());
+                (api(&config), Some(config.state_dir), true, app)
             }
         };
         let token = crate::auth::cli_token(state_dir.as_deref());
-        let client = ApiClient::new(&base, &self.config, token);
+        let mut client = ApiClient::new(&base, self.config_path(), token);
+        client.set_flags(&self.config_flag());
+        if let Some(app) = app {
+            client = client.for_app(&app);
+        }
         Ok(if own {
             client
         } else {

@@ -17,7 +17,7 @@ pub struct Serve {
 }
 
 pub async fn run(cli: &Cli, args: &Serve) -> CmdResult {
-    let config = cli.load_config()?;
+    let config = cli.load_servers()?;
     // ferry's own files (its database, logs, backups, mirror) are for ferry alone. As root,
     // release dirs that app users must pass through are made under the usual umask, and
     // ferry's own files get their modes explicitly (see `sandbox`, `store`, `backup`).
@@ -25,11 +25,22 @@ pub async fn run(cli: &Cli, args: &Serve) -> CmdResult {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     }
     let stop_apps = args.stop_apps || config.server.stop_apps_on_exit;
+    let several = config.apps.len() > 1;
     let envs: Vec<String> = config
-        .environments
+        .apps
         .iter()
-        .map(|e| format!("{} on {}", e.name, e.urls(&config.server).join(" ")))
+        .flat_map(|a| {
+            a.environments.iter().map(move |e| {
+                let app = if several {
+                    format!("{}/", a.app.name)
+                } else {
+                    String::new()
+                };
+                format!("{app}{} on {}", e.name, e.urls(&a.server).join(" "))
+            })
+        })
         .collect();
+    let names = config.names().join(", ");
     let opts = StartOptions {
         takeover: args.takeover,
         serve_args: std::env::args_os().skip(1).collect(),
@@ -37,10 +48,7 @@ pub async fn run(cli: &Cli, args: &Serve) -> CmdResult {
     let daemon = Daemon::start(config, opts)
         .await
         .map_err(|e| Failure::Failed(format!("error: {e}")))?;
-    println!(
-        "ferry serving {}: API on http://{}",
-        daemon.engine.config.app.name, daemon.api_addr
-    );
+    println!("ferry serving {names}: API on http://{}", daemon.api_addr);
     for env in envs {
         println!("  {env}");
     }

@@ -52,7 +52,18 @@ pub enum TokenCommand {
 }
 
 fn open(cli: &Cli) -> Result<Store, Failure> {
-    let config = cli.load_config()?;
+    let servers = cli.load_servers()?;
+    let config = servers
+        .app(cli.app.as_deref())
+        .map_err(|e| Failure::Usage(format!("error: {e}")))?;
+    if servers.shared {
+        crate::sandbox::secure_server_dir(&servers.state_dir).map_err(|e| {
+            Failure::Failed(format!(
+                "cannot create the state dir {}: {e}",
+                servers.state_dir.display()
+            ))
+        })?;
+    }
     crate::sandbox::secure_state_dir(&config.state_dir).map_err(|e| {
         Failure::Failed(format!(
             "cannot create the state dir {}: {e}",

@@ -14,7 +14,7 @@ pub struct Upgrade {
 }
 
 pub async fn run(cli: &Cli, args: &Upgrade) -> CmdResult {
-    let config = cli.load_config()?;
+    let config = cli.load_servers()?;
     let binary = match &args.binary {
         Some(path) => std::path::absolute(path)
             .map_err(|e| Failure::Usage(format!("error: {}: {e}", path.display())))?,

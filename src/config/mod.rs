@@ -5,6 +5,7 @@
 //! column and says what to write instead (see [`Diagnostic`]).
 
 mod acme;
+mod apps;
 mod diagnostic;
 mod duration;
 mod freeze;
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use acme::{Acme, DEFAULT_CHECK_INTERVAL, DEFAULT_RENEW_BEFORE, LETS_ENCRYPT};
+pub use apps::ServerConfig;
 pub use diagnostic::Diagnostic;
 pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use freeze::FreezeWindow;
@@ -44,8 +46,13 @@ pub const RESERVED_VARS: &[&str] = &[
 pub struct Config {
     /// The file it was read from.
     pub path: PathBuf,
-    /// Where ferry keeps its database, mirror, releases and logs.
+    /// Where ferry keeps this app's database, mirror, releases and logs.
     pub state_dir: PathBuf,
+    /// The state dir of the `serve` hosting this app: `serve.lock`, `serve.sock` and the
+    /// local token live there, and commands are shut out of all of it. The same as
+    /// `state_dir` for one `ferry.toml`; the server's state dir (holding `apps/<app>/`)
+    /// when several apps share a serve (see [`ServerConfig`]).
+    pub server_dir: PathBuf,
     pub app: App,
     pub health: Health,
     /// Every environment, slots expanded (`staging-1`, `staging-2`), in file order by name.
@@ -321,6 +328,9 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Invalid(Box<Diagnostic>),
+    /// A conflict between the files of several apps (names, addresses, `[server]`).
+    #[error("{0}")]
+    Apps(String),
 }
 
 impl Config {

@@ -262,6 +262,7 @@ impl RawConfig {
         super::acme::check_needed(acme.as_ref(), &environments, &fail, text)?;
         Ok(Config {
             path: path.to_path_buf(),
+            server_dir: state_dir.clone(),
             state_dir,
             app,
             health,

@@ -19,9 +19,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 use crate::pipeline::{Engine, EngineError};
-use crate::server::{AppState, Metrics};
+use crate::server::{AppState, Apps, Metrics};
 use crate::store::Store;
 use handover::{Channel, Message};
 
@@ -80,7 +80,8 @@ pub struct StartOptions {
 
 /// A running daemon.
 pub struct Daemon {
-    pub engine: Arc<Engine>,
+    /// Every app's engine, in the config's order.
+    engines: Vec<Arc<Engine>>,
     /// Where the API answers.
     pub api_addr: SocketAddr,
     control: Arc<Control>,
@@ -128,13 +129,15 @@ impl Background {
 
 /// What a handover needs of the running daemon.
 struct Control {
-    engine: Arc<Engine>,
-    metrics: Arc<Metrics>,
+    /// Every app's engine, with the metrics its background work feeds.
+    engines: Vec<(Arc<Engine>, Arc<Metrics>)>,
+    /// The serve's state dir (`serve.lock`, `serve.sock`).
+    state_dir: PathBuf,
     /// Copies of the listening sockets, by name, to pass on.
     sockets: Vec<(String, OwnedFd)>,
     /// `serve.lock`, held while this daemon's engine is at work.
     lock: Mutex<Option<nix::fcntl::Flock<std::fs::File>>>,
-    background: tokio::sync::Mutex<Option<Background>>,
+    background: tokio::sync::Mutex<Option<Vec<Background>>>,
     /// Bringing environments back after the start.
     restore: Mutex<Option<JoinHandle<()>>>,
     /// One handover at a time.
@@ -151,26 +154,47 @@ impl Daemon {
     /// socket is in hand, so a ferry that cannot start changes nothing. Environments without
     /// an adopted instance are brought back to their last good release in the background
     /// ([`Daemon::restored`] waits for that).
-    pub async fn start(config: Config, opts: StartOptions) -> Result<Daemon, DaemonError> {
-        let state_dir = config.state_dir.display().to_string();
-        std::fs::create_dir_all(&config.state_dir).map_err(|source| DaemonError::StateDir {
+    pub async fn start(servers: ServerConfig, opts: StartOptions) -> Result<Daemon, DaemonError> {
+        let dir = servers.state_dir.clone();
+        let state_dir = dir.display().to_string();
+        std::fs::create_dir_all(&dir).map_err(|source| DaemonError::StateDir {
             path: state_dir.clone(),
             source,
         })?;
         let (passed, source, handover, lock) = if opts.takeover {
-            let (passed, chan) = take_over(&config.state_dir).await?;
+            let (passed, chan) = take_over(&dir).await?;
             // the old serve has just let go of it
-            let lock = lock_state_dir_within(&config.state_dir, Duration::from_secs(10)).await?;
+            let lock = lock_state_dir_within(&dir, Duration::from_secs(10)).await?;
             (passed, sockets::Source::Takeover, Some(chan), lock)
         } else {
-            let lock = lock_state_dir(&config.state_dir)?;
+            let lock = lock_state_dir(&dir)?;
             (sockets::systemd(), sockets::Source::Systemd, None, lock)
         };
-        let mut listeners = sockets::assign(&config, passed, source)?;
-        raise_open_files_limit(&config);
-        let store = Store::open(&config.state_dir.join("ferry.db"))?;
-        let engine = Engine::new(Arc::new(config), store)?;
-        tighten_logs(&engine.config);
+        let mut listeners = sockets::assign(&servers, passed, source)?;
+        raise_open_files_limit(&servers);
+        if servers.shared {
+            crate::sandbox::secure_server_dir(&dir).map_err(|e| DaemonError::StateDir {
+                path: state_dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        }
+        // the front door's certificates and ACME answers, the same for every app
+        let (certs, challenges) = (crate::tls::CertStore::new(), crate::tls::Challenges::new());
+        let mut engines = Vec::new();
+        for config in &servers.apps {
+            std::fs::create_dir_all(&config.state_dir).map_err(|source| DaemonError::StateDir {
+                path: config.state_dir.display().to_string(),
+                source,
+            })?;
+            let store = Store::open(&config.state_dir.join("ferry.db"))?;
+            let engine = Engine::sharing_tls(
+                Arc::new(config.clone()),
+                store,
+                (certs.clone(), challenges.clone()),
+            )?;
+            tighten_logs(&engine.config);
+            engines.push(engine);
+        }
         let mut kept = Vec::new();
         for (name, listener) in &listeners {
             // std duplicates with close-on-exec
@@ -193,49 +217,65 @@ impl Daemon {
         };
         let api = tokio_listener(sockets::API)?;
         let mut proxies = Vec::new();
-        for state in engine.environments().filter(|s| s.env.listen.is_some()) {
-            proxies.push((state.proxy.clone(), tokio_listener(&state.env.name)?));
+        for engine in &engines {
+            for state in engine.environments().filter(|s| s.env.listen.is_some()) {
+                let name = servers.listener_name(&engine.config.app.name, &state.env.name);
+                proxies.push((
+                    state.proxy.clone(),
+                    engine.config.proxy,
+                    tokio_listener(&name)?,
+                ));
+            }
         }
         let mut front_listeners = Vec::new();
         for (name, wanted) in [
-            (sockets::HTTP, engine.config.server.http),
-            (sockets::HTTPS, engine.config.server.https),
+            (sockets::HTTP, servers.server.http),
+            (sockets::HTTPS, servers.server.https),
         ] {
             if wanted.is_some() {
                 front_listeners.push((name, tokio_listener(name)?));
             }
         }
-        let entries = front_door_entries(&engine);
+        // one front door for every app's environments, with the certificates they share
+        let entries: Vec<_> = engines.iter().flat_map(|e| front_door_entries(e)).collect();
         let front = Arc::new(crate::frontdoor::FrontDoor::new(
             &entries,
-            engine.certs.clone(),
-            engine.challenges.clone(),
-            engine.config.server.https,
+            certs.clone(),
+            challenges.clone(),
+            servers.server.https,
         )?);
         let cert_files = crate::frontdoor::certs::load(
             crate::frontdoor::certs::Files::of(&entries),
-            engine.certs.clone(),
+            certs.clone(),
         );
-        let api_addr = api.local_addr().unwrap_or(engine.config.server.listen);
+        let api_addr = api.local_addr().unwrap_or(servers.server.listen);
         let (listeners_stop, rx) = watch::channel(false);
-        let app = AppState::new(engine.clone(), rx.clone()).map_err(DaemonError::Webhooks)?;
-        engine.recover_store().await?;
-        engine.apply_maintenance()?;
+        // one set of API connection counters for the one API listener
+        let connections = Arc::new(crate::listener::ConnStats::default());
+        let mut states = Vec::new();
+        for engine in &engines {
+            let mut app =
+                AppState::new(engine.clone(), rx.clone()).map_err(DaemonError::Webhooks)?;
+            app.metrics = Arc::new(Metrics::with_connections(connections.clone()));
+            states.push(app);
+        }
+        for engine in &engines {
+            engine.recover_store().await?;
+            engine.apply_maintenance()?;
+        }
         // only now: a second ferry that cannot bind must not replace the first one's token
-        let token_file = crate::auth::write_local(&engine.store, &engine.config.state_dir)?;
+        let stores: Vec<&Store> = engines.iter().map(|e| &e.store).collect();
+        let token_file = crate::auth::write_local_for(&stores, &dir)?;
         tracing::info!(path = %token_file.display(), "wrote the local API token");
         let mut listener_tasks = Vec::new();
-        // stored ACME certificates are installed before the https listener accepts
-        listener_tasks.extend(acme_renewals(&engine, &entries, rx.clone()));
-        for (proxy, listener) in proxies {
-            listener_tasks.push(tokio::spawn(proxy.serve(
-                listener,
-                engine.config.proxy,
-                rx.clone(),
-            )));
+        // stored ACME certificates are installed before the https listener accepts; [acme],
+        // the certificates and the ACME answers are the server's, the same in every engine
+        listener_tasks.extend(acme_renewals(&engines[0], &entries, rx.clone()));
+        for (proxy, settings, listener) in proxies {
+            listener_tasks.push(tokio::spawn(proxy.serve(listener, settings, rx.clone())));
         }
         for (name, listener) in front_listeners {
-            let (front, settings, rx) = (front.clone(), engine.config.proxy, rx.clone());
+            let (front, settings, rx) = (front.clone(), servers.proxy, rx.clone());
             listener_tasks.push(tokio::spawn(async move {
                 if name == sockets::HTTPS {
                     front.serve_https(listener, settings, rx).await;
@@ -245,20 +285,30 @@ impl Daemon {
             }));
         }
         listener_tasks.push(tokio::spawn(cert_files.run(rx.clone())));
-        let server = crate::server::serve(app.clone(), api);
+        let apps = Apps::new(states.clone());
+        let server = crate::server::serve(apps, api);
         listener_tasks.push(tokio::spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "API server stopped");
             }
         }));
-        let background = Background::start(&engine, &app.metrics);
+        let with_metrics: Vec<(Arc<Engine>, Arc<Metrics>)> = states
+            .iter()
+            .map(|s| (s.engine.clone(), s.metrics.clone()))
+            .collect();
+        let background = with_metrics
+            .iter()
+            .map(|(engine, metrics)| Background::start(engine, metrics))
+            .collect();
         let restore = tokio::spawn({
-            let engine = engine.clone();
-            async move { engine.restore_all().await }
+            let engines = engines.clone();
+            async move {
+                futures_util::future::join_all(engines.iter().map(|e| e.restore_all())).await;
+            }
         });
         let control = Arc::new(Control {
-            engine: engine.clone(),
-            metrics: app.metrics.clone(),
+            engines: with_metrics,
+            state_dir: dir,
             sockets: kept,
             lock: Mutex::new(Some(lock)),
             background: tokio::sync::Mutex::new(Some(background)),
@@ -282,13 +332,18 @@ impl Daemon {
             }
         };
         Ok(Daemon {
-            engine,
+            engines,
             api_addr,
             control,
             listeners_stop,
             listener_tasks,
             handover,
         })
+    }
+
+    /// Every app's engine, in the config's order (one for a single `ferry.toml`).
+    pub fn engines(&self) -> &[Arc<Engine>] {
+        &self.engines
     }
 
     /// Waits until the environments are back on their last good releases.
@@ -329,7 +384,7 @@ impl Daemon {
             task.abort();
         }
         let background = self.control.background.lock().await.take();
-        if let Some(background) = background {
+        for background in background.into_iter().flatten() {
             background.stop().await;
         }
         for task in self.listener_tasks {
@@ -338,11 +393,13 @@ impl Daemon {
         if handed_over {
             return;
         }
-        let _ = std::fs::remove_file(handover::socket_path(&self.engine.config.state_dir));
-        if stop_apps {
-            self.engine.shutdown().await;
-        } else {
-            self.engine.leave_running().await;
+        let _ = std::fs::remove_file(handover::socket_path(&self.control.state_dir));
+        for engine in &self.engines {
+            if stop_apps {
+                engine.shutdown().await;
+            } else {
+                engine.leave_running().await;
+            }
         }
     }
 }
@@ -389,7 +446,7 @@ fn acme_renewals(
     }
     let acme = crate::acme::Acme::new(
         settings,
-        &engine.config.state_dir,
+        &engine.config.server_dir,
         engine.certs.clone(),
         engine.challenges.clone(),
     );
@@ -434,7 +491,7 @@ impl Control {
     /// Listens on `serve.sock` (0600) for takeovers and upgrades.
     async fn listen(self: &Arc<Self>) -> Result<JoinHandle<()>, DaemonError> {
         use std::os::unix::fs::PermissionsExt;
-        let path = handover::socket_path(&self.engine.config.state_dir);
+        let path = handover::socket_path(&self.state_dir);
         let fail = |source| DaemonError::HandoverSocket {
             path: path.display().to_string(),
             source,
@@ -495,10 +552,17 @@ impl Control {
                 "ferry is still bringing environments back to their last good releases; try again once `ferry status` shows them healthy".into(),
             );
         }
-        match self.engine.handover_blocker() {
-            Ok(reason) => reason,
-            Err(e) => Some(format!("cannot read the store: {e}")),
+        for (engine, _) in &self.engines {
+            match engine.handover_blocker() {
+                Ok(None) => {}
+                Ok(Some(reason)) if self.engines.len() > 1 => {
+                    return Some(format!("app {}: {reason}", engine.config.app.name));
+                }
+                Ok(Some(reason)) => return Some(reason),
+                Err(e) => return Some(format!("cannot read the store: {e}")),
+            }
         }
+        None
     }
 
     /// The old serve's side of a takeover (see [`handover`]).
@@ -510,17 +574,24 @@ impl Control {
             let _ = chan.send(&refuse(reason)).await;
             return;
         }
-        if let Err(reason) = self.engine.begin_handover() {
-            tracing::info!(pid, "refused a takeover: {reason}");
-            let _ = chan.send(&refuse(reason)).await;
-            return;
+        for (i, (engine, _)) in self.engines.iter().enumerate() {
+            if let Err(reason) = engine.begin_handover() {
+                for (begun, _) in &self.engines[..i] {
+                    begun.end_handover();
+                }
+                tracing::info!(pid, "refused a takeover: {reason}");
+                let _ = chan.send(&refuse(reason)).await;
+                return;
+            }
         }
         tracing::info!(pid, "handing over to a new serve");
         let background = self.background.lock().await.take();
-        if let Some(background) = background {
+        for background in background.into_iter().flatten() {
             background.stop().await;
         }
-        self.engine.leave_running().await;
+        for (engine, _) in &self.engines {
+            engine.leave_running().await;
+        }
         let names: Vec<String> = self.sockets.iter().map(|(n, _)| n.clone()).collect();
         let fds: Vec<_> = self.sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
         let sent = chan.send_fds(&Message::Sockets { names }, &fds).await;
@@ -550,7 +621,7 @@ impl Control {
 
     /// Carries on after a takeover that did not happen.
     async fn resume(&self) {
-        let dir = &self.engine.config.state_dir;
+        let dir = &self.state_dir;
         if self
             .lock
             .lock()
@@ -567,8 +638,12 @@ impl Control {
                 }
             }
         }
-        self.engine.end_handover();
-        *self.background.lock().await = Some(Background::start(&self.engine, &self.metrics));
+        let mut background = Vec::new();
+        for (engine, metrics) in &self.engines {
+            engine.end_handover();
+            background.push(Background::start(engine, metrics));
+        }
+        *self.background.lock().await = Some(background);
     }
 
     /// `ferry upgrade`: starts `binary serve --takeover` with this serve's arguments and
@@ -682,7 +757,7 @@ const SPARE_DESCRIPTORS: u64 = 256;
 /// Raises the soft limit of open files to the hard limit, so connections run into ferry's own
 /// limits (`[server]`, `[proxy]`) long before the kernel's; warns when those budgets together
 /// could still exceed it. (Instances and commands inherit the raised limit.)
-fn raise_open_files_limit(config: &Config) {
+fn raise_open_files_limit(config: &ServerConfig) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok(limits) => limits,
@@ -706,8 +781,9 @@ fn raise_open_files_limit(config: &Config) {
         soft
     };
     // a proxied connection holds two descriptors: the client's and the app's
+    let environments: usize = config.apps.iter().map(|a| a.environments.len()).sum();
     let budget = config.server.connections.max_connections as u64
-        + 2 * config.proxy.connections.max_connections as u64 * config.environments.len() as u64
+        + 2 * config.proxy.connections.max_connections as u64 * environments as u64
         + SPARE_DESCRIPTORS;
     if budget > soft {
         tracing::warn!(

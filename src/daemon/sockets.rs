@@ -1,7 +1,7 @@
 //! `serve`'s listening sockets — the API's and each environment's proxy's — passed in by
 //! systemd (socket activation), handed over by the `serve` being replaced, or bound here.
 //!
-//! A listener is named `api` or after its environment. systemd's sockets are matched by
+//! A listener is named `api` or after its environment (`app.env` when apps share a serve). systemd's sockets are matched by
 //! their `FileDescriptorName=` or, unnamed, by their local address; one that matches nothing
 //! is an error (a socket unit out of step with the config). Handed-over sockets are used when
 //! their name and address still match the config (an environment removed or moved since is
@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsFd;
 use std::sync::Mutex;
 
-use crate::config::Config;
+use crate::config::ServerConfig;
 
 /// The API's listener name (`FileDescriptorName=api`).
 pub const API: &str = "api";
@@ -126,29 +126,15 @@ pub fn close_on_exec(fd: impl AsFd) -> std::io::Result<()> {
         .map_err(std::io::Error::from)
 }
 
-/// ferry's listeners by name ([`API`] and each environment) with their configured addresses.
-fn wanted(config: &Config) -> Vec<(String, SocketAddr)> {
-    std::iter::once((API.to_string(), config.server.listen))
-        .chain(config.server.http.map(|a| (HTTP.to_string(), a)))
-        .chain(config.server.https.map(|a| (HTTPS.to_string(), a)))
-        .chain(
-            config
-                .environments
-                .iter()
-                .filter_map(|e| Some((e.name.clone(), e.listen?))),
-        )
-        .collect()
-}
-
 /// Every listener of `config`: the passed one where one fits (see the module doc), else
 /// bound now. Fails on a systemd socket that fits nothing, and naming the first address that
 /// cannot be bound.
 pub fn assign(
-    config: &Config,
+    config: &ServerConfig,
     passed: Vec<Passed>,
     source: Source,
 ) -> Result<BTreeMap<String, TcpListener>, SocketError> {
-    let wanted = wanted(config);
+    let wanted = config.listeners();
     let mut out: BTreeMap<String, TcpListener> = BTreeMap::new();
     for p in passed {
         let addr = p.listener.local_addr().ok();
@@ -232,13 +218,14 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
-    fn config(api: u16, staging: u16) -> Config {
+    fn config(api: u16, staging: u16) -> ServerConfig {
         let text = format!(
             "[app]\nname = \"a\"\nrepo = \"https://example.com/r.git\"\nstart = \"true\"\n[health]\npaths = [\"/\"]\n\
              [environments.staging]\nlisten = \"127.0.0.1:{staging}\"\n[server]\nlisten = \"127.0.0.1:{api}\"\n"
         );
-        Config::parse(std::path::Path::new("/tmp/ferry.toml"), &text).unwrap()
+        ServerConfig::single(Config::parse(std::path::Path::new("/tmp/ferry.toml"), &text).unwrap())
     }
 
     fn listener() -> TcpListener {

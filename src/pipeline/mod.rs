@@ -179,6 +179,17 @@ impl Engine {
     /// Sets up environments (their users and dirs, proxies idle, logs open); nothing listens
     /// or runs yet.
     pub fn new(config: Arc<Config>, store: Store) -> Result<Arc<Engine>, EngineError> {
+        let tls = (crate::tls::CertStore::new(), crate::tls::Challenges::new());
+        Engine::sharing_tls(config, store, tls)
+    }
+
+    /// [`Engine::new`] with the front door's certificates and ACME answers given: one set
+    /// for every app of a serve.
+    pub fn sharing_tls(
+        config: Arc<Config>,
+        store: Store,
+        (certs, challenges): (Arc<crate::tls::CertStore>, Arc<crate::tls::Challenges>),
+    ) -> Result<Arc<Engine>, EngineError> {
         let redactor = Arc::new(Redactor::default());
         let webhook_vars: Vec<&str> = [
             config.webhooks.github_secret_env.as_deref(),
@@ -235,8 +246,8 @@ impl Engine {
             pushes: Mutex::new(()),
             redactor,
             handing_over: Mutex::new(false),
-            certs: crate::tls::CertStore::new(),
-            challenges: crate::tls::Challenges::new(),
+            certs,
+            challenges,
         }))
     }
 

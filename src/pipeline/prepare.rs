@@ -192,7 +192,7 @@ impl Engine {
         }
         sandbox::Confinement {
             run_as: state.run_as.clone(),
-            state_dir: Some(self.config.state_dir.clone()),
+            state_dir: Some(self.config.server_dir.clone()),
             read,
             write,
         }

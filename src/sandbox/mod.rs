@@ -314,6 +314,21 @@ fn mkdir(path: &Path) -> Result<(), SandboxError> {
 /// Makes the state dir private: 0700, or 0711 in root mode so environment users can pass
 /// through to their own environment's dir (and list nothing on the way).
 pub fn secure_state_dir(state_dir: &Path) -> Result<(), SandboxError> {
+    secure_dir(state_dir, "environments")
+}
+
+/// The state dir of a serve of several apps, as [`secure_state_dir`] makes an app's, with
+/// `apps/` (each app's state dir inside) passable where an app's has `environments/`.
+pub fn secure_server_dir(dir: &Path) -> Result<(), SandboxError> {
+    secure_dir(dir, "apps")?;
+    if !is_root() {
+        mkdir(&dir.join("apps"))?;
+        chmod(&dir.join("apps"), 0o700)?;
+    }
+    Ok(())
+}
+
+fn secure_dir(state_dir: &Path, passable: &str) -> Result<(), SandboxError> {
     mkdir(state_dir)?;
     if is_root() {
         // every dir above must be passable, or no app user gets to its release
@@ -330,7 +345,7 @@ pub fn secure_state_dir(state_dir: &Path) -> Result<(), SandboxError> {
             }
         }
         chmod(state_dir, 0o711)?;
-        let envs = state_dir.join("environments");
+        let envs = state_dir.join(passable);
         mkdir(&envs)?;
         chmod(&envs, 0o711)?;
         // ferry's own files (the store, tokens, the mirror, logs), whatever made them and

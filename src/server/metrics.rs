@@ -68,6 +68,15 @@ fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
 }
 
 impl Metrics {
+    /// Counters of their own, but the API's connections counted in `connections` (shared by
+    /// every app of a serve: there is one API listener).
+    pub fn with_connections(connections: Arc<ConnStats>) -> Metrics {
+        Metrics {
+            connections,
+            ..Metrics::default()
+        }
+    }
+
     pub fn webhook(&self, provider: &str, outcome: &'static str) {
         bump(&self.webhooks, (provider.to_string(), outcome));
     }

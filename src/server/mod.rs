@@ -4,6 +4,7 @@
 //! in one place ([`ApiError`]).
 
 pub mod actions;
+mod apps;
 mod dashboard;
 mod guard;
 pub mod hooks;
@@ -12,6 +13,7 @@ pub mod metrics;
 mod openapi;
 mod stream;
 
+pub use apps::Apps;
 pub use guard::{Caller, host_allowed};
 pub use metrics::Metrics;
 
@@ -251,24 +253,25 @@ async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::N
     next.run(req).await
 }
 
-/// Serves the API on `listener` until `app.shutdown` says stop: HTTP/1.1 under `[server]`'s
-/// connection limits, in a budget of its own ([`crate::listener`]); each request carries its
-/// peer's address (`ConnectInfo<SocketAddr>`).
-pub async fn serve(app: AppState, listener: TcpListener) -> std::io::Result<()> {
-    use hyper::service::Service as _;
+/// Serves the API of every app in `apps` on `listener` until `shutdown` says stop: HTTP/1.1
+/// under `[server]`'s connection limits, in a budget of its own ([`crate::listener`]); each
+/// request carries its peer's address (`ConnectInfo<SocketAddr>`) and goes to its app
+/// ([`Apps::dispatch`]).
+pub async fn serve(apps: Apps, listener: TcpListener) -> std::io::Result<()> {
+    let first = apps.first();
     let gate = crate::listener::Gate::new(
         "api",
-        app.engine.config.server.connections,
-        app.metrics.connections.clone(),
+        first.engine.config.server.connections,
+        first.metrics.connections.clone(),
     );
-    let shutdown = app.shutdown.clone();
-    let router = router(app);
+    let shutdown = first.shutdown.clone();
     let service = move |peer: std::net::SocketAddr| {
-        let router = hyper_util::service::TowerToHyperService::new(router.clone());
-        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        let apps = apps.clone();
+        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let mut req = req.map(axum::body::Body::new);
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
-            router.call(req)
+            apps.clone().dispatch(req)
         })
     };
     crate::listener::serve(listener, gate, service, shutdown).await;
@@ -280,6 +283,16 @@ pub async fn serve(app: AppState, listener: TcpListener) -> std::io::Result<()> 
 /// behind it (so a restarted ferry is not reported up while its apps are still booting); 503
 /// naming what is wrong otherwise.
 async fn health(State(engine): State<Arc<Engine>>) -> Response {
+    let (ok, body) = health_of(&engine).await;
+    if ok {
+        Json(body).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+/// One app's health, as `/health` reports it: whether it is ok, and the body.
+pub(crate) async fn health_of(engine: &Arc<Engine>) -> (bool, serde_json::Value) {
     let store = match engine.store.history(None, 1) {
         Ok(_) => "ok",
         Err(e) => {
@@ -322,16 +335,12 @@ async fn health(State(engine): State<Arc<Engine>>) -> Response {
         .into_iter()
         .collect();
     let ok = store == "ok" && proxies.values().all(|p| *p == "up");
-    let body = Json(json!({
+    let body = json!({
         "status": if ok { "ok" } else { "degraded" },
         "store": store,
         "proxies": proxies,
-    }));
-    if ok {
-        body.into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
-    }
+    });
+    (ok, body)
 }
 
 async fn environments(

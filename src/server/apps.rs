@@ -1,0 +1,327 @@
+//! One API for every app a serve hosts.
+//!
+//! Each app has its own router over its own [`AppState`] (engine, store, tokens, hooks), so
+//! every handler stays written for one app. In front of them, [`Apps::dispatch`] picks the
+//! app from the path and strips the prefix before routing:
+//!
+//! - `/api/apps/{app}/…` → that app's `/api/…`; `/hooks/apps/{app}/…` → its `/hooks/…`;
+//!   `/apps/{app}/…` → its dashboard;
+//! - un-prefixed paths → the only app; with several apps, `/api/…` is 400 naming them (a
+//!   caller must say which), `/health` covers every app, `/metrics` labels each series with
+//!   its app, webhooks go to the app whose repository the delivery names, and the
+//!   dashboard's index lists the apps;
+//! - `GET /api/apps` lists the apps the caller's token works for.
+//!
+//! Server-level answers (`/api/apps`, the 400) accept a token valid for any app; a route of
+//! one app checks that app's store only, so a token made for one app is refused by another.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tower::ServiceExt;
+
+use super::{ApiError, AppState, guard};
+
+/// Every app's state and router, in the config's order.
+#[derive(Clone)]
+pub struct Apps {
+    apps: Arc<Vec<(AppState, Router)>>,
+}
+
+/// Where a request goes.
+enum Target {
+    /// App `index`, at this path (the prefix stripped).
+    App(usize, Option<String>),
+    /// `GET /api/apps`.
+    List,
+    /// `/health` of every app.
+    Health,
+    /// `/metrics` of every app.
+    Metrics,
+    /// A webhook of whichever app's repository the delivery names.
+    Hook,
+    /// An un-prefixed API route with several apps.
+    Ambiguous,
+    /// The dashboard's index with several apps.
+    Index,
+    /// `/api/apps/{app}/…` of an app there is not.
+    Unknown(String),
+}
+
+impl Apps {
+    pub fn new(states: Vec<AppState>) -> Apps {
+        let apps = states
+            .into_iter()
+            .map(|s| {
+                let router = super::router(s.clone());
+                (s, router)
+            })
+            .collect();
+        Apps {
+            apps: Arc::new(apps),
+        }
+    }
+
+    /// Every app's state.
+    pub fn states(&self) -> impl Iterator<Item = &AppState> {
+        self.apps.iter().map(|(s, _)| s)
+    }
+
+    /// The first app's state (what the API shares: `[server]`, the connection counters).
+    pub fn first(&self) -> &AppState {
+        &self.apps[0].0
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.apps
+            .iter()
+            .position(|(s, _)| s.engine.config.app.name == name)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.states()
+            .map(|s| s.engine.config.app.name.clone())
+            .collect()
+    }
+
+    fn target(&self, method: &axum::http::Method, path: &str) -> Target {
+        let several = self.apps.len() > 1;
+        let prefixed = |rest: &str, to: &str| -> Option<Target> {
+            let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            Some(match self.index(name) {
+                Some(i) => Target::App(i, Some(format!("{to}{tail}"))),
+                None => Target::Unknown(name.to_string()),
+            })
+        };
+        if path == "/api/apps" && method == axum::http::Method::GET {
+            return Target::List;
+        }
+        let found = if let Some(rest) = path.strip_prefix("/api/apps/") {
+            prefixed(rest, "/api/")
+        } else if let Some(rest) = path.strip_prefix("/hooks/apps/") {
+            prefixed(rest, "/hooks/")
+        } else if let Some(rest) = path.strip_prefix("/apps/") {
+            prefixed(rest, "/")
+        } else {
+            None
+        };
+        if let Some(found) = found {
+            return found;
+        }
+        if !several {
+            return Target::App(0, None);
+        }
+        match path {
+            "/health" => Target::Health,
+            "/metrics" => Target::Metrics,
+            "/" => Target::Index,
+            p if p.starts_with("/hooks/") => Target::Hook,
+            p if p.starts_with("/api/") => Target::Ambiguous,
+            // the dashboard's own assets and sign-in are the same for every app
+            _ => Target::App(0, None),
+        }
+    }
+
+    /// Routes `req` to its app (see the module doc).
+    pub async fn dispatch(self, mut req: Request) -> Result<Response, Infallible> {
+        let target = self.target(req.method(), req.uri().path());
+        if !matches!(target, Target::App(..) | Target::Health)
+            && let Some(refused) = self.wrong_host(&req)
+        {
+            return Ok(refused);
+        }
+        Ok(match target {
+            Target::App(i, path) => {
+                if let Some(path) = path {
+                    rewrite(&mut req, &path);
+                }
+                let router = self.apps[i].1.clone();
+                router.oneshot(req).await?
+            }
+            Target::List => self.list(&req),
+            Target::Health => self.health().await,
+            Target::Metrics => self.metrics(req).await,
+            Target::Hook => self.hook(req).await,
+            Target::Index => self.index_page(&req),
+            Target::Ambiguous => self.ambiguous(&req),
+            Target::Unknown(name) => {
+                let shown: String = name.chars().filter(|c| !c.is_control()).take(100).collect();
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_app",
+                    format!("ferry serves no app called \"{shown}\"; GET /api/apps lists them"),
+                )
+                .into_response()
+            }
+        })
+    }
+
+    /// The 421 for a `Host` that is not ferry's (every app shares `[server]`).
+    fn wrong_host(&self, req: &Request) -> Option<Response> {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()));
+        match host {
+            Some(h) if guard::host_allowed(&self.first().engine.config.server, &h) => None,
+            _ => Some(
+                ApiError::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "unknown_host",
+                    "ferry does not answer to that name; if it is reached by it, add it to [server] hosts",
+                )
+                .into_response(),
+            ),
+        }
+    }
+
+    /// The apps the request's token (or dashboard session) works for; every app when reads
+    /// are open to this peer.
+    fn allowed(&self, req: &Request) -> Vec<usize> {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        (0..self.apps.len())
+            .filter(|&i| {
+                let app = &self.apps[i].0;
+                match presented {
+                    Some(secret) => {
+                        crate::auth::check(&app.engine.store, secret).is_ok_and(|t| t.is_some())
+                    }
+                    None => {
+                        guard::reads_open(app, req)
+                            || super::dashboard::session(app, req.headers())
+                                .is_ok_and(|s| s.is_some())
+                    }
+                }
+            })
+            .collect()
+    }
+
+    fn unauthorized() -> Response {
+        let mut resp = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this needs a token of one of ferry's apps: send Authorization: Bearer <token>",
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        resp
+    }
+
+    /// `GET /api/apps`: the apps the caller's token works for, with their environments.
+    fn list(&self, req: &Request) -> Response {
+        let allowed = self.allowed(req);
+        if allowed.is_empty() {
+            return Apps::unauthorized();
+        }
+        let apps: Vec<_> = allowed
+            .iter()
+            .map(|&i| {
+                let config = &self.apps[i].0.engine.config;
+                json!({
+                    "name": config.app.name,
+                    "environments": config.environment_names(),
+                })
+            })
+            .collect();
+        Json(apps).into_response()
+    }
+
+    /// An un-prefixed API route while several apps are served: which app is meant?
+    fn ambiguous(&self, req: &Request) -> Response {
+        let allowed = self.allowed(req);
+        if allowed.is_empty() {
+            return Apps::unauthorized();
+        }
+        let names: Vec<&str> = allowed
+            .iter()
+            .map(|&i| self.apps[i].0.engine.config.app.name.as_str())
+            .collect();
+        let path = req.uri().path();
+        let example = format!(
+            "/api/apps/{}/{}",
+            names[0],
+            path.strip_prefix("/api/").unwrap_or_default()
+        );
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "app_required",
+            format!(
+                "ferry serves several apps ({}): address one with /api/apps/{{app}}/… (like {example}), or ferry -a APP",
+                names.join(", ")
+            ),
+        )
+        .into_response()
+    }
+
+    /// `/health` with several apps: every app's, under its name; 503 when one is not ok.
+    async fn health(&self) -> Response {
+        let mut ok = true;
+        let mut apps = serde_json::Map::new();
+        for (state, _) in self.apps.iter() {
+            let (fine, body) = super::health_of(&state.engine).await;
+            ok &= fine;
+            apps.insert(state.engine.config.app.name.clone(), body);
+        }
+        let body = Json(json!({
+            "status": if ok { "ok" } else { "degraded" },
+            "apps": apps,
+        }));
+        if ok {
+            body.into_response()
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+        }
+    }
+
+    async fn metrics(&self, req: Request) -> Response {
+        let _ = req;
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
+    }
+
+    async fn hook(&self, req: Request) -> Response {
+        let _ = req;
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "app_required",
+            "ferry serves several apps: point the webhook at /hooks/apps/{app}/github (or gitlab)",
+        )
+        .into_response()
+    }
+
+    fn index_page(&self, req: &Request) -> Response {
+        let _ = req;
+        let names = self.names();
+        axum::response::Redirect::to(&format!("/apps/{}/", names[0])).into_response()
+    }
+}
+
+/// Points `req` at `path`, keeping its query.
+fn rewrite(req: &mut Request, path: &str) {
+    let target = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = target.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}

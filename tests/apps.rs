@@ -1,0 +1,322 @@
+//! Several apps under one `ferry serve`: a server config listing two app configs (two sample
+//! repositories, two environments each), addressed with `ferry -a` and `/api/apps/{app}/…`,
+//! each with its own history and tokens; and the config errors between apps.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{FERRY, GOOD, Rel, Sandbox, free_port, get, get_with, post, sh};
+
+/// An app config for the sample app of `repo` (relative to `apps/`), with staging and
+/// production on free ports: (text, [(env, url)]).
+fn app_config(name: &str, repo: &str) -> (String, Vec<(String, String)>) {
+    let (staging, production) = (free_port(), free_port());
+    let text = format!(
+        r#"[app]
+name = "{name}"
+repo = "{repo}"
+start = "'{FERRY}' sample-app"
+stop_timeout = "2s"
+drain_timeout = "5s"
+
+[health]
+paths = ["/health"]
+interval = "100ms"
+timeout = "1s"
+retries = 15
+
+[environments.staging]
+listen = "127.0.0.1:{staging}"
+
+[environments.production]
+listen = "127.0.0.1:{production}"
+"#
+    );
+    let envs = vec![
+        (
+            format!("{name}/staging"),
+            format!("http://127.0.0.1:{staging}"),
+        ),
+        (
+            format!("{name}/production"),
+            format!("http://127.0.0.1:{production}"),
+        ),
+    ];
+    (text, envs)
+}
+
+/// A second repository of sample-app releases beside the sandbox's.
+fn second_repo(dir: &Path, tags: &[&str]) {
+    let repo = dir.join("repo2");
+    std::fs::create_dir(&repo).unwrap();
+    sh(&repo, "git init -q -b main");
+    for tag in tags {
+        std::fs::write(repo.join("app.conf"), GOOD).unwrap();
+        std::fs::write(repo.join("release.txt"), tag).unwrap();
+        sh(
+            &repo,
+            &format!("git add . && git commit -qm {tag} && git tag {tag}"),
+        );
+    }
+}
+
+/// A sandbox whose `ferry.toml` is a server config listing `apps/*.toml`: app `api` from the
+/// sandbox's repo (v1.0.0, v1.1.0), app `admin` from a second one (v2.0.0). Environments are
+/// named `app/env` in `envs`.
+fn two_apps() -> Sandbox {
+    let mut s = Sandbox::new(&[Rel("v1.0.0", GOOD), Rel("v1.1.0", GOOD)]);
+    second_repo(s.dir.path(), &["v2.0.0"]);
+    std::fs::create_dir(s.dir.path().join("apps")).unwrap();
+    let (api, mut envs) = app_config("api", "../repo");
+    let (admin, admin_envs) = app_config("admin", "../repo2");
+    envs.extend(admin_envs);
+    std::fs::write(s.dir.path().join("apps/api.toml"), api).unwrap();
+    std::fs::write(s.dir.path().join("apps/admin.toml"), admin).unwrap();
+    let port: u16 = s.api.rsplit(':').next().unwrap().parse().unwrap();
+    std::fs::write(
+        &s.config,
+        format!("apps = [\"apps/*.toml\"]\n\n[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    s.envs = envs;
+    s
+}
+
+fn version(url: &str) -> String {
+    let (status, body) = get(&format!("{url}/version")).expect("the proxy answers");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["version"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn two_apps_deploy_apart_with_their_own_history_and_tokens() {
+    let mut s = two_apps();
+    s.serve();
+    let deployed = |app: &str, env: &str, r: &str| {
+        let run = s.ferry(&["-a", app, "deploy", env, r]);
+        assert_eq!(run.code(), 0, "{run}\n{}", s.serve_log());
+    };
+    deployed("api", "staging", "v1.0.0");
+    deployed("admin", "staging", "v2.0.0");
+    deployed("admin", "production", "v2.0.0");
+    assert_eq!(version(&s.url("api/staging")), "v1.0.0");
+    assert_eq!(version(&s.url("admin/staging")), "v2.0.0");
+    assert_eq!(version(&s.url("admin/production")), "v2.0.0");
+
+    // each app's history is its own
+    let history = |app: &str| s.ferry(&["-a", app, "history", "--json"]).json();
+    let api = history("api");
+    let admin = history("admin");
+    assert_eq!(api.as_array().unwrap().len(), 1, "{api}");
+    assert_eq!(admin.as_array().unwrap().len(), 2, "{admin}");
+    assert!(admin.to_string().contains("v2.0.0") && !admin.to_string().contains("v1.0.0"));
+    // each its own state dir under the server's
+    let state = s.state_dir();
+    assert!(state.join("apps/api/ferry.db").is_file());
+    assert!(state.join("apps/admin/ferry.db").is_file());
+    assert!(state.join("local-token").is_file());
+
+    // the CLI must be told which app, and says which there are
+    let run = s.ferry(&["status"]);
+    assert_eq!(run.code(), 2, "{run}");
+    assert!(
+        run.stderr().contains("several apps (admin, api)") && run.stderr().contains("-a APP"),
+        "{run}"
+    );
+    let run = s.ferry(&["-a", "shop", "status"]);
+    assert_eq!(run.code(), 2, "{run}");
+    assert!(run.stderr().contains("no app is called \"shop\""), "{run}");
+
+    // the API: prefixed routes, the list, and un-prefixed ones refused with the way out
+    let local = s.token();
+    let (status, body) = s.get("/api/apps/api/environments").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let envs: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(envs.as_array().unwrap().len(), 2);
+    let staging = envs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["environment"] == "staging");
+    assert_eq!(staging.unwrap()["version"], "v1.0.0", "{envs}");
+    let apps: Value = serde_json::from_str(&s.get("/api/apps").unwrap().1).unwrap();
+    assert_eq!(
+        apps,
+        json!([
+            {"name": "admin", "environments": ["production", "staging"]},
+            {"name": "api", "environments": ["production", "staging"]},
+        ])
+    );
+    let (status, body) = s.get("/api/environments").unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("several apps (admin, api)") && body.contains("/api/apps/{app}/"),
+        "{body}"
+    );
+    let (status, _) = get_with(&format!("{}/api/environments", s.api), None).unwrap();
+    assert_eq!(status, 401, "no token: nothing named");
+    let (status, _) = s.get("/api/apps/shop/environments").unwrap();
+    assert_eq!(status, 404);
+    // a deploy through the prefixed API
+    let (status, body) = post(
+        &format!("{}/api/apps/api/deployments", s.api),
+        Some(&local),
+        &json!({"environment": "production", "ref": "v1.0.0"}),
+    );
+    assert_eq!(status, 201, "{body}");
+
+    // a token of admin's works for admin only
+    let run = s.ferry(&["-a", "admin", "token", "create", "ci", "--json"]);
+    assert_eq!(run.code(), 0, "{run}");
+    let secret = run.json()["token"].as_str().unwrap().to_string();
+    let on = |app: &str| {
+        get_with(
+            &format!("{}/api/apps/{app}/environments", s.api),
+            Some(&secret),
+        )
+        .unwrap()
+        .0
+    };
+    assert_eq!(on("admin"), 200);
+    assert_eq!(on("api"), 401, "admin's token is unknown to api");
+    let (status, _) = post(
+        &format!("{}/api/apps/api/deployments", s.api),
+        Some(&secret),
+        &json!({"environment": "staging", "ref": "v1.1.0"}),
+    );
+    assert_eq!(status, 401, "nor may it deploy api");
+    let (_, body) = get_with(&format!("{}/api/apps", s.api), Some(&secret)).unwrap();
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["name"], "admin");
+    // /health covers both
+    let (status, body) = get(&format!("{}/health", s.api)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"admin\"") && body.contains("\"api\""),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_deploy_of_one_app_fails_no_request_of_the_other() {
+    let mut s = two_apps();
+    s.serve();
+    for (app, r) in [("admin", "v2.0.0"), ("api", "v1.0.0")] {
+        let run = s.ferry(&["-a", app, "deploy", "staging", r]);
+        assert_eq!(run.code(), 0, "{run}\n{}", s.serve_log());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let url = format!("{}/version", s.url("admin/staging"));
+    let client = std::thread::spawn({
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        move || {
+            let http = reqwest::blocking::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let served = http
+                    .get(&url)
+                    .send()
+                    .ok()
+                    .filter(|r| r.status() == 200)
+                    .and_then(|r| r.text().ok())
+                    .is_some_and(|t| t.contains("v2.0.0"));
+                let counter = if served { &ok } else { &failed };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    for r in ["v1.1.0", "v1.0.0"] {
+        let run = s.ferry(&["-a", "api", "deploy", "staging", r]);
+        assert_eq!(run.code(), 0, "{run}\n{}", s.serve_log());
+    }
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    assert!(ok.load(Ordering::Relaxed) > 0, "the client made requests");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed requests on admin"
+    );
+    assert_eq!(version(&s.url("api/staging")), "v1.0.0");
+}
+
+/// `ferry check` with `files`, which must fail naming `needles`.
+fn refused(dir: &Path, files: &[&str], needles: &[&str]) {
+    let mut cmd = std::process::Command::new(FERRY);
+    for f in files {
+        cmd.arg("-c").arg(dir.join(f));
+    }
+    let out = cmd.arg("check").output().unwrap();
+    let run = support::Run(out);
+    assert_eq!(run.code(), 2, "{run}");
+    for n in needles {
+        assert!(run.stderr().contains(n), "{n} missing: {run}");
+    }
+}
+
+#[test]
+fn conflicts_between_apps_are_config_errors_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let write = |name: &str, text: &str| std::fs::write(d.join(name), text).unwrap();
+    let (api, _) = app_config("api", "https://example.com/api.git");
+    let (admin, _) = app_config("admin", "https://example.com/admin.git");
+    write("api.toml", &api);
+    write("admin.toml", &admin);
+    write("api2.toml", &api);
+    refused(
+        d,
+        &["api.toml", "api2.toml"],
+        &["two apps are named \"api\"", "api.toml", "api2.toml"],
+    );
+    // the same addresses as api's, under another name
+    write(
+        "shop.toml",
+        &api.replace("name = \"api\"", "name = \"shop\""),
+    );
+    refused(
+        d,
+        &["api.toml", "shop.toml"],
+        &[
+            "environment production of app api",
+            "of app shop",
+            "both listen on",
+        ],
+    );
+    let server = "\n[server]\nlisten = \"127.0.0.1:1\"\n";
+    write("api_s.toml", &format!("{api}{server}"));
+    write("admin_s.toml", &format!("{admin}{server}"));
+    refused(
+        d,
+        &["api_s.toml", "admin_s.toml"],
+        &[
+            "api_s.toml has [server]",
+            "admin_s.toml has [server]",
+            "at most one",
+        ],
+    );
+    // together they are fine
+    let mut cmd = std::process::Command::new(FERRY);
+    let out = cmd
+        .args(["-c"])
+        .arg(d.join("api_s.toml"))
+        .arg("-c")
+        .arg(d.join("admin.toml"))
+        .arg("check")
+        .output()
+        .unwrap();
+    let run = support::Run(out);
+    assert_eq!(run.code(), 0, "{run}");
+    assert!(run.stdout().contains("2 app(s)"), "{run}");
+}
