@@ -48,6 +48,16 @@ pub fn build() -> Value {
         let item = paths.entry(path.to_string()).or_insert_with(|| json!({}));
         item[*method] = op;
     }
+    paths.insert(
+        "/api/apps".into(),
+        json!({"get": {
+            "operationId": "get_api_apps",
+            "tags": ["ferry"],
+            "summary": "the apps this serve hosts that the token works for, with their environments",
+            "parameters": [],
+            "responses": {"200": {"description": "OK"}},
+        }}),
+    );
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -55,7 +65,11 @@ pub fn build() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Release promotion and deployment. Mutations need Authorization: \
                 Bearer <token> (ferry token create); reads are open when ferry listens on \
-                loopback only. Errors are {\"error\": {\"code\", \"message\"}}.",
+                loopback only. Errors are {\"error\": {\"code\", \"message\"}}. \
+                When ferry serves several apps, every /api/… route is also \
+                /api/apps/{app}/… (and /hooks/… is /hooks/apps/{app}/…), which addresses \
+                one app; un-prefixed routes reach the only app, and with several apps \
+                answer 400 app_required.",
         },
         "paths": paths,
         "components": {
