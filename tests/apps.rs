@@ -15,6 +15,16 @@ use support::{FERRY, GOOD, Rel, Sandbox, free_port, get, get_with, post, sh};
 /// An app config for the sample app of `repo` (relative to `apps/`), with staging and
 /// production on free ports: (text, [(env, url)]).
 fn app_config(name: &str, repo: &str) -> (String, Vec<(String, String)>) {
+    app_config_with(name, repo, "", "")
+}
+
+/// [`app_config`] with `staging_extra` added to its staging table and `tail` to the file.
+fn app_config_with(
+    name: &str,
+    repo: &str,
+    staging_extra: &str,
+    tail: &str,
+) -> (String, Vec<(String, String)>) {
     let (staging, production) = (free_port(), free_port());
     let text = format!(
         r#"[app]
@@ -32,9 +42,12 @@ retries = 15
 
 [environments.staging]
 listen = "127.0.0.1:{staging}"
+{staging_extra}
 
 [environments.production]
 listen = "127.0.0.1:{production}"
+
+{tail}
 "#
     );
     let envs = vec![
@@ -69,11 +82,17 @@ fn second_repo(dir: &Path, tags: &[&str]) {
 /// sandbox's repo (v1.0.0, v1.1.0), app `admin` from a second one (v2.0.0). Environments are
 /// named `app/env` in `envs`.
 fn two_apps() -> Sandbox {
+    two_apps_with(["", ""], ["", ""])
+}
+
+/// [`two_apps`] with `staging` added to each app's staging table and `tail` to each file
+/// (api's first).
+fn two_apps_with(staging: [&str; 2], tail: [&str; 2]) -> Sandbox {
     let mut s = Sandbox::new(&[Rel("v1.0.0", GOOD), Rel("v1.1.0", GOOD)]);
     second_repo(s.dir.path(), &["v2.0.0"]);
     std::fs::create_dir(s.dir.path().join("apps")).unwrap();
-    let (api, mut envs) = app_config("api", "../repo");
-    let (admin, admin_envs) = app_config("admin", "../repo2");
+    let (api, mut envs) = app_config_with("api", "../repo", staging[0], tail[0]);
+    let (admin, admin_envs) = app_config_with("admin", "../repo2", staging[1], tail[1]);
     envs.extend(admin_envs);
     std::fs::write(s.dir.path().join("apps/api.toml"), api).unwrap();
     std::fs::write(s.dir.path().join("apps/admin.toml"), admin).unwrap();
@@ -202,6 +221,118 @@ fn two_apps_deploy_apart_with_their_own_history_and_tokens() {
         body.contains("\"admin\"") && body.contains("\"api\""),
         "{body}"
     );
+    // /metrics: every app's series, labelled, one family each, what is shared once
+    let (status, text) = s.get("/metrics").unwrap();
+    assert_eq!(status, 200, "{text}");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let info: Vec<(String, String)> = scrape
+        .samples
+        .iter()
+        .filter(|m| m.metric == "ferry_version_info")
+        .map(|m| {
+            let l = |k: &str| m.labels.get(k).unwrap_or_default().to_string();
+            (l("app"), l("version"))
+        })
+        .collect();
+    assert!(info.contains(&("api".into(), "v1.0.0".into())), "{info:?}");
+    assert!(
+        info.contains(&("admin".into(), "v2.0.0".into())),
+        "{info:?}"
+    );
+    assert_eq!(
+        text.matches("# TYPE ferry_version_info ").count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(text.matches("\nferry_up 1").count(), 1, "{text}");
+    // admin's token sees admin's series only
+    let (status, text) = get_with(&format!("{}/metrics", s.api), Some(&secret)).unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("app=\"admin\"") && !text.contains("app=\"api\""),
+        "{text}"
+    );
+    assert_eq!(get(&format!("{}/metrics", s.api)).unwrap().0, 401);
+}
+
+const GH_SECRET: &str = "gh-secret-for-apps";
+
+fn sign(body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(GH_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn github_push(s: &Sandbox, repository: &str, sha: &str, signature: Option<&str>) -> (u16, Value) {
+    let body = serde_json::to_vec(&json!({
+        "ref": "refs/heads/main",
+        "after": sha,
+        "repository": {"full_name": repository},
+        "pusher": {"name": "dev"},
+    }))
+    .unwrap();
+    let resp = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("{}/hooks/github", s.api))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", format!("d-{repository}-{sha}"))
+        .header(
+            "x-hub-signature-256",
+            signature.map_or_else(|| sign(&body), str::to_string),
+        )
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or_default())
+}
+
+#[test]
+fn a_webhook_goes_to_the_app_whose_repository_the_push_names() {
+    let hooks = |repo: &str| {
+        format!("[webhooks]\ngithub_secret_env = \"FERRY_TEST_GH\"\nrepository = \"acme/{repo}\"\n")
+    };
+    let track = "track = { branch = \"main\" }";
+    let (api_hooks, admin_hooks) = (hooks("api"), hooks("admin"));
+    let mut s = two_apps_with([track, track], [&api_hooks, &admin_hooks]);
+    s.serve_env.push(("FERRY_TEST_GH".into(), GH_SECRET.into()));
+    s.serve();
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "main"])
+        .current_dir(s.dir.path().join("repo2"))
+        .output()
+        .unwrap();
+    let sha = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // signed by nobody: refused without a word about the apps
+    let (status, _) = github_push(&s, "acme/admin", &sha, Some("sha256=00"));
+    assert_eq!(status, 401);
+    let (status, _) = github_push(&s, "acme/other", &sha, Some("sha256=00"));
+    assert_eq!(status, 401);
+    let (status, body) = github_push(&s, "acme/other", &sha, None);
+    assert_eq!(status, 202, "{body}");
+    assert!(body.to_string().contains("no app"), "{body}");
+    let (status, body) = github_push(&s, "ACME/admin", &sha, None);
+    assert!(status < 300, "{status} {body}");
+    assert!(
+        support::eventually(Duration::from_secs(30), || {
+            get(&format!("{}/version", s.url("admin/staging")))
+                .is_some_and(|(st, b)| st == 200 && b.contains(&sha))
+        }),
+        "admin's staging deploys the push\n{}",
+        s.serve_log()
+    );
+    let api = s.ferry(&["-a", "api", "history", "--json"]).json();
+    assert_eq!(
+        api.as_array().unwrap().len(),
+        0,
+        "api deployed nothing: {api}"
+    );
+    let admin = s.ferry(&["-a", "admin", "history", "--json"]).json();
+    assert_eq!(admin.as_array().unwrap().len(), 1, "{admin}");
 }
 
 #[test]

@@ -32,6 +32,8 @@ use super::{ApiError, AppState, guard};
 #[derive(Clone)]
 pub struct Apps {
     apps: Arc<Vec<(AppState, Router)>>,
+    /// Webhook bodies read at once to find their app (each up to [`super::hooks::MAX_BODY`]).
+    reading: Arc<tokio::sync::Semaphore>,
 }
 
 /// Where a request goes.
@@ -65,6 +67,7 @@ impl Apps {
             .collect();
         Apps {
             apps: Arc::new(apps),
+            reading: Arc::new(tokio::sync::Semaphore::new(4)),
         }
     }
 
@@ -289,25 +292,148 @@ impl Apps {
         }
     }
 
+    /// `/metrics` with several apps: those the token works for, each series labelled.
     async fn metrics(&self, req: Request) -> Response {
-        let _ = req;
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
+        let allowed = self.allowed(&req);
+        if allowed.is_empty() {
+            return Apps::unauthorized();
+        }
+        let states: Vec<&AppState> = allowed.iter().map(|&i| &self.apps[i].0).collect();
+        super::metrics::merged(&states)
+            .await
+            .unwrap_or_else(IntoResponse::into_response)
     }
 
+    /// `/hooks/github` or `/hooks/gitlab` with several apps: the delivery goes to each app
+    /// whose repository it names (else to the apps that take any repository), which checks
+    /// its signature as usual. A delivery no app takes is 202 once some app's secret signs
+    /// it, else 401, so an unsigned request learns nothing.
     async fn hook(&self, req: Request) -> Response {
-        let _ = req;
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "app_required",
-            "ferry serves several apps: point the webhook at /hooks/apps/{app}/github (or gitlab)",
-        )
-        .into_response()
+        let (parts, body) = req.into_parts();
+        let bytes = {
+            let Ok(_turn) = self.reading.acquire().await else {
+                return StatusCode::SERVICE_UNAVAILABLE.into_response();
+            };
+            match axum::body::to_bytes(body, super::hooks::MAX_BODY).await {
+                Ok(b) => b,
+                Err(_) => {
+                    return ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        format!("a delivery may be at most {} bytes", super::hooks::MAX_BODY),
+                    )
+                    .into_response();
+                }
+            }
+        };
+        let repository = delivery_repository(&parts.headers, &bytes);
+        let takes = |want: Option<&str>| -> Vec<usize> {
+            (0..self.apps.len())
+                .filter(|&i| {
+                    let own = self.apps[i].0.hooks.repository.as_deref();
+                    match (own, want) {
+                        (Some(own), Some(want)) => own.eq_ignore_ascii_case(want),
+                        (None, None) => true,
+                        _ => false,
+                    }
+                })
+                .collect()
+        };
+        let mut chosen = takes(repository.as_deref());
+        if chosen.is_empty() {
+            chosen = takes(None);
+        }
+        if chosen.is_empty() {
+            let signed = self.states().any(|app| hook_signed(app, &parts, &bytes));
+            return if signed {
+                (
+                    StatusCode::ACCEPTED,
+                    Json(
+                        json!({"ignored": "no app of this ferry takes pushes of that repository"}),
+                    ),
+                )
+                    .into_response()
+            } else {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "bad_signature",
+                    "the delivery is signed for none of ferry's apps",
+                )
+                .into_response()
+            };
+        }
+        let mut answers = Vec::new();
+        for i in chosen {
+            let mut req = Request::new(axum::body::Body::from(bytes.clone()));
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = parts.uri.clone();
+            *req.headers_mut() = parts.headers.clone();
+            let router = self.apps[i].1.clone();
+            let Ok(resp) = router.oneshot(req).await;
+            answers.push((self.apps[i].0.engine.config.app.name.clone(), resp));
+        }
+        if answers.len() == 1 {
+            return answers.pop().map(|(_, r)| r).unwrap_or_default();
+        }
+        let mut status = StatusCode::OK;
+        let mut bodies = serde_json::Map::new();
+        for (name, resp) in answers {
+            status = status.max(resp.status());
+            let bytes = axum::body::to_bytes(resp.into_body(), super::MAX_BODY)
+                .await
+                .unwrap_or_default();
+            bodies.insert(
+                name,
+                serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+            );
+        }
+        (status, Json(json!({ "apps": bodies }))).into_response()
     }
 
     fn index_page(&self, req: &Request) -> Response {
         let _ = req;
         let names = self.names();
         axum::response::Redirect::to(&format!("/apps/{}/", names[0])).into_response()
+    }
+}
+
+/// The repository a webhook delivery names (GitHub's `repository.full_name`, GitLab's
+/// `project.path_with_namespace`), from a JSON or form-encoded (`payload=`) body.
+fn delivery_repository(headers: &axum::http::HeaderMap, body: &[u8]) -> Option<String> {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    let value: serde_json::Value = if form {
+        let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(body).ok()?;
+        let payload = fields.into_iter().find(|(k, _)| k == "payload")?.1;
+        serde_json::from_str(&payload).ok()?
+    } else {
+        serde_json::from_slice(body).ok()?
+    };
+    value["repository"]["full_name"]
+        .as_str()
+        .or_else(|| value["project"]["path_with_namespace"].as_str())
+        .map(str::to_string)
+}
+
+/// True when `app`'s webhook secret signs this delivery.
+fn hook_signed(app: &AppState, parts: &axum::http::request::Parts, body: &[u8]) -> bool {
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    if parts.uri.path().ends_with("/github") {
+        let (Some(secret), Some(signature)) =
+            (app.hooks.github.as_deref(), header("x-hub-signature-256"))
+        else {
+            return false;
+        };
+        super::hooks::github_signature_ok(secret, body, signature)
+    } else {
+        use subtle::ConstantTimeEq;
+        let (Some(secret), Some(token)) = (app.hooks.gitlab.as_deref(), header("x-gitlab-token"))
+        else {
+            return false;
+        };
+        bool::from(token.as_bytes().ct_eq(secret.as_bytes()))
     }
 }
 

@@ -151,6 +151,80 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> {
+    Ok(text(render(&app).await?))
+}
+
+/// `/metrics` of a serve of several apps: each app's series with an `app` label, under one
+/// `# HELP`/`# TYPE` per metric; what the apps share (`ferry_up`, the API listener's
+/// connections) once, unlabelled.
+pub async fn merged(apps: &[&AppState]) -> Result<Response, ApiError> {
+    let mut families: Vec<(String, String, Vec<String>)> = Vec::new();
+    for (i, app) in apps.iter().enumerate() {
+        let name = label(&app.engine.config.app.name);
+        let mut current = String::new();
+        let mut head = String::new();
+        for line in render(app).await?.lines() {
+            if let Some(rest) = line
+                .strip_prefix("# HELP ")
+                .or_else(|| line.strip_prefix("# TYPE "))
+            {
+                let family = rest.split(' ').next().unwrap_or_default().to_string();
+                if family != current {
+                    head.clear();
+                    current = family;
+                }
+                head.push_str(line);
+                head.push('\n');
+                continue;
+            }
+            let at = match families.iter().position(|(f, _, _)| *f == current) {
+                Some(at) => at,
+                None => {
+                    families.push((current.clone(), head.clone(), Vec::new()));
+                    families.len() - 1
+                }
+            };
+            let shared = line.starts_with("ferry_up ") || line.contains("listener=\"api\"");
+            if shared {
+                if i == 0 {
+                    families[at].2.push(line.to_string());
+                }
+                continue;
+            }
+            let labelled = match line.split_once('{') {
+                Some((metric, rest)) => format!("{metric}{{app=\"{name}\",{rest}"),
+                None => match line.split_once(' ') {
+                    Some((metric, value)) => format!("{metric}{{app=\"{name}\"}} {value}"),
+                    None => continue,
+                },
+            };
+            families[at].2.push(labelled);
+        }
+    }
+    let mut out = String::new();
+    for (_, head, samples) in families {
+        out.push_str(&head);
+        for s in samples {
+            out.push_str(&s);
+            out.push('\n');
+        }
+    }
+    Ok(text(out))
+}
+
+fn text(out: String) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+/// One app's metrics in Prometheus text.
+async fn render(app: &AppState) -> Result<String, ApiError> {
     let engine = &app.engine;
     let mut out = String::new();
     header(&mut out, "ferry_up", "gauge", "1 while ferry serves.");
@@ -242,7 +316,7 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
             pool_lines(&mut pools, name, &upstream);
         }
     }
-    connections(&mut out, &app, &conns);
+    connections(&mut out, app, &conns);
     header(
         &mut out,
         "ferry_proxy_requests_total",
@@ -312,14 +386,7 @@ pub async fn metrics(State(app): State<AppState>) -> Result<Response, ApiError> 
         &app.metrics.notifications,
         |o| format!("outcome=\"{o}\""),
     );
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response())
+    Ok(out)
 }
 
 /// A connection series: name, type, help, and the counter it reads.
