@@ -226,6 +226,23 @@ pub fn sign_in(store: &Store, presented: &str) -> Result<Option<String>, AuthErr
     Ok(Some(secret))
 }
 
+/// [`sign_in`] to several apps' stores at once (a serve of several apps): one session
+/// secret, opened in each store whose tokens include the presented one; `None` when none
+/// does.
+pub fn sign_in_many(stores: &[Store], presented: &str) -> Result<Option<String>, AuthError> {
+    let secret = generate(SESSION_PREFIX)?;
+    let expires = (chrono::Utc::now() + chrono::TimeDelta::hours(SESSION_HOURS))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut opened = false;
+    for store in stores {
+        if let Some(token) = check(store, presented.trim())? {
+            store.add_session(&hex::encode(hash(&secret)), token.id, &expires)?;
+            opened = true;
+        }
+    }
+    Ok(opened.then_some(secret))
+}
+
 /// The live session whose cookie holds `secret`.
 pub fn session(store: &Store, secret: &str) -> Result<Option<Session>, StoreError> {
     if !secret.starts_with(SESSION_PREFIX) {

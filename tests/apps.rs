@@ -451,3 +451,103 @@ fn conflicts_between_apps_are_config_errors_naming_both() {
     assert_eq!(run.code(), 0, "{run}");
     assert!(run.stdout().contains("2 app(s)"), "{run}");
 }
+
+/// A client that shows redirects instead of following them.
+fn browser() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Signs in at `/signin` with `token`: the session cookie's `name=value`.
+fn sign_in(s: &Sandbox, token: &str) -> String {
+    let resp = browser()
+        .post(format!("{}/signin", s.api))
+        .header("origin", &s.api)
+        .form(&[("token", token)])
+        .send()
+        .unwrap();
+    let set = resp
+        .headers()
+        .get("set-cookie")
+        .unwrap_or_else(|| panic!("no session cookie: {}", resp.status()))
+        .to_str()
+        .unwrap()
+        .to_string();
+    set.split(';').next().unwrap().to_string()
+}
+
+/// `GET path` with `cookie`: status, `Location` and body.
+fn page(s: &Sandbox, path: &str, cookie: Option<&str>) -> (u16, String, String) {
+    let mut req = browser().get(format!("{}{path}", s.api));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, location, resp.text().unwrap())
+}
+
+#[test]
+fn the_dashboard_lists_the_apps_and_keeps_each_under_its_prefix() {
+    let mut s = two_apps();
+    s.serve();
+    let run = s.ferry(&["-a", "admin", "deploy", "staging", "v2.0.0"]);
+    assert_eq!(run.code(), 0, "{run}");
+    // signed out: to the sign-in page, each app's under its prefix
+    let (status, location, _) = page(&s, "/", None);
+    assert!(status == 303 || status == 302 || status == 307, "{status}");
+    assert_eq!(location, "/signin");
+    let (_, location, _) = page(&s, "/apps/admin/", None);
+    assert_eq!(location, "/apps/admin/signin");
+
+    // the local token works for both: one sign-in opens both
+    let cookie = sign_in(&s, &s.token());
+    let (status, _, index) = page(&s, "/", Some(&cookie));
+    assert_eq!(status, 200, "{index}");
+    assert!(
+        index.contains("href=\"/apps/api/\"") && index.contains("href=\"/apps/admin/\""),
+        "{index}"
+    );
+    assert!(index.contains("v2.0.0"), "admin's staging version: {index}");
+    let (status, _, overview) = page(&s, "/apps/admin/", Some(&cookie));
+    assert_eq!(status, 200, "{overview}");
+    assert!(
+        overview.contains("href=\"/apps/admin/environments/staging\""),
+        "{overview}"
+    );
+    assert!(
+        !overview.contains("href=\"/environments/"),
+        "unprefixed link: {overview}"
+    );
+    assert!(overview.contains("data-live-events=\"/apps/admin/api/events\""));
+    let (status, _, env) = page(&s, "/apps/api/environments/staging", Some(&cookie));
+    assert_eq!(status, 200, "{env}");
+    let (status, _, _) = page(&s, "/environments/staging", Some(&cookie));
+    assert_eq!(status, 404, "which app's? there are two");
+
+    // a token of admin's signs in to admin only
+    let run = s.ferry(&[
+        "-a", "admin", "token", "create", "qa", "--scope", "verify", "--json",
+    ]);
+    let secret = run.json()["token"].as_str().unwrap().to_string();
+    let cookie = sign_in(&s, &secret);
+    let (_, _, index) = page(&s, "/", Some(&cookie));
+    assert!(
+        index.contains("/apps/admin/") && !index.contains("/apps/api/"),
+        "{index}"
+    );
+    let (status, location, _) = page(&s, "/apps/api/", Some(&cookie));
+    assert!((300..400).contains(&status), "{status}");
+    assert_eq!(location, "/apps/api/signin");
+    let (status, _, _) = page(&s, "/apps/admin/", Some(&cookie));
+    assert_eq!(status, 200);
+}

@@ -259,6 +259,12 @@ impl Daemon {
             app.metrics = Arc::new(Metrics::with_connections(connections.clone()));
             states.push(app);
         }
+        if states.len() > 1 {
+            let stores: Vec<Store> = engines.iter().map(|e| e.store.clone()).collect();
+            for state in &mut states {
+                state.peer_stores = stores.clone();
+            }
+        }
         for engine in &engines {
             engine.recover_store().await?;
             engine.apply_maintenance()?;

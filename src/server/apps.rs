@@ -38,8 +38,11 @@ pub struct Apps {
 
 /// Where a request goes.
 enum Target {
-    /// App `index`, at this path (the prefix stripped).
-    App(usize, Option<String>),
+    /// App `index`, at this path (the prefix stripped); its dashboard's links and redirects
+    /// get the prefix back (`/apps/{app}`).
+    App(usize, Option<String>, Option<String>),
+    /// An un-prefixed dashboard page with several apps.
+    NoApp,
     /// `GET /api/apps`.
     List,
     /// `/health` of every app.
@@ -87,18 +90,13 @@ impl Apps {
             .position(|(s, _)| s.engine.config.app.name == name)
     }
 
-    fn names(&self) -> Vec<String> {
-        self.states()
-            .map(|s| s.engine.config.app.name.clone())
-            .collect()
-    }
-
     fn target(&self, method: &axum::http::Method, path: &str) -> Target {
         let several = self.apps.len() > 1;
         let prefixed = |rest: &str, to: &str| -> Option<Target> {
             let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            let links = (to == "/").then(|| format!("/apps/{name}"));
             Some(match self.index(name) {
-                Some(i) => Target::App(i, Some(format!("{to}{tail}"))),
+                Some(i) => Target::App(i, Some(format!("{to}{tail}")), links),
                 None => Target::Unknown(name.to_string()),
             })
         };
@@ -118,7 +116,7 @@ impl Apps {
             return found;
         }
         if !several {
-            return Target::App(0, None);
+            return Target::App(0, None, None);
         }
         match path {
             "/health" => Target::Health,
@@ -126,32 +124,44 @@ impl Apps {
             "/" => Target::Index,
             p if p.starts_with("/hooks/") => Target::Hook,
             p if p.starts_with("/api/") => Target::Ambiguous,
-            // the dashboard's own assets and sign-in are the same for every app
-            _ => Target::App(0, None),
+            // signing in and out (every app's store at once) and the assets: any app's
+            "/signin" | "/signout" => Target::App(0, None, None),
+            p if p.starts_with("/static/") => Target::App(0, None, None),
+            _ => Target::NoApp,
         }
     }
 
     /// Routes `req` to its app (see the module doc).
     pub async fn dispatch(self, mut req: Request) -> Result<Response, Infallible> {
         let target = self.target(req.method(), req.uri().path());
-        if !matches!(target, Target::App(..) | Target::Health)
+        if !matches!(target, Target::App(..) | Target::Health | Target::NoApp)
             && let Some(refused) = self.wrong_host(&req)
         {
             return Ok(refused);
         }
         Ok(match target {
-            Target::App(i, path) => {
+            Target::App(i, path, links) => {
                 if let Some(path) = path {
                     rewrite(&mut req, &path);
                 }
                 let router = self.apps[i].1.clone();
-                router.oneshot(req).await?
+                let resp = router.oneshot(req).await?;
+                match links {
+                    Some(prefix) => with_prefix(resp, &prefix).await,
+                    None => resp,
+                }
             }
+            Target::NoApp => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "app_required",
+                "ferry serves several apps: their pages are under /apps/{app}/ (see /)",
+            )
+            .into_response(),
             Target::List => self.list(&req),
             Target::Health => self.health().await,
             Target::Metrics => self.metrics(req).await,
             Target::Hook => self.hook(req).await,
-            Target::Index => self.index_page(&req),
+            Target::Index => self.index_page(req).await,
             Target::Ambiguous => self.ambiguous(&req),
             Target::Unknown(name) => {
                 let shown: String = name.chars().filter(|c| !c.is_control()).take(100).collect();
@@ -390,10 +400,23 @@ impl Apps {
         (status, Json(json!({ "apps": bodies }))).into_response()
     }
 
-    fn index_page(&self, req: &Request) -> Response {
-        let _ = req;
-        let names = self.names();
-        axum::response::Redirect::to(&format!("/apps/{}/", names[0])).into_response()
+    /// `/` with several apps: the apps the viewer may see (a session or token of theirs,
+    /// or open reads); sign in first otherwise.
+    async fn index_page(&self, req: Request) -> Response {
+        let allowed = self.allowed(&req);
+        if allowed.is_empty() {
+            return axum::response::Redirect::to("/signin").into_response();
+        }
+        let session = allowed.iter().find_map(|&i| {
+            super::dashboard::session(&self.apps[i].0, req.headers())
+                .ok()
+                .flatten()
+        });
+        let states: Vec<&AppState> = allowed.iter().map(|&i| &self.apps[i].0).collect();
+        let viewer = super::dashboard::Viewer {
+            session: session.map(Arc::new),
+        };
+        super::dashboard::apps_index(&states, viewer).await
     }
 }
 
@@ -435,6 +458,40 @@ fn hook_signed(app: &AppState, parts: &axum::http::request::Parts, body: &[u8]) 
         };
         bool::from(token.as_bytes().ct_eq(secret.as_bytes()))
     }
+}
+
+/// An app's dashboard answer reached under `prefix` (`/apps/{app}`): its redirects and the
+/// links of its pages (`href`, `action`, `src` and the live parts' sources, all absolute
+/// paths) get the prefix, so each app's pages stay under it.
+async fn with_prefix(resp: Response, prefix: &str) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    if let Some(location) = parts
+        .headers
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .filter(|l| l.starts_with('/') && !l.starts_with("//"))
+        .and_then(|l| header::HeaderValue::from_str(&format!("{prefix}{l}")).ok())
+    {
+        parts.headers.insert(header::LOCATION, location);
+    }
+    let html = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/html"));
+    if !html {
+        return Response::from_parts(parts, body);
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, 16 << 20).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    // maud escapes quotes in text, so these only ever start an attribute ferry wrote
+    for attr in ["href", "action", "src", "data-live-src", "data-live-events"] {
+        text = text.replace(&format!(" {attr}=\"/"), &format!(" {attr}=\"{prefix}/"));
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(text))
 }
 
 /// Points `req` at `path`, keeping its query.

@@ -130,6 +130,20 @@ pub struct AppState {
     pub session_cookie: crate::auth::SessionCookie,
     /// Commits between two shas, as the dashboard lists them (they never change).
     commits: Arc<std::sync::Mutex<CommitCache>>,
+    /// Every app's store, when the serve hosts several: a dashboard sign-in opens its
+    /// session in each whose tokens include the one given. Empty: this app's alone.
+    pub peer_stores: Vec<crate::store::Store>,
+}
+
+impl AppState {
+    /// The stores a dashboard sign-in (and sign-out) acts on.
+    pub fn session_stores(&self) -> Vec<crate::store::Store> {
+        if self.peer_stores.is_empty() {
+            vec![self.engine.store.clone()]
+        } else {
+            self.peer_stores.clone()
+        }
+    }
 }
 
 type CommitCache =
@@ -148,6 +162,7 @@ impl AppState {
             session_cookie: crate::auth::SessionCookie::default(),
             streams,
             commits: Arc::default(),
+            peer_stores: Vec::new(),
             shutdown,
         })
     }

@@ -94,7 +94,7 @@ pub async fn sign_in(
     viewer: Viewer,
     Form(form): Form<SignIn>,
 ) -> Response {
-    match auth::sign_in(&app.engine.store, &form.token) {
+    match auth::sign_in_many(&app.session_stores(), &form.token) {
         Ok(Some(secret)) => {
             let cookie = app.session_cookie.set(&secret);
             let mut resp = done("/", Notice::SignedIn);
@@ -120,10 +120,12 @@ pub async fn sign_in(
 }
 
 pub async fn sign_out(State(app): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    if let Some(secret) = cookie_secret(&app, &headers)
-        && let Err(e) = auth::sign_out(&app.engine.store, secret)
-    {
-        tracing::error!(error = %e, "cannot end the session");
+    if let Some(secret) = cookie_secret(&app, &headers) {
+        for store in app.session_stores() {
+            if let Err(e) = auth::sign_out(&store, secret) {
+                tracing::error!(error = %e, "cannot end the session");
+            }
+        }
     }
     let mut resp = done("/", Notice::SignedOut);
     if let Ok(value) = header::HeaderValue::from_str(&app.session_cookie.clear()) {

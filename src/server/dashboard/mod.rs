@@ -127,6 +127,57 @@ fn pages(app: AppState) -> Router<AppState> {
         .route_layer(axum::middleware::from_fn_with_state(app, gate))
 }
 
+/// The index of a serve of several apps: each app `viewer` may see, linking to its
+/// dashboard (`/apps/{app}/`), with its environments and what they serve.
+pub async fn apps_index(apps: &[&AppState], viewer: Viewer) -> Response {
+    let mut cards = Vec::new();
+    for app in apps {
+        let engine = &app.engine;
+        let mut envs = Vec::new();
+        for env in &engine.config.environments {
+            let version = engine.status(&env.name).await.ok().and_then(|s| s.version);
+            envs.push((env.name.clone(), version));
+        }
+        cards.push((engine.config.app.name.clone(), envs));
+    }
+    let page = views::Page {
+        app: "apps",
+        title: "Apps".into(),
+        environments: Vec::new(),
+        refresh: false,
+    };
+    let body = maud::html! {
+        h1 { "Apps" }
+        section.cards aria-label="Apps" {
+            @for (name, envs) in &cards {
+                article.card {
+                    h2 { a href={ "/apps/" (name) "/" } { (name) } }
+                    ul {
+                        @for (env, version) in envs {
+                            li {
+                                a href={ "/apps/" (name) "/environments/" (env) } { (env) }
+                                " · " (version.as_deref().unwrap_or("nothing deployed"))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let mut resp = views::layout(&page, &viewer, body).into_response();
+    for (name, value) in SECURITY_HEADERS {
+        resp.headers_mut().insert(
+            header::HeaderName::from_static(name),
+            header::HeaderValue::from_static(value),
+        );
+    }
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
 /// The session secret in the request's cookie, if any.
 fn cookie_secret<'a>(app: &AppState, headers: &'a HeaderMap) -> Option<&'a str> {
     app.session_cookie.find(
