@@ -3,10 +3,10 @@
 //! `serve` is given one of:
 //! - one `ferry.toml` (`[app]`, its environments, maybe `[server]`): one app, its state where
 //!   it always was (`state_dir`);
-//! - a **server config**: `[server]`, `[proxy]`, `state_dir` and `apps = ["apps/*.toml"]`
+//! - a **server config**: `[server]`, `[proxy]`, `[acme]`, `state_dir` and `apps = ["apps/*.toml"]`
 //!   (paths or globs relative to it), each listed file an app config without those;
 //! - several app configs (`-c api.toml -c admin.toml`), at most one of them with `[server]`,
-//!   `[proxy]` or `state_dir`.
+//!   `[proxy]`, `[acme]` or `state_dir`.
 //!
 //! In the last two, each app keeps its state in `<state_dir>/apps/<app>/` (its own database,
 //! mirror, environments); `serve.lock`, `serve.sock` and the local token stay in `state_dir`.
@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub state_dir: PathBuf,
     pub server: Server,
     pub proxy: ProxySettings,
+    /// `[acme]`, for every app's `tls = "acme"` environments.
+    pub acme: Option<super::Acme>,
     /// Every app in the order given, each with `server`, `proxy`, `state_dir` and
     /// `server_dir` filled in from here.
     pub apps: Vec<Config>,
@@ -53,6 +55,7 @@ struct RawServerConfig {
     server: RawServer,
     #[serde(default)]
     proxy: RawProxy,
+    acme: Option<Spanned<super::acme::RawAcme>>,
 }
 
 /// The top-level keys that tell an app config from a server config, with where they are.
@@ -63,6 +66,7 @@ struct Probe {
     server: Option<Spanned<toml::Value>>,
     state_dir: Option<Spanned<toml::Value>>,
     proxy: Option<Spanned<toml::Value>>,
+    acme: Option<Spanned<toml::Value>>,
 }
 
 impl Probe {
@@ -77,6 +81,7 @@ impl Probe {
             ("[server]", &self.server),
             ("state_dir", &self.state_dir),
             ("[proxy]", &self.proxy),
+            ("[acme]", &self.acme),
         ]
         .into_iter()
         .find_map(|(what, v)| v.as_ref().map(|v| (what, v.span())))
@@ -149,6 +154,7 @@ impl ServerConfig {
             state_dir: config.state_dir.clone(),
             server: config.server.clone(),
             proxy: config.proxy,
+            acme: config.acme.clone(),
             apps: vec![config],
             shared: false,
         }
@@ -178,6 +184,12 @@ impl ServerConfig {
         let server = raw.server.validate(&fail).map_err(boxed)?;
         let proxy = raw.proxy.validate(&fail).map_err(boxed)?;
         let base = base_dir(path);
+        let resolve = |p: &str| base.join(p);
+        let acme = raw
+            .acme
+            .map(|a| super::acme::validate(a, &fail, &resolve))
+            .transpose()
+            .map_err(boxed)?;
         let state_dir = base.join(raw.state_dir.as_deref().unwrap_or(".ferry"));
         let own = path.canonicalize().ok();
         let mut files: Vec<PathBuf> = Vec::new();
@@ -251,12 +263,12 @@ impl ServerConfig {
                         "{what} belongs in the server config {}, not in an app's",
                         path.display()
                     ),
-                    "remove it here: with a server config, [server], [proxy] and state_dir are set once, for every app",
+                    "remove it here: with a server config, [server], [proxy], [acme] and state_dir are set once, for every app",
                 ));
             }
             apps.push(Config::parse(&file, &text)?);
         }
-        ServerConfig::assemble(path.to_path_buf(), state_dir, server, proxy, apps)
+        ServerConfig::assemble(path.to_path_buf(), state_dir, (server, proxy, acme), apps)
     }
 
     fn from_app_files(paths: &[PathBuf]) -> Result<ServerConfig, ConfigError> {
@@ -275,7 +287,7 @@ impl ServerConfig {
             if let Some((what, _)) = probe.server_part() {
                 if let Some((first, first_what)) = carrier {
                     return Err(ConfigError::Apps(format!(
-                        "{} has {first_what} and {} has {what}: of the files given with -c, at most one may have [server], [proxy] or state_dir (or put them in a server config)",
+                        "{} has {first_what} and {} has {what}: of the files given with -c, at most one may have [server], [proxy], [acme] or state_dir (or put them in a server config)",
                         paths[first].display(),
                         path.display()
                     )));
@@ -285,21 +297,19 @@ impl ServerConfig {
             apps.push(config);
         }
         let from = &apps[carrier.map_or(0, |(i, _)| i)];
-        let (path, state_dir, server, proxy) = (
+        let (path, state_dir, shared) = (
             from.path.clone(),
             from.state_dir.clone(),
-            from.server.clone(),
-            from.proxy,
+            (from.server.clone(), from.proxy, from.acme.clone()),
         );
-        ServerConfig::assemble(path, state_dir, server, proxy, apps)
+        ServerConfig::assemble(path, state_dir, shared, apps)
     }
 
     /// Checks the apps against each other and gives each the server's part.
     fn assemble(
         path: PathBuf,
         state_dir: PathBuf,
-        server: Server,
-        proxy: ProxySettings,
+        (server, proxy, acme): (Server, ProxySettings, Option<super::Acme>),
         mut apps: Vec<Config>,
     ) -> Result<ServerConfig, ConfigError> {
         let mut names: HashMap<String, PathBuf> = HashMap::new();
@@ -335,6 +345,7 @@ impl ServerConfig {
             }
             app.server = server.clone();
             app.proxy = proxy;
+            app.acme = acme.clone();
             app.server_dir = state_dir.clone();
             app.state_dir = state_dir.join("apps").join(&name);
         }
@@ -343,6 +354,7 @@ impl ServerConfig {
             state_dir,
             server,
             proxy,
+            acme,
             apps,
             shared: true,
         })
@@ -440,7 +452,7 @@ mod tests {
         let server = write(
             d,
             "ferry.toml",
-            "state_dir = \"state\"\napps = [\"apps/*.toml\"]\n[server]\nlisten = \"127.0.0.1:9100\"\n[proxy]\nmax_connections = 100\n",
+            "state_dir = \"state\"\napps = [\"apps/*.toml\"]\n[server]\nlisten = \"127.0.0.1:9100\"\n[proxy]\nmax_connections = 100\n[acme]\nemail = \"ops@example.com\"\n",
         );
         let s = ServerConfig::load(&[server]).unwrap();
         assert!(s.shared);
@@ -452,6 +464,7 @@ mod tests {
             assert_eq!(a.server_dir, state);
             assert_eq!(a.server.listen.port(), 9100);
             assert_eq!(a.proxy.connections.max_connections, 100);
+            assert_eq!(a.acme.as_ref().unwrap().email, "ops@example.com");
         }
         assert_eq!(
             s.listeners()
