@@ -141,8 +141,21 @@ fn two_apps_deploy_apart_with_their_own_history_and_tokens() {
     assert!(state.join("apps/admin/ferry.db").is_file());
     assert!(state.join("local-token").is_file());
 
-    // the CLI must be told which app, and says which there are
+    // `status` shows every app; other commands must be told which, and say which there are
     let run = s.ferry(&["status"]);
+    assert_eq!(run.code(), 0, "{run}");
+    let out = run.stdout();
+    let (admin_at, api_at) = (
+        out.find("app admin\n").unwrap(),
+        out.find("app api\n").unwrap(),
+    );
+    assert!(
+        out[admin_at..api_at].contains("v2.0.0") && out[api_at..].contains("v1.0.0"),
+        "{run}"
+    );
+    let by_app = s.ferry(&["status", "--json"]).json();
+    assert_eq!(by_app["api"].as_array().unwrap().len(), 2, "{by_app}");
+    let run = s.ferry(&["history"]);
     assert_eq!(run.code(), 2, "{run}");
     assert!(
         run.stderr().contains("several apps (admin, api)") && run.stderr().contains("-a APP"),
@@ -550,4 +563,36 @@ fn the_dashboard_lists_the_apps_and_keeps_each_under_its_prefix() {
     assert_eq!(location, "/apps/api/signin");
     let (status, _, _) = page(&s, "/apps/admin/", Some(&cookie));
     assert_eq!(status, 200);
+}
+
+#[test]
+fn an_apps_commands_reach_neither_another_app_nor_the_servers_files() {
+    let mut s = two_apps();
+    let state = s.state_dir();
+    let state = state.display();
+    // api's build tries to reach what is the server's or admin's: the deploy goes through
+    // only if every attempt fails
+    let build = format!(
+        "build = [\"! cat '{state}/local-token'\", \"! ls '{state}/apps'\", \
+         \"! ls '{state}/apps/admin'\", \"! cat '{state}/apps/admin/ferry.db'\", \
+         \"! cat '{state}/serve.lock'\"]"
+    );
+    let path = s.dir.path().join("apps/api.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replacen(
+        "stop_timeout = \"2s\"",
+        &format!("stop_timeout = \"2s\"\n{build}"),
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    s.serve();
+    let run = s.ferry(&["-a", "admin", "deploy", "staging", "v2.0.0"]);
+    assert_eq!(run.code(), 0, "{run}");
+    let run = s.ferry(&["-a", "api", "deploy", "staging", "v1.0.0"]);
+    assert_eq!(
+        run.code(),
+        0,
+        "api's build reached another app's files:\n{run}"
+    );
+    assert_eq!(version(&s.url("api/staging")), "v1.0.0");
 }

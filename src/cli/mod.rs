@@ -291,6 +291,11 @@ impl Cli {
     /// A client for the daemon named by `--server` or the config.
     /// The token is `FERRY_TOKEN`, else the local token `serve` wrote into the state dir.
     pub fn client(&self) -> Result<ApiClient, Failure> {
+        self.client_for(self.app.as_deref())
+    }
+
+    /// [`Cli::client`] for app `app` (`None`: the only one) whatever `-a` says.
+    pub fn client_for(&self, app: Option<&str>) -> Result<ApiClient, Failure> {
         let api = |config: &ServerConfig| {
             let mut addr = config.server.listen;
             if addr.ip().is_unspecified() {
@@ -308,20 +313,20 @@ impl Cli {
                     .is_some_and(|c| api(c) == url.trim_end_matches('/'));
                 let app = match &config {
                     Some(c) if c.shared => Some(
-                        c.app(self.app.as_deref())
+                        c.app(app)
                             .map_err(|e| Failure::Usage(format!("error: {e}")))?
                             .app
                             .name
                             .clone(),
                     ),
-                    _ => self.app.clone(),
+                    _ => app.map(str::to_string),
                 };
                 (url.clone(), config.map(|c| c.state_dir), own, app)
             }
             None => {
                 let config = self.load_servers()?;
                 let chosen = config
-                    .app(self.app.as_deref())
+                    .app(app)
                     .map_err(|e| Failure::Usage(format!("error: {e}")))?;
                 let app = config.shared.then(|| chosen.app.name.clone());
                 (api(&config), Some(config.state_dir), true, app)

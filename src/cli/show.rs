@@ -59,11 +59,45 @@ fn short(sha: Option<&str>) -> &str {
 }
 
 pub async fn status(cli: &Cli, args: &Status) -> CmdResult {
-    let all: Vec<EnvStatus> = cli.client()?.get("/api/environments").await?;
-    if args.json {
-        json(&all);
+    // several apps and none named: each app's environments, under its name
+    let apps = match (&cli.app, &cli.server) {
+        (None, None) => cli
+            .load_servers()
+            .ok()
+            .filter(|s| s.apps.len() > 1)
+            .map(|s| s.names().iter().map(|n| n.to_string()).collect::<Vec<_>>()),
+        _ => None,
+    };
+    let Some(apps) = apps else {
+        let all: Vec<EnvStatus> = cli.client()?.get("/api/environments").await?;
+        if args.json {
+            json(&all);
+        } else {
+            print_statuses(all);
+        }
         return Ok(());
+    };
+    let mut by_app = serde_json::Map::new();
+    for (i, app) in apps.iter().enumerate() {
+        let all: Vec<EnvStatus> = cli.client_for(Some(app))?.get("/api/environments").await?;
+        if args.json {
+            by_app.insert(app.clone(), serde_json::to_value(&all).unwrap_or_default());
+            continue;
+        }
+        if i > 0 {
+            println!();
+        }
+        println!("app {app}");
+        print_statuses(all);
     }
+    if args.json {
+        json(&by_app);
+    }
+    Ok(())
+}
+
+/// The table `ferry status` prints for one app's environments.
+fn print_statuses(all: Vec<EnvStatus>) {
     println!(
         "{:<14} {:<12} {:<8} {:<38} {:<10} URL",
         "ENVIRONMENT", "VERSION", "COMMIT", "DEPLOYED", "HEALTH"
@@ -131,7 +165,6 @@ pub async fn status(cli: &Cli, args: &Status) -> CmdResult {
             }
         }
     }
-    Ok(())
 }
 
 pub async fn history(cli: &Cli, args: &History) -> CmdResult {

@@ -266,14 +266,15 @@ impl ServerConfig {
                     "remove it here: with a server config, [server], [proxy], [acme] and state_dir are set once, for every app",
                 ));
             }
-            apps.push(Config::parse(&file, &text)?);
+            apps.push(parse_app(&file, &text, Some(&server))?);
         }
         ServerConfig::assemble(path.to_path_buf(), state_dir, (server, proxy, acme), apps)
     }
 
     fn from_app_files(paths: &[PathBuf]) -> Result<ServerConfig, ConfigError> {
+        // first the one file with the server's part (if any): the others are read under it
         let mut carrier: Option<(usize, &'static str)> = None;
-        let mut apps = Vec::new();
+        let mut texts = Vec::new();
         for (i, path) in paths.iter().enumerate() {
             let text = read(path)?;
             let probe = Probe::read(&text);
@@ -283,7 +284,6 @@ impl ServerConfig {
                     path.display()
                 )));
             }
-            let config = Config::parse(path, &text)?;
             if let Some((what, _)) = probe.server_part() {
                 if let Some((first, first_what)) = carrier {
                     return Err(ConfigError::Apps(format!(
@@ -294,18 +294,25 @@ impl ServerConfig {
                 }
                 carrier = Some((i, what));
             }
-            apps.push(config);
+            texts.push(text);
         }
-        let from = &apps[carrier.map_or(0, |(i, _)| i)];
-        let (path, state_dir, shared) = (
-            from.path.clone(),
-            from.state_dir.clone(),
-            (from.server.clone(), from.proxy, from.acme.clone()),
-        );
-        ServerConfig::assemble(path, state_dir, shared, apps)
+        let from = carrier.map_or(0, |(i, _)| i);
+        let first = Config::parse(&paths[from], &texts[from])?;
+        let mut apps = Vec::new();
+        for (i, path) in paths.iter().enumerate() {
+            apps.push(if i == from {
+                first.clone()
+            } else {
+                parse_app(path, &texts[i], Some(&first.server))?
+            });
+        }
+        let shared = (first.server.clone(), first.proxy, first.acme.clone());
+        ServerConfig::assemble(first.path.clone(), first.state_dir.clone(), shared, apps)
     }
 
-    /// Checks the apps against each other and gives each the server's part.
+    /// Checks the apps against each other and gives each the server's part. Whatever else
+    /// must hold across apps (a host name claimed by two apps' environments, for the front
+    /// door) is checked here too, where every app is at hand.
     fn assemble(
         path: PathBuf,
         state_dir: PathBuf,
@@ -317,6 +324,9 @@ impl ServerConfig {
             server.listen,
             format!("[server] listen of {}", path.display()),
         )];
+        // host names the front door routes: (app, who) by name; within an app the app's own
+        // validation has judged them
+        let mut hosts: crate::hosts::HostTable<(String, String)> = crate::hosts::HostTable::new();
         for app in &mut apps {
             let name = app.app.name.clone();
             if let Some(first) = names.insert(name.clone(), app.path.clone()) {
@@ -327,15 +337,29 @@ impl ServerConfig {
                 )));
             }
             for env in &app.environments {
-                // an environment reached only through the front door's hosts listens nowhere
-                let Some(listen) = env.listen else {
-                    continue;
-                };
                 let who = format!(
                     "environment {} of app {name} ({})",
                     env.name,
                     app.path.display()
                 );
+                for host in &env.hosts {
+                    match hosts.claimed(host) {
+                        Some((other_app, other)) if *other_app != name => {
+                            return Err(ConfigError::Apps(format!(
+                                "the host name {} is claimed by {other} and by {who}; a name routes to one environment",
+                                host.as_str()
+                            )));
+                        }
+                        Some(_) => {}
+                        None => {
+                            hosts.insert(host, (name.clone(), who.clone()));
+                        }
+                    }
+                }
+                // an environment reached only through the front door's hosts listens nowhere
+                let Some(listen) = env.listen else {
+                    continue;
+                };
                 if let Some((_, other)) = taken.iter().find(|(a, _)| collide(*a, listen)) {
                     return Err(ConfigError::Apps(format!(
                         "{other} and {who} both listen on {listen}; give each an address of its own"
@@ -413,6 +437,23 @@ impl ServerConfig {
     }
 }
 
+/// Reads an app config that has no `[server]` of its own as if it had `server`'s addresses
+/// (the API's, the front door's), so its environments are checked against them: a
+/// `[server]` table with them is appended to the text, after everything the file says, so
+/// every position an error names is still the file's own.
+fn parse_app(path: &Path, text: &str, server: Option<&Server>) -> Result<Config, ConfigError> {
+    let Some(server) = server else {
+        return Config::parse(path, text);
+    };
+    let mut table = format!("\n\n[server]\nlisten = \"{}\"\n", server.listen);
+    for (key, addr) in [("http", server.http), ("https", server.https)] {
+        if let Some(addr) = addr {
+            table.push_str(&format!("{key} = \"{addr}\"\n"));
+        }
+    }
+    Config::parse(path, &format!("{text}{table}"))
+}
+
 /// True when two listen addresses cannot both be bound (port 0 picks a free one).
 fn collide(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0
@@ -447,12 +488,17 @@ mod tests {
     fn a_server_config_hosts_every_app_it_lists_each_in_its_own_state_dir() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        write(d, "apps/api.toml", &app("api", 9101, ""));
+        // hosts need the front door's ports, which only the server config has
+        let api = app("api", 9101, "").replace(
+            "listen = \"127.0.0.1:9101\"",
+            "listen = \"127.0.0.1:9101\"\nhosts = [\"api.example.com\"]",
+        );
+        write(d, "apps/api.toml", &api);
         write(d, "apps/admin.toml", &app("admin", 9102, ""));
         let server = write(
             d,
             "ferry.toml",
-            "state_dir = \"state\"\napps = [\"apps/*.toml\"]\n[server]\nlisten = \"127.0.0.1:9100\"\n[proxy]\nmax_connections = 100\n[acme]\nemail = \"ops@example.com\"\n",
+            "state_dir = \"state\"\napps = [\"apps/*.toml\"]\n[server]\nlisten = \"127.0.0.1:9100\"\nhttp = \"127.0.0.1:9180\"\n[proxy]\nmax_connections = 100\n[acme]\nemail = \"ops@example.com\"\n",
         );
         let s = ServerConfig::load(&[server]).unwrap();
         assert!(s.shared);
@@ -474,6 +520,7 @@ mod tests {
             ["api", "admin.staging", "api.staging"]
         );
         assert_eq!(s.app(Some("api")).unwrap().app.name, "api");
+        assert_eq!(s.app(Some("api")).unwrap().environments[0].hosts.len(), 1);
         assert!(
             s.app(None)
                 .unwrap_err()
@@ -534,6 +581,21 @@ mod tests {
         let e = error(&[one.clone(), two.clone()]);
         assert!(e.contains("two apps are named \"api\""), "{e}");
         assert!(e.contains("one.toml") && e.contains("two.toml"), "{e}");
+        // the front door's ports come from the one file with [server]
+        let shop = app("shop", 9403, "").replace(
+            "listen = \"127.0.0.1:9403\"",
+            "listen = \"127.0.0.1:9403\"\nhosts = [\"*.example.com\"]",
+        ) + "[server]\nhttp = \"127.0.0.1:9480\"\n";
+        let blog = app("blog", 9404, "").replace(
+            "listen = \"127.0.0.1:9404\"",
+            "listen = \"127.0.0.1:9404\"\nhosts = [\"www.example.com\", \"*.example.com\"]",
+        );
+        let e = error(&[write(d, "shop.toml", &shop), write(d, "blog.toml", &blog)]);
+        assert!(
+            e.contains("*.example.com is claimed by environment staging of app shop")
+                && e.contains("of app blog"),
+            "{e}"
+        );
         let three = write(d, "three.toml", &app("admin", 9401, ""));
         let e = error(&[one, three]);
         assert!(

@@ -123,6 +123,8 @@ impl Apps {
             "/metrics" => Target::Metrics,
             "/" => Target::Index,
             p if p.starts_with("/hooks/") => Target::Hook,
+            // the same document for every app
+            "/api/openapi.json" => Target::App(0, None, None),
             p if p.starts_with("/api/") => Target::Ambiguous,
             // signing in and out (every app's store at once) and the assets: any app's
             "/signin" | "/signout" => Target::App(0, None, None),
