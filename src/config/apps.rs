@@ -266,7 +266,7 @@ impl ServerConfig {
                     "remove it here: with a server config, [server], [proxy], [acme] and state_dir are set once, for every app",
                 ));
             }
-            apps.push(parse_app(&file, &text, Some(&server))?);
+            apps.push(parse_app(&file, &text, Some((&server, acme.as_ref())))?);
         }
         ServerConfig::assemble(path.to_path_buf(), state_dir, (server, proxy, acme), apps)
     }
@@ -303,7 +303,7 @@ impl ServerConfig {
             apps.push(if i == from {
                 first.clone()
             } else {
-                parse_app(path, &texts[i], Some(&first.server))?
+                parse_app(path, &texts[i], Some((&first.server, first.acme.as_ref())))?
             });
         }
         let shared = (first.server.clone(), first.proxy, first.acme.clone());
@@ -438,11 +438,15 @@ impl ServerConfig {
 }
 
 /// Reads an app config that has no `[server]` of its own as if it had `server`'s addresses
-/// (the API's, the front door's), so its environments are checked against them: a
-/// `[server]` table with them is appended to the text, after everything the file says, so
-/// every position an error names is still the file's own.
-fn parse_app(path: &Path, text: &str, server: Option<&Server>) -> Result<Config, ConfigError> {
-    let Some(server) = server else {
+/// (the API's, the front door's) and the server's `[acme]`, so its environments are checked
+/// against them: tables with them are appended to the text, after everything the file says,
+/// so every position an error names is still the file's own.
+fn parse_app(
+    path: &Path,
+    text: &str,
+    server: Option<(&Server, Option<&super::Acme>)>,
+) -> Result<Config, ConfigError> {
+    let Some((server, acme)) = server else {
         return Config::parse(path, text);
     };
     let mut table = format!("\n\n[server]\nlisten = \"{}\"\n", server.listen);
@@ -450,6 +454,10 @@ fn parse_app(path: &Path, text: &str, server: Option<&Server>) -> Result<Config,
         if let Some(addr) = addr {
             table.push_str(&format!("{key} = \"{addr}\"\n"));
         }
+    }
+    if let Some(acme) = acme {
+        let email = toml::Value::String(acme.email.clone());
+        table.push_str(&format!("\n[acme]\nemail = {email}\n"));
     }
     Config::parse(path, &format!("{text}{table}"))
 }
@@ -491,14 +499,14 @@ mod tests {
         // hosts need the front door's ports, which only the server config has
         let api = app("api", 9101, "").replace(
             "listen = \"127.0.0.1:9101\"",
-            "listen = \"127.0.0.1:9101\"\nhosts = [\"api.example.com\"]",
+            "listen = \"127.0.0.1:9101\"\nhosts = [\"api.example.com\"]\ntls = \"acme\"",
         );
         write(d, "apps/api.toml", &api);
         write(d, "apps/admin.toml", &app("admin", 9102, ""));
         let server = write(
             d,
             "ferry.toml",
-            "state_dir = \"state\"\napps = [\"apps/*.toml\"]\n[server]\nlisten = \"127.0.0.1:9100\"\nhttp = \"127.0.0.1:9180\"\n[proxy]\nmax_connections = 100\n[acme]\nemail = \"ops@example.com\"\n",
+            "state_dir = \"state\"\napps = [\"apps/*.toml\"]\n[server]\nlisten = \"127.0.0.1:9100\"\nhttp = \"127.0.0.1:9180\"\nhttps = \"127.0.0.1:9443\"\n[proxy]\nmax_connections = 100\n[acme]\nemail = \"ops@example.com\"\n",
         );
         let s = ServerConfig::load(&[server]).unwrap();
         assert!(s.shared);
