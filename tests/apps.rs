@@ -596,3 +596,84 @@ fn an_apps_commands_reach_neither_another_app_nor_the_servers_files() {
     );
     assert_eq!(version(&s.url("api/staging")), "v1.0.0");
 }
+
+#[test]
+fn the_front_door_routes_each_apps_hosts_and_a_deploy_of_one_fails_no_request_of_the_other() {
+    let mut s = two_apps_with(
+        [
+            "hosts = [\"api.test\"]",
+            "hosts = [\"admin.test\", \"*.admin.test\"]",
+        ],
+        ["", ""],
+    );
+    let http = free_port();
+    let mut server = std::fs::read_to_string(&s.config).unwrap();
+    server.push_str(&format!("http = \"127.0.0.1:{http}\"\n"));
+    std::fs::write(&s.config, server).unwrap();
+    s.serve();
+    for (app, r) in [("admin", "v2.0.0"), ("api", "v1.0.0")] {
+        let run = s.ferry(&["-a", app, "deploy", "staging", r]);
+        assert_eq!(run.code(), 0, "{run}\n{}", s.serve_log());
+    }
+    let front = format!("http://127.0.0.1:{http}/version");
+    let http_client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let via = |host: &str| {
+        let resp = http_client.get(&front).header("host", host).send().unwrap();
+        (resp.status().as_u16(), resp.text().unwrap())
+    };
+    let (status, body) = via("api.test");
+    assert!(status == 200 && body.contains("v1.0.0"), "{status} {body}");
+    let (status, body) = via("admin.test");
+    assert!(status == 200 && body.contains("v2.0.0"), "{status} {body}");
+    let (status, body) = via("eu.admin.test");
+    assert!(
+        status == 200 && body.contains("v2.0.0"),
+        "wildcard: {status} {body}"
+    );
+    let (status, _) = via("shop.test");
+    assert_eq!(status, 404, "a host no app claims");
+
+    // admin keeps answering through the front door while api deploys twice
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let client = std::thread::spawn({
+        let (stop, ok, failed, front) = (stop.clone(), ok.clone(), failed.clone(), front.clone());
+        move || {
+            let http = reqwest::blocking::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let served = http
+                    .get(&front)
+                    .header("host", "admin.test")
+                    .send()
+                    .ok()
+                    .filter(|r| r.status() == 200)
+                    .and_then(|r| r.text().ok())
+                    .is_some_and(|t| t.contains("v2.0.0"));
+                let counter = if served { &ok } else { &failed };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    for r in ["v1.1.0", "v1.0.0"] {
+        let run = s.ferry(&["-a", "api", "deploy", "staging", r]);
+        assert_eq!(run.code(), 0, "{run}\n{}", s.serve_log());
+    }
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    assert!(ok.load(Ordering::Relaxed) > 0, "the client made requests");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed requests on admin.test"
+    );
+    let (status, body) = via("api.test");
+    assert!(status == 200 && body.contains("v1.0.0"), "{status} {body}");
+}

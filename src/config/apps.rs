@@ -525,7 +525,7 @@ mod tests {
                 .iter()
                 .map(|(n, _)| n.as_str())
                 .collect::<Vec<_>>(),
-            ["api", "admin.staging", "api.staging"]
+            ["api", "http", "https", "admin.staging", "api.staging"]
         );
         assert_eq!(s.app(Some("api")).unwrap().app.name, "api");
         assert_eq!(s.app(Some("api")).unwrap().environments[0].hosts.len(), 1);
