@@ -179,12 +179,7 @@ impl Apps {
 
     /// The 421 for a `Host` that is not ferry's (every app shares `[server]`).
     fn wrong_host(&self, req: &Request) -> Option<Response> {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()));
+        let host = guard::request_host(req);
         match host {
             Some(h) if guard::host_allowed(&self.first().engine.config.server, &h) => None,
             _ => Some(

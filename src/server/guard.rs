@@ -109,6 +109,15 @@ pub fn host_allowed(server: &crate::config::Server, host: &str) -> bool {
     })
 }
 
+/// The name a request was sent to: its `Host`, else its absolute-form target's authority.
+pub fn request_host(req: &Request) -> Option<String> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
+}
+
 /// Refuses a request whose `Host` is not one of the server's own names (421, no data).
 /// `/health` answers whatever the name: it carries nothing private and load balancers probe
 /// it by address.
@@ -116,12 +125,7 @@ pub async fn check_host(State(app): State<AppState>, req: Request, next: Next) -
     if req.uri().path() == "/health" {
         return next.run(req).await;
     }
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()));
+    let host = request_host(&req);
     match host {
         Some(h) if host_allowed(&app.engine.config.server, &h) => next.run(req).await,
         Some(h) => {
