@@ -56,6 +56,7 @@ pub mod changelog;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod docker;
 pub mod events;
 pub mod frontdoor;
 pub mod health;

@@ -1,0 +1,1 @@
+//! `docker compose` (v2 plugin, preferred) or `docker-compose` (v1).
