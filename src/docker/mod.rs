@@ -521,6 +521,18 @@ impl Docker {
     /// Stops `container`: `docker stop -t <grace, rounded up>` (SIGTERM, then SIGKILL after
     /// the grace), then removes it. A container already gone is not an error.
     pub async fn stop(&self, container: &str, grace: Duration) -> Result<(), DockerError> {
+        self.stop_only(container, grace).await?;
+        self.remove(container).await
+    }
+
+    /// Stops `container` as [`Docker::stop`] does but keeps it: the exit code it stopped
+    /// with (143 for SIGTERM, 137 when killed after the grace, the app's own code if it
+    /// exited by itself), `None` when there is no such container.
+    pub async fn stop_only(
+        &self,
+        container: &str,
+        grace: Duration,
+    ) -> Result<Option<i32>, DockerError> {
         let args = vec![
             "stop".into(),
             "-t".into(),
@@ -531,10 +543,13 @@ impl Docker {
         let out = self
             .raw("stop", args, grace.saturating_add(self.timeout))
             .await?;
-        if !out.status.success() && !no_such(&String::from_utf8_lossy(&out.stderr)) {
+        if !out.status.success() {
+            if no_such(&String::from_utf8_lossy(&out.stderr)) {
+                return Ok(None);
+            }
             return Err(failure("stop", &out));
         }
-        self.remove(container).await
+        Ok(self.inspect(container).await?.and_then(|c| c.exit_code))
     }
 
     /// Removes `container` at once (`docker rm -f`: killed if it runs). A container

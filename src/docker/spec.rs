@@ -247,7 +247,8 @@ pub fn build_args(
     iidfile: &Path,
 ) -> Result<Vec<OsString>, DockerError> {
     check_word("tag", tag)?;
-    let mut a: Vec<OsString> = vec!["build".into()];
+    // --force-rm: the legacy builder keeps a failed step's container otherwise
+    let mut a: Vec<OsString> = vec!["build".into(), "--force-rm".into()];
     let mut file = OsString::from("--file=");
     file.push(dockerfile);
     a.push(file);

@@ -193,6 +193,7 @@ fn build_args_name_file_tag_labels_and_iidfile_then_the_context() {
         args,
         [
             "build",
+            "--force-rm",
             "--file=/tmp/ctx/Dockerfile",
             "--tag=ferry/shop:v1.2.0-abcdef0",
             "--label=ferry.version=v1.2.0",
