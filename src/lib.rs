@@ -13,6 +13,8 @@
 //!   the state dir, and the redaction of known secrets from everything ferry records.
 //! - [`runtime`]: spawns instances in their own process groups with their environment and
 //!   secrets, pumps their output into the rotated app log, stops them (SIGTERM, then SIGKILL).
+//! - [`docker`]: the `docker` and `docker compose` command lines as typed async calls (build,
+//!   run, logs, wait, inspect, stop, list), with timeouts and one-line errors.
 //! - [`listener`]: serving HTTP/1.1 on a listener under its own connection budget (header
 //!   timeout, per-client and overall limits), for the API and each proxy.
 //! - [`hosts`]: host names as environments claim them (exact and wildcard) and the table
