@@ -402,3 +402,54 @@ async fn a_dead_socket_is_unreachable_with_a_clear_message() {
     let e = docker.inspect("x").await.unwrap_err();
     assert!(matches!(e, DockerError::Unreachable { .. }), "{e:?}");
 }
+
+#[tokio::test]
+async fn a_published_port_is_on_loopback_or_refused_without_a_bridge_network() {
+    let Some(kit) = docker_or_skip("a_published_port_is_on_loopback_or_refused") else {
+        return;
+    };
+    let base = kit.base_image();
+    let port = free_port();
+    let mut s = spec(
+        &kit,
+        "published",
+        &base,
+        &[
+            "sh",
+            "-c",
+            "echo published > /www/health; exec httpd -f -p 8080 -h /www",
+        ],
+    );
+    s.network = Network::Publish {
+        host_port: port,
+        container_port: 8080,
+    };
+    s.init = true;
+    if kit.docker.has_bridge().await.unwrap() {
+        let id = kit.docker.run(&s).await.unwrap();
+        let mut answer = None;
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                answer = http_get(port, "/health");
+                answer.is_some()
+            }),
+            "nothing answers on 127.0.0.1:{port}: {}",
+            logs(&id)
+        );
+        assert_eq!(answer.unwrap(), (200, "published\n".to_string()));
+        let ports = docker(&[
+            "inspect",
+            "--format",
+            "{{json .NetworkSettings.Ports}}",
+            &id,
+        ]);
+        assert!(ports.contains("\"HostIp\":\"127.0.0.1\""), "{ports}");
+        assert!(!ports.contains("0.0.0.0"), "{ports}");
+    } else {
+        // dockerd --bridge=none: docker would start it unreachable; ferry refuses instead
+        let e = kit.docker.run(&s).await.unwrap_err();
+        assert!(matches!(e, DockerError::Invalid { .. }), "{e:?}");
+        assert!(e.to_string().contains("use host networking"), "{e}");
+        assert!(kit.docker.inspect(&s.name).await.unwrap().is_none());
+    }
+}

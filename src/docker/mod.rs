@@ -9,18 +9,21 @@
 //! No secret is ever an argument: variables go in a file ([`write_env_file`]).
 
 pub mod compose;
+mod error;
 mod spec;
 #[cfg(test)]
 mod tests;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
+pub use error::{DockerError, failure, last_lines, one_line_tail, unreachable_message};
+use error::{no_such, spawn_error};
 pub use spec::{
     BuildOutput, ContainerInfo, Mount, Network, RunSpec, build_args, ceil_secs, label_filters,
     mount_arg, parse_inspect, run_args, write_env_file,
@@ -32,144 +35,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const BUILD_OUTPUT_LIMIT: usize = 64 * 1024;
 /// How many of a failed build's last lines its error carries.
 pub const BUILD_TAIL_LINES: usize = 40;
-
-/// A failed docker call.
-#[derive(Debug, thiserror::Error)]
-pub enum DockerError {
-    /// The docker program is not there.
-    #[error(
-        "docker is not installed: {} was not found (install docker, or set FERRY_DOCKER to its path)",
-        program.display()
-    )]
-    NotInstalled { program: PathBuf },
-    /// The CLI runs but cannot talk to the daemon (down, absent, wrong socket, no
-    /// permission); `message` is docker's own, on one line.
-    #[error("cannot reach the docker daemon: {message}")]
-    Unreachable { message: String },
-    /// `docker build` failed; `tail` holds the last lines of its output (the failing step
-    /// and its message), `Display` only the last of them.
-    #[error("docker build failed ({status}): {}", last_line(tail))]
-    Build { status: ExitStatus, tail: String },
-    /// Another docker command failed; `stderr_tail` is the end of what it printed, one line.
-    #[error("docker {what} failed ({status}): {stderr_tail}")]
-    Command {
-        what: String,
-        status: ExitStatus,
-        stderr_tail: String,
-    },
-    /// The command did not finish in time and was killed. `tail` is the end of a build's
-    /// output (empty for other commands).
-    #[error("docker {what} did not finish within {} s and was killed", ceil_secs(*after))]
-    Timeout {
-        what: String,
-        after: Duration,
-        tail: String,
-    },
-    /// ferry was asked something docker cannot be given safely (a name with a space, a
-    /// label key with `=`, a relative mount…).
-    #[error("docker {what}: {reason}")]
-    Invalid { what: String, reason: String },
-    #[error("docker {what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// docker answered something ferry cannot read.
-    #[error("docker {what}: unexpected output: {message}")]
-    Parse { what: String, message: String },
-}
-
-fn last_line(text: &str) -> &str {
-    text.lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("(no output)")
-}
-
-/// The end of `text` on one line: its last few non-empty lines joined with ` | `, at most
-/// ~1000 characters.
-pub fn one_line_tail(text: &str) -> String {
-    let mut lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    lines.drain(..lines.len().saturating_sub(3));
-    let joined = lines.join(" | ");
-    if joined.len() <= 1000 {
-        return joined;
-    }
-    let mut start = joined.len() - 1000;
-    while !joined.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("…{}", &joined[start..])
-}
-
-/// The last `n` lines of `text`.
-pub fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.trim_end().lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// docker's way of saying the daemon is not there (or not ours to talk to), whatever the
-/// command: the line that says so.
-pub fn unreachable_message(stderr: &str) -> Option<String> {
-    const SIGNS: [&str; 5] = [
-        "cannot connect to the docker daemon",
-        "is the docker daemon running",
-        "error during connect",
-        "permission denied while trying to connect",
-        "connect: connection refused",
-    ];
-    stderr
-        .lines()
-        .map(str::trim)
-        .find(|l| {
-            let l = l.to_ascii_lowercase();
-            SIGNS.iter().any(|s| l.contains(s))
-        })
-        .map(str::to_string)
-}
-
-/// docker saying the object named does not exist.
-fn no_such(stderr: &str) -> bool {
-    let s = stderr.to_ascii_lowercase();
-    s.contains("no such container") || s.contains("no such image") || s.contains("no such object")
-}
-
-/// The error for a docker command `what` that ran and failed.
-pub fn failure(what: &str, out: &Output) -> DockerError {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if let Some(message) = unreachable_message(&stderr) {
-        return DockerError::Unreachable { message };
-    }
-    let mut stderr_tail = one_line_tail(&stderr);
-    if stderr_tail.is_empty() {
-        stderr_tail = one_line_tail(&String::from_utf8_lossy(&out.stdout));
-    }
-    DockerError::Command {
-        what: what.to_string(),
-        status: out.status,
-        stderr_tail,
-    }
-}
-
-/// The error for a command that could not be started.
-fn spawn_error(program: &Path, what: &str, source: std::io::Error) -> DockerError {
-    if source.kind() == std::io::ErrorKind::NotFound {
-        DockerError::NotInstalled {
-            program: program.to_path_buf(),
-        }
-    } else {
-        DockerError::Io {
-            what: format!("{what}: starting {}", program.display()),
-            source,
-        }
-    }
-}
 
 /// The `docker` CLI ferry drives. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -434,9 +299,20 @@ impl Docker {
         Err(failure("image rm", &out))
     }
 
-    /// Starts a container as `spec` says (`docker run --detach`); its id.
+    /// Starts a container as `spec` says (`docker run --detach`); its id. A published port
+    /// is refused up front when the daemon has no default bridge network (dockerd
+    /// `--bridge=none`): docker would start the container unreachable, without a word.
     pub async fn run(&self, spec: &RunSpec) -> Result<String, DockerError> {
-        let out = self.checked("run", run_args(spec)?, self.timeout).await?;
+        let args = run_args(spec)?;
+        if matches!(spec.network, Network::Publish { .. }) && !self.has_bridge().await? {
+            return Err(DockerError::Invalid {
+                what: "run".to_string(),
+                reason: "a published port needs docker's default bridge network, which this \
+                         daemon lacks (dockerd --bridge=none): use host networking"
+                    .to_string(),
+            });
+        }
+        let out = self.checked("run", args, self.timeout).await?;
         let id = out.lines().last().unwrap_or("").trim().to_string();
         if id.is_empty() {
             return Err(DockerError::Parse {
@@ -445,6 +321,26 @@ impl Docker {
             });
         }
         Ok(id)
+    }
+
+    /// Whether the daemon has its default bridge network (`docker network inspect bridge`).
+    pub async fn has_bridge(&self) -> Result<bool, DockerError> {
+        let args = vec![
+            "network".into(),
+            "inspect".into(),
+            "--format={{.Name}}".into(),
+            "--".into(),
+            "bridge".into(),
+        ];
+        let out = self.raw("network inspect", args, self.timeout).await?;
+        if out.status.success() {
+            return Ok(true);
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
+        if stderr.contains("not found") || stderr.contains("no such network") {
+            return Ok(false);
+        }
+        Err(failure("network inspect", &out))
     }
 
     /// Spawns `docker logs --follow [--since=<since>] <container>` with its stdout and
