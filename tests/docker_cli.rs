@@ -453,3 +453,30 @@ async fn a_published_port_is_on_loopback_or_refused_without_a_bridge_network() {
         assert!(kit.docker.inspect(&s.name).await.unwrap().is_none());
     }
 }
+
+#[test]
+fn no_kit_prefix_is_inside_another_kits_names() {
+    // cleanup removes what contains a kit's prefix: another kit's objects must never match
+    let prefixes: Vec<String> = [1, 12, 123, 1234]
+        .iter()
+        .flat_map(|&pid| (0..120).map(move |n| kit_prefix(pid, n)))
+        .collect();
+    for a in &prefixes {
+        for b in &prefixes {
+            let name = format!("ferry-{b}-staging-4100");
+            assert_eq!(name.contains(a.as_str()), a == b, "{a} in {name}");
+        }
+    }
+}
+
+#[test]
+fn a_dynamically_linked_busybox_is_told_apart_from_busybox_static() {
+    // this test binary itself is dynamically linked
+    let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    assert!(!is_static(&me));
+    assert!(!is_static(b"#!/bin/sh\n"));
+    if let Ok(busybox) = std::fs::read("/bin/busybox") {
+        // Debian's busybox-static, as .ci/run installs it
+        assert!(is_static(&busybox));
+    }
+}

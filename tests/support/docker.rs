@@ -9,7 +9,7 @@
 //! // name containers/images with kit.name("web"), label them with kit.label()
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -69,14 +69,43 @@ fn probe() -> Result<(), String> {
                     .unwrap_or("no server version");
                 return Err(format!("no docker daemon reachable: {reason}"));
             }
-            if !Path::new(BUSYBOX).exists() {
-                return Err(format!(
-                    "{BUSYBOX} is missing (Debian's busybox-static) to build test images"
-                ));
+            match std::fs::read(BUSYBOX) {
+                Err(e) => Err(format!(
+                    "{BUSYBOX} ({e}): install Debian's busybox-static to build test images"
+                )),
+                Ok(elf) if !is_static(&elf) => Err(format!(
+                    "{BUSYBOX} is not statically linked: install Debian's busybox-static \
+                     (a FROM scratch image has no libc)"
+                )),
+                Ok(_) => Ok(()),
             }
-            Ok(())
         })
         .clone()
+}
+
+/// Whether `elf` (a 64-bit little-endian ELF executable) has no program interpreter, that
+/// is, runs without a dynamic loader and libc.
+pub fn is_static(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
+    };
+    if !elf.starts_with(b"\x7fELF\x02\x01") {
+        return false;
+    }
+    let (Some(phoff), Some(size), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        return false;
+    };
+    (0..count).all(|i| u32_at(phoff + i * size).is_some_and(|t| t != PT_INTERP))
 }
 
 /// Runs `cmd` to its end with output captured, killed after `limit`.
@@ -134,6 +163,14 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The prefix of the `n`th kit of test process `pid`: short, unique on the machine (other
+/// test processes run beside this one), and never inside another kit's names, since cleanup
+/// goes by "the name contains the prefix" (`fdt12n001` is not in `fdt123n001`, nor `…n001`
+/// in `…n0010`: `n` is below 1000).
+pub fn kit_prefix(pid: u32, n: u32) -> String {
+    format!("fdt{pid}n{n:03}")
+}
+
 /// A test's handle on the daemon: its unique prefix and label, the base image, and (on drop)
 /// the removal of every container and image carrying either.
 pub struct DockerKit {
@@ -144,12 +181,7 @@ pub struct DockerKit {
 impl DockerKit {
     fn new(test: &str) -> DockerKit {
         static N: AtomicU32 = AtomicU32::new(0);
-        // short and unique on the machine: other test processes run beside this one
-        let prefix = format!(
-            "fdt{}x{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
+        let prefix = kit_prefix(std::process::id(), N.fetch_add(1, Ordering::Relaxed));
         eprintln!("{test}: docker objects prefixed {prefix}");
         DockerKit {
             docker: Docker::new(),
