@@ -148,7 +148,7 @@ impl Engine {
         let deploying = self.store.lock_holder(name)?;
         let (pid, port, release, live_since) = match state.active.lock().await.as_ref() {
             Some(a) if a.instance.exited().is_none() => (
-                Some(a.instance.pid),
+                a.instance.pid(),
                 Some(a.instance.port),
                 Some(a.release.clone()),
                 Some(a.deployed_at.clone()),
@@ -251,9 +251,9 @@ impl Engine {
             environment: state.env.name.clone(),
             deployment_id: deployment,
             release: release.to_string(),
-            pid: instance.pid,
+            pid: instance.pid().unwrap_or(0),
             port: instance.port,
-            proc_start: runtime::process_start_time(instance.pid),
+            proc_start: instance.pid().and_then(runtime::process_start_time),
             started_at: deployed_at.clone(),
         };
         let record = match self.store.insert_instance(&row) {

@@ -27,8 +27,9 @@ impl Engine {
                 let instance = crate::runtime::spawn(&spec, &state.log)
                     .map_err(|e| Stop::failed(e.to_string()))?;
                 let out = format!(
-                    "started {release}: pid {} on port {}\n",
-                    instance.pid, instance.port
+                    "started {release}: {} on port {}\n",
+                    instance.describe(),
+                    instance.port
                 );
                 let active = self
                     .record_instance(

@@ -1,6 +1,7 @@
 use std::time::Instant;
 
 use super::*;
+use std::path::Path;
 
 fn spec(dir: &Path, start: &str) -> InstanceSpec {
     InstanceSpec {
