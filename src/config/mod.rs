@@ -11,6 +11,7 @@ mod duration;
 mod freeze;
 mod frontdoor;
 mod raw;
+mod runtime;
 mod server;
 mod size;
 mod template;
@@ -27,6 +28,7 @@ pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use freeze::FreezeWindow;
 pub use frontdoor::{Tls, under_prefix};
 pub use raw::valid_check_name;
+pub use runtime::{ComposeFile, Container, ContainerUser, ImageBuild, Network, Runtime};
 pub use server::{ConnLimits, DEFAULT_MAX_STREAMS, ProxySettings, Server};
 pub use size::{HumanSize, format_size, parse_size};
 pub use template::TEMPLATE;
@@ -179,7 +181,11 @@ pub struct App {
     pub repo: String,
     pub build: Vec<String>,
     pub test: Vec<String>,
+    /// The command that runs one instance; with a container runtime, empty for the image's
+    /// own command.
     pub start: String,
+    /// How instances run: processes (the default), docker containers or a compose service.
+    pub runtime: Runtime,
     /// Paths that live in the environment's `shared/` dir; a trailing `/` marks a directory.
     pub shared: Vec<String>,
     pub keep_releases: usize,

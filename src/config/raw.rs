@@ -74,7 +74,10 @@ struct RawApp {
     build: Vec<String>,
     #[serde(default)]
     test: Vec<String>,
-    start: Spanned<String>,
+    start: Option<Spanned<String>>,
+    runtime: Option<Spanned<String>>,
+    docker: Option<Spanned<super::runtime::RawDocker>>,
+    compose: Option<Spanned<super::runtime::RawCompose>>,
     #[serde(default)]
     shared: Vec<Spanned<String>>,
     keep_releases: Option<Spanned<i64>>,
@@ -294,13 +297,16 @@ fn validate_app(
         ));
     }
     let repo = validate_repo(&raw.repo, fail, resolve)?;
-    if raw.start.get_ref().trim().is_empty() {
-        return Err(fail(
-            raw.start.span(),
-            "`start` is empty".into(),
-            "write the command that runs one instance, like \"./server --port $PORT\"",
-        ));
-    }
+    let runtime = super::runtime::validate(
+        super::runtime::RawRuntime {
+            runtime: raw.runtime.as_ref(),
+            docker: raw.docker.as_ref(),
+            compose: raw.compose.as_ref(),
+            start: raw.start.as_ref(),
+            app_span: raw.name.span(),
+        },
+        fail,
+    )?;
     let mut shared = Vec::new();
     for s in raw.shared {
         let p = s.get_ref();
@@ -356,7 +362,8 @@ fn validate_app(
         repo,
         build: raw.build,
         test: raw.test,
-        start: raw.start.into_inner(),
+        start: raw.start.map(Spanned::into_inner).unwrap_or_default(),
+        runtime,
         shared,
         keep_releases,
         keep_backups,
@@ -773,7 +780,7 @@ pub(super) fn parse_addr(s: &Spanned<String>, fail: &Fail) -> Result<SocketAddr,
 }
 
 /// A relative path that stays inside its base: no `..`, no root, not empty.
-fn relative_inside(p: &str) -> bool {
+pub(super) fn relative_inside(p: &str) -> bool {
     let trimmed = p.trim_end_matches('/');
     !trimmed.is_empty()
         && !Path::new(p).is_absolute()

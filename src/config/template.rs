@@ -21,6 +21,17 @@ stop_timeout = "10s"            # SIGTERM, then SIGKILL after this long
 drain_timeout = "30s"           # requests in flight on the old instance get this long to finish
 pass_env = []                   # ferry's variables that commands inherit besides PATH and the
                                 # locale, e.g. ["HTTP_PROXY"]; everything else is cleared
+# runtime = "process"           # or "docker" (an image from the Dockerfile at the release
+                                # commit) or "compose" (a service of a compose file)
+# [app.docker]                  # container settings, for "docker" and "compose"
+# dockerfile = "Dockerfile"     # docker only, relative to the release; context = "."
+# shared_at = "/shared"         # the environment's shared dir, mounted here
+# secrets_at = "/run/secrets/ferry.env" # env_file, mounted read-only ($FERRY_ENV_FILE)
+# network = "host"              # the app binds 127.0.0.1:$PORT; "publish": $PORT on 127.0.0.1
+# user = "environment"          # the environment's user; "image": the image's USER
+# [app.compose]                 # runtime "compose": its other services are accessories
+# file = "docker-compose.yml"
+# service = "web"               # the service the proxy routes to
 
 [health]
 paths = ["/"]                   # every path must answer expect_status

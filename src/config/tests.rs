@@ -202,8 +202,11 @@ fn other_rejections_each_point_at_their_value() {
         assert!(d.message.contains(expected), "{to}: {}", d.message);
         assert!(d.help.is_some(), "{to}: no help");
     }
-    let d = diagnostic(dir.path(), "[app]\nname = \"a\"\nrepo = \"repo\"\n");
-    assert!(d.message.contains("missing field `start`"), "{}", d.message);
+    let d = diagnostic(
+        dir.path(),
+        "[app]\nname = \"a\"\nrepo = \"repo\"\n[environments.s]\nlisten = \"127.0.0.1:1\"\n",
+    );
+    assert!(d.message.contains("no `start`"), "{}", d.message);
 }
 
 #[test]
@@ -961,3 +964,6 @@ fn tls_acme_needs_an_acme_table() {
     assert_eq!(config.environments[0].tls, Some(Tls::Acme));
     assert_eq!(config.acme.unwrap().email, "ops@example.com");
 }
+
+#[path = "runtime_tests.rs"]
+mod runtime_tests;
