@@ -255,6 +255,7 @@ impl Engine {
             port: instance.port,
             proc_start: instance.pid().and_then(runtime::process_start_time),
             started_at: deployed_at.clone(),
+            container: instance.container_id().map(str::to_string),
         };
         let record = match self.store.insert_instance(&row) {
             Ok(id) => id,
@@ -282,7 +283,11 @@ impl Engine {
         release: &str,
         spec: InstanceSpec,
     ) -> Result<Active, String> {
-        let instance = runtime::spawn(&spec, &state.log).map_err(|e| e.to_string())?;
+        let instance = self
+            .runtime
+            .start(&spec, &state.log)
+            .await
+            .map_err(|e| e.to_string())?;
         let active = self
             .record_instance(state, release, None, instance, deployed_at(&spec))
             .await?;

@@ -173,6 +173,8 @@ pub struct Engine {
     pub certs: Arc<crate::tls::CertStore>,
     /// ACME HTTP-01 answers the front door's http listener gives.
     pub challenges: Arc<crate::tls::Challenges>,
+    /// What runs the app's instances (`[app] runtime`).
+    pub runtime: runtime::Runtime,
 }
 
 impl Engine {
@@ -235,6 +237,7 @@ impl Engine {
                 "ferry is not running as root: build, test and app commands run as ferry's own user and can read its state dir (see the README, \"Trust boundaries\")"
             );
         }
+        let runtime = runtime::Runtime::new(config.app.runtime.clone());
         Ok(Arc::new(Engine {
             config,
             store,
@@ -248,6 +251,7 @@ impl Engine {
             handing_over: Mutex::new(false),
             certs,
             challenges,
+            runtime,
         }))
     }
 

@@ -50,13 +50,17 @@ impl Engine {
         for state in self.environments() {
             let env = &state.env.name;
             let good = self.store.last_succeeded(env)?.and_then(|d| d.release);
-            let candidate = live
+            let mut candidate = None;
+            for row in live
                 .iter()
                 .filter(|i| &i.environment == env && Some(&i.release) == good.as_ref())
-                .filter(|i| {
-                    i.proc_start.is_some() && runtime::process_start_time(i.pid) == i.proc_start
-                })
-                .max_by_key(|i| i.id);
+            {
+                if self.runtime.is_running(&self.leftover(row)).await
+                    && candidate.is_none_or(|c: &crate::store::Instance| c.id < row.id)
+                {
+                    candidate = Some(row);
+                }
+            }
             if let Some(row) = candidate {
                 match self.adopt(state, row).await {
                     Ok(()) => {
@@ -70,24 +74,25 @@ impl Engine {
             }
         }
         for instance in live.iter().filter(|i| !adopted.contains(&i.id)) {
-            // the same pid with the same start time is the process we started; anything else
-            // reused the pid and is left alone
-            let alive = runtime::process_start_time(instance.pid);
-            if alive.is_some() && alive == instance.proc_start {
-                tracing::info!(pid = instance.pid, env = %instance.environment, "stopping an instance left by a previous ferry");
-                runtime::kill_group(instance.pid, Signal::SIGTERM);
-                let deadline = tokio::time::Instant::now() + self.config.app.stop_timeout;
-                while runtime::process_start_time(instance.pid) == alive
-                    && tokio::time::Instant::now() < deadline
-                {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                runtime::kill_group(instance.pid, Signal::SIGKILL);
-            }
-            let _ = std::fs::remove_file(self.output_pipe(&instance.environment, instance.port));
+            // only what this ferry's predecessor started is stopped: a pid reused since, or a
+            // container replaced, is left alone
+            self.runtime
+                .stop_leftover(&self.leftover(instance), self.config.app.stop_timeout)
+                .await;
             self.store.instance_stopped(instance.id)?;
         }
         Ok(())
+    }
+
+    /// What the runtime needs to know of an instance a previous ferry recorded.
+    fn leftover(&self, row: &crate::store::Instance) -> runtime::Leftover {
+        runtime::Leftover {
+            pid: row.pid,
+            proc_start: row.proc_start,
+            port: row.port,
+            container: row.container.clone(),
+            output: self.output_pipe(&row.environment, row.port),
+        }
     }
 
     /// Makes a leftover instance `env`'s serving one if every health path passes now.
@@ -102,15 +107,11 @@ impl Engine {
                 Err(e) => return Err(format!("{path}: {e}")),
             }
         }
-        let output = self.output_pipe(&state.env.name, row.port);
-        let instance = runtime::adopt(
-            row.pid,
-            row.proc_start.unwrap_or_default(),
-            row.port,
-            &output,
-            &state.log,
-        )
-        .map_err(|e| e.to_string())?;
+        let instance = self
+            .runtime
+            .adopt(&self.leftover(row), &state.log)
+            .await
+            .map_err(|e| e.to_string())?;
         self.track_instance(row.id, instance.clone());
         let upstream = Upstream::new(std::net::SocketAddr::from(([127, 0, 0, 1], row.port)));
         let active = Active {
@@ -187,7 +188,7 @@ impl Engine {
             ("APP_VERSION".to_string(), version),
             ("COMMIT_SHA".to_string(), commit),
         ];
-        let result = match self.instance_spec(state, &dir, vars) {
+        let result = match self.instance_spec(state, &dir, vars, release) {
             Ok(spec) => self.start_healthy(state, release, spec).await,
             Err(e) => Err(e),
         };

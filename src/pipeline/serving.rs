@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::environment::Active;
 use super::steps::{Held, Stop, instance_vars};
 use super::{Engine, EnvState};
-use crate::runtime::{InstanceSpec, Secrets};
+use crate::runtime::{Identity, InstanceSpec, Secrets};
 use crate::store::DeploymentState;
 
 impl Engine {
@@ -23,8 +23,13 @@ impl Engine {
         let env = &state.env.name;
         let instance = self
             .step(id, "start", async {
-                let spec = self.instance_spec(state, dir, vars).map_err(Stop::failed)?;
-                let instance = crate::runtime::spawn(&spec, &state.log)
+                let spec = self
+                    .instance_spec(state, dir, vars, release)
+                    .map_err(Stop::failed)?;
+                let instance = self
+                    .runtime
+                    .start(&spec, &state.log)
+                    .await
                     .map_err(|e| Stop::failed(e.to_string()))?;
                 let out = format!(
                     "started {release}: {} on port {}\n",
@@ -136,7 +141,7 @@ impl Engine {
         let row = self.store.release(env, release).ok().flatten()?;
         let dir = self.config.env_dir(env).join("releases").join(release);
         let vars = instance_vars(state, &row.version, &row.commit_sha);
-        let spec = self.instance_spec(state, &dir, vars).ok()?;
+        let spec = self.instance_spec(state, &dir, vars, release).ok()?;
         match self.start_healthy(state, release, spec).await {
             Ok(active) => Some(active),
             Err(e) => {
@@ -152,14 +157,28 @@ impl Engine {
         state: &EnvState,
         release_dir: &Path,
         mut vars: Vec<(String, String)>,
+        release: &str,
     ) -> Result<InstanceSpec, String> {
         let env = &state.env;
+        let var = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let identity = Identity {
+            app: self.config.app.name.clone(),
+            env: env.name.clone(),
+            release: release.to_string(),
+            version: var("APP_VERSION"),
+            commit: var("COMMIT_SHA"),
+        };
         let port = crate::runtime::free_port().map_err(|e| e.to_string())?;
         vars.push(("PORT".into(), port.to_string()));
         vars.push(("DEPLOYED_AT".into(), crate::store::now()));
         vars.extend(env.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let mut all = self.command_env(state);
-        all.extend(vars);
+        all.extend(vars.iter().cloned());
         let secrets = match super::env_file_path(&self.config, env) {
             None => Secrets::default(),
             Some(path) => Secrets::read(&path).map_err(|e| e.to_string())?,
@@ -173,7 +192,18 @@ impl Engine {
             secrets,
             confinement: self.confinement(state, release_dir, false),
             output: self.output_pipe(&env.name, port),
+            app_vars: vars,
+            identity,
+            image: self.image_of(&env.name, release),
+            shared_dir: self.config.env_dir(&env.name).join("shared"),
+            stop_timeout: self.config.app.stop_timeout,
         })
+    }
+
+    /// The image of `release` of `env` (its recorded digest) with a container runtime.
+    fn image_of(&self, env: &str, release: &str) -> Option<String> {
+        self.runtime.kind().container()?;
+        self.store.release(env, release).ok().flatten()?.digest
     }
 
     /// The named pipe carrying the output of `env`'s instance on `port`.

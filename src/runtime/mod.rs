@@ -67,19 +67,114 @@ pub fn free_port() -> Result<u16, RuntimeError> {
 }
 
 /// Everything needed to start one instance.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct InstanceSpec {
     pub release_dir: PathBuf,
+    /// The command (process); with a container runtime, the container's command run by the
+    /// image's `/bin/sh -c` (empty: the image's own).
     pub start: String,
     pub port: u16,
     /// The instance's whole environment but the secrets: the sandbox's allowlist, ferry's
     /// variables and the environment's `env`, in that order. Nothing else is inherited.
     pub vars: Vec<(String, String)>,
+    /// ferry's variables and the environment's `env` only: what a container gets (the
+    /// host's allowlist is no business of an image).
+    pub app_vars: Vec<(String, String)>,
     pub secrets: Secrets,
     /// Who it runs as and what of the state dir it reaches.
     pub confinement: crate::sandbox::Confinement,
     /// Where the named pipe carrying the instance's output is made.
     pub output: PathBuf,
+    /// Whose instance it is: container names and labels.
+    pub identity: Identity,
+    /// The release's image id (container runtimes).
+    pub image: Option<String>,
+    /// The environment's shared dir (mounted into a container).
+    pub shared_dir: PathBuf,
+    /// How long it gets between the polite signal and the kill.
+    pub stop_timeout: Duration,
+}
+
+/// Whose an instance is.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    pub app: String,
+    pub env: String,
+    pub release: String,
+    pub version: String,
+    pub commit: String,
+}
+
+/// An instance a previous ferry left running, as the store recorded it.
+#[derive(Debug, Clone)]
+pub struct Leftover {
+    pub pid: u32,
+    pub proc_start: Option<i64>,
+    pub port: u16,
+    pub container: Option<String>,
+    /// Its output pipe.
+    pub output: PathBuf,
+}
+
+/// The app's runtime: starts, stops and adopts its instances. The pipeline drives every
+/// backend through this one interface.
+pub struct Runtime {
+    kind: crate::config::Runtime,
+}
+
+impl Runtime {
+    pub fn new(kind: crate::config::Runtime) -> Runtime {
+        Runtime { kind }
+    }
+
+    /// What the app's config says.
+    pub fn kind(&self) -> &crate::config::Runtime {
+        &self.kind
+    }
+
+    /// Starts an instance of `spec`; its output goes to `log`.
+    pub async fn start(
+        &self,
+        spec: &InstanceSpec,
+        log: &LogSink,
+    ) -> Result<Instance, RuntimeError> {
+        process::spawn(spec, log)
+    }
+
+    /// Takes over an instance a previous ferry left running.
+    pub async fn adopt(&self, left: &Leftover, log: &LogSink) -> Result<Instance, RuntimeError> {
+        process::adopt(
+            left.pid,
+            left.proc_start.unwrap_or_default(),
+            left.port,
+            &left.output,
+            log,
+        )
+    }
+
+    /// True while the instance a previous ferry left is still the one it started and runs.
+    pub async fn is_running(&self, left: &Leftover) -> bool {
+        left.proc_start.is_some() && process_start_time(left.pid) == left.proc_start
+    }
+
+    /// Stops an instance a previous ferry left running (not adopted): a grace period after
+    /// the polite signal, then killed.
+    pub async fn stop_leftover(&self, left: &Leftover, grace: Duration) {
+        let alive = process_start_time(left.pid);
+        if alive.is_some() && alive == left.proc_start {
+            tracing::info!(
+                pid = left.pid,
+                "stopping an instance left by a previous ferry"
+            );
+            kill_group(left.pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = tokio::time::Instant::now() + grace;
+            while process_start_time(left.pid) == alive && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            kill_group(left.pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = std::fs::remove_file(&left.output);
+    }
 }
 
 /// A running (or exited) instance.
@@ -105,22 +200,6 @@ impl fmt::Debug for Instance {
         };
         d.field("port", &self.port).finish()
     }
-}
-
-/// Starts a process instance of `spec`; its output goes to `log`.
-pub fn spawn(spec: &InstanceSpec, log: &LogSink) -> Result<Instance, RuntimeError> {
-    process::spawn(spec, log)
-}
-
-/// Takes over a process instance a previous ferry started (see [`process::adopt`]).
-pub fn adopt(
-    pid: u32,
-    proc_start: i64,
-    port: u16,
-    output: &std::path::Path,
-    log: &LogSink,
-) -> Result<Instance, RuntimeError> {
-    process::adopt(pid, proc_start, port, output, log)
 }
 
 impl Instance {
@@ -210,6 +289,13 @@ impl Instance {
     pub fn pid(&self) -> Option<u32> {
         match &self.handle {
             Handle::Process(p) => Some(p.pid),
+        }
+    }
+
+    /// The container id of a container instance.
+    pub fn container_id(&self) -> Option<&str> {
+        match &self.handle {
+            Handle::Process(_) => None,
         }
     }
 

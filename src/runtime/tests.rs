@@ -1,5 +1,6 @@
 use std::time::Instant;
 
+use super::process::spawn;
 use super::*;
 use std::path::Path;
 
@@ -15,6 +16,7 @@ fn spec(dir: &Path, start: &str) -> InstanceSpec {
         secrets: Secrets::default(),
         confinement: Default::default(),
         output: dir.join("run/4321.out"),
+        ..Default::default()
     }
 }
 

@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_access.sql"),
     include_str!("migrations/0008_webhooks.sql"),
     include_str!("migrations/0010_app_output.sql"),
+    include_str!("migrations/0011_containers.sql"),
 ];
 
 /// Store errors.

@@ -57,8 +57,8 @@ impl Store {
     pub fn insert_instance(&self, instance: &Instance) -> Result<i64> {
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO instances (environment, deployment_id, release, pid, port, proc_start, started_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO instances (environment, deployment_id, release, pid, port, proc_start, started_at, container)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 instance.environment,
                 instance.deployment_id,
@@ -66,7 +66,8 @@ impl Store {
                 instance.pid,
                 instance.port,
                 instance.proc_start,
-                instance.started_at
+                instance.started_at,
+                instance.container
             ],
         )?;
         Ok(conn.last_insert_rowid())

@@ -301,11 +301,13 @@ pub struct Instance {
     pub port: u16,
     pub proc_start: Option<i64>,
     pub started_at: String,
+    /// The container's id, for a container instance (its `pid` is 0).
+    pub container: Option<String>,
 }
 
 impl Instance {
     pub(super) const COLUMNS: &'static str =
-        "id, environment, deployment_id, release, pid, port, proc_start, started_at";
+        "id, environment, deployment_id, release, pid, port, proc_start, started_at, container";
 
     pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
         Ok(Instance {
@@ -317,6 +319,7 @@ impl Instance {
             port: r.get(5)?,
             proc_start: r.get(6)?,
             started_at: r.get(7)?,
+            container: r.get(8)?,
         })
     }
 }
