@@ -77,9 +77,47 @@ pub fn run(cli: &Cli, _args: &Check) -> CmdResult {
 }
 
 /// Prints one app's summary, with warnings about its repo.
+/// The app's runtime in a line; for containers, whether the docker daemon answers.
+fn runtime_summary(runtime: &crate::config::Runtime) -> Result<String, String> {
+    use crate::config::Runtime;
+    let what = match runtime {
+        Runtime::Process => return Ok("process".into()),
+        Runtime::Docker { image, .. } => format!(
+            "docker (image from {}, context {})",
+            image.dockerfile, image.context
+        ),
+        Runtime::Compose { compose, .. } => {
+            format!("compose (service {} of {})", compose.service, compose.file)
+        }
+    };
+    // `check` runs outside the async runtime's workers: ask on a thread of its own
+    let ping = std::thread::spawn(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(crate::docker::Docker::new().ping())
+            .map_err(|e| e.to_string())
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the docker check failed".into()));
+    match ping {
+        Ok(version) => Ok(format!("{what}; docker daemon {version}")),
+        Err(e) => Err(format!("{what}; {e}")),
+    }
+}
+
 fn check_app(config: &crate::config::Config) -> super::CmdResult {
     let app = &config.app;
-    let mut warnings = repo_warnings(&app.repo, &app.start);
+    let mut warnings = if app.runtime.container().is_some() {
+        repo_warnings(&app.repo, "")
+    } else {
+        repo_warnings(&app.repo, &app.start)
+    };
+    let runtime = runtime_summary(&app.runtime);
+    if let Err(e) = &runtime {
+        warnings.push(format!("{e}: nothing can be deployed until it answers"));
+    }
     let certs = crate::frontdoor::certs::check_files(config);
     let mut cert_errors = Vec::new();
     for c in &certs {
@@ -115,7 +153,12 @@ fn check_app(config: &crate::config::Config) -> super::CmdResult {
         );
     }
     println!("  app        {} from {}", app.name, app.repo);
-    println!("  start      {}", app.start);
+    match &runtime {
+        Ok(summary) | Err(summary) => println!("  runtime    {summary}"),
+    }
+    if !app.start.is_empty() {
+        println!("  start      {}", app.start);
+    }
     println!(
         "  build      {} command(s), test {} command(s), timeout {}",
         app.build.len(),

@@ -237,7 +237,11 @@ impl Engine {
                 "ferry is not running as root: build, test and app commands run as ferry's own user and can read its state dir (see the README, \"Trust boundaries\")"
             );
         }
-        let runtime = runtime::Runtime::new(config.app.runtime.clone());
+        let runtime = runtime::Runtime::new(
+            config.app.runtime.clone(),
+            &config.app.name,
+            &config.server_dir,
+        );
         Ok(Arc::new(Engine {
             config,
             store,

@@ -27,9 +27,16 @@ impl Engine {
         let name = resolved.release_name();
         let shared_dir = self.config.env_dir(&env.name).join("shared");
         let existing = self.store.release(&env.name, &name)?;
-        let reusable = existing.as_ref().is_some_and(|r| {
+        let mut reusable = existing.as_ref().is_some_and(|r| {
             r.digest.is_some() && matches!(r.status.as_str(), "built" | "good" | "bad")
         }) && dir.is_dir();
+        if reusable
+            && self.runtime.uses_images()
+            && let Some(image) = existing.as_ref().and_then(|r| r.digest.as_deref())
+        {
+            // an image removed from docker since is built again
+            reusable = self.runtime.has_image(image).await.unwrap_or(false);
+        }
         if reusable {
             self.step(id, "prepare", async {
                 Ok(((), format!("reusing release {name}, built before\n")))
@@ -97,17 +104,39 @@ impl Engine {
         .await
         .inspect_err(|_| self.mark_release(&env.name, &name, "failed"))?;
 
-        if let (Some(_), Some(from)) = (&source, &copied_from) {
+        let mut image = None;
+        // a verified image is promoted as it is, even when its release dir there is gone
+        let promoted = source.is_some() || self.runtime.uses_images();
+        if let (true, Some(from)) = (promoted, &copied_from) {
+            if self.runtime.uses_images() {
+                image = Some(self.verified_image(verified).await.inspect_err(|_| {
+                    self.mark_release(&env.name, &name, "failed");
+                })?);
+            }
             self.skip(id, "build", &format!("built on {from}"));
             self.skip(id, "test", &format!("tested on {from}"));
         } else {
             let mut vars = self.command_env(state);
             vars.extend(instance_vars(state, &resolved.version, &resolved.commit));
-            for (step, commands) in [("build", &app.build), ("test", &app.test)] {
-                self.step(id, step, self.run_commands(id, state, dir, commands, &vars))
-                    .await
-                    .inspect_err(|_| self.mark_release(&env.name, &name, "failed"))?;
-            }
+            let build = async {
+                let (_, mut out) = self.run_commands(id, state, dir, &app.build, &vars).await?;
+                if self.runtime.uses_images() {
+                    let (id, built) = self.build_image(state, resolved, dir).await?;
+                    image = Some(id);
+                    out.push_str(&built);
+                }
+                Ok(((), out))
+            };
+            self.step(id, "build", build)
+                .await
+                .inspect_err(|_| self.mark_release(&env.name, &name, "failed"))?;
+            self.step(
+                id,
+                "test",
+                self.run_commands(id, state, dir, &app.test, &vars),
+            )
+            .await
+            .inspect_err(|_| self.mark_release(&env.name, &name, "failed"))?;
         }
         let (dir2, shared_dir2, shared, run_as) = (
             dir.to_path_buf(),
@@ -126,9 +155,77 @@ impl Engine {
         .await
         .map_err(|e| Stop::failed(e.to_string()))?
         .inspect_err(|_| self.mark_release(&env.name, &name, "failed"))?;
+        // a container app's release is its image: the id promotion checks
+        let digest = image.unwrap_or(digest);
         self.store
             .set_release_status(&env.name, &name, "built", Some(&digest))?;
         Ok(digest)
+    }
+
+    /// Builds a container app's image from the release dir; its id and what to show of
+    /// the build (the tail of its output).
+    async fn build_image(
+        &self,
+        state: &EnvState,
+        resolved: &Resolved,
+        dir: &Path,
+    ) -> Result<(String, String), Stop> {
+        let identity = crate::runtime::Identity {
+            app: self.config.app.name.clone(),
+            env: state.env.name.clone(),
+            release: resolved.release_name(),
+            version: resolved.version.clone(),
+            commit: resolved.commit.clone(),
+            home: self.runtime.home().to_string(),
+        };
+        let tag = crate::runtime::image_tag(&identity);
+        let mut out = format!("$ docker build -t {tag}\n");
+        match self
+            .runtime
+            .build_image(dir, &identity, self.config.app.command_timeout)
+            .await
+        {
+            Ok(built) => {
+                out.push_str(&crate::docker::last_lines(&built.output, 20));
+                if !out.ends_with('\n') {
+                    out.push('\n');
+                }
+                out.push_str(&format!("built image {} as {tag}\n", built.image_id));
+                Ok((built.image_id, out))
+            }
+            Err(e) => {
+                if let crate::runtime::RuntimeError::Docker(
+                    crate::docker::DockerError::Build { tail, .. }
+                    | crate::docker::DockerError::Timeout { tail, .. },
+                ) = &e
+                {
+                    out.push_str(tail);
+                    if !out.ends_with('\n') {
+                        out.push('\n');
+                    }
+                }
+                Err(Stop::failed(e.to_string()).with_output(&out))
+            }
+        }
+    }
+
+    /// The image verified on another environment, still in docker: promotion runs that very
+    /// image, never a rebuild.
+    async fn verified_image(&self, verified: Option<&Verification>) -> Result<String, Stop> {
+        let Some(v) = verified else {
+            return Err(Stop::failed("no verified image to promote"));
+        };
+        match self.runtime.has_image(&v.digest).await {
+            Ok(true) => Ok(v.digest.clone()),
+            Ok(false) => Err(Stop::failed(format!(
+                "the image verified on {} ({}) is no longer in docker: deploy {} to {} again to rebuild it",
+                v.environment,
+                crate::runtime::container::short(&v.digest),
+                v.version,
+                v.environment
+            ))),
+            Err(e) => Err(Stop::failed(e.to_string())),
+        }
     }
 
     async fn run_commands(

@@ -55,7 +55,7 @@ impl Engine {
                 .iter()
                 .filter(|i| &i.environment == env && Some(&i.release) == good.as_ref())
             {
-                if self.runtime.is_running(&self.leftover(row)).await
+                if self.runtime.is_running(&self.leftover(row)).await == Some(true)
                     && candidate.is_none_or(|c: &crate::store::Instance| c.id < row.id)
                 {
                     candidate = Some(row);
@@ -74,6 +74,15 @@ impl Engine {
             }
         }
         for instance in live.iter().filter(|i| !adopted.contains(&i.id)) {
+            if self
+                .runtime
+                .is_running(&self.leftover(instance))
+                .await
+                .is_none()
+            {
+                // kept on record: a later serve, with docker answering, stops it
+                continue;
+            }
             // only what this ferry's predecessor started is stopped: a pid reused since, or a
             // container replaced, is left alone
             self.runtime
@@ -81,6 +90,14 @@ impl Engine {
                 .await;
             self.store.instance_stopped(instance.id)?;
         }
+        // containers started by a ferry that died before recording them
+        let keep: Vec<String> = self
+            .store
+            .live_instances()?
+            .into_iter()
+            .filter_map(|i| i.container)
+            .collect();
+        self.runtime.sweep(&keep).await;
         Ok(())
     }
 

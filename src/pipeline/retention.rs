@@ -70,7 +70,7 @@ impl Engine {
 
     /// Removes releases beyond `keep_releases`, oldest first by the order they were made,
     /// never the one serving or `keep`. Backups are pruned on their own (`prune_backups`).
-    pub(super) fn prune(&self, env: &str, keep: &str) -> String {
+    pub(super) fn prune(&self, env: &str, keep: &str, images: &mut Vec<String>) -> String {
         let Ok(releases) = self.store.releases(env) else {
             return String::new();
         };
@@ -95,7 +95,25 @@ impl Engine {
             }
             self.mark_release(env, &r.name, "pruned");
             out.push_str(&format!("pruned {}\n", r.name));
+            images.extend(r.digest.filter(|_| self.runtime.uses_images()));
             excess -= 1;
+        }
+        out
+    }
+
+    /// Removes the images of pruned releases that no release kept in any environment is:
+    /// production's release is staging's image too.
+    pub(super) async fn prune_images(&self, images: Vec<String>) -> String {
+        let mut out = String::new();
+        for image in images {
+            if self.store.digest_in_use(&image).unwrap_or(true) {
+                continue;
+            }
+            let short = crate::runtime::container::short(&image);
+            match self.runtime.remove_image(&image).await {
+                Ok(()) => out.push_str(&format!("removed image {short}\n")),
+                Err(e) => out.push_str(&format!("could not remove image {short}: {e}\n")),
+            }
         }
         out
     }

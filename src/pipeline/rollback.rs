@@ -289,6 +289,24 @@ impl Engine {
             .join(&release.name);
         let expected = release.digest.clone().unwrap_or_default();
         self.step(id, "prepare", async {
+            if self.runtime.uses_images() {
+                // the release is its image, run again as it is: never rebuilt
+                return match self.runtime.has_image(&expected).await {
+                    Ok(true) => Ok((
+                        (),
+                        format!(
+                            "reusing release {}, image {} still in docker\n",
+                            release.name,
+                            crate::runtime::container::short(&expected)
+                        ),
+                    )),
+                    Ok(false) => Err(Stop::failed(format!(
+                        "the image of release {} ({expected}) is no longer in docker",
+                        release.name
+                    ))),
+                    Err(e) => Err(Stop::failed(e.to_string())),
+                };
+            }
             let (dir2, shared) = (dir.clone(), self.config.app.shared.clone());
             let digest =
                 tokio::task::spawn_blocking(move || crate::release::digest(&dir2, &shared))

@@ -172,6 +172,7 @@ impl Engine {
             release: release.to_string(),
             version: var("APP_VERSION"),
             commit: var("COMMIT_SHA"),
+            home: self.runtime.home().to_string(),
         };
         let port = crate::runtime::free_port().map_err(|e| e.to_string())?;
         vars.push(("PORT".into(), port.to_string()));

@@ -279,7 +279,9 @@ impl Engine {
                 None => "first release in this environment\n".to_string(),
             };
             self.mark_release(&env.name, &name, "good");
-            out.push_str(&self.prune(&env.name, &name));
+            let mut images = Vec::new();
+            out.push_str(&self.prune(&env.name, &name, &mut images));
+            out.push_str(&self.prune_images(images).await);
             out.push_str(&self.prune_backups(&env.name));
             Ok(((), out))
         })

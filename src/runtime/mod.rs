@@ -7,6 +7,8 @@
 //!
 //! - [`process`]: `start` through `sh -c` in the release dir, in its own process group,
 //!   confined to the environment's user and dirs (the default).
+//! - [`container`]: a container of the release's image, made by `docker run` (`docker`) or by
+//!   `docker compose run` of the routed service (`compose`), then driven with the docker CLI.
 //!
 //! Every backend sends the instance's output to the environment's rotated log ([`LogSink`])
 //! in whole lines, secrets masked, keeping the last lines for failure reports.
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+pub mod container;
 mod output;
 pub mod process;
 mod secrets;
@@ -58,6 +61,15 @@ pub enum RuntimeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot write {}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Docker(#[from] crate::docker::DockerError),
+    #[error("release {release} has no image recorded: deploy it again to build one")]
+    NoImage { release: String },
 }
 
 /// A port on 127.0.0.1 that nothing listens on right now.
@@ -103,6 +115,8 @@ pub struct Identity {
     pub release: String,
     pub version: String,
     pub commit: String,
+    /// Which ferry (see [`container::LABEL_HOME`]).
+    pub home: String,
 }
 
 /// An instance a previous ferry left running, as the store recorded it.
@@ -116,20 +130,56 @@ pub struct Leftover {
     pub output: PathBuf,
 }
 
-/// The app's runtime: starts, stops and adopts its instances. The pipeline drives every
-/// backend through this one interface.
+/// The app's runtime: starts, stops and adopts its instances, and builds and removes the
+/// images of container apps. The pipeline drives every backend through this one interface.
 pub struct Runtime {
     kind: crate::config::Runtime,
+    app: String,
+    /// See [`container::LABEL_HOME`].
+    home: String,
+    docker: crate::docker::Docker,
 }
 
 impl Runtime {
-    pub fn new(kind: crate::config::Runtime) -> Runtime {
-        Runtime { kind }
+    /// The runtime of `app`, whose state lives in `state_dir`.
+    pub fn new(kind: crate::config::Runtime, app: &str, state_dir: &std::path::Path) -> Runtime {
+        use sha2::Digest;
+        let dir = state_dir
+            .canonicalize()
+            .unwrap_or_else(|_| state_dir.to_path_buf());
+        let digest = sha2::Sha256::digest(dir.to_string_lossy().as_bytes());
+        Runtime {
+            kind,
+            app: app.to_string(),
+            home: hex::encode(&digest[..8]),
+            docker: crate::docker::Docker::new(),
+        }
+    }
+
+    /// This ferry's [`Identity::home`].
+    pub fn home(&self) -> &str {
+        &self.home
     }
 
     /// What the app's config says.
     pub fn kind(&self) -> &crate::config::Runtime {
         &self.kind
+    }
+
+    /// True for the container runtimes: a release is an image.
+    pub fn uses_images(&self) -> bool {
+        self.kind.container().is_some()
+    }
+
+    /// Whether what it needs is there: for containers, a docker daemon that answers.
+    pub async fn check(&self) -> Result<String, RuntimeError> {
+        match &self.kind {
+            crate::config::Runtime::Process => Ok("processes".into()),
+            _ => {
+                let version = self.docker.ping().await?;
+                Ok(format!("docker {version}"))
+            }
+        }
     }
 
     /// Starts an instance of `spec`; its output goes to `log`.
@@ -138,28 +188,90 @@ impl Runtime {
         spec: &InstanceSpec,
         log: &LogSink,
     ) -> Result<Instance, RuntimeError> {
-        process::spawn(spec, log)
+        match &self.kind {
+            crate::config::Runtime::Process => process::spawn(spec, log),
+            crate::config::Runtime::Docker { container, .. }
+            | crate::config::Runtime::Compose { container, .. } => {
+                container::run(&self.docker, container, spec, log).await
+            }
+        }
     }
 
     /// Takes over an instance a previous ferry left running.
     pub async fn adopt(&self, left: &Leftover, log: &LogSink) -> Result<Instance, RuntimeError> {
-        process::adopt(
-            left.pid,
-            left.proc_start.unwrap_or_default(),
+        let Some(id) = &left.container else {
+            return process::adopt(
+                left.pid,
+                left.proc_start.unwrap_or_default(),
+                left.port,
+                &left.output,
+                log,
+            );
+        };
+        let info = self
+            .docker
+            .inspect(id)
+            .await?
+            .filter(|i| i.running)
+            .ok_or_else(|| RuntimeError::Spawn {
+                command: format!("adopt container {}", container::short(id)),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "it is not running"),
+            })?;
+        // what it printed while nobody read: from the log's last write on
+        let since = std::fs::metadata(log.path())
+            .and_then(|m| m.modified())
+            .ok();
+        let run = left.output.parent().map(PathBuf::from).unwrap_or_default();
+        let files = vec![
+            run.join(format!("{}.vars", left.port)),
+            run.join(format!("{}.env", left.port)),
+        ];
+        container::attach(
+            &self.docker,
+            info.id,
+            info.name,
             left.port,
-            &left.output,
+            files,
+            since,
             log,
         )
     }
 
-    /// True while the instance a previous ferry left is still the one it started and runs.
-    pub async fn is_running(&self, left: &Leftover) -> bool {
-        left.proc_start.is_some() && process_start_time(left.pid) == left.proc_start
+    /// Whether the instance a previous ferry left is still the one it started, running: the
+    /// same pid and process start time, or the same container, running, of this ferry's app.
+    /// `None` when that cannot be told now (no docker daemon answers).
+    pub async fn is_running(&self, left: &Leftover) -> Option<bool> {
+        match &left.container {
+            None => {
+                Some(left.proc_start.is_some() && process_start_time(left.pid) == left.proc_start)
+            }
+            Some(id) => match self.docker.inspect(id).await {
+                Ok(Some(info)) => Some(
+                    info.running
+                        && info.labels.get(container::LABEL_APP) == Some(&self.app)
+                        && info.labels.get(container::LABEL_HOME) == Some(&self.home),
+                ),
+                Ok(None) => Some(false),
+                Err(e) => {
+                    tracing::warn!(container = %container::short(id), error = %e, "cannot tell whether a container left by a previous ferry runs");
+                    None
+                }
+            },
+        }
     }
 
     /// Stops an instance a previous ferry left running (not adopted): a grace period after
     /// the polite signal, then killed.
     pub async fn stop_leftover(&self, left: &Leftover, grace: Duration) {
+        if let Some(id) = &left.container {
+            if let Err(e) = self.docker.stop(id, grace).await {
+                tracing::warn!(container = %container::short(id), error = %e, "cannot stop a container left by a previous ferry");
+            }
+            let run = left.output.parent().map(PathBuf::from).unwrap_or_default();
+            let _ = std::fs::remove_file(run.join(format!("{}.vars", left.port)));
+            let _ = std::fs::remove_file(run.join(format!("{}.env", left.port)));
+            return;
+        }
         let alive = process_start_time(left.pid);
         if alive.is_some() && alive == left.proc_start {
             tracing::info!(
@@ -175,6 +287,109 @@ impl Runtime {
         }
         let _ = std::fs::remove_file(&left.output);
     }
+
+    /// Removes the app's containers that no instance the store knows of runs in (`keep`):
+    /// left by a ferry that died between starting one and recording it.
+    pub async fn sweep(&self, keep: &[String]) {
+        if !self.uses_images() {
+            return;
+        }
+        let mine = [
+            (container::LABEL_APP.to_string(), self.app.clone()),
+            (container::LABEL_HOME.to_string(), self.home.clone()),
+        ];
+        let Ok(found) = self.docker.list(&mine).await else {
+            return;
+        };
+        for c in found.iter().filter(|c| !keep.contains(&c.id)) {
+            tracing::info!(container = %c.name, "removing a container no instance is recorded for");
+            let _ = self.docker.remove(&c.id).await;
+        }
+    }
+
+    /// Builds the image of a docker app's release from `release_dir`, tagged
+    /// `ferry/<app>:<version>-<sha7>` and labelled; its id and output.
+    pub async fn build_image(
+        &self,
+        release_dir: &std::path::Path,
+        identity: &Identity,
+        timeout: Duration,
+    ) -> Result<crate::docker::BuildOutput, RuntimeError> {
+        let tag = image_tag(identity);
+        let labels: Vec<(String, String)> = container::labels(identity, 0)
+            .into_iter()
+            .filter(|(k, _)| {
+                ![
+                    container::LABEL_PORT,
+                    container::LABEL_RELEASE,
+                    container::LABEL_HOME,
+                ]
+                .contains(&k.as_str())
+            })
+            .collect();
+        match &self.kind {
+            crate::config::Runtime::Docker { image, .. } => Ok(self
+                .docker
+                .build(
+                    &release_dir.join(&image.context),
+                    &release_dir.join(&image.dockerfile),
+                    &tag,
+                    &labels,
+                    timeout,
+                )
+                .await?),
+            _ => Err(RuntimeError::NoImage {
+                release: identity.release.clone(),
+            }),
+        }
+    }
+
+    /// True when the image `id` is still in docker.
+    pub async fn has_image(&self, id: &str) -> Result<bool, RuntimeError> {
+        Ok(self
+            .docker
+            .image_id(id)
+            .await?
+            .is_some_and(|found| found == id))
+    }
+
+    /// Removes the image `id` (a pruned release's); one still used by a container stays.
+    pub async fn remove_image(&self, id: &str) -> Result<(), RuntimeError> {
+        Ok(self.docker.remove_image(id).await?)
+    }
+}
+
+/// `ferry/<app>:<version>-<sha7>`, in the characters docker allows.
+pub fn image_tag(identity: &Identity) -> String {
+    let repo: String = identity
+        .app
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let sha7: String = identity.commit.chars().take(7).collect();
+    let mut tag: String = format!("{}-{sha7}", identity.version)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    tag = tag.trim_start_matches(['.', '-']).to_string();
+    tag.truncate(128);
+    if tag.is_empty() {
+        tag = "release".into();
+    }
+    format!("ferry/{repo}:{tag}")
 }
 
 /// A running (or exited) instance.
@@ -190,6 +405,7 @@ pub struct Instance {
 #[derive(Clone)]
 enum Handle {
     Process(process::Process),
+    Container(Arc<container::Container>),
 }
 
 impl fmt::Debug for Instance {
@@ -197,6 +413,7 @@ impl fmt::Debug for Instance {
         let mut d = f.debug_struct("Instance");
         match &self.handle {
             Handle::Process(p) => d.field("pid", &p.pid),
+            Handle::Container(c) => d.field("container", &c),
         };
         d.field("port", &self.port).finish()
     }
@@ -250,6 +467,9 @@ impl Instance {
         self.lines.detach.send_replace(true);
         let mut ended = self.lines.ended.subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(2), ended.wait_for(|e| *e)).await;
+        if let Handle::Container(c) = &self.handle {
+            c.detached();
+        }
     }
 
     /// Reads the instance's output again after [`Instance::detach`] (a takeover that did not
@@ -260,6 +480,7 @@ impl Instance {
         }
         match &self.handle {
             Handle::Process(p) => p.reattach(&self.lines),
+            Handle::Container(c) => c.reattach(&self.lines),
         }
     }
 
@@ -282,6 +503,7 @@ impl Instance {
     pub async fn stop(&self, grace: Duration) {
         match &self.handle {
             Handle::Process(p) => p.stop(self, grace).await,
+            Handle::Container(c) => c.stop(self, grace).await,
         }
     }
 
@@ -289,6 +511,7 @@ impl Instance {
     pub fn pid(&self) -> Option<u32> {
         match &self.handle {
             Handle::Process(p) => Some(p.pid),
+            Handle::Container(_) => None,
         }
     }
 
@@ -296,6 +519,7 @@ impl Instance {
     pub fn container_id(&self) -> Option<&str> {
         match &self.handle {
             Handle::Process(_) => None,
+            Handle::Container(c) => Some(&c.id),
         }
     }
 
@@ -303,6 +527,9 @@ impl Instance {
     pub fn describe(&self) -> String {
         match &self.handle {
             Handle::Process(p) => format!("pid {}", p.pid),
+            Handle::Container(c) => {
+                format!("container {} ({})", c.name, container::short(&c.id))
+            }
         }
     }
 }

@@ -58,6 +58,11 @@ impl Secrets {
         self.0.iter()
     }
 
+    /// True when the file set no variable.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The values, for [`crate::sandbox::Redactor`] to mask.
     pub fn values(&self) -> impl Iterator<Item = &str> {
         self.0.values().map(String::as_str)

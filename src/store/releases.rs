@@ -54,6 +54,20 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// True when a release of any environment not pruned has `digest` (an image still
+    /// needed).
+    pub fn digest_in_use(&self, digest: &str) -> Result<bool> {
+        let found: Option<i64> = self
+            .conn()
+            .query_row(
+                "SELECT 1 FROM releases WHERE digest = ?1 AND status != 'pruned' LIMIT 1",
+                [digest],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(found.is_some())
+    }
+
     pub fn insert_instance(&self, instance: &Instance) -> Result<i64> {
         let conn = self.conn();
         conn.execute(

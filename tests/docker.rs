@@ -1,0 +1,295 @@
+//! Docker apps end to end, with a real dockerd: the release is an image built from the
+//! Dockerfile at the release commit; production runs the very image verified on staging;
+//! monitoring, warm rollback, manual rollback without a rebuild, adoption after `kill -9`,
+//! and what goes wrong (a failing build, an image that exits, no daemon).
+//!
+//! Skipped, with the reason printed, where no docker daemon answers.
+
+mod support;
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use support::docker::{DockerKit, docker, docker_or_skip};
+use support::*;
+
+const MONITOR: &str = "[monitor]
+duration = \"4s\"
+interval = \"100ms\"
+max_consecutive_failures = 3
+";
+
+/// A release serving `/health` and `/version` with `version` on 127.0.0.1:$PORT.
+fn good(base: &str, version: &str) -> String {
+    format!(
+        "FROM {base}\n\
+         RUN mkdir -p /srv && echo {version} > /srv/health && echo {version} > /srv/version\n\
+         CMD echo \"app {version} starting on $PORT\"; exec httpd -f -v -p \"$HOST:$PORT\" -h /srv\n"
+    )
+}
+
+/// A release healthy at start that stops answering `/health` two seconds later.
+fn sickens(base: &str, version: &str) -> String {
+    format!(
+        "FROM {base}\n\
+         RUN mkdir -p /srv && echo {version} > /srv/health && echo {version} > /srv/version\n\
+         CMD cp -r /srv /tmp/www; (sleep 2; rm /tmp/www/health; echo sick) & \
+         exec httpd -f -p \"$HOST:$PORT\" -h /tmp/www\n"
+    )
+}
+
+/// A sandbox whose app (named after the test's docker prefix, so the kit cleans up its
+/// containers and images) is a docker app with one commit per release.
+fn docker_sandbox(kit: &DockerKit, releases: &[(&str, String)], staging_extra: &str) -> Sandbox {
+    let s = Sandbox::with(
+        &[],
+        Options {
+            envs: &["staging", "production"],
+            env_extra: &[("production", "requires = \"staging\"")],
+            tables: MONITOR,
+            ..Options::default()
+        },
+    );
+    for (tag, dockerfile) in releases {
+        std::fs::write(s.repo.join("Dockerfile"), dockerfile).unwrap();
+        sh(
+            &s.repo,
+            &format!("git add . && git commit -qm {tag} && git tag {tag}"),
+        );
+    }
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let start = text.lines().find(|l| l.starts_with("start = ")).unwrap();
+    let text = text
+        .replace(start, "runtime = \"docker\"")
+        .replace("name = \"sample\"", &format!("name = \"{}\"", kit.prefix()))
+        .replace(
+            "[environments.staging]\n",
+            &format!("[environments.staging]\n{staging_extra}\n"),
+        );
+    std::fs::write(&s.config, text).unwrap();
+    s
+}
+
+fn body(s: &Sandbox, env: &str, path: &str) -> String {
+    let (status, body) = get(&format!("{}{path}", s.url(env))).expect("proxy answers");
+    assert_eq!(status, 200, "{env}{path}: {body}");
+    body.trim().to_string()
+}
+
+/// The running containers of the test's app: (id, name, image id).
+fn containers(kit: &DockerKit) -> Vec<(String, String, String)> {
+    let label = format!("label=ferry.app={}", kit.prefix());
+    docker(&[
+        "ps",
+        "--no-trunc",
+        "--filter",
+        &label,
+        "--format",
+        "{{.ID}} {{.Names}}",
+    ])
+    .lines()
+    .map(|l| {
+        let (id, name) = l.split_once(' ').unwrap();
+        let image = docker(&["inspect", "--format", "{{.Image}}", id])
+            .trim()
+            .to_string();
+        (id.to_string(), name.to_string(), image)
+    })
+    .collect()
+}
+
+/// The images ferry built for the test's app.
+fn images(kit: &DockerKit) -> Vec<String> {
+    let label = format!("label=ferry.app={}", kit.prefix());
+    let mut ids: Vec<String> = docker(&["images", "-q", "--no-trunc", "--filter", &label])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn last_deployment(s: &Sandbox, env: &str) -> serde_json::Value {
+    let history = s.ferry(&["history", env, "--json"]).json();
+    history[0].clone()
+}
+
+#[test]
+fn a_docker_app_is_verified_promoted_as_the_same_image_rolled_back_warm_and_adopted() {
+    let Some(kit) = docker_or_skip(
+        "a_docker_app_is_verified_promoted_as_the_same_image_rolled_back_warm_and_adopted",
+    ) else {
+        return;
+    };
+    let base = kit.base_image();
+    let secrets = tempfile::tempdir().unwrap();
+    let env_file = secrets.path().join("staging.env");
+    std::fs::write(&env_file, "API_KEY=s3cret-value-42\n").unwrap();
+    let mut s = docker_sandbox(
+        &kit,
+        &[
+            ("v1.0.0", good(&base, "v1.0.0")),
+            ("v2.0.0", sickens(&base, "v2.0.0")),
+            ("v3.0.0", good(&base, "v3.0.0")),
+        ],
+        &format!("env_file = \"{}\"", env_file.display()),
+    );
+    s.serve();
+
+    let run = s.deploy_ok("staging", "v1.0.0");
+    assert!(run.stdout().contains("built image sha256:"), "{run}");
+    assert_eq!(body(&s, "staging", "/version"), "v1.0.0");
+    let running = containers(&kit);
+    assert_eq!(running.len(), 1, "{running:?}");
+    let (staging_id, name, image) = running[0].clone();
+    assert!(
+        name.starts_with(&format!("ferry-{}-staging-", kit.prefix())),
+        "{name}"
+    );
+    let d = last_deployment(&s, "staging");
+    assert_eq!(d["digest"].as_str().unwrap(), image, "{d}");
+    // the secret reaches the app as a file, never in docker's view of the container
+    let inspect = docker(&["inspect", &staging_id]);
+    assert!(!inspect.contains("s3cret-value-42"), "{inspect}");
+    let file = docker(&["exec", &staging_id, "cat", "/run/secrets/ferry.env"]);
+    assert!(file.contains("API_KEY=s3cret-value-42"), "{file}");
+    let log = std::fs::read_to_string(s.state_dir().join("environments/staging/logs/app.log"))
+        .unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            std::fs::read_to_string(s.state_dir().join("environments/staging/logs/app.log"))
+                .is_ok_and(|l| l.contains("app v1.0.0 starting on"))
+        }),
+        "{log}"
+    );
+
+    // production runs the image verified on staging: nothing is built again
+    assert_eq!(s.ferry(&["verify", "staging", "v1.0.0"]).code(), 0);
+    let run = s.ferry(&["promote", "v1.0.0", "--to", "production"]);
+    assert_eq!(run.code(), 0, "{run}\n{}", s.serve_log());
+    assert_eq!(body(&s, "production", "/version"), "v1.0.0");
+    let production = containers(&kit)
+        .into_iter()
+        .find(|(_, n, _)| n.contains("-production-"))
+        .expect("a production container");
+    assert_eq!(production.2, image);
+    assert_eq!(images(&kit), vec![image.clone()]);
+    assert_eq!(last_deployment(&s, "production")["digest"], image.as_str());
+
+    // a release that sickens after the switch: back to the warm v1 container
+    let run = s.ferry(&["deploy", "staging", "v2.0.0"]);
+    assert_eq!(run.code(), 1, "{run}");
+    assert_eq!(last_deployment(&s, "staging")["state"], "rolled_back");
+    assert_eq!(body(&s, "staging", "/version"), "v1.0.0");
+    let staging: Vec<_> = containers(&kit)
+        .into_iter()
+        .filter(|(_, n, _)| n.contains("-staging-"))
+        .collect();
+    assert_eq!(
+        staging.len(),
+        1,
+        "the failed release's container is gone: {staging:?}"
+    );
+    assert_eq!(staging[0].0, staging_id, "v1 kept warm, not started again");
+
+    // a manual rollback reuses the image: no build
+    s.deploy_ok("staging", "v3.0.0");
+    let built = images(&kit).len();
+    let run = s.ferry(&[
+        "rollback", "staging", "--yes", "--to", "v1.0.0", "--reason", "test",
+    ]);
+    assert_eq!(run.code(), 0, "{run}\n{}", s.serve_log());
+    assert!(run.stdout().contains("still in docker"), "{run}");
+    assert_eq!(body(&s, "staging", "/version"), "v1.0.0");
+    assert_eq!(images(&kit).len(), built);
+
+    // kill -9 of serve: the containers keep serving and the next serve adopts them
+    let before: Vec<String> = containers(&kit).into_iter().map(|c| c.0).collect();
+    s.stop(Signal::SIGKILL);
+    s.serve();
+    assert_eq!(body(&s, "staging", "/version"), "v1.0.0");
+    assert_eq!(body(&s, "production", "/version"), "v1.0.0");
+    let after: Vec<String> = containers(&kit).into_iter().map(|c| c.0).collect();
+    assert_eq!(after, before, "adopted, not started again");
+    assert!(s.serve_log().contains("adopted"), "{}", s.serve_log());
+    s.deploy_ok("staging", "v3.0.0");
+    assert_eq!(body(&s, "staging", "/version"), "v3.0.0");
+    s.stop(Signal::SIGTERM);
+}
+
+#[test]
+fn a_failing_build_an_exiting_image_and_a_dead_daemon_leave_the_previous_release_serving() {
+    let Some(kit) = docker_or_skip(
+        "a_failing_build_an_exiting_image_and_a_dead_daemon_leave_the_previous_release_serving",
+    ) else {
+        return;
+    };
+    let base = kit.base_image();
+    let mut s = docker_sandbox(
+        &kit,
+        &[
+            ("v1.0.0", good(&base, "v1.0.0")),
+            (
+                "broken",
+                format!("FROM {base}\nRUN echo 'compiling... error: no such crate' && false\n"),
+            ),
+            (
+                "exits",
+                format!("FROM {base}\nCMD echo 'cannot open the database'; exit 3\n"),
+            ),
+        ],
+        "",
+    );
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+
+    let run = s.ferry(&["deploy", "staging", "broken"]);
+    assert_eq!(run.code(), 1, "{run}");
+    let d = last_deployment(&s, "staging");
+    assert_eq!(d["state"], "failed", "{d}");
+    let show = s.ferry(&["show", &d["id"].to_string()]);
+    assert!(show.stdout().contains("no such crate"), "{show}");
+    assert_eq!(body(&s, "staging", "/version"), "v1.0.0");
+
+    let run = s.ferry(&["deploy", "staging", "exits"]);
+    assert_eq!(run.code(), 1, "{run}");
+    let d = last_deployment(&s, "staging");
+    assert_eq!(d["state"], "failed", "{d}");
+    let show = s.ferry(&["show", &d["id"].to_string()]);
+    assert!(show.stdout().contains("cannot open the database"), "{show}");
+    assert_eq!(body(&s, "staging", "/version"), "v1.0.0");
+    assert_eq!(
+        containers(&kit).len(),
+        1,
+        "nothing of the failed release runs"
+    );
+
+    s.stop(Signal::SIGTERM);
+
+    // a daemon that does not answer: the deploy fails with docker's reason, nothing runs
+    let mut s = docker_sandbox(&kit, &[("v1.0.0", good(&base, "v1.0.0"))], "");
+    s.serve_env.push((
+        "DOCKER_HOST".into(),
+        "unix:///nonexistent/docker.sock".into(),
+    ));
+    s.serve();
+    let run = s.ferry(&["deploy", "staging", "v1.0.0"]);
+    assert_eq!(run.code(), 1, "{run}");
+    let d = last_deployment(&s, "staging");
+    let show = s.ferry(&["show", &d["id"].to_string()]);
+    assert!(
+        show.stdout().contains("cannot reach the docker daemon"),
+        "{show}"
+    );
+    let check = std::process::Command::new(FERRY)
+        .arg("-c")
+        .arg(&s.config)
+        .arg("check")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(said.contains("cannot reach the docker daemon"), "{said}");
+    s.stop(Signal::SIGTERM);
+}
