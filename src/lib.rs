@@ -11,8 +11,9 @@
 //! - [`sandbox`]: who untrusted build, test and app commands run as (an unprivileged user
 //!   per environment when ferry is root), the environment they see, the owners and modes of
 //!   the state dir, and the redaction of known secrets from everything ferry records.
-//! - [`runtime`]: spawns instances in their own process groups with their environment and
-//!   secrets, pumps their output into the rotated app log, stops them (SIGTERM, then SIGKILL).
+//! - [`runtime`]: one interface for the app's instances (start on a port, stop with a grace,
+//!   alive, output into the rotated app log, adopt after a crash) with a backend per
+//!   `[app] runtime`: processes in their own groups, or containers (docker, compose).
 //! - [`docker`]: the `docker` and `docker compose` command lines as typed async calls (build,
 //!   run, logs, wait, inspect, stop, list), with timeouts and one-line errors.
 //! - [`listener`]: serving HTTP/1.1 on a listener under its own connection budget (header
