@@ -337,7 +337,9 @@ impl Docker {
             return Ok(true);
         }
         let stderr = String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
-        if stderr.contains("not found") || stderr.contains("no such network") {
+        let missing =
+            stderr.contains("network bridge not found") || stderr.contains("no such network");
+        if missing && unreachable_message(&stderr).is_none() {
             return Ok(false);
         }
         Err(failure("network inspect", &out))

@@ -487,3 +487,31 @@ async fn a_command_failure_names_the_command_and_dockers_message() {
     gone.stop("x", Duration::from_secs(1)).await.unwrap();
     gone.remove_image("x").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_published_port_without_a_bridge_network_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("calls");
+    let d = fake_docker(
+        dir.path(),
+        &format!(
+            "echo \"$1\" >> {}; \
+             if [ \"$1\" = network ]; then echo 'Error response from daemon: network bridge not found' >&2; exit 1; fi; \
+             echo 0123abcd",
+            calls.display()
+        ),
+    );
+    let published = RunSpec {
+        network: Network::Publish {
+            host_port: 4100,
+            container_port: 8080,
+        },
+        ..spec()
+    };
+    let e = d.run(&published).await.unwrap_err();
+    assert!(e.to_string().contains("use host networking"), "{e}");
+    assert_eq!(std::fs::read_to_string(&calls).unwrap(), "network\n");
+    // host networking needs no bridge
+    assert_eq!(d.run(&spec()).await.unwrap(), "0123abcd");
+    assert_eq!(std::fs::read_to_string(&calls).unwrap(), "network\nrun\n");
+}
