@@ -1,0 +1,515 @@
+//! Argument lists of both flavours, parsing, validation and the bounded runner, without a daemon.
+
+use super::*;
+
+fn project() -> Project {
+    Project {
+        name: "Ferry-Shop.staging".to_string(),
+        file: "/rel/docker-compose.yml".into(),
+        directory: "/shared".into(),
+        overrides: vec!["/rel/extra.yml".into()],
+    }
+}
+
+fn strings(args: &[OsString]) -> Vec<String> {
+    args.iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
+}
+
+const BASE: [&str; 10] = [
+    "--ansi",
+    "never",
+    "-p",
+    "ferry-shop-staging",
+    "--project-directory",
+    "/shared",
+    "-f",
+    "/rel/docker-compose.yml",
+    "-f",
+    "/rel/extra.yml",
+];
+
+/// The expected arguments: the flavour's prefix, the project's, `rest`.
+fn expect(flavor: Flavor, extra_file: Option<&str>, rest: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    if flavor == Flavor::V2 {
+        v.push("compose".into());
+    }
+    v.extend(BASE.iter().map(|s| s.to_string()));
+    if let Some(file) = extra_file {
+        v.extend(["-f".to_string(), file.to_string()]);
+    }
+    v.extend(rest.iter().map(|s| s.to_string()));
+    v
+}
+
+fn spec() -> RunSpec {
+    RunSpec {
+        service: "web".into(),
+        name: "ferry-shop-staging-18001".into(),
+        labels: vec![
+            ("ferry.app".into(), "shop".into()),
+            ("ferry.port".into(), "18001".into()),
+        ],
+        env: vec![
+            ("PORT".into(), "8080".into()),
+            ("DATABASE_URL".into(), "postgres://u:hunter2@db/x".into()),
+        ],
+        mounts: vec![
+            ("/srv/shared/uploads".into(), "/app/uploads".into(), false),
+            ("/srv/env/config".into(), "/config".into(), true),
+        ],
+        publish: Some((18001, 8080)),
+        image: "ferry/shop:1.2.0-abcdef1".into(),
+        command: Some(vec!["serve".into(), "--fast".into()]),
+        timeout: Duration::from_secs(30),
+    }
+}
+
+#[test]
+fn queries_of_both_flavours_select_the_project_then_the_subcommand() {
+    for flavor in [Flavor::V1, Flavor::V2] {
+        let c = Compose::new(flavor, "/usr/bin/docker", "/usr/bin/docker-compose");
+        let p = project();
+        assert_eq!(
+            strings(&c.services_args(&p).unwrap()),
+            expect(flavor, None, &["config", "--services"])
+        );
+        assert_eq!(
+            strings(&c.config_args(&p).unwrap()),
+            expect(flavor, None, &["config"])
+        );
+        assert_eq!(
+            strings(
+                &c.build_args(&p, Path::new("/tmp/o/image.yml"), "web")
+                    .unwrap()
+            ),
+            expect(flavor, Some("/tmp/o/image.yml"), &["build", "--", "web"])
+        );
+    }
+    let v1 = Compose::new(Flavor::V1, "/d/docker", "/d/docker-compose");
+    let v2 = Compose::new(Flavor::V2, "/d/docker", "/d/docker-compose");
+    assert_eq!(v1.program(v1.flavor()), Path::new("/d/docker-compose"));
+    assert_eq!(v2.program(v2.flavor()), Path::new("/d/docker"));
+}
+
+#[test]
+fn run_names_the_environment_but_never_holds_its_values() {
+    for flavor in [Flavor::V1, Flavor::V2] {
+        let c = Compose::new(flavor, "docker", "docker-compose");
+        let args = strings(
+            &c.run_args(&project(), Path::new("/tmp/o/image.yml"), &spec())
+                .unwrap(),
+        );
+        let rest = [
+            "run",
+            "-d",
+            "--no-deps",
+            "--name",
+            "ferry-shop-staging-18001",
+            "-l",
+            "ferry.app=shop",
+            "-l",
+            "ferry.port=18001",
+            "--publish",
+            "127.0.0.1:18001:8080",
+            "-v",
+            "/srv/shared/uploads:/app/uploads",
+            "-v",
+            "/srv/env/config:/config:ro",
+            "-e",
+            "PORT",
+            "-e",
+            "DATABASE_URL",
+            "--",
+            "web",
+            "serve",
+            "--fast",
+        ];
+        assert_eq!(args, expect(flavor, Some("/tmp/o/image.yml"), &rest));
+        assert!(!args.iter().any(|a| a.contains("hunter2")));
+    }
+    let debug = format!("{:?}", spec());
+    assert!(debug.contains("DATABASE_URL") && !debug.contains("hunter2"));
+}
+
+#[test]
+fn a_run_without_publish_or_command_ends_with_the_service() {
+    let c = Compose::new(Flavor::V1, "docker", "docker-compose");
+    let mut s = spec();
+    s.publish = None;
+    s.command = None;
+    s.mounts.clear();
+    s.labels.clear();
+    let args = strings(&c.run_args(&project(), Path::new("/o.yml"), &s).unwrap());
+    assert!(!args.iter().any(|a| a == "--publish"));
+    assert_eq!(args.last().map(String::as_str), Some("web"));
+    assert_eq!(args[args.len() - 2], "--");
+}
+
+#[test]
+fn accessories_commands_of_both_flavours() {
+    let services = vec!["db".to_string(), "cache".to_string()];
+    for flavor in [Flavor::V1, Flavor::V2] {
+        let c = Compose::new(flavor, "docker", "docker-compose");
+        let p = project();
+        assert_eq!(
+            strings(&c.up_args(&p, &services, false).unwrap()),
+            expect(
+                flavor,
+                None,
+                &[
+                    "up",
+                    "-d",
+                    "--no-deps",
+                    "--no-recreate",
+                    "--",
+                    "db",
+                    "cache"
+                ]
+            )
+        );
+        assert_eq!(
+            strings(&c.up_args(&p, &services, true).unwrap()),
+            expect(
+                flavor,
+                None,
+                &["up", "-d", "--no-deps", "--", "db", "cache"]
+            )
+        );
+        assert_eq!(
+            strings(&c.stop_args(&p, &services).unwrap()),
+            expect(flavor, None, &["stop", "--", "db", "cache"])
+        );
+        assert_eq!(
+            strings(&c.rm_args(&p, &services).unwrap()),
+            expect(flavor, None, &["rm", "-f", "--", "db", "cache"])
+        );
+        assert_eq!(
+            strings(&c.restart_args(&p, &services).unwrap()),
+            expect(flavor, None, &["restart", "--", "db", "cache"])
+        );
+        assert_eq!(
+            strings(&c.logs_args(&p, &services, 100, true).unwrap()),
+            expect(
+                flavor,
+                None,
+                &[
+                    "logs",
+                    "--no-color",
+                    "--tail",
+                    "100",
+                    "-f",
+                    "--",
+                    "db",
+                    "cache"
+                ]
+            )
+        );
+        assert_eq!(
+            strings(&c.logs_args(&p, &services, 5, false).unwrap()),
+            expect(
+                flavor,
+                None,
+                &["logs", "--no-color", "--tail", "5", "--", "db", "cache"]
+            )
+        );
+    }
+}
+
+#[test]
+fn ps_filters_on_the_sanitized_project_label() {
+    let args = strings(&ps_args(&project()));
+    assert_eq!(&args[..4], &["ps", "-a", "--no-trunc", "--filter"]);
+    assert_eq!(
+        args[4],
+        "label=com.docker.compose.project=ferry-shop-staging"
+    );
+    let out = "abc123\tferry_store_1\trunning\tstore\tFalse\tUp 3 seconds\n\
+               def456\tferry-web-1\texited\tweb\tTrue\tExited (1) 2 seconds ago\n\n";
+    let states = parse_ps(out);
+    assert_eq!(states.len(), 2);
+    assert!(states[0].running() && !states[0].one_off);
+    assert_eq!(states[0].service, "store");
+    assert!(!states[1].running() && states[1].one_off);
+    assert_eq!(states[1].status, "Exited (1) 2 seconds ago");
+}
+
+#[test]
+fn project_names_follow_compose_rules() {
+    assert_eq!(project_name("ferry-Shop-staging"), "ferry-shop-staging");
+    assert_eq!(project_name("my app.prod"), "my-app-prod");
+    assert_eq!(project_name("-_x"), "x");
+    assert_eq!(project_name("été"), "t-");
+    assert_eq!(project_name("..."), "ferry");
+    assert_eq!(
+        Project::new("A B", "/f.yml", "/d").name,
+        "a-b",
+        "Project::new sanitizes"
+    );
+}
+
+#[test]
+fn values_that_would_be_read_as_options_or_split_are_refused() {
+    let c = Compose::new(Flavor::V1, "docker", "docker-compose");
+    let p = project();
+    let o = Path::new("/o.yml");
+    let refused = |s: RunSpec| match c.run_args(&p, o, &s) {
+        Err(ComposeError::Invalid { .. }) => {}
+        other => panic!("{s:?} gave {other:?}"),
+    };
+    refused(RunSpec {
+        service: "--privileged".into(),
+        ..spec()
+    });
+    refused(RunSpec {
+        name: "-x".into(),
+        ..spec()
+    });
+    refused(RunSpec {
+        image: "--entrypoint=sh".into(),
+        ..spec()
+    });
+    refused(RunSpec {
+        env: vec![("A=B".into(), "v".into())],
+        ..spec()
+    });
+    refused(RunSpec {
+        mounts: vec![("/a:/etc".into(), "/x".into(), true)],
+        ..spec()
+    });
+    refused(RunSpec {
+        mounts: vec![("relative".into(), "/x".into(), true)],
+        ..spec()
+    });
+    refused(RunSpec {
+        labels: vec![("k".into(), "line\nbreak".into())],
+        ..spec()
+    });
+    assert!(matches!(
+        c.up_args(&p, &["-d".to_string()], true),
+        Err(ComposeError::Invalid { .. })
+    ));
+    let relative = Project {
+        file: "docker-compose.yml".into(),
+        ..project()
+    };
+    assert!(matches!(
+        c.services_args(&relative),
+        Err(ComposeError::Invalid { .. })
+    ));
+}
+
+#[test]
+fn the_image_override_sets_only_the_image_of_the_service() {
+    let body = image_override("web", "ferry/shop:1.0.0-abc");
+    let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        parsed,
+        serde_json::json!({"services": {"web": {"image": "ferry/shop:1.0.0-abc"}}})
+    );
+    let written = ImageOverride::write("web", "ferry/shop:1").unwrap();
+    let path = written.path().to_path_buf();
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("ferry/shop:1")
+    );
+    drop(written);
+    assert!(!path.exists(), "the override is removed with its guard");
+}
+
+#[test]
+fn config_output_tells_which_services_build_and_how_they_network() {
+    // as v1 1.29 prints it
+    let out = "services:\n  store:\n    command:\n    - sh\n    image: busybox-x\n    network_mode: host\n    volumes:\n    - data:/data:rw\n  web:\n    build:\n      context: /tmp/app\n    network_mode: host\n  '8080':\n    image: y\nversion: '3.8'\nvolumes:\n  data: {}\n";
+    let services = parse_config(out).unwrap();
+    assert_eq!(services.len(), 3);
+    assert_eq!(
+        services[0],
+        ServiceInfo {
+            name: "store".into(),
+            build: false,
+            image: Some("busybox-x".into()),
+            network_mode: Some("host".into()),
+        }
+    );
+    assert!(services[1].build && services[1].image.is_none());
+    assert_eq!(services[2].name, "8080");
+    assert!(parse_config("services: [").is_err());
+    assert!(parse_config("").unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_failing_command_keeps_the_last_lines_of_its_output() {
+    let args: Vec<OsString> = [
+        "-c",
+        "for i in $(seq 1 100); do echo line $i; done >&2; exit 3",
+    ]
+    .map(OsString::from)
+    .to_vec();
+    let err = run_bounded(
+        Path::new("/bin/sh"),
+        &args,
+        &[],
+        Capture::Split,
+        Duration::from_secs(30),
+        1024,
+    )
+    .await
+    .unwrap_err();
+    let ComposeError::Failed { tail, status, .. } = err else {
+        panic!("{err:?}")
+    };
+    assert!(status.contains('3'), "{status}");
+    let lines: Vec<&str> = tail.lines().collect();
+    assert_eq!(lines.len(), TAIL_LINES);
+    assert_eq!(lines[0], "line 61");
+    assert_eq!(lines[TAIL_LINES - 1], "line 100");
+}
+
+#[tokio::test]
+async fn merged_output_keeps_its_order_and_stdout_stays_data() {
+    let args: Vec<OsString> = ["-c", "echo one; echo two >&2; echo three"]
+        .map(OsString::from)
+        .to_vec();
+    let sh = Path::new("/bin/sh");
+    let t = Duration::from_secs(30);
+    let merged = run_bounded(sh, &args, &[], Capture::Merged, t, 1024)
+        .await
+        .unwrap();
+    assert_eq!(merged.log, "one\ntwo\nthree");
+    let split = run_bounded(sh, &args, &[], Capture::Split, t, 1024)
+        .await
+        .unwrap();
+    assert_eq!(split.stdout, "one\nthree\n");
+    assert_eq!(split.log, "two");
+}
+
+#[tokio::test]
+async fn compose_sees_only_its_allowlist_and_the_values_given() {
+    // FERRY_API_TOKEN-like variables of ferry's own environment are not passed; `HOME` is
+    let args: Vec<OsString> = ["-c", "env"].map(OsString::from).to_vec();
+    let env = vec![("APP_SECRET".to_string(), "s3cr3t".to_string())];
+    let ran = run_bounded(
+        Path::new("/bin/sh"),
+        &args,
+        &env,
+        Capture::Split,
+        Duration::from_secs(30),
+        1 << 20,
+    )
+    .await
+    .unwrap();
+    assert!(ran.stdout.contains("APP_SECRET=s3cr3t"));
+    for line in ran.stdout.lines() {
+        let name = line.split('=').next().unwrap_or_default();
+        assert!(
+            name == "APP_SECRET"
+                || name == "PWD"
+                || name == "SHLVL"
+                || name == "_"
+                || PASSED_ENV.contains(&name),
+            "{name} leaked into compose's environment"
+        );
+    }
+    assert!(ran.stdout.contains("PATH="));
+}
+
+#[tokio::test]
+async fn a_command_past_its_timeout_is_killed_with_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("grandchild");
+    let script = format!(
+        "sleep 300 & echo $! > {}; echo started; wait",
+        pidfile.display()
+    );
+    let args = vec![OsString::from("-c"), OsString::from(script)];
+    let err = run_bounded(
+        Path::new("/bin/sh"),
+        &args,
+        &[],
+        Capture::Merged,
+        Duration::from_millis(500),
+        1024,
+    )
+    .await
+    .unwrap_err();
+    let ComposeError::Timeout { tail, .. } = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(tail, "started");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // the grandchild was killed with the group: reaped by init, or at worst a zombie
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false);
+    assert!(!alive, "the build's children outlived the timeout");
+}
+
+/// A fake `docker` with the v2 plugin: it records its arguments and the value of `DATABASE_URL`
+/// it was given, and answers `compose version`, `compose run` and `container inspect`.
+fn fake_docker(dir: &Path) -> PathBuf {
+    let path = dir.join("docker");
+    let d = dir.display();
+    let script = format!(
+        r#"#!/bin/sh
+printf '%s\n' "$*" >> {d}/calls
+case "$1 $2" in
+  "compose version") echo "Docker Compose version v2.99.0" ;;
+  "container inspect")
+    if [ -f {d}/created ]; then echo 0123abcdef; else echo "Error: No such container: $6" >&2; exit 1; fi ;;
+  "compose --ansi")
+    case " $* " in
+      *" run "*) touch {d}/created; printf '%s' "$DATABASE_URL" > {d}/env; echo 0123abcdef ;;
+    esac ;;
+esac
+"#
+    );
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn v2_is_preferred_and_run_passes_values_through_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let docker = fake_docker(dir.path());
+    let c = Compose::detect_programs(docker, dir.path().join("no-docker-compose"))
+        .await
+        .unwrap();
+    assert_eq!(c.flavor(), Flavor::V2);
+    assert_eq!(c.version(), "Docker Compose version v2.99.0");
+    let id = c.run(&project(), &spec()).await.unwrap();
+    assert_eq!(id, "0123abcdef");
+    let env = std::fs::read_to_string(dir.path().join("env")).unwrap();
+    assert_eq!(env, "postgres://u:hunter2@db/x");
+    let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
+    assert!(
+        calls.contains("-e DATABASE_URL -- web serve --fast"),
+        "{calls}"
+    );
+    assert!(!calls.contains("hunter2"), "{calls}");
+    // a taken name is refused before compose runs
+    let err = c.run(&project(), &spec()).await.unwrap_err();
+    assert!(matches!(err, ComposeError::NameInUse(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn no_compose_at_all_names_both_commands_tried() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Compose::detect_programs(dir.path().join("docker"), dir.path().join("dc"))
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, ComposeError::NotInstalled { .. }));
+    assert!(message.contains("docker compose version"), "{message}");
+    assert!(message.contains("dc version"), "{message}");
+    assert!(message.contains("not found"), "{message}");
+}
