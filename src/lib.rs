@@ -14,8 +14,9 @@
 //! - [`runtime`]: one interface for the app's instances (start on a port, stop with a grace,
 //!   alive, output into the rotated app log, adopt after a crash) with a backend per
 //!   `[app] runtime`: processes in their own groups, or containers (docker, compose).
-//! - [`docker`]: the `docker` and `docker compose` command lines as typed async calls (build,
-//!   run, logs, wait, inspect, stop, list), with timeouts and one-line errors.
+//! - [`docker`]: the `docker` command line as typed async calls (build, run, logs, wait,
+//!   inspect, stop, list), with timeouts and one-line errors; [`docker::compose`]: `docker
+//!   compose` / `docker-compose` (builds, one-off instances, accessories).
 //! - [`listener`]: serving HTTP/1.1 on a listener under its own connection budget (header
 //!   timeout, per-client and overall limits), for the API and each proxy.
 //! - [`hosts`]: host names as environments claim them (exact and wildcard) and the table

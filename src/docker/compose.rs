@@ -639,7 +639,12 @@ impl Compose {
     ) -> Result<Vec<OsString>, ComposeError> {
         check_service(service)?;
         let mut args = self.base_args(p, Some(image))?;
-        args.extend(["build", "--", service].map(OsString::from));
+        args.push("build".into());
+        if self.flavor == Flavor::V1 {
+            // the legacy builder leaves a failed step's container behind without it
+            args.push("--force-rm".into());
+        }
+        args.extend(["--", service].map(OsString::from));
         Ok(args)
     }
 

@@ -85,7 +85,14 @@ fn queries_of_both_flavours_select_the_project_then_the_subcommand() {
                 &c.build_args(&p, Path::new("/tmp/o/image.yml"), "web")
                     .unwrap()
             ),
-            expect(flavor, Some("/tmp/o/image.yml"), &["build", "--", "web"])
+            expect(
+                flavor,
+                Some("/tmp/o/image.yml"),
+                match flavor {
+                    Flavor::V1 => &["build", "--force-rm", "--", "web"][..],
+                    Flavor::V2 => &["build", "--", "web"][..],
+                }
+            )
         );
     }
     let v1 = Compose::new(Flavor::V1, "/d/docker", "/d/docker-compose");
