@@ -359,3 +359,150 @@ fn no_request_fails_across_deploys_of_a_docker_app() {
     );
     s.stop(Signal::SIGTERM);
 }
+
+/// A compose app: `web` (built from the release's Dockerfile, routed) and an accessory `store`
+/// (busybox httpd serving its named volume on `store_port`), both on the host's network.
+fn compose_file(base: &str, store_port: u16, routed: &str) -> String {
+    format!(
+        "services:\n\
+         \x20 {routed}:\n\
+         \x20   build: .\n\
+         \x20   network_mode: host\n\
+         \x20 store:\n\
+         \x20   image: {base}\n\
+         \x20   network_mode: host\n\
+         \x20   volumes:\n\
+         \x20     - data:/data\n\
+         \x20   command: [\"sh\", \"-c\", \"echo booted >> /data/boots; echo store up; exec httpd -f -p 127.0.0.1:{store_port} -h /data\"]\n\
+         volumes:\n\
+         \x20 data:\n"
+    )
+}
+
+/// Removes the named volumes of the test's compose projects when dropped.
+struct Volumes(String);
+
+impl Drop for Volumes {
+    fn drop(&mut self) {
+        let filter = format!("name={}", self.0);
+        for v in docker(&["volume", "ls", "-q", "--filter", &filter]).lines() {
+            let _ = std::process::Command::new(support::docker::docker_program())
+                .args(["volume", "rm", "-f", v])
+                .output();
+        }
+    }
+}
+
+/// The accessory's container id and the boots its volume recorded.
+fn store(kit: &DockerKit, store_port: u16) -> (String, usize) {
+    let label = "label=com.docker.compose.service=store";
+    let name = format!("name={}", kit.prefix());
+    let id = docker(&[
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        label,
+        "--filter",
+        &name,
+    ])
+    .trim()
+    .to_string();
+    let boots = get(&format!("http://127.0.0.1:{store_port}/boots"))
+        .map(|(_, b)| b.lines().count())
+        .unwrap_or(0);
+    (id, boots)
+}
+
+#[test]
+fn a_compose_app_deploys_its_routed_service_per_release_and_keeps_its_accessory() {
+    let Some(kit) = docker_or_skip(
+        "a_compose_app_deploys_its_routed_service_per_release_and_keeps_its_accessory",
+    ) else {
+        return;
+    };
+    let _volumes = Volumes(kit.prefix().to_string());
+    let base = kit.base_image();
+    let store_port = free_port();
+    let mut s = docker_sandbox(&kit, &[], "");
+    for v in ["v1.0.0", "v2.0.0", "v3.0.0"] {
+        std::fs::write(s.repo.join("Dockerfile"), good(&base, v)).unwrap();
+        std::fs::write(
+            s.repo.join("docker-compose.yml"),
+            compose_file(&base, store_port, "web"),
+        )
+        .unwrap();
+        sh(
+            &s.repo,
+            &format!("git add . && git commit -qm {v} && git tag {v}"),
+        );
+    }
+    std::fs::write(
+        s.repo.join("docker-compose.yml"),
+        compose_file(&base, store_port, "api"),
+    )
+    .unwrap();
+    sh(&s.repo, "git commit -qam renamed && git tag no-web");
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        "runtime = \"docker\"",
+        "compose = { file = \"docker-compose.yml\", service = \"web\" }",
+    );
+    std::fs::write(&s.config, text).unwrap();
+    s.serve();
+
+    s.deploy_ok("staging", "v1.0.0");
+    assert_eq!(body(&s, "staging", "/version"), "v1.0.0");
+    let (accessory, boots) = store(&kit, store_port);
+    assert!(!accessory.is_empty(), "the accessory runs");
+    assert_eq!(boots, 1);
+
+    // three deploys and a rollback: the routed service is replaced, the accessory never is
+    s.deploy_ok("staging", "v2.0.0");
+    assert_eq!(body(&s, "staging", "/version"), "v2.0.0");
+    s.deploy_ok("staging", "v3.0.0");
+    let run = s.ferry(&[
+        "rollback", "staging", "--yes", "--to", "v2.0.0", "--reason", "test",
+    ]);
+    assert_eq!(run.code(), 0, "{run}\n{}", s.serve_log());
+    assert_eq!(body(&s, "staging", "/version"), "v2.0.0");
+    assert_eq!(store(&kit, store_port), (accessory.clone(), 1));
+    let web: Vec<_> = containers(&kit)
+        .into_iter()
+        .filter(|(_, n, _)| n.starts_with(&format!("ferry-{}-staging-", kit.prefix())))
+        .collect();
+    assert_eq!(web.len(), 1, "one routed instance: {web:?}");
+
+    // a person restarts, stops and starts the accessories; their data stays
+    let run = s.ferry(&["accessories", "staging", "restart"]);
+    assert_eq!(run.code(), 0, "{run}");
+    assert!(
+        eventually(Duration::from_secs(10), || store(&kit, store_port).1 == 2),
+        "restarted once"
+    );
+    let run = s.ferry(&["accessories", "staging", "logs"]);
+    assert_eq!(run.code(), 0, "{run}");
+    assert!(run.stdout().contains("store up"), "{run}");
+    let run = s.ferry(&["accessories", "staging", "down"]);
+    assert_eq!(run.code(), 0, "{run}");
+    assert_eq!(store(&kit, store_port).0, "", "stopped");
+    assert_eq!(
+        body(&s, "staging", "/version"),
+        "v2.0.0",
+        "the app keeps serving"
+    );
+    let run = s.ferry(&["accessories", "staging", "up"]);
+    assert_eq!(run.code(), 0, "{run}");
+    assert!(
+        eventually(Duration::from_secs(10), || store(&kit, store_port).1 == 3),
+        "the volume kept the boots"
+    );
+
+    // a compose file without the routed service: the deploy fails, v2 keeps serving
+    let run = s.ferry(&["deploy", "staging", "no-web"]);
+    assert_eq!(run.code(), 1, "{run}");
+    let d = last_deployment(&s, "staging");
+    let show = s.ferry(&["show", &d["id"].to_string()]);
+    assert!(show.stdout().contains("no service `web`"), "{show}");
+    assert_eq!(body(&s, "staging", "/version"), "v2.0.0");
+    s.stop(Signal::SIGTERM);
+}

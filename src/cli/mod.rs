@@ -90,6 +90,9 @@ pub enum Command {
     Unlock(safety::Unlock),
     /// Serve a maintenance page (503, Retry-After) instead of the app, or stop doing so.
     Maintenance(safety::Maintenance),
+    /// A compose app's accessories (its other services: databases, caches): up, down,
+    /// restart, logs.
+    Accessories(safety::Accessories),
     /// Each environment's version, commit, deploy time and health.
     Status(show::Status),
     /// Deployments of one environment, newest first.
@@ -223,6 +226,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Lock(args) => safety::lock(&cli, args).await,
         Command::Unlock(args) => safety::unlock(&cli, args).await,
         Command::Maintenance(args) => safety::maintenance(&cli, args).await,
+        Command::Accessories(args) => safety::accessories(&cli, args).await,
         Command::Status(args) => show::status(&cli, args).await,
         Command::History(args) => show::history(&cli, args).await,
         Command::Show(args) => show::show(&cli, args).await,

@@ -313,6 +313,41 @@ pub async fn maintenance(cli: &Cli, args: &Maintenance) -> CmdResult {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct Accessories {
+    pub environment: String,
+    #[arg(value_enum)]
+    pub action: AccessoryVerb,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum AccessoryVerb {
+    /// Start them; recreate those whose definition or image changed.
+    Up,
+    /// Stop and remove them; their volumes and data stay.
+    Down,
+    Restart,
+    /// Their last 200 lines.
+    Logs,
+}
+
+pub async fn accessories(cli: &Cli, args: &Accessories) -> CmdResult {
+    let client = cli.client()?;
+    let action = match args.action {
+        AccessoryVerb::Up => "up",
+        AccessoryVerb::Down => "down",
+        AccessoryVerb::Restart => "restart",
+        AccessoryVerb::Logs => "logs",
+    };
+    let path = format!(
+        "/api/environments/{}/accessories/{action}",
+        segment(&args.environment)?
+    );
+    let answer: serde_json::Value = client.post(&path, &serde_json::json!({})).await?;
+    print!("{}", answer["output"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
 pub struct PlanArgs {
     pub environment: String,
     #[arg(value_name = "REF")]

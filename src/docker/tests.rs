@@ -54,6 +54,8 @@ fn run_args_are_flag_equals_value_with_the_image_after_a_double_dash() {
             "--mount=type=bind,source=/var/lib/ferry/shared,target=/app/shared,readonly",
             "--user=1000:1000",
             "--stop-timeout=2",
+            "--security-opt=no-new-privileges",
+            "--cap-drop=NET_RAW",
             "--init",
             "--workdir=/app",
             "--log-driver=json-file",
@@ -92,6 +94,8 @@ fn the_minimal_run_runs_the_images_cmd() {
             "--name=ferry-shop-staging-4100",
             "--network=host",
             "--stop-timeout=10",
+            "--security-opt=no-new-privileges",
+            "--cap-drop=NET_RAW",
             "--",
             "sha256:abc",
         ]

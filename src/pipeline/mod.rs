@@ -9,6 +9,7 @@
 //! was started) and leaves the old one serving; a monitor breach switches back to the old
 //! one, kept warm until monitoring ends. The lock is always released.
 
+mod accessories;
 mod actions;
 mod approval;
 mod environment;
@@ -32,6 +33,7 @@ use crate::runtime::{self, LogSink, Secrets};
 use crate::sandbox::{self, Redactor};
 use crate::store::{Actor, Deployment, DeploymentState, Store, StoreError};
 
+pub use accessories::AccessoryAction;
 pub use actions::{CheckReport, FETCH_INTERVAL, Mirror, Plan, check_sha};
 pub use rollback::{ReleaseRef, RollbackPreview};
 

@@ -34,8 +34,13 @@ impl Engine {
             && self.runtime.uses_images()
             && let Some(image) = existing.as_ref().and_then(|r| r.digest.as_deref())
         {
-            // an image removed from docker since is built again
-            reusable = self.runtime.has_image(image).await.unwrap_or(false);
+            // an image removed from docker since is built again; a daemon that does not
+            // answer stops the deploy (never a rebuild over the release serving now)
+            reusable = self
+                .runtime
+                .has_image(image)
+                .await
+                .map_err(|e| Stop::failed(e.to_string()))?;
         }
         if reusable {
             self.step(id, "prepare", async {
@@ -121,8 +126,18 @@ impl Engine {
             let build = async {
                 let (_, mut out) = self.run_commands(id, state, dir, &app.build, &vars).await?;
                 if self.runtime.uses_images() {
+                    // the root docker CLI reads the context: nothing of the environment's
+                    // user (a build command left running, a link made) may change it now
+                    self.seal(state, dir).await?;
                     let (id, built) = self.build_image(state, resolved, dir).await?;
+                    // a rebuild's previous image goes unless another release is it
+                    let before = self.store.set_release_digest(&env.name, &name, &id)?;
+                    let mut removed = String::new();
+                    if let Some(old) = before.filter(|old| *old != id) {
+                        removed = self.prune_images(vec![old]).await;
+                    }
                     image = Some(id);
+                    out.push_str(&removed);
                     out.push_str(&built);
                 }
                 Ok(((), out))
@@ -207,6 +222,26 @@ impl Engine {
                 Err(Stop::failed(e.to_string()).with_output(&out))
             }
         }
+    }
+
+    /// Seals the release dir (root's, read-only to its user) and checks that no link leads
+    /// out of it.
+    async fn seal(&self, state: &EnvState, dir: &Path) -> Result<(), Stop> {
+        let shared_dir = self.config.env_dir(&state.env.name).join("shared");
+        let (dir, shared, run_as) = (
+            dir.to_path_buf(),
+            self.config.app.shared.clone(),
+            state.run_as.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            release::link_shared(&dir, &shared_dir, &shared)?;
+            sandbox::seal_release(&dir, run_as.as_ref())
+                .map_err(|e| release::ReleaseError::Unsafe(e.to_string()))?;
+            release::check_tree(&dir, &shared)
+        })
+        .await
+        .map_err(|e| Stop::failed(e.to_string()))??;
+        Ok(())
     }
 
     /// The image verified on another environment, still in docker: promotion runs that very

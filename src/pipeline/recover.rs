@@ -45,7 +45,13 @@ impl Engine {
             }
             self.store.commands_ended(deployment)?;
         }
-        let live = self.store.live_instances()?;
+        let mut live = self.store.live_instances()?;
+        let docker = self.runtime.reachable().await;
+        if !docker {
+            // kept on record, neither adopted nor stopped: a later start, with docker
+            // answering, decides (supervise starts the last good release meanwhile)
+            live.retain(|i| i.container.is_none());
+        }
         let mut adopted = HashSet::new();
         for state in self.environments() {
             let env = &state.env.name;
@@ -89,6 +95,9 @@ impl Engine {
                 .stop_leftover(&self.leftover(instance), self.config.app.stop_timeout)
                 .await;
             self.store.instance_stopped(instance.id)?;
+        }
+        if !docker {
+            return Ok(());
         }
         // containers started by a ferry that died before recording them
         let keep: Vec<String> = self
@@ -229,11 +238,22 @@ impl Engine {
             }
             for state in self.environments() {
                 let env = state.env.name.clone();
-                let crashed = state.active.lock().await.as_ref().and_then(|a| {
-                    a.instance
+                let crashed = match state.active.lock().await.as_ref() {
+                    Some(a) => a
+                        .instance
                         .exited()
-                        .map(|status| (a.release.clone(), status))
-                });
+                        .map(|status| (a.release.clone(), status.to_string())),
+                    // nothing serves an environment that has a good release: its restore
+                    // failed (a docker daemon down when serve started); try again
+                    None if matches!(self.store.lock_holder(&env), Ok(None)) => self
+                        .store
+                        .last_succeeded(&env)
+                        .ok()
+                        .flatten()
+                        .and_then(|d| d.release)
+                        .map(|r| (r, "not running".to_string())),
+                    None => None,
+                };
                 let Some((release, status)) = crashed else {
                     next_try.remove(&env);
                     continue;

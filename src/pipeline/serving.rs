@@ -180,9 +180,10 @@ impl Engine {
         vars.extend(env.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let mut all = self.command_env(state);
         all.extend(vars.iter().cloned());
-        let secrets = match super::env_file_path(&self.config, env) {
+        let env_file = super::env_file_path(&self.config, env);
+        let secrets = match &env_file {
             None => Secrets::default(),
-            Some(path) => Secrets::read(&path).map_err(|e| e.to_string())?,
+            Some(path) => Secrets::read(path).map_err(|e| e.to_string())?,
         };
         self.redactor.add(secrets.values());
         Ok(InstanceSpec {
@@ -194,6 +195,7 @@ impl Engine {
             confinement: self.confinement(state, release_dir, false),
             output: self.output_pipe(&env.name, port),
             app_vars: vars,
+            env_file,
             identity,
             image: self.image_of(&env.name, release),
             shared_dir: self.config.env_dir(&env.name).join("shared"),

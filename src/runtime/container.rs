@@ -12,6 +12,7 @@
 //!   ends with ferry, so a `docker logs` ferry leaves behind exits on its next write.
 
 use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -102,8 +103,10 @@ pub(super) struct Prepared {
     pub name: String,
     pub labels: Vec<(String, String)>,
     pub network: docker::Network,
-    /// The variables file (`--env-file`) and, with secrets, the secrets file.
+    /// The variables file (`--env-file`).
     pub env_file: PathBuf,
+    /// The variables it holds (compose takes them from its own environment instead).
+    pub vars: Vec<(String, String)>,
     pub mounts: Vec<Mount>,
     pub user: Option<String>,
     pub command: Option<Vec<String>>,
@@ -125,6 +128,9 @@ pub(super) fn prepare(
         move |source| RuntimeError::File { path, source }
     };
     std::fs::create_dir_all(&run_dir).map_err(io(&run_dir))?;
+    // ferry's alone: it holds the instances' variables and secrets files
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io(&run_dir))?;
     let port = spec.port;
     let mut vars = spec.app_vars.clone();
     let network = match settings.network {
@@ -156,7 +162,7 @@ pub(super) fn prepare(
     }
     if !spec.secrets.is_empty() {
         let path = run_dir.join(format!("{port}.env"));
-        write_secrets(&path, spec).map_err(io(&path))?;
+        write_secrets(&path, spec, user.is_some()).map_err(io(&path))?;
         files.push(path.clone());
         mounts.push(Mount {
             source: path,
@@ -175,6 +181,7 @@ pub(super) fn prepare(
         labels: labels(&spec.identity, port),
         network,
         env_file,
+        vars,
         mounts,
         user,
         command,
@@ -182,8 +189,15 @@ pub(super) fn prepare(
     })
 }
 
-/// The secrets, `KEY=VALUE` per line, readable by ferry and the instance's user only.
-fn write_secrets(path: &std::path::Path, spec: &InstanceSpec) -> std::io::Result<()> {
+/// The secrets for the container: the env file copied byte for byte (quoting and all, as the
+/// app's dotenv reader expects it), readable by the instance's user only when ferry runs it
+/// as the environment's user, else by whoever the image's user is (the run dir is ferry's
+/// alone on the host).
+fn write_secrets(
+    path: &std::path::Path,
+    spec: &InstanceSpec,
+    as_environment_user: bool,
+) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);
@@ -192,17 +206,23 @@ fn write_secrets(path: &std::path::Path, spec: &InstanceSpec) -> std::io::Result
         .create_new(true)
         .mode(0o400)
         .open(path)?;
-    for (key, value) in spec.secrets.iter() {
-        writeln!(file, "{key}={value}")?;
+    match &spec.env_file {
+        Some(source) => file.write_all(&std::fs::read(source)?)?,
+        None => {
+            for (key, value) in spec.secrets.iter() {
+                writeln!(file, "{key}={value}")?;
+            }
+        }
     }
     file.sync_all()?;
-    if let Some(user) = &spec.confinement.run_as {
-        nix::unistd::chown(
+    match (&spec.confinement.run_as, as_environment_user) {
+        (Some(user), true) => nix::unistd::chown(
             path,
             Some(nix::unistd::Uid::from_raw(user.uid)),
             Some(nix::unistd::Gid::from_raw(user.gid)),
         )
-        .map_err(std::io::Error::from)?;
+        .map_err(std::io::Error::from)?,
+        _ => std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))?,
     }
     Ok(())
 }
@@ -252,6 +272,72 @@ pub(super) async fn run(
         log,
     )
 }
+
+/// Starts the routed service of a compose app as a one-off container of the environment's
+/// long-lived project `project` (so it reaches the accessories by name), after starting the
+/// accessories that do not run yet (never recreating one: deploys do not touch them).
+pub(super) async fn compose_run(
+    docker: &Docker,
+    compose: &crate::docker::compose::Compose,
+    project: &crate::docker::compose::Project,
+    service: &str,
+    settings: &crate::config::Container,
+    spec: &InstanceSpec,
+    log: &LogSink,
+) -> Result<Instance, RuntimeError> {
+    let image = spec.image.clone().ok_or_else(|| RuntimeError::NoImage {
+        release: spec.identity.release.clone(),
+    })?;
+    let accessories = compose.accessories(project, service).await?;
+    compose
+        .accessories_up(project, &accessories, false, ACCESSORIES_TIMEOUT)
+        .await?;
+    // compose runs a service's image by name: the release's tag, pointed at its verified id
+    let tag = super::image_tag(&spec.identity);
+    docker.tag(&image, &tag).await?;
+    let prepared = prepare(settings, spec)?;
+    let _ = docker.remove(&prepared.name).await;
+    let run = crate::docker::compose::RunSpec {
+        service: service.to_string(),
+        name: prepared.name.clone(),
+        labels: prepared.labels.clone(),
+        env: prepared.vars.clone(),
+        mounts: prepared
+            .mounts
+            .iter()
+            .map(|m| (m.source.clone(), m.target.clone(), m.readonly))
+            .collect(),
+        publish: match prepared.network {
+            docker::Network::Publish {
+                host_port,
+                container_port,
+            } => Some((host_port, container_port)),
+            docker::Network::Host => None,
+        },
+        image: tag,
+        command: prepared.command.clone(),
+        timeout: ACCESSORIES_TIMEOUT,
+    };
+    let id = match compose.run(project, &run).await {
+        Ok(id) => id,
+        Err(e) => {
+            remove_files(&prepared.files);
+            return Err(e.into());
+        }
+    };
+    attach(
+        docker,
+        id,
+        prepared.name,
+        spec.port,
+        prepared.files,
+        None,
+        log,
+    )
+}
+
+/// How long compose may take to start accessories or an instance.
+pub const ACCESSORIES_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Watches the container `id` (started or adopted): its output into `log` from `since`
 /// (everything when `None`), its exit.
@@ -326,7 +412,9 @@ impl Container {
             command: "docker logs".into(),
             source: std::io::Error::from(e),
         };
-        let (read, write) = nix::unistd::pipe().map_err(pipe_err)?;
+        // close-on-exec: no other process ferry starts (a build, another instance) may hold
+        // either end, so the follower gets EPIPE once ferry is gone and the pump sees its end
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(pipe_err)?;
         let child = self
             .docker
             .follow_logs(&self.id, since.map(since_arg).as_deref(), File::from(write))

@@ -68,6 +68,10 @@ pub enum RuntimeError {
     },
     #[error(transparent)]
     Docker(#[from] crate::docker::DockerError),
+    #[error(transparent)]
+    Compose(#[from] crate::docker::compose::ComposeError),
+    #[error("{path}: {why}")]
+    Unsafe { path: String, why: String },
     #[error("release {release} has no image recorded: deploy it again to build one")]
     NoImage { release: String },
 }
@@ -93,6 +97,8 @@ pub struct InstanceSpec {
     /// host's allowlist is no business of an image).
     pub app_vars: Vec<(String, String)>,
     pub secrets: Secrets,
+    /// The env file the secrets came from (a container gets a copy of it, byte for byte).
+    pub env_file: Option<PathBuf>,
     /// Who it runs as and what of the state dir it reaches.
     pub confinement: crate::sandbox::Confinement,
     /// Where the named pipe carrying the instance's output is made.
@@ -138,6 +144,8 @@ pub struct Runtime {
     /// See [`container::LABEL_HOME`].
     home: String,
     docker: crate::docker::Docker,
+    /// `docker compose` or `docker-compose`, found at first use.
+    compose: tokio::sync::OnceCell<crate::docker::compose::Compose>,
 }
 
 impl Runtime {
@@ -153,6 +161,7 @@ impl Runtime {
             app: app.to_string(),
             home: hex::encode(&digest[..8]),
             docker: crate::docker::Docker::new(),
+            compose: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -175,9 +184,29 @@ impl Runtime {
     pub async fn check(&self) -> Result<String, RuntimeError> {
         match &self.kind {
             crate::config::Runtime::Process => Ok("processes".into()),
-            _ => {
+            crate::config::Runtime::Docker { .. } => {
                 let version = self.docker.ping().await?;
                 Ok(format!("docker {version}"))
+            }
+            crate::config::Runtime::Compose { .. } => {
+                let version = self.docker.ping().await?;
+                let compose = self.compose().await?;
+                Ok(format!("docker {version}, compose {}", compose.version()))
+            }
+        }
+    }
+
+    /// True unless the app runs containers and no docker daemon answers within 5 s.
+    pub async fn reachable(&self) -> bool {
+        if !self.uses_images() {
+            return true;
+        }
+        let quick = self.docker.clone().with_timeout(Duration::from_secs(5));
+        match quick.ping().await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "the docker daemon does not answer");
+                false
             }
         }
     }
@@ -190,9 +219,25 @@ impl Runtime {
     ) -> Result<Instance, RuntimeError> {
         match &self.kind {
             crate::config::Runtime::Process => process::spawn(spec, log),
-            crate::config::Runtime::Docker { container, .. }
-            | crate::config::Runtime::Compose { container, .. } => {
+            crate::config::Runtime::Docker { container, .. } => {
                 container::run(&self.docker, container, spec, log).await
+            }
+            crate::config::Runtime::Compose {
+                compose: file,
+                container,
+            } => {
+                let compose = self.compose().await?;
+                let project = self.project(&spec.identity.env, &spec.release_dir, &spec.shared_dir);
+                container::compose_run(
+                    &self.docker,
+                    compose,
+                    &project,
+                    &file.service,
+                    container,
+                    spec,
+                    log,
+                )
+                .await
             }
         }
     }
@@ -328,20 +373,60 @@ impl Runtime {
             })
             .collect();
         match &self.kind {
-            crate::config::Runtime::Docker { image, .. } => Ok(self
-                .docker
-                .build(
-                    &release_dir.join(&image.context),
-                    &release_dir.join(&image.dockerfile),
-                    &tag,
-                    &labels,
-                    timeout,
-                )
-                .await?),
-            _ => Err(RuntimeError::NoImage {
+            crate::config::Runtime::Docker { image, .. } => {
+                let context = inside(release_dir, &image.context, false)?;
+                let dockerfile = inside(release_dir, &image.dockerfile, true)?;
+                Ok(self
+                    .docker
+                    .build(&context, &dockerfile, &tag, &labels, timeout)
+                    .await?)
+            }
+            crate::config::Runtime::Compose { compose: file, .. } => {
+                let compose = self.compose().await?;
+                let project = crate::docker::compose::Project::new(
+                    &format!("ferry-{}-build-{}", self.app, &self.home[..8]),
+                    release_dir.join(&file.file),
+                    release_dir,
+                );
+                let built = compose
+                    .build(&project, &file.service, &tag, timeout)
+                    .await?;
+                Ok(crate::docker::BuildOutput {
+                    image_id: built.image_id,
+                    output: built.log,
+                })
+            }
+            crate::config::Runtime::Process => Err(RuntimeError::NoImage {
                 release: identity.release.clone(),
             }),
         }
+    }
+
+    /// The compose command, found once.
+    pub async fn compose(&self) -> Result<&crate::docker::compose::Compose, RuntimeError> {
+        Ok(self
+            .compose
+            .get_or_try_init(crate::docker::compose::Compose::detect)
+            .await?)
+    }
+
+    /// `env`'s long-lived compose project: the compose file of `release_dir`, relative paths
+    /// resolved in the environment's shared dir (so bind-mounted data outlives releases).
+    pub fn project(
+        &self,
+        env: &str,
+        release_dir: &std::path::Path,
+        shared_dir: &std::path::Path,
+    ) -> crate::docker::compose::Project {
+        let file = match &self.kind {
+            crate::config::Runtime::Compose { compose, .. } => compose.file.as_str(),
+            _ => "docker-compose.yml",
+        };
+        crate::docker::compose::Project::new(
+            &format!("ferry-{}-{env}-{}", self.app, &self.home[..8]),
+            release_dir.join(file),
+            shared_dir,
+        )
     }
 
     /// True when the image `id` is still in docker.
@@ -357,6 +442,34 @@ impl Runtime {
     pub async fn remove_image(&self, id: &str) -> Result<(), RuntimeError> {
         Ok(self.docker.remove_image(id).await?)
     }
+}
+
+/// `path` of the release, resolved: it must stay inside the release (a link to the shared
+/// dir or out of the release would have docker read what is not the release's) and be a
+/// regular file (`file`) or a directory.
+fn inside(release_dir: &std::path::Path, path: &str, file: bool) -> Result<PathBuf, RuntimeError> {
+    let unsafe_path = |why: String| RuntimeError::Unsafe {
+        path: path.to_string(),
+        why,
+    };
+    let root = release_dir
+        .canonicalize()
+        .map_err(|e| unsafe_path(e.to_string()))?;
+    let resolved = release_dir
+        .join(path)
+        .canonicalize()
+        .map_err(|e| unsafe_path(format!("not in the release ({e})")))?;
+    if !resolved.starts_with(&root) {
+        return Err(unsafe_path("it leads out of the release".into()));
+    }
+    let meta = std::fs::metadata(&resolved).map_err(|e| unsafe_path(e.to_string()))?;
+    if file && !meta.is_file() {
+        return Err(unsafe_path("not a regular file".into()));
+    }
+    if !file && !meta.is_dir() {
+        return Err(unsafe_path("not a directory".into()));
+    }
+    Ok(resolved)
 }
 
 /// `ferry/<app>:<version>-<sha7>`, in the characters docker allows.

@@ -175,6 +175,30 @@ pub async fn maintenance(
     ))
 }
 
+/// `POST /api/environments/{env}/accessories/{action}`: compose's output.
+pub async fn accessories(
+    State(engine): State<Arc<Engine>>,
+    Path((env, action)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let parsed = match action.as_str() {
+        "up" => crate::pipeline::AccessoryAction::Up,
+        "down" => crate::pipeline::AccessoryAction::Down,
+        "restart" => crate::pipeline::AccessoryAction::Restart,
+        "logs" => crate::pipeline::AccessoryAction::Logs,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("unknown accessories action \"{other}\": use up, down, restart or logs"),
+            ));
+        }
+    };
+    let output = engine.accessories(&env, parsed).await?;
+    Ok(Json(
+        json!({"environment": env, "action": action, "output": output}),
+    ))
+}
+
 #[derive(Deserialize)]
 pub struct PlanQuery {
     #[serde(rename = "ref")]

@@ -207,6 +207,7 @@ routes! {
     post "/api/environments/{env}/lock" => actions::lock, "environments", "lock an environment against deploys";
     delete "/api/environments/{env}/lock" => actions::unlock, "environments", "remove a manual lock";
     post "/api/environments/{env}/maintenance" => actions::maintenance, "environments", "turn the maintenance page on or off";
+    post "/api/environments/{env}/accessories/{action}" => actions::accessories, "environments", "a compose app's accessories: up, down, restart or logs";
     get "/api/deployments" => history, "deployments", "deployments, newest first (?environment, ?limit)";
     post "/api/deployments" => deploy, "deployments", "deploy a ref to an environment";
     get "/api/deployments/{id}" => deployment, "deployments", "one deployment with its steps";

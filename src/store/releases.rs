@@ -54,6 +54,30 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Records `digest` on the release now (an image is recorded as soon as it is built, so
+    /// a release failing later still has its image removed with it); the digest it had.
+    pub fn set_release_digest(
+        &self,
+        environment: &str,
+        name: &str,
+        digest: &str,
+    ) -> Result<Option<String>> {
+        let conn = self.conn();
+        let before: Option<String> = conn
+            .query_row(
+                "SELECT digest FROM releases WHERE environment = ?1 AND name = ?2",
+                params![environment, name],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        conn.execute(
+            "UPDATE releases SET digest = ?3 WHERE environment = ?1 AND name = ?2",
+            params![environment, name, digest],
+        )?;
+        Ok(before)
+    }
+
     /// True when a release of any environment not pruned has `digest` (an image still
     /// needed).
     pub fn digest_in_use(&self, digest: &str) -> Result<bool> {
