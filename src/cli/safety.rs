@@ -315,6 +315,7 @@ pub async fn maintenance(cli: &Cli, args: &Maintenance) -> CmdResult {
 #[derive(Debug, clap::Args)]
 pub struct Accessories {
     pub environment: String,
+    /// What to do with them.
     #[arg(value_enum)]
     pub action: AccessoryVerb,
 }

@@ -183,7 +183,8 @@ fn api_scope(path: &str) -> Scope {
             "environments",
             _,
             "rollback" | "lock" | "maintenance",
-        ] => Scope::Deploy,
+        ]
+        | ["api", "environments", _, "accessories", _] => Scope::Deploy,
         _ => Scope::Admin,
     }
 }
@@ -354,7 +355,8 @@ mod tests {
             let path = path
                 .replace("{env}", "staging")
                 .replace("{id}", "7")
-                .replace("{sha}", "abc");
+                .replace("{sha}", "abc")
+                .replace("{action}", "restart");
             let want = if path == "/api/mirror/fetch" {
                 Scope::Read
             } else if path.ends_with("/approve") {
