@@ -137,6 +137,12 @@ pub enum ComposeError {
         secs: u64,
         tail: String,
     },
+    /// The file asks for what a release may not have ([`Compose::vet`]): every problem found.
+    #[error("the compose file {file} is refused: {}", list_problems(.problems))]
+    Refused {
+        file: PathBuf,
+        problems: Vec<String>,
+    },
     /// Writing the override file, or reading a command's output.
     #[error("compose: {0}")]
     Io(#[from] io::Error),
@@ -395,6 +401,38 @@ impl Compose {
             file: p.file.clone(),
             message,
         })
+    }
+
+    /// Refuses a file that asks the daemon for more than a release may have
+    /// ([`ComposeError::Refused`] lists every problem): a bind mount outside `allowed` (or of a
+    /// socket), a build context or Dockerfile outside `allowed`, privileges, host namespaces or
+    /// devices, another container's volumes or network, a port on a public address, a named or
+    /// external volume or network of another project, a key not on the allowlist. The file as
+    /// written is checked first (`env_file`, `extends`, `include`, which `config` resolves by
+    /// reading host files), then compose's resolved `config`.
+    pub async fn vet(&self, p: &Project, allowed: &[PathBuf]) -> Result<(), ComposeError> {
+        let refused = |problems: Vec<String>| ComposeError::Refused {
+            file: p.file.clone(),
+            problems,
+        };
+        let source = std::fs::read_to_string(&p.file).map_err(|e| ComposeError::File {
+            file: p.file.clone(),
+            message: e.to_string(),
+        })?;
+        let problems = vet::source_problems(&source, &p.directory, allowed);
+        if !problems.is_empty() {
+            return Err(refused(problems));
+        }
+        let ran = self
+            .query(&self.config_args(p)?)
+            .await
+            .map_err(|e| file_error(p, e))?;
+        let problems = vet::config_problems(&ran.stdout, &project_name(&p.name), allowed);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(refused(problems))
+        }
     }
 
     /// The accessories of the file: every service but `routed`, which must be in it
@@ -1039,6 +1077,13 @@ fn no_service(p: &Project, service: &str, services: &[String]) -> ComposeError {
     }
 }
 
+fn list_problems(problems: &[String]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("\n- {p}"))
+        .collect::<String>()
+}
+
 /// A failed `config` is the file's fault: its message is compose's.
 fn file_error(p: &Project, e: ComposeError) -> ComposeError {
     match e {
@@ -1259,6 +1304,9 @@ fn first_line(text: &str) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+#[path = "compose_vet.rs"]
+mod vet;
 
 #[cfg(test)]
 #[path = "compose_tests.rs"]

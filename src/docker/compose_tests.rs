@@ -520,3 +520,319 @@ async fn no_compose_at_all_names_both_commands_tried() {
     assert!(message.contains("dc version"), "{message}");
     assert!(message.contains("not found"), "{message}");
 }
+
+// ---- vet: what a release's compose file may ask of the daemon ----
+
+const SHARED: &str = "/srv/ferry-vet-test/shared";
+const RELEASE: &str = "/srv/ferry-vet-test/releases/r1";
+
+fn allowed() -> Vec<PathBuf> {
+    vec![SHARED.into(), RELEASE.into()]
+}
+
+/// The problems `config` output with `service`'s body (indented YAML) gets.
+fn vet_service(body: &str) -> Vec<String> {
+    let yaml = format!("services:\n  evil:\n    image: busybox\n{body}");
+    vet::config_problems(&yaml, "ferry-shop-staging", &allowed())
+}
+
+fn refused(body: &str, needle: &str) {
+    let problems = vet_service(body);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("service `evil`") && p.contains(needle)),
+        "{body:?} should be refused naming the service and `{needle}`: {problems:?}"
+    );
+}
+
+#[test]
+fn vet_accepts_a_realistic_stack_in_both_flavours_output() {
+    // docker-compose v1's `config`
+    let v1 = format!(
+        r#"services:
+  web:
+    build:
+      context: {RELEASE}
+      dockerfile: Dockerfile
+      args:
+        MODE: prod
+    command: ["/bin/app", "serve"]
+    depends_on: [db, cache]
+    environment:
+      DATABASE_URL: postgres://db/app
+    expose: ["8080"]
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8080/health"]
+      interval: 10s
+    init: true
+    network_mode: host
+    read_only: true
+    cap_drop: [ALL]
+    security_opt: ["no-new-privileges:true"]
+    tmpfs: [/tmp]
+    user: "1000:1000"
+    working_dir: /app
+    stop_grace_period: 20s
+    stop_signal: SIGTERM
+    labels: {{team: shop}}
+    logging: {{driver: json-file, options: {{max-size: 10m}}}}
+    ulimits: {{nofile: {{soft: 1024, hard: 2048}}}}
+    mem_limit: 512m
+    cpus: 0.5
+    privileged: false
+  db:
+    image: postgres:16
+    restart: unless-stopped
+    ports: ["127.0.0.1:5432:5432/tcp"]
+    volumes:
+    - pgdata:/var/lib/postgresql/data:rw
+    - {SHARED}/initdb:/docker-entrypoint-initdb.d:ro
+    - {RELEASE}/conf/pg.conf:/etc/pg.conf:ro
+  cache:
+    image: redis:7
+    entrypoint: redis-server
+    networks: [back]
+    ports:
+    - {{target: 6379, published: 6379, host_ip: 127.0.0.1, protocol: tcp}}
+    volumes:
+    - {{type: volume, source: cachedata, target: /data}}
+    - {{type: bind, source: {SHARED}/redis, target: /conf, read_only: true}}
+    - {{type: tmpfs, target: /run}}
+version: '3.8'
+volumes:
+  pgdata: {{}}
+  cachedata:
+    driver: local
+networks:
+  back: {{}}
+"#
+    );
+    assert_eq!(
+        vet::config_problems(&v1, "ferry-shop-staging", &allowed()),
+        Vec::<String>::new()
+    );
+    // compose v2 names the project's own volumes and networks
+    let v2 = "name: ferry-shop-staging\nservices:\n  db:\n    image: postgres:16\n    networks:\n      default: null\n    volumes:\n    - type: volume\n      source: pgdata\n      target: /data\n      volume: {}\nvolumes:\n  pgdata:\n    name: ferry-shop-staging_pgdata\nnetworks:\n  default:\n    name: ferry-shop-staging_default\n";
+    assert_eq!(
+        vet::config_problems(v2, "ferry-shop-staging", &allowed()),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn vet_refuses_each_dangerous_service_key_naming_the_service() {
+    for (body, needle) in [
+        ("    privileged: true\n", "privileged"),
+        ("    cap_add: [SYS_ADMIN]\n", "cap_add"),
+        ("    pid: host\n", "pid: host"),
+        ("    ipc: host\n", "ipc: host"),
+        ("    uts: host\n", "uts: host"),
+        ("    userns_mode: host\n", "userns_mode: host"),
+        ("    pid: container:prod\n", "pid: container:prod"),
+        ("    devices: [\"/dev/sda:/dev/sda\"]\n", "devices"),
+        (
+            "    security_opt: [\"seccomp:unconfined\"]\n",
+            "seccomp:unconfined",
+        ),
+        (
+            "    security_opt: [\"apparmor:unconfined\"]\n",
+            "apparmor:unconfined",
+        ),
+        (
+            "    volumes_from: [\"container:ferry-shop-production\"]\n",
+            "volumes_from",
+        ),
+        (
+            "    network_mode: container:ferry-shop-production\n",
+            "network_mode",
+        ),
+        (
+            "    container_name: ferry-shop-production-db\n",
+            "container_name",
+        ),
+        ("    sysctls: {net.core.somaxconn: 1024}\n", "sysctls"),
+        ("    cgroup_parent: /\n", "cgroup_parent"),
+        ("    runtime: runc\n", "runtime"),
+        ("    some_future_key: 1\n", "some_future_key"),
+        (
+            "    env_file: [/var/lib/ferry/production/env]\n",
+            "env_file",
+        ),
+        // bind mounts: the state dir, the root, the daemon's socket, short and long syntax
+        (
+            "    volumes: [\"/var/lib/ferry:/state:rw\"]\n",
+            "/var/lib/ferry",
+        ),
+        ("    volumes: [\"/:/host\"]\n", "bind mount of /:"),
+        (
+            "    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n",
+            "docker.sock",
+        ),
+        (
+            "    volumes:\n    - {type: bind, source: /etc, target: /e}\n",
+            "bind mount of /etc",
+        ),
+        (
+            &format!("    volumes: [\"{SHARED}/../../production/shared:/p\"]\n"),
+            "..",
+        ),
+        (
+            &format!(
+                "    volumes:\n    - {{type: bind, source: {SHARED}, target: /s, bind: {{propagation: rshared}}}}\n"
+            ),
+            "propagation",
+        ),
+        // ports on every address
+        ("    ports: [\"8080:80\"]\n", "8080:80"),
+        ("    ports: [\"0.0.0.0:8080:80/tcp\"]\n", "0.0.0.0:8080:80"),
+        ("    ports: [\"80\"]\n", "every address"),
+        ("    ports: [80]\n", "every address"),
+        (
+            "    ports:\n    - {target: 80, published: 8080}\n",
+            "every address",
+        ),
+        (
+            "    ports:\n    - {target: 80, published: 8080, host_ip: 0.0.0.0}\n",
+            "0.0.0.0",
+        ),
+        // builds outside the release
+        (
+            "    build: {context: /var/lib/ferry}\n",
+            "context /var/lib/ferry",
+        ),
+        (
+            &format!(
+                "    build: {{context: {RELEASE}, dockerfile: ../../production/Dockerfile}}\n"
+            ),
+            "dockerfile",
+        ),
+        (
+            &format!("    build: {{context: {RELEASE}, dockerfile: /etc/shadow}}\n"),
+            "dockerfile /etc/shadow",
+        ),
+        (
+            "    build: {context: \"https://example.com/x.git\"}\n",
+            "context",
+        ),
+        (
+            &format!("    build: {{context: {RELEASE}, ssh: [default]}}\n"),
+            "`ssh`",
+        ),
+    ] {
+        refused(body, needle);
+    }
+}
+
+#[test]
+fn vet_lists_every_problem_in_its_message() {
+    let problems = vet_service("    privileged: true\n    pid: host\n    ports: [\"8080:80\"]\n");
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    let e = ComposeError::Refused {
+        file: "/rel/docker-compose.yml".into(),
+        problems,
+    };
+    let message = e.to_string();
+    assert!(
+        message.contains("/rel/docker-compose.yml is refused"),
+        "{message}"
+    );
+    for needle in ["privileged", "pid: host", "8080:80"] {
+        assert!(message.contains(needle), "{message}");
+    }
+}
+
+#[test]
+fn vet_refuses_volumes_networks_and_secrets_of_the_host_or_other_projects() {
+    for (top, needle) in [
+        (
+            "volumes:\n  data:\n    driver_opts: {type: none, o: bind, device: /var/lib/ferry}\n",
+            "driver_opts",
+        ),
+        ("volumes:\n  data:\n    external: true\n", "external"),
+        (
+            "volumes:\n  data:\n    name: ferry-shop-production_data\n",
+            "named",
+        ),
+        (
+            "networks:\n  back:\n    external: true\n",
+            "networks `back`",
+        ),
+        (
+            "secrets:\n  key:\n    file: /var/lib/ferry/secret\n",
+            "secrets `key`",
+        ),
+        ("include: [/etc/other.yml]\n", "include"),
+    ] {
+        let yaml = format!("services:\n  db:\n    image: busybox\n{top}");
+        let problems = vet::config_problems(&yaml, "ferry-shop-staging", &allowed());
+        assert!(
+            problems.iter().any(|p| p.contains(needle)),
+            "{top:?} should be refused with `{needle}`: {problems:?}"
+        );
+    }
+}
+
+#[test]
+fn vet_reads_the_source_for_what_config_resolves_away() {
+    let dir = Path::new(SHARED);
+    // `config` inlines env files into `environment`: the file as written is checked
+    for (source, needle) in [
+        (
+            "services:\n  db:\n    image: x\n    env_file: /var/lib/ferry/production/env\n",
+            "env_file",
+        ),
+        (
+            "services:\n  db:\n    image: x\n    env_file: [ok.env, ../../production/shared/.env]\n",
+            "..",
+        ),
+        (
+            "services:\n  db:\n    image: x\n    env_file:\n    - path: /etc/shadow\n",
+            "/etc/shadow",
+        ),
+        (
+            "services:\n  db:\n    image: x\n    env_file: ${HOME}/x\n",
+            "variables",
+        ),
+        // hidden behind an anchor and a merge key
+        (
+            "x-common: &common\n  env_file: /var/lib/ferry/env\nservices:\n  db:\n    <<: *common\n    image: x\n",
+            "env_file",
+        ),
+        (
+            "services:\n  db:\n    extends: {file: /var/lib/ferry/other.yml, service: db}\n",
+            "extends",
+        ),
+        ("include: [../other.yml]\nservices: {}\n", "include"),
+    ] {
+        let problems = vet::source_problems(source, dir, &allowed());
+        assert!(
+            problems.iter().any(|p| p.contains(needle)),
+            "{source:?} should be refused with `{needle}`: {problems:?}"
+        );
+    }
+    let fine = "services:\n  db:\n    image: x\n    env_file: [db.env]\n    extends: {service: base}\n  base:\n    image: x\n";
+    assert_eq!(
+        vet::source_problems(fine, dir, &allowed()),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn vet_follows_symlinks_out_of_an_allowed_dir() {
+    let root = tempfile::tempdir().unwrap();
+    let shared = root.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::os::unix::fs::symlink("/etc", shared.join("etc")).unwrap();
+    let yaml = format!(
+        "services:\n  db:\n    image: x\n    volumes:\n    - {0}/etc:/e:ro\n    - {0}/data:/d:rw\n",
+        shared.display()
+    );
+    let problems = vet::config_problems(&yaml, "p", std::slice::from_ref(&shared));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("/etc:") || problems[0].contains("etc"),
+        "{problems:?}"
+    );
+    assert!(problems[0].contains("outside"), "{problems:?}");
+}

@@ -69,6 +69,12 @@ impl Engine {
                 file.file, file.service
             )));
         }
+        if matches!(action, AccessoryAction::Up | AccessoryAction::Restart) {
+            compose
+                .vet(&project, &[env_dir.join("shared"), release_dir.clone()])
+                .await
+                .map_err(|e| failed(&e))?;
+        }
         let timeout = crate::runtime::container::ACCESSORIES_TIMEOUT;
         let said = match action {
             AccessoryAction::Up => {

@@ -290,6 +290,12 @@ pub(super) async fn compose_run(
     })?;
     let accessories = compose.accessories(project, service).await?;
     compose
+        .vet(
+            project,
+            &[spec.shared_dir.clone(), spec.release_dir.clone()],
+        )
+        .await?;
+    compose
         .accessories_up(project, &accessories, false, ACCESSORIES_TIMEOUT)
         .await?;
     // compose runs a service's image by name: the release's tag, pointed at its verified id

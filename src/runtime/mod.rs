@@ -388,6 +388,7 @@ impl Runtime {
                     release_dir.join(&file.file),
                     release_dir,
                 );
+                compose.vet(&project, &[release_dir.to_path_buf()]).await?;
                 let built = compose
                     .build(&project, &file.service, &tag, timeout)
                     .await?;
