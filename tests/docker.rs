@@ -443,6 +443,18 @@ fn a_compose_app_deploys_its_routed_service_per_release_and_keeps_its_accessory(
     )
     .unwrap();
     sh(&s.repo, "git commit -qam renamed && git tag no-web");
+    // a committer's compose file handing the accessory ferry's state (tokens, every env's
+    // secrets) through the root daemon
+    let hostile = compose_file(&base, store_port, "web").replace(
+        "      - data:/data\n",
+        &format!(
+            "      - data:/data\n      - {}:/state:ro\n",
+            s.state_dir().display()
+        ),
+    );
+    assert!(hostile.contains("/state:ro"), "{hostile}");
+    std::fs::write(s.repo.join("docker-compose.yml"), hostile).unwrap();
+    sh(&s.repo, "git commit -qam hostile && git tag hostile");
     let text = std::fs::read_to_string(&s.config).unwrap().replace(
         "runtime = \"docker\"",
         "compose = { file = \"docker-compose.yml\", service = \"web\" }",
@@ -504,5 +516,27 @@ fn a_compose_app_deploys_its_routed_service_per_release_and_keeps_its_accessory(
     let show = s.ferry(&["show", &d["id"].to_string()]);
     assert!(show.stdout().contains("no service `web`"), "{show}");
     assert_eq!(body(&s, "staging", "/version"), "v2.0.0");
+
+    // a compose file bind-mounting the state dir: refused before the daemon sees it
+    let run = s.ferry(&["deploy", "staging", "hostile"]);
+    assert_eq!(run.code(), 1, "{run}");
+    let d = last_deployment(&s, "staging");
+    assert_eq!(d["state"], "failed", "{d}");
+    let show = s.ferry(&["show", &d["id"].to_string()]);
+    let said = show.stdout();
+    assert!(said.contains("is refused"), "{show}");
+    assert!(
+        said.contains("service `store`")
+            && said.contains(&format!("bind mount of {}", s.state_dir().display())),
+        "{show}"
+    );
+    assert_eq!(body(&s, "staging", "/version"), "v2.0.0");
+    let mounts = docker(&[
+        "inspect",
+        "--format",
+        "{{json .Mounts}}",
+        &store(&kit, store_port).0,
+    ]);
+    assert!(!mounts.contains("/state"), "{mounts}");
     s.stop(Signal::SIGTERM);
 }
