@@ -315,10 +315,10 @@ fn build_problems(build: &Yaml, allowed: &[PathBuf]) -> Vec<String> {
         problems.push(format!("context {context}: {why}"));
         return problems;
     }
-    if let Some(dockerfile) = text_of(&build["dockerfile"]) {
-        if let Err(why) = inside(&dockerfile, Path::new(&context), allowed) {
-            problems.push(format!("dockerfile {dockerfile}: {why}"));
-        }
+    if let Some(dockerfile) = text_of(&build["dockerfile"])
+        && let Err(why) = inside(&dockerfile, Path::new(&context), allowed)
+    {
+        problems.push(format!("dockerfile {dockerfile}: {why}"));
     }
     problems
 }
@@ -480,10 +480,10 @@ fn top_level_problems(doc: &Yaml, project: &str, allowed: &[PathBuf], problems: 
     for section in ["secrets", "configs"] {
         for (key, body) in doc[section].as_hash().into_iter().flatten() {
             let key = text_of(key).unwrap_or_default();
-            if let Some(file) = body["file"].as_str() {
-                if let Err(why) = host_path_inside(file, Path::new("/"), allowed) {
-                    problems.push(format!("{section} `{key}`: file {file}: {why}"));
-                }
+            if let Some(file) = body["file"].as_str()
+                && let Err(why) = host_path_inside(file, Path::new("/"), allowed)
+            {
+                problems.push(format!("{section} `{key}`: file {file}: {why}"));
             }
             if external(body) {
                 problems.push(format!("{section} `{key}`: external ones are not used"));
