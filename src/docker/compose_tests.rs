@@ -632,6 +632,10 @@ fn vet_refuses_each_dangerous_service_key_naming_the_service() {
         ("    pid: container:prod\n", "pid: container:prod"),
         ("    devices: [\"/dev/sda:/dev/sda\"]\n", "devices"),
         (
+            "    deploy: {resources: {reservations: {devices: [{capabilities: [gpu]}]}}}\n",
+            "deploy.resources.reservations.devices",
+        ),
+        (
             "    security_opt: [\"seccomp:unconfined\"]\n",
             "seccomp:unconfined",
         ),

@@ -206,6 +206,10 @@ fn service_problems(service: &str, body: &Yaml, allowed: &[PathBuf], problems: &
     for (key, value) in map {
         let Some(key) = key.as_str() else { continue };
         match key {
+            "deploy" if !value["resources"]["reservations"]["devices"].is_badvalue() => refuse(
+                "`deploy.resources.reservations.devices`",
+                refusal("devices").into(),
+            ),
             k if SERVICE_KEYS.contains(&k) => {}
             "privileged" if !truthy(value) => {}
             "build" => {
