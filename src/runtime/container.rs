@@ -59,24 +59,35 @@ impl std::fmt::Debug for Container {
     }
 }
 
+/// `s` in the characters docker allows in names and tags (others become `-`).
+pub fn docker_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
 /// `ferry-<app>-<env>-<port>`, in the characters docker allows in a name.
 pub fn container_name(identity: &Identity, port: u16) -> String {
-    let clean = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect()
-    };
     format!(
         "ferry-{}-{}-{port}",
-        clean(&identity.app),
-        clean(&identity.env)
+        docker_safe(&identity.app),
+        docker_safe(&identity.env)
     )
+}
+
+/// The files made for the container instance on `port` in the run dir: its variables
+/// (`--env-file`) and its secrets (mounted).
+pub(super) fn instance_files(run_dir: &std::path::Path, port: u16) -> [PathBuf; 2] {
+    [
+        run_dir.join(format!("{port}.vars")),
+        run_dir.join(format!("{port}.env")),
+    ]
 }
 
 /// The labels of an instance of `identity` on `port`.
@@ -160,8 +171,9 @@ pub(super) fn prepare(
             readonly: false,
         });
     }
+    let [env_file, secrets_file] = instance_files(&run_dir, port);
     if !spec.secrets.is_empty() {
-        let path = run_dir.join(format!("{port}.env"));
+        let path = secrets_file;
         write_secrets(&path, spec, user.is_some()).map_err(io(&path))?;
         files.push(path.clone());
         mounts.push(Mount {
@@ -171,7 +183,6 @@ pub(super) fn prepare(
         });
         vars.push(("FERRY_ENV_FILE".into(), settings.secrets_at.clone()));
     }
-    let env_file = run_dir.join(format!("{port}.vars"));
     docker::write_env_file(&env_file, &vars).map_err(RuntimeError::Docker)?;
     files.push(env_file.clone());
     let command = (!spec.start.trim().is_empty())
@@ -227,6 +238,13 @@ fn write_secrets(
     Ok(())
 }
 
+/// The release's image an instance of `spec` runs.
+fn image_of(spec: &InstanceSpec) -> Result<String, RuntimeError> {
+    spec.image.clone().ok_or_else(|| RuntimeError::NoImage {
+        release: spec.identity.release.clone(),
+    })
+}
+
 /// Starts a container of `spec`'s image with `docker run`.
 pub(super) async fn run(
     docker: &Docker,
@@ -234,9 +252,7 @@ pub(super) async fn run(
     spec: &InstanceSpec,
     log: &LogSink,
 ) -> Result<Instance, RuntimeError> {
-    let image = spec.image.clone().ok_or_else(|| RuntimeError::NoImage {
-        release: spec.identity.release.clone(),
-    })?;
+    let image = image_of(spec)?;
     let prepared = prepare(settings, spec)?;
     // a container of that name is a leftover of an instance on the same port: never ours now
     let _ = docker.remove(&prepared.name).await;
@@ -285,9 +301,7 @@ pub(super) async fn compose_run(
     spec: &InstanceSpec,
     log: &LogSink,
 ) -> Result<Instance, RuntimeError> {
-    let image = spec.image.clone().ok_or_else(|| RuntimeError::NoImage {
-        release: spec.identity.release.clone(),
-    })?;
+    let image = image_of(spec)?;
     let accessories = compose.accessories(project, service).await?;
     compose
         .vet(

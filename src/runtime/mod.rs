@@ -136,6 +136,13 @@ pub struct Leftover {
     pub output: PathBuf,
 }
 
+impl Leftover {
+    /// The run dir its output pipe and files are in.
+    fn run_dir(&self) -> PathBuf {
+        self.output.parent().map(PathBuf::from).unwrap_or_default()
+    }
+}
+
 /// The app's runtime: starts, stops and adopts its instances, and builds and removes the
 /// images of container apps. The pipeline drives every backend through this one interface.
 pub struct Runtime {
@@ -266,11 +273,7 @@ impl Runtime {
         let since = std::fs::metadata(log.path())
             .and_then(|m| m.modified())
             .ok();
-        let run = left.output.parent().map(PathBuf::from).unwrap_or_default();
-        let files = vec![
-            run.join(format!("{}.vars", left.port)),
-            run.join(format!("{}.env", left.port)),
-        ];
+        let files = container::instance_files(&left.run_dir(), left.port).to_vec();
         container::attach(
             &self.docker,
             info.id,
@@ -312,9 +315,9 @@ impl Runtime {
             if let Err(e) = self.docker.stop(id, grace).await {
                 tracing::warn!(container = %container::short(id), error = %e, "cannot stop a container left by a previous ferry");
             }
-            let run = left.output.parent().map(PathBuf::from).unwrap_or_default();
-            let _ = std::fs::remove_file(run.join(format!("{}.vars", left.port)));
-            let _ = std::fs::remove_file(run.join(format!("{}.env", left.port)));
+            for file in container::instance_files(&left.run_dir(), left.port) {
+                let _ = std::fs::remove_file(file);
+            }
             return;
         }
         let alive = process_start_time(left.pid);
@@ -475,30 +478,11 @@ fn inside(release_dir: &std::path::Path, path: &str, file: bool) -> Result<PathB
 
 /// `ferry/<app>:<version>-<sha7>`, in the characters docker allows.
 pub fn image_tag(identity: &Identity) -> String {
-    let repo: String = identity
-        .app
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let repo = container::docker_safe(&identity.app.to_ascii_lowercase());
     let sha7: String = identity.commit.chars().take(7).collect();
-    let mut tag: String = format!("{}-{sha7}", identity.version)
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    tag = tag.trim_start_matches(['.', '-']).to_string();
+    let mut tag = container::docker_safe(&format!("{}-{sha7}", identity.version))
+        .trim_start_matches(['.', '-'])
+        .to_string();
     tag.truncate(128);
     if tag.is_empty() {
         tag = "release".into();
