@@ -54,7 +54,7 @@ fn repo_warnings(repo: &str, start: &str) -> Vec<String> {
 pub fn run(cli: &Cli, _args: &Check) -> CmdResult {
     let servers = cli.load_servers()?;
     if servers.shared {
-        println!(
+        outln!(
             "{}: ok, {} app(s) sharing the API on http://{} and the state dir {}",
             servers.path.display(),
             servers.apps.len(),
@@ -144,28 +144,28 @@ fn check_app(config: &crate::config::Config) -> super::CmdResult {
         )));
     }
     if warnings.is_empty() {
-        println!("{}: ok", config.path.display());
+        outln!("{}: ok", config.path.display());
     } else {
-        println!(
+        outln!(
             "{}: ok, with {} warning(s)",
             config.path.display(),
             warnings.len()
         );
     }
-    println!("  app        {} from {}", app.name, app.repo);
+    outln!("  app        {} from {}", app.name, app.repo);
     match &runtime {
-        Ok(summary) | Err(summary) => println!("  runtime    {summary}"),
+        Ok(summary) | Err(summary) => outln!("  runtime    {summary}"),
     }
     if !app.start.is_empty() {
-        println!("  start      {}", app.start);
+        outln!("  start      {}", app.start);
     }
-    println!(
+    outln!(
         "  build      {} command(s), test {} command(s), timeout {}",
         app.build.len(),
         app.test.len(),
         format_duration(app.command_timeout)
     );
-    println!(
+    outln!(
         "  shared     {}",
         if app.shared.is_empty() {
             "-".to_string()
@@ -173,13 +173,13 @@ fn check_app(config: &crate::config::Config) -> super::CmdResult {
             app.shared.join(", ")
         }
     );
-    println!("  releases   keep {}", app.keep_releases);
-    println!(
+    outln!("  releases   keep {}", app.keep_releases);
+    outln!(
         "  backups    keep those of the last {} deploys",
         app.keep_backups
     );
     let h = &config.health;
-    println!(
+    outln!(
         "  health     {} -> {} every {} (timeout {}, {} tries, first after {})",
         h.paths.join(", "),
         h.expect_status,
@@ -189,7 +189,7 @@ fn check_app(config: &crate::config::Config) -> super::CmdResult {
         format_duration(h.startup_delay)
     );
     match &config.monitor {
-        Some(m) => println!(
+        Some(m) => outln!(
             "  monitor    {} every {} for {} (rolls back on {} failures in a row, success < {:.0}%, > {}, > {} error lines in {})",
             h.paths.join(", "),
             format_duration(m.interval),
@@ -200,19 +200,19 @@ fn check_app(config: &crate::config::Config) -> super::CmdResult {
             m.max_error_lines,
             format_duration(m.error_window)
         ),
-        None => println!("  monitor    off (no [monitor] table)"),
+        None => outln!("  monitor    off (no [monitor] table)"),
     }
-    println!("  state dir  {}", config.state_dir.display());
-    println!("  api        http://{}", config.server.listen);
+    outln!("  state dir  {}", config.state_dir.display());
+    outln!("  api        http://{}", config.server.listen);
     if let Some(http) = config.server.http {
-        println!("  http       {http} (front door)");
+        outln!("  http       {http} (front door)");
     }
     if let Some(https) = config.server.https {
-        println!("  https      {https} (front door)");
+        outln!("  https      {https} (front door)");
     }
     for c in &certs {
         if let Ok(info) = &c.result {
-            println!(
+            outln!(
                 "  tls        {:<14} {} (issuer {}, expires {})",
                 c.env,
                 c.cert.display(),
@@ -240,7 +240,7 @@ fn check_app(config: &crate::config::Config) -> super::CmdResult {
                 "pushes of any repository".to_string()
             }
         };
-        println!("  webhooks   {}; {from}", hooks.join(", "));
+        outln!("  webhooks   {}; {from}", hooks.join(", "));
     }
     for n in &config.notify {
         let format = match n.format {
@@ -248,14 +248,14 @@ fn check_app(config: &crate::config::Config) -> super::CmdResult {
             crate::config::NotifyFormat::Slack => "slack",
         };
         let host = n.url.split('/').nth(2).unwrap_or("?");
-        println!("  notify     {host} ({format}): {}", n.on.join(", "));
+        outln!("  notify     {host} ({format}): {}", n.on.join(", "));
     }
     if let Some(a) = &config.acme {
         let ca =
             a.ca.as_ref()
                 .map(|c| format!(" (trusting {})", c.display()))
                 .unwrap_or_default();
-        println!(
+        outln!(
             "  acme       {} at {}{ca}; renewed {} before expiry, checked every {}",
             a.email,
             a.directory,
@@ -304,7 +304,7 @@ fn check_app(config: &crate::config::Config) -> super::CmdResult {
         } else {
             format!("; {}", rules.join("; "))
         };
-        println!(
+        outln!(
             "  env        {:<14} {:<28} {track}{rules}",
             env.name,
             env.urls(&config.server).join(" ")

@@ -186,7 +186,7 @@ pub async fn run(args: &Demo) -> CmdResult {
         std::os::unix::fs::PermissionsExt::from_mode(0o711),
     )
     .map_err(fail("opening the temp folder to the demo's app user"))?;
-    println!("ferry demo in {}", dir.path().display());
+    outln!("ferry demo in {}", dir.path().display());
     let repo = sample_repo(dir.path())?;
     let config_path = write_config(dir.path(), &repo)?;
     let config = Config::load(&config_path)?;
@@ -206,29 +206,27 @@ pub async fn run(args: &Demo) -> CmdResult {
     let api = format!("http://{}", daemon.api_addr);
     let token = crate::auth::cli_token(Some(&daemon.engines()[0].config.server_dir));
     let client = ApiClient::new(&api, &config_path, token);
-    println!("daemon: API on {api}, staging on {staging}");
-    println!("dashboard: open {api}/ in a browser\n");
+    outln!("daemon: API on {api}, staging on {staging}");
+    outln!("dashboard: open {api}/ in a browser\n");
 
     let result = walkthrough(&client, &staging).await;
     if result.is_ok() {
         let c = config_path.display();
-        println!("\nTry next (the daemon keeps running):");
-        println!(
-            "  open {api}/ (the dashboard; sign in with: ferry token create --name you -c {c})"
-        );
-        println!("  curl {staging}/");
-        println!("  ferry status -c {c}");
-        println!("  ferry history staging -c {c}");
-        println!("  ferry show 3 -c {c}");
-        println!("  ferry logs staging -n 20 -c {c}");
-        println!("  ferry deploy staging v1.0.0 -c {c}     # back to v1.0.0, already built");
-        println!("  ferry deploy production v1.1.0 -c {c}");
+        outln!("\nTry next (the daemon keeps running):");
+        outln!("  open {api}/ (the dashboard; sign in with: ferry token create --name you -c {c})");
+        outln!("  curl {staging}/");
+        outln!("  ferry status -c {c}");
+        outln!("  ferry history staging -c {c}");
+        outln!("  ferry show 3 -c {c}");
+        outln!("  ferry logs staging -n 20 -c {c}");
+        outln!("  ferry deploy staging v1.0.0 -c {c}     # back to v1.0.0, already built");
+        outln!("  ferry deploy production v1.1.0 -c {c}");
         if !args.no_wait {
-            println!("\nPress Ctrl-C to stop.");
+            outln!("\nPress Ctrl-C to stop.");
             super::wait_for_stop().await;
         }
     }
-    println!("stopping the demo");
+    outln!("stopping the demo");
     // the demo's apps live in its temp dir: they go with it
     daemon.stop(true).await;
     result
@@ -239,7 +237,7 @@ async fn walkthrough(client: &ApiClient, staging: &str) -> CmdResult {
     let total = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     for (tag, should_succeed) in [("v1.0.0", true), ("v1.1.0", true), ("v1.2.0", false)] {
-        println!("$ ferry deploy staging {tag}");
+        outln!("$ ferry deploy staging {tag}");
         let d = deploy::deploy(client, "staging", tag, true).await?;
         let ok = d.state == crate::store::DeploymentState::Succeeded;
         if ok != should_succeed {
@@ -250,7 +248,7 @@ async fn walkthrough(client: &ApiClient, staging: &str) -> CmdResult {
                 d.state.as_str()
             )));
         }
-        println!("staging answers: {}\n", answer(staging).await);
+        outln!("staging answers: {}\n", answer(staging).await);
         if tag == "v1.0.0" {
             // from here on, a client keeps calling staging through every switch
             request_loop(
@@ -263,7 +261,7 @@ async fn walkthrough(client: &ApiClient, staging: &str) -> CmdResult {
     }
     stop.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    println!(
+    outln!(
         "v1.2.0 was refused by its health check; v1.1.0 kept serving.\n\
          A client sent {} requests to staging during the last two deploys: {} failed.",
         total.load(Ordering::Relaxed),

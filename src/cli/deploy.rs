@@ -51,12 +51,12 @@ pub async fn finish(
 ) -> CmdResult {
     if no_wait {
         if json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&created).unwrap_or_default()
             );
         } else {
-            println!(
+            outln!(
                 "deployment #{}: {} to {} is {} (follow it with `ferry show {}`)",
                 created.id,
                 created.git_ref,
@@ -68,7 +68,7 @@ pub async fn finish(
         return Ok(());
     }
     if !json {
-        println!(
+        outln!(
             "deployment #{}: {} {} to {}",
             created.id,
             if created.kind == "rollback" {
@@ -83,7 +83,7 @@ pub async fn finish(
     let d = follow(client, created.id, !json).await?;
     if json {
         let detail: DeploymentDetail = client.get(&format!("/api/deployments/{}", d.id)).await?;
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&detail).unwrap_or_default()
         );
@@ -110,7 +110,7 @@ pub async fn deploy(
     };
     let created = create(client, "/api/deployments", &request).await?;
     if live {
-        println!("deployment #{}: {} to {}", created.id, git_ref, env);
+        outln!("deployment #{}: {} to {}", created.id, git_ref, env);
     }
     follow(client, created.id, live).await
 }
@@ -146,16 +146,16 @@ pub async fn follow(client: &ApiClient, id: i64, live: bool) -> Result<Deploymen
         if live && detail.deployment.state == DeploymentState::AwaitingApproval && !said_waiting {
             said_waiting = true;
             if tty {
-                print!("\r\x1b[2K");
+                out!("\r\x1b[2K");
             }
-            println!(
+            outln!(
                 "  waiting for approval: someone runs `ferry approve {id}` (Ctrl-C stops following; the deployment keeps waiting)"
             );
         }
         if live {
             let clear = || {
                 if tty {
-                    print!("\r\x1b[2K");
+                    out!("\r\x1b[2K");
                 }
             };
             for step in detail.steps.iter().skip(printed) {
@@ -165,7 +165,7 @@ pub async fn follow(client: &ApiClient, id: i64, live: bool) -> Result<Deploymen
                     if !said_monitoring {
                         said_monitoring = true;
                         clear();
-                        println!(
+                        outln!(
                             "  monitoring: Ctrl-C stops following, not the deployment (`ferry show {id}` later)"
                         );
                     }
@@ -176,7 +176,7 @@ pub async fn follow(client: &ApiClient, id: i64, live: bool) -> Result<Deploymen
                     };
                     for line in lines.iter().take(upto).skip(progress_lines) {
                         clear();
-                        println!("    {line}");
+                        outln!("    {line}");
                         progress_lines += 1;
                     }
                 }
@@ -192,7 +192,7 @@ pub async fn follow(client: &ApiClient, id: i64, live: bool) -> Result<Deploymen
                 const SPIN: [&str; 4] = ["|", "/", "-", "\\"];
                 frame += 1;
                 let last = step.output.lines().last().unwrap_or("");
-                print!(
+                out!(
                     "\r\x1b[2K  {} {:<8} {}  {}",
                     SPIN[frame % SPIN.len()],
                     step.name,
@@ -206,7 +206,7 @@ pub async fn follow(client: &ApiClient, id: i64, live: bool) -> Result<Deploymen
         if d.state.is_final() {
             if live {
                 if tty {
-                    print!("\r\x1b[2K");
+                    out!("\r\x1b[2K");
                 }
                 print_outcome(client, &d, &detail.steps, started.elapsed());
             }
@@ -230,7 +230,7 @@ fn print_step(step: &Step) {
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("");
-    println!(
+    outln!(
         "  {mark} {:<8} {:>7}  {}",
         step.name,
         seconds(elapsed(&step.started_at, step.finished_at.as_deref())),
@@ -242,14 +242,14 @@ fn print_outcome(client: &ApiClient, d: &Deployment, steps: &[Step], took: Durat
     let version = d.version.as_deref().unwrap_or(&d.git_ref);
     let short = d.commit_sha.as_deref().map_or("", |s| &s[..7.min(s.len())]);
     match d.state {
-        DeploymentState::Succeeded if d.kind == "rollback" => println!(
+        DeploymentState::Succeeded if d.kind == "rollback" => outln!(
             "rolled back {} to {} (deployment #{}, {})",
             d.environment,
             d.release.as_deref().unwrap_or(version),
             d.id,
             seconds(took)
         ),
-        DeploymentState::Succeeded => println!(
+        DeploymentState::Succeeded => outln!(
             "{version} ({short}) is live on {} (deployment #{}, {})",
             d.environment,
             d.id,
@@ -261,19 +261,19 @@ fn print_outcome(client: &ApiClient, d: &Deployment, steps: &[Step], took: Durat
                 let tail = &lines[lines.len().saturating_sub(20)..];
                 let reason = d.reason.as_deref().unwrap_or("");
                 if tail.len() > 1 || tail.first().is_some_and(|l| !reason.ends_with(l)) {
-                    println!("  output of {}:", step.name);
+                    outln!("  output of {}:", step.name);
                     for line in tail {
-                        println!("    | {line}");
+                        outln!("    | {line}");
                     }
                 }
                 if let Some(app) = &step.app_output {
-                    println!("  the app's last lines:");
+                    outln!("  the app's last lines:");
                     for line in app.lines() {
-                        println!("    > {line}");
+                        outln!("    > {line}");
                     }
                 }
             }
-            println!(
+            outln!(
                 "{}: {} (deployment #{}; details: ferry show {}{})",
                 state.as_str(),
                 d.reason.as_deref().unwrap_or("no reason recorded"),

@@ -57,7 +57,7 @@ pub fn run(cli: &Cli, args: &Init) -> CmdResult {
         Some(b) => format!("staging tracks {b}, the current branch"),
         None => "staging tracks main (no git branch found here; change track if needed)".into(),
     };
-    println!(
+    outln!(
         "wrote {}: {tracked}; edit [app] name, repo and start, then run `ferry check{}`",
         path.display(),
         cli.config_flag()

@@ -159,23 +159,23 @@ pub fn run(cli: &Cli, args: &Install) -> CmdResult {
     for (name, text) in &units {
         let path = args.dir.join(name);
         if std::fs::read_to_string(&path).is_ok_and(|old| old == *text) {
-            println!("unchanged {}", path.display());
+            outln!("unchanged {}", path.display());
             continue;
         }
         std::fs::write(&path, text)
             .map_err(|e| Failure::Failed(format!("error: cannot write {}: {e}", path.display())))?;
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display());
     }
     let sockets: Vec<&str> = units
         .iter()
         .map(|(n, _)| n.as_str())
         .filter(|n| n.ends_with(".socket"))
         .collect();
-    println!(
+    outln!(
         "\nthen: systemctl daemon-reload && systemctl enable --now {} ferry.service",
         sockets.join(" ")
     );
-    println!(
+    outln!(
         "upgrade in place: install the new ferry over {}, then systemctl reload ferry",
         binary.display()
     );

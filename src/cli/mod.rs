@@ -3,11 +3,28 @@
 //! Exit status: 0 success, 1 the operation failed or was refused (or the daemon is not
 //! running), 2 usage or config error.
 
+// Everything the CLI prints goes through `out!`/`outln!` (println! is refused here by
+// clippy.toml): a reader that goes away (`ferry history --json | head -n 1`) ends the
+// command quietly, with success, instead of a "Broken pipe" panic.
+#![deny(clippy::disallowed_macros)]
+
+/// `print!` to stdout through [`terminal::out`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::terminal::out(format_args!($($arg)*)) };
+}
+
+/// `println!` to stdout through [`terminal::out`].
+macro_rules! outln {
+    () => { $crate::cli::terminal::out(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::terminal::out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 mod check;
 mod client;
 pub mod confine;
 mod demo;
 mod deploy;
+mod docs;
 mod init;
 mod install;
 mod logs;
@@ -15,6 +32,7 @@ mod release;
 mod safety;
 mod serve;
 mod show;
+mod table;
 mod terminal;
 mod token;
 mod upgrade;
@@ -108,6 +126,10 @@ pub enum Command {
     Token(token::TokenArgs),
     /// Try ferry on a sample app: deploys, a zero-downtime switch and a refused broken release.
     Demo(demo::Demo),
+    /// Print a shell completion script: `ferry completions bash > /etc/bash_completion.d/ferry`.
+    Completions(docs::Completions),
+    /// Print the man page (`ferry man | man -l -`), or write every page with --dir.
+    Man(docs::Man),
     /// The sample app the demo deploys (serves $PORT).
     #[command(hide = true)]
     SampleApp,
@@ -134,9 +156,18 @@ const SHARED_HELP: &[(&str, &str)] = &[
 /// Subcommands that never talk to the daemon (`--server` does not apply), and those that
 /// read no config either (`--config` does not apply).
 const LOCAL_ONLY: &[&str] = &[
-    "init", "check", "serve", "upgrade", "install", "token", "release", "demo",
+    "init",
+    "check",
+    "serve",
+    "upgrade",
+    "install",
+    "token",
+    "release",
+    "demo",
+    "completions",
+    "man",
 ];
-const NO_CONFIG: &[&str] = &["release", "demo"];
+const NO_CONFIG: &[&str] = &["release", "demo", "completions", "man"];
 
 /// The command line as `ferry` parses it: every argument with help text, and each
 /// subcommand's help listing only the global options that apply to it.
@@ -234,6 +265,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Token(args) => token::run(&cli, args),
         Command::Release(args) => release::run(args),
         Command::Demo(args) => demo::run(args).await,
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
         Command::Confine(args) => {
             // main.rs runs it before any thread starts; here only if called as a library
             return confine::run(args);

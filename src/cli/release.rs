@@ -162,8 +162,8 @@ pub fn run(args: &Release) -> CmdResult {
     let date = chrono::Local::now().format("%Y-%m-%d").to_string();
     let section = changelog::section(&version.to_string(), &date, &commits);
     if args.dry_run {
-        print!("{section}");
-        println!("\n(dry run: would commit CHANGELOG.md and tag {tag})");
+        out!("{section}");
+        outln!("\n(dry run: would commit CHANGELOG.md and tag {tag})");
         return Ok(());
     }
 
@@ -199,8 +199,8 @@ pub fn run(args: &Release) -> CmdResult {
             section.trim_end(),
         ],
     )?;
-    print!("{section}");
-    println!(
+    out!("{section}");
+    outln!(
         "\ncommitted CHANGELOG.md and tagged {tag} ({} commit(s) since {})",
         commits.len(),
         last.map_or("the start".to_string(), |(t, _)| t)
@@ -216,9 +216,9 @@ pub fn run(args: &Release) -> CmdResult {
                 &format!("refs/tags/{tag}"),
             ],
         )?;
-        println!("pushed {branch} and {tag} to {}", args.remote);
+        outln!("pushed {branch} and {tag} to {}", args.remote);
     } else {
-        println!("push with: git push {} HEAD {tag}", args.remote);
+        outln!("push with: git push {} HEAD {tag}", args.remote);
     }
     Ok(())
 }

@@ -48,9 +48,9 @@ pub struct Rollback {
     /// naming one release (default: the previous good release).
     #[arg(long)]
     pub to: Option<String>,
-    /// Why; recorded with the rollback.
+    /// Why; recorded with the rollback (asked for on a terminal when left out).
     #[arg(long)]
-    pub reason: String,
+    pub reason: Option<String>,
     /// Also put back the data backed up before the deploy being undone (the app is stopped
     /// while it is restored; the current data is kept aside).
     #[arg(long)]
@@ -71,6 +71,23 @@ pub async fn rollback(cli: &Cli, args: &Rollback) -> CmdResult {
             "ferry rollback asks for the environment's confirmation word typed, and there is no terminal to ask on: pass --yes to roll back without asking".into(),
         ));
     }
+    let reason = match &args.reason {
+        Some(reason) => reason.clone(),
+        None if std::io::stdin().is_terminal() => {
+            let reason = ask("Why roll back? (recorded with the rollback): ").await?;
+            if reason.trim().is_empty() {
+                return Err(Failure::Failed(
+                    "no reason given: nothing rolled back".into(),
+                ));
+            }
+            reason.trim().to_string()
+        }
+        None => {
+            return Err(Failure::Usage(
+                "ferry rollback needs --reason \"…\" (it is recorded): there is no terminal to ask for one on".into(),
+            ));
+        }
+    };
     let client = cli.client()?;
     let env = segment(&args.environment)?;
     if !args.yes {
@@ -86,12 +103,25 @@ pub async fn rollback(cli: &Cli, args: &Rollback) -> CmdResult {
     }
     let body = RollbackRequest {
         to: args.to.clone(),
-        reason: args.reason.clone(),
+        reason,
         restore_data: args.restore_data,
     };
     let path = format!("/api/environments/{env}/rollback");
     let created = create(&client, &path, &body).await?;
     finish(&client, created, args.no_wait, args.json).await
+}
+
+/// Asks `question` on stderr and reads one line of the terminal.
+async fn ask(question: &str) -> Result<String, Failure> {
+    eprint!("{question}");
+    let _ = std::io::Write::flush(&mut std::io::stderr());
+    tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await
+    .map_err(|e| Failure::Failed(e.to_string()))?
+    .map_err(|e| Failure::Failed(format!("cannot read the answer: {e}")))
 }
 
 /// Shows what the rollback will do and asks for the confirmation word typed on the terminal.
@@ -125,15 +155,7 @@ async fn confirm_rollback(p: &RollbackPreview) -> CmdResult {
         "Type {} to roll back (anything else cancels): ",
         p.confirm
     ));
-    eprint!("{text}");
-    let _ = std::io::Write::flush(&mut std::io::stderr());
-    let typed = tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).map(|_| line)
-    })
-    .await
-    .map_err(|e| Failure::Failed(e.to_string()))?
-    .map_err(|e| Failure::Failed(format!("cannot read the confirmation: {e}")))?;
+    let typed = ask(&text).await?;
     if typed.trim() == p.confirm {
         Ok(())
     } else {
@@ -156,9 +178,11 @@ pub async fn approve(cli: &Cli, args: &Approve) -> CmdResult {
         .post(&format!("/api/deployments/{}/approve", args.id), &())
         .await
         .map_err(conflict)?;
-    println!(
+    outln!(
         "approved deployment #{} ({} to {}); it goes on now",
-        d.id, d.git_ref, d.environment
+        d.id,
+        d.git_ref,
+        d.environment
     );
     Ok(())
 }
@@ -180,9 +204,9 @@ pub async fn verify(cli: &Cli, args: &Verify) -> CmdResult {
     let path = format!("/api/environments/{}/verify", segment(&args.environment)?);
     let v: Verification = client.post(&path, &body).await.map_err(conflict)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        println!(
+        outln!(
             "verified {} ({}) on {} as {}; it can be promoted with `ferry promote {}`",
             v.version,
             &v.commit_sha[..7.min(v.commit_sha.len())],
@@ -220,7 +244,7 @@ pub async fn check_report(cli: &Cli, args: &CheckReportArgs) -> CmdResult {
     let c: Check = client
         .post(&format!("/api/commits/{sha}/checks"), &body)
         .await?;
-    println!(
+    outln!(
         "recorded check \"{}\" = {} for {}",
         c.name,
         c.status,
@@ -249,9 +273,12 @@ pub async fn lock(cli: &Cli, args: &Lock) -> CmdResult {
         )
         .await
         .map_err(conflict)?;
-    println!(
+    outln!(
         "{} is locked by {} since {}: deploys are refused until `ferry unlock {}`",
-        args.environment, h.holder, h.since, args.environment
+        args.environment,
+        h.holder,
+        h.since,
+        args.environment
     );
     Ok(())
 }
@@ -265,7 +292,7 @@ pub async fn unlock(cli: &Cli, args: &Unlock) -> CmdResult {
     let client = cli.client()?;
     let path = format!("/api/environments/{}/lock", segment(&args.environment)?);
     let _: serde_json::Value = client.delete(&path).await.map_err(conflict)?;
-    println!("{} is unlocked", args.environment);
+    outln!("{} is unlocked", args.environment);
     Ok(())
 }
 
@@ -302,12 +329,12 @@ pub async fn maintenance(cli: &Cli, args: &Maintenance) -> CmdResult {
         )
         .await?;
     if on {
-        println!(
+        outln!(
             "{} answers 503 with a maintenance page now; deploys still run and are health-checked",
             args.environment
         );
     } else {
-        println!("{} serves its app again", args.environment);
+        outln!("{} serves its app again", args.environment);
     }
     Ok(())
 }
@@ -344,7 +371,7 @@ pub async fn accessories(cli: &Cli, args: &Accessories) -> CmdResult {
         segment(&args.environment)?
     );
     let answer: serde_json::Value = client.post(&path, &serde_json::json!({})).await?;
-    print!("{}", answer["output"].as_str().unwrap_or_default());
+    out!("{}", answer["output"].as_str().unwrap_or_default());
     Ok(())
 }
 
@@ -382,25 +409,25 @@ pub async fn plan(cli: &Cli, args: &PlanArgs) -> CmdResult {
     }
     let plan: Plan = client.get(&path).await?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&plan).unwrap_or_default()
         );
     } else {
-        println!(
+        outln!(
             "plan: {} ({}) to {}",
             plan.version,
             &plan.commit_sha[..7],
             plan.environment
         );
         if let Some(at) = &plan.mirror_fetched_at {
-            println!("  resolved in ferry's mirror of the repository as fetched at {at}");
+            outln!("  resolved in ferry's mirror of the repository as fetched at {at}");
         }
         if let Some(why) = &fetched {
             let why = why.lines().next().unwrap_or("");
-            println!("  (not fetched now: {why})");
+            outln!("  (not fetched now: {why})");
         }
-        println!("gates:");
+        outln!("gates:");
         for g in &plan.gates {
             let mark = match g.verdict {
                 Verdict::Pass => "✓",
@@ -408,16 +435,16 @@ pub async fn plan(cli: &Cli, args: &PlanArgs) -> CmdResult {
                 Verdict::Wait => "…",
                 Verdict::Note => "·",
             };
-            println!("  {mark} {:<9} {}", g.name, g.detail);
+            outln!("  {mark} {:<9} {}", g.name, g.detail);
         }
-        println!("steps:");
+        outln!("steps:");
         for s in &plan.steps {
-            println!("    {:<9} {}", s.name, s.detail);
+            outln!("    {:<9} {}", s.name, s.detail);
         }
         if plan.allowed {
-            println!("a deploy would go ahead (nothing was changed)");
+            outln!("a deploy would go ahead (nothing was changed)");
         } else {
-            println!("a deploy would be refused (nothing was changed)");
+            outln!("a deploy would be refused (nothing was changed)");
         }
     }
     if plan.allowed {

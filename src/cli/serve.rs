@@ -48,9 +48,9 @@ pub async fn run(cli: &Cli, args: &Serve) -> CmdResult {
     let daemon = Daemon::start(config, opts)
         .await
         .map_err(|e| Failure::Failed(format!("error: {e}")))?;
-    println!("ferry serving {names}: API on http://{}", daemon.api_addr);
+    outln!("ferry serving {names}: API on http://{}", daemon.api_addr);
     for env in envs {
-        println!("  {env}");
+        outln!("  {env}");
     }
     // under systemd (Type=notify): this process is the service's main one from now on
     crate::daemon::notify_systemd(&format!("READY=1\nMAINPID={}", std::process::id()));
@@ -58,13 +58,13 @@ pub async fn run(cli: &Cli, args: &Serve) -> CmdResult {
         () = wait_for_stop() => {
             crate::daemon::notify_systemd("STOPPING=1");
             if stop_apps {
-                println!("stopping: draining requests and stopping instances");
+                outln!("stopping: draining requests and stopping instances");
             } else {
-                println!("stopping: draining requests; the apps keep running for the next serve");
+                outln!("stopping: draining requests; the apps keep running for the next serve");
             }
         }
         () = daemon.handed_over() => {
-            println!("a new serve took over: draining requests; the apps keep running");
+            outln!("a new serve took over: draining requests; the apps keep running");
         }
     }
     daemon.stop(stop_apps).await;

@@ -2,6 +2,7 @@
 //! in local time with their UTC offset.
 
 use super::deploy::{elapsed, seconds};
+use super::table::Table;
 use super::{Cli, CmdResult};
 use crate::pipeline::EnvStatus;
 use crate::server::DeploymentDetail;
@@ -36,7 +37,7 @@ pub struct Show {
 }
 
 fn json(value: &impl serde::Serialize) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
@@ -85,9 +86,9 @@ pub async fn status(cli: &Cli, args: &Status) -> CmdResult {
             continue;
         }
         if i > 0 {
-            println!();
+            outln!();
         }
-        println!("app {app}");
+        outln!("app {app}");
         print_statuses(all);
     }
     if args.json {
@@ -98,10 +99,18 @@ pub async fn status(cli: &Cli, args: &Status) -> CmdResult {
 
 /// The table `ferry status` prints for one app's environments.
 fn print_statuses(all: Vec<EnvStatus>) {
-    println!(
-        "{:<14} {:<12} {:<8} {:<38} {:<10} URL",
-        "ENVIRONMENT", "VERSION", "COMMIT", "DEPLOYED", "HEALTH"
-    );
+    out!("{}", status_table(all).render());
+}
+
+fn status_table(all: Vec<EnvStatus>) -> Table {
+    let mut table = Table::new(&[
+        "ENVIRONMENT",
+        "VERSION",
+        "COMMIT",
+        "DEPLOYED",
+        "HEALTH",
+        "URL",
+    ]);
     for s in all {
         let health = match (s.health.as_str(), s.response_ms) {
             ("healthy", Some(ms)) => format!("healthy {ms}ms"),
@@ -118,42 +127,38 @@ fn print_statuses(all: Vec<EnvStatus>) {
                 )
             })
             .unwrap_or_else(|| "-".into());
-        println!(
-            "{:<14} {:<12} {:<8} {:<38} {:<10} {}",
-            s.environment,
-            s.version.as_deref().unwrap_or("-"),
-            short(s.commit_sha.as_deref()),
+        table.row(vec![
+            s.environment.clone(),
+            s.version.clone().unwrap_or_else(|| "-".into()),
+            short(s.commit_sha.as_deref()).to_string(),
             deployed,
             health,
-            s.urls.join(" ")
-        );
+            s.urls.join(" "),
+        ]);
         match s.deploying {
-            Some(lock) if lock.kind == "manual" => println!(
-                "{:<14} locked by {} since {}: {}",
-                "",
+            Some(lock) if lock.kind == "manual" => table.note(format!(
+                "locked by {} since {}: {}",
                 lock.holder,
                 local(&lock.since),
                 lock.reason.as_deref().unwrap_or("")
-            ),
-            Some(lock) => println!(
-                "{:<14} deploying: {} since {}",
-                "",
+            )),
+            Some(lock) => table.note(format!(
+                "deploying: {} since {}",
                 lock.holder,
                 local(&lock.since)
-            ),
+            )),
             None => {}
         }
         if let Some(message) = &s.maintenance {
-            println!("{:<14} maintenance: {message}", "");
+            table.note(format!("maintenance: {message}"));
         }
         if let Some(c) = &s.certificate {
             match (&c.issuer, c.not_after) {
-                (Some(issuer), Some(until)) => println!(
-                    "{:<14} certificate: {issuer}, expires {}",
-                    "",
+                (Some(issuer), Some(until)) => table.note(format!(
+                    "certificate: {issuer}, expires {}",
                     until.format("%Y-%m-%d")
-                ),
-                _ => println!("{:<14} certificate: none yet", ""),
+                )),
+                _ => table.note("certificate: none yet".into()),
             }
             if let Some(error) = &c.error {
                 // ACME tries again on its own
@@ -161,10 +166,11 @@ fn print_statuses(all: Vec<EnvStatus>) {
                     .next_attempt
                     .map(|t| format!(" (next attempt {})", t.format("%Y-%m-%d %H:%M:%S UTC")))
                     .unwrap_or_default();
-                println!("{:<14} certificate error: {error}{next}", "");
+                table.note(format!("certificate error: {error}{next}"));
             }
         }
     }
+    table
 }
 
 pub async fn history(cli: &Cli, args: &History) -> CmdResult {
@@ -177,27 +183,34 @@ pub async fn history(cli: &Cli, args: &History) -> CmdResult {
         json(&list);
         return Ok(());
     }
-    println!(
-        "{:<5} {:<14} {:<12} {:<9} {:<20} {:<10} {:<26} REASON",
-        "ID", "ENVIRONMENT", "STATE", "KIND", "RELEASE", "BY", "CREATED"
-    );
+    let mut table = Table::new(&[
+        "ID",
+        "ENVIRONMENT",
+        "STATE",
+        "KIND",
+        "RELEASE",
+        "BY",
+        "CREATED",
+        "REASON",
+    ]);
     for d in list {
         // a release is named `<version>-<sha7>`, as `ferry rollback --to` takes it
-        println!(
-            "{:<5} {:<14} {:<12} {:<9} {:<20} {:<10} {:<26} {}",
-            d.id,
-            d.environment,
-            d.state.as_str(),
-            d.kind,
+        table.row(vec![
+            d.id.to_string(),
+            d.environment.clone(),
+            d.state.as_str().to_string(),
+            d.kind.clone(),
             d.release
                 .as_deref()
                 .or(d.version.as_deref())
-                .unwrap_or(&d.git_ref),
-            d.by(),
+                .unwrap_or(&d.git_ref)
+                .to_string(),
+            d.by().to_string(),
             local(&d.created_at),
-            d.reason.as_deref().unwrap_or("")
-        );
+            d.reason.clone().unwrap_or_default(),
+        ]);
     }
+    out!("{}", table.render());
     Ok(())
 }
 
@@ -211,40 +224,40 @@ pub async fn show(cli: &Cli, args: &Show) -> CmdResult {
         return Ok(());
     }
     let d = &detail.deployment;
-    println!(
+    outln!(
         "deployment #{} to {}: {}",
         d.id,
         d.environment,
         d.state.as_str()
     );
-    println!("  ref       {}", d.git_ref);
-    println!("  commit    {}", d.commit_sha.as_deref().unwrap_or("-"));
-    println!("  release   {}", d.release.as_deref().unwrap_or("-"));
-    println!("  digest    {}", d.digest.as_deref().unwrap_or("-"));
-    println!("  by        {} at {}", d.by(), local(&d.created_at));
+    outln!("  ref       {}", d.git_ref);
+    outln!("  commit    {}", d.commit_sha.as_deref().unwrap_or("-"));
+    outln!("  release   {}", d.release.as_deref().unwrap_or("-"));
+    outln!("  digest    {}", d.digest.as_deref().unwrap_or("-"));
+    outln!("  by        {} at {}", d.by(), local(&d.created_at));
     if let Some(end) = &d.finished_at {
-        println!("  finished  {}", local(end));
+        outln!("  finished  {}", local(end));
     }
     if let (Some(by), Some(at)) = (d.approved(), &d.approved_at) {
-        println!("  approved  {by} at {}", local(at));
+        outln!("  approved  {by} at {}", local(at));
     }
     if let Some(reason) = &d.reason {
-        println!("  reason    {reason}");
+        outln!("  reason    {reason}");
     }
     for step in &detail.steps {
-        println!(
+        outln!(
             "  [{}] {} ({})",
             step.state.as_str(),
             step.name,
             seconds(elapsed(&step.started_at, step.finished_at.as_deref()))
         );
         for line in step.output.lines() {
-            println!("      | {line}");
+            outln!("      | {line}");
         }
         if let Some(app) = &step.app_output {
-            println!("      the app's last lines:");
+            outln!("      the app's last lines:");
             for line in app.lines() {
-                println!("      > {line}");
+                outln!("      > {line}");
             }
         }
     }

@@ -112,6 +112,21 @@ pub fn clean_json(value: &mut serde_json::Value) {
     }
 }
 
+/// Writes `args` to stdout. A reader that went away (`ferry history --json | head -n 1`)
+/// ends ferry at once, quietly and with success, as a closed pipe ends `cat`; any other
+/// write error (a full disk behind `>`) is said on stderr, with exit status 1.
+pub fn out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

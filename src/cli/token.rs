@@ -109,15 +109,15 @@ pub fn run(cli: &Cli, args: &TokenArgs) -> CmdResult {
             if *json {
                 let mut v = serde_json::to_value(&token).unwrap_or_default();
                 v["token"] = secret.into();
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                println!(
+                outln!(
                     "token \"{}\" (scope {}); shown this once, keep it safe:\n",
                     token.name,
                     token.scope_list()
                 );
-                println!("{secret}\n");
-                println!(
+                outln!("{secret}\n");
+                outln!(
                     "the CLI takes it from FERRY_TOKEN; HTTP clients send Authorization: Bearer <token>"
                 );
             }
@@ -127,18 +127,21 @@ pub fn run(cli: &Cli, args: &TokenArgs) -> CmdResult {
                 .tokens()
                 .map_err(|e| Failure::Failed(format!("error: {e}")))?;
             if *json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&tokens).unwrap_or_default()
                 );
                 return Ok(());
             }
-            println!(
+            outln!(
                 "{:<20} {:<22} {:<25} {:<25} STATE",
-                "NAME", "SCOPE", "CREATED", "LAST USED"
+                "NAME",
+                "SCOPE",
+                "CREATED",
+                "LAST USED"
             );
             for t in tokens {
-                println!(
+                outln!(
                     "{:<20} {:<22} {:<25} {:<25} {}",
                     t.name,
                     t.scope_list(),
@@ -152,7 +155,7 @@ pub fn run(cli: &Cli, args: &TokenArgs) -> CmdResult {
         }
         TokenCommand::Revoke { name } => {
             auth::revoke(&store, name).map_err(failed)?;
-            println!("token \"{name}\" revoked");
+            outln!("token \"{name}\" revoked");
         }
     }
     Ok(())

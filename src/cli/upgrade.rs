@@ -42,9 +42,9 @@ pub async fn run(cli: &Cli, args: &Upgrade) -> CmdResult {
         .map_err(lost)?;
     loop {
         match chan.recv().await.map_err(lost)? {
-            Message::Progress { message } => println!("{message}"),
+            Message::Progress { message } => outln!("{message}"),
             Message::Done { message } => {
-                println!("{message}");
+                outln!("{message}");
                 return Ok(());
             }
             Message::Refused { message } => {

@@ -134,6 +134,23 @@ impl From<StoreError> for EngineError {
     }
 }
 
+impl Engine {
+    /// `text` with every path inside the app's state dir written relative to it
+    /// (`environments/staging/releases/v1.2.0-1a2b3c4`): what a step records, so step
+    /// lines stay short wherever they are shown.
+    pub(super) fn shorten_paths(&self, text: &str) -> String {
+        shorten_paths(text, &self.config.state_dir)
+    }
+}
+
+fn shorten_paths(text: &str, state_dir: &std::path::Path) -> String {
+    let prefix = format!("{}/", state_dir.display());
+    if prefix.len() < 2 || !state_dir.is_absolute() {
+        return text.to_string();
+    }
+    text.replace(&prefix, "")
+}
+
 /// The path of `env`'s env file: relative paths are read from its shared dir.
 pub(crate) fn env_file_path(config: &Config, env: &Environment) -> Option<std::path::PathBuf> {
     let path = env.env_file.as_ref()?;
@@ -499,5 +516,27 @@ impl Engine {
             let _ = self.store.instance_stopped(*id);
         });
         futures_util::future::join_all(stops).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn step_paths_are_shown_relative_to_the_state_dir() {
+        let dir = std::path::Path::new("/var/lib/ferry/apps/shop");
+        assert_eq!(
+            super::shorten_paths(
+                "exported 1a2b into /var/lib/ferry/apps/shop/environments/staging/releases/v1-1a2b\n",
+                dir
+            ),
+            "exported 1a2b into environments/staging/releases/v1-1a2b\n"
+        );
+        // another dir, or the state dir's name alone, are left as they are
+        let other = "/var/lib/ferry/apps/shopping/x and /var/lib/ferry/apps/shop";
+        assert_eq!(super::shorten_paths(other, dir), other);
+        assert_eq!(
+            super::shorten_paths("a/b", std::path::Path::new("rel")),
+            "a/b"
+        );
     }
 }

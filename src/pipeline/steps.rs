@@ -157,6 +157,7 @@ impl Engine {
             Err(stop) if stop.output.is_empty() => (StepState::Failed, stop.message.clone()),
             Err(stop) => (StepState::Failed, stop.output.clone()),
         };
+        let output = self.shorten_paths(&output);
         let output = self.redactor.redact(&release::tail_text(output.as_bytes()));
         if let Err(stop) = &result
             && let Some(lines) = &stop.app_output
@@ -168,7 +169,8 @@ impl Engine {
             tracing::error!(id, step = name, error = %e, "cannot record step outcome");
         }
         result.map(|(v, _)| v).map_err(|mut stop| {
-            stop.message = self.redactor.redact(&format!("{name}: {}", stop.message));
+            let message = self.shorten_paths(&stop.message);
+            stop.message = self.redactor.redact(&format!("{name}: {message}"));
             stop
         })
     }
