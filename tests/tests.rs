@@ -592,6 +592,14 @@ fn demo_runs_its_walkthrough_without_a_failed_request() {
         "{out}"
     );
     assert!(out.contains(": 0 failed."), "{out}");
+    // the promotion gate: verified on staging, promoted with the same bytes, v1.2.0 refused
+    assert!(out.contains("verified v1.1.0"), "{out}");
+    assert!(out.contains("the same bytes, not rebuilt"), "{out}");
+    assert!(
+        out.contains("production answers: 200 hello again from v1.1.0"),
+        "{out}"
+    );
+    assert!(out.contains("refused: v1.2.0 is not verified"), "{out}");
 }
 
 #[test]

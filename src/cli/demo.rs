@@ -1,6 +1,8 @@
 //! `ferry demo`: a sample app repository, a config and a daemon in a temp folder; deploys
 //! v1.0.0 and v1.1.0 to staging under a request loop, shows a broken v1.2.0 refused by its
-//! health check while v1.1.0 keeps serving, then keeps running until Ctrl-C.
+//! health check while v1.1.0 keeps serving, then the promotion gate: v1.1.0 verified on
+//! staging and promoted to production (the same bytes), v1.2.0's promotion refused. It keeps
+//! running until Ctrl-C.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -125,6 +127,7 @@ env = {{ LOG_LEVEL = "debug" }}
 [environments.production]
 listen = "127.0.0.1:{production}"
 track = {{ tags = true }}
+requires = "staging"
 
 [server]
 listen = "127.0.0.1:{api}"
@@ -190,13 +193,16 @@ pub async fn run(args: &Demo) -> CmdResult {
     let repo = sample_repo(dir.path())?;
     let config_path = write_config(dir.path(), &repo)?;
     let config = Config::load(&config_path)?;
-    let staging = format!(
-        "http://{}",
-        config
-            .environment("staging")
-            .and_then(|e| e.listen)
-            .expect("staging listens in the demo config")
-    );
+    let url = |env: &str| {
+        format!(
+            "http://{}",
+            config
+                .environment(env)
+                .and_then(|e| e.listen)
+                .expect("the demo's environments listen on ports")
+        )
+    };
+    let (staging, production) = (url("staging"), url("production"));
     let daemon = Daemon::start(
         crate::config::ServerConfig::single(config),
         Default::default(),
@@ -209,18 +215,22 @@ pub async fn run(args: &Demo) -> CmdResult {
     outln!("daemon: API on {api}, staging on {staging}");
     outln!("dashboard: open {api}/ in a browser\n");
 
-    let result = walkthrough(&client, &staging).await;
+    let mut result = walkthrough(&client, &staging).await;
+    if result.is_ok() {
+        result = promotion(&client, &production).await;
+    }
     if result.is_ok() {
         let c = config_path.display();
         outln!("\nTry next (the daemon keeps running):");
-        outln!("  open {api}/ (the dashboard; sign in with: ferry token create --name you -c {c})");
+        outln!("  open {api}/ (the dashboard; sign in with: ferry token create you -c {c})");
         outln!("  curl {staging}/");
+        outln!("  curl {production}/");
         outln!("  ferry status -c {c}");
         outln!("  ferry history staging -c {c}");
-        outln!("  ferry show 3 -c {c}");
+        outln!("  ferry show 3 -c {c}     # the refused v1.2.0, with the app's last lines");
         outln!("  ferry logs staging -n 20 -c {c}");
         outln!("  ferry deploy staging v1.0.0 -c {c}     # back to v1.0.0, already built");
-        outln!("  ferry deploy production v1.1.0 -c {c}");
+        outln!("  ferry rollback staging --reason 'try it' -c {c}");
         if !args.no_wait {
             outln!("\nPress Ctrl-C to stop.");
             super::wait_for_stop().await;
@@ -266,6 +276,70 @@ async fn walkthrough(client: &ApiClient, staging: &str) -> CmdResult {
          A client sent {} requests to staging during the last two deploys: {} failed.",
         total.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// The promotion gate: production `requires = "staging"`, so a tag reaches it only once it
+/// was verified there, and it gets the very release staging ran.
+async fn promotion(client: &ApiClient, production: &str) -> CmdResult {
+    outln!("\nProduction takes only what was verified on staging.");
+    outln!("$ ferry verify staging");
+    let v: crate::store::Verification = client
+        .post(
+            "/api/environments/staging/verify",
+            &serde_json::json!({ "version": null }),
+        )
+        .await
+        .map_err(|e| Failure::Failed(format!("demo: verify: {e}")))?;
+    outln!(
+        "verified {} ({}) on staging\n",
+        v.version,
+        &v.commit_sha[..7.min(v.commit_sha.len())]
+    );
+    outln!("$ ferry promote {}", v.version);
+    let created = deploy::create(
+        client,
+        "/api/promote",
+        &serde_json::json!({ "tag": v.version }),
+    )
+    .await?;
+    let d = deploy::follow(client, created.id, true).await?;
+    if d.state != crate::store::DeploymentState::Succeeded {
+        return Err(Failure::Failed(format!(
+            "demo: promoting {} was expected to succeed but it {}",
+            v.version,
+            d.state.as_str()
+        )));
+    }
+    outln!("production answers: {}\n", answer(production).await);
+
+    outln!("$ ferry promote v1.2.0");
+    let refused = match deploy::create(
+        client,
+        "/api/promote",
+        &serde_json::json!({ "tag": "v1.2.0" }),
+    )
+    .await
+    {
+        Err(Failure::Failed(message)) => message,
+        Err(e) => return Err(e),
+        Ok(created) => {
+            let d = deploy::follow(client, created.id, true).await?;
+            if d.state != crate::store::DeploymentState::Refused {
+                return Err(Failure::Failed(format!(
+                    "demo: promoting v1.2.0 was expected to be refused but it {}",
+                    d.state.as_str()
+                )));
+            }
+            d.reason.unwrap_or_default()
+        }
+    };
+    outln!("{refused}");
+    outln!(
+        "v1.2.0 never passed staging, so production keeps {}: {}",
+        v.version,
+        answer(production).await
     );
     Ok(())
 }
