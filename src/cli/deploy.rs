@@ -193,7 +193,7 @@ pub async fn follow(client: &ApiClient, id: i64, live: bool) -> Result<Deploymen
                 frame += 1;
                 let last = step.output.lines().last().unwrap_or("");
                 out!(
-                    "\r\x1b[2K  {} {:<8} {}  {}",
+                    "\r\x1b[2K  {} {:<11} {}  {}",
                     SPIN[frame % SPIN.len()],
                     step.name,
                     seconds(elapsed(&step.started_at, None)),
@@ -231,7 +231,7 @@ fn print_step(step: &Step) {
         .find(|l| !l.trim().is_empty())
         .unwrap_or("");
     outln!(
-        "  {mark} {:<8} {:>7}  {}",
+        "  {mark} {:<11} {:>7}  {}",
         step.name,
         seconds(elapsed(&step.started_at, step.finished_at.as_deref())),
         summary
@@ -256,7 +256,12 @@ fn print_outcome(client: &ApiClient, d: &Deployment, steps: &[Step], took: Durat
             seconds(took)
         ),
         state => {
-            if let Some(step) = steps.iter().rev().find(|s| s.state == StepState::Failed) {
+            // what stopped it, not a hook that ran after (on_failure) and failed too
+            let cause = |s: &&Step| {
+                s.state == StepState::Failed
+                    && !crate::pipeline::OUTCOME_HOOKS.contains(&s.name.as_str())
+            };
+            if let Some(step) = steps.iter().rev().find(cause) {
                 let lines: Vec<&str> = step.output.lines().collect();
                 let tail = &lines[lines.len().saturating_sub(20)..];
                 let reason = d.reason.as_deref().unwrap_or("");

@@ -55,6 +55,10 @@ pub struct Rollback {
     /// while it is restored; the current data is kept aside).
     #[arg(long)]
     pub restore_data: bool,
+    /// Also run the release command (`[app] release`, e.g. migrations) in the release rolled
+    /// back to, before it starts (rollbacks skip it otherwise).
+    #[arg(long)]
+    pub run_release: bool,
     /// Roll back without asking for the typed confirmation (needed without a terminal).
     #[arg(short = 'y', long)]
     pub yes: bool,
@@ -99,12 +103,13 @@ pub async fn rollback(cli: &Cli, args: &Rollback) -> CmdResult {
             path.push_str(&format!("&to={}", query(to)));
         }
         let preview: RollbackPreview = client.get(&path).await.map_err(conflict)?;
-        confirm_rollback(&preview).await?;
+        confirm_rollback(&preview, args.run_release).await?;
     }
     let body = RollbackRequest {
         to: args.to.clone(),
         reason,
         restore_data: args.restore_data,
+        run_release: args.run_release,
     };
     let path = format!("/api/environments/{env}/rollback");
     let created = create(&client, &path, &body).await?;
@@ -125,7 +130,7 @@ async fn ask(question: &str) -> Result<String, Failure> {
 }
 
 /// Shows what the rollback will do and asks for the confirmation word typed on the terminal.
-async fn confirm_rollback(p: &RollbackPreview) -> CmdResult {
+async fn confirm_rollback(p: &RollbackPreview, run_release: bool) -> CmdResult {
     let release = |r: &ReleaseRef| {
         format!(
             "{} (commit {})",
@@ -150,6 +155,9 @@ async fn confirm_rollback(p: &RollbackPreview) -> CmdResult {
         ));
     } else {
         text.push_str("  data  left as it is (no --restore-data)\n");
+    }
+    if run_release {
+        text.push_str("  release command  runs in it before it starts (--run-release)\n");
     }
     text.push_str(&format!(
         "Type {} to roll back (anything else cancels): ",

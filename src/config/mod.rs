@@ -10,6 +10,7 @@ mod diagnostic;
 mod duration;
 mod freeze;
 mod frontdoor;
+mod hooks;
 mod raw;
 mod runtime;
 mod server;
@@ -27,6 +28,7 @@ pub use diagnostic::Diagnostic;
 pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use freeze::FreezeWindow;
 pub use frontdoor::{Tls, under_prefix};
+pub use hooks::{Hook, Hooks};
 pub use raw::valid_check_name;
 pub use runtime::{ComposeFile, Container, ContainerUser, ImageBuild, Network, Runtime};
 pub use server::{ConnLimits, DEFAULT_MAX_STREAMS, ProxySettings, Server};
@@ -69,6 +71,8 @@ pub struct Config {
     pub notify: Vec<Notify>,
     /// `[acme]`: where `tls = "acme"` certificates come from; `None` without the table.
     pub acme: Option<Acme>,
+    /// `[hooks]`: commands run on the ferry host around a deploy.
+    pub hooks: Hooks,
 }
 
 /// `[webhooks]`: the names of the environment variables holding the shared secrets, and the
@@ -200,6 +204,11 @@ pub struct App {
     /// Variables of ferry's own environment that build, test and app commands inherit
     /// besides PATH and the locale (everything else is cleared).
     pub pass_env: Vec<String>,
+    /// `release`: run once per deploy in the new release, as an instance would run, after
+    /// backup and before start (migrations); `None` without one.
+    pub release: Option<String>,
+    /// Limit for the release command (`release_timeout`, default `command_timeout`).
+    pub release_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -34,6 +34,8 @@ pub struct RawConfig {
     #[serde(default)]
     notify: Vec<RawNotify>,
     acme: Option<Spanned<super::acme::RawAcme>>,
+    #[serde(default)]
+    hooks: super::hooks::RawHooks,
 }
 
 #[derive(Deserialize, Default)]
@@ -87,6 +89,8 @@ struct RawApp {
     drain_timeout: Option<HumanDuration>,
     #[serde(default)]
     pass_env: Vec<Spanned<String>>,
+    release: Option<Spanned<String>>,
+    release_timeout: Option<HumanDuration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -280,6 +284,7 @@ impl RawConfig {
                 .map(|n| validate_notify(n, &fail))
                 .collect::<Result<_, _>>()?,
             acme,
+            hooks: super::hooks::validate(self.hooks, &fail)?,
         })
     }
 }
@@ -356,8 +361,15 @@ fn validate_app(
             ));
         }
     };
+    let command_timeout = raw
+        .command_timeout
+        .map_or(std::time::Duration::from_secs(600), |d| d.0);
+    let (release, release_timeout) =
+        super::hooks::release_command(raw.release, raw.release_timeout, command_timeout, fail)?;
     Ok(App {
         name: raw.name.into_inner(),
+        release,
+        release_timeout,
         pass_env,
         repo,
         build: raw.build,
@@ -367,9 +379,7 @@ fn validate_app(
         shared,
         keep_releases,
         keep_backups,
-        command_timeout: raw
-            .command_timeout
-            .map_or(std::time::Duration::from_secs(600), |d| d.0),
+        command_timeout,
         stop_timeout: raw
             .stop_timeout
             .map_or(std::time::Duration::from_secs(10), |d| d.0),

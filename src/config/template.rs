@@ -21,6 +21,12 @@ stop_timeout = "10s"            # SIGTERM, then SIGKILL after this long
 drain_timeout = "30s"           # requests in flight on the old instance get this long to finish
 pass_env = []                   # ferry's variables that commands inherit besides PATH and the
                                 # locale, e.g. ["HTTP_PROXY"]; everything else is cleared
+# release = "python -m app.migrate"  # once per deploy, in the new release, as an instance runs
+                                # (its user, variables, env and env_file; its image with
+                                # containers), after backup and before start; a failure stops
+                                # the deploy, the old release serving. Rollbacks skip it
+                                # unless `ferry rollback --run-release`
+# release_timeout = "10m"       # default: command_timeout
 # runtime = "process"           # or "docker" (an image from the Dockerfile at the release
                                 # commit) or "compose" (a service of a compose file)
 # [app.docker]                  # container settings, for "docker" and "compose"
@@ -93,6 +99,17 @@ max_response_time = "10s"
 max_error_lines = 5             # lines matching error_pattern in the app's output ...
 error_window = "1m"             # ... within this long
 error_pattern = "ERROR|CRITICAL|Traceback"
+
+# Hooks: commands run on this host in the release dir, as the environment's user, with
+# FERRY_APP, FERRY_ENVIRONMENT, FERRY_VERSION, FERRY_COMMIT, FERRY_PREVIOUS_VERSION,
+# FERRY_DEPLOYMENT, FERRY_TRIGGERED_BY, FERRY_DURATION (and FERRY_OUTCOME, FERRY_REASON);
+# each a command or a list, each command limited by command_timeout.
+# [hooks]
+# pre_deploy = "./scripts/check"      # after test, before backup: a failure refuses the deploy
+# post_deploy = ["./scripts/announce"] # after a deploy succeeded (a failure is recorded only)
+# on_failure = "./scripts/page"       # after a deploy or rollback failed (not a refused one)
+# on_rollback = "./scripts/announce"  # after a monitor switch-back or a rollback
+# secrets = false                     # true: hooks also get the environment's env and env_file
 
 [server]
 listen = "127.0.0.1:7070"       # ferry's API, webhooks and metrics; every call needs a token

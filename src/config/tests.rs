@@ -967,3 +967,56 @@ fn tls_acme_needs_an_acme_table() {
 
 #[path = "runtime_tests.rs"]
 mod runtime_tests;
+
+#[test]
+fn release_command_and_hooks_take_a_command_or_a_list() {
+    let dir = sandbox();
+    let config = parse(dir.path(), MINIMAL).unwrap();
+    assert_eq!(config.app.release, None);
+    assert_eq!(config.app.release_timeout, config.app.command_timeout);
+    assert!(config.hooks.commands(Hook::PreDeploy).is_empty());
+    assert!(!config.hooks.secrets);
+
+    let text = MINIMAL.replace(
+        "start = \"./run\"\n",
+        "start = \"./run\"\nrelease = \"./migrate\"\nrelease_timeout = \"2m\"\n",
+    ) + "\n[hooks]\npre_deploy = \"./check\"\non_failure = [\"./page\", \"./log\"]\nsecrets = true\n";
+    let config = parse(dir.path(), &text).unwrap();
+    assert_eq!(config.app.release.as_deref(), Some("./migrate"));
+    assert_eq!(config.app.release_timeout, Duration::from_secs(120));
+    assert_eq!(config.hooks.commands(Hook::PreDeploy), ["./check"]);
+    assert_eq!(config.hooks.commands(Hook::OnFailure), ["./page", "./log"]);
+    assert!(config.hooks.commands(Hook::PostDeploy).is_empty());
+    assert!(config.hooks.secrets);
+
+    let d = diagnostic(
+        dir.path(),
+        &(MINIMAL.to_string() + "\n[hooks]\npost_deploy = [\"\"]\n"),
+    );
+    assert!(
+        d.message.contains("post_deploy has an empty command"),
+        "{d}"
+    );
+    let d = diagnostic(
+        dir.path(),
+        &(MINIMAL.to_string() + "\n[hooks]\npost_deploy = 3\n"),
+    );
+    assert!(
+        d.to_string()
+            .contains("a command (a string) or a list of commands"),
+        "{d}"
+    );
+    let d = diagnostic(
+        dir.path(),
+        &(MINIMAL.to_string() + "\n[hooks]\nbefore = \"x\"\n"),
+    );
+    assert!(d.message.contains("unknown field"), "{d}");
+    let d = diagnostic(
+        dir.path(),
+        &MINIMAL.replace(
+            "start = \"./run\"\n",
+            "start = \"./run\"\nrelease = \" \"\n",
+        ),
+    );
+    assert!(d.message.contains("[app] release is empty"), "{d}");
+}

@@ -340,12 +340,28 @@ impl Engine {
                 step("test", commands(&app.test));
             }
         }
+        let hook = |hook: crate::config::Hook| {
+            let commands = self.config.hooks.commands(hook);
+            if commands.is_empty() {
+                format!("skipped: no {} hook configured", hook.name())
+            } else {
+                crate::pipeline::hooks::describe(hook, commands)
+            }
+        };
+        step("pre_deploy", hook(crate::config::Hook::PreDeploy));
         step(
             "backup",
             if env_cfg.backup.is_empty() {
                 "skipped: no backup configured".into()
             } else {
                 format!("snapshot {}", env_cfg.backup.join(", "))
+            },
+        );
+        step(
+            "release",
+            match &app.release {
+                Some(command) => format!("run `{command}` once in the new release, as an instance"),
+                None => "skipped: no release command configured".into(),
             },
         );
         step("start", format!("run `{}` on a free port", app.start));
@@ -378,6 +394,7 @@ impl Engine {
                 app.keep_releases, app.keep_backups
             ),
         );
+        step("post_deploy", hook(crate::config::Hook::PostDeploy));
         Ok(Plan {
             environment: env.to_string(),
             git_ref: git_ref.to_string(),

@@ -1,9 +1,10 @@
 //! Pipeline: deployments, one task each, running the steps in order under the environment's
 //! lock, and the environments' live state (proxy, log, active instance).
 //!
-//! Steps: resolve → policy → lock → prepare → build → test → backup → start → health →
-//! switch → monitor → finish (`steps.rs`, with `prepare.rs`, `serving.rs` and `retention.rs`);
-//! rollbacks reuse a built release (`rollback.rs`).
+//! Steps: resolve → policy → lock → prepare → build → test → pre_deploy → backup → release →
+//! start → health → switch → monitor → finish → post_deploy (`steps.rs`, with `prepare.rs`,
+//! `release_command.rs`, `serving.rs`, `retention.rs` and `hooks.rs`); rollbacks reuse a
+//! built release (`rollback.rs`).
 //! Each step is written to the store as running before it acts, and finished with its
 //! outcome and output tail after. A failure before the switch stops the new instance (if one
 //! was started) and leaves the old one serving; a monitor breach switches back to the old
@@ -13,9 +14,11 @@ mod accessories;
 mod actions;
 mod approval;
 mod environment;
+mod hooks;
 mod monitor;
 mod prepare;
 mod recover;
+mod release_command;
 mod retention;
 mod rollback;
 mod serving;
@@ -35,6 +38,7 @@ use crate::store::{Actor, Deployment, DeploymentState, Store, StoreError};
 
 pub use accessories::AccessoryAction;
 pub use actions::{CheckReport, FETCH_INTERVAL, Mirror, Plan, check_sha};
+pub use hooks::OUTCOME_HOOKS;
 pub use rollback::{ReleaseRef, RollbackPreview};
 
 /// The free space the state dir's disk needs before a deployment starts.
@@ -50,13 +54,38 @@ fn human_bytes(n: u64) -> String {
 
 /// The steps of a deploy, in the order they run.
 pub const DEPLOY_STEPS: &[&str] = &[
-    "resolve", "policy", "lock", "prepare", "build", "test", "backup", "start", "health", "switch",
-    "monitor", "finish",
+    "resolve",
+    "policy",
+    "lock",
+    "prepare",
+    "build",
+    "test",
+    "pre_deploy",
+    "backup",
+    "release",
+    "start",
+    "health",
+    "switch",
+    "monitor",
+    "finish",
+    "post_deploy",
 ];
 /// The steps of a rollback, in the order they run.
 pub const ROLLBACK_STEPS: &[&str] = &[
-    "resolve", "policy", "lock", "prepare", "build", "test", "restore", "start", "health",
-    "switch", "monitor", "finish",
+    "resolve",
+    "policy",
+    "lock",
+    "prepare",
+    "build",
+    "test",
+    "restore",
+    "release",
+    "start",
+    "health",
+    "switch",
+    "monitor",
+    "finish",
+    "on_rollback",
 ];
 
 /// The steps a deployment of `kind` (`deploy` or `rollback`) goes through.

@@ -109,9 +109,15 @@ impl Engine {
         to: Option<&str>,
         reason: &str,
         restore_data: bool,
+        run_release: bool,
         who: &Actor,
     ) -> Result<Deployment, EngineError> {
         let state = self.env(env)?.clone();
+        if run_release && self.config.app.release.is_none() {
+            return Err(EngineError::Invalid(
+                "--run-release: [app] has no release command to run".into(),
+            ));
+        }
         let target = self.rollback_target(&state, to).await?;
         if restore_data {
             self.backups_to_restore(env, target.current.as_ref())?;
@@ -120,6 +126,9 @@ impl Engine {
         let id = self.create(env, "rollback", &target.release.name, who)?;
         self.store
             .set_request(id, Some(reason), false, restore_data)?;
+        if run_release {
+            self.store.set_run_release(id)?;
+        }
         if let Some(refused) = self.refuse_if_locked(env, id)? {
             return Err(refused);
         }
@@ -337,6 +346,21 @@ impl Engine {
             .await?;
         } else {
             self.skip(id, "restore", "data left as it is (no --restore-data)");
+        }
+        if self.store.run_release(id)? {
+            let of = super::release_command::ReleaseOf {
+                dir: &dir,
+                name: &release.name,
+                version: &release.version,
+                commit: &release.commit_sha,
+            };
+            self.release_step(id, state, of).await?;
+        } else {
+            self.skip(
+                id,
+                "release",
+                "rollbacks do not run the release command (--run-release does)",
+            );
         }
 
         let vars = instance_vars(state, &release.version, &release.commit_sha);

@@ -1,9 +1,10 @@
 //! The steps of one deployment, in order.
 //!
 //! A deploy: resolve → policy (gates, then approval) → lock → prepare → build → test →
-//! backup → start → health → switch → monitor → finish. A rollback (see `rollback.rs`)
-//! reuses a built release: resolve → policy → lock → prepare → restore → start → health →
-//! switch → finish.
+//! pre_deploy → backup → release → start → health → switch → monitor → finish, then the hook
+//! for its outcome (`hooks.rs`). A rollback (see `rollback.rs`) reuses a built release:
+//! resolve → policy → lock → prepare → restore → release (with `--run-release`) → start →
+//! health → switch → finish.
 //!
 //! This file holds the sequence and what every step shares (recording a step, what stops a
 //! deployment, what it holds); the steps with more to them live beside it: prepare, build
@@ -106,6 +107,7 @@ impl Engine {
             }
         };
         let mut held = Held::default();
+        let before = self.before(&state).await;
         let outcome = if d.kind == "rollback" {
             self.rollback_steps(&d, &state, &mut held).await
         } else {
@@ -119,6 +121,8 @@ impl Engine {
         {
             self.undo_restore(&state, stopped).await;
         }
+        // post_deploy, on_failure or on_rollback: still under the lock, never the outcome
+        self.after_outcome(id, &state, &outcome, &before).await;
         if held.lock
             && let Err(e) = self.store.release_lock(&env, Some(id), "deploy")
         {
@@ -228,6 +232,7 @@ impl Engine {
             )));
         }
         self.store.set_digest(id, &digest)?;
+        self.pre_deploy(d, state, &dir).await?;
 
         if env.backup.is_empty() {
             self.skip(id, "backup", "no backup configured");
@@ -235,6 +240,13 @@ impl Engine {
             self.step(id, "backup", self.backup(id, state, &resolved, &name))
                 .await?;
         }
+        let of = super::release_command::ReleaseOf {
+            dir: &dir,
+            name: &name,
+            version: &resolved.version,
+            commit: &resolved.commit,
+        };
+        self.release_step(id, state, of).await?;
 
         let vars = instance_vars(state, &resolved.version, &resolved.commit);
         let instance = self.start(id, state, &name, &dir, vars, held).await?;

@@ -25,11 +25,13 @@ pub mod container;
 mod output;
 pub mod process;
 mod secrets;
+mod task;
 
 use output::LineTap;
 pub use output::LogSink;
 pub use process::{group_alive, kill_group, process_start_time};
 pub use secrets::Secrets;
+pub use task::{TaskOutput, secret_vars};
 
 /// Size at which the app log is rotated.
 pub const LOG_ROTATE_BYTES: u64 = 10 * 1024 * 1024;

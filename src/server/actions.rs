@@ -28,6 +28,9 @@ pub struct RollbackRequest {
     pub reason: String,
     #[serde(default)]
     pub restore_data: bool,
+    /// Also run `[app] release` in the release rolled back to, before it starts.
+    #[serde(default)]
+    pub run_release: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -108,6 +111,7 @@ pub async fn rollback(
                 req.to.as_deref(),
                 req.reason.trim(),
                 req.restore_data,
+                req.run_release,
                 &who,
             )
             .await,

@@ -123,6 +123,24 @@ impl Store {
         Ok(())
     }
 
+    /// Records that rollback `id` runs the release command (`--run-release`).
+    pub fn set_run_release(&self, id: i64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE deployments SET run_release = 1 WHERE id = ?1",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    /// True when rollback `id` was asked to run the release command.
+    pub fn run_release(&self, id: i64) -> Result<bool> {
+        Ok(self.conn().query_row(
+            "SELECT run_release FROM deployments WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Records the approval of a deployment waiting for one; false when it was not waiting.
     pub fn approve(&self, id: i64, by: &Actor) -> Result<bool> {
         Ok(self.conn().execute(

@@ -197,7 +197,7 @@ pub async fn rollback(
     let restore = form.restore_data.is_some();
     match app
         .engine
-        .request_rollback(&env, to, reason, restore, &who(&viewer))
+        .request_rollback(&env, to, reason, restore, false, &who(&viewer))
         .await
     {
         Ok(d) => done(&format!("/deployments/{}", d.id), Notice::RollbackStarted),
