@@ -353,3 +353,70 @@ fn on_rollback_runs_when_the_monitor_switches_back() {
     assert_eq!(vars["FERRY_KIND"], "deploy");
     assert_eq!(s.serving("staging").0, "v1.0.0");
 }
+
+/// A docker release: `/srv/migrate` is its release command (failing with `migrate_exit`),
+/// then busybox httpd serves `/version` on 127.0.0.1:$PORT.
+fn docker_release(base: &str, version: &str, migrate_exit: i32) -> String {
+    format!(
+        "FROM {base}\n\
+         RUN mkdir -p /srv && echo {version} > /srv/health && echo {version} > /srv/version && \
+         printf '#!/bin/sh\\necho migrating to $APP_VERSION as $(id -u)\\necho \"$APP_VERSION $GREETING\" >> /shared/data/migrations.log\\ncat \"$FERRY_ENV_FILE\" > /shared/data/secrets-seen\\nexit {migrate_exit}\\n' > /srv/migrate && chmod 755 /srv/migrate\n\
+         CMD exec httpd -f -p \"127.0.0.1:$PORT\" -h /srv\n"
+    )
+}
+
+#[test]
+fn a_docker_release_command_runs_in_the_image_with_the_instances_mounts_variables_and_secrets() {
+    use support::docker::{docker, docker_or_skip};
+    let test = "a_docker_release_command_runs_in_the_image_with_the_instances_mounts_variables_and_secrets";
+    let Some(kit) = docker_or_skip(test) else {
+        return;
+    };
+    let base = kit.base_image();
+    let mut s = sandbox("shared = [\"data/\"]\nrelease = \"/srv/migrate\"", "");
+    for (tag, exit) in [("v1.0.0", 0), ("v2.0.0", 3)] {
+        std::fs::write(s.repo.join("Dockerfile"), docker_release(&base, tag, exit)).unwrap();
+        sh(
+            &s.repo,
+            &format!("git add . && git commit -qm {tag} && git tag {tag}"),
+        );
+    }
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let start = text.lines().find(|l| l.starts_with("start = ")).unwrap();
+    let text = text
+        .replace(start, "runtime = \"docker\"")
+        .replace("name = \"sample\"", &format!("name = \"{}\"", kit.prefix()));
+    std::fs::write(&s.config, text).unwrap();
+    s.serve();
+    let containers = || {
+        docker(&[
+            "ps",
+            "-a",
+            "-q",
+            "--filter",
+            &format!("label=ferry.app={}", kit.prefix()),
+        ])
+        .lines()
+        .count()
+    };
+
+    let run = s.deploy_ok("staging", "v1.0.0");
+    assert!(run.stdout().contains("/srv/migrate"), "{run}");
+    let (_, steps) = last(&s);
+    let out = steps["release"]["output"].as_str().unwrap();
+    assert!(out.contains("migrating to v1.0.0"), "{out}");
+    let log = || std::fs::read_to_string(shared(&s).join("migrations.log")).unwrap();
+    assert_eq!(log(), "v1.0.0 hi-there\n");
+    let seen = std::fs::read_to_string(shared(&s).join("secrets-seen")).unwrap();
+    assert_eq!(seen, format!("API_KEY={SECRET}\n"));
+    // the one-off container is gone; the instance alone runs
+    assert_eq!(containers(), 1);
+
+    let run = s.ferry(&["deploy", "staging", "v2.0.0"]);
+    assert_eq!(run.code(), 1, "{run}");
+    assert!(run.stdout().contains("exited with status 3"), "{run}");
+    assert_eq!(log(), "v1.0.0 hi-there\nv2.0.0 hi-there\n");
+    let (status, body) = get(&format!("{}/version", s.url("staging"))).unwrap();
+    assert_eq!((status, body.trim()), (200, "v1.0.0"));
+    assert_eq!(containers(), 1);
+}

@@ -532,7 +532,9 @@ fn the_event_stream_shows_every_step_of_a_deployment_in_order() {
     assert_eq!(steps, expected);
     let names: Vec<&str> = listed.iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(&names[..3], ["resolve", "policy", "lock"]);
-    assert_eq!(names.last(), Some(&"finish"));
+    // the hook planned after finish is recorded too (skipped: none configured)
+    assert_eq!(names.last(), Some(&"post_deploy"));
+    assert_eq!(listed.last().unwrap()["state"], "skipped");
 }
 
 #[test]

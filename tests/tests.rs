@@ -72,8 +72,21 @@ fn deploy_serves_the_app_with_its_version_and_redeploy_switches() {
     assert_eq!(
         steps,
         [
-            "resolve", "policy", "lock", "prepare", "build", "test", "backup", "start", "health",
-            "switch", "monitor", "finish"
+            "resolve",
+            "policy",
+            "lock",
+            "prepare",
+            "build",
+            "test",
+            "pre_deploy",
+            "backup",
+            "release",
+            "start",
+            "health",
+            "switch",
+            "monitor",
+            "finish",
+            "post_deploy"
         ]
     );
     assert!(

@@ -170,6 +170,8 @@ pub struct Rollback {
     confirm: String,
     #[serde(default)]
     restore_data: Option<String>,
+    #[serde(default)]
+    run_release: Option<String>,
 }
 
 pub async fn rollback(
@@ -197,7 +199,14 @@ pub async fn rollback(
     let restore = form.restore_data.is_some();
     match app
         .engine
-        .request_rollback(&env, to, reason, restore, false, &who(&viewer))
+        .request_rollback(
+            &env,
+            to,
+            reason,
+            restore,
+            form.run_release.is_some(),
+            &who(&viewer),
+        )
         .await
     {
         Ok(d) => done(&format!("/deployments/{}", d.id), Notice::RollbackStarted),

@@ -138,6 +138,12 @@ fn rollback_form(app: &AppState, viewer: &Viewer, env: &Environment, s: &EnvStat
                             " Also restore the data backed up before the deploy being undone"
                         }
                     }
+                    @if app.engine.config.app.release.is_some() {
+                        label.check {
+                            input type="checkbox" name="run_release" value="true";
+                            " Also run the release command in it before it starts"
+                        }
+                    }
                     label for="rollback-confirm" { "Type " strong { (word) } " to confirm" }
                     input #rollback-confirm name="confirm" type="text" required autocomplete="off" pattern=(regex_literal(word));
                     button.danger type="submit" { "Roll back " (name) }
