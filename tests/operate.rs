@@ -360,7 +360,7 @@ fn docker_release(base: &str, version: &str, migrate_exit: i32) -> String {
     format!(
         "FROM {base}\n\
          RUN mkdir -p /srv && echo {version} > /srv/health && echo {version} > /srv/version && \
-         printf '#!/bin/sh\\necho migrating to $APP_VERSION as $(id -u)\\necho \"$APP_VERSION $GREETING\" >> /shared/data/migrations.log\\ncat \"$FERRY_ENV_FILE\" > /shared/data/secrets-seen\\nexit {migrate_exit}\\n' > /srv/migrate && chmod 755 /srv/migrate\n\
+         printf '#!/bin/sh\\necho migrating to $APP_VERSION as $(id -u)\\necho \"$APP_VERSION $GREETING\" >> /shared/migrations.log\\ncat \"$FERRY_ENV_FILE\" > /shared/secrets-seen\\nexit {migrate_exit}\\n' > /srv/migrate && chmod 755 /srv/migrate\n\
          CMD exec httpd -f -p \"127.0.0.1:$PORT\" -h /srv\n"
     )
 }
@@ -373,7 +373,12 @@ fn a_docker_release_command_runs_in_the_image_with_the_instances_mounts_variable
         return;
     };
     let base = kit.base_image();
-    let mut s = sandbox("shared = [\"data/\"]\nrelease = \"/srv/migrate\"", "");
+    // a container app has no `shared` links: the shared dir itself is mounted at /shared,
+    // writable to the image's user (root in busybox)
+    let mut s = sandbox(
+        "release = \"/srv/migrate\"\n\n[app.docker]\nuser = \"image\"",
+        "",
+    );
     for (tag, exit) in [("v1.0.0", 0), ("v2.0.0", 3)] {
         std::fs::write(s.repo.join("Dockerfile"), docker_release(&base, tag, exit)).unwrap();
         sh(
@@ -405,9 +410,10 @@ fn a_docker_release_command_runs_in_the_image_with_the_instances_mounts_variable
     let (_, steps) = last(&s);
     let out = steps["release"]["output"].as_str().unwrap();
     assert!(out.contains("migrating to v1.0.0"), "{out}");
-    let log = || std::fs::read_to_string(shared(&s).join("migrations.log")).unwrap();
+    let shared = s.state_dir().join("environments/staging/shared");
+    let log = || std::fs::read_to_string(shared.join("migrations.log")).unwrap();
     assert_eq!(log(), "v1.0.0 hi-there\n");
-    let seen = std::fs::read_to_string(shared(&s).join("secrets-seen")).unwrap();
+    let seen = std::fs::read_to_string(shared.join("secrets-seen")).unwrap();
     assert_eq!(seen, format!("API_KEY={SECRET}\n"));
     // the one-off container is gone; the instance alone runs
     assert_eq!(containers(), 1);
