@@ -339,6 +339,7 @@ fn on_rollback_runs_when_the_monitor_switches_back() {
     );
     tag(&s, "v1.0.0", GOOD, "");
     tag(&s, "v2.0.0", "fail_health_after_ms = 300\n", "");
+    tag(&s, "v3.0.0", GOOD, "");
     s.serve();
     s.deploy_ok("staging", "v1.0.0");
     let run = s.ferry(&["deploy", "staging", "v2.0.0"]);
@@ -351,6 +352,21 @@ fn on_rollback_runs_when_the_monitor_switches_back() {
     assert_eq!(vars["FERRY_VERSION"], "v2.0.0");
     assert_eq!(vars["FERRY_PREVIOUS_VERSION"], "v1.0.0");
     assert_eq!(vars["FERRY_KIND"], "deploy");
+    assert_eq!(s.serving("staging").0, "v1.0.0");
+
+    // and for a rollback that succeeded
+    s.deploy_ok("staging", "v3.0.0");
+    let run = s.ferry(&["rollback", "staging", "--yes", "--reason", "back"]);
+    assert_eq!(run.code(), 0, "{run}");
+    assert!(run.stdout().contains("on_rollback"), "{run}");
+    let (d, steps) = last(&s);
+    assert_eq!(d["kind"], "rollback");
+    assert_eq!(steps["on_rollback"]["state"], "ok", "{steps:?}");
+    let vars = env_of(&shared(&s).join("on_rollback.env"));
+    assert_eq!(vars["FERRY_KIND"], "rollback");
+    assert_eq!(vars["FERRY_OUTCOME"], "succeeded");
+    assert_eq!(vars["FERRY_VERSION"], "v1.0.0");
+    assert_eq!(vars["FERRY_PREVIOUS_VERSION"], "v3.0.0");
     assert_eq!(s.serving("staging").0, "v1.0.0");
 }
 
