@@ -1,4 +1,5 @@
-//! `ferry logs <env> [-f] [-n N]`: the app log of an environment.
+//! `ferry logs <env> [-f] [-n N] [--process P]`: the app log of an environment, or the log of
+//! one of its process types.
 
 use std::io::Write;
 
@@ -13,13 +14,23 @@ pub struct Logs {
     /// How many lines to show first.
     #[arg(short = 'n', long, default_value_t = 100)]
     pub lines: usize,
+    /// A process type of `[processes]` (`worker`): its own log; `web` is the app log.
+    #[arg(short = 'p', long)]
+    pub process: Option<String>,
 }
 
 pub async fn run(cli: &Cli, args: &Logs) -> CmdResult {
     let client = cli.client()?;
+    let process = match &args.process {
+        Some(p) => format!(
+            "&{}",
+            serde_urlencoded::to_string([("process", p)]).unwrap_or_default()
+        ),
+        None => String::new(),
+    };
     let mut resp = client
         .stream(&format!(
-            "/api/environments/{}/logs?n={}&follow={}",
+            "/api/environments/{}/logs?n={}&follow={}{process}",
             args.environment, args.lines, args.follow
         ))
         .await?;

@@ -11,6 +11,7 @@ mod duration;
 mod freeze;
 mod frontdoor;
 mod hooks;
+mod processes;
 mod raw;
 mod runtime;
 mod server;
@@ -29,6 +30,7 @@ pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use freeze::FreezeWindow;
 pub use frontdoor::{Tls, under_prefix};
 pub use hooks::{Hook, Hooks};
+pub use processes::{ProcessType, WEB};
 pub use raw::valid_check_name;
 pub use runtime::{ComposeFile, Container, ContainerUser, ImageBuild, Network, Runtime};
 pub use server::{ConnLimits, DEFAULT_MAX_STREAMS, ProxySettings, Server};
@@ -43,6 +45,7 @@ pub const RESERVED_VARS: &[&str] = &[
     "APP_VERSION",
     "COMMIT_SHA",
     "DEPLOYED_AT",
+    "FERRY_PROCESS",
 ];
 
 /// A loaded, validated configuration.
@@ -190,6 +193,9 @@ pub struct App {
     pub start: String,
     /// How instances run: processes (the default), docker containers or a compose service.
     pub runtime: Runtime,
+    /// `[processes]` other than `web`, in name order: run per release beside the web
+    /// instance, never routed.
+    pub processes: Vec<ProcessType>,
     /// Paths that live in the environment's `shared/` dir; a trailing `/` marks a directory.
     pub shared: Vec<String>,
     pub keep_releases: usize,

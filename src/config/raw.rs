@@ -36,6 +36,7 @@ pub struct RawConfig {
     acme: Option<Spanned<super::acme::RawAcme>>,
     #[serde(default)]
     hooks: super::hooks::RawHooks,
+    processes: super::processes::RawProcesses,
 }
 
 #[derive(Deserialize, Default)]
@@ -207,7 +208,14 @@ impl RawConfig {
             }
         };
 
-        let app = validate_app(self.app, &fail, &resolve)?;
+        let mut raw_app = self.app;
+        if let Some(web) =
+            super::processes::web_start(&self.processes, raw_app.start.as_ref(), &fail)?
+        {
+            raw_app.start = Some(web);
+        }
+        let mut app = validate_app(raw_app, &fail, &resolve)?;
+        app.processes = super::processes::validate(self.processes, app.stop_timeout, &fail)?;
         let health = validate_health(self.health, &fail)?;
         let server_listen = self.server.listen(&fail)?;
 
@@ -376,6 +384,7 @@ fn validate_app(
         test: raw.test,
         start: raw.start.map(Spanned::into_inner).unwrap_or_default(),
         runtime,
+        processes: Vec::new(),
         shared,
         keep_releases,
         keep_backups,

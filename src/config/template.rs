@@ -39,6 +39,12 @@ pass_env = []                   # ferry's variables that commands inherit beside
 # file = "docker-compose.yml"
 # service = "web"               # the service the proxy routes to
 
+# [processes]                   # process types beside web, run per release, never routed
+# web = "./server --port $PORT" # instead of [app] start (not both): what the proxy routes to
+# worker = "./worker"           # one instance, started once web is healthy
+# scheduler = { command = "./cron", count = 1, stop_timeout = "30s" }  # count 0..64 (0: not
+                                # run); stop_timeout defaults to [app] stop_timeout
+
 [health]
 paths = ["/"]                   # every path must answer expect_status
 expect_status = 200

@@ -1020,3 +1020,6 @@ fn release_command_and_hooks_take_a_command_or_a_list() {
     );
     assert!(d.message.contains("[app] release is empty"), "{d}");
 }
+
+#[path = "processes_tests.rs"]
+mod processes_tests;

@@ -39,6 +39,8 @@ pub struct EnvState {
     /// Who its build, test and app commands run as (`None`: ferry's own user).
     pub run_as: Option<crate::sandbox::RunAs>,
     pub(super) active: Mutex<Option<Active>>,
+    /// Its process types besides `web` (see `processes.rs`).
+    pub(super) workers: super::processes::Workers,
 }
 
 /// What `ferry status` shows for one environment.
@@ -79,6 +81,9 @@ pub struct EnvStatus {
     pub deploying: Option<LockHolder>,
     /// The maintenance page's message while maintenance is on.
     pub maintenance: Option<String>,
+    /// Each process type (`web` first, then `[processes]`): asked for, running, restarts.
+    #[serde(default)]
+    pub processes: Vec<super::ProcessStatus>,
 }
 
 impl EnvState {
@@ -94,6 +99,7 @@ impl EnvState {
             log,
             run_as,
             active: Mutex::new(None),
+            workers: Default::default(),
         }
     }
 
@@ -146,15 +152,29 @@ impl Engine {
         let env = &state.env;
         let last = self.store.last_succeeded(name)?;
         let deploying = self.store.lock_holder(name)?;
-        let (pid, port, release, live_since) = match state.active.lock().await.as_ref() {
+        let (pid, port, release, live_since, container) = match state.active.lock().await.as_ref() {
             Some(a) if a.instance.exited().is_none() => (
                 a.instance.pid(),
                 Some(a.instance.port),
                 Some(a.release.clone()),
                 Some(a.deployed_at.clone()),
+                a.instance
+                    .container_id()
+                    .map(|c| runtime::container::short(c).to_string()),
             ),
-            _ => (None, None, None, None),
+            _ => (None, None, None, None, None),
         };
+        let processes = self.process_status(
+            state,
+            super::ProcessStatus {
+                name: crate::config::WEB.to_string(),
+                count: 1,
+                running: u32::from(port.is_some()),
+                pids: pid.into_iter().collect(),
+                containers: container.into_iter().collect(),
+                restarts: 0,
+            },
+        );
         let mut probed_at = None;
         let (health, detail, response_ms) = match port {
             None if last.is_none() => ("none".to_string(), None, None),
@@ -234,6 +254,7 @@ impl Engine {
             port,
             deploying,
             maintenance: state.proxy.maintenance(),
+            processes,
         })
     }
 
@@ -256,6 +277,8 @@ impl Engine {
             proc_start: instance.pid().and_then(runtime::process_start_time),
             started_at: deployed_at.clone(),
             container: instance.container_id().map(str::to_string),
+            process: crate::config::WEB.to_string(),
+            replica: 0,
         };
         let record = match self.store.insert_instance(&row) {
             Ok(id) => id,

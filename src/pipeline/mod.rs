@@ -17,6 +17,7 @@ mod environment;
 mod hooks;
 mod monitor;
 mod prepare;
+mod processes;
 mod recover;
 mod release_command;
 mod retention;
@@ -98,6 +99,7 @@ pub fn planned_steps(kind: &str) -> &'static [&'static str] {
 }
 pub use approval::{ApprovalError, Approvals};
 pub use environment::{EnvState, EnvStatus};
+pub use processes::ProcessStatus;
 pub use triggers::{Push, Pushed, Tracked, is_deleted};
 
 /// Errors answering a deployment request (the deployment itself records its own outcome).

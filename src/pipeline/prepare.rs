@@ -192,6 +192,7 @@ impl Engine {
             version: resolved.version.clone(),
             commit: resolved.commit.clone(),
             home: self.runtime.home().to_string(),
+            process: String::new(),
         };
         let tag = crate::runtime::image_tag(&identity);
         let mut out = format!("$ docker build -t {tag}\n");

@@ -57,10 +57,11 @@ impl Engine {
             let env = &state.env.name;
             let good = self.store.last_succeeded(env)?.and_then(|d| d.release);
             let mut candidate = None;
-            for row in live
-                .iter()
-                .filter(|i| &i.environment == env && Some(&i.release) == good.as_ref())
-            {
+            for row in live.iter().filter(|i| {
+                &i.environment == env
+                    && Some(&i.release) == good.as_ref()
+                    && i.process == crate::config::WEB
+            }) {
                 if self.runtime.is_running(&self.leftover(row)).await == Some(true)
                     && candidate.is_none_or(|c: &crate::store::Instance| c.id < row.id)
                 {
@@ -78,6 +79,34 @@ impl Engine {
                     }
                 }
             }
+            // the good release's workers, one per process type and replica, newest first
+            let mut workers: Vec<&crate::store::Instance> = live
+                .iter()
+                .filter(|i| {
+                    &i.environment == env
+                        && i.process != crate::config::WEB
+                        && self.wanted_worker(i, good.as_ref())
+                })
+                .collect();
+            workers.sort_by_key(|i| std::cmp::Reverse(i.id));
+            let mut taken = HashSet::new();
+            for row in workers {
+                if taken.contains(&(&row.process, row.replica))
+                    || self.runtime.is_running(&self.leftover(row)).await != Some(true)
+                {
+                    continue;
+                }
+                match self.adopt_worker(state, row, &self.leftover(row)).await {
+                    Ok(()) => {
+                        tracing::info!(env = %env, process = %row.process, replica = row.replica, pid = row.pid, "adopted a worker left running by the previous ferry");
+                        taken.insert((&row.process, row.replica));
+                        adopted.insert(row.id);
+                    }
+                    Err(e) => {
+                        tracing::warn!(env = %env, process = %row.process, pid = row.pid, "not adopting the worker left running: {e}")
+                    }
+                }
+            }
         }
         for instance in live.iter().filter(|i| !adopted.contains(&i.id)) {
             if self
@@ -91,8 +120,15 @@ impl Engine {
             }
             // only what this ferry's predecessor started is stopped: a pid reused since, or a
             // container replaced, is left alone
+            let grace = self
+                .config
+                .app
+                .processes
+                .iter()
+                .find(|p| p.name == instance.process)
+                .map_or(self.config.app.stop_timeout, |p| p.stop_timeout);
             self.runtime
-                .stop_leftover(&self.leftover(instance), self.config.app.stop_timeout)
+                .stop_leftover(&self.leftover(instance), grace)
                 .await;
             self.store.instance_stopped(instance.id)?;
         }
@@ -171,6 +207,8 @@ impl Engine {
     async fn restore(&self, state: &EnvState) -> Result<Option<String>, String> {
         let env = &state.env.name;
         if let Some(release) = state.active_release().await {
+            // its workers that were not adopted start now
+            self.run_workers(state, &release, false).await;
             return Ok(Some(format!("{release} (adopted, still running)")));
         }
         let Some(last) = self.store.last_succeeded(env).map_err(|e| e.to_string())? else {
@@ -223,6 +261,8 @@ impl Engine {
         if let Some(old) = state.activate(active).await {
             self.retire(old).await;
         }
+        // the release's workers that still run are kept: only the missing ones start
+        self.run_workers(state, release, false).await;
         Ok(())
     }
 
@@ -237,6 +277,10 @@ impl Engine {
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
             for state in self.environments() {
+                if *shutdown.borrow() {
+                    break;
+                }
+                self.tend_workers(state).await;
                 let env = state.env.name.clone();
                 let crashed = match state.active.lock().await.as_ref() {
                     Some(a) => a
@@ -277,6 +321,7 @@ impl Engine {
                 match result {
                     Ok(()) => {
                         tracing::info!(env = %env, release = %release, "instance restarted");
+                        self.web_restarted(state);
                         next_try.remove(&env);
                     }
                     Err(e) => {

@@ -409,6 +409,7 @@ impl Engine {
         state.proxy.set_maintenance(Some(format!(
             "{env} is restoring its data for a rollback; back in a moment."
         )));
+        out.push_str(&self.stop_workers(state).await);
         if let Some(old) = state.deactivate().await {
             let release = old.release.clone();
             out.push_str(&self.retire(old).await);
@@ -458,10 +459,11 @@ impl Engine {
                 tracing::error!(env = %env, file = %live.display(), error = %e, "cannot put the data back");
             }
         }
-        if let Some(active) = self.start_again(state, &stopped.release).await
-            && let Some(other) = state.activate(active).await
-        {
-            self.retire(other).await;
+        if let Some(active) = self.start_again(state, &stopped.release).await {
+            if let Some(other) = state.activate(active).await {
+                self.retire(other).await;
+            }
+            self.run_workers(state, &stopped.release, false).await;
         }
         state.proxy.set_maintenance(self.maintenance_message(env));
     }

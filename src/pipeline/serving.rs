@@ -74,13 +74,15 @@ impl Engine {
             let next = held.instance.take().expect("the started instance is held");
             let port = next.instance.port;
             let previous = state.activate(next).await;
-            let out = match &previous {
+            let mut out = match &previous {
                 Some(p) => format!(
                     "traffic moved from {} to {release} (port {port})\n",
                     p.release
                 ),
                 None => format!("traffic now goes to {release} (port {port})\n"),
             };
+            // the previous release's workers stop before this one's start: never both
+            out.push_str(&self.run_workers(state, release, true).await);
             Ok((previous, out))
         })
         .await
@@ -118,6 +120,7 @@ impl Engine {
         let back_to = previous.release.clone();
         let failed = state.activate(previous).await;
         let took = breach.at.elapsed();
+        out.push_str(&self.run_workers(state, &back_to, true).await);
         if let Some(failed) = failed {
             out.push_str(&self.retire(failed).await);
         }
@@ -173,10 +176,12 @@ impl Engine {
             version: var("APP_VERSION"),
             commit: var("COMMIT_SHA"),
             home: self.runtime.home().to_string(),
+            process: String::new(),
         };
         let port = crate::runtime::free_port().map_err(|e| e.to_string())?;
         vars.push(("PORT".into(), port.to_string()));
         vars.push(("DEPLOYED_AT".into(), crate::store::now()));
+        vars.push(("FERRY_PROCESS".into(), crate::config::WEB.into()));
         vars.extend(env.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let mut all = self.command_env(state);
         all.extend(vars.iter().cloned());

@@ -33,6 +33,8 @@ pub const LABEL_RELEASE: &str = "ferry.release";
 pub const LABEL_VERSION: &str = "ferry.version";
 pub const LABEL_COMMIT: &str = "ferry.commit";
 pub const LABEL_PORT: &str = "ferry.port";
+/// Its process type (`web`, `worker`...).
+pub const LABEL_PROCESS: &str = "ferry.process";
 /// Which ferry it is (a digest of its state dir): ferrys sharing a docker daemon never take
 /// each other's containers for their own.
 pub const LABEL_HOME: &str = "ferry.home";
@@ -100,6 +102,14 @@ pub fn labels(identity: &Identity, port: u16) -> Vec<(String, String)> {
         (LABEL_COMMIT.into(), identity.commit.clone()),
         (LABEL_PORT.into(), port.to_string()),
         (LABEL_HOME.into(), identity.home.clone()),
+        (
+            LABEL_PROCESS.into(),
+            if identity.process.is_empty() {
+                "web".into()
+            } else {
+                identity.process.clone()
+            },
+        ),
     ]
 }
 

@@ -125,6 +125,8 @@ pub struct Identity {
     pub commit: String,
     /// Which ferry (see [`container::LABEL_HOME`]).
     pub home: String,
+    /// Its process type (`[processes]`; empty: `web`).
+    pub process: String,
 }
 
 /// An instance a previous ferry left running, as the store recorded it.
@@ -371,6 +373,7 @@ impl Runtime {
             .filter(|(k, _)| {
                 ![
                     container::LABEL_PORT,
+                    container::LABEL_PROCESS,
                     container::LABEL_RELEASE,
                     container::LABEL_HOME,
                 ]

@@ -1,4 +1,5 @@
-//! `GET /api/environments/{env}/logs?n=N&follow=true`: the tail of the app log, and with
+//! `GET /api/environments/{env}/logs?n=N&follow=true&process=P`: the tail of the app log (or
+//! of process type P's log), and with
 //! `follow` the lines written after it, streamed as they come (rotation is followed) until
 //! ferry stops; followed logs count against `[server] max_streams`.
 
@@ -26,6 +27,8 @@ type Held = (
 pub(super) struct LogQuery {
     n: Option<usize>,
     follow: Option<bool>,
+    /// A process type (`[processes]`): its own log; `web` (the default) is the app log.
+    process: Option<String>,
 }
 
 /// The last `n` lines of the file at `path`, and the offset where they end.
@@ -59,8 +62,7 @@ pub(super) async fn logs(
     Path(env): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> ApiResult<Response> {
-    let state = app.engine.env(&env)?;
-    let path = state.log.path();
+    let path = app.engine.log_path(&env, q.process.as_deref())?;
     let n = q.n.unwrap_or(100).min(100_000);
     let (first, offset) = tokio::task::spawn_blocking({
         let path = path.clone();

@@ -40,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0010_app_output.sql"),
     include_str!("migrations/0011_containers.sql"),
     include_str!("migrations/0015_run_release.sql"),
+    include_str!("migrations/0012_processes.sql"),
 ];
 
 /// Store errors.

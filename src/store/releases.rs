@@ -95,8 +95,8 @@ impl Store {
     pub fn insert_instance(&self, instance: &Instance) -> Result<i64> {
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO instances (environment, deployment_id, release, pid, port, proc_start, started_at, container)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO instances (environment, deployment_id, release, pid, port, proc_start, started_at, container, process, replica)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 instance.environment,
                 instance.deployment_id,
@@ -105,7 +105,9 @@ impl Store {
                 instance.port,
                 instance.proc_start,
                 instance.started_at,
-                instance.container
+                instance.container,
+                instance.process,
+                instance.replica
             ],
         )?;
         Ok(conn.last_insert_rowid())

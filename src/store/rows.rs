@@ -303,11 +303,14 @@ pub struct Instance {
     pub started_at: String,
     /// The container's id, for a container instance (its `pid` is 0).
     pub container: Option<String>,
+    /// Its process type: `web` (routed) or another of `[processes]`.
+    pub process: String,
+    /// Which of the process type's instances it is (0-based).
+    pub replica: u32,
 }
 
 impl Instance {
-    pub(super) const COLUMNS: &'static str =
-        "id, environment, deployment_id, release, pid, port, proc_start, started_at, container";
+    pub(super) const COLUMNS: &'static str = "id, environment, deployment_id, release, pid, port, proc_start, started_at, container, process, replica";
 
     pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Instance> {
         Ok(Instance {
@@ -320,6 +323,8 @@ impl Instance {
             proc_start: r.get(6)?,
             started_at: r.get(7)?,
             container: r.get(8)?,
+            process: r.get(9)?,
+            replica: r.get(10)?,
         })
     }
 }

@@ -80,6 +80,12 @@ async fn environment_body(
             }
             (chart::health(&probes, hours))
         }
+        @if s.processes.len() > 1 {
+            section.panel aria-labelledby="processes-title" {
+                h2 #processes-title { "Processes" }
+                (processes_table(&s.processes))
+            }
+        }
         @if let Some(form) = rollback { (form) }
         section.panel aria-labelledby="history-title" {
             h2 #history-title { "History" }
@@ -156,6 +162,30 @@ fn rollback_form(app: &AppState, viewer: &Viewer, env: &Environment, s: &EnvStat
 /// `text` as an HTML `pattern` matching exactly it.
 fn regex_literal(text: &str) -> String {
     regex::escape(text)
+}
+
+/// Each process type: instances running of those asked for, what runs them, restarts.
+fn processes_table(all: &[crate::pipeline::ProcessStatus]) -> Markup {
+    html! {
+        div.scroll {
+            table.history {
+                thead { tr { th scope="col" { "Process" } th scope="col" { "Running" } th scope="col" { "Instances" } th scope="col" { "Restarts" } } }
+                tbody {
+                    @for p in all {
+                        tr {
+                            td { code { (p.name) } @if p.name == crate::config::WEB { " " span.badge.muted { "routed" } } }
+                            td { (p.running) " of " (p.count) }
+                            td {
+                                @for pid in &p.pids { code { "pid " (pid) } " " }
+                                @for c in &p.containers { code { (c) } " " }
+                            }
+                            td { (p.restarts) }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn history_table(rows: &[Deployment]) -> Markup {
