@@ -284,3 +284,101 @@ fn start_and_a_web_process_together_are_refused_with_their_place() {
         "{run}"
     );
 }
+
+/// The running containers of the docker test's app running `process`: their ids.
+fn process_containers(kit: &support::docker::DockerKit, process: &str) -> Vec<String> {
+    let app = format!("label=ferry.app={}", kit.prefix());
+    let process = format!("label=ferry.process={process}");
+    support::docker::docker(&[
+        "ps",
+        "--no-trunc",
+        "-q",
+        "--filter",
+        &app,
+        "--filter",
+        &process,
+    ])
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+#[test]
+fn a_docker_apps_worker_is_a_container_of_the_release_image() {
+    let Some(kit) =
+        support::docker::docker_or_skip("a_docker_apps_worker_is_a_container_of_the_release_image")
+    else {
+        return;
+    };
+    let base = kit.base_image();
+    let mut s = Sandbox::with(
+        &[],
+        Options {
+            tables: "[processes]\nworker = 'while true; do echo \"worker $APP_VERSION $FERRY_PROCESS\"; sleep 0.2; done'\n",
+            ..Options::default()
+        },
+    );
+    for tag in ["v1.0.0", "v1.1.0"] {
+        std::fs::write(
+            s.repo.join("Dockerfile"),
+            support::docker::app_dockerfile(&base, tag),
+        )
+        .unwrap();
+        sh(
+            &s.repo,
+            &format!("git add . && git commit -qm {tag} && git tag {tag}"),
+        );
+    }
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let start = text.lines().find(|l| l.starts_with("start = ")).unwrap();
+    let text = text
+        .replace(start, "runtime = \"docker\"")
+        .replace("name = \"sample\"", &format!("name = \"{}\"", kit.prefix()));
+    std::fs::write(&s.config, text).unwrap();
+    s.serve();
+
+    s.deploy_ok("staging", "v1.0.0");
+    let web = process_containers(&kit, "web");
+    let first = process_containers(&kit, "worker");
+    assert_eq!((web.len(), first.len()), (1, 1), "{web:?} {first:?}");
+    let image = |id: &str| support::docker::docker(&["inspect", "--format", "{{.Image}}", id]);
+    assert_eq!(image(&first[0]), image(&web[0]), "the release's image");
+    let p = process(&s, "worker");
+    assert_eq!(p["running"], 1, "{p}");
+    assert!(
+        first[0].starts_with(p["containers"][0].as_str().unwrap()),
+        "{p}"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            s.ferry(&["logs", "staging", "--process", "worker"])
+                .stdout()
+                .contains("worker v1.0.0 worker")
+        }),
+        "{}",
+        s.serve_log()
+    );
+
+    s.deploy_ok("staging", "v1.1.0");
+    let second = process_containers(&kit, "worker");
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second, first, "the next release's worker replaced it");
+    assert_eq!(
+        image(&second[0]),
+        image(&process_containers(&kit, "web")[0])
+    );
+
+    s.stop(Signal::SIGKILL);
+    s.serve();
+    let p = process(&s, "worker");
+    assert!(
+        eventually(Duration::from_secs(10), || process(&s, "worker")["running"]
+            == 1),
+        "{p}"
+    );
+    assert_eq!(
+        process_containers(&kit, "worker"),
+        second,
+        "adopted, not started again"
+    );
+}

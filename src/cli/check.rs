@@ -159,6 +159,15 @@ fn check_app(config: &crate::config::Config) -> super::CmdResult {
     if !app.start.is_empty() {
         outln!("  start      {}", app.start);
     }
+    for p in &app.processes {
+        outln!(
+            "  process    {} ×{}: {} (stop_timeout {})",
+            p.name,
+            p.count,
+            p.command,
+            format_duration(p.stop_timeout)
+        );
+    }
     outln!(
         "  build      {} command(s), test {} command(s), timeout {}",
         app.build.len(),

@@ -151,7 +151,12 @@ impl Engine {
     pub(super) async fn run_workers(&self, state: &EnvState, release: &str, fresh: bool) -> String {
         let _change = state.workers.change.lock().await;
         let mut out = self.stop_workers_except(state, Some(release), fresh).await;
-        state.workers.set().release = Some(release.to_string());
+        {
+            let mut set = state.workers.set();
+            set.release = Some(release.to_string());
+            // another release, or new instances: past failures say nothing of them
+            set.tries.clear();
+        }
         out.push_str(&self.start_missing(state, true).await);
         out
     }
