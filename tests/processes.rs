@@ -141,6 +141,11 @@ fn workers_run_with_their_count_and_the_next_release_replaces_them() {
         assert!(page.contains(&format!("pid {pid}")), "{page}");
     }
     assert!(page.contains("2 of 2"), "{page}");
+    let table = s.ferry(&["status"]);
+    assert!(
+        table.stdout().contains("processes: web 1/1, worker 2/2"),
+        "{table}"
+    );
 
     let run = s.deploy_ok("staging", "v1.1.0");
     let second = running(&s, "worker", 2);
@@ -319,11 +324,11 @@ fn a_docker_apps_worker_is_a_container_of_the_release_image() {
         },
     );
     for tag in ["v1.0.0", "v1.1.0"] {
-        std::fs::write(
-            s.repo.join("Dockerfile"),
-            support::docker::app_dockerfile(&base, tag),
-        )
-        .unwrap();
+        let dockerfile = format!(
+            "FROM {base}\nRUN mkdir -p /srv && echo {tag} > /srv/health\n\
+             CMD exec httpd -f -p \"$HOST:$PORT\" -h /srv\n"
+        );
+        std::fs::write(s.repo.join("Dockerfile"), dockerfile).unwrap();
         sh(
             &s.repo,
             &format!("git add . && git commit -qm {tag} && git tag {tag}"),

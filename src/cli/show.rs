@@ -152,6 +152,17 @@ fn status_table(all: Vec<EnvStatus>) -> Table {
         if let Some(message) = &s.maintenance {
             table.note(format!("maintenance: {message}"));
         }
+        if s.processes.len() > 1 {
+            let each: Vec<String> = s
+                .processes
+                .iter()
+                .map(|p| match p.restarts {
+                    0 => format!("{} {}/{}", p.name, p.running, p.count),
+                    n => format!("{} {}/{} ({n} restarts)", p.name, p.running, p.count),
+                })
+                .collect();
+            table.note(format!("processes: {}", each.join(", ")));
+        }
         if let Some(c) = &s.certificate {
             match (&c.issuer, c.not_after) {
                 (Some(issuer), Some(until)) => table.note(format!(
