@@ -36,6 +36,7 @@ pub struct RawConfig {
     acme: Option<Spanned<super::acme::RawAcme>>,
     #[serde(default)]
     hooks: super::hooks::RawHooks,
+    #[serde(default)]
     processes: super::processes::RawProcesses,
 }
 
