@@ -193,6 +193,15 @@ pub fn payload(name: &str, app: &str, d: &Deployment, steps: &[Step], probes: &[
     let duration = seconds_between(&d.created_at, d.finished_at.as_deref());
     let took = duration.map(|s| format!(" in {s:.1}s")).unwrap_or_default();
     let text = match name {
+        "deploy.started" if d.kind == "restart" => {
+            format!("🔄 {app} {version}{at} is restarting on {env} ({})", d.by())
+        }
+        "deploy.succeeded" if d.kind == "restart" => {
+            format!(
+                "🔄 {app} {version}{at} restarted on {env}{took} ({})",
+                d.by()
+            )
+        }
         "deploy.started" => format!("🚀 {app} {version}{at} is deploying to {env} ({})", d.by()),
         "deploy.succeeded" => format!("✅ {app} {version}{at} is live on {env}{took} ({})", d.by()),
         "deploy.failed" => format!("❌ {app} {version}{at} failed on {env}: {why}"),

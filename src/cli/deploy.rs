@@ -71,10 +71,9 @@ pub async fn finish(
         outln!(
             "deployment #{}: {} {} to {}",
             created.id,
-            if created.kind == "rollback" {
-                "rollback"
-            } else {
-                "deploy"
+            match created.kind.as_str() {
+                "rollback" | "restart" => created.kind.as_str(),
+                _ => "deploy",
             },
             created.git_ref,
             created.environment
@@ -244,6 +243,13 @@ fn print_outcome(client: &ApiClient, d: &Deployment, steps: &[Step], took: Durat
     match d.state {
         DeploymentState::Succeeded if d.kind == "rollback" => outln!(
             "rolled back {} to {} (deployment #{}, {})",
+            d.environment,
+            d.release.as_deref().unwrap_or(version),
+            d.id,
+            seconds(took)
+        ),
+        DeploymentState::Succeeded if d.kind == "restart" => outln!(
+            "restarted {}: {} serves from a new instance (deployment #{}, {})",
             d.environment,
             d.release.as_deref().unwrap_or(version),
             d.id,

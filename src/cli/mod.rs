@@ -29,6 +29,7 @@ mod init;
 mod install;
 mod logs;
 mod release;
+mod restart;
 mod safety;
 mod serve;
 mod show;
@@ -96,6 +97,9 @@ pub enum Command {
     Plan(safety::PlanArgs),
     /// Go back to the previous good release (or --to a version) without rebuilding.
     Rollback(safety::Rollback),
+    /// Start the serving release again with no dropped request (new instance, health,
+    /// switch, drain): after rotating a secret, say.
+    Restart(restart::Restart),
     /// Approve a deployment waiting for approval.
     Approve(safety::Approve),
     /// Sign off the version running on an environment (the QA sign-off promotion needs).
@@ -251,6 +255,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Promote(args) => safety::promote(&cli, args).await,
         Command::Plan(args) => safety::plan(&cli, args).await,
         Command::Rollback(args) => safety::rollback(&cli, args).await,
+        Command::Restart(args) => restart::run(&cli, args).await,
         Command::Approve(args) => safety::approve(&cli, args).await,
         Command::Verify(args) => safety::verify(&cli, args).await,
         Command::CheckReport(args) => safety::check_report(&cli, args).await,

@@ -475,7 +475,7 @@ fn conflict(e: super::ClientError) -> Failure {
 }
 
 /// A name that goes into a URL path as one segment.
-fn segment(s: &str) -> Result<&str, Failure> {
+pub(super) fn segment(s: &str) -> Result<&str, Failure> {
     if s.is_empty() || s.contains(['/', '?', '#', '%']) || s.chars().any(char::is_whitespace) {
         return Err(Failure::Usage(format!("\"{s}\" is not a valid name")));
     }

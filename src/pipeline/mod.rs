@@ -4,7 +4,8 @@
 //! Steps: resolve → policy → lock → prepare → build → test → pre_deploy → backup → release →
 //! start → health → switch → monitor → finish → post_deploy (`steps.rs`, with `prepare.rs`,
 //! `release_command.rs`, `serving.rs`, `retention.rs` and `hooks.rs`); rollbacks reuse a
-//! built release (`rollback.rs`).
+//! built release (`rollback.rs`); restarts start the serving release again
+//! (`restart.rs`).
 //! Each step is written to the store as running before it acts, and finished with its
 //! outcome and output tail after. A failure before the switch stops the new instance (if one
 //! was started) and leaves the old one serving; a monitor breach switches back to the old
@@ -20,6 +21,7 @@ mod prepare;
 mod processes;
 mod recover;
 mod release_command;
+mod restart;
 mod retention;
 mod rollback;
 mod serving;
@@ -89,12 +91,17 @@ pub const ROLLBACK_STEPS: &[&str] = &[
     "on_rollback",
 ];
 
-/// The steps a deployment of `kind` (`deploy` or `rollback`) goes through.
+/// The steps of a restart (the serving release started again), in the order they run.
+pub const RESTART_STEPS: &[&str] = &[
+    "resolve", "lock", "prepare", "start", "health", "switch", "finish",
+];
+
+/// The steps a deployment of `kind` (`deploy`, `rollback` or `restart`) goes through.
 pub fn planned_steps(kind: &str) -> &'static [&'static str] {
-    if kind == "rollback" {
-        ROLLBACK_STEPS
-    } else {
-        DEPLOY_STEPS
+    match kind {
+        "rollback" => ROLLBACK_STEPS,
+        "restart" => RESTART_STEPS,
+        _ => DEPLOY_STEPS,
     }
 }
 pub use approval::{ApprovalError, Approvals};

@@ -297,42 +297,8 @@ impl Engine {
             .join("releases")
             .join(&release.name);
         let expected = release.digest.clone().unwrap_or_default();
-        self.step(id, "prepare", async {
-            if self.runtime.uses_images() {
-                // the release is its image, run again as it is: never rebuilt
-                return match self.runtime.has_image(&expected).await {
-                    Ok(true) => Ok((
-                        (),
-                        format!(
-                            "reusing release {}, image {} still in docker\n",
-                            release.name,
-                            crate::runtime::container::short(&expected)
-                        ),
-                    )),
-                    Ok(false) => Err(Stop::failed(format!(
-                        "the image of release {} ({expected}) is no longer in docker",
-                        release.name
-                    ))),
-                    Err(e) => Err(Stop::failed(e.to_string())),
-                };
-            }
-            let (dir2, shared) = (dir.clone(), self.config.app.shared.clone());
-            let digest =
-                tokio::task::spawn_blocking(move || crate::release::digest(&dir2, &shared))
-                    .await
-                    .map_err(|e| Stop::failed(e.to_string()))??;
-            if digest != expected {
-                return Err(Stop::failed(format!(
-                    "release dir {} changed since it was built ({digest}, built as {expected})",
-                    dir.display()
-                )));
-            }
-            Ok((
-                (),
-                format!("reusing release {}, digest unchanged\n", release.name),
-            ))
-        })
-        .await?;
+        self.step(id, "prepare", self.check_built(&release, &dir))
+            .await?;
         self.store.set_digest(id, &expected)?;
         self.skip(id, "build", "rollbacks reuse the built release");
         self.skip(id, "test", "tested when it was first deployed");

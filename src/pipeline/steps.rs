@@ -108,10 +108,10 @@ impl Engine {
         };
         let mut held = Held::default();
         let before = self.before(&state).await;
-        let outcome = if d.kind == "rollback" {
-            self.rollback_steps(&d, &state, &mut held).await
-        } else {
-            self.steps(&d, &state, &mut held).await
+        let outcome = match d.kind.as_str() {
+            "rollback" => self.rollback_steps(&d, &state, &mut held).await,
+            "restart" => self.restart_steps(&d, &state, &mut held).await,
+            _ => self.steps(&d, &state, &mut held).await,
         };
         if let Some(active) = held.instance.take() {
             self.stop_instance(active.record, &active.instance).await;
@@ -121,8 +121,11 @@ impl Engine {
         {
             self.undo_restore(&state, stopped).await;
         }
-        // post_deploy, on_failure or on_rollback: still under the lock, never the outcome
-        self.after_outcome(id, &state, &outcome, &before).await;
+        // post_deploy, on_failure or on_rollback: still under the lock, never the outcome (a
+        // restart deploys nothing: no hook runs for it)
+        if d.kind != "restart" {
+            self.after_outcome(id, &state, &outcome, &before).await;
+        }
         if held.lock
             && let Err(e) = self.store.release_lock(&env, Some(id), "deploy")
         {

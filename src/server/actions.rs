@@ -33,6 +33,13 @@ pub struct RollbackRequest {
     pub run_release: bool,
 }
 
+/// What `POST /api/environments/{env}/restart` takes (the body may be empty).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RestartRequest {
+    /// Why (a rotated secret, say); recorded with the restart.
+    pub reason: Option<String>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LockRequest {
     pub reason: String,
@@ -114,6 +121,31 @@ pub async fn rollback(
                 req.run_release,
                 &who,
             )
+            .await,
+    )
+}
+
+/// `POST …/restart`: the serving release started again through the zero-downtime path.
+pub async fn restart(
+    State(engine): State<Arc<Engine>>,
+    caller: Caller,
+    Path(env): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let req: RestartRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RestartRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(req) => req,
+            Err(e) => {
+                return ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+                    .into_response();
+            }
+        }
+    };
+    created(
+        engine
+            .request_restart(&env, req.reason.as_deref(), &caller.actor())
             .await,
     )
 }

@@ -166,7 +166,7 @@ pub fn reads_open(app: &AppState, req: &Request) -> bool {
 }
 
 /// The scope a mutation of the API at `path` needs: approving needs `approve`, signing off
-/// `verify`, everything else that changes something (deploy, promote, roll back, lock,
+/// `verify`, everything else that changes something (deploy, promote, roll back, restart, lock,
 /// maintenance, check reports) `deploy`. Fetching the mirror (rate-limited, for a plan)
 /// changes no deployment and needs only `read`. A route not listed here needs `admin`.
 fn api_scope(path: &str) -> Scope {
@@ -182,7 +182,7 @@ fn api_scope(path: &str) -> Scope {
             "api",
             "environments",
             _,
-            "rollback" | "lock" | "maintenance",
+            "rollback" | "restart" | "lock" | "maintenance",
         ]
         | ["api", "environments", _, "accessories", _] => Scope::Deploy,
         _ => Scope::Admin,
