@@ -339,7 +339,8 @@ pub async fn serve<F, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // flipped once the kept-alive connections had their grace: the idle ones close then
+    let (drain, draining) = watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(gate.limits.header_timeout)
@@ -372,17 +373,28 @@ pub async fn serve<F, S, B>(
             busy: ticket.busy.clone(),
             closing: shutdown.clone(),
         };
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        // with upgrades: `ferry exec` switches protocols (the connection then leaves here)
+        let conn = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
         let stats = gate.stats.clone();
+        let mut draining = draining.clone();
         tokio::spawn(async move {
             let close = ticket.close.clone();
-            tokio::select! {
-                done = conn => {
-                    if done.is_err_and(|e| e.is_timeout()) {
-                        stats.timed_out.fetch_add(1, Ordering::Relaxed);
+            let mut conn = std::pin::pin!(conn);
+            let done = tokio::select! {
+                done = conn.as_mut() => Some(done),
+                () = close.notified() => None,
+                () = crate::proxy::stopped(&mut draining) => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        done = conn.as_mut() => Some(done),
+                        () = close.notified() => None,
                     }
                 }
-                () = close.notified() => {}
+            };
+            if done.is_some_and(|d| d.is_err_and(|e| e.is_timeout())) {
+                stats.timed_out.fetch_add(1, Ordering::Relaxed);
             }
             drop(ticket);
         });
@@ -392,7 +404,11 @@ pub async fn serve<F, S, B>(
     while gate.stats.open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < grace {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    drain.send_replace(true);
+    let done = tokio::time::Instant::now() + Duration::from_secs(5);
+    while gate.stats.open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < done {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[cfg(test)]

@@ -102,3 +102,270 @@ fn restart_under_load_fails_no_request_and_serves_the_same_release_from_a_new_in
         "{detail}"
     );
 }
+
+const SECRET: &str = "s3cr3t-exec-value";
+
+/// A sandbox whose staging has a variable (`GREETING`) and a secret (`API_KEY`, from an
+/// env_file), serving v1.0.0.
+fn serving_with_secrets() -> Sandbox {
+    let mut s = Sandbox::with(
+        &[Rel("v1.0.0", GOOD)],
+        Options {
+            extra_env: "env = { GREETING = \"hello\" }",
+            ..Options::default()
+        },
+    );
+    let env_file = s.dir.path().join("staging.env");
+    std::fs::write(&env_file, format!("API_KEY={SECRET}\n")).unwrap();
+    let config = std::fs::read_to_string(&s.config).unwrap().replace(
+        "[environments.staging]\n",
+        &format!(
+            "[environments.staging]\nenv_file = \"{}\"\n",
+            env_file.display()
+        ),
+    );
+    std::fs::write(&s.config, config).unwrap();
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+    s
+}
+
+/// `ferry exec` with `input` on its stdin (a pipe), and `token` as FERRY_TOKEN if given.
+fn exec(s: &Sandbox, args: &[&str], input: &str, token: Option<&str>) -> Run {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new(FERRY);
+    cmd.arg("-c")
+        .arg(&s.config)
+        .arg("exec")
+        .args(args)
+        .env("USER", "tester")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(t) = token {
+        cmd.env("FERRY_TOKEN", t);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    Run(child.wait_with_output().unwrap())
+}
+
+/// Who the environment's commands run as: its own user under root, else this one.
+fn app_user() -> String {
+    if nix::unistd::Uid::effective().is_root() {
+        "ferry-sample-staging".into()
+    } else {
+        nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+            .unwrap()
+            .unwrap()
+            .name
+    }
+}
+
+#[test]
+fn exec_runs_in_the_serving_release_with_its_env_and_user_and_is_audited() {
+    let s = serving_with_secrets();
+    let release = s.api("/api/environments/staging")["release"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let script = format!(
+        "echo \"$GREETING|$APP_VERSION|$(pwd)|$(id -un)\"; test \"$API_KEY\" = {SECRET} && echo secret-ok; read line; echo \"got $line\"; echo to-stderr >&2; exit 3"
+    );
+    let run = exec(
+        &s,
+        &["staging", "--", "sh", "-c", &script],
+        "typed input\n",
+        None,
+    );
+    assert_eq!(run.code(), 3, "the command's exit status is ferry's: {run}");
+    let dir = s
+        .state_dir()
+        .join("environments/staging/releases")
+        .join(&release);
+    let dir = dir.canonicalize().unwrap();
+    let stdout = run.stdout();
+    assert!(
+        stdout.contains(&format!("hello|v1.0.0|{}|{}", dir.display(), app_user())),
+        "{run}"
+    );
+    assert!(stdout.contains("secret-ok"), "the env_file secret: {run}");
+    assert!(
+        stdout.contains("got typed input"),
+        "stdin reached it: {run}"
+    );
+    assert!(run.stderr().contains("to-stderr"), "{run}");
+    assert!(!stdout.contains("to-stderr"), "stderr apart: {run}");
+
+    let audit = s.api("/api/audit");
+    let entry = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "/api/environments/staging/exec")
+        .unwrap_or_else(|| panic!("no exec entry: {audit}"));
+    assert_eq!(entry["environment"], "staging", "{entry}");
+    assert_eq!(entry["user"], "tester", "{entry}");
+    assert_eq!(entry["token"], "local", "{entry}");
+    assert_eq!(entry["status"], 101, "{entry}");
+    assert_eq!(entry["exit_status"], 3, "{entry}");
+    assert!(entry["finished_at"].is_string(), "{entry}");
+    let command = entry["command"].as_str().unwrap();
+    assert!(command.starts_with("sh -c 'echo"), "{entry}");
+    assert!(
+        command.contains("= *** &&"),
+        "the secret is masked: {entry}"
+    );
+    assert!(!audit.to_string().contains(SECRET), "{audit}");
+    let entries = audit.as_array().unwrap();
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e["path"] == "/api/environments/staging/exec")
+            .count(),
+        1,
+        "one entry per session: {audit}"
+    );
+
+    // a plain success, and a command that does not exist
+    let run = exec(&s, &["staging", "--", "true"], "", None);
+    assert_eq!(run.code(), 0, "{run}");
+    let run = exec(&s, &["staging", "--", "no-such-command-here"], "", None);
+    // not found (127), or 126 when a dir of PATH is closed to the environment's user
+    assert!([126, 127].contains(&run.code()), "{run}");
+    assert!(run.stderr().contains("no-such-command-here"), "{run}");
+}
+
+#[test]
+fn exec_is_refused_without_its_scope_a_serving_release_or_a_known_process() {
+    let mut s = Sandbox::new(&[Rel("v1.0.0", GOOD)]);
+    s.serve();
+    let run = exec(&s, &["staging", "--", "true"], "", None);
+    assert_eq!(run.code(), 1, "{run}");
+    assert!(run.stderr().contains("nothing is serving staging"), "{run}");
+    s.deploy_ok("staging", "v1.0.0");
+    let run = exec(
+        &s,
+        &["staging", "--process", "worker", "--", "true"],
+        "",
+        None,
+    );
+    assert_eq!(run.code(), 2, "{run}");
+    assert!(
+        run.stderr().contains("unknown process type \"worker\""),
+        "{run}"
+    );
+    let run = s.ferry(&["exec", "staging"]);
+    assert_eq!(run.code(), 2, "a command is required: {run}");
+
+    // `deploy` does not include exec: a shell with the environment's secrets needs its own
+    let created = s.ferry(&["token", "create", "ops", "--scope", "deploy", "--json"]);
+    assert_eq!(created.code(), 0, "{created}");
+    let deployer = created.json()["token"].as_str().unwrap().to_string();
+    let run = exec(&s, &["staging", "--", "true"], "", Some(&deployer));
+    assert_eq!(run.code(), 1, "{run}");
+    assert!(run.stderr().contains("lacks the exec scope"), "{run}");
+    let created = s.ferry(&["token", "create", "console", "--scope", "exec", "--json"]);
+    let console = created.json()["token"].as_str().unwrap().to_string();
+    let run = exec(
+        &s,
+        &["staging", "--", "sh", "-c", "exit 4"],
+        "",
+        Some(&console),
+    );
+    assert_eq!(run.code(), 4, "{run}");
+}
+
+#[test]
+fn exec_on_a_terminal_is_an_interactive_console() {
+    use std::io::{Read, Write};
+    let s = serving_with_secrets();
+    // `script` gives ferry a terminal: stdin and stdout are a pty
+    let command = format!("'{FERRY}' -c '{}' exec staging -- sh", s.config.display());
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("USER", "tester")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"tty -s && echo tty-$((1 + 1)); echo $((6 * 7))-$GREETING\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn({
+        let seen = seen.clone();
+        move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        }
+    });
+    let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    // the answer comes back through the pty (the typed line is echoed too: look for the result)
+    let answered = eventually(Duration::from_secs(20), || text().contains("42-hello"));
+    assert!(answered, "no answer: {}\n{}", text(), s.serve_log());
+    stdin.write_all(b"exit 5\n").unwrap();
+    stdin.flush().unwrap();
+    let status = child.wait().unwrap();
+    drop(stdin);
+    reader.join().unwrap();
+    let seen = text();
+    assert!(seen.contains("tty-2"), "the command has a terminal: {seen}");
+    assert!(seen.contains("42-hello"), "{seen}");
+    assert_eq!(status.code(), Some(5), "{seen}");
+}
+
+#[test]
+fn exec_whose_connection_drops_has_its_command_killed() {
+    use std::io::BufRead;
+    let s = serving_with_secrets();
+    let mut child = std::process::Command::new(FERRY)
+        .arg("-c")
+        .arg(&s.config)
+        .args([
+            "exec",
+            "staging",
+            "--",
+            "sh",
+            "-c",
+            "echo $$; sleep 300 & wait",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pid: u32 = line.trim().parse().unwrap_or_else(|_| panic!("{line:?}"));
+    assert!(alive(pid));
+    // the CLI dies (a lost network would do the same): ferry ends the command and its group
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(pid)),
+        "the command outlived its connection"
+    );
+    let gone = eventually(Duration::from_secs(10), || {
+        s.api("/api/audit")[0]["exit_status"].is_i64()
+    });
+    assert!(gone, "{}", s.api("/api/audit"));
+    assert_eq!(
+        s.api("/api/audit")[0]["exit_status"],
+        128 + 1,
+        "SIGHUP ended it"
+    );
+}

@@ -188,6 +188,36 @@ impl ApiClient {
         self.decode(resp).await
     }
 
+    /// POSTs `body` asking to switch the connection to `protocol` (`ferry exec`): the
+    /// upgraded connection once ferry answers 101, else its error.
+    pub async fn upgrade<B: Serialize>(
+        &self,
+        path: &str,
+        protocol: &str,
+        body: &B,
+    ) -> Result<reqwest::Upgraded, ClientError> {
+        let resp = self
+            .request(reqwest::Method::POST, path)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, protocol)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        let status = resp.status().as_u16();
+        if status == 101 {
+            return resp.upgrade().await.map_err(|e| self.error(e));
+        }
+        Err(self
+            .decode::<serde_json::Value>(resp)
+            .await
+            .err()
+            .unwrap_or_else(|| ClientError::Other {
+                url: self.base.clone(),
+                detail: format!("ferry answered {status} instead of switching protocols"),
+            }))
+    }
+
     /// A streaming GET, for logs.
     pub async fn stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
         let resp = self.send_get(path).await?;

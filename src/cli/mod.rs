@@ -25,6 +25,7 @@ pub mod confine;
 mod demo;
 mod deploy;
 mod docs;
+mod exec;
 mod init;
 mod install;
 mod logs;
@@ -97,6 +98,9 @@ pub enum Command {
     Plan(safety::PlanArgs),
     /// Go back to the previous good release (or --to a version) without rebuilding.
     Rollback(safety::Rollback),
+    /// Run a command in the serving release's dir, as its user, with its variables and
+    /// secrets: interactive on a terminal (a console), else piped; audited.
+    Exec(exec::Exec),
     /// Start the serving release again with no dropped request (new instance, health,
     /// switch, drain): after rotating a secret, say.
     Restart(restart::Restart),
@@ -222,6 +226,8 @@ pub enum Failure {
     Failed(String),
     /// Bad usage or config: exit 2.
     Usage(String),
+    /// Exit with this status and say nothing (`ferry exec`: the command's own status).
+    Status(u8),
 }
 
 impl From<ClientError> for Failure {
@@ -256,6 +262,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Plan(args) => safety::plan(&cli, args).await,
         Command::Rollback(args) => safety::rollback(&cli, args).await,
         Command::Restart(args) => restart::run(&cli, args).await,
+        Command::Exec(args) => exec::run(&cli, args).await,
         Command::Approve(args) => safety::approve(&cli, args).await,
         Command::Verify(args) => safety::verify(&cli, args).await,
         Command::CheckReport(args) => safety::check_report(&cli, args).await,
@@ -290,6 +297,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             eprintln!("{message}");
             ExitCode::from(2)
         }
+        Err(Failure::Status(code)) => ExitCode::from(code),
     }
 }
 

@@ -26,9 +26,10 @@ pub enum TokenCommand {
         /// The same as NAME.
         #[arg(long, hide = true)]
         name: Option<String>,
-        /// What it may do, comma-separated: read, deploy (deploy, promote, roll back, lock,
-        /// maintenance, check reports), verify, approve, admin (everything). Every token may
-        /// read. Default: admin.
+        /// What it may do, comma-separated: read, deploy (deploy, promote, roll back, restart,
+        /// lock, maintenance, check reports), verify, approve, exec (`ferry exec`: commands
+        /// with an environment's secrets), admin (everything). Every token may read.
+        /// Default: admin.
         #[arg(long, value_delimiter = ',', value_parser = parse_scope)]
         scope: Vec<Scope>,
         /// The same as --scope read.
@@ -76,7 +77,7 @@ fn open(cli: &Cli) -> Result<Store, Failure> {
 
 fn parse_scope(s: &str) -> Result<Scope, String> {
     Scope::parse(s).ok_or_else(|| {
-        format!("\"{s}\" is not a scope: use read, deploy, verify, approve or admin")
+        format!("\"{s}\" is not a scope: use read, deploy, verify, approve, exec or admin")
     })
 }
 

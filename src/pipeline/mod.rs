@@ -15,6 +15,7 @@ mod accessories;
 mod actions;
 mod approval;
 mod environment;
+mod exec;
 mod hooks;
 mod monitor;
 mod prepare;
@@ -42,6 +43,7 @@ use crate::store::{Actor, Deployment, DeploymentState, Store, StoreError};
 pub use accessories::AccessoryAction;
 pub use actions::{CheckReport, FETCH_INTERVAL, Mirror, Plan, check_sha};
 pub use hooks::OUTCOME_HOOKS;
+pub use exec::{EXEC_PROCESSES, ExecCommand, shell_words};
 pub use rollback::{ReleaseRef, RollbackPreview};
 
 /// The free space the state dir's disk needs before a deployment starts.

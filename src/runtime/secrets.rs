@@ -54,7 +54,7 @@ impl Secrets {
         Ok(Secrets(vars))
     }
 
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
         self.0.iter()
     }
 

@@ -175,6 +175,8 @@ fn api_scope(path: &str) -> Scope {
         ["api", "mirror", "fetch"] => Scope::Read,
         ["api", "deployments", _, "approve"] => Scope::Approve,
         ["api", "environments", _, "verify"] => Scope::Verify,
+        // a shell with the environment's secrets: never part of `deploy`
+        ["api", "environments", _, "exec"] => Scope::Exec,
         ["api", "deployments"] | ["api", "promote"] | ["api", "commits", _, "checks"] => {
             Scope::Deploy
         }
@@ -281,7 +283,10 @@ pub async fn guard(State(app): State<AppState>, mut req: Request, next: Next) ->
     });
     let method = req.method().to_string();
     let resp = next.run(req).await;
+    // an exec session writes its own, fuller entry (who, where, what, how it ended)
+    let audited = resp.extensions().get::<super::exec::Audited>().is_some();
     if mutation
+        && !audited
         && let Err(e) =
             app.engine
                 .store
@@ -363,6 +368,8 @@ mod tests {
                 Scope::Approve
             } else if path.ends_with("/verify") {
                 Scope::Verify
+            } else if path.ends_with("/exec") {
+                Scope::Exec
             } else {
                 Scope::Deploy
             };

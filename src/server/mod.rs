@@ -6,6 +6,7 @@
 pub mod actions;
 mod apps;
 mod dashboard;
+pub mod exec;
 mod guard;
 pub mod hooks;
 mod logs;
@@ -204,6 +205,7 @@ routes! {
     post "/api/environments/{env}/verify" => actions::verify, "promotion", "sign off the version running (or the one named)";
     get "/api/environments/{env}/rollback" => actions::rollback_preview, "deployments", "what a rollback (?to, ?restore_data) would do: from, to, data, the confirmation word; changes nothing";
     post "/api/environments/{env}/rollback" => actions::rollback, "deployments", "roll back to the previous good release or to a release by name";
+    post "/api/environments/{env}/exec" => exec::exec, "environments", "run a command in the serving release's environment over an upgraded connection (Upgrade: ferry-exec; stdin, stdout, stderr, window size and exit status in frames); audited";
     post "/api/environments/{env}/restart" => actions::restart, "deployments", "start the serving release again: new instance, health, switch, drain (no rebuild)";
     post "/api/environments/{env}/lock" => actions::lock, "environments", "lock an environment against deploys";
     delete "/api/environments/{env}/lock" => actions::unlock, "environments", "remove a manual lock";

@@ -24,8 +24,8 @@ use crate::events::Bus;
 pub use crate::lifecycle::{DeploymentState, StepState};
 pub use dashboard::Probe;
 pub use rows::{
-    Actor, AuditEntry, Backup, Check, Delivery, Deployment, Instance, LockHolder, Maintenance,
-    Release, Scope, Step, Token, Verification,
+    Actor, AuditEntry, Backup, Check, Delivery, Deployment, ExecAudit, Instance, LockHolder,
+    Maintenance, Release, Scope, Step, Token, Verification,
 };
 pub use server::NewDelivery;
 
@@ -41,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0011_containers.sql"),
     include_str!("migrations/0015_run_release.sql"),
     include_str!("migrations/0012_processes.sql"),
+    include_str!("migrations/0013_exec_audit.sql"),
 ];
 
 /// Store errors.

@@ -389,16 +389,19 @@ pub enum Scope {
     Verify,
     /// Approve a deployment waiting for approval.
     Approve,
+    /// Run commands in an environment's serving release, with its secrets (`ferry exec`).
+    Exec,
     /// Everything.
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 6] = [
         Scope::Read,
         Scope::Deploy,
         Scope::Verify,
         Scope::Approve,
+        Scope::Exec,
         Scope::Admin,
     ];
 
@@ -408,6 +411,7 @@ impl Scope {
             Scope::Deploy => "deploy",
             Scope::Verify => "verify",
             Scope::Approve => "approve",
+            Scope::Exec => "exec",
             Scope::Admin => "admin",
         }
     }
@@ -516,4 +520,30 @@ pub struct AuditEntry {
     pub method: String,
     pub path: String,
     pub status: u16,
+    /// `ferry exec`: the name the caller gave (beside the token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `ferry exec`: the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// `ferry exec`: the command as run, known secrets masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// `ferry exec`: its exit status, once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i32>,
+    /// `ferry exec`: when it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+/// A `ferry exec` session as the audit trail records it when it starts.
+#[derive(Debug, Clone)]
+pub struct ExecAudit<'a> {
+    pub token: &'a str,
+    pub user: Option<&'a str>,
+    pub path: &'a str,
+    pub environment: &'a str,
+    /// Already redacted.
+    pub command: &'a str,
 }

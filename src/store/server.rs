@@ -2,7 +2,9 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{AuditEntry, Delivery, Deployment, Result, Scope, Store, StoreError, Token, now};
+use super::{
+    AuditEntry, Delivery, Deployment, ExecAudit, Result, Scope, Store, StoreError, Token, now,
+};
 
 impl Store {
     /// Stores a new token under `name`; fails with `Conflict` semantics (a unique-constraint
@@ -179,11 +181,33 @@ impl Store {
         Ok(())
     }
 
+    /// Records a `ferry exec` session as it starts (answered 101); returns its row, for
+    /// [`Store::exec_ended`].
+    pub fn exec_started(&self, e: &ExecAudit) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO audit (at, token, method, path, status, user, environment, command) \
+             VALUES (?1, ?2, 'POST', ?3, 101, ?4, ?5, ?6)",
+            params![now(), e.token, e.path, e.user, e.environment, e.command],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Records how a `ferry exec` session ended.
+    pub fn exec_ended(&self, id: i64, exit_status: i32) -> Result<()> {
+        self.conn().execute(
+            "UPDATE audit SET exit_status = ?1, finished_at = ?2 WHERE id = ?3",
+            params![exit_status, now(), id],
+        )?;
+        Ok(())
+    }
+
     /// The newest audit entries first.
     pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT at, token, method, path, status FROM audit ORDER BY id DESC LIMIT ?1",
+            "SELECT at, token, method, path, status, user, environment, command, exit_status, \
+             finished_at FROM audit ORDER BY id DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit as i64], |r| {
             Ok(AuditEntry {
@@ -192,6 +216,11 @@ impl Store {
                 method: r.get(2)?,
                 path: r.get(3)?,
                 status: r.get(4)?,
+                user: r.get(5)?,
+                environment: r.get(6)?,
+                command: r.get(7)?,
+                exit_status: r.get(8)?,
+                finished_at: r.get(9)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
