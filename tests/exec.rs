@@ -369,3 +369,130 @@ fn exec_whose_connection_drops_has_its_command_killed() {
         "SIGHUP ended it"
     );
 }
+
+#[test]
+fn the_dashboard_restarts_the_serving_release() {
+    let mut s = Sandbox::new(&[Rel("v1.0.0", GOOD)]);
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+    let (_, pid) = s.serving("staging");
+    let created = s.ferry(&["token", "create", "ops", "--scope", "deploy", "--json"]);
+    let token = created.json()["token"].as_str().unwrap().to_string();
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = http
+        .post(format!("{}/signin", s.api))
+        .form(&[("token", token.as_str())])
+        .send()
+        .unwrap();
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = http
+        .get(format!("{}/environments/staging", s.api))
+        .header("cookie", &cookie)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        page.contains("/actions/environments/staging/restart"),
+        "{page}"
+    );
+    let csrf = regex_csrf(&page);
+    let answer = http
+        .post(format!("{}/actions/environments/staging/restart", s.api))
+        .header("cookie", &cookie)
+        .form(&[("reason", "rotated a key"), ("csrf", csrf.as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 303);
+    let location = answer.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.contains("notice=restart-started"), "{location}");
+    let restarted = eventually(Duration::from_secs(30), || {
+        let d = &s.api("/api/deployments?limit=1")[0];
+        d["kind"] == "restart" && d["state"] == "succeeded"
+    });
+    assert!(restarted, "{}", s.api("/api/deployments?limit=1"));
+    assert_ne!(s.serving("staging").1, pid, "a new instance serves");
+}
+
+/// The CSRF token a dashboard page's forms carry.
+fn regex_csrf(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    page[at..at + 32].to_string()
+}
+
+#[test]
+fn exec_in_a_docker_app_runs_in_the_serving_container_as_its_user() {
+    let Some(kit) = support::docker::docker_or_skip(
+        "exec_in_a_docker_app_runs_in_the_serving_container_as_its_user",
+    ) else {
+        return;
+    };
+    let base = kit.base_image();
+    let mut s = Sandbox::new(&[]);
+    std::fs::write(
+        s.repo.join("Dockerfile"),
+        format!(
+            "FROM {base}\n\
+             RUN mkdir -p /srv && echo v1.0.0 > /srv/health && echo v1.0.0 > /srv/version\n\
+             CMD exec httpd -f -p \"$HOST:$PORT\" -h /srv\n"
+        ),
+    )
+    .unwrap();
+    sh(&s.repo, "git add . && git commit -qm v1 && git tag v1.0.0");
+    let env_file = s.dir.path().join("staging.env");
+    std::fs::write(&env_file, format!("API_KEY={SECRET}\n")).unwrap();
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let start = text.lines().find(|l| l.starts_with("start = ")).unwrap();
+    let text = text
+        .replace(start, "runtime = \"docker\"")
+        .replace("name = \"sample\"", &format!("name = \"{}\"", kit.prefix()))
+        .replace(
+            "[environments.staging]\n",
+            &format!(
+                "[environments.staging]\nenv_file = \"{}\"\n",
+                env_file.display()
+            ),
+        );
+    std::fs::write(&s.config, text).unwrap();
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+    let script = "echo \"$APP_VERSION|$(cat /srv/version)|$(id -u)\"; grep -c API_KEY \"$FERRY_ENV_FILE\"; read l; echo \"got $l\"; exit 6";
+    let run = exec(
+        &s,
+        &["staging", "--", "sh", "-c", script],
+        "piped in\n",
+        None,
+    );
+    assert_eq!(run.code(), 6, "{run}\n{}", s.serve_log());
+    let uid = if nix::unistd::Uid::effective().is_root() {
+        let name = format!("ferry-{}-staging", kit.prefix())
+            .to_ascii_lowercase()
+            .replace('_', "-");
+        nix::unistd::User::from_name(&name)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
+    } else {
+        None
+    };
+    let stdout = run.stdout();
+    assert!(stdout.contains("v1.0.0|v1.0.0|"), "{run}");
+    if let Some(uid) = uid {
+        assert!(stdout.contains(&format!("v1.0.0|v1.0.0|{uid}")), "{run}");
+    }
+    assert!(stdout.contains("\n1\n"), "the secrets file: {run}");
+    assert!(stdout.contains("got piped in"), "{run}");
+}

@@ -215,6 +215,30 @@ pub async fn rollback(
 }
 
 #[derive(Deserialize)]
+pub struct Restart {
+    #[serde(default)]
+    reason: String,
+}
+
+/// The serving release started again (new instance, health, switch, drain).
+pub async fn restart(
+    State(app): State<AppState>,
+    viewer: Viewer,
+    Path(env): Path<String>,
+    Form(form): Form<Restart>,
+) -> Response {
+    let reason = Some(form.reason.trim()).filter(|r| !r.is_empty());
+    match app
+        .engine
+        .request_restart(&env, reason, &who(&viewer))
+        .await
+    {
+        Ok(d) => done(&format!("/deployments/{}", d.id), Notice::RestartStarted),
+        Err(e) => engine_refused(e),
+    }
+}
+
+#[derive(Deserialize)]
 pub struct Maintenance {
     on: bool,
     message: Option<String>,

@@ -115,6 +115,7 @@ fn pages(app: AppState) -> Router<AppState> {
             "/actions/environments/{env}/rollback",
             post(forms::rollback),
         )
+        .route("/actions/environments/{env}/restart", post(forms::restart))
         .route(
             "/actions/environments/{env}/maintenance",
             post(forms::maintenance),

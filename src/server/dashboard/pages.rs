@@ -75,6 +75,7 @@ pub enum Notice {
     Approved,
     Verified,
     RollbackStarted,
+    RestartStarted,
     PromotionStarted,
     MaintenanceOn,
     MaintenanceOff,
@@ -83,12 +84,13 @@ pub enum Notice {
 }
 
 impl Notice {
-    const ALL: [Notice; 10] = [
+    const ALL: [Notice; 11] = [
         Notice::SignedIn,
         Notice::SignedOut,
         Notice::Approved,
         Notice::Verified,
         Notice::RollbackStarted,
+        Notice::RestartStarted,
         Notice::PromotionStarted,
         Notice::MaintenanceOn,
         Notice::MaintenanceOff,
@@ -103,6 +105,7 @@ impl Notice {
             Notice::Approved => "approved",
             Notice::Verified => "verified",
             Notice::RollbackStarted => "rollback-started",
+            Notice::RestartStarted => "restart-started",
             Notice::PromotionStarted => "promotion-started",
             Notice::MaintenanceOn => "maintenance-on",
             Notice::MaintenanceOff => "maintenance-off",
@@ -118,6 +121,7 @@ impl Notice {
             Notice::Approved => "Approved.",
             Notice::Verified => "Verified the version running.",
             Notice::RollbackStarted => "Rollback started.",
+            Notice::RestartStarted => "Restart started.",
             Notice::PromotionStarted => "Promotion started.",
             Notice::MaintenanceOn => "Maintenance is on.",
             Notice::MaintenanceOff => "Maintenance is off.",

@@ -87,6 +87,7 @@ async fn environment_body(
             }
         }
         @if let Some(form) = rollback { (form) }
+        @if viewer.can_act() && s.port.is_some() { (restart_form(viewer, name)) }
         section.panel aria-labelledby="history-title" {
             h2 #history-title { "History" }
             (history_table(&rows))
@@ -157,6 +158,22 @@ fn rollback_form(app: &AppState, viewer: &Viewer, env: &Environment, s: &EnvStat
             }
         }
     })
+}
+
+/// Restarting: the serving release started again through the zero-downtime path.
+fn restart_form(viewer: &Viewer, name: &str) -> Markup {
+    html! {
+        section.panel #restart aria-labelledby="restart-title" {
+            h2 #restart-title { "Restart " (name) }
+            p.hint { "Starts the release serving now again — a new instance with the variables and secrets read afresh, health-checked, then switched to; no request is dropped." }
+            form.stack method="post" action={ "/actions/environments/" (name) "/restart" } {
+                (csrf(viewer))
+                label for="restart-reason" { "Reason" }
+                input #restart-reason name="reason" type="text" placeholder="why (optional), e.g. rotated a secret";
+                button type="submit" { "Restart " (name) }
+            }
+        }
+    }
 }
 
 /// `text` as an HTML `pattern` matching exactly it.
