@@ -155,6 +155,9 @@ pub async fn exec(
     Path(env): Path<String>,
     mut req: Request,
 ) -> Response {
+    if let Err(e) = app.engine.env(&env) {
+        return ApiError::from(e).into_response();
+    }
     let asks_upgrade = req
         .headers()
         .get(header::UPGRADE)
