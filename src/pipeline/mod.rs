@@ -42,8 +42,8 @@ use crate::store::{Actor, Deployment, DeploymentState, Store, StoreError};
 
 pub use accessories::AccessoryAction;
 pub use actions::{CheckReport, FETCH_INTERVAL, Mirror, Plan, check_sha};
-pub use hooks::OUTCOME_HOOKS;
 pub use exec::{EXEC_PROCESSES, ExecCommand, shell_words};
+pub use hooks::OUTCOME_HOOKS;
 pub use rollback::{ReleaseRef, RollbackPreview};
 
 /// The free space the state dir's disk needs before a deployment starts.
