@@ -188,7 +188,10 @@ pub fn payload(name: &str, app: &str, d: &Deployment, steps: &[Step], probes: &[
     let short = d.commit_sha.as_deref().map(|s| &s[..7.min(s.len())]);
     let at = short.map(|s| format!(" ({s})")).unwrap_or_default();
     let env = &d.environment;
-    let failing = steps.iter().rev().find(|s| s.state == StepState::Failed);
+    // a hook run after the outcome (post_deploy, on_failure...) is never the cause of it
+    let failing = steps.iter().rev().find(|s| {
+        s.state == StepState::Failed && !crate::pipeline::OUTCOME_HOOKS.contains(&s.name.as_str())
+    });
     let why = d.reason.as_deref().unwrap_or("no reason recorded");
     let duration = seconds_between(&d.created_at, d.finished_at.as_deref());
     let took = duration.map(|s| format!(" in {s:.1}s")).unwrap_or_default();

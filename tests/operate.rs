@@ -370,6 +370,44 @@ fn on_rollback_runs_when_the_monitor_switches_back() {
     assert_eq!(s.serving("staging").0, "v1.0.0");
 }
 
+#[test]
+fn a_serve_killed_during_post_deploy_keeps_the_new_release_and_its_outcome() {
+    let mut s = sandbox(
+        "shared = [\"data/\"]",
+        "[hooks]\npost_deploy = \"env > data/$FERRY_HOOK.env\"\non_rollback = \"true\"\n",
+    );
+    tag(&s, "v1.0.0", GOOD, "");
+    tag(&s, "v2.0.0", GOOD, "");
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+    s.stop(nix::sys::signal::Signal::SIGTERM);
+    // the next serve holds every deployment once post_deploy has started
+    s.serve_env = vec![("FERRY_FAULT_PAUSE_AT".into(), "post_deploy".into())];
+    s.serve();
+    let (status, d) = s.post(
+        "/api/deployments",
+        &serde_json::json!({"environment": "staging", "ref": "v2.0.0"}),
+    );
+    assert_eq!(status, 201, "{d}");
+    let id = d["id"].as_i64().unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            s.api(&format!("/api/deployments/{id}"))["deployment"]["step"] == "post_deploy"
+        }),
+        "never reached post_deploy: {}",
+        s.serve_log()
+    );
+    let (version, pid) = s.serving("staging");
+    assert_eq!(version, "v2.0.0", "switched before the hook");
+    s.stop(nix::sys::signal::Signal::SIGKILL);
+    s.serve_env.clear();
+    s.serve();
+    // the outcome was decided before the hook: v2.0.0 stays, the same instance, adopted
+    let d = &s.api(&format!("/api/deployments/{id}"))["deployment"];
+    assert_eq!(d["state"], "succeeded", "{d}");
+    assert_eq!(s.serving("staging"), ("v2.0.0".to_string(), pid));
+}
+
 /// A docker release: `/srv/migrate` is its release command (failing with `migrate_exit`),
 /// then busybox httpd serves `/version` on 127.0.0.1:$PORT.
 fn docker_release(base: &str, version: &str, migrate_exit: i32) -> String {

@@ -31,7 +31,7 @@ pub(super) struct Before {
 }
 
 impl Engine {
-    /// Taken when a deployment starts.
+    /// Taken once the deployment holds the environment's lock.
     pub(super) async fn before(&self, state: &EnvState) -> Before {
         let previous_version = match state.active_release().await {
             Some(name) => self
@@ -53,16 +53,24 @@ impl Engine {
         d: &Deployment,
         state: &EnvState,
         dir: &Path,
+        before: Option<&Before>,
     ) -> Result<(), Stop> {
         let hook = Hook::PreDeploy;
         if self.config.hooks.commands(hook).is_empty() {
             self.skip(d.id, hook.name(), "no pre_deploy hook configured");
             return Ok(());
         }
-        let before = self.before(state).await;
+        let taken;
+        let before = match before {
+            Some(before) => before,
+            None => {
+                taken = self.before(state).await;
+                &taken
+            }
+        };
         self.step(d.id, hook.name(), async {
             let d = self.store.deployment(d.id)?;
-            let vars = self.hook_vars(&d, state, dir, &before, hook, None)?;
+            let vars = self.hook_vars(&d, state, dir, before, hook, None)?;
             self.run_hook(d.id, state, hook, dir, &vars)
                 .await
                 .map_err(|stop| Stop {

@@ -28,10 +28,9 @@ impl Engine {
     pub async fn recover_store(&self) -> Result<(), super::EngineError> {
         for d in self.store.unfinished()? {
             let step = d.step.as_deref().unwrap_or("queue");
-            let reason = format!("ferry stopped during step {step}");
-            tracing::warn!(id = d.id, env = %d.environment, "deployment interrupted: {reason}");
-            self.store
-                .set_state(d.id, DeploymentState::Interrupted, Some(&reason))?;
+            let (state, reason) = outcome_of_interrupted(step, &d.kind);
+            tracing::warn!(id = d.id, env = %d.environment, state = state.as_str(), "deployment cut off by a stop: {reason}");
+            self.store.set_state(d.id, state, Some(&reason))?;
         }
         self.store.clear_deploy_locks()?;
         for (deployment, pid, proc_start) in self.store.running_commands()? {
@@ -333,5 +332,30 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// What a deployment cut off during `step` ends as. A hook run after the outcome (see
+/// [`super::OUTCOME_HOOKS`]) means the outcome was decided, and traffic is where it put it:
+/// recording it `interrupted` would make the restart bring back the release before it.
+fn outcome_of_interrupted(step: &str, kind: &str) -> (DeploymentState, String) {
+    let during = format!("ferry stopped during its {step} hook");
+    match (step, kind) {
+        ("post_deploy", _) | ("on_rollback", "rollback") => (
+            DeploymentState::Succeeded,
+            format!("{during}; the deployment had succeeded"),
+        ),
+        ("on_rollback", _) => (
+            DeploymentState::RolledBack,
+            format!("{during}; the monitor had switched traffic back (see the monitor step)"),
+        ),
+        ("on_failure", _) => (
+            DeploymentState::Failed,
+            format!("{during}; the deployment had failed (see its failed step)"),
+        ),
+        _ => (
+            DeploymentState::Interrupted,
+            format!("ferry stopped during step {step}"),
+        ),
     }
 }

@@ -37,7 +37,13 @@ impl Engine {
             self.release_command(id, state, &release, &command),
         )
         .await
-        .inspect_err(|_| self.mark_release(env, release.name, "bad"))
+        .inspect_err(|_| {
+            // a rollback's target ran well before: one failed migration does not make it bad
+            // (it stays what `ferry rollback` goes back to)
+            if self.store.deployment(id).is_ok_and(|d| d.kind == "deploy") {
+                self.mark_release(env, release.name, "bad");
+            }
+        })
     }
 
     async fn release_command(

@@ -84,6 +84,8 @@ pub(super) struct Held {
     /// A rollback with `--restore-data` stopped the serving release: if it then fails, the
     /// data set aside goes back and this release is started again.
     pub stopped: Option<Stopped>,
+    /// What was serving once the lock was taken: what the hooks are told.
+    pub before: Option<super::hooks::Before>,
 }
 
 pub(super) struct Stopped {
@@ -107,7 +109,6 @@ impl Engine {
             }
         };
         let mut held = Held::default();
-        let before = self.before(&state).await;
         let outcome = match d.kind.as_str() {
             "rollback" => self.rollback_steps(&d, &state, &mut held).await,
             "restart" => self.restart_steps(&d, &state, &mut held).await,
@@ -121,10 +122,14 @@ impl Engine {
         {
             self.undo_restore(&state, stopped).await;
         }
-        // post_deploy, on_failure or on_rollback: still under the lock, never the outcome (a
-        // restart deploys nothing: no hook runs for it)
-        if d.kind != "restart" {
-            self.after_outcome(id, &state, &outcome, &before).await;
+        // post_deploy, on_failure or on_rollback: still under the lock, never the outcome; a
+        // deployment that never held the lock (refused, or a ref not found) runs none, nor
+        // does a restart (it deploys nothing)
+        if d.kind != "restart"
+            && held.lock
+            && let Some(before) = &held.before
+        {
+            self.after_outcome(id, &state, &outcome, before).await;
         }
         if held.lock
             && let Err(e) = self.store.release_lock(&env, Some(id), "deploy")
@@ -235,7 +240,8 @@ impl Engine {
             )));
         }
         self.store.set_digest(id, &digest)?;
-        self.pre_deploy(d, state, &dir).await?;
+        self.pre_deploy(d, state, &dir, held.before.as_ref())
+            .await?;
 
         if env.backup.is_empty() {
             self.skip(id, "backup", "no backup configured");
@@ -374,7 +380,10 @@ impl Engine {
                 Err(h) => Err(Stop::refused(h.refusal(env))),
             }
         })
-        .await
+        .await?;
+        // under the lock nothing else changes what serves: the hooks' previous version
+        held.before = Some(self.before(state).await);
+        Ok(())
     }
 }
 
