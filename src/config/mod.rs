@@ -14,6 +14,7 @@ mod hooks;
 mod processes;
 mod raw;
 mod runtime;
+mod secrets;
 mod server;
 mod size;
 mod template;
@@ -33,6 +34,7 @@ pub use hooks::{Hook, Hooks};
 pub use processes::{ProcessType, WEB};
 pub use raw::valid_check_name;
 pub use runtime::{ComposeFile, Container, ContainerUser, ImageBuild, Network, Runtime};
+pub use secrets::{DEFAULT_SECRET_TIMEOUT, SecretCommand, valid_secret_name};
 pub use server::{ConnLimits, DEFAULT_MAX_STREAMS, ProxySettings, Server};
 pub use size::{HumanSize, format_size, parse_size};
 pub use template::TEMPLATE;
@@ -47,6 +49,10 @@ pub const RESERVED_VARS: &[&str] = &[
     "DEPLOYED_AT",
     "FERRY_PROCESS",
 ];
+
+/// The longest a deployment may wait for a busy or locked environment (`--wait-lock`,
+/// `[webhooks] wait_lock`).
+pub const MAX_WAIT_LOCK: Duration = Duration::from_secs(24 * 3600);
 
 /// A loaded, validated configuration.
 #[derive(Debug, Clone)]
@@ -88,6 +94,9 @@ pub struct Webhooks {
     /// `owner/name` (GitHub's `repository.full_name`, GitLab's `project.path_with_namespace`);
     /// see [`Config::webhook_repository`] for the default.
     pub repository: Option<String>,
+    /// How long a pushed deployment waits for a busy or locked environment before it is
+    /// refused (`wait_lock`); `None`: see [`crate::pipeline::Engine::request_tracked`].
+    pub wait_lock: Option<Duration>,
 }
 
 /// True for a repository name as providers write it: two or more `/`-separated parts of
@@ -266,6 +275,8 @@ pub struct Environment {
     pub env: BTreeMap<String, String>,
     /// Secrets file; relative paths are read from the environment's `shared/` dir.
     pub env_file: Option<PathBuf>,
+    /// Secrets from commands (`secrets = { NAME = { command = "…" } }`), run at each start.
+    pub secrets: Vec<SecretCommand>,
     /// Pre-release tags (`v1.2.0-rc.1`) are accepted where tags are tracked.
     pub prerelease: bool,
     /// The environment (config table name) a tag must be verified on before it comes here.

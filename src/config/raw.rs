@@ -46,6 +46,7 @@ struct RawWebhooks {
     github_secret_env: Option<Spanned<String>>,
     gitlab_token_env: Option<Spanned<String>>,
     repository: Option<Spanned<String>>,
+    wait_lock: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +122,8 @@ struct RawEnvironment {
     #[serde(default)]
     env: BTreeMap<Spanned<String>, String>,
     env_file: Option<String>,
+    #[serde(default)]
+    secrets: BTreeMap<Spanned<String>, super::secrets::RawSecret>,
     prerelease: Option<bool>,
     requires: Option<Spanned<String>>,
     approval: Option<RawApproval>,
@@ -550,6 +553,7 @@ fn validate_environment(
         }
         env.insert(key, value);
     }
+    let secrets = super::secrets::validate(raw.secrets, &env, &resolve(""), fail)?;
     let mut freeze = Vec::new();
     for w in &raw.freeze {
         freeze.push(super::FreezeWindow::parse(w.get_ref()).map_err(|e| {
@@ -644,6 +648,7 @@ fn validate_environment(
             auto,
             env: env.clone(),
             env_file: raw.env_file.as_ref().map(PathBuf::from),
+            secrets: secrets.clone(),
             prerelease: raw.prerelease.unwrap_or(false),
             requires: raw.requires.as_ref().map(|r| r.get_ref().clone()),
             approval: !matches!(raw.approval, None | Some(RawApproval::On(false))),
@@ -738,10 +743,21 @@ fn validate_webhooks(raw: RawWebhooks, fail: &Fail) -> Result<Webhooks, Diagnost
             ));
         }
     };
+    let wait_lock = match raw.wait_lock {
+        Some(w) if w.get_ref().0 > super::MAX_WAIT_LOCK => {
+            return Err(fail(
+                w.span(),
+                "wait_lock is longer than a day".into(),
+                "write a wait of at most \"24h\", like \"10m\"",
+            ));
+        }
+        w => w.map(|w| w.into_inner().0),
+    };
     Ok(Webhooks {
         github_secret_env: var(raw.github_secret_env)?,
         gitlab_token_env: var(raw.gitlab_token_env)?,
         repository,
+        wait_lock,
     })
 }
 

@@ -67,6 +67,11 @@ slots = 1                       # 2 makes staging-1 on 8081 and staging-2 on 808
 track = { branch = "main" }     # webhook pushes to main deploy here; or { tags = true }
 env = { LOG_LEVEL = "debug" }
 # env_file = "config/.env"      # secrets, read from the environment's shared dir at start
+                                # (`ferry secrets staging set NAME` writes it)
+# secrets = { DATABASE_URL = { command = "op read op://staging/db/url" } }
+                                # a command's stdout (one trailing newline trimmed), run at
+                                # each start as ferry's user with serve's environment, in
+                                # this file's dir; timeout = "30s" by default
 # user = "app-staging"          # as root, build/test/app commands run as this user (default:
                                 # ferry-<app>-<env>, created on first start); never root,
                                 # never another environment's

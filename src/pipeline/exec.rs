@@ -81,6 +81,7 @@ impl Engine {
         let vars = instance_vars(state, &row.version, &row.commit_sha);
         let mut spec = self
             .instance_spec(state, &dir, vars, &release)
+            .await
             .map_err(EngineError::Conflict)?;
         // the serving instance's own PORT and DEPLOYED_AT, not a new instance's
         for (key, value) in spec.vars.iter_mut() {

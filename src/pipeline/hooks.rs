@@ -70,7 +70,7 @@ impl Engine {
         };
         self.step(d.id, hook.name(), async {
             let d = self.store.deployment(d.id)?;
-            let vars = self.hook_vars(&d, state, dir, before, hook, None)?;
+            let vars = self.hook_vars(&d, state, dir, before, hook, None).await?;
             self.run_hook(d.id, state, hook, dir, &vars)
                 .await
                 .map_err(|stop| Stop {
@@ -132,7 +132,9 @@ impl Engine {
             .unwrap_or_else(|| self.config.env_dir(&state.env.name).join("shared"));
         let ran = self
             .step(id, hook.name(), async {
-                let vars = self.hook_vars(&d, state, &dir, before, hook, reason)?;
+                let vars = self
+                    .hook_vars(&d, state, &dir, before, hook, reason)
+                    .await?;
                 self.run_hook(id, state, hook, &dir, &vars).await
             })
             .await;
@@ -144,7 +146,7 @@ impl Engine {
     /// What a hook's commands start with: the cleared environment of every command (or, with
     /// `[hooks] secrets = true`, an instance's: `env` and `env_file` too) and ferry's
     /// variables about the deployment.
-    fn hook_vars(
+    async fn hook_vars(
         &self,
         d: &Deployment,
         state: &EnvState,
@@ -160,6 +162,7 @@ impl Engine {
             let instance = instance_vars(state, &version, &commit);
             let spec = self
                 .instance_spec(state, dir, instance, &release)
+                .await
                 .map_err(Stop::failed)?;
             let mut vars = spec.vars.clone();
             vars.retain(|(k, _)| k != "PORT");

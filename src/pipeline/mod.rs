@@ -25,6 +25,7 @@ mod release_command;
 mod restart;
 mod retention;
 mod rollback;
+mod secrets;
 mod serving;
 mod steps;
 mod triggers;

@@ -168,6 +168,7 @@ impl Engine {
                 Err(e) => return Err(format!("{path}: {e}")),
             }
         }
+        self.learn_secrets(&state.env, &self.leftover(row));
         let instance = self
             .runtime
             .adopt(&self.leftover(row), &state.log)
@@ -251,7 +252,7 @@ impl Engine {
             ("APP_VERSION".to_string(), version),
             ("COMMIT_SHA".to_string(), commit),
         ];
-        let result = match self.instance_spec(state, &dir, vars, release) {
+        let result = match self.instance_spec(state, &dir, vars, release).await {
             Ok(spec) => self.start_healthy(state, release, spec).await,
             Err(e) => Err(e),
         };

@@ -56,6 +56,7 @@ impl Engine {
         let vars = instance_vars(state, release.version, release.commit);
         let spec = self
             .instance_spec(state, release.dir, vars, release.name)
+            .await
             .map_err(Stop::failed)?;
         let timeout = self.config.app.release_timeout;
         let mut out = format!("$ {command}\n");

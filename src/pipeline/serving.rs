@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::environment::Active;
 use super::steps::{Held, Stop, instance_vars};
 use super::{Engine, EnvState};
-use crate::runtime::{Identity, InstanceSpec, Secrets};
+use crate::runtime::{Identity, InstanceSpec};
 use crate::store::DeploymentState;
 
 impl Engine {
@@ -25,6 +25,7 @@ impl Engine {
             .step(id, "start", async {
                 let spec = self
                     .instance_spec(state, dir, vars, release)
+                    .await
                     .map_err(Stop::failed)?;
                 let instance = self
                     .runtime
@@ -144,7 +145,7 @@ impl Engine {
         let row = self.store.release(env, release).ok().flatten()?;
         let dir = self.config.env_dir(env).join("releases").join(release);
         let vars = instance_vars(state, &row.version, &row.commit_sha);
-        let spec = self.instance_spec(state, &dir, vars, release).ok()?;
+        let spec = self.instance_spec(state, &dir, vars, release).await.ok()?;
         match self.start_healthy(state, release, spec).await {
             Ok(active) => Some(active),
             Err(e) => {
@@ -155,7 +156,7 @@ impl Engine {
     }
 
     /// The instance's variables, `env` and secrets for `release_dir`.
-    pub(super) fn instance_spec(
+    pub(super) async fn instance_spec(
         &self,
         state: &EnvState,
         release_dir: &Path,
@@ -178,6 +179,8 @@ impl Engine {
             home: self.runtime.home().to_string(),
             process: String::new(),
         };
+        // first: the commands may take a while, and the port is best taken just before use
+        let secrets = self.secrets(env).await.map_err(|e| e.to_string())?;
         let port = crate::runtime::free_port().map_err(|e| e.to_string())?;
         vars.push(("PORT".into(), port.to_string()));
         vars.push(("DEPLOYED_AT".into(), crate::store::now()));
@@ -186,11 +189,6 @@ impl Engine {
         let mut all = self.command_env(state);
         all.extend(vars.iter().cloned());
         let env_file = super::env_file_path(&self.config, env);
-        let secrets = match &env_file {
-            None => Secrets::default(),
-            Some(path) => Secrets::read(path).map_err(|e| e.to_string())?,
-        };
-        self.redactor.add(secrets.values());
         Ok(InstanceSpec {
             release_dir: release_dir.to_path_buf(),
             start: self.config.app.start.clone(),

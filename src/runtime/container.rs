@@ -3,7 +3,7 @@
 //! version, commit and port, so a new ferry finds it again after a crash.
 //!
 //! - Variables (ferry's and the environment's `env`) reach it through `--env-file`; the
-//!   environment's `env_file` (secrets) is copied to a file only ferry and the instance's user
+//!   environment's `env_file` and command secrets are written to a file only ferry and the instance's user
 //!   read and mounted read-only at `secrets_at` (`FERRY_ENV_FILE` names it): no secret is ever
 //!   on a command line or in `docker inspect`.
 //! - The shared dir is mounted read-write at `shared_at`; `stop_timeout` is the container's
@@ -184,7 +184,8 @@ pub(super) fn prepare(
     let [env_file, secrets_file] = instance_files(&run_dir, port);
     if !spec.secrets.is_empty() {
         let path = secrets_file;
-        write_secrets(&path, spec, user.is_some()).map_err(io(&path))?;
+        let bytes = spec.secrets.file_bytes(spec.env_file.as_deref())?;
+        write_secrets(&path, &bytes, spec, user.is_some()).map_err(io(&path))?;
         files.push(path.clone());
         mounts.push(Mount {
             source: path,
@@ -210,12 +211,12 @@ pub(super) fn prepare(
     })
 }
 
-/// The secrets for the container: the env file copied byte for byte (quoting and all, as the
-/// app's dotenv reader expects it), readable by the instance's user only when ferry runs it
+/// The secrets for the container (`bytes`: see [`super::Secrets::file_bytes`]), readable by the instance's user only when ferry runs it
 /// as the environment's user, else by whoever the image's user is (the run dir is ferry's
 /// alone on the host).
 fn write_secrets(
     path: &std::path::Path,
+    bytes: &[u8],
     spec: &InstanceSpec,
     as_environment_user: bool,
 ) -> std::io::Result<()> {
@@ -227,14 +228,7 @@ fn write_secrets(
         .create_new(true)
         .mode(0o400)
         .open(path)?;
-    match &spec.env_file {
-        Some(source) => file.write_all(&std::fs::read(source)?)?,
-        None => {
-            for (key, value) in spec.secrets.iter() {
-                writeln!(file, "{key}={value}")?;
-            }
-        }
-    }
+    file.write_all(bytes)?;
     file.sync_all()?;
     match (&spec.confinement.run_as, as_environment_user) {
         (Some(user), true) => nix::unistd::chown(

@@ -30,7 +30,7 @@ mod task;
 use output::LineTap;
 pub use output::LogSink;
 pub use process::{group_alive, kill_group, process_start_time};
-pub use secrets::Secrets;
+pub use secrets::{Secrets, run_command as run_secret_command, started_with};
 pub use task::{TaskOutput, secret_vars};
 
 /// Size at which the app log is rotated.
@@ -51,6 +51,9 @@ pub enum RuntimeError {
     },
     #[error("env_file {}, line {line}: expected KEY=VALUE", path.display())]
     EnvFileSyntax { path: PathBuf, line: usize },
+    /// A `secrets` command failed (never with what it printed on stdout).
+    #[error("secret {name}: {why}")]
+    SecretCommand { name: String, why: String },
     #[error("cannot start `{command}`: {source}")]
     Spawn {
         command: String,
