@@ -203,3 +203,137 @@ fn a_failing_secret_command_fails_the_deploy_and_the_old_release_keeps_serving()
         command_lines_holding("sleep 600").is_empty()
     }));
 }
+
+/// `ferry secrets ENV set NAME` with `value` on its stdin; fails the test if the value shows
+/// on any command line while the command waits for it.
+fn secrets_set(s: &Sandbox, env: &str, name: &str, value: &str) -> Run {
+    use std::io::Write;
+    let mut child = std::process::Command::new(FERRY)
+        .arg("-c")
+        .arg(&s.config)
+        .args(["secrets", env, "set", name])
+        .env("USER", "tester")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // once it runs ferry (not the test's fork before its exec)
+    let proc = format!("/proc/{}/cmdline", child.id());
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::read(&proc).is_ok_and(|c| contains(&c, "secrets"))
+    }));
+    let cmdline = std::fs::read(&proc).unwrap();
+    assert!(contains(&cmdline, name) && !contains(&cmdline, value));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{value}\n").as_bytes()).unwrap();
+    // the value is on its way in: still on no command line
+    assert_eq!(command_lines_holding(value), Vec::<String>::new());
+    drop(stdin);
+    Run(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn ferry_secrets_set_unset_and_list_edit_the_env_file_in_place() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const API_KEY: &str = "set-by-cli-4c2d9e7a11";
+    let mut s = sandbox(&[Rel("v1.0.0", "health_status = 200\nprint_env = API_KEY\n")]);
+    let config = std::fs::read_to_string(&s.config).unwrap().replace(
+        "[environments.staging]\n",
+        "[environments.staging]\nenv_file = \"config/.env\"\n",
+    );
+    std::fs::write(&s.config, config).unwrap();
+    s.serve();
+    let shared = s.state_dir().join("environments/staging/shared");
+    let file = shared.join("config/.env");
+
+    // a first secret makes the file (and its dir), 0600
+    let run = secrets_set(&s, "staging", "API_KEY", "first-value-0001");
+    assert_eq!(run.code(), 0, "{run}");
+    assert!(run.stdout().contains("next start"), "{run}");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // the operator's own lines and comments stay, in order
+    std::fs::write(
+        &file,
+        "# rotated quarterly\nexport API_KEY=old\nOTHER=keep-me\n\n# end\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let inode = std::fs::metadata(&file).unwrap().ino();
+    let run = secrets_set(&s, "staging", "API_KEY", API_KEY);
+    assert_eq!(run.code(), 0, "{run}");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        format!("# rotated quarterly\nexport API_KEY={API_KEY}\nOTHER=keep-me\n\n# end\n")
+    );
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // replaced by a rename, not rewritten in place; no temp file left behind
+    assert_ne!(meta.ino(), inode);
+    let names: Vec<String> = std::fs::read_dir(file.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, [".env"]);
+
+    // names and where each comes from, never a value
+    for args in [
+        &["secrets", "staging", "list"][..],
+        &["secrets", "staging", "list", "--json"],
+    ] {
+        let run = s.ferry(args);
+        assert_eq!(run.code(), 0, "{run}");
+        let out = run.stdout();
+        assert!(
+            out.contains("API_KEY") && out.contains("OTHER") && out.contains("DB_URL"),
+            "{out}"
+        );
+        assert!(out.contains("env_file") && out.contains("command"), "{out}");
+        assert!(
+            !out.contains(API_KEY) && !out.contains("keep-me") && !out.contains(DB_URL),
+            "{out}"
+        );
+    }
+
+    // the next start has it, masked in the log as any env_file value
+    s.deploy_ok("staging", "v1.0.0");
+    let log = s.state_dir().join("environments/staging/logs/app.log");
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("API_KEY=***"))
+    }));
+    assert!(!std::fs::read_to_string(&log).unwrap().contains(API_KEY));
+    let audit = s.get("/api/audit").unwrap().1;
+    assert!(audit.contains("secrets staging set API_KEY"), "{audit}");
+    assert!(!audit.contains(API_KEY));
+
+    // unset keeps the rest; without serve running too
+    s.stop(nix::sys::signal::Signal::SIGTERM);
+    let run = s.ferry(&["secrets", "staging", "unset", "API_KEY"]);
+    assert_eq!(run.code(), 0, "{run}");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "# rotated quarterly\nOTHER=keep-me\n\n# end\n"
+    );
+    let run = s.ferry(&["secrets", "staging", "unset", "API_KEY"]);
+    assert_eq!(run.code(), 1, "{run}");
+    assert!(run.stderr().contains("API_KEY is not set"), "{run}");
+
+    // mistakes: no value, a bad name, an unknown environment
+    let run = s.ferry(&["secrets", "staging", "set", "EMPTY"]);
+    assert_eq!(run.code(), 2, "{run}");
+    assert!(run.stderr().contains("no value given"), "{run}");
+    for (args, want) in [
+        (
+            &["secrets", "staging", "set", "A-B"][..],
+            "not a variable name",
+        ),
+        (&["secrets", "nowhere", "list"], "unknown environment"),
+    ] {
+        let run = s.ferry(args);
+        assert_eq!(run.code(), 2, "{run}");
+        assert!(run.stderr().contains(want), "{run}");
+    }
+}

@@ -32,6 +32,7 @@ mod logs;
 mod release;
 mod restart;
 mod safety;
+mod secrets;
 mod serve;
 mod show;
 mod table;
@@ -132,6 +133,9 @@ pub enum Command {
     Release(release::Release),
     /// API tokens: create (shown once), list, revoke.
     Token(token::TokenArgs),
+    /// An environment's secrets: set or unset one in its env file (the value read from
+    /// stdin), or list their names and where each comes from.
+    Secrets(secrets::SecretsArgs),
     /// Try ferry on a sample app: deploys, a zero-downtime switch and a refused broken release.
     Demo(demo::Demo),
     /// Print a shell completion script: `ferry completions bash > /etc/bash_completion.d/ferry`.
@@ -275,6 +279,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Show(args) => show::show(&cli, args).await,
         Command::Logs(args) => logs::run(&cli, args).await,
         Command::Token(args) => token::run(&cli, args),
+        Command::Secrets(args) => secrets::run(&cli, args),
         Command::Release(args) => release::run(args),
         Command::Demo(args) => demo::run(args).await,
         Command::Completions(args) => docs::completions(args),
