@@ -26,6 +26,19 @@ pub struct Deploy {
     /// Print the final deployment as JSON instead of live steps.
     #[arg(long)]
     pub json: bool,
+    /// When another deployment or a lock holds the environment, wait in line this long
+    /// (like "10m", at most "24h") instead of being refused.
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+    pub wait_lock: Option<std::time::Duration>,
+}
+
+/// `--wait-lock`'s value.
+pub fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
+    let wait = crate::config::parse_duration(text)?;
+    if wait > crate::config::MAX_WAIT_LOCK {
+        return Err("wait at most 24h".into());
+    }
+    Ok(wait)
 }
 
 pub async fn run(cli: &Cli, args: &Deploy) -> CmdResult {
@@ -36,6 +49,7 @@ pub async fn run(cli: &Cli, args: &Deploy) -> CmdResult {
         triggered_by: Some(super::current_user()),
         force: args.force,
         reason: args.reason.clone(),
+        wait_lock: args.wait_lock.map(crate::config::format_duration),
     };
     let created = create(&client, "/api/deployments", &request).await?;
     finish(&client, created, args.no_wait, args.json).await
@@ -106,6 +120,7 @@ pub async fn deploy(
         triggered_by: Some(super::current_user()),
         force: false,
         reason: None,
+        wait_lock: None,
     };
     let created = create(client, "/api/deployments", &request).await?;
     if live {
@@ -160,8 +175,10 @@ pub async fn follow(client: &ApiClient, id: i64, live: bool) -> Result<Deploymen
             for step in detail.steps.iter().skip(printed) {
                 // the monitor writes a line per probe as it goes: each is printed, the last
                 // ones too; its final line is the step's summary, printed with it
-                if step.name == "monitor" && step.state != StepState::Skipped {
-                    if !said_monitoring {
+                // so does the lock step while it waits in line (`--wait-lock`)
+                let streams = matches!(step.name.as_str(), "monitor" | "lock");
+                if streams && step.state != StepState::Skipped {
+                    if step.name == "monitor" && !said_monitoring {
                         said_monitoring = true;
                         clear();
                         outln!(

@@ -27,6 +27,10 @@ pub struct Promote {
     pub no_wait: bool,
     #[arg(long)]
     pub json: bool,
+    /// When another deployment or a lock holds the environment, wait in line this long
+    /// (like "10m", at most "24h") instead of being refused.
+    #[arg(long, value_name = "DURATION", value_parser = super::deploy::parse_wait)]
+    pub wait_lock: Option<std::time::Duration>,
 }
 
 pub async fn promote(cli: &Cli, args: &Promote) -> CmdResult {
@@ -36,6 +40,7 @@ pub async fn promote(cli: &Cli, args: &Promote) -> CmdResult {
         to: args.to.clone(),
         force: args.force,
         reason: args.reason.clone(),
+        wait_lock: args.wait_lock.map(crate::config::format_duration),
     };
     let created = create(&client, "/api/promote", &body).await?;
     finish(&client, created, args.no_wait, args.json).await

@@ -163,6 +163,17 @@ fn status_table(all: Vec<EnvStatus>) -> Table {
                 .collect();
             table.note(format!("processes: {}", each.join(", ")));
         }
+        for q in &s.queue {
+            let until = q
+                .until
+                .as_deref()
+                .map(|t| format!(", waits until {}", local(t)))
+                .unwrap_or_default();
+            table.note(format!(
+                "queued: deployment {} ({} {} by {}{until})",
+                q.id, q.kind, q.git_ref, q.triggered_by
+            ));
+        }
         if let Some(c) = &s.certificate {
             match (&c.issuer, c.not_after) {
                 (Some(issuer), Some(until)) => table.note(format!(

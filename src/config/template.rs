@@ -161,6 +161,7 @@ listen = "127.0.0.1:7070"       # ferry's API, webhooks and metrics; every call 
 # github_secret_env = "FERRY_GITHUB_SECRET"
 # gitlab_token_env = "FERRY_GITLAB_TOKEN"
 # repository = "acme/shop"
+# wait_lock = "10m"             # pushes wait this long behind a `ferry lock` (default: refused)
 
 # Notifications: a POST per event; format "json" (with a Slack-style "text") or "slack".
 # Events: deploy.started, deploy.succeeded, deploy.failed, deploy.refused, rollback,

@@ -84,6 +84,9 @@ pub struct EnvStatus {
     /// Each process type (`web` first, then `[processes]`): asked for, running, restarts.
     #[serde(default)]
     pub processes: Vec<super::ProcessStatus>,
+    /// Deployments waiting for it (`--wait-lock`, pushes), first first.
+    #[serde(default)]
+    pub queue: Vec<super::Queued>,
 }
 
 impl EnvState {
@@ -255,6 +258,7 @@ impl Engine {
             deploying,
             maintenance: state.proxy.maintenance(),
             processes,
+            queue: self.queue_of(name)?,
         })
     }
 

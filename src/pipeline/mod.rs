@@ -20,6 +20,7 @@ mod hooks;
 mod monitor;
 mod prepare;
 mod processes;
+mod queue;
 mod recover;
 mod release_command;
 mod restart;
@@ -45,6 +46,7 @@ pub use accessories::AccessoryAction;
 pub use actions::{CheckReport, FETCH_INTERVAL, Mirror, Plan, check_sha};
 pub use exec::{EXEC_PROCESSES, ExecCommand, shell_words};
 pub use hooks::OUTCOME_HOOKS;
+pub use queue::Queued;
 pub use rollback::{ReleaseRef, RollbackPreview};
 
 /// The free space the state dir's disk needs before a deployment starts.
@@ -221,6 +223,8 @@ pub struct Engine {
     approvals: Approvals,
     /// Per environment, the pushed deployment waiting for the one under way to finish.
     queued: Mutex<BTreeMap<String, i64>>,
+    /// Deployments allowed to wait for the lock, and each environment's line at it.
+    lock_queue: queue::LockQueue,
     /// Held while a push is checked against earlier ones and acted on.
     pushes: Mutex<()>,
     /// Known secret values, masked in every step output, message and app log line.
@@ -310,6 +314,7 @@ impl Engine {
             instances: Mutex::new(BTreeMap::new()),
             approvals: Approvals::default(),
             queued: Mutex::new(BTreeMap::new()),
+            lock_queue: queue::LockQueue::default(),
             pushes: Mutex::new(()),
             redactor,
             handing_over: Mutex::new(false),
@@ -341,6 +346,19 @@ impl Engine {
         who: &Actor,
         force: Option<&str>,
     ) -> Result<Deployment, EngineError> {
+        self.request_with(env, git_ref, who, force, None)
+    }
+
+    /// [`Engine::request`]; with `wait`, not refused when the environment is locked, but
+    /// queued at the lock step for that long (see `queue.rs`).
+    fn request_with(
+        self: &Arc<Self>,
+        env: &str,
+        git_ref: &str,
+        who: &Actor,
+        force: Option<&str>,
+        wait: Option<std::time::Duration>,
+    ) -> Result<Deployment, EngineError> {
         let state = self.env(env)?.clone();
         check_ref(git_ref)?;
         if let Some(reason) = force
@@ -354,8 +372,16 @@ impl Engine {
         if force.is_some() {
             self.store.set_request(id, force, true, false)?;
         }
-        if let Some(refused) = self.refuse_if_locked(env, id)? {
-            return Err(refused);
+        match wait {
+            Some(wait) => self.allow_wait(id, wait),
+            None => {
+                if let Some(refused) = self.refuse_if_locked(env, id)? {
+                    return Err(refused);
+                }
+                if let Some(refused) = self.refuse_if_queued(env, id)? {
+                    return Err(refused);
+                }
+            }
         }
         self.launch(id, state);
         Ok(self.store.deployment(id)?)

@@ -281,7 +281,7 @@ impl Engine {
             .ok_or_else(|| format!("release {release} is not recorded"))?;
         let dir = self.config.env_dir(env).join("releases").join(release);
         let vars = instance_vars(state, &row.version, &row.commit_sha);
-        let mut spec = self.instance_spec(state, &dir, vars, release)?;
+        let mut spec = self.instance_spec(state, &dir, vars, release).await?;
         spec.start = p.command.clone();
         spec.stop_timeout = p.stop_timeout;
         spec.identity.process = p.name.clone();

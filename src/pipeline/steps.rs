@@ -114,6 +114,7 @@ impl Engine {
             "restart" => self.restart_steps(&d, &state, &mut held).await,
             _ => self.steps(&d, &state, &mut held).await,
         };
+        self.lock_queue.forget(id);
         if let Some(active) = held.instance.take() {
             self.stop_instance(active.record, &active.instance).await;
         }
@@ -372,6 +373,10 @@ impl Engine {
     ) -> Result<(), Stop> {
         let env = &state.env.name;
         self.step(id, "lock", async {
+            // one asked with a wait queues instead (see queue.rs)
+            if let Some(waited) = self.wait_for_lock(id, state, who, held).await {
+                return waited.map(|out| ((), out));
+            }
             match self.store.acquire_lock(env, Some(id), "deploy", who)? {
                 Ok(()) => {
                     held.lock = true;

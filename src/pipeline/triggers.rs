@@ -214,11 +214,19 @@ impl Engine {
             .store
             .lock_holder(env)?
             .is_some_and(|h| h.kind == "manual");
+        // `[webhooks] wait_lock`: a person's lock is waited for, not refused at once
+        let wait = self.config.webhooks.wait_lock;
         if !busy || manual {
             drop(queue);
-            return Ok(Tracked::Started(self.request(env, git_ref, who, None)?));
+            return Ok(Tracked::Started(
+                self.request_with(env, git_ref, who, None, wait)?,
+            ));
         }
         let id = self.create(env, "deploy", git_ref, who)?;
+        if let Some(wait) = wait {
+            // started once free, it may still meet a lock taken meanwhile: it waits for it
+            self.allow_wait(id, wait);
+        }
         let superseded = queue.insert(env.to_string(), id);
         drop(queue);
         if let Some(old) = superseded {

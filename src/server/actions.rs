@@ -59,6 +59,9 @@ pub struct PromoteRequest {
     #[serde(default)]
     pub force: bool,
     pub reason: Option<String>,
+    /// Queue this long behind a deployment or a lock instead of being refused (`"10m"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_lock: Option<String>,
 }
 
 pub async fn approve(
@@ -179,7 +182,11 @@ pub async fn promote(
         Err(e) => return ApiError::from(e).into_response(),
     };
     let force = req.force.then(|| req.reason.as_deref().unwrap_or(""));
-    created(engine.request(&to, &req.tag, &caller.actor(), force))
+    let wait = match super::wait_lock(req.wait_lock.as_deref()) {
+        Ok(wait) => wait,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    created(engine.request_waiting(&to, &req.tag, &caller.actor(), force, wait))
 }
 
 pub async fn lock(

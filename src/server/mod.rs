@@ -114,6 +114,18 @@ pub struct DeployRequest {
     #[serde(default)]
     pub force: bool,
     pub reason: Option<String>,
+    /// Queue this long behind a deployment or a lock instead of being refused (`"10m"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_lock: Option<String>,
+}
+
+/// `wait_lock` of a request, parsed: a bad one is a 400.
+pub(crate) fn wait_lock(text: Option<&str>) -> Result<Option<std::time::Duration>, EngineError> {
+    text.map(|t| {
+        crate::config::parse_duration(t)
+            .map_err(|e| EngineError::Invalid(format!("wait_lock: {e}")))
+    })
+    .transpose()
 }
 
 /// What every handler can reach.
@@ -450,7 +462,11 @@ async fn deploy(
 ) -> Response {
     let who = caller.as_user(req.triggered_by.as_deref()).actor();
     let force = req.force.then(|| req.reason.as_deref().unwrap_or(""));
-    created(engine.request(&req.environment, &req.git_ref, &who, force))
+    let wait = match wait_lock(req.wait_lock.as_deref()) {
+        Ok(wait) => wait,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    created(engine.request_waiting(&req.environment, &req.git_ref, &who, force, wait))
 }
 
 /// A new deployment as `201 Created`; a refusal on the spot carries the recorded id.

@@ -253,6 +253,9 @@ pub fn env_card(s: &EnvStatus, extras: &CardExtras, viewer: &Viewer) -> Markup {
                         (d.kind) " " (d.git_ref) " · " (d.state.as_str().replace('_', " "))
                         @if let Some(step) = &d.step { " · " (step) }
                     }
+                    @if let Some(until) = s.queue.iter().find(|q| q.id == d.id).and_then(|q| q.until.as_deref()) {
+                        " · in line for the lock until " (until)
+                    }
                     @if d.state == DeploymentState::AwaitingApproval && viewer.can_act() {
                         form.inline method="post" action={ "/actions/deployments/" (d.id) "/approve" } {
                             (csrf(viewer))
