@@ -145,6 +145,24 @@ impl Engine {
         self.lock_queue.allow(id, wait);
     }
 
+    /// The lock gate of deployment `id`, allowed to wait: a held lock is a wait, not a
+    /// refusal.
+    pub(super) fn lock_gate_waits(&self, id: i64, eval: &mut crate::policy::Evaluation) {
+        let Some(wait) = self.lock_queue.wait_of(id) else {
+            return;
+        };
+        for gate in eval.gates.iter_mut() {
+            if gate.name == "lock" && gate.verdict == crate::policy::Verdict::Fail {
+                gate.verdict = crate::policy::Verdict::Wait;
+                gate.detail = format!(
+                    "{}; waits in line at the lock step (--wait-lock {})",
+                    gate.detail,
+                    crate::config::format_duration(wait.wait)
+                );
+            }
+        }
+    }
+
     /// A deploy without a wait is refused while others wait in line for `env`'s lock: it
     /// would jump it. The refusal is recorded on deployment `id`.
     pub(super) fn refuse_if_queued(

@@ -326,7 +326,9 @@ impl Engine {
             force: d.note.as_deref().filter(|_| d.forced),
             now: chrono::Utc::now(),
         };
-        let eval = policy::evaluate(&self.config, &self.store, &ask)?;
+        let mut eval = policy::evaluate(&self.config, &self.store, &ask)?;
+        // one asked with a wait queues at the lock step instead (see queue.rs)
+        self.lock_gate_waits(d.id, &mut eval);
         let mut out = String::new();
         for gate in &eval.gates {
             let mark = match gate.verdict {
