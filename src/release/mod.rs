@@ -21,6 +21,9 @@ use tokio::io::AsyncReadExt;
 /// How much of a command's output is kept for the record.
 pub const OUTPUT_TAIL_BYTES: usize = 8 * 1024;
 /// Limit for git operations (clone, fetch, archive).
+/// How long a command's output is still read once the command itself has ended.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
 const GIT_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
@@ -94,19 +97,22 @@ pub async fn run_command(
         started(pid);
     }
     let mut stdout = child.stdout.take().expect("stdout is piped");
+    // shared, so what came before a background process kept the pipe open is not lost
+    let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reading = tail.clone();
     let reader = tokio::spawn(async move {
-        let mut tail = Vec::new();
         let mut buf = [0u8; 8192];
         while let Ok(n) = stdout.read(&mut buf).await {
             if n == 0 {
                 break;
             }
+            let mut tail = reading.lock().unwrap_or_else(|e| e.into_inner());
             tail.extend_from_slice(&buf[..n]);
             if tail.len() > 2 * OUTPUT_TAIL_BYTES {
-                tail.drain(..tail.len() - OUTPUT_TAIL_BYTES);
+                let cut = tail.len() - OUTPUT_TAIL_BYTES;
+                tail.drain(..cut);
             }
         }
-        tail
     });
     let waited = tokio::time::timeout(timeout, child.wait()).await;
     if let Some(pid) = pid {
@@ -117,7 +123,16 @@ pub async fn run_command(
         Ok(status) => Some(status.map_err(io(format!("waiting for `{command}`")))?),
         Err(_) => None,
     };
-    let output = tail_text(&reader.await.unwrap_or_default());
+    // a process that left the group (`setsid`, a build tool's daemon) may hold the output
+    // open for as long as it runs: the step does not wait for it
+    let held_open = tokio::time::timeout(OUTPUT_GRACE, reader).await.is_err();
+    let mut output = tail_text(&tail.lock().unwrap_or_else(|e| e.into_inner()));
+    if held_open {
+        output.push_str(&format!(
+            "[ferry: a background process that left the command's process group still holds its output open; stopped reading {} after the command ended]\n",
+            crate::config::format_duration(OUTPUT_GRACE)
+        ));
+    }
     match status {
         Some(s) if s.success() => Ok(output),
         Some(s) => Err(ReleaseError::Command {

@@ -170,6 +170,37 @@ async fn commands_report_failure_output_and_time_out() {
     assert!(err.to_string().contains("timed out after 200ms"), "{err}");
 }
 
+#[tokio::test]
+async fn a_daemon_holding_the_output_open_does_not_hold_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    // a build tool's daemon: out of the process group, stdout still open
+    let pidfile = dir.path().join("daemon.pid");
+    let command = format!(
+        "echo building; setsid sh -c 'echo $$ > {0}; exec sleep 60' & \
+         while [ ! -s {0} ]; do sleep 0.01; done; echo built",
+        pidfile.display()
+    );
+    let confinement = crate::sandbox::Confinement::default();
+    let run = run_command(
+        dir.path(),
+        &command,
+        &[],
+        &confinement,
+        Duration::from_secs(30),
+        |_| {},
+    );
+    // bounded only so a regression fails instead of hanging the suite
+    let out = tokio::time::timeout(Duration::from_secs(25), run)
+        .await
+        .expect("run_command waited for the daemon's output")
+        .unwrap();
+    assert!(out.starts_with("building\nbuilt\n"), "{out}");
+    assert!(out.contains("still holds its output open"), "{out}");
+    if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+        let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    }
+}
+
 #[test]
 fn digest_changes_with_content_and_not_with_mtime() {
     let dir = tempfile::tempdir().unwrap();
