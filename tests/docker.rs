@@ -296,8 +296,6 @@ fn a_failing_build_an_exiting_image_and_a_dead_daemon_leave_the_previous_release
 
 #[test]
 fn no_request_fails_across_deploys_of_a_docker_app() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let Some(kit) = docker_or_skip("no_request_fails_across_deploys_of_a_docker_app") else {
         return;
     };
@@ -313,43 +311,22 @@ fn no_request_fails_across_deploys_of_a_docker_app() {
     s.serve();
     s.deploy_ok("staging", "v1.0.0");
     s.deploy_ok("staging", "v2.0.0");
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let url = format!("{}/version", s.url("staging"));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), url.clone());
-            std::thread::spawn(move || {
-                let http = reqwest::blocking::Client::builder()
-                    .no_proxy()
-                    .timeout(Duration::from_secs(5))
-                    .build()
-                    .unwrap();
-                while !stop.load(Ordering::Relaxed) {
-                    let served = http
-                        .get(&url)
-                        .send()
-                        .ok()
-                        .filter(|r| r.status() == 200)
-                        .and_then(|r| r.text().ok())
-                        .is_some_and(|t| t.starts_with('v'));
-                    let counter = if served { &ok } else { &failed };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
+    let load = Load::expecting(&url, 4, "v");
     for r in ["v1.0.0", "v2.0.0", "v1.0.0", "v2.0.0"] {
         s.deploy_ok("staging", r);
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let Tally {
+        ok,
+        failed,
+        failures,
+    } = load.stop();
     println!("{ok} requests served across 4 deploys, {failed} failed");
     assert!(ok > 0, "the clients made requests");
-    assert_eq!(failed, 0, "failed requests across deploys ({ok} served)");
+    assert_eq!(
+        failed, 0,
+        "failed requests across deploys ({ok} served): {failures:?}"
+    );
     assert_eq!(body(&s, "staging", "/version"), "v2.0.0");
     let staging = containers(&kit);
     assert_eq!(

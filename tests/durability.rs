@@ -79,7 +79,11 @@ fn a_kill_during_a_burst_of_writes_loses_nothing_acknowledged() {
             }
         }));
     }
-    std::thread::sleep(Duration::from_millis(1500));
+    // the kill lands mid-burst once enough writes were acknowledged, however slow the machine
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 60 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     s.stop(Signal::SIGKILL);
     stop.store(true, Ordering::Relaxed);
     for t in threads {

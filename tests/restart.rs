@@ -293,7 +293,7 @@ fn stopping_serve_leaves_the_apps_running_and_the_next_serve_adopts_them() {
     ));
     let log = s.state_dir().join("environments/staging/logs/app.log");
     assert!(
-        eventually(Duration::from_secs(5), || std::fs::read_to_string(&log)
+        eventually(Duration::from_secs(30), || std::fs::read_to_string(&log)
             .is_ok_and(|t| t.contains("after-a-clean-restart"))),
         "the adopted instance's output is logged"
     );

@@ -4,6 +4,10 @@
 #![allow(dead_code)]
 
 pub mod docker;
+mod load;
+
+#[allow(unused_imports)]
+pub use load::{Load, Tally};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

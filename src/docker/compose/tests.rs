@@ -438,7 +438,8 @@ async fn a_command_past_its_timeout_is_killed_with_its_children() {
         &args,
         &[],
         Capture::Merged,
-        Duration::from_millis(500),
+        // long enough for a loaded machine to start the shell and its child
+        Duration::from_secs(3),
         1024,
     )
     .await
@@ -452,11 +453,20 @@ async fn a_command_past_its_timeout_is_killed_with_its_children() {
         .trim()
         .parse()
         .unwrap();
-    // the grandchild was killed with the group: reaped by init, or at worst a zombie
-    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false);
-    assert!(!alive, "the build's children outlived the timeout");
+    // the grandchild was killed with the group: reaped by init, or at worst a zombie (a
+    // SIGKILL is delivered at once, but a loaded machine may take a moment to act on it)
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    };
+    for _ in 0..50 {
+        if !alive() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!alive(), "the build's children outlived the timeout");
 }
 
 /// A fake `docker` with the v2 plugin: it records its arguments and the value of `DATABASE_URL`
