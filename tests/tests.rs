@@ -83,6 +83,7 @@ fn deploy_serves_the_app_with_its_version_and_redeploy_switches() {
             "release",
             "start",
             "health",
+            "check",
             "switch",
             "monitor",
             "finish",

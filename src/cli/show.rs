@@ -152,6 +152,12 @@ fn status_table(all: Vec<EnvStatus>) -> Table {
         if let Some(message) = &s.maintenance {
             table.note(format!("maintenance: {message}"));
         }
+        if !s.preview.is_empty() {
+            table.note(format!(
+                "preview of the new release (until the switch): {}",
+                s.preview.join(" ")
+            ));
+        }
         if s.processes.len() > 1 {
             let each: Vec<String> = s
                 .processes

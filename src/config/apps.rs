@@ -416,6 +416,11 @@ impl ServerConfig {
         }
     }
 
+    /// The name of environment `env`'s preview listener (`preview_listen`).
+    pub fn preview_listener_name(&self, app: &str, env: &str) -> String {
+        format!("{}.preview", self.listener_name(app, env))
+    }
+
     /// Every listener by name, the API's (`api`) first, then the front door's (`http`,
     /// `https`), with its configured address.
     pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
@@ -430,6 +435,9 @@ impl ServerConfig {
             for env in &app.environments {
                 if let Some(listen) = env.listen {
                     out.push((self.listener_name(&app.app.name, &env.name), listen));
+                }
+                if let Some(listen) = env.preview_listen {
+                    out.push((self.preview_listener_name(&app.app.name, &env.name), listen));
                 }
             }
         }

@@ -288,6 +288,48 @@ impl Claims {
     }
 }
 
+impl Claims {
+    /// Validates environment `name`'s `preview_hosts` (served on the front door like `hosts`,
+    /// every path, reaching a new instance before the switch) and records their claims.
+    pub(super) fn preview_hosts(
+        &mut self,
+        name: &str,
+        raw: &[Spanned<String>],
+        fail: &Fail,
+    ) -> Result<Vec<HostPattern>, Diagnostic> {
+        let mut hosts = Vec::new();
+        for h in raw {
+            if self.http.is_none() && self.https.is_none() {
+                return Err(fail(
+                    h.span(),
+                    format!("environment {name} has `preview_hosts` but ferry has no front door"),
+                    "add http = \"0.0.0.0:80\" to [server], or use preview_listen = \"127.0.0.1:8182\"",
+                ));
+            }
+            let host = HostPattern::parse(h.get_ref()).map_err(|e| {
+                fail(
+                    h.span(),
+                    e.to_string(),
+                    "write a name like \"preview.staging.example.com\", without scheme, port or path",
+                )
+            })?;
+            let key = (host.clone(), String::new());
+            if let Some(other) = self.routes.get(&key) {
+                return Err(fail(
+                    h.span(),
+                    format!(
+                        "preview host {host} of environment {name} is already claimed by environment {other}"
+                    ),
+                    "a preview host routes to one environment's new instance only: give it a name of its own",
+                ));
+            }
+            self.routes.insert(key, format!("{name} (preview)"));
+            hosts.push(host);
+        }
+        Ok(hosts)
+    }
+}
+
 /// Environment names become listener names (systemd's `FileDescriptorName=`, the
 /// handover), beside ferry's own: `api`, `http`, `https`.
 pub(super) fn listener_name_free(

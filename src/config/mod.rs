@@ -6,6 +6,7 @@
 
 mod acme;
 mod apps;
+mod checks;
 mod diagnostic;
 mod duration;
 mod freeze;
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 pub use acme::{Acme, DEFAULT_CHECK_INTERVAL, DEFAULT_RENEW_BEFORE, LETS_ENCRYPT};
 pub use apps::ServerConfig;
+pub use checks::{Check, CheckKind};
 pub use diagnostic::Diagnostic;
 pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use freeze::FreezeWindow;
@@ -82,6 +84,8 @@ pub struct Config {
     pub acme: Option<Acme>,
     /// `[hooks]`: commands run on the ferry host around a deploy.
     pub hooks: Hooks,
+    /// `[[check]]`: checks run against a new instance before it takes traffic, in file order.
+    pub checks: Vec<Check>,
 }
 
 /// `[webhooks]`: the names of the environment variables holding the shared secrets, and the
@@ -305,6 +309,10 @@ pub struct Environment {
     pub confirm: Option<String>,
     /// The proxy writes a JSON line per request to `logs/access.log` (`access_log = true`).
     pub access_log: bool,
+    /// Its preview address (`preview_listen`): a new instance before the switch.
+    pub preview_listen: Option<SocketAddr>,
+    /// Front door names reaching a new instance before the switch (`preview_hosts`).
+    pub preview_hosts: Vec<crate::hosts::HostPattern>,
 }
 
 impl Environment {

@@ -38,6 +38,8 @@ pub struct RawConfig {
     hooks: super::hooks::RawHooks,
     #[serde(default)]
     processes: super::processes::RawProcesses,
+    #[serde(default)]
+    check: Vec<Spanned<super::checks::RawCheck>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -139,6 +141,9 @@ struct RawEnvironment {
     user: Option<Spanned<String>>,
     confirm: Option<Spanned<String>>,
     access_log: Option<bool>,
+    preview_listen: Option<Spanned<String>>,
+    #[serde(default)]
+    preview_hosts: Vec<Spanned<String>>,
 }
 
 /// `approval = true`, or `approval = { not_by_deployer = true }`.
@@ -273,6 +278,7 @@ impl RawConfig {
         }
         let groups: Vec<String> = environments.iter().map(|e| e.group.clone()).collect();
         check_requires(&requires, &groups, &fail)?;
+        let checks = super::checks::validate(self.check, &groups, app.command_timeout, &fail)?;
         let state_dir = resolve(self.state_dir.as_deref().unwrap_or(".ferry"));
         let acme = self
             .acme
@@ -297,6 +303,7 @@ impl RawConfig {
                 .collect::<Result<_, _>>()?,
             acme,
             hooks: super::hooks::validate(self.hooks, &fail)?,
+            checks,
         })
     }
 }
@@ -622,6 +629,13 @@ fn validate_environment(
         fail,
         resolve,
     )?;
+    let preview = super::checks::preview(
+        name,
+        (raw.preview_listen.as_ref(), &raw.preview_hosts),
+        raw.slots.as_ref().map(|s| (s.span(), slots)),
+        fail,
+        (taken, claims),
+    )?;
     let mut out = Vec::new();
     for slot in 1..=slots {
         let slot_name = if slots == 1 {
@@ -669,6 +683,8 @@ fn validate_environment(
             user: raw.user.as_ref().map(|u| u.get_ref().clone()),
             confirm: confirm.clone(),
             access_log: raw.access_log.unwrap_or(false),
+            preview_listen: preview.0,
+            preview_hosts: preview.1.clone(),
         });
     }
     Ok(out)

@@ -63,6 +63,9 @@ listen = "127.0.0.1:8081"       # a port of its own; ferry's proxy owns it (opti
 # tls = { cert = "certs/staging.pem", key = "certs/staging.key" }  # PEM files, reloaded
                                 # when they change; or tls = "acme" (see [acme]; no wildcards)
 # redirect_https = true         # plain HTTP gets 308 to https (default: on with tls)
+# preview_listen = "127.0.0.1:8181"  # reaches a deploy's new instance from its health checks
+                                # until the switch (503 otherwise); `ferry status` shows it
+# preview_hosts = ["preview.staging.example.com"]  # the same on the front door ([server] http)
 slots = 1                       # 2 makes staging-1 on 8081 and staging-2 on 8082
 track = { branch = "main" }     # webhook pushes to main deploy here; or { tags = true }
 env = { LOG_LEVEL = "debug" }
@@ -110,6 +113,23 @@ max_response_time = "10s"
 max_error_lines = 5             # lines matching error_pattern in the app's output ...
 error_window = "1m"             # ... within this long
 error_pattern = "ERROR|CRITICAL|Traceback"
+
+# Checks before traffic: run against a deploy's new instance after its health checks, before
+# the switch (step `check`); every check runs, and any failure fails the deploy (the new
+# instance is stopped, the old one never stopped serving). For every environment unless
+# `environments` names some. An HTTP request straight to the instance:
+# [[check]]
+# name = "status API"           # default: method and path (or the command)
+# path = "/api/status"
+# method = "GET"                # default GET
+# expect_status = 200           # default 200
+# json_pointer = "/db/ok"       # with expect: the JSON body's value there (RFC 6901) ...
+# expect = true                 # ... must equal this (numbers by value)
+# timeout = "10s"               # default 10s; a command's: command_timeout
+# environments = ["staging"]    # default: every environment
+# Or a command, run like a hook (see [hooks]) with URL=http://127.0.0.1:<the instance's port>:
+# [[check]]
+# command = "./scripts/smoke.sh"
 
 # Hooks: commands run on this host in the release dir, as the environment's user, with
 # FERRY_APP, FERRY_ENVIRONMENT, FERRY_VERSION, FERRY_COMMIT, FERRY_PREVIOUS_VERSION,

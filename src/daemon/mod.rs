@@ -6,6 +6,7 @@
 //! apps running for the next serve to adopt, unless asked to stop them.
 
 pub mod handover;
+mod preview;
 pub mod sockets;
 
 use std::ffi::OsString;
@@ -227,6 +228,9 @@ impl Daemon {
                 ));
             }
         }
+        for engine in &engines {
+            proxies.extend(preview::proxies(engine, &servers, &mut tokio_listener)?);
+        }
         let mut front_listeners = Vec::new();
         for (name, wanted) in [
             (sockets::HTTP, servers.server.http),
@@ -425,6 +429,7 @@ fn front_door_entries(engine: &Engine) -> Vec<crate::frontdoor::Entry> {
             tls: s.env.tls.clone(),
             redirect_https: s.env.redirect_https,
         })
+        .chain(preview::entries(engine))
         .collect()
 }
 

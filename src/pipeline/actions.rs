@@ -369,6 +369,7 @@ impl Engine {
             "health",
             format!("probe {}", self.config.health.paths.join(", ")),
         );
+        step("check", super::checks::describe(&self.config, env_cfg));
         step(
             "switch",
             format!(

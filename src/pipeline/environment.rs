@@ -35,6 +35,8 @@ pub(super) fn deployed_at(spec: &InstanceSpec) -> String {
 pub struct EnvState {
     pub env: Environment,
     pub proxy: Proxy,
+    /// Its preview address's proxy: the new instance from its start until the switch.
+    pub preview: Proxy,
     pub log: LogSink,
     /// Who its build, test and app commands run as (`None`: ferry's own user).
     pub run_as: Option<crate::sandbox::RunAs>,
@@ -87,6 +89,10 @@ pub struct EnvStatus {
     /// Deployments waiting for it (`--wait-lock`, pushes), first first.
     #[serde(default)]
     pub queue: Vec<super::Queued>,
+    /// Where the new instance a deployment started is reached before the switch (its
+    /// preview address), while there is one; empty otherwise.
+    #[serde(default)]
+    pub preview: Vec<String>,
 }
 
 impl EnvState {
@@ -96,9 +102,11 @@ impl EnvState {
         log: LogSink,
         run_as: Option<crate::sandbox::RunAs>,
     ) -> EnvState {
+        let preview = Proxy::preview(&env.name);
         EnvState {
             env,
             proxy,
+            preview,
             log,
             run_as,
             active: Mutex::new(None),
@@ -259,6 +267,11 @@ impl Engine {
             maintenance: state.proxy.maintenance(),
             processes,
             queue: self.queue_of(name)?,
+            preview: if state.preview.upstream().is_some() {
+                env.preview_urls(&self.config.server)
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -327,17 +340,98 @@ impl Engine {
         }
     }
 
-    /// Retires a replaced instance: waits for its requests to finish, then stops it.
+    /// Retires a replaced instance: waits for its requests and its long-lived connections
+    /// (WebSockets, event streams: they were not cut at the switch) to finish, up to
+    /// `drain_timeout`, then stops it, closing whatever was still open.
     pub(super) async fn retire(&self, old: Active) -> String {
-        let left = old.upstream.drain(self.config.app.drain_timeout).await;
+        let timeout = self.config.app.drain_timeout;
+        let open = Open::of(&old.upstream);
+        let left = old.upstream.drain(timeout).await;
+        let still = Open::of(&old.upstream);
         self.stop_instance(old.record, &old.instance).await;
-        if left > 0 {
-            format!(
-                "stopped {} with {left} request(s) still in flight after the drain timeout\n",
-                old.release
-            )
-        } else {
-            format!("drained and stopped {}\n", old.release)
+        drain_report(&old.release, timeout, open, (left > 0).then_some(still))
+    }
+}
+
+/// What was open on an instance: plain requests, and long-lived connections (upgraded ones
+/// and event streams, each also counted in flight until it closes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Open {
+    requests: usize,
+    long_lived: usize,
+}
+
+impl Open {
+    fn of(upstream: &Upstream) -> Open {
+        let in_flight = upstream.in_flight();
+        let long_lived = upstream.connections().2.min(in_flight);
+        Open {
+            requests: in_flight - long_lived,
+            long_lived,
         }
+    }
+
+    fn describe(self) -> String {
+        format!(
+            "{} request(s) and {} long-lived connection(s) (WebSocket, event stream)",
+            self.requests, self.long_lived
+        )
+    }
+}
+
+/// The finish step's words about draining `release`: what was open when the drain began,
+/// and, when `drain_timeout` ended it, what was still open (and closed with the instance).
+fn drain_report(
+    release: &str,
+    timeout: std::time::Duration,
+    open: Open,
+    timed_out: Option<Open>,
+) -> String {
+    let timeout = crate::config::format_duration(timeout);
+    match timed_out {
+        Some(still) => format!(
+            "drained {release} for the drain timeout ({timeout}): {} were still open when it ended, and were closed as {release} stopped\n",
+            still.describe()
+        ),
+        None if open.requests + open.long_lived > 0 => format!(
+            "drained {release}: the {} open when its drain began finished within the drain timeout ({timeout}); stopped {release}\n",
+            open.describe()
+        ),
+        None => format!("drained and stopped {release}\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Open, drain_report};
+    use std::time::Duration;
+
+    #[test]
+    fn the_drain_reports_requests_and_long_lived_connections() {
+        let t = Duration::from_secs(30);
+        let none = Open {
+            requests: 0,
+            long_lived: 0,
+        };
+        let some = Open {
+            requests: 2,
+            long_lived: 1,
+        };
+        assert_eq!(
+            drain_report("v1", t, none, None),
+            "drained and stopped v1\n"
+        );
+        assert_eq!(
+            drain_report("v1", t, some, None),
+            "drained v1: the 2 request(s) and 1 long-lived connection(s) (WebSocket, event stream) open when its drain began finished within the drain timeout (30s); stopped v1\n"
+        );
+        let still = Open {
+            requests: 0,
+            long_lived: 3,
+        };
+        assert_eq!(
+            drain_report("v1", t, some, Some(still)),
+            "drained v1 for the drain timeout (30s): 0 request(s) and 3 long-lived connection(s) (WebSocket, event stream) were still open when it ended, and were closed as v1 stopped\n"
+        );
     }
 }

@@ -146,7 +146,7 @@ impl Engine {
     /// What a hook's commands start with: the cleared environment of every command (or, with
     /// `[hooks] secrets = true`, an instance's: `env` and `env_file` too) and ferry's
     /// variables about the deployment.
-    async fn hook_vars(
+    pub(super) async fn hook_vars(
         &self,
         d: &Deployment,
         state: &EnvState,

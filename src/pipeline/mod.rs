@@ -2,8 +2,9 @@
 //! lock, and the environments' live state (proxy, log, active instance).
 //!
 //! Steps: resolve → policy → lock → prepare → build → test → pre_deploy → backup → release →
-//! start → health → switch → monitor → finish → post_deploy (`steps.rs`, with `prepare.rs`,
-//! `release_command.rs`, `serving.rs`, `retention.rs` and `hooks.rs`); rollbacks reuse a
+//! start → health → check → switch → monitor → finish → post_deploy (`steps.rs`, with
+//! `prepare.rs`, `release_command.rs`, `serving.rs`, `checks.rs`, `retention.rs` and
+//! `hooks.rs`); rollbacks reuse a
 //! built release (`rollback.rs`); restarts start the serving release again
 //! (`restart.rs`).
 //! Each step is written to the store as running before it acts, and finished with its
@@ -14,6 +15,7 @@
 mod accessories;
 mod actions;
 mod approval;
+mod checks;
 mod environment;
 mod exec;
 mod hooks;
@@ -73,6 +75,7 @@ pub const DEPLOY_STEPS: &[&str] = &[
     "release",
     "start",
     "health",
+    "check",
     "switch",
     "monitor",
     "finish",

@@ -60,6 +60,8 @@ impl Engine {
         })
         .await
         .inspect_err(|_| self.mark_release(env, release, "bad"))?;
+        // until the switch, the preview address reaches it (see checks.rs)
+        state.preview_on(&instance);
         Ok(instance)
     }
 
@@ -74,6 +76,7 @@ impl Engine {
         self.step(id, "switch", async {
             let next = held.instance.take().expect("the started instance is held");
             let port = next.instance.port;
+            state.preview_off();
             let previous = state.activate(next).await;
             let mut out = match &previous {
                 Some(p) => format!(

@@ -1,7 +1,7 @@
 //! The steps of one deployment, in order.
 //!
 //! A deploy: resolve → policy (gates, then approval) → lock → prepare → build → test →
-//! pre_deploy → backup → release → start → health → switch → monitor → finish, then the hook
+//! pre_deploy → backup → release → start → health → check → switch → monitor → finish, then the hook
 //! for its outcome (`hooks.rs`). A rollback (see `rollback.rs`) reuses a built release:
 //! resolve → policy → lock → prepare → restore → release (with `--run-release`) → start →
 //! health → switch → finish.
@@ -115,6 +115,8 @@ impl Engine {
             _ => self.steps(&d, &state, &mut held).await,
         };
         self.lock_queue.forget(id);
+        // nothing awaits traffic any more: the preview address answers 503
+        state.preview_off();
         if let Some(active) = held.instance.take() {
             self.stop_instance(active.record, &active.instance).await;
         }
@@ -260,6 +262,9 @@ impl Engine {
 
         let vars = instance_vars(state, &resolved.version, &resolved.commit);
         let instance = self.start(id, state, &name, &dir, vars, held).await?;
+        self.check(d, state, &instance, &dir, held.before.as_ref())
+            .await
+            .inspect_err(|_| self.mark_release(&env.name, &name, "bad"))?;
         let previous = self.switch(id, state, &name, held).await?;
 
         let monitor = self.config.monitor.as_ref().filter(|_| env.monitor);

@@ -352,12 +352,8 @@ async fn exchange<R>(
         return own_answer(client, (status, for_method(bytes, req.is_head()), keep)).await;
     }
     let Some(guard) = proxy.pick() else {
-        let text = format!(
-            "no release is running in environment {} yet",
-            proxy.inner.environment
-        );
         proxy.count_error();
-        return own_answer(client, reply(503, &text, true, &[])).await;
+        return own_answer(client, reply(503, proxy.unserved(), true, &[])).await;
     };
     let upstream = guard.0.clone();
     let host_owned;

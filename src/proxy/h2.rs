@@ -374,12 +374,7 @@ async fn forward<R>(
         None => Framing::Chunked,
     };
     let Some(guard) = proxy.pick() else {
-        return Err((
-            503,
-            format!("no release is running in environment {env} yet"),
-            &[],
-            logged,
-        ));
+        return Err((503, proxy.unserved().to_string(), &[], logged));
     };
     let upstream = guard.0.clone();
     let bytes = upstream_head(&req, &head, framing);

@@ -62,6 +62,8 @@ struct Inner {
     maintenance: RwLock<Option<String>>,
     stats: Stats,
     access_log: Option<AccessLog>,
+    /// What a request gets (503) while there is no upstream.
+    unserved: String,
 }
 
 impl Proxy {
@@ -74,6 +76,18 @@ impl Proxy {
         Proxy::build(environment, Some(access_log))
     }
 
+    /// An environment's preview proxy: it reaches a new instance from its start until the
+    /// switch (see `pipeline/checks.rs`); in between it answers 503 saying so.
+    pub fn preview(environment: &str) -> Proxy {
+        let mut proxy = Proxy::build(&format!("{environment} (preview)"), None);
+        if let Some(inner) = Arc::get_mut(&mut proxy.inner) {
+            inner.unserved = format!(
+                "no new release of environment {environment} is waiting for traffic: its preview address reaches a new release from its start until the switch"
+            );
+        }
+        proxy
+    }
+
     fn build(environment: &str, access_log: Option<AccessLog>) -> Proxy {
         Proxy {
             inner: Arc::new(Inner {
@@ -82,6 +96,7 @@ impl Proxy {
                 maintenance: RwLock::new(None),
                 stats: Stats::default(),
                 access_log,
+                unserved: format!("no release is running in environment {environment} yet"),
             }),
         }
     }
@@ -106,6 +121,11 @@ impl Proxy {
             old.retire();
         }
         old
+    }
+
+    /// What a request gets (with 503) while there is no upstream.
+    pub(crate) fn unserved(&self) -> &str {
+        &self.inner.unserved
     }
 
     /// The environment it serves.

@@ -1,0 +1,316 @@
+//! Checks before traffic (`[[check]]`, the `check` step), the preview address, and
+//! long-lived connections at the switch: real apps through the real proxy.
+
+mod support;
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use support::*;
+
+fn leak(text: String) -> &'static str {
+    Box::leak(text.into_boxed_str())
+}
+
+fn deployment(s: &Sandbox, id: i64) -> serde_json::Value {
+    s.api(&format!("/api/deployments/{id}"))
+}
+
+fn step(s: &Sandbox, id: i64, name: &str) -> (String, String) {
+    let d = deployment(s, id);
+    let st = d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name}: {d}"))
+        .clone();
+    (
+        st["state"].as_str().unwrap_or("").to_string(),
+        st["output"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// The sample app's pid serving `url`'s `/version`, if a running instance answers there.
+fn version_at(url: &str) -> Option<(u16, String)> {
+    get(&format!("{url}/version"))
+}
+
+#[test]
+fn failing_checks_stop_the_deploy_before_the_switch_with_every_output() {
+    let mut s = Sandbox::with(
+        &[Rel("v1.0.0", GOOD), Rel("v1.1.0", GOOD)],
+        Options {
+            tables: r#"
+[[check]]
+name = "status"
+path = "/status/200"
+environments = ["staging"]
+
+[[check]]
+name = "version"
+path = "/version"
+json_pointer = "/version"
+expect = "v1.0.0"
+
+[[check]]
+name = "smoke"
+command = "echo smoke tests against $URL for $FERRY_VERSION; [ $FERRY_VERSION = v1.0.0 ] || { echo 'cart is empty' >&2; exit 3; }"
+
+[[check]]
+name = "url given"
+command = "echo given URL=$URL"
+"#,
+            ..Options::default()
+        },
+    );
+    s.serve();
+    let run = s.deploy_ok("staging", "v1.0.0");
+    assert!(run.stdout().contains("check"), "{run}");
+    let (state, out) = step(&s, 1, "check");
+    assert_eq!(state, "ok", "{out}");
+    // a command check is given URL, the new instance's own address
+    assert!(out.contains("given URL=http://127.0.0.1:"), "{out}");
+    assert!(out.contains("every check passed (4)"), "{out}");
+    let (old, old_pid) = s.serving("staging");
+    assert_eq!(old, "v1.0.0");
+
+    // now the status check answers 503, the version is another and the smoke test fails
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        text.replace("path = \"/status/200\"", "path = \"/status/503\""),
+    )
+    .unwrap();
+    s.stop(nix::sys::signal::Signal::SIGTERM);
+    s.serve();
+    let run = s.ferry(&["deploy", "staging", "v1.1.0"]);
+    assert_eq!(run.code(), 1, "{run}\n{}", s.serve_log());
+    let d = deployment(&s, 2);
+    assert_eq!(d["deployment"]["state"], "failed", "{d}");
+    let message = d["deployment"]["reason"].as_str().unwrap();
+    assert!(
+        message.starts_with("check: 3 of 4 check(s) failed: status, version, smoke"),
+        "{message}"
+    );
+    let (state, out) = step(&s, 2, "check");
+    assert_eq!(state, "failed");
+    assert!(
+        out.contains("FAILED  status: answered 503, expected 200"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "FAILED  version: answered 200 but /version is \"v1.1.0\", expected \"v1.0.0\""
+        ),
+        "{out}"
+    );
+    assert!(out.contains("FAILED  smoke:"), "{out}");
+    assert!(out.contains("cart is empty"), "{out}");
+    assert!(out.contains("     ok url given"), "{out}");
+    // never switched: the old instance served all along, the new one is gone
+    let states: Vec<&str> = d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|st| st["name"].as_str().unwrap())
+        .collect();
+    assert!(!states.contains(&"switch"), "{states:?}");
+    assert_eq!(s.serving("staging"), ("v1.0.0".to_string(), old_pid));
+    let status = s.ferry(&["status", "--json"]).json();
+    assert!(
+        status[0]["preview"].as_array().is_none_or(|p| p.is_empty()),
+        "{status}"
+    );
+}
+
+#[test]
+fn the_preview_address_reaches_the_new_instance_until_the_switch() {
+    let preview_port = free_port();
+    let http_port = free_port();
+    let mut s = Sandbox::with(
+        &[Rel("v1.0.0", GOOD), Rel("v1.1.0", GOOD)],
+        Options {
+            env_extra: Box::leak(Box::new([(
+                "staging",
+                leak(format!(
+                    "preview_listen = \"127.0.0.1:{preview_port}\"\npreview_hosts = [\"preview.staging.test\"]"
+                )),
+            )])),
+            server: leak(format!("http = \"127.0.0.1:{http_port}\"")),
+            // the check reaches the new release through the preview address, then waits for
+            // the test to say go
+            tables: leak(format!(
+                r#"
+[[check]]
+name = "preview"
+command = "curl -fsS http://127.0.0.1:{preview_port}/version && until [ -e ../../shared/go ]; do sleep 0.05; done"
+timeout = "2m"
+"#
+            )),
+            ..Options::default()
+        },
+    );
+    s.serve();
+    let preview = format!("http://127.0.0.1:{preview_port}");
+    let go = s.state_dir().join("environments/staging/shared/go");
+    // nothing waits for traffic: 503, saying so
+    let (status, body) = version_at(&preview).expect("the preview listener answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("no new release of environment staging is waiting for traffic"),
+        "{body}"
+    );
+
+    std::fs::write(&go, "").unwrap();
+    let run = s.deploy_ok("staging", "v1.0.0");
+    let (_, out) = step(&s, 1, "check");
+    assert!(
+        out.contains("\"version\":\"v1.0.0\""),
+        "the check saw the preview: {out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "preview (until the switch): {preview} http://preview.staging.test:{http_port}"
+        )),
+        "{out}\n{run}"
+    );
+    std::fs::remove_file(&go).unwrap();
+    assert_eq!(version_at(&preview).unwrap().0, 503);
+
+    std::thread::scope(|scope| {
+        let deploy = scope.spawn(|| s.ferry(&["deploy", "staging", "v1.1.0"]));
+        // while the check runs: the preview reaches v1.1.0, the public address v1.0.0
+        assert!(
+            eventually(Duration::from_secs(60), || {
+                version_at(&preview).is_some_and(|(c, b)| c == 200 && b.contains("v1.1.0"))
+            }),
+            "the preview never reached the new release:\n{}",
+            s.serve_log()
+        );
+        assert_eq!(s.serving("staging").0, "v1.0.0");
+        // and the front door's preview host does too
+        let front = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{http_port}/version"))
+            .header("host", "preview.staging.test")
+            .send()
+            .unwrap();
+        assert_eq!(front.status(), 200);
+        assert!(front.text().unwrap().contains("v1.1.0"));
+        let status = s.ferry(&["status"]);
+        assert!(
+            status.stdout().contains(&format!(
+                "preview of the new release (until the switch): {preview}"
+            )),
+            "{status}"
+        );
+        std::fs::write(&go, "").unwrap();
+        let run = deploy.join().unwrap();
+        assert_eq!(run.code(), 0, "{run}\n{}", s.serve_log());
+    });
+    // switched: the public address has v1.1.0, the preview nothing again
+    assert_eq!(s.serving("staging").0, "v1.1.0");
+    assert_eq!(version_at(&preview).unwrap().0, 503);
+    let status = s.ferry(&["status", "--json"]).json();
+    assert_eq!(status[0]["preview"], serde_json::json!([]), "{status}");
+}
+
+/// A WebSocket to the sample app's `/ws` through the proxy, and the version it greets with.
+fn websocket(s: &Sandbox) -> (tungstenite::WebSocket<TcpStream>, String) {
+    let url = s.url("staging").replace("http://", "ws://") + "/ws";
+    let addr = url.trim_start_matches("ws://").trim_end_matches("/ws");
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let (mut ws, resp) = tungstenite::client(url.as_str(), stream).expect("the handshake");
+    assert_eq!(resp.status(), 101);
+    let greeting = ws.read().expect("the greeting");
+    (ws, greeting.into_text().unwrap().to_string())
+}
+
+fn echo(ws: &mut tungstenite::WebSocket<TcpStream>, text: &str) {
+    ws.send(tungstenite::Message::text(text))
+        .unwrap_or_else(|e| panic!("sending {text:?}: {e}"));
+    let back = ws
+        .read()
+        .unwrap_or_else(|e| panic!("reading the echo of {text:?}: {e}"));
+    assert_eq!(back.into_text().unwrap().as_str(), text);
+}
+
+fn with_drain(drain: &str) -> Sandbox {
+    let s = Sandbox::new(&[Rel("v1.0.0", GOOD), Rel("v1.1.0", GOOD)]);
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        text.replace(
+            "drain_timeout = \"5s\"",
+            &format!("drain_timeout = \"{drain}\""),
+        ),
+    )
+    .unwrap();
+    s
+}
+
+#[test]
+fn a_websocket_opened_before_a_deploy_keeps_echoing_after_the_switch_until_it_closes() {
+    let mut s = with_drain("5m");
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+    let (mut old, version) = websocket(&s);
+    assert_eq!(version, "v1.0.0");
+    std::thread::scope(|scope| {
+        let deploy = scope.spawn(|| s.ferry(&["deploy", "staging", "v1.1.0"]));
+        assert!(
+            eventually(Duration::from_secs(60), || s.serving("staging").0
+                == "v1.1.0"),
+            "the deploy never switched:\n{}",
+            s.serve_log()
+        );
+        // new requests go to v1.1.0; the socket opened before still reaches v1.0.0
+        for n in 0..20 {
+            echo(&mut old, &format!("after the switch {n}"));
+        }
+        let (mut new, version) = websocket(&s);
+        assert_eq!(version, "v1.1.0");
+        echo(&mut new, "on the new release");
+        // the finish step waits for it: the deploy is not done while the socket is open
+        echo(&mut old, "still open");
+        assert!(!deploy.is_finished());
+        old.close(None).unwrap();
+        let _ = old.flush();
+        drop(old);
+        let run = deploy.join().unwrap();
+        assert_eq!(run.code(), 0, "{run}\n{}", s.serve_log());
+    });
+    let (_, out) = step(&s, 2, "finish");
+    assert!(
+        out.contains("the 0 request(s) and 1 long-lived connection(s) (WebSocket, event stream) open when its drain began finished within the drain timeout (5m)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn long_lived_connections_still_open_at_the_drain_timeout_are_reported_and_closed() {
+    let mut s = with_drain("1s");
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+    let (mut old, version) = websocket(&s);
+    assert_eq!(version, "v1.0.0");
+    s.deploy_ok("staging", "v1.1.0");
+    let (_, out) = step(&s, 2, "finish");
+    assert!(
+        out.contains("drained v1.0.0-") && out.contains("for the drain timeout (1s): 0 request(s) and 1 long-lived connection(s) (WebSocket, event stream) were still open when it ended, and were closed as"),
+        "{out}"
+    );
+    // closed with the old instance: the socket ends
+    let ended = (0..10).any(|n| {
+        old.send(tungstenite::Message::text(format!("after the drain {n}")))
+            .and_then(|()| old.read())
+            .is_err()
+    });
+    assert!(ended, "the old socket outlived its instance");
+}
