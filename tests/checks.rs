@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ fn step(s: &Sandbox, id: i64, name: &str) -> (String, String) {
     )
 }
 
-/// The sample app's pid serving `url`'s `/version`, if a running instance answers there.
+/// What `url`'s `/version` answers, if anything answers there.
 fn version_at(url: &str) -> Option<(u16, String)> {
     get(&format!("{url}/version"))
 }
@@ -300,12 +301,37 @@ fn long_lived_connections_still_open_at_the_drain_timeout_are_reported_and_close
     s.deploy_ok("staging", "v1.0.0");
     let (mut old, version) = websocket(&s);
     assert_eq!(version, "v1.0.0");
+    // and an event stream: an event every 50 ms for much longer than the test
+    let mut events = TcpStream::connect(s.url("staging").trim_start_matches("http://")).unwrap();
+    events
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    events
+        .write_all(b"GET /sse?n=1000000&gap_ms=50 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0; 4096];
+    while !String::from_utf8_lossy(&got).contains("data: 1\n\n") {
+        let n = events.read(&mut buf).unwrap();
+        assert!(n > 0, "the event stream ended early");
+        got.extend_from_slice(&buf[..n]);
+    }
     s.deploy_ok("staging", "v1.1.0");
     let (_, out) = step(&s, 2, "finish");
     assert!(
-        out.contains("drained v1.0.0-") && out.contains("for the drain timeout (1s): 0 request(s) and 1 long-lived connection(s) (WebSocket, event stream) were still open when it ended, and were closed as"),
+        out.contains("drained v1.0.0-") && out.contains("for the drain timeout (1s): 0 request(s) and 2 long-lived connection(s) (WebSocket, event stream) were still open when it ended, and were closed as"),
         "{out}"
     );
+    // the event stream ends with its instance
+    let mut rest = Vec::new();
+    let ended = loop {
+        match events.read(&mut buf) {
+            Ok(0) | Err(_) => break true,
+            Ok(n) if rest.len() < 10_000_000 => rest.extend_from_slice(&buf[..n]),
+            Ok(_) => break false,
+        }
+    };
+    assert!(ended, "the event stream outlived its instance");
     // closed with the old instance: the socket ends
     let ended = (0..10).any(|n| {
         old.send(tungstenite::Message::text(format!("after the drain {n}")))
