@@ -211,6 +211,24 @@ fn check_app(config: &crate::config::Config) -> super::CmdResult {
         ),
         None => outln!("  monitor    off (no [monitor] table)"),
     }
+    for c in &config.checks {
+        let what = match &c.kind {
+            crate::config::CheckKind::Http { expect_status, .. } => {
+                format!("expects {expect_status}")
+            }
+            crate::config::CheckKind::Command(_) => "a command given URL".to_string(),
+        };
+        let envs = if c.environments.is_empty() {
+            "every environment".to_string()
+        } else {
+            c.environments.join(", ")
+        };
+        outln!(
+            "  check      {}: {what}, before the switch in {envs} (timeout {})",
+            c.name,
+            format_duration(c.timeout)
+        );
+    }
     outln!("  state dir  {}", config.state_dir.display());
     outln!("  api        http://{}", config.server.listen);
     if let Some(http) = config.server.http {

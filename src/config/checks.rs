@@ -432,6 +432,60 @@ mod tests {
     }
 
     #[test]
+    fn preview_addresses_parse_and_clashes_are_refused() {
+        let front = "[server]\nlisten = \"127.0.0.1:17070\"\nhttp = \"127.0.0.1:17080\"\n";
+        let text = HEAD.replace(
+            "listen = \"127.0.0.1:18081\"\n",
+            "listen = \"127.0.0.1:18081\"\npreview_listen = \"127.0.0.1:18181\"\npreview_hosts = [\"preview.staging.test\"]\n",
+        ) + front;
+        let c = Config::parse(std::path::Path::new("/tmp/ferry.toml"), &text).unwrap();
+        let staging = c.environment("staging").unwrap();
+        assert_eq!(staging.preview_listen, "127.0.0.1:18181".parse().ok());
+        assert_eq!(
+            staging.preview_urls(&c.server),
+            [
+                "http://127.0.0.1:18181",
+                "http://preview.staging.test:17080"
+            ]
+        );
+        let servers = crate::config::ServerConfig::single(c);
+        assert!(servers.listeners().contains(&(
+            "staging.preview".to_string(),
+            "127.0.0.1:18181".parse().unwrap()
+        )));
+        for (from, to, says) in [
+            (
+                "preview_listen = \"127.0.0.1:18181\"",
+                "preview_listen = \"127.0.0.1:18082\"",
+                "already used by",
+            ),
+            (
+                "preview_hosts = [\"preview.staging.test\"]",
+                "preview_hosts = [\"preview.staging.test\"]\nhosts = [\"preview.staging.test\"]",
+                "preview host preview.staging.test of environment staging is already claimed",
+            ),
+            (
+                "preview_listen = \"127.0.0.1:18181\"",
+                "preview_listen = \"127.0.0.1:18181\"\nslots = 2",
+                "2 slots and a preview address",
+            ),
+            (
+                "http = \"127.0.0.1:17080\"",
+                "",
+                "`preview_hosts` but ferry has no front door",
+            ),
+        ] {
+            let err = Config::parse(
+                std::path::Path::new("/tmp/ferry.toml"),
+                &text.replace(from, to),
+            )
+            .expect_err(to)
+            .to_string();
+            assert!(err.contains(says), "{to}: {err}");
+        }
+    }
+
+    #[test]
     fn bad_checks_are_refused_where_they_are_written() {
         for (text, says, line) in [
             (
