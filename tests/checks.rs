@@ -340,3 +340,35 @@ fn long_lived_connections_still_open_at_the_drain_timeout_are_reported_and_close
     });
     assert!(ended, "the old socket outlived its instance");
 }
+
+#[test]
+fn the_preview_listener_is_handed_over_by_ferry_upgrade() {
+    let preview_port = free_port();
+    let mut s = Sandbox::with(
+        &[Rel("v1.0.0", GOOD), Rel("v1.1.0", GOOD)],
+        Options {
+            env_extra: Box::leak(Box::new([(
+                "staging",
+                leak(format!("preview_listen = \"127.0.0.1:{preview_port}\"")),
+            )])),
+            tables: leak(format!(
+                "[[check]]\nname = \"preview\"\ncommand = \"curl -fsS http://127.0.0.1:{preview_port}/version\"\n"
+            )),
+            ..Options::default()
+        },
+    );
+    s.serve();
+    let preview = format!("http://127.0.0.1:{preview_port}");
+    let old = s.locked_serve_pid().expect("serve holds the lock");
+    let run = s.ferry(&["upgrade", "--binary", FERRY]);
+    assert_eq!(run.code(), 0, "{run}\n{}", s.serve_log());
+    let new = s.locked_serve_pid().expect("the new serve holds the lock");
+    assert_ne!(new, old);
+    // the new serve answers on the listener it was handed (it could not bind it anew while
+    // the old one held it), and its deploys reach the preview
+    assert_eq!(version_at(&preview).map(|(c, _)| c), Some(503));
+    s.deploy_ok("staging", "v1.0.0");
+    let (_, out) = step(&s, 1, "check");
+    assert!(out.contains("\"version\":\"v1.0.0\""), "{out}");
+    s.stop(nix::sys::signal::Signal::SIGTERM);
+}
