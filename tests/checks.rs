@@ -372,3 +372,110 @@ fn the_preview_listener_is_handed_over_by_ferry_upgrade() {
     assert!(out.contains("\"version\":\"v1.0.0\""), "{out}");
     s.stop(nix::sys::signal::Signal::SIGTERM);
 }
+
+#[test]
+fn an_http2_event_stream_keeps_going_after_the_switch_until_its_client_goes() {
+    let mut s = with_drain("5m");
+    let (http, https) = (free_port(), free_port());
+    let dir = s.dir.path().to_path_buf();
+    // a test CA and a certificate for the host
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ferry test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = params.self_signed(&ca_key).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+    let issuer = rcgen::Issuer::new(params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["www.example.test".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("www.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("www.key"), key.serialize_pem()).unwrap();
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let text = text
+        .replacen(
+            "[server]\n",
+            &format!("[server]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n"),
+            1,
+        )
+        .replacen(
+            "[environments.staging]\n",
+            &format!(
+                "[environments.staging]\nhosts = [\"www.example.test\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+                dir.join("www.crt").display(),
+                dir.join("www.key").display()
+            ),
+            1,
+        );
+    std::fs::write(&s.config, text).unwrap();
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+
+    // an event every 50 ms over HTTP/2, counted as it arrives
+    let mut curl = std::process::Command::new("curl")
+        .args(["-sSN", "--http2", "--cacert"])
+        .arg(&ca)
+        .args(["--resolve", &format!("www.example.test:{https}:127.0.0.1")])
+        .arg(format!(
+            "https://www.example.test:{https}/sse?n=1000000&gap_ms=50"
+        ))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("curl.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let events = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = events.clone();
+    let out = curl.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("data: ") {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let seen = || events.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(20), || seen() >= 2),
+        "no events: {}\n{}",
+        std::fs::read_to_string(dir.join("curl.err")).unwrap_or_default(),
+        s.serve_log()
+    );
+
+    std::thread::scope(|scope| {
+        let deploy = scope.spawn(|| s.ferry(&["deploy", "staging", "v1.1.0"]));
+        assert!(
+            eventually(Duration::from_secs(60), || s.serving("staging").0
+                == "v1.1.0"),
+            "the deploy never switched:\n{}",
+            s.serve_log()
+        );
+        // switched: the stream on the old instance goes on
+        let at_switch = seen();
+        assert!(
+            eventually(Duration::from_secs(20), || seen() >= at_switch + 5),
+            "the event stream stopped at the switch"
+        );
+        assert!(
+            !deploy.is_finished(),
+            "the drain did not wait for the stream"
+        );
+        // the client goes: the drain ends
+        let _ = curl.kill();
+        let _ = curl.wait();
+        let run = deploy.join().unwrap();
+        assert_eq!(run.code(), 0, "{run}\n{}", s.serve_log());
+    });
+    reader.join().unwrap();
+    let (_, out) = step(&s, 2, "finish");
+    assert!(
+        out.contains("the 0 request(s) and 1 long-lived connection(s) (WebSocket, event stream) open when its drain began finished within the drain timeout (5m)"),
+        "{out}"
+    );
+}
