@@ -15,8 +15,8 @@ use serde_json::json;
 use support::*;
 
 const STEPS: &[&str] = &[
-    "resolve", "policy", "lock", "prepare", "build", "test", "backup", "start", "health", "switch",
-    "monitor", "finish",
+    "resolve", "policy", "lock", "prepare", "build", "test", "backup", "start", "health", "check",
+    "switch", "monitor", "finish",
 ];
 
 /// When a request was answered, and its status (`None`: the connection was refused).
@@ -78,7 +78,7 @@ fn serve_killed_at_every_step_comes_back_on_the_last_good_release() {
             // with the hold file there, build runs a command that takes a minute
             extra_app: "build = [\"echo building; if [ -f ../../hold ]; then sleep 60; fi\"]\ntest = [\"echo testing\"]",
             env_extra: &[("staging", "backup = [\"data.txt\"]")],
-            tables: "[monitor]\nduration = \"1s\"\ninterval = \"200ms\"\n",
+            tables: "[monitor]\nduration = \"1s\"\ninterval = \"200ms\"\n[[check]]\npath = \"/health\"\n",
             ..Options::default()
         },
     );
