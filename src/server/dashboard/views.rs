@@ -239,6 +239,12 @@ pub fn env_card(s: &EnvStatus, extras: &CardExtras, viewer: &Viewer) -> Markup {
             @if let Some(m) = &s.maintenance {
                 p.note { strong { "Maintenance page on: " } (m) }
             }
+            @if !s.preview.is_empty() {
+                p.note {
+                    strong { "Preview of the new release" } " (until the switch): "
+                    @for url in &s.preview { a href=(url) { code { (url) } } " " }
+                }
+            }
             @if let Some(lock) = &s.deploying {
                 @if lock.kind == "manual" {
                     p.note { strong { "Locked" } " by " (lock.holder) ": " (lock.reason.as_deref().unwrap_or("")) }
