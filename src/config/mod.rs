@@ -14,6 +14,7 @@ mod frontdoor;
 mod hooks;
 mod processes;
 mod raw;
+mod rollout;
 mod runtime;
 mod secrets;
 mod server;
@@ -35,6 +36,7 @@ pub use frontdoor::{Tls, under_prefix};
 pub use hooks::{Hook, Hooks};
 pub use processes::{ProcessType, WEB};
 pub use raw::valid_check_name;
+pub use rollout::{DEFAULT_INCONCLUSIVE_TIMEOUT, Rollout, RolloutStep, Sticky};
 pub use runtime::{ComposeFile, Container, ContainerUser, ImageBuild, Network, Runtime};
 pub use secrets::{DEFAULT_SECRET_TIMEOUT, SecretCommand, valid_secret_name};
 pub use server::{ConnLimits, DEFAULT_MAX_STREAMS, ProxySettings, Server};
@@ -313,6 +315,8 @@ pub struct Environment {
     pub preview_listen: Option<SocketAddr>,
     /// Front door names reaching a new instance before the switch (`preview_hosts`).
     pub preview_hosts: Vec<crate::hosts::HostPattern>,
+    /// A canary rollout in steps instead of the instant switch (`rollout = [...]`).
+    pub rollout: Option<Rollout>,
 }
 
 impl Environment {

@@ -144,6 +144,9 @@ struct RawEnvironment {
     preview_listen: Option<Spanned<String>>,
     #[serde(default)]
     preview_hosts: Vec<Spanned<String>>,
+    rollout: Option<Spanned<Vec<Spanned<String>>>>,
+    inconclusive_timeout: Option<Spanned<HumanDuration>>,
+    sticky_header: Option<Spanned<String>>,
 }
 
 /// `approval = true`, or `approval = { not_by_deployer = true }`.
@@ -561,6 +564,12 @@ fn validate_environment(
         env.insert(key, value);
     }
     let secrets = super::secrets::validate(raw.secrets, &env, &resolve(""), fail)?;
+    let rollout = super::rollout::validate(
+        raw.rollout,
+        raw.inconclusive_timeout,
+        raw.sticky_header,
+        fail,
+    )?;
     let mut freeze = Vec::new();
     for w in &raw.freeze {
         freeze.push(super::FreezeWindow::parse(w.get_ref()).map_err(|e| {
@@ -685,6 +694,7 @@ fn validate_environment(
             access_log: raw.access_log.unwrap_or(false),
             preview_listen: preview.0,
             preview_hosts: preview.1.clone(),
+            rollout: rollout.clone(),
         });
     }
     Ok(out)

@@ -351,10 +351,11 @@ async fn exchange<R>(
     if let Some((status, bytes, keep)) = early {
         return own_answer(client, (status, for_method(bytes, req.is_head()), keep)).await;
     }
-    let Some(guard) = proxy.pick() else {
+    let Some(picked) = proxy.pick(|| req.head.headers()) else {
         proxy.count_error();
         return own_answer(client, reply(503, proxy.unserved(), true, &[])).await;
     };
+    let (guard, set_cookie) = (picked.guard, picked.set_cookie);
     let upstream = guard.0.clone();
     let host_owned;
     let host: &[u8] = match to.absolute_host.or_else(|| req.head.get("host")) {
@@ -384,7 +385,8 @@ async fn exchange<R>(
             Err(CheckoutError::Busy) => break Err(Failure::Busy),
             Err(CheckoutError::Connect(e)) => break Err(Failure::Upstream(e.to_string())),
         };
-        match forward(ctx, client, buf, req, &head, lease, conn).await {
+        let cookie = set_cookie.as_deref();
+        match forward(ctx, client, buf, req, (&head, cookie), lease, conn).await {
             Err(Failure::Stale(_)) if attempt < ATTEMPTS && req.retryable() => continue,
             Err(Failure::Stale(e)) => break Err(Failure::Upstream(e)),
             other => break other,
@@ -455,7 +457,7 @@ async fn forward<R>(
     client: &mut impl ClientIo,
     buf: &mut BytesMut,
     req: &Request,
-    head: &[u8],
+    (head, set_cookie): (&[u8], Option<&str>),
     lease: Lease,
     mut conn: Conn,
 ) -> Result<Outcome, Failure> {
@@ -581,6 +583,9 @@ async fn forward<R>(
     let keep_alive = req.keep_alive && sent && to_client != Framing::Close && !ctx.stopping();
     let mut out = Vec::with_capacity(resp.head.raw.len() + 64);
     response_head(&mut out, req, &resp, to_client, keep_alive);
+    if let Some(cookie) = set_cookie {
+        super::canary::add_set_cookie(&mut out, cookie);
+    }
     let event_stream = resp
         .head
         .get("content-type")

@@ -4,14 +4,16 @@
 //! browser.
 
 /// True when `pair` (`name=value` of a `Cookie` or `Set-Cookie` header) is one of ferry's own
-/// cookies ([`crate::auth::COOKIES`]).
+/// cookies: the dashboard's ([`crate::auth::COOKIES`]) or a canary bucket's
+/// ([`super::canary::COOKIE_PREFIX`]: an app must not move a client between releases).
 pub fn is_ferry_cookie(pair: &[u8]) -> bool {
     let name = pair
         .split(|b| *b == b'=')
         .next()
         .unwrap_or(pair)
         .trim_ascii();
-    crate::auth::COOKIES.iter().any(|c| c.as_bytes() == name)
+    name.starts_with(super::canary::COOKIE_PREFIX.as_bytes())
+        || crate::auth::COOKIES.iter().any(|c| c.as_bytes() == name)
 }
 
 /// A `Cookie` header's value without ferry's own cookies (the app's, joined by `; `; empty
@@ -44,5 +46,10 @@ mod tests {
         assert!(without_ferry_cookies(b"ferry_session=x").is_empty());
         assert!(is_ferry_cookie(b"ferry_session=planted; Path=/"));
         assert!(!is_ferry_cookie(b"app=2; Path=/"));
+        assert!(is_ferry_cookie(b"ferry_canary_production=42"));
+        assert_eq!(
+            &*without_ferry_cookies(b"a=1; ferry_canary_staging=42"),
+            b"a=1"
+        );
     }
 }

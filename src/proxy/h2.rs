@@ -373,9 +373,15 @@ async fn forward<R>(
         None if req.body().is_end_stream() => Framing::Empty,
         None => Framing::Chunked,
     };
-    let Some(guard) = proxy.pick() else {
+    let headers = || {
+        req.headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+    };
+    let Some(picked) = proxy.pick(headers) else {
         return Err((503, proxy.unserved().to_string(), &[], logged));
     };
+    let (guard, set_cookie) = (picked.guard, picked.set_cookie);
     let upstream = guard.0.clone();
     let bytes = upstream_head(&req, &head, framing);
     let mut body = req.into_body();
@@ -467,6 +473,9 @@ async fn forward<R>(
     }
     if let Framing::Length(n) = resp.framing {
         builder = builder.header("content-length", n);
+    }
+    if let Some(cookie) = set_cookie {
+        builder = builder.header("set-cookie", cookie);
     }
     let event_stream = resp
         .head

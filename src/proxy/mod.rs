@@ -11,10 +11,12 @@
 //! flight on the upstream it picked until its response is done, so the pipeline can wait for
 //! the old instance to drain ([`Upstream::drain`]) before stopping it; the old instance's
 //! idle pooled connections are closed at the switch. No upstream yet answers 503 with a
-//! plain message.
+//! plain message. During a canary rollout a [`canary::Split`] sends a share of clients to
+//! the new instance ([`Proxy::split`]); without one, picking costs what it always did.
 
 mod access_log;
 mod answer;
+pub mod canary;
 mod conn;
 mod cookies;
 mod h2;
@@ -36,7 +38,7 @@ pub use route::{Answer, ClientIo, RequestInfo, Route, Router};
 pub use serve::{Listening, serve};
 pub use upstream::{PoolStats, Upstream};
 
-use crate::config::ProxySettings;
+use crate::config::{ProxySettings, Sticky};
 use crate::listener::ConnStats;
 
 /// Counters a proxy keeps.
@@ -57,13 +59,27 @@ pub struct Proxy {
 
 struct Inner {
     environment: String,
-    upstream: RwLock<Option<Arc<Upstream>>>,
+    upstream: RwLock<Slot>,
     /// The maintenance page's message while maintenance is on.
     maintenance: RwLock<Option<String>>,
     stats: Stats,
     access_log: Option<AccessLog>,
     /// What a request gets (503) while there is no upstream.
     unserved: String,
+}
+
+/// Where new requests go: the current instance, and during a rollout the split.
+#[derive(Default)]
+struct Slot {
+    current: Option<Arc<Upstream>>,
+    split: Option<canary::Split>,
+}
+
+/// A request's upstream, counted in flight, and the canary cookie its response sets (a
+/// client new to a rollout).
+pub(crate) struct Picked {
+    pub guard: upstream::InFlight,
+    pub set_cookie: Option<String>,
 }
 
 impl Proxy {
@@ -92,7 +108,7 @@ impl Proxy {
         Proxy {
             inner: Arc::new(Inner {
                 environment: environment.to_string(),
-                upstream: RwLock::new(None),
+                upstream: RwLock::new(Slot::default()),
                 maintenance: RwLock::new(None),
                 stats: Stats::default(),
                 access_log,
@@ -101,24 +117,28 @@ impl Proxy {
         }
     }
 
-    /// Sends new requests to `next` from now on; returns the upstream it replaces, whose
-    /// idle connections are closed (requests in flight on it finish).
+    /// Sends new requests to `next` from now on, ending any split; returns the upstream it
+    /// replaces, whose idle connections are closed (requests in flight on it finish), as are
+    /// those of a split's new instance when it is not `next`.
     pub fn switch(&self, next: Option<Arc<Upstream>>) -> Option<Arc<Upstream>> {
         if let Some(next) = &next {
             next.activate();
         }
-        let old = {
-            let mut slot = self
-                .inner
-                .upstream
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
-            std::mem::replace(&mut *slot, next.clone())
+        let (old, split) = {
+            let mut slot = self.slot_mut();
+            let split = slot.split.take();
+            (std::mem::replace(&mut slot.current, next.clone()), split)
         };
+        let is_next = |u: &Arc<Upstream>| next.as_ref().is_some_and(|n| Arc::ptr_eq(n, u));
         if let Some(old) = &old
-            && !next.as_ref().is_some_and(|n| Arc::ptr_eq(n, old))
+            && !is_next(old)
         {
             old.retire();
+        }
+        if let Some(split) = split
+            && !is_next(&split.upstream)
+        {
+            split.upstream.retire();
         }
         old
     }
@@ -128,17 +148,55 @@ impl Proxy {
         &self.inner.unserved
     }
 
+    /// Sends `weight` percent of clients (sticky per `sticky`, shifted by `salt`) to
+    /// `canary`, the others to the current upstream; called again, changes the weight.
+    /// Ended by [`Proxy::unsplit`] or a [`Proxy::switch`].
+    pub fn split(&self, canary: &Arc<Upstream>, weight: u8, salt: u16, sticky: &Sticky) {
+        canary.activate();
+        let split = canary::Split::new(
+            canary.clone(),
+            weight,
+            salt,
+            &self.inner.environment,
+            sticky,
+        );
+        self.slot_mut().split = Some(split);
+    }
+
+    /// Ends the split: every new request goes to the current upstream again. Returns the
+    /// new instance's upstream, its idle connections closed (requests in flight finish).
+    pub fn unsplit(&self) -> Option<Arc<Upstream>> {
+        let split = self.slot_mut().split.take()?;
+        split.upstream.retire();
+        Some(split.upstream)
+    }
+
+    /// The percentage of clients sent to the new instance, during a rollout.
+    pub fn split_weight(&self) -> Option<u8> {
+        self.slot().split.as_ref().map(canary::Split::weight)
+    }
+
+    fn slot(&self) -> std::sync::RwLockReadGuard<'_, Slot> {
+        self.inner
+            .upstream
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn slot_mut(&self) -> std::sync::RwLockWriteGuard<'_, Slot> {
+        self.inner
+            .upstream
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The environment it serves.
     pub fn environment(&self) -> String {
         self.inner.environment.clone()
     }
 
     pub fn upstream(&self) -> Option<Arc<Upstream>> {
-        self.inner
-            .upstream
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.slot().current.clone()
     }
 
     /// Turns maintenance on (every request answers 503 with `message`) or off.
@@ -166,15 +224,38 @@ impl Proxy {
         self.inner.access_log.as_ref()
     }
 
-    /// Picks the current upstream and counts the request on it, under the same read lock, so
-    /// a switch either happens before (the request goes to the new one) or after (drain waits).
-    fn pick(&self) -> Option<upstream::InFlight> {
-        let slot = self
-            .inner
-            .upstream
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        Some(slot.as_ref()?.enter())
+    /// Picks the upstream of a request and counts the request on it, under the same read
+    /// lock, so a switch either happens before (the request goes to the new one) or after
+    /// (drain waits). During a rollout the client's bucket (from `headers()`, the request's
+    /// name and value pairs, only then read) decides between the current and the new instance.
+    fn pick<'a, H>(&self, headers: impl Fn() -> H) -> Option<Picked>
+    where
+        H: Iterator<Item = (&'a [u8], &'a [u8])>,
+    {
+        let slot = self.slot();
+        let current = slot.current.as_ref()?;
+        let Some(split) = &slot.split else {
+            return Some(Picked {
+                guard: current.enter(),
+                set_cookie: None,
+            });
+        };
+        let (bucket, set_cookie) = match split.bucket_of(headers) {
+            Some(bucket) => (bucket, None),
+            None => {
+                let bucket = canary::random_bucket();
+                (bucket, Some(canary::set_cookie(&split.cookie, bucket)))
+            }
+        };
+        let to = if split.takes(bucket) {
+            &split.upstream
+        } else {
+            current
+        };
+        Some(Picked {
+            guard: to.enter(),
+            set_cookie,
+        })
     }
 
     /// Serves `listener` under `settings` (its own connection budget: another proxy's or the
