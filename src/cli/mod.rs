@@ -31,6 +31,7 @@ mod install;
 mod logs;
 mod release;
 mod restart;
+mod rollout;
 mod safety;
 mod secrets;
 mod serve;
@@ -105,6 +106,9 @@ pub enum Command {
     /// Start the serving release again with no dropped request (new instance, health,
     /// switch, drain): after rotating a secret, say.
     Restart(restart::Restart),
+    /// Act on the canary rollout under way: promote (the next step now, or --full to 100%),
+    /// pause, or abort (every client back on the previous release).
+    Rollout(rollout::RolloutArgs),
     /// Approve a deployment waiting for approval.
     Approve(safety::Approve),
     /// Sign off the version running on an environment (the QA sign-off promotion needs).
@@ -267,6 +271,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Rollback(args) => safety::rollback(&cli, args).await,
         Command::Restart(args) => restart::run(&cli, args).await,
         Command::Exec(args) => exec::run(&cli, args).await,
+        Command::Rollout(args) => rollout::run(&cli, args).await,
         Command::Approve(args) => safety::approve(&cli, args).await,
         Command::Verify(args) => safety::verify(&cli, args).await,
         Command::CheckReport(args) => safety::check_report(&cli, args).await,

@@ -149,6 +149,9 @@ fn status_table(all: Vec<EnvStatus>) -> Table {
             )),
             None => {}
         }
+        if let Some(rollout) = &s.rollout {
+            table.note(rollout.line());
+        }
         if let Some(message) = &s.maintenance {
             table.note(format!("maintenance: {message}"));
         }

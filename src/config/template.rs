@@ -97,6 +97,11 @@ env = { LOG_LEVEL = "info" }
 # confirm = "ROLLBACK"          # `ferry rollback` and the dashboard ask for this word typed
                                 # (default: the environment's name); --yes skips asking
 # access_log = false            # true: a JSON line per request in logs/access.log (rotated)
+# rollout = ["10%", "wait 2m", "50%", "wait 2m", "100%"]
+                                # a canary: that share of clients on the new release, judged
+                                # at every step; "pause" waits for `ferry rollout <env> promote`
+# inconclusive_timeout = "10m"  # too little traffic to judge this long past a wait: paused
+# sticky_header = "X-User-Id"   # split by this header's value (default: a ferry_canary_<env> cookie)
 
 # After the switch the new release is watched; the previous one is kept running (out of
 # traffic) until this ends, and a breach switches back to it at once. `ferry deploy` shows

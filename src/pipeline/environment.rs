@@ -43,6 +43,8 @@ pub struct EnvState {
     pub(super) active: Mutex<Option<Active>>,
     /// Its process types besides `web` (see `processes.rs`).
     pub(super) workers: super::processes::Workers,
+    /// The canary rollout under way, if one is (see `rollout.rs`).
+    pub(super) rollout: super::rollout::Control,
 }
 
 /// What `ferry status` shows for one environment.
@@ -93,6 +95,9 @@ pub struct EnvStatus {
     /// preview address), while there is one; empty otherwise.
     #[serde(default)]
     pub preview: Vec<String>,
+    /// A canary rollout under way: the new release's share of clients, the step, the analysis.
+    #[serde(default)]
+    pub rollout: Option<super::RolloutStatus>,
 }
 
 impl EnvState {
@@ -111,6 +116,7 @@ impl EnvState {
             run_as,
             active: Mutex::new(None),
             workers: Default::default(),
+            rollout: Default::default(),
         }
     }
 
@@ -272,6 +278,7 @@ impl Engine {
             } else {
                 Vec::new()
             },
+            rollout: state.rollout.status(),
         })
     }
 

@@ -2,11 +2,10 @@
 //! lock, and the environments' live state (proxy, log, active instance).
 //!
 //! Steps: resolve → policy → lock → prepare → build → test → pre_deploy → backup → release →
-//! start → health → check → switch → monitor → finish → post_deploy (`steps.rs`, with
-//! `prepare.rs`, `release_command.rs`, `serving.rs`, `checks.rs`, `retention.rs` and
-//! `hooks.rs`); rollbacks reuse a
-//! built release (`rollback.rs`); restarts start the serving release again
-//! (`restart.rs`).
+//! start → health → check → rollout → switch → monitor → finish → post_deploy (`steps.rs`,
+//! with `prepare.rs`, `release_command.rs`, `serving.rs`, `checks.rs`, `rollout.rs`,
+//! `retention.rs` and `hooks.rs`); rollbacks reuse a built release (`rollback.rs`); restarts
+//! start the serving release again (`restart.rs`).
 //! Each step is written to the store as running before it acts, and finished with its
 //! outcome and output tail after. A failure before the switch stops the new instance (if one
 //! was started) and leaves the old one serving; a monitor breach switches back to the old
@@ -28,6 +27,7 @@ mod release_command;
 mod restart;
 mod retention;
 mod rollback;
+mod rollout;
 mod secrets;
 mod serving;
 mod steps;
@@ -50,6 +50,7 @@ pub use exec::{EXEC_PROCESSES, ExecCommand, shell_words};
 pub use hooks::OUTCOME_HOOKS;
 pub use queue::Queued;
 pub use rollback::{ReleaseRef, RollbackPreview};
+pub use rollout::{RolloutAction, RolloutAnswer, RolloutStatus};
 
 /// The free space the state dir's disk needs before a deployment starts.
 pub const MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
@@ -76,6 +77,7 @@ pub const DEPLOY_STEPS: &[&str] = &[
     "start",
     "health",
     "check",
+    "rollout",
     "switch",
     "monitor",
     "finish",

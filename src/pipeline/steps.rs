@@ -1,9 +1,9 @@
 //! The steps of one deployment, in order.
 //!
 //! A deploy: resolve → policy (gates, then approval) → lock → prepare → build → test →
-//! pre_deploy → backup → release → start → health → check → switch → monitor → finish, then the hook
-//! for its outcome (`hooks.rs`). A rollback (see `rollback.rs`) reuses a built release:
-//! resolve → policy → lock → prepare → restore → release (with `--run-release`) → start →
+//! pre_deploy → backup → release → start → health → check → rollout → switch → monitor →
+//! finish, then the hook for its outcome (`hooks.rs`). A rollback (see `rollback.rs`) reuses
+//! a built release: resolve → policy → lock → prepare → restore → release (with `--run-release`) → start →
 //! health → switch → finish.
 //!
 //! This file holds the sequence and what every step shares (recording a step, what stops a
@@ -265,6 +265,7 @@ impl Engine {
         self.check(d, state, &instance, &dir, held.before.as_ref())
             .await
             .inspect_err(|_| self.mark_release(&env.name, &name, "bad"))?;
+        self.rollout(id, state, &name, held).await?;
         let previous = self.switch(id, state, &name, held).await?;
 
         let monitor = self.config.monitor.as_ref().filter(|_| env.monitor);

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ApiError, ApiResult, Caller, JsonBody, created, parse_id};
-use crate::pipeline::{CheckReport, Engine, Mirror, Plan, RollbackPreview};
+use crate::pipeline::{
+    CheckReport, Engine, Mirror, Plan, RollbackPreview, RolloutAction, RolloutAnswer,
+};
 use crate::store::{Backup, Check, Deployment, LockHolder, Verification};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -49,6 +51,15 @@ pub struct LockRequest {
 pub struct MaintenanceRequest {
     pub on: bool,
     pub message: Option<String>,
+}
+
+/// What `POST /api/environments/{env}/rollout` takes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RolloutRequest {
+    pub action: RolloutAction,
+    /// With `promote`: straight to 100% instead of the next step.
+    #[serde(default)]
+    pub full: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -215,6 +226,27 @@ pub async fn maintenance(
     let message = engine.set_maintenance(&env, req.on, req.message.as_deref(), &caller.who())?;
     Ok(Json(
         json!({"environment": env, "maintenance": req.on, "message": message}),
+    ))
+}
+
+/// `POST /api/environments/{env}/rollout`: promote, pause or abort the rollout under way.
+pub async fn rollout(
+    State(engine): State<Arc<Engine>>,
+    caller: Caller,
+    Path(env): Path<String>,
+    JsonBody(req): JsonBody<RolloutRequest>,
+) -> ApiResult<Json<RolloutAnswer>> {
+    if req.full && req.action != RolloutAction::Promote {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "`full` goes with the promote action only",
+        ));
+    }
+    Ok(Json(
+        engine
+            .rollout_action(&env, req.action, req.full, &caller.who())
+            .await?,
     ))
 }
 

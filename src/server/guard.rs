@@ -184,7 +184,7 @@ fn api_scope(path: &str) -> Scope {
             "api",
             "environments",
             _,
-            "rollback" | "restart" | "lock" | "maintenance",
+            "rollback" | "restart" | "lock" | "maintenance" | "rollout",
         ]
         | ["api", "environments", _, "accessories", _] => Scope::Deploy,
         _ => Scope::Admin,
@@ -390,7 +390,7 @@ mod tests {
             dashboard_scope("/actions/environments/staging/verify"),
             Scope::Verify
         );
-        for p in ["rollback", "lock", "unlock", "maintenance"] {
+        for p in ["rollback", "lock", "unlock", "maintenance", "rollout"] {
             let path = format!("/actions/environments/staging/{p}");
             assert_eq!(dashboard_scope(&path), Scope::Deploy);
         }

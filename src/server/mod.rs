@@ -222,6 +222,7 @@ routes! {
     post "/api/environments/{env}/lock" => actions::lock, "environments", "lock an environment against deploys";
     delete "/api/environments/{env}/lock" => actions::unlock, "environments", "remove a manual lock";
     post "/api/environments/{env}/maintenance" => actions::maintenance, "environments", "turn the maintenance page on or off";
+    post "/api/environments/{env}/rollout" => actions::rollout, "deployments", "act on the canary rollout under way: promote (to the next step, or with full to 100%), pause or abort; answers what the rollout did";
     post "/api/environments/{env}/accessories/{action}" => actions::accessories, "environments", "a compose app's accessories: up, down, restart or logs";
     get "/api/deployments" => history, "deployments", "deployments, newest first (?environment, ?limit)";
     post "/api/deployments" => deploy, "deployments", "deploy a ref to an environment";
