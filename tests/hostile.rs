@@ -305,7 +305,7 @@ fn path_traversal_on_every_named_route_finds_nothing() {
                     ("cookie", session.clone()),
                     ("content-type", "application/json".into()),
                 ],
-                r#"{"reason": "x", "name": "x", "status": "success", "on": true}"#,
+                r#"{"reason": "x", "name": "x", "status": "success", "on": true, "action": "pause"}"#,
             );
             assert!(
                 (400..=405).contains(&status),

@@ -355,3 +355,78 @@ fn ferry_killed_mid_rollout_comes_back_on_the_old_release() {
     }
     assert!(rollout_of(&s).is_null());
 }
+
+#[test]
+fn the_dashboard_shows_the_rollout_and_its_buttons_act() {
+    let s = sandbox("rollout = [\"20%\", \"pause\"]");
+    let id = start_v2(&s);
+    wait_for(&s, "20% and paused", |r| {
+        r["weight"] == 20 && r["paused"].is_string()
+    });
+
+    let run = s.ferry(&["token", "create", "--name", "operator", "--json"]);
+    assert_eq!(run.code(), 0, "{run}");
+    let token = run.json()["token"].as_str().unwrap().to_string();
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = client
+        .post(format!("{}/signin", s.api))
+        .form(&[("token", token.as_str())])
+        .send()
+        .unwrap();
+    let session = signed_in
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = client
+        .get(format!("{}/environments/staging", s.api))
+        .header("cookie", &session)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains("Rollout of v2.0.0-"), "{page}");
+    assert!(page.contains("20%") && page.contains("Paused: "), "{page}");
+    let csrf = regex::Regex::new(r#"name="csrf" value="([0-9a-f]{32})""#)
+        .unwrap()
+        .captures(&page)
+        .expect("the rollout form carries a CSRF token")[1]
+        .to_string();
+    assert!(page.contains(r#"value="abort""#), "{page}");
+
+    // without the CSRF token nothing happens
+    let forged = client
+        .post(format!("{}/actions/environments/staging/rollout", s.api))
+        .header("cookie", &session)
+        .form(&[("action", "abort")])
+        .send()
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 403);
+    assert_eq!(rollout_of(&s)["weight"], 20);
+
+    let aborted = client
+        .post(format!("{}/actions/environments/staging/rollout", s.api))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str()), ("action", "abort")])
+        .send()
+        .unwrap();
+    assert_eq!(aborted.status().as_u16(), 303);
+    let to = aborted.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(to, "/environments/staging?notice=rollout-aborted");
+    assert!(eventually(Duration::from_secs(30), || deployment_state(
+        &s, id
+    ) == "rolled_back"));
+    assert_eq!(
+        version(&s.url("staging"), None, None).version.as_deref(),
+        Some("v1.0.0")
+    );
+}

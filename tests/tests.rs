@@ -84,6 +84,7 @@ fn deploy_serves_the_app_with_its_version_and_redeploy_switches() {
             "start",
             "health",
             "check",
+            "rollout",
             "switch",
             "monitor",
             "finish",

@@ -371,6 +371,16 @@ impl Engine {
         );
         step("check", super::checks::describe(&self.config, env_cfg));
         step(
+            "rollout",
+            match &env_cfg.rollout {
+                Some(r) => format!(
+                    "{}: the new instance takes that share of clients, judged at each step",
+                    r.describe()
+                ),
+                None => "skipped: no rollout configured".into(),
+            },
+        );
+        step(
             "switch",
             format!(
                 "move {env}'s traffic ({}) to the new instance",

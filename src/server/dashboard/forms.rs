@@ -269,6 +269,36 @@ pub async fn maintenance(
 }
 
 #[derive(Deserialize)]
+pub struct RolloutForm {
+    action: crate::pipeline::RolloutAction,
+}
+
+/// The Promote, Pause and Abort buttons of a rollout under way.
+pub async fn rollout(
+    State(app): State<AppState>,
+    viewer: Viewer,
+    Path(env): Path<String>,
+    Form(form): Form<RolloutForm>,
+) -> Response {
+    use crate::pipeline::RolloutAction;
+    match app
+        .engine
+        .rollout_action(&env, form.action, false, &who(&viewer).shown())
+        .await
+    {
+        Ok(_) => done(
+            &format!("/environments/{env}"),
+            match form.action {
+                RolloutAction::Promote => Notice::RolloutPromoted,
+                RolloutAction::Pause => Notice::RolloutPaused,
+                RolloutAction::Abort => Notice::RolloutAborted,
+            },
+        ),
+        Err(e) => engine_refused(e),
+    }
+}
+
+#[derive(Deserialize)]
 pub struct Lock {
     #[serde(default)]
     reason: String,

@@ -120,6 +120,7 @@ fn pages(app: AppState) -> Router<AppState> {
             "/actions/environments/{env}/maintenance",
             post(forms::maintenance),
         )
+        .route("/actions/environments/{env}/rollout", post(forms::rollout))
         .route("/actions/environments/{env}/lock", post(forms::lock))
         .route("/actions/environments/{env}/unlock", post(forms::unlock))
         .route("/actions/promote", post(forms::promote))

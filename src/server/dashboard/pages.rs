@@ -81,10 +81,13 @@ pub enum Notice {
     MaintenanceOff,
     Locked,
     Unlocked,
+    RolloutPromoted,
+    RolloutPaused,
+    RolloutAborted,
 }
 
 impl Notice {
-    const ALL: [Notice; 11] = [
+    const ALL: [Notice; 14] = [
         Notice::SignedIn,
         Notice::SignedOut,
         Notice::Approved,
@@ -96,6 +99,9 @@ impl Notice {
         Notice::MaintenanceOff,
         Notice::Locked,
         Notice::Unlocked,
+        Notice::RolloutPromoted,
+        Notice::RolloutPaused,
+        Notice::RolloutAborted,
     ];
 
     pub fn code(self) -> &'static str {
@@ -111,6 +117,9 @@ impl Notice {
             Notice::MaintenanceOff => "maintenance-off",
             Notice::Locked => "locked",
             Notice::Unlocked => "unlocked",
+            Notice::RolloutPromoted => "rollout-promoted",
+            Notice::RolloutPaused => "rollout-paused",
+            Notice::RolloutAborted => "rollout-aborted",
         }
     }
 
@@ -127,6 +136,11 @@ impl Notice {
             Notice::MaintenanceOff => "Maintenance is off.",
             Notice::Locked => "Locked.",
             Notice::Unlocked => "Unlocked.",
+            Notice::RolloutPromoted => "The rollout goes on to its next step.",
+            Notice::RolloutPaused => "The rollout is paused.",
+            Notice::RolloutAborted => {
+                "The rollout is aborted: every client is on the previous release."
+            }
         }
     }
 

@@ -236,6 +236,12 @@ pub fn env_card(s: &EnvStatus, extras: &CardExtras, viewer: &Viewer) -> Markup {
                     }
                 }
             }
+            @if let Some(r) = &s.rollout {
+                p.note {
+                    strong { "Rollout: " } (r.release) " on " (r.weight) "% of clients"
+                    @if r.paused.is_some() { " — " a href={ "/environments/" (name) "#rollout" } { "paused" } }
+                }
+            }
             @if let Some(m) = &s.maintenance {
                 p.note { strong { "Maintenance page on: " } (m) }
             }

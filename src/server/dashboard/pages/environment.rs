@@ -86,6 +86,7 @@ async fn environment_body(
                 (processes_table(&s.processes))
             }
         }
+        @if let Some(r) = &s.rollout { (rollout_panel(viewer, name, r)) }
         @if let Some(form) = rollback { (form) }
         @if viewer.can_act() && s.port.is_some() { (restart_form(viewer, name)) }
         section.panel aria-labelledby="history-title" {
@@ -171,6 +172,37 @@ fn restart_form(viewer: &Viewer, name: &str) -> Markup {
                 label for="restart-reason" { "Reason" }
                 input #restart-reason name="reason" type="text" placeholder="why (optional), e.g. rotated a secret";
                 button type="submit" { "Restart " (name) }
+            }
+        }
+    }
+}
+
+/// A canary rollout under way: the share, the steps, why it is paused, the analysis, and
+/// for a viewer who may act the Promote, Pause and Abort buttons.
+fn rollout_panel(viewer: &Viewer, name: &str, r: &crate::pipeline::RolloutStatus) -> Markup {
+    html! {
+        section.panel #rollout aria-labelledby="rollout-title" {
+            h2 #rollout-title { "Rollout of " (r.release) }
+            p {
+                strong { (r.weight) "%" } " of clients on " code { (r.release) } ", the rest on "
+                code { (r.previous) } " (step " (r.step) " of " (r.steps.len()) ", since " (when(&r.since)) ")"
+            }
+            ol.steps {
+                @for (i, step) in r.steps.iter().enumerate() {
+                    @if i + 1 == r.step { li aria-current="step" { strong { (step) } } } @else { li { (step) } }
+                }
+            }
+            @if let Some(why) = &r.paused { p.notice role="status" { "Paused: " (why) } }
+            @if let Some(a) = &r.analysis { p.hint { "Analysis: " (a) } }
+            @if viewer.can_act() {
+                form.inline method="post" action={ "/actions/environments/" (name) "/rollout" } {
+                    (csrf(viewer))
+                    button type="submit" name="action" value="promote" { "Promote" }
+                    " "
+                    button type="submit" name="action" value="pause" { "Pause" }
+                    " "
+                    button.danger type="submit" name="action" value="abort" { "Abort" }
+                }
             }
         }
     }
