@@ -154,6 +154,7 @@ pub async fn follow(client: &ApiClient, id: i64, live: bool) -> Result<Deploymen
     let mut frame = 0usize;
     let mut said_waiting = false;
     let mut said_monitoring = false;
+    let mut said_rolling = false;
     let mut progress_lines = 0;
     loop {
         let detail: DeploymentDetail = client.get(&format!("/api/deployments/{id}")).await?;
@@ -176,8 +177,17 @@ pub async fn follow(client: &ApiClient, id: i64, live: bool) -> Result<Deploymen
                 // the monitor writes a line per probe as it goes: each is printed, the last
                 // ones too; its final line is the step's summary, printed with it
                 // so does the lock step while it waits in line (`--wait-lock`)
-                let streams = matches!(step.name.as_str(), "monitor" | "lock");
+                // and the rollout, a line per step of it
+                let streams = matches!(step.name.as_str(), "monitor" | "lock" | "rollout");
                 if streams && step.state != StepState::Skipped {
+                    if step.name == "rollout" && !said_rolling {
+                        said_rolling = true;
+                        clear();
+                        outln!(
+                            "  rolling out: `ferry rollout {} promote|pause|abort` acts on it; Ctrl-C stops following, not the deployment",
+                            detail.deployment.environment
+                        );
+                    }
                     if step.name == "monitor" && !said_monitoring {
                         said_monitoring = true;
                         clear();
