@@ -430,3 +430,30 @@ fn the_dashboard_shows_the_rollout_and_its_buttons_act() {
         Some("v1.0.0")
     );
 }
+
+#[test]
+fn the_previous_instance_dying_mid_rollout_hands_every_client_to_the_new_one() {
+    let s = sandbox("rollout = [\"20%\", \"wait 1h\"]");
+    let url = s.url("staging");
+    let old_pid = s.ferry(&["status", "--json"]).json()[0]["pid"]
+        .as_u64()
+        .unwrap() as i32;
+    let id = start_v2(&s);
+    wait_for(&s, "20%", |r| r["weight"] == 20);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(60), || deployment_state(
+        &s, id
+    ) == "succeeded"));
+    for _ in 0..50 {
+        assert_eq!(version(&url, None, None).version.as_deref(), Some("v2.0.0"));
+    }
+    let shown = s.ferry(&["show", &id.to_string()]);
+    assert!(
+        shown.stdout().contains("the previous instance exited"),
+        "{shown}"
+    );
+}

@@ -197,6 +197,8 @@ struct Run<'a> {
     new: Arc<Upstream>,
     old: Arc<Upstream>,
     instance: crate::runtime::Instance,
+    /// The previous instance: if it exits, the new one takes every client.
+    old_instance: crate::runtime::Instance,
     log: String,
     weight: u8,
     salt: u16,
@@ -289,9 +291,9 @@ impl Engine {
             active
                 .as_ref()
                 .filter(|a| a.instance.exited().is_none())
-                .map(|a| (a.release.clone(), a.upstream.clone()))
+                .map(|a| (a.release.clone(), a.upstream.clone(), a.instance.clone()))
         };
-        let Some((previous, old_upstream)) = previous else {
+        let Some((previous, old_upstream, old_instance)) = previous else {
             self.skip(
                 id,
                 "rollout",
@@ -308,6 +310,7 @@ impl Engine {
             cfg,
             new: new_upstream,
             old: old_upstream,
+            old_instance,
             instance,
             log: String::new(),
             weight: 0,
@@ -462,6 +465,7 @@ impl Engine {
             .as_ref()
             .filter(|_| run.state.env.monitor);
         let mut last: Option<Judged> = None;
+        let mut watch_old = true;
         loop {
             tokio::select! {
                 status = run.instance.wait_exit() => {
@@ -470,6 +474,19 @@ impl Engine {
                         rule: "process_exited".into(),
                         detail: format!("the new instance exited ({status}) at {}% of clients", run.weight),
                     });
+                }
+                status = run.old_instance.wait_exit(), if watch_old => {
+                    if run.old_instance.exited().is_none() {
+                        // nothing watches it any more: nothing more to learn here
+                        watch_old = false;
+                        continue;
+                    }
+                    let status = status.map_or_else(|| "unknown status".into(), |s| s.to_string());
+                    run.note(self, &format!(
+                        "the previous instance exited ({status}) at {}%: every client goes to the new release now, watched by [monitor]",
+                        run.weight
+                    ));
+                    return Ok(Next::Full);
                 }
                 () = run.state.rollout.wake.notified() => {}
                 () = tokio::time::sleep(TICK) => {}
