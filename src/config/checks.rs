@@ -169,6 +169,11 @@ fn one(
             )
         }
         (Some(path), None) => {
+            let name = format!(
+                "{} {}",
+                raw.method.as_ref().map_or("GET", |m| m.get_ref().as_str()),
+                path.get_ref()
+            );
             let kind = http(
                 path,
                 raw.method,
@@ -176,10 +181,6 @@ fn one(
                 (raw.json_pointer, raw.expect),
                 fail,
             )?;
-            let CheckKind::Http { method, path, .. } = &kind else {
-                unreachable!("http() makes an HTTP check")
-            };
-            let name = format!("{method} {path}");
             (kind, name, DEFAULT_HTTP_TIMEOUT)
         }
     };
