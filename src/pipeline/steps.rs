@@ -1,7 +1,7 @@
 //! The steps of one deployment, in order.
 //!
 //! A deploy: resolve → policy (gates, then approval) → lock → prepare → build → test →
-//! pre_deploy → backup → release → start → health → check → rollout → switch → monitor →
+//! pre_deploy → backup → release → start → health → check (`checks.rs`) → rollout → switch → monitor →
 //! finish, then the hook for its outcome (`hooks.rs`). A rollback (see `rollback.rs`) reuses
 //! a built release: resolve → policy → lock → prepare → restore → release (with `--run-release`) → start →
 //! health → switch → finish.
