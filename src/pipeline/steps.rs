@@ -1,10 +1,10 @@
 //! The steps of one deployment, in order.
 //!
 //! A deploy: resolve → policy (gates, then approval) → lock → prepare → build → test →
-//! pre_deploy → backup → release → start → health → check (`checks.rs`) → rollout → switch → monitor →
-//! finish, then the hook for its outcome (`hooks.rs`). A rollback (see `rollback.rs`) reuses
-//! a built release: resolve → policy → lock → prepare → restore → release (with `--run-release`) → start →
-//! health → switch → finish.
+//! pre_deploy → backup → release → start → health → check (`checks.rs`) → rollout → switch →
+//! monitor → finish, then the hook for its outcome (`hooks.rs`). A rollback (see
+//! `rollback.rs`) reuses a built release: resolve → policy → lock → prepare → restore →
+//! release (with `--run-release`) → start → health → switch → finish.
 //!
 //! This file holds the sequence and what every step shares (recording a step, what stops a
 //! deployment, what it holds); the steps with more to them live beside it: prepare, build
