@@ -12,6 +12,7 @@ mod duration;
 mod freeze;
 mod frontdoor;
 mod hooks;
+mod monitor;
 mod processes;
 mod raw;
 mod rollout;
@@ -34,6 +35,7 @@ pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use freeze::FreezeWindow;
 pub use frontdoor::{Tls, under_prefix};
 pub use hooks::{Hook, Hooks};
+pub use monitor::{DEFAULT_MIN_REQUESTS, DEFAULT_WINDOW, Monitor, TrafficRules};
 pub use processes::{ProcessType, WEB};
 pub use raw::valid_check_name;
 pub use rollout::{DEFAULT_INCONCLUSIVE_TIMEOUT, Rollout, RolloutStep, Sticky};
@@ -317,6 +319,9 @@ pub struct Environment {
     pub preview_hosts: Vec<crate::hosts::HostPattern>,
     /// A canary rollout in steps instead of the instant switch (`rollout = [...]`).
     pub rollout: Option<Rollout>,
+    /// The proxy counts requests, errors and latency per instance (`traffic_metrics`, on by
+    /// default; the traffic rules of `[monitor]` need it).
+    pub traffic_metrics: bool,
 }
 
 impl Environment {
@@ -347,19 +352,6 @@ impl Environment {
     pub fn confirm_word(&self) -> &str {
         self.confirm.as_deref().unwrap_or(&self.name)
     }
-}
-
-/// Post-deploy monitoring (`[monitor]`): how long, how often, and the rules that roll back.
-#[derive(Debug, Clone)]
-pub struct Monitor {
-    pub duration: Duration,
-    pub interval: Duration,
-    pub max_consecutive_failures: u32,
-    pub min_success_rate: f64,
-    pub max_response_time: Duration,
-    pub max_error_lines: u32,
-    pub error_window: Duration,
-    pub error_pattern: regex::Regex,
 }
 
 /// Why a config could not be loaded.

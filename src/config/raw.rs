@@ -24,7 +24,7 @@ pub struct RawConfig {
     health: RawHealth,
     #[serde(default)]
     environments: BTreeMap<Spanned<String>, RawEnvironment>,
-    monitor: Option<RawMonitor>,
+    monitor: Option<super::monitor::RawMonitor>,
     #[serde(default)]
     server: super::server::RawServer,
     #[serde(default)]
@@ -57,19 +57,6 @@ struct RawNotify {
     url: Spanned<String>,
     on: Option<Vec<Spanned<String>>>,
     format: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawMonitor {
-    duration: Option<HumanDuration>,
-    interval: Option<HumanDuration>,
-    max_consecutive_failures: Option<Spanned<i64>>,
-    min_success_rate: Option<Spanned<f64>>,
-    max_response_time: Option<HumanDuration>,
-    max_error_lines: Option<Spanned<i64>>,
-    error_window: Option<HumanDuration>,
-    error_pattern: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -147,6 +134,7 @@ struct RawEnvironment {
     rollout: Option<Spanned<Vec<Spanned<String>>>>,
     inconclusive_timeout: Option<Spanned<HumanDuration>>,
     sticky_header: Option<Spanned<String>>,
+    traffic_metrics: Option<bool>,
 }
 
 /// `approval = true`, or `approval = { not_by_deployer = true }`.
@@ -233,7 +221,7 @@ impl RawConfig {
 
         let monitor = self
             .monitor
-            .map(|m| validate_monitor(m, &fail))
+            .map(|m| super::monitor::validate(m, &fail))
             .transpose()?;
         let mut environments = Vec::new();
         let mut requires = Vec::new();
@@ -695,6 +683,7 @@ fn validate_environment(
             preview_listen: preview.0,
             preview_hosts: preview.1.clone(),
             rollout: rollout.clone(),
+            traffic_metrics: raw.traffic_metrics.unwrap_or(true),
         });
     }
     Ok(out)
@@ -906,67 +895,6 @@ fn check_requires(
         }
     }
     Ok(())
-}
-
-fn validate_monitor(raw: RawMonitor, fail: &Fail) -> Result<super::Monitor, Diagnostic> {
-    let d = |v: Option<HumanDuration>, default_ms: u64| {
-        v.map_or(std::time::Duration::from_millis(default_ms), |d| d.0)
-    };
-    let count = |v: Option<Spanned<i64>>, default: u32, min: i64, key: &str| match v {
-        None => Ok(default),
-        Some(n) if (min..=1_000_000).contains(n.get_ref()) => Ok(*n.get_ref() as u32),
-        Some(n) => Err(fail(
-            n.span(),
-            format!("{key} = {} is out of range", n.get_ref()),
-            &format!("write a whole number from {min} up"),
-        )),
-    };
-    let min_success_rate = match raw.min_success_rate {
-        None => 0.95,
-        Some(r) if (0.0..=1.0).contains(r.get_ref()) => *r.get_ref(),
-        Some(r) => {
-            return Err(fail(
-                r.span(),
-                format!("min_success_rate = {} is not a fraction", r.get_ref()),
-                "write a number from 0.0 to 1.0, like 0.95",
-            ));
-        }
-    };
-    let pattern = raw
-        .error_pattern
-        .as_ref()
-        .map_or("ERROR|CRITICAL|Traceback", |p| p.get_ref().as_str());
-    let error_pattern = regex::Regex::new(pattern).map_err(|e| {
-        let span = raw.error_pattern.as_ref().map(|p| p.span()).unwrap_or(0..0);
-        fail(
-            span,
-            format!("error_pattern is not a valid regular expression: {e}"),
-            "write a regular expression, like \"ERROR|CRITICAL|Traceback\"",
-        )
-    })?;
-    let monitor = super::Monitor {
-        duration: d(raw.duration, 5 * 60 * 1000),
-        interval: d(raw.interval, 30 * 1000),
-        max_consecutive_failures: count(
-            raw.max_consecutive_failures,
-            3,
-            1,
-            "max_consecutive_failures",
-        )?,
-        min_success_rate,
-        max_response_time: d(raw.max_response_time, 10 * 1000),
-        max_error_lines: count(raw.max_error_lines, 5, 0, "max_error_lines")?,
-        error_window: d(raw.error_window, 60 * 1000),
-        error_pattern,
-    };
-    if monitor.interval.is_zero() || monitor.interval > monitor.duration {
-        return Err(fail(
-            0..0,
-            "[monitor] interval must be above zero and no longer than duration".into(),
-            "for example duration = \"5m\" and interval = \"30s\"",
-        ));
-    }
-    Ok(monitor)
 }
 
 /// An environment's `user`: a valid name, and no other environment's: a user shared by

@@ -102,6 +102,8 @@ env = { LOG_LEVEL = "info" }
                                 # at every step; "pause" waits for `ferry rollout <env> promote`
 # inconclusive_timeout = "10m"  # too little traffic to judge this long past a wait: paused
 # sticky_header = "X-User-Id"   # split by this header's value (default: a ferry_canary_<env> cookie)
+# traffic_metrics = true        # the proxy counts requests, errors and latency per instance
+                                # (/metrics, the dashboard, the traffic rules of [monitor])
 
 # After the switch the new release is watched; the previous one is kept running (out of
 # traffic) until this ends, and a breach switches back to it at once. `ferry deploy` shows
@@ -118,6 +120,16 @@ max_response_time = "10s"
 max_error_lines = 5             # lines matching error_pattern in the app's output ...
 error_window = "1m"             # ... within this long
 error_pattern = "ERROR|CRITICAL|Traceback"
+# Traffic rules, judged every second from what the proxy saw the new release answer over the
+# last `window` (none set: none judged). Errors are the app's 5xx and the 502/503/504 ferry
+# answered because the instance failed, was busy or too slow; p99 is the time to the app's
+# response head. Below min_requests they are inconclusive, never a breach.
+# max_error_rate = 0.01           # errors over requests
+# max_p99 = "800ms"
+# max_error_rate_increase = 0.01  # over the previous release's rate in the window before
+#                                 # the switch (0.01: one point more)
+# min_requests = 50
+# window = "1m"                   # up to 5m
 
 # Checks before traffic: run against a deploy's new instance after its health checks, before
 # the switch (step `check`); every check runs, and any failure fails the deploy (the new

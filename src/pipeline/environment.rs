@@ -128,6 +128,28 @@ impl EnvState {
         active.replace(next)
     }
 
+    /// What the monitor judges after a switch to the serving instance: its traffic, against
+    /// `previous`'s before `switched_at`; `None` when the environment keeps no traffic
+    /// figures (`traffic_metrics = false`).
+    pub(super) fn traffic_at_switch(
+        &self,
+        cfg: &crate::config::Monitor,
+        switched_at: std::time::Instant,
+        previous: Option<&Active>,
+    ) -> Option<super::monitor::Traffic> {
+        if !self.env.traffic_metrics {
+            return None;
+        }
+        let new = self.proxy.upstream()?;
+        let previous = previous.map(|p| &*p.upstream);
+        Some(super::monitor::Traffic::at_switch(
+            cfg,
+            switched_at,
+            new,
+            previous,
+        ))
+    }
+
     /// Takes the serving instance out of traffic (the proxy answers 503 until the next
     /// `activate`) and returns it, still running.
     pub(super) async fn deactivate(&self) -> Option<Active> {

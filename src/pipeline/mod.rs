@@ -296,6 +296,7 @@ impl Engine {
             } else {
                 Proxy::new(&env.name)
             };
+            proxy.set_metrics(env.traffic_metrics);
             envs.insert(
                 env.name.clone(),
                 Arc::new(EnvState::new(env.clone(), proxy, log, run_as)),

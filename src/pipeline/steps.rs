@@ -265,6 +265,9 @@ impl Engine {
         self.check(d, state, &instance, &dir, held.before.as_ref())
             .await
             .inspect_err(|_| self.mark_release(&env.name, &name, "bad"))?;
+        // the moment the new release starts taking traffic (a rollout's first step, or the
+        // switch): the previous release's figures up to it are the traffic rules' baseline
+        let switched_at = std::time::Instant::now();
         self.rollout(id, state, &name, held).await?;
         let previous = self.switch(id, state, &name, held).await?;
 
@@ -289,8 +292,12 @@ impl Engine {
                         env.name
                     ),
                 };
+                let traffic = state.traffic_at_switch(cfg, switched_at, previous.as_ref());
                 self.step(id, "monitor", async {
-                    match self.watch(id, &env.name, &instance, cfg, intro).await {
+                    match self
+                        .watch(id, &env.name, &instance, cfg, intro, traffic)
+                        .await
+                    {
                         Ok(log) => Ok((previous, log)),
                         Err(breach) => {
                             let stop = self.roll_back_now(state, &name, previous, breach).await;

@@ -21,6 +21,7 @@ use super::answer::{
     ReadFailure, for_method, page_bytes, plain, read_response, relay_body, response_head,
 };
 use super::http::{self, Framing, Reject, Request};
+use super::metrics::Answered;
 use super::outbound::{
     new_request_id, origin_form, request_id_of, send_body, strip_prefix, upstream_head,
 };
@@ -59,6 +60,8 @@ struct Outcome {
     upstream: Option<SocketAddr>,
     /// The connection can take another request.
     keep_alive: bool,
+    /// When the app's response head came (none for ferry's own answers).
+    head_at: Option<Instant>,
 }
 
 /// Time and bytes a closing connection may still send that are read and dropped.
@@ -95,6 +98,7 @@ impl Outcome {
             bytes: 0,
             upstream: None,
             keep_alive,
+            head_at: None,
         }
     }
 }
@@ -357,6 +361,7 @@ async fn exchange<R>(
     };
     let (guard, set_cookie) = (picked.guard, picked.set_cookie);
     let upstream = guard.0.clone();
+    let picked = Instant::now();
     let host_owned;
     let host: &[u8] = match to.absolute_host.or_else(|| req.head.get("host")) {
         Some(h) => h,
@@ -395,6 +400,10 @@ async fn exchange<R>(
     drop(guard);
     match result {
         Ok(mut outcome) => {
+            if let Some(head_at) = outcome.head_at {
+                let latency = head_at.saturating_duration_since(picked);
+                proxy.record(&upstream, Answered::App(outcome.status, latency));
+            }
             outcome.upstream = Some(upstream.addr);
             outcome.request_id = generated;
             outcome
@@ -425,6 +434,7 @@ async fn exchange<R>(
             };
             if status >= 500 {
                 proxy.count_error();
+                proxy.record(&upstream, Answered::ProxyError(status));
             }
             // a request whose body was (partly) read cannot be followed by another
             let keep = matches!(failure, Failure::Busy) && !has_body && req.keep_alive;
@@ -524,6 +534,7 @@ async fn forward<R>(
             }
         }
     };
+    let head_at = Instant::now();
     let mut resp = match response {
         Ok(resp) => resp,
         Err(ReadFailure::Nothing(e)) => return Err(stale(e)),
@@ -562,10 +573,10 @@ async fn forward<R>(
         let leftover = buf.split();
         let _detached = lease.detach();
         if !leftover.is_empty() && conn.stream.write_all(&leftover).await.is_err() {
-            return Ok(done(101, 0, false));
+            return Ok(done(101, 0, false, head_at));
         }
         let _ = tokio::io::copy_bidirectional(client, &mut conn.stream).await;
-        return Ok(done(101, 0, false));
+        return Ok(done(101, 0, false, head_at));
     }
     if let (Framing::Length(n), Some(max)) = (resp.framing, settings.max_response_body)
         && n > max
@@ -616,20 +627,21 @@ async fn forward<R>(
             if upstream_reusable && let Some(lease) = lease {
                 lease.give_back(conn, settings);
             }
-            Ok(done(status, bytes, keep_alive))
+            Ok(done(status, bytes, keep_alive, head_at))
         }
         // the response was started: nothing else can be said, the connection ends
-        Err(bytes) => Ok(done(status, bytes, false)),
+        Err(bytes) => Ok(done(status, bytes, false, head_at)),
     }
 }
 
-fn done(status: u16, bytes: u64, keep_alive: bool) -> Outcome {
+fn done(status: u16, bytes: u64, keep_alive: bool, head_at: Instant) -> Outcome {
     Outcome {
         status,
         request_id: None,
         bytes,
         upstream: None,
         keep_alive,
+        head_at: Some(head_at),
     }
 }
 

@@ -24,9 +24,10 @@ use tokio::sync::{mpsc, watch};
 use super::answer::{ReadFailure, read_response};
 use super::conn::{CHUNK, Ctx};
 use super::http::{self, Chunked, Framing};
+use super::metrics::Answered;
 use super::outbound::{header, new_request_id};
 use super::route::{RequestInfo, Route, Router};
-use super::upstream::{CheckoutError, Conn};
+use super::upstream::{CheckoutError, Conn, Upstream};
 use super::{Proxy, access_log, stopped};
 use crate::listener::{Busy, Ticket};
 
@@ -181,6 +182,7 @@ async fn handle<R: Router>(
         started,
         peer,
         request_id: log_id,
+        upstream: None,
     };
     let resp = forward(
         ctx,
@@ -203,6 +205,9 @@ async fn handle<R: Router>(
         Err((status, message, extra, logged)) => {
             if status >= 500 {
                 proxy.count_error();
+                if let Some(upstream) = &logged.upstream {
+                    proxy.record(upstream, Answered::ProxyError(status));
+                }
             }
             logged.done(status, 0, None);
             text(status, &message, extra, is_head)
@@ -218,6 +223,8 @@ struct Logged {
     started: Instant,
     peer: SocketAddr,
     request_id: Option<String>,
+    /// The instance picked (a proxy error is counted on it).
+    upstream: Option<Arc<Upstream>>,
 }
 
 impl Logged {
@@ -339,7 +346,7 @@ async fn forward<R>(
     proxy: &Proxy,
     req: Request<Incoming>,
     head: Head<'_>,
-    logged: Logged,
+    mut logged: Logged,
     busy: Busy,
 ) -> Result<Response<Out>, Failed> {
     let is_head = req.method() == hyper::Method::HEAD;
@@ -383,6 +390,7 @@ async fn forward<R>(
     };
     let (guard, set_cookie) = (picked.guard, picked.set_cookie);
     let upstream = guard.0.clone();
+    logged.upstream = Some(upstream.clone());
     let bytes = upstream_head(&req, &head, framing);
     let mut body = req.into_body();
     let mut attempt = 0;
@@ -437,6 +445,7 @@ async fn forward<R>(
             }
         }
     };
+    let head_at = Instant::now();
     if (100..200).contains(&resp.code) {
         return Err((
             502,
@@ -529,6 +538,8 @@ async fn forward<R>(
             ));
         }
     };
+    let latency = head_at.saturating_duration_since(logged.started);
+    proxy.record(&upstream, Answered::App(status, latency));
     tokio::spawn(async move {
         let (sent, end) = relay.run(&mut conn, &tx).await;
         relay_done.store(end != End::Broken, Ordering::Release);

@@ -21,12 +21,13 @@ mod conn;
 mod cookies;
 mod h2;
 mod http;
+pub mod metrics;
 mod outbound;
 mod route;
 mod serve;
 mod upstream;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use access_log::AccessLog;
+pub use metrics::Window;
 pub use route::{Answer, ClientIo, RequestInfo, Route, Router};
 pub use serve::{Listening, serve};
 pub use upstream::{PoolStats, Upstream};
@@ -66,6 +68,8 @@ struct Inner {
     access_log: Option<AccessLog>,
     /// What a request gets (503) while there is no upstream.
     unserved: String,
+    /// Whether requests are counted per instance (`traffic_metrics`, on by default).
+    metrics: AtomicBool,
 }
 
 /// Where new requests go: the current instance, and during a rollout the split.
@@ -113,6 +117,7 @@ impl Proxy {
                 stats: Stats::default(),
                 access_log,
                 unserved: format!("no release is running in environment {environment} yet"),
+                metrics: AtomicBool::new(true),
             }),
         }
     }
@@ -218,6 +223,18 @@ impl Proxy {
 
     pub fn stats(&self) -> &Stats {
         &self.inner.stats
+    }
+
+    /// Turns the per-instance traffic figures on or off (`traffic_metrics`).
+    pub fn set_metrics(&self, on: bool) {
+        self.inner.metrics.store(on, Ordering::Relaxed);
+    }
+
+    /// Counts what a request to `upstream` came to, when traffic figures are on.
+    fn record(&self, upstream: &Upstream, answered: metrics::Answered) {
+        if self.inner.metrics.load(Ordering::Relaxed) {
+            upstream.traffic.record(answered);
+        }
     }
 
     fn access_log(&self) -> Option<&AccessLog> {

@@ -20,6 +20,7 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, oneshot};
 
+use super::metrics::{Traffic, Window};
 use crate::config::ProxySettings;
 
 /// Idle connections beyond `upstream_keepalive` are closed once idle this long (not at once:
@@ -81,6 +82,8 @@ pub struct Upstream {
     /// Replaced by a switch: connections given back are closed, not kept.
     retired: AtomicBool,
     pub stats: PoolStats,
+    /// Its traffic figures (requests, classes, proxy errors, latency) per second.
+    pub traffic: Traffic,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -110,7 +113,18 @@ impl Upstream {
             pool: Mutex::default(),
             retired: AtomicBool::new(false),
             stats: PoolStats::default(),
+            traffic: Traffic::default(),
         })
+    }
+
+    /// Its traffic figures over the last `span` (at most [`super::metrics::MAX_WINDOW`]).
+    pub fn window(&self, span: Duration) -> Window {
+        self.traffic.window(span)
+    }
+
+    /// Its traffic figures over the `span` up to `end` (e.g. the moment of a switch).
+    pub fn window_until(&self, end: Instant, span: Duration) -> Window {
+        self.traffic.window_at(end, span)
     }
 
     /// Requests still being served by this upstream.
