@@ -17,6 +17,10 @@
 //! - `errors_after_ms`: prints an `ERROR` line every 20 ms from then on;
 //! - `exit_after_ms`: exits with status 4 then.
 //!
+//! Faults in the traffic, for the traffic rules (`/health` stays well):
+//! - `error_percent`: `/` answers 500 to this many of every 100 requests (spread evenly);
+//! - `delay_ms`: `/` takes this much longer to answer.
+//!
 //! Faults of a broken app, for the fault-injection tests:
 //! - `never_bind`: `true` makes it run without ever listening;
 //! - `wrong_port`: `true` makes it listen on a port the system picks instead of `$PORT`;
@@ -123,6 +127,15 @@ pub async fn run() -> std::io::Result<()> {
             .unwrap_or(300),
     );
     let index = format!("{message} from {version} ({environment}, {slot})\n");
+    let error_percent: u64 = get_conf("error_percent")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let delay = Duration::from_millis(
+        get_conf("delay_ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let after = |key: &str| {
         get_conf(key)
             .and_then(|v| v.parse::<u64>().ok())
@@ -167,7 +180,20 @@ pub async fn run() -> std::io::Result<()> {
     })
     .to_string();
     let app = Router::new()
-        .route("/", get(move || async move { index }))
+        .route(
+            "/",
+            get(move || async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                // evenly spread: request n fails when the running share falls behind
+                let n = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if (n + 1) * error_percent / 100 > n * error_percent / 100 {
+                    return (StatusCode::INTERNAL_SERVER_ERROR, "failed\n".to_string());
+                }
+                (StatusCode::OK, index)
+            }),
+        )
         .route(
             "/health",
             get(move || async move {

@@ -161,6 +161,9 @@ fn status_table(all: Vec<EnvStatus>) -> Table {
                 s.preview.join(" ")
             ));
         }
+        for t in s.traffic.iter().filter(|t| t.requests > 0) {
+            table.note(format!("traffic {}", t.line()));
+        }
         if s.processes.len() > 1 {
             let each: Vec<String> = s
                 .processes

@@ -98,6 +98,9 @@ pub struct EnvStatus {
     /// A canary rollout under way: the new release's share of clients, the step, the analysis.
     #[serde(default)]
     pub rollout: Option<super::RolloutStatus>,
+    /// Each serving instance's traffic over the monitor's `window` (1m without one).
+    #[serde(default)]
+    pub traffic: Vec<crate::proxy::metrics::InstanceTraffic>,
 }
 
 impl EnvState {
@@ -168,6 +171,34 @@ impl EnvState {
         )))
     }
 
+    /// The instances taking traffic now, with their release.
+    pub async fn serving(&self) -> Vec<(String, Arc<Upstream>)> {
+        self.active
+            .lock()
+            .await
+            .iter()
+            .map(|a| (a.release.clone(), a.upstream.clone()))
+            .collect()
+    }
+
+    /// Each serving instance's traffic figures over `window` (none with `traffic_metrics =
+    /// false`).
+    pub async fn traffic(
+        &self,
+        window: std::time::Duration,
+    ) -> Vec<crate::proxy::metrics::InstanceTraffic> {
+        if !self.env.traffic_metrics {
+            return Vec::new();
+        }
+        self.serving()
+            .await
+            .iter()
+            .map(|(release, up)| {
+                crate::proxy::metrics::InstanceTraffic::new(release, up.addr, &up.window(window))
+            })
+            .collect()
+    }
+
     /// The release currently serving, if any.
     pub async fn active_release(&self) -> Option<String> {
         self.active.lock().await.as_ref().map(|a| a.release.clone())
@@ -175,6 +206,14 @@ impl EnvState {
 }
 
 impl Engine {
+    /// The window traffic figures are shown over: the monitor's `window`, or a minute.
+    pub fn traffic_window(&self) -> std::time::Duration {
+        self.config
+            .monitor
+            .as_ref()
+            .map_or(crate::config::DEFAULT_WINDOW, |m| m.traffic.window)
+    }
+
     /// Status of one environment, probing its instance once.
     pub async fn status(&self, name: &str) -> Result<EnvStatus, super::EngineError> {
         self.status_with(name, true).await
@@ -301,6 +340,7 @@ impl Engine {
                 Vec::new()
             },
             rollout: state.rollout.status(),
+            traffic: state.traffic(self.traffic_window()).await,
         })
     }
 

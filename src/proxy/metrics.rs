@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The width of one slice of the ring.
 pub const SLICE: Duration = Duration::from_secs(1);
@@ -42,11 +42,10 @@ const HIGHEST_US: u64 = 3_600_000_000;
 const SIGFIG: u8 = 2;
 
 /// Figures of one instance over a recent span of time.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Window {
     /// The span the figures cover: the one asked for, or less when the instance has not been
     /// up that long.
-    #[serde(serialize_with = "as_millis")]
     pub span: Duration,
     /// Requests that came to an answer (the app's responses and the proxy errors).
     pub requests: u64,
@@ -56,22 +55,66 @@ pub struct Window {
     pub classes: [u64; 4],
     /// 502, 503 and 504 answered by ferry because the instance failed, was busy or too slow.
     pub proxy_errors: u64,
-    #[serde(serialize_with = "opt_millis")]
     pub p50: Option<Duration>,
-    #[serde(serialize_with = "opt_millis")]
     pub p90: Option<Duration>,
-    #[serde(serialize_with = "opt_millis")]
     pub p99: Option<Duration>,
 }
 
-fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(d.as_millis() as u64)
+/// One serving instance's figures over a window, as `ferry status --json`, the API and the
+/// dashboard show them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceTraffic {
+    pub release: String,
+    /// The instance's address (127.0.0.1:port).
+    pub instance: String,
+    /// The seconds the figures cover.
+    pub window_seconds: f64,
+    pub requests: u64,
+    /// The app's 5xx and the proxy errors.
+    pub errors: u64,
+    pub proxy_errors: u64,
+    /// The app's responses: 2xx, 3xx, 4xx, 5xx.
+    pub classes: [u64; 4],
+    pub error_rate: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p90_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
 }
 
-fn opt_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => s.serialize_f64(d.as_secs_f64() * 1000.0),
-        None => s.serialize_none(),
+impl InstanceTraffic {
+    pub fn new(release: &str, instance: std::net::SocketAddr, w: &Window) -> InstanceTraffic {
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+        InstanceTraffic {
+            release: release.to_string(),
+            instance: instance.to_string(),
+            window_seconds: w.span.as_secs_f64(),
+            requests: w.requests,
+            errors: w.errors,
+            proxy_errors: w.proxy_errors,
+            classes: w.classes,
+            error_rate: w.error_rate(),
+            p50_ms: ms(w.p50),
+            p90_ms: ms(w.p90),
+            p99_ms: ms(w.p99),
+        }
+    }
+
+    /// "v2: 120 requests, 0.8% errors, p50 3.10 ms, p99 41 ms over the last 60s".
+    pub fn line(&self) -> String {
+        let ms = |v: Option<f64>| {
+            v.map_or("-".to_string(), |v| {
+                millis(Duration::from_secs_f64(v / 1000.0))
+            })
+        };
+        format!(
+            "{}: {} request(s), {} errors, p50 {}, p99 {} over the last {:.0}s",
+            self.release,
+            self.requests,
+            percent(self.error_rate.unwrap_or(0.0)),
+            ms(self.p50_ms),
+            ms(self.p99_ms),
+            self.window_seconds
+        )
     }
 }
 
@@ -157,6 +200,8 @@ pub struct Totals {
 /// An instance's traffic figures (see the module's doc).
 pub struct Traffic {
     start: Instant,
+    /// When it first took traffic (a window never claims to reach before).
+    since: std::sync::OnceLock<Instant>,
     slices: Box<[Mutex<Slice>]>,
     pub totals: Totals,
 }
@@ -195,9 +240,15 @@ impl Traffic {
             .collect();
         Traffic {
             start,
+            since: std::sync::OnceLock::new(),
             slices,
             totals: Totals::default(),
         }
+    }
+
+    /// The instance takes traffic from now on (the first call counts).
+    pub fn serving(&self) {
+        let _ = self.since.set(Instant::now());
     }
 
     /// Counts one request.
@@ -257,8 +308,8 @@ impl Traffic {
     /// switch away from the instance).
     pub fn window_at(&self, now: Instant, span: Duration) -> Window {
         let span = span.min(MAX_WINDOW);
-        let up = now.saturating_duration_since(self.start);
-        let current = up.as_secs();
+        let current = now.saturating_duration_since(self.start).as_secs();
+        let up = now.saturating_duration_since(*self.since.get().unwrap_or(&self.start));
         let seconds = span
             .as_secs()
             .max(1)

@@ -169,6 +169,7 @@ impl Upstream {
 
     /// Takes traffic again (a rollback switches back to it).
     pub(super) fn activate(&self) {
+        self.traffic.serving();
         self.retired.store(false, Ordering::SeqCst);
     }
 

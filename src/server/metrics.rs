@@ -282,6 +282,8 @@ async fn render(app: &AppState) -> Result<String, ApiError> {
     );
     let mut proxies = String::new();
     let mut pools = String::new();
+    let mut traffic: [String; 5] = Default::default();
+    let window = engine.traffic_window();
     let mut conns = vec![(
         "listener=\"api\"".to_string(),
         app.metrics.connections.clone(),
@@ -314,6 +316,11 @@ async fn render(app: &AppState) -> Result<String, ApiError> {
         );
         if let Some(upstream) = state.proxy.upstream() {
             pool_lines(&mut pools, name, &upstream);
+        }
+        if state.env.traffic_metrics {
+            for (release, upstream) in state.serving().await {
+                traffic_lines(&mut traffic, name, &release, &upstream, window);
+            }
         }
     }
     connections(&mut out, app, &conns);
@@ -349,6 +356,7 @@ async fn render(app: &AppState) -> Result<String, ApiError> {
         "Requests that waited upstream_queue_timeout for a connection to the serving instance and got 503.",
     );
     out.push_str(&pools);
+    traffic_families(&mut out, window, &traffic);
 
     header(
         &mut out,
@@ -496,6 +504,107 @@ fn pool_lines(out: &mut String, env: &str, upstream: &crate::proxy::Upstream) {
          ferry_upstream_queue_timeouts_total{{{labels}}} {}",
         upstream.stats.opened.load(Relaxed),
         upstream.stats.queue_timeouts.load(Relaxed),
+    );
+}
+
+/// The traffic families, each header followed by its samples (`merged` reads them so).
+fn traffic_families(out: &mut String, window: std::time::Duration, samples: &[String; 5]) {
+    let over = crate::config::format_duration(window);
+    for ((name, kind, help), lines) in [
+        (
+            "ferry_upstream_requests_total",
+            "counter",
+            "Requests the proxy passed to a serving instance that came to an answer.".to_string(),
+        ),
+        (
+            "ferry_upstream_responses_total",
+            "counter",
+            "The app's responses by status class.".to_string(),
+        ),
+        (
+            "ferry_upstream_proxy_errors_total",
+            "counter",
+            "502, 503 and 504 the proxy answered because the instance failed, was busy or too slow."
+                .to_string(),
+        ),
+        (
+            "ferry_upstream_error_ratio",
+            "gauge",
+            format!("The app's 5xx and the proxy errors over requests, over the last {over}."),
+        ),
+        (
+            "ferry_upstream_latency_seconds",
+            "summary",
+            format!(
+                "Time to the app's response head; quantiles over the last {over}, sum and count since the instance started."
+            ),
+        ),
+    ]
+    .into_iter()
+    .zip(samples)
+    {
+        header(out, name, kind, &help);
+        out.push_str(lines);
+    }
+}
+
+/// A serving instance's traffic: counters since it started, the error ratio and latency
+/// quantiles over `window`, into the five families' samples.
+fn traffic_lines(
+    out: &mut [String; 5],
+    env: &str,
+    release: &str,
+    upstream: &crate::proxy::Upstream,
+    window: std::time::Duration,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let t = &upstream.traffic.totals;
+    let labels = format!(
+        "environment=\"{}\",release=\"{}\",instance=\"{}\"",
+        label(env),
+        label(release),
+        upstream.addr
+    );
+    let classes: Vec<u64> = t.classes.iter().map(|c| c.load(Relaxed)).collect();
+    let informational = t.informational.load(Relaxed);
+    let proxy_errors = t.proxy_errors.load(Relaxed);
+    let requests = classes.iter().sum::<u64>() + informational + proxy_errors;
+    let _ = writeln!(
+        out[0],
+        "ferry_upstream_requests_total{{{labels}}} {requests}"
+    );
+    for (class, n) in ["1xx", "2xx", "3xx", "4xx", "5xx"]
+        .iter()
+        .zip(std::iter::once(informational).chain(classes))
+    {
+        let _ = writeln!(
+            out[1],
+            "ferry_upstream_responses_total{{{labels},class=\"{class}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out[2],
+        "ferry_upstream_proxy_errors_total{{{labels}}} {proxy_errors}"
+    );
+    let w = upstream.window(window);
+    if let Some(rate) = w.error_rate() {
+        let _ = writeln!(out[3], "ferry_upstream_error_ratio{{{labels}}} {rate}");
+    }
+    for (q, v) in [("0.5", w.p50), ("0.9", w.p90), ("0.99", w.p99)] {
+        if let Some(v) = v {
+            let _ = writeln!(
+                out[4],
+                "ferry_upstream_latency_seconds{{{labels},quantile=\"{q}\"}} {}",
+                v.as_secs_f64()
+            );
+        }
+    }
+    let _ = writeln!(
+        out[4],
+        "ferry_upstream_latency_seconds_sum{{{labels}}} {}\n\
+         ferry_upstream_latency_seconds_count{{{labels}}} {}",
+        t.latency_us.load(Relaxed) as f64 / 1e6,
+        t.timed.load(Relaxed)
     );
 }
 
