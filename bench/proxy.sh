@@ -6,12 +6,14 @@
 # Then, with 2,000 idle keep-alive clients that each made one request through ferry: the
 # connections the app holds, and serve's RSS and descriptors.
 #
-#   bash bench/proxy.sh            # DURATION=10s CONNECTIONS="64 256" by default
+#   bash bench/proxy.sh            # DURATION=10s CONNECTIONS="64 256" ROUNDS=3 by default
+#   ONLY_METRICS=1 bash bench/proxy.sh   # only the metrics on vs off rounds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64 256}
 IDLE_CLIENTS=${IDLE_CLIENTS:-2000}
+ROUNDS=${ROUNDS:-3}
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
@@ -78,6 +80,8 @@ retries = 500
 listen = "127.0.0.1:$STAGING"
 [environments.production]
 listen = "127.0.0.1:$PRODUCTION"
+# the same proxy without per-instance traffic figures: metrics on (staging) vs off, same run
+traffic_metrics = false
 [server]
 listen = "127.0.0.1:$API"
 [proxy]
@@ -140,16 +144,28 @@ p50 = re.search(r"50%\s+(\S+)", dist).group(1)
 p99 = re.search(r"99%\s+(\S+)", dist).group(1)
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 sock = re.search(r"Socket errors: (.*)", text)
-print(f"{name:<14} {float(rps):>10.0f} req/s   p50 {p50:>8}   p99 {p99:>8}   non-2xx {errors.group(1) if errors else 0}{'   socket errors: ' + sock.group(1) if sock else ''}")
+print(f"{name:<16} {float(rps):>10.0f} req/s   p50 {p50:>8}   p99 {p99:>8}   non-2xx {errors.group(1) if errors else 0}{'   socket errors: ' + sock.group(1) if sock else ''}")
 PY
 }
 
 for conns in $CONNECTIONS; do
+    [[ -n ${ONLY_METRICS:-} ]] && break
     echo "== proxy throughput: wrk -t2, $conns connections, $DURATION, one nginx backend (1 worker); nginx proxy: worker_processes auto, keepalive 64"
     measure direct "http://127.0.0.1:$BACKEND/" "$conns"
     measure nginx-proxy "http://127.0.0.1:$NGINX_PROXY/" "$conns"
     measure ferry-proxy "http://127.0.0.1:$STAGING/" "$conns"
 done
+
+# traffic figures on (staging) vs off (production, traffic_metrics = false): two identical
+# nginx backends, measured in turn, ROUNDS times each
+echo "== ferry proxy with per-instance traffic metrics on vs off, $ROUNDS rounds each, ${DURATION}"
+for conns in $CONNECTIONS; do
+    for round in $(seq "$ROUNDS"); do
+        measure "metrics-on/$conns" "http://127.0.0.1:$STAGING/" "$conns"
+        measure "metrics-off/$conns" "http://127.0.0.1:$PRODUCTION/" "$conns"
+    done
+done
+[[ -n ${ONLY_METRICS:-} ]] && exit 0
 
 echo "== connections ferry's proxy opened to the app during all of the above (its pool's churn)"
 curl -sf -H "authorization: Bearer $(cat "$work/.ferry/local-token")" "http://127.0.0.1:$API/metrics" \

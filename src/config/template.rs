@@ -120,7 +120,7 @@ max_response_time = "10s"
 max_error_lines = 5             # lines matching error_pattern in the app's output ...
 error_window = "1m"             # ... within this long
 error_pattern = "ERROR|CRITICAL|Traceback"
-# Traffic rules, judged every second from what the proxy saw the new release answer over the
+# Traffic rules, judged 4 times a second from what the proxy saw the new release answer over the
 # last `window` (none set: none judged). Errors are the app's 5xx and the 502/503/504 ferry
 # answered because the instance failed, was busy or too slow; p99 is the time to the app's
 # response head. Below min_requests they are inconclusive, never a breach.

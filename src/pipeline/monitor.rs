@@ -8,7 +8,7 @@
 //! 100 ms).
 //!
 //! Traffic rules (`max_error_rate`, `max_p99`, `max_error_rate_increase`, see
-//! [`judge_traffic`]) are judged every second from the figures the proxy kept for the new
+//! [`judge_traffic`]) are judged four times a second from the figures the proxy kept for the new
 //! instance over the last `window`, against those of the previous instance over the same
 //! window length just before the switch ([`Traffic::baseline`]). Below `min_requests` they are
 //! inconclusive: never a breach; at the end of monitoring an inconclusive verdict passes with
@@ -24,7 +24,7 @@ use crate::proxy::{Upstream, Window};
 use crate::runtime::Instance;
 
 /// How often the traffic rules are judged during monitoring.
-const TRAFFIC_EVERY: Duration = Duration::from_secs(1);
+const TRAFFIC_EVERY: Duration = Duration::from_millis(250);
 
 /// What the traffic rules say of a window of the new release's traffic.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,16 +187,14 @@ impl Traffic {
             rules.push(format!("max_error_rate_increase {}", limit(m)));
         }
         let mut line = format!(
-            "traffic rules over the last {}: {} (judged from {} requests on)
-",
+            "traffic rules over the last {}: {} (judged from {} requests on)\n",
             format_duration(r.window),
             rules.join(", "),
             r.min_requests
         );
         if let Some(b) = &self.baseline {
             line.push_str(&format!(
-                "the previous release before the switch: {} over the last {}
-",
+                "the previous release before the switch: {} over the last {}\n",
                 b.summary(),
                 span(b)
             ));
@@ -323,7 +321,7 @@ impl Engine {
                 if let Some(t) = traffic.as_ref().filter(|_| judged)
                     && Instant::now() >= next_judgement
                 {
-                    next_judgement += TRAFFIC_EVERY;
+                    next_judgement = Instant::now() + TRAFFIC_EVERY;
                     if let (_, TrafficVerdict::Breach { rule, detail }) = t.judge(cfg) {
                         return Err(breach(rule, detail, &log));
                     }
@@ -375,14 +373,18 @@ impl Engine {
                     TrafficVerdict::Breach { rule, detail } => {
                         return Err(breach(rule, detail, &log));
                     }
-                    _ if !judged => format!("{} over the last {}", window.summary(), span(&window)),
-                    TrafficVerdict::Pass(line) => line,
-                    TrafficVerdict::Inconclusive(why) => format!("inconclusive: {why}"),
+                    _ if !judged && window.requests == 0 => None,
+                    _ if !judged => Some(format!(
+                        "{} over the last {}",
+                        window.summary(),
+                        span(&window)
+                    )),
+                    TrafficVerdict::Pass(line) => Some(line),
+                    TrafficVerdict::Inconclusive(why) => Some(format!("inconclusive: {why}")),
                 };
-                log.push_str(&format!(
-                    "  traffic: {line}
-"
-                ));
+                if let Some(line) = line {
+                    log.push_str(&format!("  traffic: {line}\n"));
+                }
             }
             if let Err(e) = self.store.set_running_output(id, "monitor", &log) {
                 tracing::warn!(id, error = %e, "cannot record monitor progress");

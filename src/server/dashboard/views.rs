@@ -251,6 +251,23 @@ pub fn env_card(s: &EnvStatus, extras: &CardExtras, viewer: &Viewer) -> Markup {
                     @for url in &s.preview { a href=(url) { code { (url) } } " " }
                 }
             }
+            @if let Some(first) = s.traffic.first() {
+                table.traffic {
+                    caption { "Traffic over the last " (format!("{:.0}", first.window_seconds)) " s" }
+                    thead { tr { th { "Instance" } th { "Requests" } th { "Error rate" } th { "p50" } th { "p99" } } }
+                    tbody {
+                        @for t in &s.traffic {
+                            tr {
+                                td { (t.release) " " small { code { (t.instance) } } }
+                                td { (t.requests) }
+                                td { (t.error_rate.map_or("-".to_string(), crate::proxy::metrics::percent)) }
+                                td { (ms(t.p50_ms)) }
+                                td { (ms(t.p99_ms)) }
+                            }
+                        }
+                    }
+                }
+            }
             @if let Some(lock) = &s.deploying {
                 @if lock.kind == "manual" {
                     p.note { strong { "Locked" } " by " (lock.holder) ": " (lock.reason.as_deref().unwrap_or("")) }
@@ -279,4 +296,11 @@ pub fn env_card(s: &EnvStatus, extras: &CardExtras, viewer: &Viewer) -> Markup {
             @if let Some(actions) = &extras.actions { (actions) }
         }
     }
+}
+
+/// A latency in milliseconds for the traffic table ("-" without requests).
+fn ms(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| {
+        crate::proxy::metrics::millis(std::time::Duration::from_secs_f64(v / 1000.0))
+    })
 }
