@@ -39,9 +39,14 @@ fn version_at(url: &str) -> Option<(u16, String)> {
 
 #[test]
 fn failing_checks_stop_the_deploy_before_the_switch_with_every_output() {
+    let preview_port = free_port();
     let mut s = Sandbox::with(
         &[Rel("v1.0.0", GOOD), Rel("v1.1.0", GOOD)],
         Options {
+            env_extra: Box::leak(Box::new([(
+                "staging",
+                leak(format!("preview_listen = \"127.0.0.1:{preview_port}\"")),
+            )])),
             tables: r#"
 [[check]]
 name = "status"
@@ -118,11 +123,63 @@ command = "echo given URL=$URL"
         .collect();
     assert!(!states.contains(&"switch"), "{states:?}");
     assert_eq!(s.serving("staging"), ("v1.0.0".to_string(), old_pid));
-    let status = s.ferry(&["status", "--json"]).json();
+    // the candidate is gone (its port closed) and the preview reaches nothing any more
+    let port: u16 = out
+        .split("given URL=http://127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no candidate URL in {out}"));
     assert!(
-        status[0]["preview"].as_array().is_none_or(|p| p.is_empty()),
-        "{status}"
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the failed candidate on port {port} still answers"
     );
+    let (code, body) = version_at(&format!("http://127.0.0.1:{preview_port}"))
+        .expect("the preview listener answers");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("no new release"), "{body}");
+    let status = s.ferry(&["status", "--json"]).json();
+    assert_eq!(status[0]["preview"], serde_json::json!([]), "{status}");
+}
+
+#[test]
+fn a_restart_previews_nothing() {
+    // a restart starts the serving release again: the preview address must not offer it
+    // as a new release between its health checks and the switch
+    let preview_port = free_port();
+    let mut s = Sandbox::with(
+        &[Rel("v1.0.0", GOOD)],
+        Options {
+            env_extra: Box::leak(Box::new([(
+                "staging",
+                leak(format!("preview_listen = \"127.0.0.1:{preview_port}\"")),
+            )])),
+            ..Options::default()
+        },
+    );
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+    s.stop(nix::sys::signal::Signal::SIGTERM);
+    s.serve_env = vec![("FERRY_FAULT_PAUSE_AT".into(), "switch".into())];
+    s.serve();
+    let (status, d) = s.post("/api/environments/staging/restart", &serde_json::json!({}));
+    assert_eq!(status, 201, "{d}");
+    let id = d["id"].as_i64().unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let d = deployment(&s, id)["deployment"].clone();
+            d["step"] == "switch" && d["state"] == "running"
+        }),
+        "the restart never reached its switch: {}\n{}",
+        deployment(&s, id),
+        s.serve_log()
+    );
+    let (code, body) = version_at(&format!("http://127.0.0.1:{preview_port}"))
+        .expect("the preview listener answers");
+    assert_eq!(code, 503, "the restart's instance is previewed: {body}");
+    let status = s.ferry(&["status", "--json"]).json();
+    assert_eq!(status[0]["preview"], serde_json::json!([]), "{status}");
+    s.stop(nix::sys::signal::Signal::SIGKILL);
 }
 
 #[test]

@@ -342,7 +342,11 @@ impl ServerConfig {
                     env.name,
                     app.path.display()
                 );
-                for host in &env.hosts {
+                let preview = format!("the preview of {who}");
+                // a preview host takes every path of it: claimed like a host
+                let claims = (env.hosts.iter().map(|h| (h, &who)))
+                    .chain(env.preview_hosts.iter().map(|h| (h, &preview)));
+                for (host, who) in claims {
                     match hosts.claimed(host) {
                         Some((other_app, other)) if *other_app != name => {
                             return Err(ConfigError::Apps(format!(
@@ -357,15 +361,17 @@ impl ServerConfig {
                     }
                 }
                 // an environment reached only through the front door's hosts listens nowhere
-                let Some(listen) = env.listen else {
-                    continue;
-                };
-                if let Some((_, other)) = taken.iter().find(|(a, _)| collide(*a, listen)) {
-                    return Err(ConfigError::Apps(format!(
-                        "{other} and {who} both listen on {listen}; give each an address of its own"
-                    )));
+                let listens = (env.listen.map(|l| (l, &who)))
+                    .into_iter()
+                    .chain(env.preview_listen.map(|l| (l, &preview)));
+                for (listen, who) in listens {
+                    if let Some((_, other)) = taken.iter().find(|(a, _)| collide(*a, listen)) {
+                        return Err(ConfigError::Apps(format!(
+                            "{other} and {who} both listen on {listen}; give each an address of its own"
+                        )));
+                    }
+                    taken.push((listen, who.clone()));
                 }
-                taken.push((listen, who));
             }
             app.server = server.clone();
             app.proxy = proxy;
@@ -610,6 +616,32 @@ mod tests {
         assert!(
             e.contains("*.example.com is claimed by environment staging of app shop")
                 && e.contains("of app blog"),
+            "{e}"
+        );
+        // a preview host or address of one app that another app routes or listens on
+        let shop = app("shop", 9405, "").replace(
+            "listen = \"127.0.0.1:9405\"",
+            "listen = \"127.0.0.1:9405\"\nhosts = [\"example.com\"]\npath_prefix = \"/shop\"",
+        ) + "[server]\nhttp = \"127.0.0.1:9480\"\n";
+        let blog = app("blog", 9406, "").replace(
+            "listen = \"127.0.0.1:9406\"",
+            "listen = \"127.0.0.1:9406\"\npreview_hosts = [\"example.com\"]",
+        );
+        let e = error(&[write(d, "shop.toml", &shop), write(d, "blog.toml", &blog)]);
+        assert!(
+            e.contains("example.com is claimed by environment staging of app shop")
+                && e.contains("by the preview of environment staging of app blog"),
+            "{e}"
+        );
+        let blog = app("blog", 9406, "").replace(
+            "listen = \"127.0.0.1:9406\"",
+            "listen = \"127.0.0.1:9406\"\npreview_listen = \"127.0.0.1:9405\"",
+        );
+        let e = error(&[write(d, "shop.toml", &shop), write(d, "blog.toml", &blog)]);
+        assert!(
+            e.contains("environment staging of app shop")
+                && e.contains("the preview of environment staging of app blog")
+                && e.contains("127.0.0.1:9405"),
             "{e}"
         );
         let three = write(d, "three.toml", &app("admin", 9401, ""));

@@ -256,12 +256,24 @@ fn http(
     };
     let expect_status = match status {
         None => 200,
-        Some(s) if (100..=599).contains(s.get_ref()) => *s.get_ref() as u16,
+        // 1xx are interim answers, never the final one a check reads; a 3xx is the
+        // answer itself (a check never follows redirects)
+        Some(s) if (200..=599).contains(s.get_ref()) => *s.get_ref() as u16,
+        Some(s) if (100..200).contains(s.get_ref()) => {
+            return Err(fail(
+                s.span(),
+                format!(
+                    "expect_status = {} is an interim answer, never a final one",
+                    s.get_ref()
+                ),
+                "write the final status the check must get, from 200 to 599, like 200",
+            ));
+        }
         Some(s) => {
             return Err(fail(
                 s.span(),
                 format!("expect_status = {} is not an HTTP status", s.get_ref()),
-                "write a status from 100 to 599, like 200",
+                "write a status from 200 to 599, like 200",
             ));
         }
     };
@@ -274,6 +286,24 @@ fn http(
                     p.span(),
                     format!("json_pointer \"{pointer}\" is not a JSON pointer"),
                     "write a pointer like \"/status\" or \"/checks/0/ok\" (RFC 6901), or \"\" for the whole body",
+                ));
+            }
+            if pointer
+                .split('~')
+                .skip(1)
+                .any(|rest| !rest.starts_with(['0', '1']))
+            {
+                return Err(fail(
+                    p.span(),
+                    format!("json_pointer \"{pointer}\" has a '~' that is not ~0 or ~1"),
+                    "in a JSON pointer write '~' as ~0 and '/' inside a key as ~1 (RFC 6901)",
+                ));
+            }
+            if method == "HEAD" {
+                return Err(fail(
+                    p.span(),
+                    "a HEAD check has no body to look into with `json_pointer`".into(),
+                    "use method = \"GET\" (the default), or remove json_pointer and expect",
                 ));
             }
             let span = e.span();
@@ -473,7 +503,25 @@ mod tests {
             (
                 "http = \"127.0.0.1:17080\"",
                 "",
-                "`preview_hosts` but ferry has no front door",
+                "`preview_hosts` but ferry's front door has no plain HTTP",
+            ),
+            // no certificate covers a preview host: an https-only front door cannot serve it
+            (
+                "http = \"127.0.0.1:17080\"",
+                "https = \"127.0.0.1:17443\"",
+                "`preview_hosts` but ferry's front door has no plain HTTP",
+            ),
+            // a preview host takes every path: a route on it with a prefix clashes, whichever
+            // comes first
+            (
+                "preview_hosts = [\"preview.staging.test\"]",
+                "preview_hosts = [\"preview.staging.test\"]\nhosts = [\"preview.staging.test\"]\npath_prefix = \"/api\"",
+                "preview host preview.staging.test of environment staging is already claimed by environment staging (path_prefix /api)",
+            ),
+            (
+                "[environments.production]\nlisten = \"127.0.0.1:18082\"\n",
+                "[environments.production]\nlisten = \"127.0.0.1:18082\"\nhosts = [\"preview.staging.test\"]\npath_prefix = \"/api\"\n",
+                "preview host preview.staging.test of environment staging is already claimed by environment production (path_prefix /api)",
             ),
         ] {
             let err = Config::parse(
@@ -524,6 +572,26 @@ mod tests {
                 "[[check]]\npath = \"/a\"\njson_pointer = \"x\"\nexpect = 1\n",
                 "not a JSON pointer",
                 3,
+            ),
+            (
+                "[[check]]\npath = \"/a\"\nexpect_status = 101\n",
+                "interim answer",
+                3,
+            ),
+            (
+                "[[check]]\npath = \"/a\"\njson_pointer = \"/a~2b\"\nexpect = 1\n",
+                "not ~0 or ~1",
+                3,
+            ),
+            (
+                "[[check]]\npath = \"/a\"\njson_pointer = \"/a~\"\nexpect = 1\n",
+                "not ~0 or ~1",
+                3,
+            ),
+            (
+                "[[check]]\npath = \"/a\"\nmethod = \"HEAD\"\njson_pointer = \"/a\"\nexpect = 1\n",
+                "HEAD check has no body",
+                4,
             ),
             (
                 "[[check]]\ncommand = \"./a\"\nexpect_status = 200\n",

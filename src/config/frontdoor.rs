@@ -74,6 +74,9 @@ pub(super) struct Claims {
     routes: HashMap<(HostPattern, String), String>,
     /// host → the environment whose `tls` serves it.
     certs: HashMap<HostPattern, String>,
+    /// preview host → the environment it previews: every path of it, so no route may share
+    /// it whatever its prefix.
+    previews: HashMap<HostPattern, String>,
 }
 
 /// `[server] http` and `https`, with their spans.
@@ -105,6 +108,7 @@ impl Claims {
             http,
             https,
             routes: HashMap::new(),
+            previews: HashMap::new(),
             certs: HashMap::new(),
         }
     }
@@ -177,6 +181,15 @@ impl Claims {
             }
         };
         for (h, host) in raw.hosts.iter().zip(&hosts) {
+            if let Some(other) = self.previews.get(host) {
+                return Err(fail(
+                    h.span(),
+                    format!(
+                        "host {host} of environment {name} is the preview host of environment {other}"
+                    ),
+                    "a preview host routes every path to one environment's new instance: give one of them another name",
+                ));
+            }
             let key = (host.clone(), path_prefix.clone().unwrap_or_default());
             if let Some(other) = self.routes.get(&key) {
                 let on = match &path_prefix {
@@ -299,11 +312,14 @@ impl Claims {
     ) -> Result<Vec<HostPattern>, Diagnostic> {
         let mut hosts = Vec::new();
         for h in raw {
-            if self.http.is_none() && self.https.is_none() {
+            // served on plain HTTP only: no certificate covers a preview host
+            if self.http.is_none() {
                 return Err(fail(
                     h.span(),
-                    format!("environment {name} has `preview_hosts` but ferry has no front door"),
-                    "add http = \"0.0.0.0:80\" to [server], or use preview_listen = \"127.0.0.1:8182\"",
+                    format!(
+                        "environment {name} has `preview_hosts` but ferry's front door has no plain HTTP"
+                    ),
+                    "preview hosts are served on [server] http only (no certificate covers them): add http = \"0.0.0.0:80\" to [server], or use preview_listen = \"127.0.0.1:8182\"",
                 ));
             }
             let host = HostPattern::parse(h.get_ref()).map_err(|e| {
@@ -313,17 +329,28 @@ impl Claims {
                     "write a name like \"preview.staging.example.com\", without scheme, port or path",
                 )
             })?;
-            let key = (host.clone(), String::new());
-            if let Some(other) = self.routes.get(&key) {
+            let other = match self
+                .routes
+                .iter()
+                .find(|((claimed, _), _)| *claimed == host)
+            {
+                Some(((_, prefix), env)) if prefix.is_empty() => {
+                    Some(format!("claimed by environment {env}"))
+                }
+                Some(((_, prefix), env)) => Some(format!(
+                    "claimed by environment {env} (path_prefix {prefix})"
+                )),
+                None => (self.previews.get(&host))
+                    .map(|env| format!("the preview host of environment {env}")),
+            };
+            if let Some(other) = other {
                 return Err(fail(
                     h.span(),
-                    format!(
-                        "preview host {host} of environment {name} is already claimed by environment {other}"
-                    ),
-                    "a preview host routes to one environment's new instance only: give it a name of its own",
+                    format!("preview host {host} of environment {name} is already {other}"),
+                    "a preview host routes every path to one environment's new instance only: give it a name of its own",
                 ));
             }
-            self.routes.insert(key, format!("{name} (preview)"));
+            self.previews.insert(host.clone(), name.to_string());
             hosts.push(host);
         }
         Ok(hosts)

@@ -30,30 +30,36 @@ use crate::store::Deployment;
 /// The most of an HTTP check's body read (a JSON document to look into).
 const MAX_BODY: usize = 1024 * 1024;
 
-/// The most of one failing check's output kept in the step's, so every failure shows.
+/// The most of one failing check's output shown while the step runs.
 const MAX_CHECK_OUTPUT: usize = 2048;
 
+/// The most of one passing check's output kept in the step's.
+const MAX_PASSED_OUTPUT: usize = 512;
+
+/// The most the failures take of the step's output at its end, shared between them: with
+/// the summary line it stays within the tail the step records (8 KiB).
+const FAILURES_OUTPUT: usize = 6 * 1024;
+
 impl Environment {
-    /// Where its preview is reached: `http://` its `preview_listen`, then each preview host on
-    /// the front door (plain HTTP when the front door has it).
+    /// Where its preview is reached: `http://` its `preview_listen`, then each preview host
+    /// on the front door's plain HTTP (the only one that serves them: no certificate covers
+    /// a preview host, see `config::frontdoor`).
     pub fn preview_urls(&self, server: &Server) -> Vec<String> {
         let mut urls: Vec<String> = self
             .preview_listen
             .iter()
             .map(|a| format!("http://{a}"))
             .collect();
-        let (scheme, addr, default_port) = match (server.http, server.https) {
-            (Some(http), _) => ("http", http, 80),
-            (None, Some(https)) => ("https", https, 443),
-            (None, None) => return urls,
+        let Some(addr) = server.http else {
+            return urls;
         };
-        let port = if addr.port() == default_port {
+        let port = if addr.port() == 80 {
             String::new()
         } else {
             format!(":{}", addr.port())
         };
         for host in &self.preview_hosts {
-            urls.push(format!("{scheme}://{host}{port}"));
+            urls.push(format!("http://{host}{port}"));
         }
         urls
     }
@@ -114,32 +120,47 @@ impl Engine {
                     previews.join(" ")
                 ));
             }
-            self.store.set_running_output(d.id, "check", &out)?;
+            self.publish(d.id, &out)?;
             let d = self.store.deployment(d.id)?;
-            let mut failed = Vec::new();
+            let redact = |text: &str| self.redactor.redact(&self.shorten_paths(text));
+            // passing checks as they come, failures after them (each its first line and the
+            // tail of its output, within a share of the step's output), the summary last
+            let mut failures: Vec<(&str, String)> = Vec::new();
             for check in &checks {
                 let result = match &check.kind {
-                    CheckKind::Http { .. } => http_check(check, &url).await,
+                    CheckKind::Http { .. } => http_check(check, &url, &redact).await,
                     CheckKind::Command(command) => {
                         self.command_check(&d, state, dir, before, (command, check), &url)
                             .await?
                     }
                 };
                 match result {
-                    Ok(text) => {
-                        out.push_str(&format!("     ok {}: {}\n", check.name, text.trim_end()))
-                    }
-                    Err(text) => {
-                        out.push_str(&format!("FAILED  {}: {}\n", check.name, bounded(&text)));
-                        failed.push(check.name.as_str());
-                    }
+                    Ok(text) => out.push_str(&format!(
+                        "     ok {}: {}\n",
+                        check.name,
+                        bounded(&redact(&text), MAX_PASSED_OUTPUT)
+                    )),
+                    Err(text) => failures.push((check.name.as_str(), redact(&text))),
                 }
-                self.store.set_running_output(d.id, "check", &out)?;
+                let mut running = out.clone();
+                for (name, text) in &failures {
+                    running.push_str(&format!(
+                        "FAILED  {name}: {}\n",
+                        bounded(text, MAX_CHECK_OUTPUT)
+                    ));
+                }
+                self.publish(d.id, &running)?;
             }
-            if failed.is_empty() {
+            if failures.is_empty() {
                 out.push_str(&format!("every check passed ({})\n", checks.len()));
                 return Ok(((), out));
             }
+            // the failures and the summary fit in the tail the step keeps
+            let share = (FAILURES_OUTPUT / failures.len()).max(256);
+            for (name, text) in &failures {
+                out.push_str(&format!("FAILED  {name}: {}\n", bounded(text, share)));
+            }
+            let failed: Vec<&str> = failures.iter().map(|(name, _)| *name).collect();
             let message = format!(
                 "{} of {} check(s) failed: {}; the new instance never took traffic",
                 failed.len(),
@@ -151,6 +172,13 @@ impl Engine {
             Err(Stop::failed(message).with_output(&out))
         })
         .await
+    }
+
+    /// The step's output so far, redacted as the step's end records it, for whoever watches.
+    fn publish(&self, id: i64, out: &str) -> Result<(), Stop> {
+        let out = self.redactor.redact(&self.shorten_paths(out));
+        self.store.set_running_output(id, "check", &out)?;
+        Ok(())
     }
 
     /// Runs a command check like a hook: its output, or why it failed with its output.
@@ -211,7 +239,12 @@ pub(super) fn describe(config: &crate::config::Config, env: &Environment) -> Str
 }
 
 /// Runs an HTTP check against the instance at `base`: what it got, or what was wrong.
-async fn http_check(check: &Check, base: &str) -> Result<String, String> {
+/// `redact` is applied to a body before it is cut for a message.
+async fn http_check(
+    check: &Check,
+    base: &str,
+    redact: &(dyn Fn(&str) -> String + Sync),
+) -> Result<String, String> {
     let CheckKind::Http {
         method,
         path,
@@ -224,7 +257,7 @@ async fn http_check(check: &Check, base: &str) -> Result<String, String> {
     let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
     let timeout = crate::config::format_duration(check.timeout);
     let ask = async {
-        let mut resp = crate::health::client()
+        let mut resp = client()
             .request(method, format!("{base}{path}"))
             .send()
             .await
@@ -237,29 +270,37 @@ async fn http_check(check: &Check, base: &str) -> Result<String, String> {
             })?;
         let status = resp.status().as_u16();
         let mut body = Vec::new();
+        let mut whole = true;
         while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
             body.extend_from_slice(&chunk);
             if body.len() > MAX_BODY {
                 body.truncate(MAX_BODY);
+                whole = false;
                 break;
             }
         }
-        Ok::<_, String>((status, body))
+        Ok::<_, String>((status, body, whole))
     };
-    let (status, body) = tokio::time::timeout(check.timeout, ask)
+    let (status, body, whole) = tokio::time::timeout(check.timeout, ask)
         .await
         .map_err(|_| format!("no answer within {timeout}"))??;
+    let excerpt = || excerpt(&redact(&String::from_utf8_lossy(&body)));
     if status != *expect_status {
         return Err(format!(
             "answered {status}, expected {expect_status}{}",
-            excerpt(&body)
+            excerpt()
         ));
     }
     match json {
         None => Ok(format!("answered {status}")),
+        Some(_) if !whole => Err(format!(
+            "answered {status} but the body is over {} MiB, more than a check reads{}",
+            MAX_BODY / (1024 * 1024),
+            excerpt()
+        )),
         Some((pointer, expect)) => json_matches(&body, pointer, expect)
             .map(|()| format!("answered {status}, {} is {expect}", shown(pointer)))
-            .map_err(|e| format!("answered {status} but {e}{}", excerpt(&body))),
+            .map_err(|e| format!("answered {status} but {e}{}", excerpt())),
     }
 }
 
@@ -300,14 +341,29 @@ fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// The start of a body, for a failure's message.
-fn excerpt(body: &[u8]) -> String {
+/// The client of HTTP checks: it never follows a redirect (a redirect is the answer, and
+/// ferry fetches nothing a release points it to).
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("a plain HTTP client builds")
+}
+
+/// The start of a body (already redacted), for a failure's message.
+fn excerpt(body: &str) -> String {
+    let body = body.trim_end();
     if body.is_empty() {
         return String::new();
     }
-    let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
-    let more = if body.len() > 300 { " …" } else { "" };
-    format!("; body: {}{more}", text.trim_end())
+    let mut end = body.len().min(300);
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    let more = if body.len() > end { " …" } else { "" };
+    format!("; body: {}{more}", &body[..end])
 }
 
 /// A check's output indented under its line.
@@ -318,23 +374,129 @@ fn indent(text: &str) -> String {
         .collect()
 }
 
-/// The last [`MAX_CHECK_OUTPUT`] bytes of `text` (at a character boundary).
-fn bounded(text: &str) -> String {
+/// `text` within about `max` bytes: its first line (what happened, like a command's exit
+/// status) and the end of the rest (at character boundaries).
+fn bounded(text: &str, max: usize) -> String {
     let text = text.trim_end();
-    if text.len() <= MAX_CHECK_OUTPUT {
+    if text.len() <= max {
         return text.to_string();
     }
-    let mut at = text.len() - MAX_CHECK_OUTPUT;
-    while !text.is_char_boundary(at) {
+    let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
+    let mut end = first.len().min(max);
+    while !first.is_char_boundary(end) {
+        end -= 1;
+    }
+    let first = if end < first.len() {
+        format!("{} …", &first[..end])
+    } else {
+        first.to_string()
+    };
+    let room = max.saturating_sub(first.len());
+    if rest.is_empty() || room == 0 {
+        return first;
+    }
+    let mut at = rest.len().saturating_sub(room);
+    while !rest.is_char_boundary(at) {
         at += 1;
     }
-    format!("…{}", &text[at..])
+    let cut = if at > 0 { "    …\n" } else { "" };
+    format!("{first}\n{cut}{}", &rest[at..])
 }
 
 #[cfg(test)]
 mod tests {
-    use super::json_matches;
+    use super::{bounded, http_check, json_matches};
+    use crate::config::{Check, CheckKind};
     use serde_json::json;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A loopback server answering every request with `answer` (a whole HTTP/1.1 response).
+    async fn answering(answer: String) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf).await;
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn response(status: &str, headers: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn check(expect_status: u16) -> Check {
+        Check {
+            name: "c".into(),
+            kind: CheckKind::Http {
+                method: "GET".into(),
+                path: "/".into(),
+                expect_status,
+                json: None,
+            },
+            timeout: Duration::from_secs(10),
+            environments: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn http_checks_never_follow_redirects() {
+        let elsewhere = answering(response("200 OK", "", "fetched from elsewhere")).await;
+        let redirecting = answering(response(
+            "302 Found",
+            &format!("location: {elsewhere}/secret\r\n"),
+            "",
+        ))
+        .await;
+        let keep = |t: &str| t.to_string();
+        assert_eq!(
+            http_check(&check(302), &redirecting, &keep).await,
+            Ok("answered 302".into())
+        );
+        let err = http_check(&check(200), &redirecting, &keep)
+            .await
+            .unwrap_err();
+        assert!(err.starts_with("answered 302, expected 200"), "{err}");
+        assert!(!err.contains("elsewhere"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_body_is_redacted_before_it_is_cut() {
+        // the secret straddles the 300 bytes a failure shows of the body
+        let secret = "s3cr3t-t0ken-value";
+        let body = format!("{}{secret} and more", "x".repeat(290));
+        let base = answering(response("500 Internal Server Error", "", &body)).await;
+        let redact = |t: &str| t.replace(secret, "[redacted]");
+        let err = http_check(&check(200), &base, &redact).await.unwrap_err();
+        assert!(err.contains("[redac"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn a_bounded_failure_keeps_its_first_line_and_its_end() {
+        let text = format!(
+            "`./smoke.sh` exited with status 3\n{}    last words\n",
+            "    noise\n".repeat(2000)
+        );
+        let cut = bounded(&text, 1024);
+        assert!(cut.len() <= 1024 + 16, "{}", cut.len());
+        assert!(
+            cut.starts_with("`./smoke.sh` exited with status 3\n"),
+            "{cut}"
+        );
+        assert!(cut.ends_with("    last words"), "{cut}");
+        assert_eq!(bounded("short\ntext\n", 1024), "short\ntext");
+    }
 
     #[test]
     fn json_pointers_match_values_and_say_what_differs() {

@@ -35,7 +35,8 @@ pub(super) fn deployed_at(spec: &InstanceSpec) -> String {
 pub struct EnvState {
     pub env: Environment,
     pub proxy: Proxy,
-    /// Its preview address's proxy: the new instance from its start until the switch.
+    /// Its preview address's proxy: a deploy's new instance from the end of its health
+    /// checks until the switch.
     pub preview: Proxy,
     pub log: LogSink,
     /// Who its build, test and app commands run as (`None`: ferry's own user).

@@ -60,8 +60,6 @@ impl Engine {
         })
         .await
         .inspect_err(|_| self.mark_release(env, release, "bad"))?;
-        // until the switch, the preview address reaches it (see checks.rs)
-        state.preview_on(&instance);
         Ok(instance)
     }
 

@@ -173,7 +173,8 @@ impl Engine {
             Err(stop) => (StepState::Failed, stop.output.clone()),
         };
         let output = self.shorten_paths(&output);
-        let output = self.redactor.redact(&release::tail_text(output.as_bytes()));
+        // redacted whole, then cut: a secret across the cut would leak its end otherwise
+        let output = release::tail_text(self.redactor.redact(&output).as_bytes());
         if let Err(stop) = &result
             && let Some(lines) = &stop.app_output
             && let Err(e) = self.store.set_step_app_output(step, lines)
@@ -262,6 +263,9 @@ impl Engine {
 
         let vars = instance_vars(state, &resolved.version, &resolved.commit);
         let instance = self.start(id, state, &name, &dir, vars, held).await?;
+        // until the switch, the preview address reaches it (see checks.rs); a restart or a
+        // rollback starts a release that served already and previews nothing
+        state.preview_on(&instance);
         self.check(d, state, &instance, &dir, held.before.as_ref())
             .await
             .inspect_err(|_| self.mark_release(&env.name, &name, "bad"))?;

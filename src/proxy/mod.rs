@@ -96,13 +96,14 @@ impl Proxy {
         Proxy::build(environment, Some(access_log))
     }
 
-    /// An environment's preview proxy: it reaches a new instance from its start until the
-    /// switch (see `pipeline/checks.rs`); in between it answers 503 saying so.
+    /// An environment's preview proxy: it reaches a deploy's new instance from the end of its
+    /// health checks until the switch (see `pipeline/checks.rs`); otherwise it answers 503
+    /// saying so.
     pub fn preview(environment: &str) -> Proxy {
         let mut proxy = Proxy::build(&format!("{environment} (preview)"), None);
         if let Some(inner) = Arc::get_mut(&mut proxy.inner) {
             inner.unserved = format!(
-                "no new release of environment {environment} is waiting for traffic: its preview address reaches a new release from its start until the switch"
+                "no new release of environment {environment} is waiting for traffic: its preview address reaches a deploy's new release from the end of its health checks until the switch"
             );
         }
         proxy
