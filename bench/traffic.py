@@ -2,7 +2,7 @@
 """Traffic rules figures for ferry, printed (never asserted): the time from a 5xx burst
 starting (the first failed response a client gets from a new release that fails half of its
 requests) to traffic back on the old instance (the first response from the old release after
-it), as the clients see it; and the failed requests each time. The monitor's own figure (breach
+the new release's last answer), as the clients see it; and the failed requests each time. The monitor's own figure (breach
 -> traffic switched back) is printed beside it.
 
 Usage: python3 bench/traffic.py [runs]   (builds ferry --release first; about a minute)
@@ -136,7 +136,9 @@ listen = "127.0.0.1:{api_port}"
                 time.sleep(0.5)
                 seen = sorted(clients.take())
                 first_fail = next(t for t, status, _ in seen if status != 200)
-                back = next(t for t, status, v in seen if t > first_fail and v == "v1")
+                # the last answer of the new release (its 500s, or its 200s), then the old one's
+                last_new = max(t for t, status, v in seen if status != 200 or v == "v2")
+                back = next(t for t, status, v in seen if t > last_new and v == "v1")
                 back_ms.append((back - first_fail) * 1000)
                 failed.append(sum(1 for _, status, _ in seen if status != 200))
                 total.append(len(seen))
@@ -144,7 +146,7 @@ listen = "127.0.0.1:{api_port}"
                 switch_ms.append(float(re.search(r"([\d.]+) ms after the breach", out).group(1)))
             print(f"ferry traffic rules bench: {RUNS} runs, {CLIENTS} keep-alive clients, "
                   f"a release failing 50% of requests, max_error_rate 5%, min_requests 20")
-            for label, values in [("first 5xx -> a response from the old instance", back_ms),
+            for label, values in [("first 5xx -> only the old instance answers", back_ms),
                                   ("breach -> traffic switched back (monitor)", switch_ms)]:
                 print(f"{label:<48} min {min(values):8.1f} ms  median {statistics.median(values):8.1f} ms"
                       f"  max {max(values):8.1f} ms")
