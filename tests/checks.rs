@@ -536,3 +536,74 @@ fn an_http2_event_stream_keeps_going_after_the_switch_until_its_client_goes() {
         "{out}"
     );
 }
+
+#[test]
+fn a_running_check_step_shows_its_output_redacted() {
+    // with [hooks] secrets = true a check command sees the env file's secrets: what it
+    // prints must be masked already while the step runs, not only once it ends
+    const SECRET: &str = "check-secret-8d1f3a62e0";
+    let mut s = Sandbox::with(
+        &[Rel("v1.0.0", GOOD)],
+        Options {
+            tables: r#"
+[hooks]
+secrets = true
+
+[[check]]
+name = "leaky"
+command = "echo key=$API_KEY"
+
+[[check]]
+name = "waits"
+command = "until [ -e ../../shared/go ]; do sleep 0.05; done"
+timeout = "2m"
+"#,
+            ..Options::default()
+        },
+    );
+    let env_file = s.dir.path().join("staging.env");
+    std::fs::write(&env_file, format!("API_KEY={SECRET}\n")).unwrap();
+    let config = std::fs::read_to_string(&s.config).unwrap().replace(
+        "[environments.staging]\n",
+        &format!(
+            "[environments.staging]\nenv_file = \"{}\"\n",
+            env_file.display()
+        ),
+    );
+    std::fs::write(&s.config, config).unwrap();
+    s.serve();
+    let go = s.state_dir().join("environments/staging/shared/go");
+    let (status, d) = s.post(
+        "/api/deployments",
+        &serde_json::json!({"environment": "staging", "ref": "v1.0.0"}),
+    );
+    assert_eq!(status, 201, "{d}");
+    let id = d["id"].as_i64().unwrap();
+    let mut seen = String::new();
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            seen = deployment(&s, id)["steps"]
+                .as_array()
+                .and_then(|steps| steps.iter().find(|st| st["name"] == "check"))
+                .and_then(|st| st["output"].as_str())
+                .unwrap_or("")
+                .to_string();
+            seen.contains("ok leaky")
+        }),
+        "the running check step never showed the first check: {}\n{}",
+        deployment(&s, id),
+        s.serve_log()
+    );
+    assert!(!seen.contains(SECRET), "the running output leaks: {seen}");
+    assert!(seen.contains("key=***"), "{seen}");
+    std::fs::write(&go, "").unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || deployment(&s, id)["deployment"]
+            ["state"]
+            == "succeeded"),
+        "{}",
+        deployment(&s, id)
+    );
+    let (_, out) = step(&s, id, "check");
+    assert!(!out.contains(SECRET) && out.contains("key=***"), "{out}");
+}
