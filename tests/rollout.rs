@@ -172,6 +172,11 @@ fn canary_weights_hold_over_2000_requests_and_clients_stay_on_their_version() {
         (900..=1100).contains(&on_v2),
         "{on_v2} of 2000 on v2 at 50%"
     );
+    // both instances' traffic in /metrics
+    let (_, metrics) = s.get("/metrics").unwrap();
+    for release in ["release=\"v1.0.0-", "release=\"v2.0.0-"] {
+        assert!(metrics.contains(release), "{release} missing:\n{metrics}");
+    }
     let status = s.ferry(&["status"]);
     assert!(status.stdout().contains("rollout of v2.0.0-"), "{status}");
 
@@ -456,4 +461,82 @@ fn the_previous_instance_dying_mid_rollout_hands_every_client_to_the_new_one() {
         shown.stdout().contains("the previous instance exited"),
         "{shown}"
     );
+}
+
+/// A sandbox with `[monitor]` traffic rules and v2 configured by `v2` (its `app.conf`).
+fn judged_sandbox(rollout: &'static str, monitor: &'static str, v2: &'static str) -> Sandbox {
+    let mut s = Sandbox::with(
+        &[Rel("v1.0.0", GOOD), Rel("v2.0.0", v2)],
+        Options {
+            extra_env: rollout,
+            tables: monitor,
+            ..Options::default()
+        },
+    );
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+    s
+}
+
+#[test]
+fn an_inconclusive_step_waits_then_pauses_for_a_person() {
+    let s = judged_sandbox(
+        "rollout = [\"10%\", \"wait 1s\", \"100%\"]\ninconclusive_timeout = \"1s\"",
+        "[monitor]\nduration = \"1s\"\ninterval = \"500ms\"\nmax_error_rate = 0.5\nmin_requests = 1000000",
+        GOOD,
+    );
+    let id = start_v2(&s);
+    wait_for(&s, "paused for too little traffic", |r| {
+        r["weight"] == 10
+            && r["paused"]
+                .as_str()
+                .is_some_and(|p| p.contains("too little traffic"))
+    });
+    // it stays there: paused, not guessing
+    let r = rollout_of(&s);
+    assert_eq!(r["step"], 2, "{r}");
+    assert!(
+        r["analysis"].as_str().unwrap().contains("min_requests"),
+        "{r}"
+    );
+    assert!(
+        s.ferry(&["status"])
+            .stdout()
+            .contains("PAUSED: too little traffic")
+    );
+    assert_eq!(deployment_state(&s, id), "running");
+    let run = s.ferry(&["rollout", "staging", "abort"]);
+    assert_eq!(run.code(), 0, "{run}");
+    assert!(eventually(Duration::from_secs(30), || deployment_state(
+        &s, id
+    ) == "rolled_back"));
+}
+
+#[test]
+fn a_release_answering_500_breaches_and_is_aborted_to_0_percent() {
+    let s = judged_sandbox(
+        "rollout = [\"50%\", \"wait 1h\"]",
+        "[monitor]\nduration = \"1s\"\ninterval = \"500ms\"\nmax_error_rate = 0.1\nmin_requests = 20\nwindow = \"1m\"",
+        "health_status = 200\nerror_percent = 100\n",
+    );
+    let url = s.url("staging");
+    let id = start_v2(&s);
+    wait_for(&s, "50%", |r| r["weight"] == 50);
+    // cookie-less clients on `/` until the rule breaches
+    let mut served = 0;
+    while deployment_state(&s, id) == "running" {
+        for _ in 0..20 {
+            let _ = support::get(&format!("{url}/"));
+            served += 1;
+        }
+        assert!(served < 20_000, "no breach after {served} requests");
+    }
+    assert_eq!(deployment_state(&s, id), "rolled_back");
+    let d = s.api(&format!("/api/deployments/{id}")).to_string();
+    assert!(d.contains("max_error_rate breached at 50%"), "{d}");
+    for _ in 0..100 {
+        let got = version(&url, None, None);
+        assert_eq!(got.version.as_deref(), Some("v1.0.0"));
+        assert!(got.set_cookie.is_none());
+    }
 }

@@ -172,14 +172,21 @@ impl EnvState {
         )))
     }
 
-    /// The instances taking traffic now, with their release.
+    /// The instances taking traffic now, with their release: during a canary rollout the
+    /// new one too.
     pub async fn serving(&self) -> Vec<(String, Arc<Upstream>)> {
-        self.active
+        let mut all: Vec<(String, Arc<Upstream>)> = self
+            .active
             .lock()
             .await
             .iter()
             .map(|a| (a.release.clone(), a.upstream.clone()))
-            .collect()
+            .collect();
+        if let (Some(rollout), Some(canary)) = (self.rollout.status(), self.proxy.split_upstream())
+        {
+            all.push((rollout.release, canary));
+        }
+        all
     }
 
     /// Each serving instance's traffic figures over `window` (none with `traffic_metrics =

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
 
+use super::monitor::TrafficVerdict;
 use super::steps::{Held, Stop};
 use super::{Engine, EngineError, EnvState};
 use crate::config::{Rollout, RolloutStep, Sticky, format_duration};
@@ -156,8 +157,6 @@ impl Control {
 }
 
 /// A verdict of the analysis.
-// Inconclusive and Breach come from the traffic rules' judge (stand-in below until it lands).
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Judged {
     Pass(String),
@@ -523,7 +522,7 @@ impl Engine {
                 }
             }
             let span = started.elapsed();
-            let judged = analyse(monitor, &run.new, &run.old, span);
+            let judged = analyse(&run.state.env, monitor, (&run.new, &run.old), span);
             if last.as_ref() != Some(&judged) {
                 match &judged {
                     Judged::Breach { rule, detail } => {
@@ -629,16 +628,38 @@ impl Engine {
 }
 
 /// The analysis of one holding step: the traffic rules of `[monitor]` judged on the new
-/// instance's last `span` against the previous one's.
-// TODO(traffic): a stand-in until traffic's `judge_traffic` lands.
+/// instance's figures over the time at this share (at most the rules' `window`), against the
+/// previous instance's over the same window, at the same moment.
 fn analyse(
+    env: &crate::config::Environment,
     monitor: Option<&crate::config::Monitor>,
-    _new: &Upstream,
-    _old: &Upstream,
-    _span: Duration,
+    (new, old): (&Upstream, &Upstream),
+    span: Duration,
 ) -> Judged {
-    match monitor {
-        None => Judged::Pass("no [monitor]: only the new instance exiting is watched".into()),
-        Some(_) => Judged::Pass("no traffic rules".into()),
+    let Some(cfg) = monitor.filter(|m| m.traffic.any()) else {
+        return Judged::Pass(
+            "no traffic rules in [monitor]: only the new instance exiting is watched".into(),
+        );
+    };
+    if !env.traffic_metrics {
+        return Judged::Pass(
+            "traffic_metrics = false: the traffic rules cannot be judged, only the new instance exiting is watched"
+                .into(),
+        );
+    }
+    let span = span
+        .min(cfg.traffic.window)
+        .min(crate::proxy::metrics::MAX_WINDOW);
+    let (now, before) = (new.window(span), old.window(span));
+    match super::monitor::judge_traffic(cfg, &now, Some(&before)) {
+        TrafficVerdict::Pass(figures) => Judged::Pass(format!(
+            "{figures}; the previous release: {}",
+            before.summary()
+        )),
+        TrafficVerdict::Inconclusive(why) => Judged::Inconclusive(why),
+        TrafficVerdict::Breach { rule, detail } => Judged::Breach {
+            rule: rule.to_string(),
+            detail,
+        },
     }
 }

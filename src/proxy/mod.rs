@@ -177,6 +177,11 @@ impl Proxy {
         Some(split.upstream)
     }
 
+    /// The new instance of a rollout under way.
+    pub fn split_upstream(&self) -> Option<Arc<Upstream>> {
+        self.slot().split.as_ref().map(|s| s.upstream.clone())
+    }
+
     /// The percentage of clients sent to the new instance, during a rollout.
     pub fn split_weight(&self) -> Option<u8> {
         self.slot().split.as_ref().map(canary::Split::weight)
