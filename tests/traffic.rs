@@ -12,13 +12,15 @@ use std::time::Duration;
 
 use support::{GOOD, Options, Rel, Sandbox};
 
+/// `max_p99` just under the slow release's added 300 ms: the healthy releases keep the
+/// widest margin a loaded machine can need, the slow one breaches whatever the machine.
 const MONITOR: &str = "[monitor]
-duration = \"6s\"
+duration = \"8s\"
 interval = \"1s\"
 max_error_rate = 0.01
-max_p99 = \"200ms\"
-min_requests = 40
-window = \"5s\"
+max_p99 = \"290ms\"
+min_requests = 20
+window = \"10s\"
 ";
 
 /// Clients sending `GET /` through the proxy until dropped; counts what came back.
@@ -118,8 +120,8 @@ fn traffic_rules_roll_back_failing_and_slow_releases_and_pass_healthy_ones() {
         ),
         (
             "v2-slow",
-            "max_p99 breached: p99 3",
-            "above the 200ms allowed",
+            "max_p99 breached: p99 ",
+            "above the 290ms allowed",
         ),
     ] {
         let run = s.ferry(&["deploy", "staging", tag]);
@@ -139,7 +141,7 @@ fn traffic_rules_roll_back_failing_and_slow_releases_and_pass_healthy_ones() {
     let run = s.deploy_ok("staging", "v3");
     let out = monitor_output(&s);
     assert!(
-        out.contains("traffic rules over the last 5s"),
+        out.contains("traffic rules over the last 10s"),
         "{run}\n{out}"
     );
     assert!(out.contains("  traffic: 0.0% of "), "{out}");
@@ -162,16 +164,22 @@ fn traffic_rules_roll_back_failing_and_slow_releases_and_pass_healthy_ones() {
             "ferry_upstream_requests_total{environment=\"staging\""
         )) > 40.0
     );
-    let ok = line("ferry_upstream_responses_total{");
-    assert!(metrics.contains("class=\"2xx\""), "{metrics}");
-    assert!(value(&ok) >= 0.0);
+    let ok = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("ferry_upstream_responses_total{")
+                && l.contains("release=\"v3")
+                && l.contains("class=\"2xx\"")
+        })
+        .unwrap_or_else(|| panic!("no 2xx responses for v3 in\n{metrics}"));
+    assert!(value(ok) > 40.0, "{metrics}");
     assert_eq!(
         value(&line("ferry_upstream_proxy_errors_total{")),
         0.0,
         "{metrics}"
     );
     let p99 = value(&line("ferry_upstream_latency_seconds{"));
-    assert!(p99 > 0.0 && p99 < 0.2, "{metrics}");
+    assert!(p99 > 0.0, "{metrics}");
     assert!(metrics.contains("quantile=\"0.99\""), "{metrics}");
     assert!(metrics.contains("# TYPE ferry_upstream_latency_seconds summary"));
     let status = s.ferry(&["status", "--json"]).json();

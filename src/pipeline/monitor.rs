@@ -37,14 +37,12 @@ pub(super) enum TrafficVerdict {
     Breach { rule: &'static str, detail: String },
 }
 
-/// "1%", "0.5%": a configured rate.
+/// "1%", "0.5%", "1.29%": a configured rate.
 fn limit(rate: f64) -> String {
-    let p = rate * 100.0;
-    if (p - p.round()).abs() < 1e-9 {
-        format!("{p:.0}%")
-    } else {
-        format!("{p}%")
-    }
+    // at most two decimals, no trailing zeros: 0.0129 is "1.29%", not "1.2899999999999998%"
+    let p = format!("{:.2}", rate * 100.0);
+    let p = p.trim_end_matches('0').trim_end_matches('.');
+    format!("{p}%")
 }
 
 /// The span of a window for people, in whole seconds ("30s", "1m").
@@ -270,8 +268,12 @@ impl Engine {
         let mut log = intro;
         // traffic rules are judged only when some are set; figures are shown whenever kept
         let judged = cfg.traffic.any();
-        if let Some(t) = traffic.as_ref().filter(|_| judged) {
-            log.push_str(&t.intro(cfg));
+        match traffic.as_ref() {
+            Some(t) if judged => log.push_str(&t.intro(cfg)),
+            None if judged => log.push_str(
+                "traffic rules not judged: this environment keeps no traffic figures (traffic_metrics = false)\n",
+            ),
+            _ => {}
         }
         let mut next_judgement = started + TRAFFIC_EVERY;
         if let Err(e) = self.store.set_running_output(id, "monitor", &log) {
@@ -466,6 +468,15 @@ mod tests {
             error_pattern: regex::Regex::new("ERROR").unwrap(),
             traffic,
         }
+    }
+
+    #[test]
+    fn configured_rates_read_as_people_write_them() {
+        assert_eq!(limit(0.01), "1%");
+        assert_eq!(limit(0.005), "0.5%");
+        assert_eq!(limit(0.0129), "1.29%");
+        assert_eq!(limit(0.0), "0%");
+        assert_eq!(limit(1.0), "100%");
     }
 
     fn window(requests: u64, errors: u64, p99_ms: u64) -> Window {
