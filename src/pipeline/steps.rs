@@ -118,6 +118,9 @@ impl Engine {
         // nothing awaits traffic any more: the preview address answers 503
         state.preview_off();
         if let Some(active) = held.instance.take() {
+            // a rollout's split may still send clients to it (a failure after the rollout
+            // step): every client back on the serving instance first
+            state.proxy.unsplit();
             self.stop_instance(active.record, &active.instance).await;
         }
         if outcome.is_err()
