@@ -186,7 +186,9 @@ fn one(
     };
     let name = match raw.name {
         None => default_name,
-        Some(n) if !n.get_ref().trim().is_empty() && !n.get_ref().contains('\n') => n.into_inner(),
+        Some(n) if !n.get_ref().trim().is_empty() && !n.get_ref().chars().any(char::is_control) => {
+            n.into_inner()
+        }
         Some(n) => {
             return Err(fail(
                 n.span(),
@@ -310,7 +312,7 @@ fn http(
             let value = json_value(e.into_inner()).ok_or_else(|| {
                 fail(
                     span,
-                    "`expect` cannot be a date or time".into(),
+                    "`expect` cannot be a date, a time, nan or inf (JSON has none of them)".into(),
                     "write the value as JSON has it: a string, number, boolean, array or table",
                 )
             })?;
@@ -599,6 +601,16 @@ mod tests {
                 3,
             ),
             ("[[check]]\ncommand = \" \"\n", "empty command", 2),
+            (
+                "[[check]]\nname = \"a\\u001b[2Jb\"\ncommand = \"./a\"\n",
+                "one line of text",
+                2,
+            ),
+            (
+                "[[check]]\npath = \"/a\"\njson_pointer = \"/x\"\nexpect = nan\n",
+                "nan or inf",
+                4,
+            ),
             (
                 "[[check]]\npath = \"/a\"\nenvironments = [\"prod\"]\n",
                 "environment \"prod\", which is not defined",
