@@ -128,7 +128,8 @@ fn header_name(name: &str) -> bool {
 
 /// `rollout`, `inconclusive_timeout` and `sticky_header` of an environment, checked: each
 /// step understood, percentages increasing, nothing after `100%` (which is implied when the
-/// list stops short of it), no wait or pause before the first percentage.
+/// list stops short of it), no wait or pause before the first percentage, and every share
+/// below 100% held by a wait or a pause after it (else it would last a moment, unjudged).
 pub(super) fn validate(
     rollout: Option<Spanned<Vec<Spanned<String>>>>,
     inconclusive_timeout: Option<Spanned<HumanDuration>>,
@@ -160,6 +161,9 @@ pub(super) fn validate(
     }
     let mut steps = Vec::new();
     let mut last_weight = 0u8;
+    // a share below 100% is only worth something if it is held (judged, or acted on)
+    let mut held = true;
+    let mut unheld: Option<Range<usize>> = None;
     for step in &written {
         let parsed = RolloutStep::parse(step.get_ref())
             .map_err(|(msg, help)| fail(step.span(), msg, help))?;
@@ -178,7 +182,13 @@ pub(super) fn validate(
                     "write percentages in increasing order, like \"10%\", \"50%\", \"100%\"",
                 ));
             }
-            RolloutStep::Weight(w) => last_weight = w,
+            RolloutStep::Weight(w) => {
+                if !held && unheld.is_none() {
+                    unheld = Some(step.span());
+                }
+                last_weight = w;
+                held = w == 100;
+            }
             RolloutStep::Wait(_) | RolloutStep::Pause if last_weight == 0 => {
                 return Err(fail(
                     step.span(),
@@ -189,7 +199,7 @@ pub(super) fn validate(
                     "start the list with a percentage, like \"10%\"",
                 ));
             }
-            RolloutStep::Wait(_) | RolloutStep::Pause => {}
+            RolloutStep::Wait(_) | RolloutStep::Pause => held = true,
         }
         steps.push(parsed);
     }
@@ -225,6 +235,20 @@ pub(super) fn validate(
             ));
         }
     };
+    if let Some(span) = unheld.or_else(|| (!held).then_some(span)) {
+        return Err(fail(
+            span,
+            format!(
+                "a share of the rollout is not held: every percentage below 100% needs a wait or a pause after it ({})",
+                written
+                    .iter()
+                    .map(|s| format!("\"{}\"", s.get_ref()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "hold each share while it is judged, like [\"10%\", \"wait 2m\", \"50%\", \"wait 2m\", \"100%\"]",
+        ));
+    }
     Ok(Some(Rollout {
         steps,
         inconclusive_timeout,
@@ -287,7 +311,7 @@ mod tests {
         assert_eq!(r.sticky, Sticky::Cookie);
         assert_eq!(r.describe(), "10%, wait 2m, 50%, pause, 100%");
         let r = parse(
-            "rollout = [\"5%\", \"100%\"]\ninconclusive_timeout = \"30s\"\nsticky_header = \"X-User-Id\"",
+            "rollout = [\"5%\", \"wait 1m\", \"100%\"]\ninconclusive_timeout = \"30s\"\nsticky_header = \"X-User-Id\"",
         )
         .unwrap()
         .environments[0]
@@ -310,6 +334,9 @@ mod tests {
             ("rollout = [\"pause\"]", "before any traffic"),
             ("rollout = [\"10%\", \"wait 1x\"]", "invalid duration"),
             ("rollout = [\"150%\"]", "from 1% to 100%"),
+            ("rollout = [\"10%\", \"50%\", \"wait 1m\"]", "is not held"),
+            ("rollout = [\"10%\", \"wait 1m\", \"50%\"]", "is not held"),
+            ("rollout = [\"10%\"]", "is not held"),
             ("rollout = [\"ten percent\"]", "not understood"),
             ("rollout = \"10%\"", "invalid type"),
             ("inconclusive_timeout = \"5m\"", "has no `rollout`"),
@@ -330,5 +357,10 @@ mod tests {
         // located at the step itself
         let err = parse("rollout = [\"10%\", \"5%\"]").unwrap_err();
         assert!(err.contains("ferry.toml:8:19"), "{err}");
+        // an unheld share: at the share that follows it
+        let err = parse("rollout = [\"10%\", \"50%\", \"wait 1m\"]").unwrap_err();
+        assert!(err.contains("ferry.toml:8:19"), "{err}");
+        // 100% straight after a held share, or a share then pause, are fine
+        parse("rollout = [\"10%\", \"pause\", \"100%\"]").unwrap();
     }
 }
