@@ -203,6 +203,9 @@ impl Traffic {
 
 /// Probes needed before the success rate alone can fail a deploy.
 const RATE_MIN_PROBES: u32 = 10;
+/// How long a failed probe waits to see whether the instance is exiting (the exit, not the
+/// probe, is then the breach).
+const EXIT_GRACE: Duration = Duration::from_millis(300);
 /// How often exit and error lines are looked at between probes.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -346,6 +349,20 @@ impl Engine {
                     Ok(code) => failures.push(format!("{path} answered {code}")),
                     Err(e) => failures.push(format!("{path}: {e}")),
                 }
+            }
+            // a probe failing as the instance goes down: the exit is the cause, and is named
+            if !failures.is_empty()
+                && let Ok(status) = tokio::time::timeout(EXIT_GRACE, instance.wait_exit()).await
+            {
+                let status = status.map_or_else(|| "unknown status".into(), |s| s.to_string());
+                return Err(breach(
+                    "process_exited",
+                    format!(
+                        "the new instance exited ({status}) {} after the switch",
+                        format_duration(started.elapsed())
+                    ),
+                    &log,
+                ));
             }
             tally.probes += 1;
             tally.slowest = tally.slowest.max(took);
