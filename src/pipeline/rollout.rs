@@ -112,12 +112,15 @@ pub struct RolloutAnswer {
     pub rollout: Option<RolloutStatus>,
 }
 
+/// What became of an action: taken (what it did), or not (why).
+type Taken = Result<String, String>;
+
 struct Asked {
     action: RolloutAction,
     /// `--full`: promote straight to 100%.
     full: bool,
     who: String,
-    done: oneshot::Sender<String>,
+    done: oneshot::Sender<Taken>,
 }
 
 /// An environment's rollout, shared by its step and the people acting on it.
@@ -177,7 +180,7 @@ enum Ended {
     /// By a person, answered once every client is back.
     Aborted {
         who: String,
-        done: oneshot::Sender<String>,
+        done: oneshot::Sender<Taken>,
     },
 }
 
@@ -234,17 +237,31 @@ impl Engine {
             )));
         }
         let (done, answer) = oneshot::channel();
-        let replaced = control
-            .asked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(Asked {
+        let replaced = {
+            let mut asked = control.asked.lock().unwrap_or_else(|e| e.into_inner());
+            // nothing replaces an abort on its way
+            if let Some(pending) = asked.as_ref()
+                && pending.action == RolloutAction::Abort
+                && action != RolloutAction::Abort
+            {
+                return Err(EngineError::Conflict(format!(
+                    "an abort of {env}'s rollout by {} is on its way: nothing else is taken",
+                    pending.who
+                )));
+            }
+            asked.replace(Asked {
                 action,
                 full,
                 who: who.to_string(),
                 done,
-            });
-        drop(replaced);
+            })
+        };
+        if let Some(replaced) = replaced {
+            let _ = replaced.done.send(Err(format!(
+                "replaced by a later {} from {who} before the rollout took it",
+                action.as_str()
+            )));
+        }
         control.wake.notify_one();
         tracing::info!(
             env,
@@ -254,8 +271,20 @@ impl Engine {
             "rollout action"
         );
         let message = match tokio::time::timeout(ACTION_TIMEOUT, answer).await {
-            Ok(Ok(message)) => message,
-            Ok(Err(_)) => "another action replaced this one before the rollout took it".into(),
+            Ok(Ok(Ok(message))) => message,
+            // not taken: said as a conflict (the API's 409, the CLI's exit 1)
+            Ok(Ok(Err(why))) => {
+                return Err(EngineError::Conflict(format!(
+                    "{} not taken: {why}",
+                    action.as_str()
+                )));
+            }
+            Ok(Err(_)) => {
+                return Err(EngineError::Conflict(format!(
+                    "{} not taken: the rollout ended without answering",
+                    action.as_str()
+                )));
+            }
             Err(_) => format!("asked; the rollout has not taken it yet (see `ferry status {env}`)"),
         };
         Ok(RolloutAnswer {
@@ -316,6 +345,12 @@ impl Engine {
             salt: (id.unsigned_abs() % 10_007 * 7_919 % u64::from(crate::proxy::canary::BUCKETS))
                 as u16,
         };
+        // an action left from an earlier rollout (asked as it ended) is not this one's
+        if let Some(stale) = state.rollout.take() {
+            let _ = stale
+                .done
+                .send(Err("the rollout it was asked of had ended".into()));
+        }
         state.rollout.set(Some(RolloutStatus {
             deployment_id: id,
             release: release.to_string(),
@@ -352,7 +387,7 @@ impl Engine {
         state.rollout.set(None);
         // an action still waiting is answered
         if let Some(asked) = state.rollout.take() {
-            let _ = asked.done.send("the rollout had already ended".into());
+            let _ = asked.done.send(Err("the rollout had already ended".into()));
         }
         result
     }
@@ -425,17 +460,17 @@ impl Engine {
             RolloutAction::Promote if asked.full => {
                 let _ = asked
                     .done
-                    .send("promoted to 100%: the switch follows".into());
+                    .send(Ok("promoted to 100%: the switch follows".into()));
                 run.note(self, &format!("promoted to 100% by {}", asked.who));
                 Ok(Some(Next::Full))
             }
             RolloutAction::Promote => {
-                let _ = asked.done.send(format!("at {}%: going on", run.weight));
+                let _ = asked.done.send(Ok(format!("at {}%: going on", run.weight)));
                 Ok(None)
             }
             RolloutAction::Pause => {
                 let why = format!("paused by {} at {}%", asked.who, run.weight);
-                let _ = asked.done.send(why.clone());
+                let _ = asked.done.send(Ok(why.clone()));
                 self.hold(run, None, Some(why)).await.map(Some)
             }
         }
@@ -508,14 +543,14 @@ impl Engine {
                         run.note(self, &format!("promoted {what} by {}", asked.who));
                         let _ = asked
                             .done
-                            .send(format!("promoted {what} from {}%", run.weight));
+                            .send(Ok(format!("promoted {what} from {}%", run.weight)));
                         run.state.rollout.update(|s| s.paused = None);
                         return Ok(next);
                     }
                     RolloutAction::Pause => {
                         let why = format!("paused by {} at {}%", asked.who, run.weight);
                         run.note(self, &why);
-                        let _ = asked.done.send(why.clone());
+                        let _ = asked.done.send(Ok(why.clone()));
                         paused = Some(why);
                         run.state.rollout.update(|s| s.paused = paused.clone());
                     }
@@ -597,9 +632,9 @@ impl Engine {
                 Some(rule),
             ),
             Ended::Aborted { who, done } => {
-                let _ = done.send(format!(
+                let _ = done.send(Ok(format!(
                     "aborted at {weight}%: every client is on {previous} again; {release} is being drained and stopped"
-                ));
+                )));
                 (format!("aborted by {who} at {weight}%"), None)
             }
         };
