@@ -20,6 +20,7 @@ mod runtime;
 mod secrets;
 mod server;
 mod size;
+mod ssh;
 mod template;
 
 use std::collections::BTreeMap;
@@ -43,6 +44,7 @@ pub use runtime::{ComposeFile, Container, ContainerUser, ImageBuild, Network, Ru
 pub use secrets::{DEFAULT_SECRET_TIMEOUT, SecretCommand, valid_secret_name};
 pub use server::{ConnLimits, DEFAULT_MAX_STREAMS, ProxySettings, Server};
 pub use size::{HumanSize, format_size, parse_size};
+pub use ssh::{DEFAULT_AGENT_DIR, DEFAULT_CONNECT_TIMEOUT, SshOptions, SshServer};
 pub use template::TEMPLATE;
 
 /// Variables ferry sets for every instance; the `env` table may not override them.
@@ -90,6 +92,8 @@ pub struct Config {
     pub hooks: Hooks,
     /// `[[check]]`: checks run against a new instance before it takes traffic, in file order.
     pub checks: Vec<Check>,
+    /// `[ssh]`: how the environments' `servers` are reached.
+    pub ssh: SshOptions,
 }
 
 /// `[webhooks]`: the names of the environment variables holding the shared secrets, and the
@@ -322,6 +326,10 @@ pub struct Environment {
     /// The proxy counts requests, errors and latency per instance (`traffic_metrics`, on by
     /// default; the traffic rules of `[monitor]` need it).
     pub traffic_metrics: bool,
+    /// The hosts it runs on, reached over SSH (`servers`); empty: this machine.
+    pub servers: Vec<SshServer>,
+    /// With servers: how many hosts are switched at a time (`max_parallel`, default 1).
+    pub max_parallel: usize,
 }
 
 impl Environment {

@@ -40,6 +40,8 @@ pub struct RawConfig {
     processes: super::processes::RawProcesses,
     #[serde(default)]
     check: Vec<Spanned<super::checks::RawCheck>>,
+    #[serde(default)]
+    ssh: super::ssh::RawSsh,
 }
 
 #[derive(Deserialize, Default)]
@@ -135,6 +137,8 @@ struct RawEnvironment {
     inconclusive_timeout: Option<Spanned<HumanDuration>>,
     sticky_header: Option<Spanned<String>>,
     traffic_metrics: Option<bool>,
+    servers: Option<Spanned<Vec<Spanned<String>>>>,
+    max_parallel: Option<Spanned<i64>>,
 }
 
 /// `approval = true`, or `approval = { not_by_deployer = true }`.
@@ -218,6 +222,8 @@ impl RawConfig {
         app.processes = super::processes::validate(self.processes, app.stop_timeout, &fail)?;
         let health = validate_health(self.health, &fail)?;
         let server_listen = self.server.listen(&fail)?;
+        let ssh = super::ssh::validate(self.ssh, &fail, &resolve)?;
+        let mut with_servers = Vec::new();
 
         let monitor = self
             .monitor
@@ -259,17 +265,22 @@ impl RawConfig {
             if let Some(user) = &env.user {
                 check_user(user, &name, &mut users, &fail)?;
             }
+            if let Some(servers) = &env.servers {
+                with_servers.push((name.clone(), servers.span()));
+            }
             environments.extend(validate_environment(
                 (&name, span),
                 env,
                 &fail,
                 &mut taken,
                 (&mut claims, &resolve),
+                &ssh,
             )?);
         }
         let groups: Vec<String> = environments.iter().map(|e| e.group.clone()).collect();
         check_requires(&requires, &groups, &fail)?;
         let checks = super::checks::validate(self.check, &groups, app.command_timeout, &fail)?;
+        super::ssh::refuse_app(&with_servers, &app, &checks, &fail)?;
         let state_dir = resolve(self.state_dir.as_deref().unwrap_or(".ferry"));
         let acme = self
             .acme
@@ -295,6 +306,7 @@ impl RawConfig {
             acme,
             hooks: super::hooks::validate(self.hooks, &fail)?,
             checks,
+            ssh,
         })
     }
 }
@@ -489,7 +501,22 @@ fn validate_environment(
     fail: &Fail,
     taken: &mut HashMap<SocketAddr, String>,
     (claims, resolve): (&mut super::frontdoor::Claims, &dyn Fn(&str) -> PathBuf),
+    ssh: &super::SshOptions,
 ) -> Result<Vec<Environment>, Diagnostic> {
+    let remote = super::ssh::environment(
+        name,
+        super::ssh::RawRemote {
+            servers: raw.servers.as_ref(),
+            max_parallel: raw.max_parallel.as_ref(),
+            listen: raw.listen.as_ref(),
+            hosts: &raw.hosts,
+            preview_listen: raw.preview_listen.as_ref(),
+            preview_hosts: &raw.preview_hosts,
+            rollout: raw.rollout.as_ref().map(Spanned::span),
+        },
+        ssh,
+        fail,
+    )?;
     let listen = raw
         .listen
         .as_ref()
@@ -684,6 +711,8 @@ fn validate_environment(
             preview_hosts: preview.1.clone(),
             rollout: rollout.clone(),
             traffic_metrics: raw.traffic_metrics.unwrap_or(true),
+            servers: remote.servers.clone(),
+            max_parallel: remote.max_parallel,
         });
     }
     Ok(out)

@@ -104,6 +104,12 @@ env = { LOG_LEVEL = "info" }
 # sticky_header = "X-User-Id"   # split by this header's value (default: a ferry_canary_<env> cookie)
 # traffic_metrics = true        # the proxy counts requests, errors and latency per instance
                                 # (/metrics, the dashboard, the traffic rules of [monitor])
+# servers = ["deploy@app1.example.com", "app2.example.com:2222"]  # run on these hosts over
+                                # SSH (see [ssh]), not this machine: [user@]host[:port], IPv6
+                                # as "[2001:db8::1]:22"; `listen` is then where each host's
+                                # proxy listens. Not yet with rollout, [[check]], preview_*,
+                                # hosts, [processes] workers or containers (docs/servers.md)
+# max_parallel = 1              # with servers: hosts switched at a time
 
 # After the switch the new release is watched; the previous one is kept running (out of
 # traffic) until this ends, and a breach switches back to it at once. `ferry deploy` shows
@@ -207,6 +213,19 @@ listen = "127.0.0.1:7070"       # ferry's API, webhooks and metrics; every call 
 # url = "https://hooks.slack.com/services/..."
 # on = ["deploy.succeeded", "deploy.failed", "rollback", "approval.needed"]
 # format = "slack"
+
+# How ferry reaches environments' `servers`: the system's OpenSSH client, never a prompt,
+# host keys checked against known_hosts (an unknown or changed key is refused, never learned).
+# [ssh]
+# user = "deploy"               # for servers without user@ (default: ssh's own choice)
+# port = 22                     # for servers without :port
+# identity_file = "/etc/ferry/id_ed25519"  # default: ssh's keys and agent
+# known_hosts = "/etc/ferry/known_hosts"   # default: ~/.ssh/known_hosts of ferry's user
+# proxy_jump = "bastion.example.com"       # ssh -J
+# connect_timeout = "10s"
+# agent_dir = ".ferry"          # on each host: ferry's agent, releases and state (relative to
+                                # the user's home, or absolute)
+# command = "ssh"               # the OpenSSH client to run
 
 # Certificates from ACME for environments with tls = "acme": ordered at the first start (one per
 # environment, for its hosts), renewed ahead of expiry, kept in the state dir (acme/, mode 0600).
