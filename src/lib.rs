@@ -45,6 +45,9 @@
 //!   (`server/dashboard`: server-rendered pages, sessions, CSRF-checked actions).
 //! - [`daemon`]: the engine, proxies and API started and stopped together (`ferry serve`);
 //!   its listening sockets passed by systemd or handed over by the serve it replaces.
+//! - [`agent`]: the agent on each host of an environment with `servers` (`ferry agent`):
+//!   the protocol, the relay ssh runs, the daemon that runs the host's instances and proxies
+//!   and adopts them after a restart, the receiving end of a release, and ferry's client.
 //! - [`cli`]: the `ferry` subcommands; each talks to the daemon over the API.
 //! - [`sample_app`]: the small app `ferry demo` and the tests deploy.
 //! - [`shutdown`]: Ctrl-C or SIGTERM, for every long-running ferry process.
@@ -54,6 +57,7 @@
 //! deployments; the pipeline knows nothing of HTTP.
 
 pub mod acme;
+pub mod agent;
 pub mod auth;
 pub mod backup;
 pub mod changelog;

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let default_level = match cli.command {
         ferry::cli::Command::Serve(_) => "info",
         ferry::cli::Command::Demo(_) => "error",
+        ferry::cli::Command::Agent(ref a) if a.daemon => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()

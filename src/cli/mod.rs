@@ -19,6 +19,7 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::cli::terminal::out(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
+pub mod agent;
 mod check;
 mod client;
 pub mod confine;
@@ -152,6 +153,10 @@ pub enum Command {
     /// Starts a build, test or app command confined to its environment (used by `serve`).
     #[command(hide = true)]
     Confine(confine::Confine),
+    /// The agent on a host of an environment with `servers` (ssh runs it): the relay to
+    /// the host's daemon, the daemon (--daemon), or `receive` of a release.
+    #[command(hide = true)]
+    Agent(agent::Agent),
 }
 
 /// Help for arguments many commands share, where their own definition gives none.
@@ -293,6 +298,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             // main.rs runs it before any thread starts; here only if called as a library
             return confine::run(args);
         }
+        Command::Agent(args) => agent::run(&cli, args).await,
         Command::SampleApp => crate::sample_app::run()
             .await
             .map_err(|e| Failure::Failed(format!("sample app: {e}"))),

@@ -433,13 +433,13 @@ impl Engine {
 /// What was open on an instance: plain requests, and long-lived connections (upgraded ones
 /// and event streams, each also counted in flight until it closes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Open {
+pub(crate) struct Open {
     requests: usize,
     long_lived: usize,
 }
 
 impl Open {
-    fn of(upstream: &Upstream) -> Open {
+    pub(crate) fn of(upstream: &Upstream) -> Open {
         let in_flight = upstream.in_flight();
         let long_lived = upstream.connections().2.min(in_flight);
         Open {
@@ -458,7 +458,7 @@ impl Open {
 
 /// The finish step's words about draining `release`: what was open when the drain began,
 /// and, when `drain_timeout` ended it, what was still open (and closed with the instance).
-fn drain_report(
+pub(crate) fn drain_report(
     release: &str,
     timeout: std::time::Duration,
     open: Open,

@@ -116,6 +116,7 @@ pub fn planned_steps(kind: &str) -> &'static [&'static str] {
 }
 pub use approval::{ApprovalError, Approvals};
 pub use environment::{EnvState, EnvStatus};
+pub(crate) use environment::{Open as DrainOpen, drain_report};
 pub use processes::ProcessStatus;
 pub use triggers::{Push, Pushed, Tracked, is_deleted};
 

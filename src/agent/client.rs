@@ -1,0 +1,722 @@
+//! ferry's end of the protocol: [`Agent`] drives one host's agent through a command that
+//! runs `ferry agent --dir D` there (ssh in production, the binary itself in tests), and
+//! [`Agent::ship`] sends a release through a second one running `… receive`.
+//!
+//! One [`Agent`] serves several tasks at once: requests carry ids, a reader task hands each
+//! answer to the call waiting for it, and a call that gets no answer within its timeout,
+//! or whose channel closes, fails with [`AgentError::Lost`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::oneshot;
+
+use super::files::{EntryKind, Tree, path_text};
+use super::protocol::{
+    self, Answer, Done, ErrorKind, HasReleaseAnswer, HealthAnswer, HealthRequest, HelloAnswer,
+    InstanceId, LogsAnswer, ManifestEntry, Op, ProbeAnswer, PruneAnswer, Received, Request,
+    StartAnswer, StartRequest, StatusAnswer, StopAnswer, SwitchAnswer, TaskAnswer, TaskRequest,
+};
+
+/// How long a plain call (status, switch…) waits for its answer.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Added to the time a long call (health, stop, task) is expected to take.
+const SLACK: Duration = Duration::from_secs(30);
+/// The most a release upload may take.
+const SHIP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Lines of the relay's stderr kept for messages.
+const STDERR_LINES: usize = 20;
+
+/// A call to a host's agent that failed. Every message names the host.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AgentError {
+    /// The channel closed, or no answer came in time: the host may be gone.
+    #[error("{host}: lost the agent: {detail}")]
+    Lost { host: String, detail: String },
+    /// The agent answered with an error.
+    #[error("{host}: {message}")]
+    Remote {
+        host: String,
+        kind: ErrorKind,
+        message: String,
+        /// The instance's last output lines (for `unhealthy`), secrets masked.
+        lines: Vec<String>,
+    },
+}
+
+impl AgentError {
+    /// The error kind the agent answered, if it answered.
+    pub fn kind(&self) -> Option<ErrorKind> {
+        match self {
+            AgentError::Lost { .. } => None,
+            AgentError::Remote { kind, .. } => Some(*kind),
+        }
+    }
+
+    /// True when the host could not be reached or stopped answering.
+    pub fn is_lost(&self) -> bool {
+        matches!(self, AgentError::Lost { .. })
+    }
+}
+
+/// What shipping a release to a host did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShipReport {
+    /// The release was there already (same name, same digest): nothing was sent.
+    pub present: bool,
+    /// Files whose content went over the wire.
+    pub files_sent: u64,
+    /// Bytes written to the receiving command (manifest, archive headers and contents).
+    pub bytes_sent: u64,
+}
+
+/// A connection to one host's agent.
+pub struct Agent {
+    host: String,
+    hello: HelloAnswer,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    host: String,
+    stdin: tokio::sync::Mutex<ChildStdin>,
+    pending: Mutex<Pending>,
+    next_id: AtomicU64,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+    /// Killed when the agent is dropped (`kill_on_drop`).
+    _child: Mutex<Child>,
+}
+
+#[derive(Default)]
+struct Pending {
+    waiting: HashMap<u64, oneshot::Sender<Answer>>,
+    /// Why the channel is closed, once it is.
+    closed: Option<String>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("host", &self.host)
+            .field("version", &self.hello.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Runs `cmd` (which runs `ferry agent --dir D` on `host`), says hello and checks the
+    /// protocol. `host` names the host in every message.
+    pub async fn connect(mut cmd: Command, host: &str) -> Result<Agent, AgentError> {
+        let lost = |detail: String| AgentError::Lost {
+            host: host.to_string(),
+            detail,
+        };
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| lost(format!("cannot run the agent command: {e}")))?;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let stderr_lines = Arc::new(Mutex::new(VecDeque::new()));
+        let stderr_done = tokio::spawn(keep_lines(stderr, stderr_lines.clone()));
+        let inner = Arc::new(Inner {
+            host: host.to_string(),
+            stdin: tokio::sync::Mutex::new(stdin),
+            pending: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            stderr: stderr_lines,
+            _child: Mutex::new(child),
+        });
+        tokio::spawn(read_answers(
+            stdout,
+            Arc::downgrade(&inner),
+            inner.stderr.clone(),
+            stderr_done,
+        ));
+        let hello: HelloAnswer = inner
+            .call(
+                Op::Hello {
+                    protocol: protocol::PROTOCOL,
+                    version: protocol::version(),
+                },
+                CALL_TIMEOUT,
+            )
+            .await?;
+        if hello.protocol != protocol::PROTOCOL {
+            return Err(AgentError::Remote {
+                host: host.to_string(),
+                kind: ErrorKind::Version,
+                message: format!(
+                    "the agent speaks protocol {}, this ferry {}",
+                    hello.protocol,
+                    protocol::PROTOCOL
+                ),
+                lines: Vec::new(),
+            });
+        }
+        Ok(Agent {
+            host: host.to_string(),
+            hello,
+            inner,
+        })
+    }
+
+    /// The host's name as ferry calls it.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// What the agent said at hello (its version, the host's name, arch and free bytes).
+    pub fn hello(&self) -> &HelloAnswer {
+        &self.hello
+    }
+
+    /// Whether the channel is still open (a call may still fail).
+    pub fn is_connected(&self) -> bool {
+        self.inner.lock_pending().closed.is_none()
+    }
+
+    /// The environment's instances, which one serves, and the app's releases on the host.
+    pub async fn status(&self, app: &str, env: &str) -> Result<StatusAnswer, AgentError> {
+        let op = Op::Status {
+            app: app.into(),
+            env: env.into(),
+        };
+        self.inner.call(op, CALL_TIMEOUT).await
+    }
+
+    /// Whether the host has `release` of `app` with `digest`.
+    pub async fn has_release(
+        &self,
+        app: &str,
+        release: &str,
+        digest: &str,
+    ) -> Result<bool, AgentError> {
+        let answer: HasReleaseAnswer = self
+            .inner
+            .call(
+                Op::HasRelease {
+                    app: app.into(),
+                    release: release.into(),
+                    digest: digest.into(),
+                    manifest: None,
+                },
+                CALL_TIMEOUT,
+            )
+            .await?;
+        Ok(answer.present)
+    }
+
+    /// Starts an instance of a release the host has.
+    pub async fn start(&self, request: &StartRequest) -> Result<StartAnswer, AgentError> {
+        self.inner
+            .call(Op::Start(request.clone()), Duration::from_secs(60))
+            .await
+    }
+
+    /// Waits until the instance is healthy; its log of probes. Error kind `unhealthy`
+    /// (with the instance's last lines) when it is not.
+    pub async fn health(&self, request: &HealthRequest) -> Result<String, AgentError> {
+        let h = request.health();
+        let rounds = (h.interval + h.timeout * h.paths.len().max(1) as u32) * h.retries;
+        let answer: HealthAnswer = self
+            .inner
+            .call(
+                Op::Health(request.clone()),
+                h.startup_delay + rounds + SLACK,
+            )
+            .await?;
+        Ok(answer.log)
+    }
+
+    /// Probes `path` of an instance once, on the host.
+    pub async fn probe(
+        &self,
+        app: &str,
+        env: &str,
+        instance: InstanceId,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<ProbeAnswer, AgentError> {
+        let op = Op::Probe {
+            app: app.into(),
+            env: env.into(),
+            instance,
+            path: path.into(),
+            timeout_ms: protocol::ms(timeout),
+        };
+        self.inner.call(op, timeout + SLACK).await
+    }
+
+    /// Sends the environment's traffic on the host to `instance`, its proxy listening on
+    /// `listen`; the instance that served before.
+    pub async fn switch(
+        &self,
+        app: &str,
+        env: &str,
+        instance: InstanceId,
+        listen: &str,
+    ) -> Result<Option<InstanceId>, AgentError> {
+        let op = Op::Switch {
+            app: app.into(),
+            env: env.into(),
+            instance,
+            listen: listen.into(),
+        };
+        let answer: SwitchAnswer = self.inner.call(op, CALL_TIMEOUT).await?;
+        Ok(answer.previous)
+    }
+
+    /// Drains an instance out of traffic (up to `drain_timeout`) and stops it; the drain
+    /// report. `stop_timeout` is what the instance was started with (for the call's timeout).
+    pub async fn stop(
+        &self,
+        app: &str,
+        env: &str,
+        instance: InstanceId,
+        drain_timeout: Duration,
+        stop_timeout: Duration,
+    ) -> Result<String, AgentError> {
+        let op = Op::Stop {
+            app: app.into(),
+            env: env.into(),
+            instance,
+            drain_timeout_ms: protocol::ms(drain_timeout),
+        };
+        let answer: StopAnswer = self
+            .inner
+            .call(op, drain_timeout + stop_timeout + SLACK)
+            .await?;
+        Ok(answer.report)
+    }
+
+    /// Runs a command of a release once, as an instance would run, to its end.
+    pub async fn task(&self, request: &TaskRequest) -> Result<TaskAnswer, AgentError> {
+        let limit =
+            Duration::from_millis(request.timeout_ms.saturating_add(request.stop_timeout_ms));
+        self.inner
+            .call(Op::Task(request.clone()), limit + SLACK)
+            .await
+    }
+
+    /// The environment's last `lines` lines of app log on the host.
+    pub async fn logs(
+        &self,
+        app: &str,
+        env: &str,
+        lines: usize,
+    ) -> Result<Vec<String>, AgentError> {
+        let op = Op::Logs {
+            app: app.into(),
+            env: env.into(),
+            lines,
+        };
+        let answer: LogsAnswer = self.inner.call(op, CALL_TIMEOUT).await?;
+        Ok(answer.lines)
+    }
+
+    /// Removes the app's releases on the host but `keep` (and any an instance runs); the
+    /// ones removed.
+    pub async fn prune(&self, app: &str, keep: &[String]) -> Result<Vec<String>, AgentError> {
+        let op = Op::Prune {
+            app: app.into(),
+            keep: keep.to_vec(),
+        };
+        let answer: PruneAnswer = self.inner.call(op, Duration::from_secs(120)).await?;
+        Ok(answer.removed)
+    }
+
+    /// Asks the daemon to exit, leaving its instances running (the next one adopts them).
+    pub async fn retire(&self) -> Result<(), AgentError> {
+        let _: Done = self.inner.call(Op::Retire, CALL_TIMEOUT).await?;
+        Ok(())
+    }
+
+    /// Sends `release` of `app` (the built tree at `dir`, whose digest is `digest`, with the
+    /// environment's `shared` paths left out) unless the host has it already. `receive`
+    /// makes the command that runs `ferry agent --dir D receive <args>` on the host from
+    /// `<args>`. Only the contents the host has in none of its releases go over the wire.
+    pub async fn ship(
+        &self,
+        receive: impl FnOnce(Vec<String>) -> Command,
+        app: &str,
+        release: &str,
+        dir: &Path,
+        digest: &str,
+        shared: &[String],
+    ) -> Result<ShipReport, AgentError> {
+        if self.has_release(app, release, digest).await? {
+            return Ok(ShipReport {
+                present: true,
+                ..ShipReport::default()
+            });
+        }
+        let lost = |detail: String| AgentError::Lost {
+            host: self.host.clone(),
+            detail,
+        };
+        let (dir_owned, shared_owned) = (dir.to_path_buf(), shared.to_vec());
+        let tree = tokio::task::spawn_blocking(move || Tree::read(&dir_owned, &shared_owned))
+            .await
+            .map_err(|e| lost(format!("reading the release failed: {e}")))?
+            .map_err(|e| lost(format!("cannot read the release {}: {e}", dir.display())))?;
+        let answer: HasReleaseAnswer = self
+            .inner
+            .call(
+                Op::HasRelease {
+                    app: app.into(),
+                    release: release.into(),
+                    digest: digest.into(),
+                    manifest: Some(tree.manifest.clone()),
+                },
+                CALL_TIMEOUT,
+            )
+            .await?;
+        if answer.present {
+            return Ok(ShipReport {
+                present: true,
+                ..ShipReport::default()
+            });
+        }
+        let lacking: Option<HashSet<String>> = answer.lacking.map(|l| l.into_iter().collect());
+        let args = receive_args(app, release, digest, shared, tree.size());
+        let sent = tokio::time::timeout(
+            SHIP_TIMEOUT,
+            send_tree(receive(args), &self.host, dir, tree, lacking),
+        )
+        .await
+        .map_err(|_| {
+            lost(format!(
+                "the upload of {release} took over {}s",
+                SHIP_TIMEOUT.as_secs()
+            ))
+        })??;
+        Ok(sent)
+    }
+}
+
+/// The arguments of `ferry agent --dir D receive` for a release.
+pub fn receive_args(
+    app: &str,
+    release: &str,
+    digest: &str,
+    shared: &[String],
+    size: u64,
+) -> Vec<String> {
+    let mut args = vec![
+        "--app".to_string(),
+        app.to_string(),
+        "--release".to_string(),
+        release.to_string(),
+        "--digest".to_string(),
+        digest.to_string(),
+        "--size".to_string(),
+        size.to_string(),
+    ];
+    for path in shared {
+        args.push("--shared".into());
+        args.push(path.trim_end_matches('/').to_string());
+    }
+    args
+}
+
+impl Inner {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lost(&self, detail: String) -> AgentError {
+        AgentError::Lost {
+            host: self.host.clone(),
+            detail,
+        }
+    }
+
+    /// Sends `op` and waits up to `timeout` for its answer.
+    async fn call<T: DeserializeOwned>(&self, op: Op, timeout: Duration) -> Result<T, AgentError> {
+        let name = op.name();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.lock_pending();
+            if let Some(why) = &pending.closed {
+                return Err(self.lost(why.clone()));
+            }
+            pending.waiting.insert(id, tx);
+        }
+        let mut line = serde_json::to_vec(&Request { id, op })
+            .map_err(|e| self.lost(format!("cannot encode {name}: {e}")))?;
+        line.push(b'\n');
+        let answer = tokio::time::timeout(timeout, async {
+            {
+                let mut stdin = self.stdin.lock().await;
+                stdin.write_all(&line).await.map_err(|e| {
+                    self.lost(format!("cannot send {name}: {e}{}", self.stderr_tail()))
+                })?;
+                stdin.flush().await.map_err(|e| {
+                    self.lost(format!("cannot send {name}: {e}{}", self.stderr_tail()))
+                })?;
+            }
+            rx.await.map_err(|_| {
+                let why = self
+                    .lock_pending()
+                    .closed
+                    .clone()
+                    .unwrap_or_else(|| "the channel closed".into());
+                self.lost(why)
+            })
+        })
+        .await;
+        let answer = match answer {
+            Ok(answer) => answer?,
+            Err(_) => {
+                self.lock_pending().waiting.remove(&id);
+                return Err(self.lost(format!(
+                    "no answer to {name} within {}",
+                    crate::config::format_duration(timeout)
+                )));
+            }
+        };
+        if let Some(e) = answer.error {
+            return Err(AgentError::Remote {
+                host: self.host.clone(),
+                kind: e.kind,
+                message: e.message,
+                lines: e.lines,
+            });
+        }
+        let ok = answer
+            .ok
+            .unwrap_or(serde_json::Value::Object(Default::default()));
+        serde_json::from_value(ok).map_err(|e| AgentError::Remote {
+            host: self.host.clone(),
+            kind: ErrorKind::Internal,
+            message: format!("the agent's answer to {name} is not understood: {e}"),
+            lines: Vec::new(),
+        })
+    }
+
+    /// `: <last lines of stderr>` when the relay said something.
+    fn stderr_tail(&self) -> String {
+        stderr_tail(&self.stderr)
+    }
+}
+
+fn stderr_tail(lines: &Mutex<VecDeque<String>>) -> String {
+    let lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+    let last: Vec<&str> = lines
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .map(String::as_str)
+        .collect();
+    if last.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", last.join(" / "))
+    }
+}
+
+/// Keeps the last lines `from` prints.
+async fn keep_lines(from: impl AsyncRead + Unpin, into: Arc<Mutex<VecDeque<String>>>) {
+    let mut lines = BufReader::new(from).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let mut kept = into.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= STDERR_LINES {
+            kept.pop_front();
+        }
+        kept.push_back(line);
+    }
+}
+
+/// Hands each answer line to the call waiting for it; once the channel ends, fails every
+/// call waiting and every later one.
+async fn read_answers(
+    stdout: impl AsyncRead + Unpin,
+    inner: std::sync::Weak<Inner>,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+    stderr_done: tokio::task::JoinHandle<()>,
+) {
+    let mut lines = BufReader::new(stdout).lines();
+    let why = loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => {
+                let Some(inner) = inner.upgrade() else { return };
+                match serde_json::from_str::<Answer>(&line) {
+                    Ok(answer) => {
+                        let waiting = inner.lock_pending().waiting.remove(&answer.id);
+                        if let Some(tx) = waiting {
+                            let _ = tx.send(answer);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(host = %inner.host, error = %e, "a line from the agent is not an answer")
+                    }
+                }
+            }
+            Ok(None) => break "the agent's channel closed".to_string(),
+            Err(e) => break format!("reading from the agent failed: {e}"),
+        }
+    };
+    // what the relay or ssh said on its way out
+    let _ = tokio::time::timeout(Duration::from_millis(500), stderr_done).await;
+    let Some(inner) = inner.upgrade() else { return };
+    let why = format!("{why}{}", stderr_tail(&stderr));
+    let mut pending = inner.lock_pending();
+    pending.closed = Some(why);
+    // dropping the senders fails every call waiting
+    pending.waiting.clear();
+}
+
+/// Counts what passes through.
+struct Counting<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Runs `cmd` with the manifest line then a tar stream of the tree (only the files whose
+/// content is `lacking`, when the host said) on its stdin; reads its answer line.
+async fn send_tree(
+    mut cmd: Command,
+    host: &str,
+    dir: &Path,
+    tree: Tree,
+    lacking: Option<HashSet<String>>,
+) -> Result<ShipReport, AgentError> {
+    let lost = |detail: String| AgentError::Lost {
+        host: host.to_string(),
+        detail,
+    };
+    let (reader, writer) = std::io::pipe().map_err(|e| lost(format!("cannot make a pipe: {e}")))?;
+    cmd.stdin(Stdio::from(reader))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let spawned = cmd.spawn();
+    // the child has the read end now; ours must go, or the child never sees the end
+    drop(cmd);
+    let mut child = spawned.map_err(|e| lost(format!("cannot run the receive command: {e}")))?;
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let stderr_lines = Arc::new(Mutex::new(VecDeque::new()));
+    let stderr_done = tokio::spawn(keep_lines(stderr, stderr_lines.clone()));
+    let dir = dir.to_path_buf();
+    let writing = tokio::task::spawn_blocking(move || write_archive(writer, &dir, &tree, lacking));
+    let mut out = Vec::new();
+    let read = (&mut stdout).take(1 << 20).read_to_end(&mut out).await;
+    let written = writing
+        .await
+        .map_err(|e| lost(format!("writing the archive failed: {e}")))?;
+    let status = child.wait().await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), stderr_done).await;
+    let text = String::from_utf8_lossy(&out);
+    let answer = text
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str::<Answer>(line).ok());
+    match answer {
+        Some(Answer { error: Some(e), .. }) => Err(AgentError::Remote {
+            host: host.to_string(),
+            kind: e.kind,
+            message: e.message,
+            lines: e.lines,
+        }),
+        Some(Answer { ok: Some(ok), .. }) => {
+            let (files_sent, bytes_sent) = written.map_err(|e| {
+                lost(format!(
+                    "sending the release failed: {e}{}",
+                    stderr_tail(&stderr_lines)
+                ))
+            })?;
+            let _: Received = serde_json::from_value(ok).map_err(|e| AgentError::Remote {
+                host: host.to_string(),
+                kind: ErrorKind::Internal,
+                message: format!("the receive's answer is not understood: {e}"),
+                lines: Vec::new(),
+            })?;
+            Ok(ShipReport {
+                present: false,
+                files_sent,
+                bytes_sent,
+            })
+        }
+        _ => {
+            let why = match (read, status, written) {
+                (_, _, Err(e)) => format!("sending the release failed: {e}"),
+                (Err(e), _, _) => format!("reading the receive's answer failed: {e}"),
+                (_, Ok(status), _) => {
+                    format!("the receive command ended ({status}) without an answer")
+                }
+                (_, Err(e), _) => format!("the receive command was lost: {e}"),
+            };
+            Err(lost(format!("{why}{}", stderr_tail(&stderr_lines))))
+        }
+    }
+}
+
+/// Writes the manifest line then the archive to `to`: every dir and link, and each file
+/// whose content is lacking (once per content), or every file. Files and bytes written.
+fn write_archive(
+    to: std::io::PipeWriter,
+    dir: &Path,
+    tree: &Tree,
+    lacking: Option<HashSet<String>>,
+) -> std::io::Result<(u64, u64)> {
+    let mut out = Counting {
+        inner: std::io::BufWriter::with_capacity(64 * 1024, to),
+        bytes: 0,
+    };
+    serde_json::to_writer(&mut out, &tree.manifest)?;
+    out.write_all(b"\n")?;
+    let by_path: HashMap<&str, &ManifestEntry> =
+        tree.manifest.iter().map(|m| (m.path.as_str(), m)).collect();
+    let mut sent_contents = HashSet::new();
+    let mut files = 0;
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    for (path, kind) in &tree.entries {
+        if *kind == EntryKind::File {
+            let entry = by_path
+                .get(path_text(path)?.as_str())
+                .copied()
+                .ok_or_else(|| std::io::Error::other("a file missing from the manifest"))?;
+            let wanted = match &lacking {
+                None => true,
+                Some(lacking) => lacking.contains(&entry.sha256),
+            };
+            if !wanted || !sent_contents.insert(entry.sha256.clone()) {
+                continue;
+            }
+            files += 1;
+        }
+        builder.append_path_with_name(dir.join(path), path)?;
+    }
+    let mut out = builder.into_inner()?;
+    out.flush()?;
+    Ok((files, out.bytes))
+}
