@@ -434,13 +434,17 @@ async fn a_killed_daemon_is_replaced_by_one_that_adopts_what_runs() {
     let agent = host.connect().await;
     let id = deploy(&host, &agent, "v1", &listen).await;
     let pid = agent.status(APP, ENV).await.unwrap().serving.unwrap().pid;
-    drop(agent);
     let daemon = host.daemon_pid().expect("a daemon runs");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
+    // the connection through it ends: calls fail as lost, the channel closed (no timeout)
+    let err = agent.status(APP, ENV).await.unwrap_err();
+    assert!(err.is_lost(), "{err}");
+    assert!(!err.to_string().contains("no answer"), "{err}");
+    drop(agent);
     assert!(support::eventually(
         Duration::from_secs(5),
         || !support::alive(daemon)
@@ -613,4 +617,195 @@ async fn secrets_reach_the_app_and_no_file_log_or_command_line() {
             "pid {pid}'s command line"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_release_command_runs_once_as_an_instance_would() {
+    let host = Host::new();
+    let agent = host.connect().await;
+    let (dir, digest) = host.release("v1", "health_status = 200\n", &[]);
+    agent
+        .ship(host.receive(), APP, "v1", &dir, &digest, &[])
+        .await
+        .unwrap();
+    let mut secrets = SecretVars::default();
+    secrets
+        .0
+        .insert("DATABASE_PASSWORD".into(), "pw-9f8e7d6c5b".into());
+    let task = |command: &str, timeout_ms: u64| ferry::agent::TaskRequest {
+        app: APP.into(),
+        env: ENV.into(),
+        release: "v1".into(),
+        command: command.into(),
+        vars: vec![("APP_VERSION".into(), "v1".into())],
+        secrets: secrets.clone(),
+        stop_timeout_ms: 500,
+        timeout_ms,
+    };
+    let ran = agent
+        .task(&task(
+            "echo \"migrating $APP_VERSION with $DATABASE_PASSWORD in $(cat release.txt)\"",
+            30_000,
+        ))
+        .await
+        .unwrap();
+    assert!(ran.success, "{ran:?}");
+    assert_eq!(ran.status, Some(0));
+    assert!(
+        ran.output
+            .iter()
+            .any(|l| l.contains("migrating v1 with *** in v1")),
+        "{ran:?}"
+    );
+    let failed = agent.task(&task("echo no; exit 4", 30_000)).await.unwrap();
+    assert_eq!(
+        (failed.success, failed.status),
+        (false, Some(4)),
+        "{failed:?}"
+    );
+    assert_eq!(failed.outcome, "exited with status 4");
+    let slow = agent.task(&task("sleep 30", 300)).await.unwrap();
+    assert_eq!((slow.success, slow.status), (false, None), "{slow:?}");
+    assert!(slow.outcome.starts_with("timed out"), "{slow:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_what_the_instance_answered() {
+    let host = Host::new();
+    let agent = host.connect().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let id = deploy(&host, &agent, "v1", &listen).await;
+    let ok = agent
+        .probe(APP, ENV, id, "/health", Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!((ok.ok, ok.status), (true, Some(200)), "{ok:?}");
+    let bad = agent
+        .probe(APP, ENV, id, "/status/503", Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!((bad.ok, bad.status), (false, Some(503)), "{bad:?}");
+    let missing = agent
+        .probe(APP, ENV, id + 100, "/health", Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.kind(), Some(ErrorKind::NotFound), "{missing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_keeps_the_named_releases_and_those_that_run() {
+    let host = Host::new();
+    let agent = host.connect().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let v1 = deploy(&host, &agent, "v1", &listen).await;
+    let _v2 = deploy(&host, &agent, "v2", &listen).await;
+    agent
+        .stop(APP, ENV, v1, Duration::from_secs(2), Duration::from_secs(2))
+        .await
+        .unwrap();
+    let v3 = deploy(&host, &agent, "v3", &listen).await;
+    let (v4_dir, v4_digest) = host.release("v4", "health_status = 200\n", &[]);
+    agent
+        .ship(host.receive(), APP, "v4", &v4_dir, &v4_digest, &[])
+        .await
+        .unwrap();
+    // v2 still runs (warm, out of traffic), v3 serves, v4 is named: only v1 goes
+    let removed = agent.prune(APP, &["v4".into()]).await.unwrap();
+    assert_eq!(removed, ["v1"]);
+    let names: Vec<String> = agent
+        .status(APP, ENV)
+        .await
+        .unwrap()
+        .releases
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["v2", "v3", "v4"]);
+    assert!(!host.agent_dir().join("apps/shop/releases/v1").exists());
+    assert!(
+        !host
+            .agent_dir()
+            .join("apps/shop/production/releases/v1")
+            .exists(),
+        "the environment's copy goes too"
+    );
+    let (_, body) = get(&format!("http://{listen}/")).await.unwrap();
+    assert!(body.contains("v3"), "{body}");
+    assert!(!agent.has_release(APP, "v1", "x").await.unwrap());
+    let _ = v3;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_paths_lead_to_each_environments_own_dir() {
+    let host = Host::new();
+    let agent = host.connect().await;
+    // as the ferry machine has it: the shared path linked to its environment's shared dir
+    let (dir, _) = host.release("v1", "health_status = 200\n", &[]);
+    std::os::unix::fs::symlink(
+        "/srv/ferry/environments/production/shared/data",
+        dir.join("data"),
+    )
+    .unwrap();
+    let shared = vec!["data/".to_string()];
+    let digest = ferry::release::digest(&dir, &shared).unwrap();
+    let shipped = agent
+        .ship(host.receive(), APP, "v1", &dir, &digest, &shared)
+        .await
+        .unwrap();
+    assert_eq!(shipped.files_sent, 2);
+    let run = |env: &str, command: String| ferry::agent::TaskRequest {
+        app: APP.into(),
+        env: env.into(),
+        release: "v1".into(),
+        command,
+        vars: Vec::new(),
+        secrets: SecretVars::default(),
+        stop_timeout_ms: 500,
+        timeout_ms: 30_000,
+    };
+    let wrote = agent
+        .task(&run(
+            ENV,
+            "echo production-data > data/x && cat data/x".into(),
+        ))
+        .await
+        .unwrap();
+    assert!(wrote.success, "{wrote:?}");
+    let kept = host.agent_dir().join("apps/shop/production/shared/data/x");
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "production-data\n");
+    // staging on the same host: the same release, its own shared dir
+    let read = agent
+        .task(&run("staging", "cat data/x".into()))
+        .await
+        .unwrap();
+    assert!(!read.success, "{read:?}");
+    let reach = agent
+        .task(&run("staging", format!("cat {} || true", kept.display())))
+        .await
+        .unwrap();
+    if reach
+        .output
+        .iter()
+        .any(|l| l.contains("does not enforce Landlock"))
+    {
+        println!(
+            "SKIPPED the Landlock part of shared_paths_lead_to_each_environments_own_dir: this kernel has no Landlock"
+        );
+        return;
+    }
+    assert!(
+        !reach.output.iter().any(|l| l.contains("production-data")),
+        "staging read production's data: {reach:?}"
+    );
+    let state = agent
+        .task(&run(
+            "staging",
+            format!("ls {}", host.agent_dir().join("state").display()),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        !state.success,
+        "the agent's own files are out of reach: {state:?}"
+    );
 }

@@ -427,7 +427,8 @@ pub fn receive_args(
     ];
     for path in shared {
         args.push("--shared".into());
-        args.push(path.trim_end_matches('/').to_string());
+        // as written: a trailing `/` says it is a dir
+        args.push(path.clone());
     }
     args
 }
@@ -480,7 +481,11 @@ impl Inner {
         })
         .await;
         let answer = match answer {
-            Ok(answer) => answer?,
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                self.lock_pending().waiting.remove(&id);
+                return Err(e);
+            }
             Err(_) => {
                 self.lock_pending().waiting.remove(&id);
                 return Err(self.lost(format!(
@@ -719,4 +724,32 @@ fn write_archive(
     let mut out = builder.into_inner()?;
     out.flush()?;
     Ok((files, out.bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pipeline shares one agent between tasks.
+    #[allow(dead_code)]
+    fn agents_are_shared_between_tasks(agent: Arc<Agent>) {
+        fn send_sync<T: Send + Sync>(_: &T) {}
+        send_sync(&agent);
+        tokio::spawn(async move { agent.status("shop", "production").await });
+    }
+
+    #[test]
+    fn receive_args_name_everything_the_receive_needs() {
+        let args = receive_args(
+            "shop",
+            "v1-abc",
+            "sha256:00",
+            &["data/".into(), "log".into()],
+            42,
+        );
+        assert_eq!(
+            args.join(" "),
+            "--app shop --release v1-abc --digest sha256:00 --size 42 --shared data/ --shared log"
+        );
+    }
 }

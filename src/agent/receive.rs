@@ -63,6 +63,7 @@ pub fn receive(dir: &Path, want: &Incoming, input: impl Read) -> Result<Received
             reused: 0,
         });
     }
+    remove_stale(&releases);
     let incoming = tempfile::Builder::new()
         .prefix(&format!(".incoming-{}-", want.release))
         .tempdir_in(&releases)
@@ -122,6 +123,25 @@ pub fn receive(dir: &Path, want: &Incoming, input: impl Read) -> Result<Received
         let _ = d.sync_all();
     }
     Ok(received)
+}
+
+/// Removes what receives cut off (the connection lost mid-way) left over an hour ago.
+fn remove_stale(releases: &Path) {
+    let Ok(entries) = std::fs::read_dir(releases) else {
+        return;
+    };
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < hour_ago);
+        if (name.starts_with(".incoming-") || name.starts_with(".old-")) && old {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn internal(what: &str, e: &std::io::Error) -> RemoteError {

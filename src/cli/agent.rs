@@ -52,9 +52,14 @@ pub async fn run(cli: &Cli, args: &Agent) -> CmdResult {
             .map_err(|e| Failure::Failed(format!("ferry agent: {e}")));
     }
     match &args.command {
-        None => crate::agent::relay::run(&args.dir)
-            .await
-            .map_err(|e| Failure::Failed(format!("ferry agent: {e}"))),
+        None => {
+            crate::agent::relay::run(&args.dir)
+                .await
+                .map_err(|e| Failure::Failed(format!("ferry agent: {e}")))?;
+            // now, not once the runtime is dropped: that waits for the blocking read of
+            // stdin, and ferry's end would not see this end close until its next request
+            std::process::exit(0)
+        }
         Some(AgentCommand::Receive(r)) => receive(cli, &args.dir, r).await,
     }
 }
