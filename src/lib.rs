@@ -43,6 +43,9 @@
 //! - [`notify`]: outgoing notifications (`[[notify]]`) of deployment events, retried.
 //! - [`server`]: the HTTP API the CLI talks to, webhooks, metrics, and the dashboard at `/`
 //!   (`server/dashboard`: server-rendered pages, sessions, CSRF-checked actions).
+//! - [`remote`]: the transport to an environment's `servers`: the system's OpenSSH client
+//!   with one ControlMaster per host and typed failures naming the host, ferry installing
+//!   itself on each host (checksum, atomic rename), and the commands that reach its agent.
 //! - [`daemon`]: the engine, proxies and API started and stopped together (`ferry serve`);
 //!   its listening sockets passed by systemd or handed over by the serve it replaces.
 //! - [`agent`]: the agent on each host of an environment with `servers` (`ferry agent`):
@@ -76,6 +79,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod proxy;
 pub mod release;
+pub mod remote;
 pub mod runtime;
 pub mod sample_app;
 pub mod sandbox;

@@ -1,0 +1,639 @@
+//! The system's OpenSSH client as ferry runs it: one ControlMaster per host, never a prompt,
+//! host keys checked against one known_hosts file and never learned, nothing of ferry's own
+//! environment passed on; and its failures read into [`SshError`], each naming the host.
+
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Output, Stdio};
+
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::process::Command;
+
+use crate::config::{SshOptions, SshServer};
+
+/// How long an idle master connection stays up after its last command.
+pub const CONTROL_PERSIST: &str = "5m";
+
+/// The longest path a unix socket may have, less the suffix OpenSSH adds to the control
+/// path while it sets a master up (`.` and 16 random characters) and the 40 characters of
+/// `%C`.
+const MAX_CONTROL_DIR: usize = 107 - 17 - 41;
+
+/// Why a command on a host failed; every message names the host.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("{host} is unreachable: {reason}")]
+    Unreachable { host: String, reason: String },
+    #[error(
+        "{host}: its host key is not in {known_hosts}, and ferry never learns one\nhelp: check the key with the host's administrator, then add it, e.g. `ssh-keyscan {keyscan} >> {known_hosts}` on a trusted network"
+    )]
+    HostKeyUnknown {
+        host: String,
+        known_hosts: String,
+        keyscan: String,
+    },
+    #[error(
+        "{host}: its host key has CHANGED from the one in {known_hosts}: refused (someone may be intercepting the connection)\nhelp: if the host was rebuilt, remove the old key with `{remove}` and add the new one"
+    )]
+    HostKeyChanged {
+        host: String,
+        known_hosts: String,
+        /// The `ssh-keygen -R` line that removes the recorded key.
+        remove: String,
+    },
+    #[error(
+        "{host}: authentication failed: {reason}\nhelp: check [ssh] user and identity_file, and the key in the user's authorized_keys on the host"
+    )]
+    Auth { host: String, reason: String },
+    #[error("{host}: the connection was lost: {reason}")]
+    Lost { host: String, reason: String },
+    #[error("{host}: the remote command failed ({}): {stderr}", exit_text(.status))]
+    Remote {
+        host: String,
+        /// The remote command's exit code; `None` when it was killed by a signal.
+        status: Option<i32>,
+        /// The last lines of its stderr.
+        stderr: String,
+    },
+    #[error("{host}: cannot run {command}: {source}")]
+    Spawn {
+        host: String,
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("cannot prepare the control socket dir {}: {reason}", dir.display())]
+    ControlDir { dir: PathBuf, reason: String },
+}
+
+impl SshError {
+    /// The host the error is about (empty for [`SshError::ControlDir`]).
+    pub fn host(&self) -> &str {
+        match self {
+            SshError::Unreachable { host, .. }
+            | SshError::HostKeyUnknown { host, .. }
+            | SshError::HostKeyChanged { host, .. }
+            | SshError::Auth { host, .. }
+            | SshError::Lost { host, .. }
+            | SshError::Remote { host, .. }
+            | SshError::Spawn { host, .. } => host,
+            SshError::ControlDir { .. } => "",
+        }
+    }
+
+    /// True for an error of the connection rather than of the remote command: the host may
+    /// answer again later (`unreachable`, `lost`).
+    pub fn is_transport(&self) -> bool {
+        matches!(self, SshError::Unreachable { .. } | SshError::Lost { .. })
+    }
+}
+
+/// Runs `ssh` to servers with [`SshOptions`]; cheap to share (`Arc`) between hosts.
+#[derive(Debug, Clone)]
+pub struct Ssh {
+    options: SshOptions,
+    known_hosts: PathBuf,
+    control_dir: PathBuf,
+}
+
+impl Ssh {
+    /// ssh as `options` say, with its control sockets in `<state_dir>/ssh/` (or, when that
+    /// path is too long for a unix socket, a private dir under the temp dir named after it).
+    pub fn new(options: &SshOptions, state_dir: &Path) -> Ssh {
+        let mut control_dir = state_dir.join("ssh");
+        if control_dir.as_os_str().len() > MAX_CONTROL_DIR {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(control_dir.as_os_str().as_encoded_bytes());
+            control_dir = std::env::temp_dir().join(format!(
+                "ferry-ssh-{}-{}",
+                nix::unistd::getuid(),
+                &hex::encode(digest)[..12]
+            ));
+        }
+        Ssh {
+            options: options.clone(),
+            known_hosts: options.known_hosts_file(),
+            control_dir,
+        }
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &SshOptions {
+        &self.options
+    }
+
+    /// The known_hosts file host keys are checked against.
+    pub fn known_hosts(&self) -> &Path {
+        &self.known_hosts
+    }
+
+    /// Where the control sockets are (`<state>/ssh`).
+    pub fn control_dir(&self) -> &Path {
+        &self.control_dir
+    }
+
+    /// The arguments of `ssh` running `remote` (words, quoted here for the remote shell) on
+    /// `server`.
+    pub fn args(&self, server: &SshServer, remote: &[&str]) -> Vec<OsString> {
+        let o = &self.options;
+        let mut args: Vec<OsString> = Vec::new();
+        let mut opt = |v: String| {
+            args.push("-o".into());
+            args.push(v.into());
+        };
+        opt("BatchMode=yes".into());
+        opt("StrictHostKeyChecking=yes".into());
+        opt(format!("UserKnownHostsFile={}", self.known_hosts.display()));
+        opt("UpdateHostKeys=no".into());
+        opt("ControlMaster=auto".into());
+        opt(format!("ControlPath={}/%C", self.control_dir.display()));
+        opt(format!("ControlPersist={CONTROL_PERSIST}"));
+        opt(format!(
+            "ConnectTimeout={}",
+            o.connect_timeout.as_secs().max(1)
+        ));
+        opt("ServerAliveInterval=2".into());
+        opt("ServerAliveCountMax=3".into());
+        if let Some(identity) = &o.identity_file {
+            args.push("-i".into());
+            args.push(identity.clone().into());
+            args.push("-o".into());
+            args.push("IdentitiesOnly=yes".into());
+        }
+        if let Some(jump) = &o.proxy_jump {
+            args.push("-J".into());
+            args.push(jump.into());
+        }
+        if let Some(port) = o.port_for(server) {
+            args.push("-p".into());
+            args.push(port.to_string().into());
+        }
+        if let Some(user) = o.user_for(server) {
+            args.push("-l".into());
+            args.push(user.into());
+        }
+        args.push("--".into());
+        args.push(server.host.clone().into());
+        if !remote.is_empty() {
+            args.push(remote_command(remote).into());
+        }
+        args
+    }
+
+    /// `ssh … -- host '<remote argv, quoted>'`, its environment cleared to `PATH`, `HOME`
+    /// and `SSH_AUTH_SOCK`, killed when dropped. Stdio is the caller's to set. Makes the
+    /// control socket dir (0700) if it is missing.
+    pub fn command(&self, server: &SshServer, remote: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.options.command);
+        cmd.args(self.args(server, remote));
+        cmd.env_clear();
+        for var in ["PATH", "HOME", "SSH_AUTH_SOCK"] {
+            if let Some(v) = std::env::var_os(var) {
+                cmd.env(var, v);
+            }
+        }
+        cmd.stdin(Stdio::null()).kill_on_drop(true);
+        // a failure shows when ssh runs (it says the control path is unusable); `run`
+        // reports it first
+        let _ = self.prepare_control_dir();
+        cmd
+    }
+
+    /// Makes the control socket dir: 0700, ours.
+    pub fn prepare_control_dir(&self) -> Result<(), SshError> {
+        let dir = &self.control_dir;
+        let fail = |reason: String| SshError::ControlDir {
+            dir: dir.clone(),
+            reason,
+        };
+        match std::fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        }
+        let meta = std::fs::symlink_metadata(dir).map_err(|e| fail(e.to_string()))?;
+        use std::os::unix::fs::MetadataExt;
+        if !meta.is_dir() || meta.uid() != nix::unistd::getuid().as_raw() {
+            return Err(fail("it is not a directory of ferry's user".into()));
+        }
+        if meta.mode() & 0o777 != 0o700 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `remote` on `server` with `stdin` as its input and returns its output when it
+    /// exits 0; its failure, or ssh's, as an [`SshError`].
+    pub async fn run(
+        &self,
+        server: &SshServer,
+        remote: &[&str],
+        stdin: &[u8],
+    ) -> Result<Output, SshError> {
+        self.run_reader(server, remote, std::io::Cursor::new(stdin.to_vec()))
+            .await
+    }
+
+    /// [`Ssh::run`] with its input streamed from `stdin` (a file being uploaded).
+    pub async fn run_reader<R>(
+        &self,
+        server: &SshServer,
+        remote: &[&str],
+        mut stdin: R,
+    ) -> Result<Output, SshError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
+        self.prepare_control_dir()?;
+        let mut cmd = self.command(server, remote);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|source| SshError::Spawn {
+            host: server.name.clone(),
+            command: self.options.command.clone(),
+            source,
+        })?;
+        let mut input = child.stdin.take().expect("stdin is piped");
+        // written beside the wait: a remote command that stops reading (a full disk) ends
+        // the write with a broken pipe, and its exit status and stderr say why
+        let writer = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut stdin, &mut input).await;
+            let _ = input.shutdown().await;
+        });
+        let output = child.wait_with_output().await.map_err(|e| SshError::Lost {
+            host: server.name.clone(),
+            reason: e.to_string(),
+        })?;
+        writer.abort();
+        if output.status.success() {
+            return Ok(output);
+        }
+        Err(self.classify(server, output.status, &output.stderr))
+    }
+
+    /// What a failed ssh run means, from its exit status and stderr: exit 255 is ssh's own
+    /// failure (read from its message), any other the remote command's.
+    pub fn classify(&self, server: &SshServer, status: ExitStatus, stderr: &[u8]) -> SshError {
+        let text = String::from_utf8_lossy(stderr);
+        let host = server.name.clone();
+        let known_hosts = self.known_hosts.display().to_string();
+        let port = self.options.port_for(server);
+        match status.code() {
+            Some(255) => {}
+            None => {
+                return SshError::Lost {
+                    host,
+                    reason: format!("ssh ended by {status}"),
+                };
+            }
+            Some(code) => {
+                return SshError::Remote {
+                    host,
+                    status: Some(code),
+                    stderr: tail(&text),
+                };
+            }
+        }
+        let has = |needle: &str| text.contains(needle);
+        let reason = last_line(&text);
+        if has("REMOTE HOST IDENTIFICATION HAS CHANGED")
+            || has("Host key for") && has("has changed")
+        {
+            let name = server.known_hosts_name(port);
+            return SshError::HostKeyChanged {
+                host,
+                remove: format!(
+                    "ssh-keygen -R {} -f {}",
+                    shell_quote(&name),
+                    shell_quote(&known_hosts)
+                ),
+                known_hosts,
+            };
+        }
+        if has("Host key verification failed")
+            || has("host key is known for")
+            || has("No matching host key")
+        {
+            let keyscan = match port {
+                Some(p) if p != 22 => format!("-p {p} {}", shell_quote(&server.host)),
+                _ => shell_quote(&server.host),
+            };
+            return SshError::HostKeyUnknown {
+                host,
+                known_hosts,
+                keyscan,
+            };
+        }
+        if has("Permission denied") || has("Too many authentication failures") {
+            return SshError::Auth { host, reason };
+        }
+        let lost = [
+            "Timeout, server",
+            "client_loop:",
+            "closed by remote host",
+            "Connection reset by",
+            "Broken pipe",
+            "mux_client",
+            "packet_write",
+        ];
+        let unreachable = [
+            "connect to host",
+            "Connection refused",
+            "Connection timed out",
+            "No route to host",
+            "Network is unreachable",
+            "Could not resolve hostname",
+            "Name or service not known",
+            "Temporary failure in name resolution",
+            "kex_exchange_identification",
+            "Connection closed by",
+        ];
+        // a connection attempt's failure names it; a lost session says how it ended
+        if has("connect to host") || has("Could not resolve hostname") {
+            return SshError::Unreachable { host, reason };
+        }
+        if lost.iter().any(|n| has(n)) {
+            return SshError::Lost { host, reason };
+        }
+        if unreachable.iter().any(|n| has(n)) {
+            return SshError::Unreachable { host, reason };
+        }
+        if text.trim().is_empty() {
+            // a session through the master ends so when the master's connection drops
+            return SshError::Lost {
+                host,
+                reason: "ssh ended (255) without a word: the connection dropped".into(),
+            };
+        }
+        // ssh said nothing it is known to say: the remote command itself exited 255
+        SshError::Remote {
+            host,
+            status: Some(255),
+            stderr: tail(&text),
+        }
+    }
+
+    /// Closes `server`'s master connection (`ssh -O exit`), if one is up.
+    pub async fn close(&self, server: &SshServer) {
+        let mut args = self.args(server, &[]);
+        // `-O exit` goes before the `--` that ends the options
+        let at = args.len() - 2;
+        args.splice(at..at, ["-O".into(), "exit".into()]);
+        let _ = self.control(args).await;
+    }
+
+    /// Runs ssh for a control request only: no input, no output, PATH only.
+    async fn control(&self, args: Vec<OsString>) -> std::io::Result<ExitStatus> {
+        let mut cmd = Command::new(&self.options.command);
+        cmd.args(args).env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .status()
+            .await
+    }
+
+    /// Closes every master connection with a socket in the control dir (when serve stops).
+    pub async fn close_all(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.control_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let args = vec![
+                "-o".into(),
+                format!("ControlPath={}", entry.path().display()).into(),
+                "-O".into(),
+                "exit".into(),
+                "--".into(),
+                "ferry-control".into(),
+            ];
+            let _ = self.control(args).await;
+        }
+    }
+}
+
+fn exit_text(status: &Option<i32>) -> String {
+    match status {
+        Some(code) => format!("exit {code}"),
+        None => "killed by a signal".into(),
+    }
+}
+
+/// The remote command line: each word quoted for a POSIX shell (the remote user's login
+/// shell reads it).
+pub fn remote_command(words: &[&str]) -> String {
+    words
+        .iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `word` as one word for a POSIX shell: as is when it holds only characters no shell
+/// treats specially, else in single quotes.
+pub fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:=@%+,".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// The last lines of stderr, at most ~1000 characters.
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(5);
+    let joined = lines[start..].join("\n");
+    let mut cut = joined.len().saturating_sub(1000);
+    while !joined.is_char_boundary(cut) {
+        cut += 1;
+    }
+    joined[cut..].to_string()
+}
+
+fn last_line(text: &str) -> String {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("ssh failed without a message")
+        .trim()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn server(s: &str) -> SshServer {
+        SshServer::parse(s).unwrap()
+    }
+
+    fn ssh() -> Ssh {
+        let options = SshOptions {
+            identity_file: Some("/k/id".into()),
+            known_hosts: Some("/k/known hosts".into()),
+            proxy_jump: Some("bastion".into()),
+            user: Some("deploy".into()),
+            ..SshOptions::default()
+        };
+        Ssh::new(&options, Path::new("/state"))
+    }
+
+    fn strings(args: Vec<OsString>) -> Vec<String> {
+        args.into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn the_command_line_is_the_designed_one() {
+        let args = strings(ssh().args(&server("app1.example.com:2222"), &["ls", "-la"]));
+        assert_eq!(
+            args,
+            [
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "UserKnownHostsFile=/k/known hosts",
+                "-o",
+                "UpdateHostKeys=no",
+                "-o",
+                "ControlMaster=auto",
+                "-o",
+                "ControlPath=/state/ssh/%C",
+                "-o",
+                "ControlPersist=5m",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "ServerAliveInterval=2",
+                "-o",
+                "ServerAliveCountMax=3",
+                "-i",
+                "/k/id",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-J",
+                "bastion",
+                "-p",
+                "2222",
+                "-l",
+                "deploy",
+                "--",
+                "app1.example.com",
+                "ls -la",
+            ]
+        );
+        let args = strings(
+            Ssh::new(&SshOptions::default(), Path::new("/s")).args(&server("me@[::1]"), &["x"]),
+        );
+        assert_eq!(&args[args.len() - 5..], ["-l", "me", "--", "::1", "x"]);
+        assert!(!args.contains(&"-p".to_string()) && !args.contains(&"-i".to_string()));
+    }
+
+    #[test]
+    fn remote_words_are_quoted_for_the_shell() {
+        assert_eq!(
+            remote_command(&[".ferry/bin/ferry-0a", "agent", "--dir", ".ferry"]),
+            ".ferry/bin/ferry-0a agent --dir .ferry"
+        );
+        assert_eq!(
+            remote_command(&["echo", "a b", "", "it's", "$(id)", "`id`;x"]),
+            r"echo 'a b' '' 'it'\''s' '$(id)' '`id`;x'"
+        );
+    }
+
+    #[test]
+    fn a_long_state_dir_gets_a_short_control_dir() {
+        let long = PathBuf::from("/").join("d".repeat(120));
+        let ssh = Ssh::new(&SshOptions::default(), &long);
+        assert!(ssh.control_dir().as_os_str().len() <= MAX_CONTROL_DIR);
+        assert!(ssh.control_dir().starts_with(std::env::temp_dir()));
+    }
+
+    fn classify(code: i32, stderr: &str) -> SshError {
+        ssh().classify(
+            &server("deploy@app1:2222"),
+            ExitStatus::from_raw(code << 8),
+            stderr.as_bytes(),
+        )
+    }
+
+    #[test]
+    fn ssh_failures_are_read_into_typed_errors_naming_the_host() {
+        let e = classify(
+            255,
+            "ssh: connect to host app1 port 2222: Connection refused\r\n",
+        );
+        assert!(matches!(e, SshError::Unreachable { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("deploy@app1:2222 is unreachable"));
+        let e = classify(
+            255,
+            "ssh: Could not resolve hostname app1: Name or service not known\n",
+        );
+        assert!(matches!(e, SshError::Unreachable { .. }), "{e:?}");
+        let e = classify(
+            255,
+            "No ED25519 host key is known for [app1]:2222 and you have requested strict checking.\nHost key verification failed.\n",
+        );
+        assert!(matches!(e, SshError::HostKeyUnknown { .. }), "{e:?}");
+        assert!(e.to_string().contains("deploy@app1:2222"));
+        let e = classify(
+            255,
+            "@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n@@@@@@\nHost key verification failed.\n",
+        );
+        assert!(matches!(e, SshError::HostKeyChanged { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("ssh-keygen -R '[app1]:2222' -f '/k/known hosts'"),
+            "{e}"
+        );
+        let e = classify(255, "deploy@app1: Permission denied (publickey).\n");
+        assert!(matches!(e, SshError::Auth { .. }), "{e:?}");
+        let e = classify(255, "Timeout, server app1 not responding.\n");
+        assert!(
+            matches!(e, SshError::Lost { .. }) && e.is_transport(),
+            "{e:?}"
+        );
+        let e = classify(
+            255,
+            "client_loop: send disconnect: Network is unreachable\n",
+        );
+        assert!(matches!(e, SshError::Lost { .. }), "{e:?}");
+        let e = classify(255, "the agent's own message\n");
+        assert!(
+            matches!(
+                e,
+                SshError::Remote {
+                    status: Some(255),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = classify(3, "a\nb\nmkdir: cannot create directory\n");
+        match &e {
+            SshError::Remote { status, stderr, .. } => {
+                assert_eq!(*status, Some(3));
+                assert_eq!(stderr, "a\nb\nmkdir: cannot create directory");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!e.is_transport());
+        assert_eq!(e.host(), "deploy@app1:2222");
+    }
+}
