@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod hosts;
 mod load;
 
 #[allow(unused_imports)]
