@@ -175,6 +175,33 @@ async fn a_changed_host_key_is_refused_with_the_line_that_removes_it() {
 }
 
 #[tokio::test]
+async fn a_key_the_host_does_not_accept_is_an_authentication_error() {
+    if hosts::skip() {
+        return;
+    }
+    let dir = sandbox();
+    let host = TestHost::new(dir.path(), 1);
+    let key = dir.path().join("stranger");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let opts = SshOptions {
+        identity_file: Some(key),
+        ..options(dir.path())
+    };
+    let ssh = Ssh::new(&opts, &dir.path().join("state"));
+    let err = ssh.run(&server(&host), &["true"], b"").await.unwrap_err();
+    assert!(
+        matches!(err, SshError::Auth { .. }) && !err.is_transport(),
+        "expected an authentication failure, got {err:?}"
+    );
+    assert!(err.to_string().contains(&host.server()), "{err}");
+}
+
+#[tokio::test]
 async fn an_unreachable_host_is_named() {
     if hosts::skip() {
         return;

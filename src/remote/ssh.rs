@@ -350,11 +350,14 @@ impl Ssh {
             "Could not resolve hostname",
             "Name or service not known",
             "Temporary failure in name resolution",
-            "kex_exchange_identification",
             "Connection closed by",
         ];
         // a connection attempt's failure names it; a lost session says how it ended
-        if has("connect to host") || has("Could not resolve hostname") {
+        if has("connect to host")
+            || has("Could not resolve hostname")
+            || has("kex_exchange_identification")
+            || has("during banner exchange")
+        {
             return SshError::Unreachable { host, reason };
         }
         if lost.iter().any(|n| has(n)) {
@@ -604,6 +607,11 @@ mod tests {
         );
         let e = classify(255, "deploy@app1: Permission denied (publickey).\n");
         assert!(matches!(e, SshError::Auth { .. }), "{e:?}");
+        let e = classify(
+            255,
+            "kex_exchange_identification: Connection closed by remote host\r\nConnection closed by 10.0.0.1 port 22\r\n",
+        );
+        assert!(matches!(e, SshError::Unreachable { .. }), "{e:?}");
         let e = classify(255, "Timeout, server app1 not responding.\n");
         assert!(
             matches!(e, SshError::Lost { .. }) && e.is_transport(),
@@ -613,6 +621,8 @@ mod tests {
             255,
             "client_loop: send disconnect: Network is unreachable\n",
         );
+        assert!(matches!(e, SshError::Lost { .. }), "{e:?}");
+        let e = classify(255, "");
         assert!(matches!(e, SshError::Lost { .. }), "{e:?}");
         let e = classify(255, "the agent's own message\n");
         assert!(
