@@ -46,15 +46,26 @@ pub enum Event {
         response_ms: f64,
         at: String,
     },
+    /// A host of an environment with `servers` changed state (see docs/servers.md): `ok`
+    /// with the release it serves, `unknown` with the release it must serve, or `failed`.
+    Host {
+        environment: String,
+        host: String,
+        state: crate::store::HostState,
+        release: Option<String>,
+        detail: Option<String>,
+        at: String,
+    },
 }
 
 impl Event {
-    /// The SSE event name (`deployment`, `step`, `probe`).
+    /// The SSE event name (`deployment`, `step`, `probe`, `host`).
     pub fn name(&self) -> &'static str {
         match self {
             Event::Deployment { .. } => "deployment",
             Event::Step { .. } => "step",
             Event::Probe { .. } => "probe",
+            Event::Host { .. } => "host",
         }
     }
 }

@@ -1,5 +1,5 @@
 //! `GET /api/events`: every deployment and step transition and monitor probe, live, as
-//! server-sent events (`event: deployment|step|probe`, `data:` the JSON of
+//! server-sent events (`event: deployment|step|probe|host`, `data:` the JSON of
 //! [`crate::events::Event`]). `?environment=` and `?deployment=` narrow the stream. A client
 //! too slow to keep up gets an `event: lagged` saying how many it missed. The stream ends when
 //! ferry stops. Streams are capped (`[server] max_streams`, with followed logs): past it, 503.
@@ -43,6 +43,7 @@ impl EventsQuery {
                 deployment,
                 ..
             } => (environment, *deployment),
+            Event::Host { environment, .. } => (environment, None),
         };
         self.environment.as_ref().is_none_or(|want| want == env)
             && self.deployment.is_none_or(|want| Some(want) == id)

@@ -8,6 +8,7 @@
 mod dashboard;
 mod deployments;
 mod environments;
+mod hosts;
 mod promotion;
 mod releases;
 mod rows;
@@ -23,6 +24,7 @@ use crate::events::Bus;
 
 pub use crate::lifecycle::{DeploymentState, StepState};
 pub use dashboard::Probe;
+pub use hosts::{HostRow, HostState};
 pub use rows::{
     Actor, AuditEntry, Backup, Check, Delivery, Deployment, ExecAudit, Instance, LockHolder,
     Maintenance, Release, Scope, Step, Token, Verification,
@@ -42,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0015_run_release.sql"),
     include_str!("migrations/0012_processes.sql"),
     include_str!("migrations/0013_exec_audit.sql"),
+    include_str!("migrations/0016_hosts.sql"),
 ];
 
 /// Store errors.

@@ -57,7 +57,7 @@
     }
     if (el.querySelector("[data-final]") || !window.EventSource) return;
     stream = new EventSource(el.getAttribute("data-live-events"));
-    ["deployment", "step", "probe", "lagged"].forEach(function (name) {
+    ["deployment", "step", "probe", "host", "lagged"].forEach(function (name) {
       stream.addEventListener(name, function () { schedule(); });
     });
     // catch up on anything missed while the stream (re)connected
