@@ -10,6 +10,8 @@ use crate::store::Deployment;
 
 #[derive(Debug, clap::Args)]
 pub struct Status {
+    /// Only this environment (with `servers`: a line per host).
+    pub environment: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -69,6 +71,18 @@ pub async fn status(cli: &Cli, args: &Status) -> CmdResult {
             .map(|s| s.names().iter().map(|n| n.to_string()).collect::<Vec<_>>()),
         _ => None,
     };
+    if let Some(env) = &args.environment {
+        let one: EnvStatus = cli
+            .client()?
+            .get(&format!("/api/environments/{env}"))
+            .await?;
+        if args.json {
+            json(&one);
+        } else {
+            print_statuses(vec![one]);
+        }
+        return Ok(());
+    }
     let Some(apps) = apps else {
         let all: Vec<EnvStatus> = cli.client()?.get("/api/environments").await?;
         if args.json {
@@ -160,6 +174,9 @@ fn status_table(all: Vec<EnvStatus>) -> Table {
                 "preview of the new release (until the switch): {}",
                 s.preview.join(" ")
             ));
+        }
+        for h in &s.hosts {
+            table.note(h.line(local));
         }
         for t in s.traffic.iter().filter(|t| t.requests > 0) {
             table.note(format!("traffic {}", t.line()));

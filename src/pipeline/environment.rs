@@ -102,6 +102,10 @@ pub struct EnvStatus {
     /// Each serving instance's traffic over the monitor's `window` (1m without one).
     #[serde(default)]
     pub traffic: Vec<crate::proxy::metrics::InstanceTraffic>,
+    /// Each host of an environment with `servers` (see docs/servers.md): the release it
+    /// serves, its state and when it last answered; empty for one on this machine.
+    #[serde(default)]
+    pub hosts: Vec<super::HostStatus>,
 }
 
 impl EnvState {
@@ -315,7 +319,7 @@ impl Engine {
                     .ok()
                     .filter(|d| d.release.is_some() && d.release == release)
             });
-        Ok(EnvStatus {
+        let mut status = EnvStatus {
             environment: env.name.clone(),
             slot: env.slot,
             listen: env.listen.map(|a| a.to_string()),
@@ -349,7 +353,10 @@ impl Engine {
             },
             rollout: state.rollout.status(),
             traffic: state.traffic(self.traffic_window()).await,
-        })
+            hosts: Vec::new(),
+        };
+        self.fill_hosts(env, &mut status)?;
+        Ok(status)
     }
 
     /// Records a spawned instance in the store and in the engine's registry.

@@ -268,6 +268,7 @@ pub fn env_card(s: &EnvStatus, extras: &CardExtras, viewer: &Viewer) -> Markup {
                     }
                 }
             }
+            @if !s.hosts.is_empty() { (hosts_table(&s.hosts)) }
             @if let Some(lock) = &s.deploying {
                 @if lock.kind == "manual" {
                     p.note { strong { "Locked" } " by " (lock.holder) ": " (lock.reason.as_deref().unwrap_or("")) }
@@ -296,6 +297,45 @@ pub fn env_card(s: &EnvStatus, extras: &CardExtras, viewer: &Viewer) -> Markup {
             @if let Some(actions) = &extras.actions { (actions) }
         }
     }
+}
+
+/// Each host of an environment with `servers`: the release it serves, its state, when it
+/// last answered, and why it is not `ok`.
+fn hosts_table(hosts: &[crate::pipeline::HostStatus]) -> Markup {
+    html! {
+        table.traffic.hosts {
+            caption { "Hosts" }
+            thead { tr { th scope="col" { "Host" } th scope="col" { "Release" } th scope="col" { "State" } th scope="col" { "Last seen" } } }
+            tbody {
+                @for h in hosts {
+                    tr {
+                        td { code { (h.host) } }
+                        td {
+                            (h.release.as_deref().unwrap_or("—"))
+                            @if let Some(w) = h.wanted.as_deref().filter(|w| Some(*w) != h.release.as_deref()) {
+                                br; small { "must serve " (w) }
+                            }
+                        }
+                        td {
+                            (host_badge(&h.state))
+                            @if h.state != "ok" { @if let Some(d) = &h.detail { br; small.error { (d) } } }
+                        }
+                        td { @match &h.last_seen { Some(at) => (when(at)), None => "never" } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn host_badge(state: &str) -> Markup {
+    let class = match state {
+        "ok" => "ok",
+        "failed" => "bad",
+        "unknown" => "warn",
+        _ => "muted",
+    };
+    html! { span class={ "badge " (class) } { (state) } }
 }
 
 /// A latency in milliseconds for the traffic table ("-" without requests).

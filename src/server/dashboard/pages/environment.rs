@@ -88,7 +88,7 @@ async fn environment_body(
         }
         @if let Some(r) = &s.rollout { (rollout_panel(viewer, name, r)) }
         @if let Some(form) = rollback { (form) }
-        @if viewer.can_act() && s.port.is_some() { (restart_form(viewer, name)) }
+        @if viewer.can_act() && (s.port.is_some() || s.hosts.iter().any(|h| h.release.is_some())) { (restart_form(viewer, name)) }
         section.panel aria-labelledby="history-title" {
             h2 #history-title { "History" }
             (history_table(&rows))
