@@ -438,7 +438,8 @@ impl ServerConfig {
             }
         }
         for app in &self.apps {
-            for env in &app.environments {
+            // an environment with servers listens on its hosts, not here
+            for env in app.environments.iter().filter(|e| e.servers.is_empty()) {
                 if let Some(listen) = env.listen {
                     out.push((self.listener_name(&app.app.name, &env.name), listen));
                 }

@@ -219,7 +219,9 @@ impl Daemon {
         let api = tokio_listener(sockets::API)?;
         let mut proxies = Vec::new();
         for engine in &engines {
-            for state in engine.environments().filter(|s| s.env.listen.is_some()) {
+            // an environment with servers listens on its hosts (their agents' proxies)
+            let local = engine.environments().filter(|s| s.env.servers.is_empty());
+            for state in local.filter(|s| s.env.listen.is_some()) {
                 let name = servers.listener_name(&engine.config.app.name, &state.env.name);
                 proxies.push((
                     state.proxy.clone(),

@@ -190,7 +190,9 @@ impl Engine {
     /// Starts every environment's last good release (from its built release dir, no
     /// rebuild). Environments are restored concurrently; failures are logged.
     pub async fn restore_all(self: &Arc<Self>) {
-        let tasks = self.environments().cloned().map(|state| {
+        // an environment with servers runs on its hosts: the reconciler tends those
+        let local = self.environments().filter(|s| s.env.servers.is_empty());
+        let tasks = local.cloned().map(|state| {
             let engine = self.clone();
             async move {
                 let env = state.env.name.clone();
@@ -276,7 +278,7 @@ impl Engine {
                 () = crate::proxy::stopped(&mut shutdown) => return,
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
-            for state in self.environments() {
+            for state in self.environments().filter(|s| s.env.servers.is_empty()) {
                 if *shutdown.borrow() {
                     break;
                 }

@@ -344,6 +344,10 @@ pub(crate) async fn health_of(engine: &Arc<Engine>) -> (bool, serde_json::Value)
         let engine = engine.clone();
         async move {
             let name = state.env.name.clone();
+            if !state.env.servers.is_empty() {
+                // it runs on its hosts: `ferry status` shows each
+                return (name, "up");
+            }
             if let Some(listen) = state.env.listen
                 && !reachable(listen).await
             {
