@@ -13,6 +13,8 @@
 //! Faults that start a while after boot, for post-deploy monitoring:
 //! - `fail_health_after_ms`: `/health` answers 500 from then on;
 //! - `flaky_health`: `true` makes `/health` alternate between 200 and 500;
+//! - `unhealthy_if_file`: a path (relative to the release, so usually a shared file): `/health`
+//!   answers 500 while that file is there and not empty (one host of several made unhealthy);
 //! - `slow_health_after_ms` with `slow_health_ms`: `/health` takes that long from then on;
 //! - `errors_after_ms`: prints an `ERROR` line every 20 ms from then on;
 //! - `exit_after_ms`: exits with status 4 then.
@@ -149,6 +151,7 @@ pub async fn run() -> std::io::Result<()> {
             .unwrap_or(2000),
     );
     let flaky = get_conf("flaky_health").as_deref() == Some("true");
+    let unhealthy_if = get_conf("unhealthy_if_file").map(std::path::PathBuf::from);
     let probes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     if let Some(at) = after("errors_after_ms") {
         tokio::spawn(async move {
@@ -202,11 +205,15 @@ pub async fn run() -> std::io::Result<()> {
                     tokio::time::sleep(slow_health).await;
                 }
                 let n = probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let status = if fail_after.is_some_and(|at| now >= at) || (flaky && n % 2 == 1) {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                } else {
-                    health
-                };
+                let marked = unhealthy_if
+                    .as_ref()
+                    .is_some_and(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0));
+                let status =
+                    if fail_after.is_some_and(|at| now >= at) || (flaky && n % 2 == 1) || marked {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        health
+                    };
                 (
                     status,
                     if status.is_success() {
