@@ -202,6 +202,53 @@ async fn a_key_the_host_does_not_accept_is_an_authentication_error() {
 }
 
 #[tokio::test]
+async fn a_jump_host_is_reached_with_the_same_checks() {
+    if hosts::skip() {
+        return;
+    }
+    let dir = sandbox();
+    let host = TestHost::new(dir.path(), 1);
+    // the jump host is the host itself: ferry reaches it, and through it (-W) its own sshd
+    let opts = SshOptions {
+        proxy_jump: Some(host.server()),
+        ..options(dir.path())
+    };
+    let ssh = Ssh::new(&opts, &dir.path().join("state"));
+    let out = ssh.run(&server(&host), &["id", "-un"], b"").await.unwrap();
+    assert_eq!(stdout(&out), host.user);
+    assert_eq!(
+        host.sshd_log().matches("Accepted publickey").count(),
+        2,
+        "a login on the jump host, then one through it:\n{}",
+        host.sshd_log()
+    );
+
+    // the jump host's key is checked against the same known_hosts: unknown there, refused
+    let known = dir.path().join("empty_known_hosts");
+    std::fs::write(&known, "").unwrap();
+    let opts = SshOptions {
+        known_hosts: Some(known.clone()),
+        ..opts
+    };
+    let ssh = Ssh::new(&opts, &dir.path().join("state-b"));
+    let err = ssh.run(&server(&host), &["true"], b"").await.unwrap_err();
+    assert!(
+        matches!(err, SshError::HostKeyUnknown { .. }),
+        "expected the jump host's key refused, got {err:?}"
+    );
+    assert!(
+        err.to_string().contains(&format!(
+            "{} (through the jump host {})",
+            host.server(),
+            host.server()
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&known).unwrap(), "");
+    assert_eq!(host.sshd_log().matches("Accepted publickey").count(), 2);
+}
+
+#[tokio::test]
 async fn an_unreachable_host_is_named() {
     if hosts::skip() {
         return;
@@ -335,6 +382,14 @@ async fn the_agent_is_copied_once_checked_and_renamed_into_place() {
     let second = ensure_binary(&ssh, &srv, &binary).await.unwrap();
     assert!(!second.copied, "the second call copies nothing");
     assert_eq!(second.path, first.path);
+
+    // a binary changed in place (same name, other bytes) is installed over
+    std::fs::write(&target, b"#!/bin/sh\necho planted\n").unwrap();
+    nix::unistd::chown(&target, Some(user.uid), Some(user.gid)).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let third = ensure_binary(&ssh, &srv, &binary).await.unwrap();
+    assert!(third.copied, "a binary of other bytes is replaced");
+    assert_eq!(sha256_of(&target), binary.sha256);
 }
 
 #[tokio::test]

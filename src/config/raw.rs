@@ -281,6 +281,7 @@ impl RawConfig {
         check_requires(&requires, &groups, &fail)?;
         let checks = super::checks::validate(self.check, &groups, app.command_timeout, &fail)?;
         super::ssh::refuse_app(&with_servers, &app, &checks, &fail)?;
+        super::ssh::check_listens(&with_servers, &environments, &fail)?;
         let state_dir = resolve(self.state_dir.as_deref().unwrap_or(".ferry"));
         let acme = self
             .acme
@@ -513,6 +514,8 @@ fn validate_environment(
             preview_listen: raw.preview_listen.as_ref(),
             preview_hosts: &raw.preview_hosts,
             rollout: raw.rollout.as_ref().map(Spanned::span),
+            backup: &raw.backup,
+            slots: raw.slots.as_ref().map(|s| (s.span(), *s.get_ref())),
         },
         ssh,
         fail,
@@ -660,6 +663,13 @@ fn validate_environment(
         fail,
         (taken, claims),
     )?;
+    // an environment with servers listens on its hosts, not here
+    let mut on_hosts = HashMap::new();
+    let taken = if remote.servers.is_empty() {
+        taken
+    } else {
+        &mut on_hosts
+    };
     let mut out = Vec::new();
     for slot in 1..=slots {
         let slot_name = if slots == 1 {

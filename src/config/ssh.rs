@@ -68,7 +68,8 @@ pub struct SshOptions {
     pub identity_file: Option<PathBuf>,
     /// `None`: `~/.ssh/known_hosts` of ferry's user, see [`SshOptions::known_hosts_file`].
     pub known_hosts: Option<PathBuf>,
-    /// `ssh -J`: one jump host or several, comma-separated, each `[user@]host[:port]`.
+    /// One jump host, `[user@]host[:port]`, reached with the same options (see
+    /// `remote::ssh`).
     pub proxy_jump: Option<String>,
     /// `ConnectTimeout` (whole seconds, at least 1).
     pub connect_timeout: Duration,
@@ -176,6 +177,14 @@ impl SshServer {
             _ => self.host.clone(),
         }
     }
+}
+
+/// The login name ferry runs as: what ssh logs in as when no user is given.
+fn local_user() -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
 }
 
 /// A login name: letters, digits, `.`, `_` and `-`, not starting with `-`.
@@ -292,14 +301,29 @@ pub(super) fn validate(
     }
     let path = |v: Spanned<String>, key: &str| -> Result<PathBuf, Diagnostic> {
         let text = v.get_ref();
-        if text.trim().is_empty() || text.starts_with('-') || text.contains('\0') {
+        if text.trim().is_empty() || text.starts_with('-') || text.starts_with('~') {
             return Err(fail(
                 v.span(),
                 format!("[ssh] {key} \"{text}\" is not a file path"),
-                "write a path, absolute or relative to this file",
+                "write a path, absolute or relative to this file (`~` is not expanded)",
             ));
         }
-        Ok(resolve(text))
+        let resolved = resolve(text);
+        // ssh reads these through its config parser: whitespace splits a list, `%` and
+        // `${…}` are expanded, quotes and backslashes are syntax
+        let shown = resolved.display().to_string();
+        if let Some(c) = shown.chars().find(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '%' | '$' | '"' | '\'' | '\\')
+        }) {
+            return Err(fail(
+                v.span(),
+                format!(
+                    "[ssh] {key}: the path {shown} holds {c:?}, which ssh would read as syntax"
+                ),
+                "move the file to a path without whitespace, %, $, quotes or backslashes",
+            ));
+        }
+        Ok(resolved)
     };
     if let Some(v) = raw.identity_file {
         out.identity_file = Some(path(v, "identity_file")?);
@@ -308,15 +332,25 @@ pub(super) fn validate(
         out.known_hosts = Some(path(v, "known_hosts")?);
     }
     if let Some(jump) = raw.proxy_jump {
-        for hop in jump.get_ref().split(',') {
-            SshServer::parse(hop).map_err(|e| {
-                fail(
-                    jump.span(),
-                    format!("[ssh] proxy_jump: {e}"),
-                    "write the jump host as [user@]host[:port], several separated by ','",
-                )
-            })?;
+        let hops: Vec<&str> = jump.get_ref().split(',').collect();
+        if hops.len() > 1 {
+            return Err(fail(
+                jump.span(),
+                "[ssh] proxy_jump names several jump hosts: one is supported".into(),
+                "write one jump host, [user@]host[:port]; reach further hops from ~/.ssh/config on the jump host's side",
+            ));
         }
+        SshServer::parse(hops[0]).map_err(|e| {
+            fail(
+                jump.span(),
+                format!(
+                    "[ssh] proxy_jump: {}",
+                    e.strip_prefix("server ")
+                        .map_or(e.clone(), |r| format!("jump host {r}"))
+                ),
+                "write the jump host as [user@]host[:port]",
+            )
+        })?;
         out.proxy_jump = Some(jump.into_inner());
     }
     if let Some(t) = raw.connect_timeout {
@@ -325,7 +359,7 @@ pub(super) fn validate(
             return Err(fail(
                 t.span(),
                 "[ssh] connect_timeout must be from 1s to 1h".into(),
-                "write a whole number of seconds, like \"10s\" (the default)",
+                "write a duration from 1s to 1h, like \"10s\" (the default); ssh takes whole seconds, so a fraction is rounded up",
             ));
         }
         // ssh takes whole seconds: round up
@@ -333,18 +367,23 @@ pub(super) fn validate(
     }
     if let Some(dir) = raw.agent_dir {
         let d = dir.get_ref();
+        let components: Vec<_> = Path::new(d).components().collect();
         let safe = !d.is_empty()
+            && d.len() <= 64
             && !d.starts_with('-')
             && d.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
-            && Path::new(d)
-                .components()
-                .all(|c| !matches!(c, std::path::Component::ParentDir));
+            && components
+                .iter()
+                .all(|c| !matches!(c, std::path::Component::ParentDir))
+            && components
+                .iter()
+                .any(|c| matches!(c, std::path::Component::Normal(_)));
         if !safe {
             return Err(fail(
                 dir.span(),
                 format!("[ssh] agent_dir \"{d}\" is not allowed"),
-                "write a path of letters, digits, '.', '_', '-' and '/' without '..', relative to the remote user's home (default \".ferry\") or absolute",
+                "write a dir of its own (up to 64 of letters, digits, '.', '_', '-' and '/', without '..'), relative to the remote user's home (default \".ferry\") or absolute",
             ));
         }
         out.agent_dir = dir.into_inner();
@@ -377,6 +416,9 @@ pub(super) struct RawRemote<'a> {
     pub preview_hosts: &'a [Spanned<String>],
     /// Where `rollout` is written, if it is.
     pub rollout: Option<Range<usize>>,
+    pub backup: &'a [Spanned<String>],
+    /// `slots`, where written and how many.
+    pub slots: Option<(Range<usize>, i64)>,
 }
 
 /// An environment's servers, validated.
@@ -428,7 +470,9 @@ pub(super) fn environment(
             Err(_) => server.host.to_ascii_lowercase(),
         };
         let key = (
-            ssh.user_for(&server).map(str::to_string),
+            ssh.user_for(&server)
+                .map(str::to_string)
+                .or_else(local_user),
             host,
             ssh.port_for(&server).unwrap_or(22),
         );
@@ -452,7 +496,7 @@ pub(super) fn environment(
             return Err(fail(
                 m.span(),
                 format!("max_parallel = {} is out of range", m.get_ref()),
-                "write how many hosts are switched at a time, from 1 (the default)",
+                "write how many hosts are switched at a time, from 1 (the default) to 1000",
             ));
         }
     };
@@ -464,6 +508,11 @@ pub(super) fn environment(
             raw.preview_hosts.first().map(Spanned::span),
         ),
         ("hosts", raw.hosts.first().map(Spanned::span)),
+        ("backup", raw.backup.first().map(Spanned::span)),
+        (
+            "slots",
+            raw.slots.clone().filter(|(_, n)| *n > 1).map(|(s, _)| s),
+        ),
     ];
     if let Some((key, span)) = unsupported
         .into_iter()
@@ -517,6 +566,55 @@ pub(super) fn refuse_app(
                 group,
                 &format!("[[check]] \"{}\"", check.name),
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Two environments with servers may listen on one address only on different hosts.
+/// `servers` holds each such environment's config table name and where its `servers` is
+/// written.
+pub(super) fn check_listens(
+    servers: &[(String, Range<usize>)],
+    environments: &[super::Environment],
+    fail: &Fail,
+) -> Result<(), Diagnostic> {
+    // a host is its name and ssh port (another port may be another machine behind a NAT)
+    let mut seen: HashMap<(String, u16, u16), (std::net::IpAddr, String, String)> = HashMap::new();
+    for env in environments.iter().filter(|e| !e.servers.is_empty()) {
+        let Some(listen) = env.listen else { continue };
+        let span = servers
+            .iter()
+            .find(|(g, _)| *g == env.group)
+            .map_or(0..0, |(_, s)| s.clone());
+        for server in &env.servers {
+            let host = match server.host.parse::<Ipv6Addr>() {
+                Ok(a) => a.to_string(),
+                Err(_) => server.host.to_ascii_lowercase(),
+            };
+            let ssh_port = server.port.unwrap_or(0);
+            let key = (host, ssh_port, listen.port());
+            if let Some((ip, other, other_server)) = seen.get(&key)
+                && (*ip == listen.ip() || ip.is_unspecified() || listen.ip().is_unspecified())
+            {
+                let message = if *other == env.name {
+                    format!(
+                        "{} is the same host as {other_server}: environment {other} would listen on {listen} twice",
+                        server.name
+                    )
+                } else {
+                    format!(
+                        "environment {} listens on {listen} on {}, as environment {other} does",
+                        env.name, server.name
+                    )
+                };
+                return Err(fail(
+                    span,
+                    message,
+                    "give each environment on a host its own port, and list a host once",
+                ));
+            }
+            seen.insert(key, (listen.ip(), env.name.clone(), server.name.clone()));
         }
     }
     Ok(())

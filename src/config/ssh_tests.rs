@@ -93,7 +93,7 @@ fn without_servers_an_environment_runs_here_and_ssh_has_its_defaults() {
 #[test]
 fn ssh_table_is_read_with_paths_relative_to_the_file() {
     let c = parse(&format!(
-        "{HEAD}{PRODUCTION}servers = [\"app1\"]\n[ssh]\nuser = \"deploy\"\nport = 2200\nidentity_file = \"keys/id_ed25519\"\nknown_hosts = \"/var/lib/ferry/known_hosts\"\nproxy_jump = \"jump@bastion.example.com:2222,10.0.0.1\"\nconnect_timeout = \"1500ms\"\nagent_dir = \"/srv/ferry-agent\"\ncommand = \"/usr/local/bin/ssh\"\n"
+        "{HEAD}{PRODUCTION}servers = [\"app1\"]\n[ssh]\nuser = \"deploy\"\nport = 2200\nidentity_file = \"keys/id_ed25519\"\nknown_hosts = \"/var/lib/ferry/known_hosts\"\nproxy_jump = \"jump@bastion.example.com:2222\"\nconnect_timeout = \"1500ms\"\nagent_dir = \"/srv/ferry-agent\"\ncommand = \"/usr/local/bin/ssh\"\n"
     ))
     .unwrap();
     assert_eq!(
@@ -103,7 +103,7 @@ fn ssh_table_is_read_with_paths_relative_to_the_file() {
             port: Some(2200),
             identity_file: Some(PathBuf::from("/etc/ferry/keys/id_ed25519")),
             known_hosts: Some(PathBuf::from("/var/lib/ferry/known_hosts")),
-            proxy_jump: Some("jump@bastion.example.com:2222,10.0.0.1".into()),
+            proxy_jump: Some("jump@bastion.example.com:2222".into()),
             connect_timeout: Duration::from_secs(2),
             agent_dir: "/srv/ferry-agent".into(),
             command: "/usr/local/bin/ssh".into(),
@@ -207,8 +207,14 @@ fn the_same_server_twice_is_refused() {
         "is the same as \"deploy@app1:2200\"",
         7,
     );
-    // other users or ports are other servers
-    with_servers("\"a@app1\", \"b@app1\", \"app1:2200\", \"app1\"", "").unwrap();
+    // other users or ports are other servers (two users of one host would share its ports:
+    // two proxies on one listen address)
+    with_servers("\"a@app1\", \"app1:2200\", \"app2\"", "").unwrap();
+    refused(
+        with_servers("\"a@app1\", \"b@app1\"", ""),
+        "b@app1 is the same host as a@app1: environment production would listen on 0.0.0.0:8080 twice",
+        7,
+    );
 }
 
 #[test]
@@ -305,4 +311,128 @@ fn server_strings_parse_on_their_own() {
     assert_eq!(s.known_hosts_name(s.port), "[fe80::1]:2222");
     assert!(SshServer::parse("-oProxyCommand=x").is_err());
     assert!(SshServer::parse("app_1.internal-net").is_ok());
+}
+
+#[test]
+fn ssh_paths_that_ssh_would_misread_are_refused() {
+    let ssh = |line: &str| parse(&format!("{HEAD}{PRODUCTION}[ssh]\n{line}\n"));
+    refused(
+        ssh("known_hosts = \"/etc/ferry/known hosts\""),
+        "which ssh would read as syntax",
+        8,
+    );
+    refused(ssh("known_hosts = \"/etc/%h\""), "'%'", 8);
+    refused(ssh("identity_file = \"/etc/${HOME}/id\""), "'$'", 8);
+    refused(
+        ssh("identity_file = \"~/.ssh/id_ed25519\""),
+        "is not a file path",
+        8,
+    );
+    // relative paths are checked as resolved: the config's dir counts too
+    let at = |dir: &str| {
+        Config::parse(
+            Path::new(&format!("{dir}/ferry.toml")),
+            &format!("{HEAD}{PRODUCTION}[ssh]\nknown_hosts = \"kh\"\n"),
+        )
+        .map_err(|e| e.to_string())
+    };
+    assert!(at("/etc/ferry").is_ok());
+    let e = at("/etc/my ferry").unwrap_err();
+    assert!(e.contains("/etc/my ferry/kh"), "{e}");
+}
+
+#[test]
+fn agent_dirs_and_jump_hosts_are_checked() {
+    let ssh = |line: &str| parse(&format!("{HEAD}{PRODUCTION}[ssh]\n{line}\n"));
+    for dir in ["/", ".", "./.", "//", "a/../b", &"d".repeat(65)] {
+        refused(ssh(&format!("agent_dir = \"{dir}\"")), "agent_dir", 8);
+    }
+    for dir in ["ferry", ".ferry/agent", "/srv/ferry"] {
+        assert_eq!(
+            ssh(&format!("agent_dir = \"{dir}\""))
+                .unwrap()
+                .ssh
+                .agent_dir,
+            dir
+        );
+    }
+    refused(ssh("proxy_jump = \"a,\""), "several jump hosts", 8);
+    refused(ssh("proxy_jump = \"a,b\""), "several jump hosts", 8);
+    refused(ssh("proxy_jump = \"\""), "a server is empty", 8);
+    refused(
+        ssh("proxy_jump = \"-oProxyCommand=x\""),
+        "[ssh] proxy_jump: jump host \"-oProxyCommand=x\"",
+        8,
+    );
+    let c = ssh("proxy_jump = \"jump@[2001:db8::1]:2222\"").unwrap();
+    assert_eq!(c.ssh.proxy_jump.as_deref(), Some("jump@[2001:db8::1]:2222"));
+}
+
+#[test]
+fn max_parallel_stops_at_a_thousand() {
+    refused(
+        with_servers("\"app1\"", "max_parallel = 1001\n"),
+        "max_parallel = 1001 is out of range",
+        8,
+    );
+    with_servers("\"app1\"", "max_parallel = 1000\n").unwrap();
+}
+
+#[test]
+fn a_server_without_a_user_is_logged_into_as_ferrys_user() {
+    let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    refused(
+        with_servers(&format!("\"{me}@app1\", \"app1\""), ""),
+        &format!("is the same as \"{me}@app1\""),
+        7,
+    );
+}
+
+#[test]
+fn compose_backup_and_slots_are_not_supported_with_servers_yet() {
+    refused(
+        parse(&format!(
+            "{HEAD}runtime = \"compose\"\n[app.compose]\nservice = \"web\"\n{PRODUCTION}servers = [\"app1\"]\n"
+        )),
+        "runtime = \"compose\" is not supported with servers yet",
+        10,
+    );
+    refused(
+        with_servers("\"app1\"", "backup = [\"data/app.db\"]\n"),
+        "`backup` is not supported with servers yet",
+        8,
+    );
+    refused(
+        with_servers("\"app1\"", "slots = 2\n"),
+        "`slots` is not supported with servers yet",
+        8,
+    );
+    with_servers("\"app1\"", "slots = 1\n").unwrap();
+}
+
+#[test]
+fn listen_addresses_clash_only_on_one_host() {
+    let two = |a: &str, b: &str, listen_b: &str| {
+        parse(&format!(
+            "{HEAD}{PRODUCTION}servers = [{a}]\n\
+             [environments.staging]\nlisten = \"{listen_b}\"\nservers = [{b}]\n\
+             [server]\nlisten = \"0.0.0.0:8080\"\n"
+        ))
+    };
+    // the same address on other hosts, and the address of ferry's own API: fine
+    two("\"app1\"", "\"app2\"", "0.0.0.0:8080").unwrap();
+    // on one host: refused (another user on it shares its ports)
+    refused(
+        two(
+            "\"app1\"",
+            "\"other@app2\", \"deploy@APP1\"",
+            "10.0.0.1:8080",
+        ),
+        "environment staging listens on 10.0.0.1:8080 on deploy@APP1, as environment production does",
+        10,
+    );
+    two("\"app1\"", "\"app1\"", "0.0.0.0:8081").unwrap();
 }

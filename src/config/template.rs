@@ -108,7 +108,8 @@ env = { LOG_LEVEL = "info" }
                                 # SSH (see [ssh]), not this machine: [user@]host[:port], IPv6
                                 # as "[2001:db8::1]:22"; `listen` is then where each host's
                                 # proxy listens. Not yet with rollout, [[check]], preview_*,
-                                # hosts, [processes] workers or containers (docs/servers.md)
+                                # hosts, backup, slots, [processes] workers or containers
+                                # (docs/servers.md)
 # max_parallel = 1              # with servers: hosts switched at a time
 
 # After the switch the new release is watched; the previous one is kept running (out of
@@ -217,11 +218,11 @@ listen = "127.0.0.1:7070"       # ferry's API, webhooks and metrics; every call 
 # How ferry reaches environments' `servers`: the system's OpenSSH client, never a prompt,
 # host keys checked against known_hosts (an unknown or changed key is refused, never learned).
 # [ssh]
-# user = "deploy"               # for servers without user@ (default: ssh's own choice)
+# user = "deploy"               # for servers without user@ (default: ferry's user)
 # port = 22                     # for servers without :port
 # identity_file = "/etc/ferry/id_ed25519"  # default: ssh's keys and agent
 # known_hosts = "/etc/ferry/known_hosts"   # default: ~/.ssh/known_hosts of ferry's user
-# proxy_jump = "bastion.example.com"       # ssh -J
+# proxy_jump = "bastion.example.com"       # one jump host, checked like the servers
 # connect_timeout = "10s"
 # agent_dir = ".ferry"          # on each host: ferry's agent, releases and state (relative to
                                 # the user's home, or absolute)

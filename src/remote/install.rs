@@ -136,9 +136,17 @@ pub struct Installed {
     pub copied: bool,
 }
 
-/// The checks and the install, as one `sh -c` script each. `$1` is the agent's path.
+/// The checks and the install, as one `sh -c` script each. `$1` is the agent's path, `$2`
+/// its sha256. A binary there counts only when it is executable, the user's own, writable by
+/// no one else, and has the digest: anything else is installed over.
 const PROBE: &str = r#"m=$(uname -m) || exit 3
-if [ -x "$1" ]; then echo "$m present"; else echo "$m missing"; fi"#;
+if [ -x "$1" ] && [ -O "$1" ]; then
+    case $(stat -c %a "$1") in
+    *[2367][0-7] | *[2367]) ;;
+    *) sum=$(sha256sum "$1") && [ "${sum%% *}" = "$2" ] && { echo "$m present"; exit 0; } ;;
+    esac
+fi
+echo "$m missing""#;
 
 /// `$1` the path, `$2` the expected sha256; the binary on stdin. A temp file beside the
 /// target (private until checked), removed on any failure; temp files of earlier attempts
@@ -175,7 +183,11 @@ pub async fn ensure_binary(
     let path = format!("{dir}/bin/{}", binary.remote_name());
     let host = server.name.clone();
     let out = ssh
-        .run(server, &["sh", "-c", PROBE, "sh", &path], b"")
+        .run(
+            server,
+            &["sh", "-c", PROBE, "sh", &path, &binary.sha256],
+            b"",
+        )
         .await?;
     let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let (machine, state) = answer.split_once(' ').ok_or_else(|| InstallError::Answer {

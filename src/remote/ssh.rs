@@ -101,7 +101,12 @@ impl Ssh {
     /// path is too long for a unix socket, a private dir under the temp dir named after it).
     pub fn new(options: &SshOptions, state_dir: &Path) -> Ssh {
         let mut control_dir = state_dir.join("ssh");
-        if control_dir.as_os_str().len() > MAX_CONTROL_DIR {
+        // ssh expands `%` and `~` in ControlPath and splits it at whitespace
+        let plain = control_dir.to_str().is_some_and(|p| {
+            !p.chars()
+                .any(|c| c.is_whitespace() || matches!(c, '%' | '~' | '"' | '\'' | '$' | '\\'))
+        });
+        if !plain || control_dir.as_os_str().len() > MAX_CONTROL_DIR {
             use sha2::Digest;
             let digest = sha2::Sha256::digest(control_dir.as_os_str().as_encoded_bytes());
             control_dir = std::env::temp_dir().join(format!(
@@ -136,33 +141,16 @@ impl Ssh {
     /// `server`.
     pub fn args(&self, server: &SshServer, remote: &[&str]) -> Vec<OsString> {
         let o = &self.options;
-        let mut args: Vec<OsString> = Vec::new();
-        let mut opt = |v: String| {
+        let mut args: Vec<OsString> = self.checked_options().into_iter().map(Into::into).collect();
+        let mut more = vec![
+            "ControlMaster=auto".to_string(),
+            format!("ControlPath={}/%C", self.control_dir.display()),
+            format!("ControlPersist={CONTROL_PERSIST}"),
+        ];
+        more.extend(self.proxy_command().map(|c| format!("ProxyCommand={c}")));
+        for v in more {
             args.push("-o".into());
             args.push(v.into());
-        };
-        opt("BatchMode=yes".into());
-        opt("StrictHostKeyChecking=yes".into());
-        opt(format!("UserKnownHostsFile={}", self.known_hosts.display()));
-        opt("UpdateHostKeys=no".into());
-        opt("ControlMaster=auto".into());
-        opt(format!("ControlPath={}/%C", self.control_dir.display()));
-        opt(format!("ControlPersist={CONTROL_PERSIST}"));
-        opt(format!(
-            "ConnectTimeout={}",
-            o.connect_timeout.as_secs().max(1)
-        ));
-        opt("ServerAliveInterval=2".into());
-        opt("ServerAliveCountMax=3".into());
-        if let Some(identity) = &o.identity_file {
-            args.push("-i".into());
-            args.push(identity.clone().into());
-            args.push("-o".into());
-            args.push("IdentitiesOnly=yes".into());
-        }
-        if let Some(jump) = &o.proxy_jump {
-            args.push("-J".into());
-            args.push(jump.into());
         }
         if let Some(port) = o.port_for(server) {
             args.push("-p".into());
@@ -197,6 +185,69 @@ impl Ssh {
         // reports it first
         let _ = self.prepare_control_dir();
         cmd
+    }
+
+    /// The options of every connection, the jump host's too: never a prompt, host keys
+    /// checked against `known_hosts` only and never written, the timeouts, the key.
+    fn checked_options(&self) -> Vec<String> {
+        let o = &self.options;
+        let mut out = Vec::new();
+        for v in [
+            "BatchMode=yes".to_string(),
+            "StrictHostKeyChecking=yes".to_string(),
+            format!("UserKnownHostsFile={}", self.known_hosts.display()),
+            // not the machine's /etc/ssh/ssh_known_hosts
+            "GlobalKnownHostsFile=/dev/null".to_string(),
+            "UpdateHostKeys=no".to_string(),
+            format!("ConnectTimeout={}", o.connect_timeout.as_secs().max(1)),
+            "ServerAliveInterval=2".to_string(),
+            "ServerAliveCountMax=3".to_string(),
+        ] {
+            out.push("-o".to_string());
+            out.push(v);
+        }
+        if let Some(identity) = &o.identity_file {
+            out.push("-i".to_string());
+            out.push(identity.display().to_string());
+            out.push("-o".to_string());
+            out.push("IdentitiesOnly=yes".to_string());
+        }
+        out
+    }
+
+    /// The jump host's ssh (`proxy_jump`), as a ProxyCommand: `ssh -J` would run the jump's
+    /// ssh without these options (no BatchMode, the default known_hosts), so ferry writes
+    /// the command itself with the same checks, and `-W` to the server.
+    fn proxy_command(&self) -> Option<String> {
+        let o = &self.options;
+        let hop = SshServer::parse(o.proxy_jump.as_deref()?).ok()?;
+        let mut words: Vec<String> = vec![o.command.clone()];
+        words.extend(self.checked_options());
+        if let Some(port) = hop.port {
+            words.push("-p".into());
+            words.push(port.to_string());
+        }
+        if let Some(user) = &hop.user {
+            words.push("-l".into());
+            words.push(user.clone());
+        }
+        words.extend(["-W".into(), "[%h]:%p".into(), "--".into(), hop.host]);
+        let line: Vec<String> = words
+            .iter()
+            .map(|w| {
+                // ssh expands `%` tokens in the line: only %h and %p are meant
+                let w = if w == "[%h]:%p" {
+                    w.clone()
+                } else {
+                    w.replace('%', "%%")
+                };
+                shell_quote(&w)
+            })
+            .collect();
+        // ssh sends a proxy command's stderr to /dev/null with ControlPersist: the jump's
+        // own failure (its host key) is kept for `classify`
+        let log = format!("{}/jump-%h-%p.log", self.control_dir.display());
+        Some(format!("{} 2>{}", line.join(" "), shell_quote(&log)))
     }
 
     /// Makes the control socket dir: 0700, ours.
@@ -279,10 +330,24 @@ impl Ssh {
     /// What a failed ssh run means, from its exit status and stderr: exit 255 is ssh's own
     /// failure (read from its message), any other the remote command's.
     pub fn classify(&self, server: &SshServer, status: ExitStatus, stderr: &[u8]) -> SshError {
-        let text = String::from_utf8_lossy(stderr);
-        let host = server.name.clone();
+        let mut text = String::from_utf8_lossy(stderr).into_owned();
+        let mut host = server.name.clone();
         let known_hosts = self.known_hosts.display().to_string();
         let port = self.options.port_for(server);
+        if status.code() == Some(255)
+            && let Some(jump) = &self.options.proxy_jump
+        {
+            let log =
+                self.control_dir
+                    .join(format!("jump-{}-{}.log", server.host, port.unwrap_or(22)));
+            if let Ok(said) = std::fs::read_to_string(&log) {
+                let _ = std::fs::remove_file(&log);
+                if !said.trim().is_empty() {
+                    host = format!("{host} (through the jump host {jump})");
+                    text = format!("{said}\n{text}");
+                }
+            }
+        }
         match status.code() {
             Some(255) => {}
             None => {
@@ -488,7 +553,7 @@ mod tests {
     fn ssh() -> Ssh {
         let options = SshOptions {
             identity_file: Some("/k/id".into()),
-            known_hosts: Some("/k/known hosts".into()),
+            known_hosts: Some("/k/known_hosts".into()),
             proxy_jump: Some("bastion".into()),
             user: Some("deploy".into()),
             ..SshOptions::default()
@@ -511,15 +576,11 @@ mod tests {
                 "-o",
                 "StrictHostKeyChecking=yes",
                 "-o",
-                "UserKnownHostsFile=/k/known hosts",
+                "UserKnownHostsFile=/k/known_hosts",
+                "-o",
+                "GlobalKnownHostsFile=/dev/null",
                 "-o",
                 "UpdateHostKeys=no",
-                "-o",
-                "ControlMaster=auto",
-                "-o",
-                "ControlPath=/state/ssh/%C",
-                "-o",
-                "ControlPersist=5m",
                 "-o",
                 "ConnectTimeout=10",
                 "-o",
@@ -530,8 +591,18 @@ mod tests {
                 "/k/id",
                 "-o",
                 "IdentitiesOnly=yes",
-                "-J",
-                "bastion",
+                "-o",
+                "ControlMaster=auto",
+                "-o",
+                "ControlPath=/state/ssh/%C",
+                "-o",
+                "ControlPersist=5m",
+                "-o",
+                "ProxyCommand=ssh -o BatchMode=yes -o StrictHostKeyChecking=yes \
+                 -o UserKnownHostsFile=/k/known_hosts -o GlobalKnownHostsFile=/dev/null \
+                 -o UpdateHostKeys=no -o ConnectTimeout=10 -o ServerAliveInterval=2 \
+                 -o ServerAliveCountMax=3 -i /k/id -o IdentitiesOnly=yes -W '[%h]:%p' -- bastion \
+                 2>/state/ssh/jump-%h-%p.log",
                 "-p",
                 "2222",
                 "-l",
@@ -566,6 +637,10 @@ mod tests {
         let ssh = Ssh::new(&SshOptions::default(), &long);
         assert!(ssh.control_dir().as_os_str().len() <= MAX_CONTROL_DIR);
         assert!(ssh.control_dir().starts_with(std::env::temp_dir()));
+        let odd = Ssh::new(&SshOptions::default(), Path::new("/srv/a b%h"));
+        assert!(odd.control_dir().starts_with(std::env::temp_dir()));
+        let fine = Ssh::new(&SshOptions::default(), Path::new("/srv/ferry"));
+        assert_eq!(fine.control_dir(), Path::new("/srv/ferry/ssh"));
     }
 
     fn classify(code: i32, stderr: &str) -> SshError {
@@ -602,7 +677,7 @@ mod tests {
         assert!(matches!(e, SshError::HostKeyChanged { .. }), "{e:?}");
         assert!(
             e.to_string()
-                .contains("ssh-keygen -R '[app1]:2222' -f '/k/known hosts'"),
+                .contains("ssh-keygen -R '[app1]:2222' -f /k/known_hosts"),
             "{e}"
         );
         let e = classify(255, "deploy@app1: Permission denied (publickey).\n");
