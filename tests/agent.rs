@@ -569,6 +569,9 @@ async fn a_release_differing_by_one_file_sends_only_that_file() {
         fourth.bytes_sent > big.len() as u64 && fourth.bytes_sent < big.len() as u64 + 16 * 1024,
         "{fourth:?}"
     );
+    println!(
+        "shipped: full {first:?}, two small files {second:?}, none {third:?}, one 512 KiB file {fourth:?}"
+    );
     // the release runs: its instance starts from the host's copy
     let started = agent
         .start(&start_request("v4", SecretVars::default()))
@@ -595,6 +598,36 @@ async fn secrets_reach_the_app_and_no_file_log_or_command_line() {
     assert!(
         lines.iter().any(|l| l.contains("API_TOKEN=***")),
         "the app got it, and its log masks it: {lines:?}"
+    );
+    // a new daemon (the old one killed) knows no secret, yet masks the adopted instance's
+    let daemon = host.daemon_pid().unwrap();
+    drop(agent);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let agent = host.connect().await;
+    let status = agent.status(APP, ENV).await.unwrap();
+    assert_eq!(status.instances.len(), 1, "adopted");
+    let port = status.instances[0].port;
+    let (code, _) = get(&format!(
+        "http://127.0.0.1:{port}/log?line=again%20{secret}"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = agent.logs(APP, ENV, 50).await.unwrap();
+        if lines.iter().any(|l| l.contains("again")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("again ***")),
+        "masked after the adoption: {lines:?}"
     );
     let mut files = vec![host.agent_dir()];
     while let Some(path) = files.pop() {
@@ -808,4 +841,75 @@ async fn shared_paths_lead_to_each_environments_own_dir() {
         !state.success,
         "the agent's own files are out of reach: {state:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_started_together_share_one_daemon() {
+    let host = Host::new();
+    let (a, b, c) = tokio::join!(host.connect(), host.connect(), host.connect());
+    let daemons: Vec<u32> = processes_in(host.dir.path())
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("--daemon"))
+        })
+        .collect();
+    assert_eq!(daemons.len(), 1, "{daemons:?}");
+    // and one connection serves several tasks at once
+    let (x, y) = tokio::join!(a.status(APP, ENV), b.status(APP, ENV));
+    assert!(x.is_ok() && y.is_ok());
+    let c = std::sync::Arc::new(c);
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.status(APP, ENV).await })
+        })
+        .collect();
+    for call in calls {
+        assert!(call.await.unwrap().is_ok());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_disk_full_with_the_bytes() {
+    let host = Host::new();
+    let small = host.dir.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    // a 256 KiB filesystem of the receive's own, in a mount namespace of its own
+    let probe = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size=256k tmpfs '{}'",
+            small.display()
+        ))
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        println!(
+            "SKIPPED a_full_disk_answers_disk_full_with_the_bytes: cannot mount a tmpfs in a mount namespace here"
+        );
+        return;
+    }
+    let big: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let (dir, digest) = host.release("v1", "health_status = 200\n", &[("assets/big.bin", &big)]);
+    let agent = host.connect().await;
+    let small_dir = small.clone();
+    let receive = move |args: Vec<String>| {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "sh", "-c"])
+            .arg("mount -t tmpfs -o size=256k tmpfs \"$0\" && ferry=\"$1\" && shift && exec \"$ferry\" agent --dir \"$0/agent\" receive \"$@\"")
+            .arg(&small_dir)
+            .arg(FERRY)
+            .args(args);
+        cmd
+    };
+    let err = agent
+        .ship(receive, APP, "v1", &dir, &digest, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), Some(ErrorKind::DiskFull), "{err}");
+    let text = err.to_string();
+    let size = big.len() + "health_status = 200\n".len() + "v1".len();
+    assert!(text.contains(&format!("needs {size} bytes")), "{text}");
+    assert!(text.contains("262144 bytes were free"), "{text}");
 }

@@ -60,6 +60,10 @@ struct Recorded {
     output: PathBuf,
     started_at: String,
     stop_timeout_ms: u64,
+    /// The names of its secret variables (never their values): a daemon adopting it reads
+    /// the values back from the process's own environment, to mask them in its output.
+    #[serde(default)]
+    secret_names: Vec<String>,
 }
 
 /// `D/state/<app>/<env>.json`: never a secret in it.
@@ -82,6 +86,24 @@ struct Launch<'a> {
     secrets: &'a SecretVars,
     stop_timeout: Duration,
     output: PathBuf,
+}
+
+/// The values of the variables `names` in the environment `pid` started with.
+fn secret_values(pid: u32, names: &[String]) -> Vec<String> {
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return Vec::new();
+    };
+    environ
+        .split(|&b| b == 0)
+        .filter_map(|pair| {
+            let text = String::from_utf8_lossy(pair);
+            let (name, value) = text.split_once('=')?;
+            names.iter().any(|n| n == name).then(|| value.to_string())
+        })
+        .collect()
 }
 
 fn not_found(message: impl Into<String>) -> RemoteError {
@@ -162,6 +184,8 @@ impl Env {
                 tracing::info!(app = %self.app, env = %self.env, pid = rec.pid, "an instance recorded is gone");
                 continue;
             }
+            // before its output is read again: what it printed meanwhile is masked too
+            self.redactor.add(secret_values(rec.pid, &rec.secret_names));
             match self.runtime.adopt(&left, &self.log).await {
                 Ok(instance) => {
                     tracing::info!(app = %self.app, env = %self.env, pid = rec.pid, release = %rec.release, "adopted an instance");
@@ -369,6 +393,7 @@ impl Env {
             output,
             started_at: crate::store::now(),
             stop_timeout_ms: req.stop_timeout_ms,
+            secret_names: req.secrets.0.keys().cloned().collect(),
         };
         state.instances.insert(
             id,

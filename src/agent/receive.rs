@@ -54,6 +54,10 @@ pub fn receive(dir: &Path, want: &Incoming, input: impl Read) -> Result<Received
     let layout = Layout::new(dir);
     let releases = layout.releases(&want.app);
     std::fs::create_dir_all(&releases).map_err(|e| internal("creating the releases dir", &e))?;
+    let free = Free {
+        bytes: files::free_bytes(&releases),
+        dir: &layout.dir,
+    };
     let target = layout.release(&want.app, &want.release);
     let meta_path = layout.release_meta(&want.app, &want.release);
     if target.exists() && ReleaseMeta::read(&meta_path).is_some_and(|m| m.digest == want.digest) {
@@ -69,7 +73,7 @@ pub fn receive(dir: &Path, want: &Incoming, input: impl Read) -> Result<Received
         .tempdir_in(&releases)
         .map_err(|e| internal("making the incoming dir", &e))?;
     // removed with `incoming` on any failure
-    let received = unpack(&layout, want, incoming.path(), input)?;
+    let received = unpack(&layout, want, free, incoming.path(), input)?;
     let tree = incoming.path();
     let digest = crate::release::digest(tree, &want.shared)
         .map_err(|e| RemoteError::new(ErrorKind::Internal, e.to_string()))?;
@@ -118,7 +122,7 @@ pub fn receive(dir: &Path, want: &Incoming, input: impl Read) -> Result<Received
         )
     })?;
     files::write_atomic(&meta_path, &bytes)
-        .map_err(|e| disk(want, dir, "recording the release", &e))?;
+        .map_err(|e| disk(want, free, "recording the release", &e))?;
     if let Ok(d) = std::fs::File::open(&releases) {
         let _ = d.sync_all();
     }
@@ -171,8 +175,15 @@ fn no_space(e: &(dyn std::error::Error + 'static)) -> bool {
     e.to_string().contains("No space left on device")
 }
 
+/// The free bytes in the agent dir when the receive began.
+#[derive(Clone, Copy)]
+struct Free<'a> {
+    bytes: u64,
+    dir: &'a Path,
+}
+
 /// `disk_full` (with the bytes needed and free) for a full disk, else `internal`.
-fn disk(want: &Incoming, dir: &Path, what: &str, e: &std::io::Error) -> RemoteError {
+fn disk(want: &Incoming, free: Free<'_>, what: &str, e: &std::io::Error) -> RemoteError {
     if no_space(e) {
         let needed = want
             .size
@@ -181,10 +192,10 @@ fn disk(want: &Incoming, dir: &Path, what: &str, e: &std::io::Error) -> RemoteEr
         return RemoteError::new(
             ErrorKind::DiskFull,
             format!(
-                "no space left on the host's disk receiving release {}: {needed}{} bytes are free in {}",
+                "no space left on the host's disk receiving release {}: {needed}{} bytes were free in {} when it began",
                 want.release,
-                files::free_bytes(dir),
-                dir.display()
+                free.bytes,
+                free.dir.display()
             ),
         );
     }
@@ -196,6 +207,7 @@ fn disk(want: &Incoming, dir: &Path, what: &str, e: &std::io::Error) -> RemoteEr
 fn unpack(
     layout: &Layout,
     want: &Incoming,
+    free: Free<'_>,
     tree: &Path,
     input: impl Read,
 ) -> Result<Received, RemoteError> {
@@ -270,15 +282,15 @@ fn unpack(
                     "the archive entry {shown:?} leads out of the release"
                 )));
             }
-            Err(e) => return Err(disk(want, &layout.dir, &format!("unpacking {shown}"), &e)),
+            Err(e) => return Err(disk(want, free, &format!("unpacking {shown}"), &e)),
         }
     }
-    let reused = fill(layout, want, tree, &manifest)?;
+    let reused = fill(layout, want, free, tree, &manifest)?;
     crate::release::check_tree(tree, &want.shared).map_err(|e| bad(e.to_string()))?;
     let root = cap_std::fs::Dir::open_ambient_dir(tree, cap_std::ambient_authority())
         .map_err(|e| internal("opening the release", &e))?;
     files::link_placeholders(&root, &want.shared)
-        .map_err(|e| disk(want, &layout.dir, "linking the shared paths", &e))?;
+        .map_err(|e| disk(want, free, "linking the shared paths", &e))?;
     files::seal(tree).map_err(|e| internal("setting the release's modes", &e))?;
     Ok(Received {
         files,
@@ -305,6 +317,7 @@ fn link_on_the_way(tree: &Path, path: &Path) -> Option<PathBuf> {
 fn fill(
     layout: &Layout,
     want: &Incoming,
+    free: Free<'_>,
     tree: &Path,
     manifest: &[ManifestEntry],
 ) -> Result<u64, RemoteError> {
@@ -362,15 +375,15 @@ fn fill(
         let dst = Path::new(&m.path);
         if let Some(parent) = dst.parent().filter(|p| !p.as_os_str().is_empty()) {
             root.create_dir_all(parent)
-                .map_err(|e| disk(want, &layout.dir, "making a dir", &e))?;
+                .map_err(|e| disk(want, free, "making a dir", &e))?;
         }
         let exec = |mode: u32| mode & 0o111 != 0;
         if exec(cap_std::fs::MetadataExt::mode(&src_meta)) == exec(m.mode) {
             from.hard_link(&source, &root, dst)
-                .map_err(|e| disk(want, &layout.dir, &format!("linking {}", m.path), &e))?;
+                .map_err(|e| disk(want, free, &format!("linking {}", m.path), &e))?;
         } else {
             from.copy(&source, &root, dst)
-                .map_err(|e| disk(want, &layout.dir, &format!("copying {}", m.path), &e))?;
+                .map_err(|e| disk(want, free, &format!("copying {}", m.path), &e))?;
             root.set_permissions(
                 dst,
                 cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(m.mode & 0o777)),
