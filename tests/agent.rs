@@ -39,13 +39,13 @@ impl Host {
         cmd
     }
 
-    fn receive(&self) -> impl FnOnce(Vec<String>) -> Command + use<> {
+    fn receive(&self) -> impl Fn(Vec<String>) -> Command + use<> {
         let dir = self.agent_dir();
         move |args| {
             let mut cmd = Command::new(FERRY);
             cmd.arg("agent")
                 .arg("--dir")
-                .arg(dir)
+                .arg(&dir)
                 .arg("receive")
                 .args(args);
             cmd
@@ -60,6 +60,29 @@ impl Host {
 
     fn agent_log(&self) -> String {
         std::fs::read_to_string(self.agent_dir().join("agent.log")).unwrap_or_default()
+    }
+
+    /// The pids of the relays running for this host.
+    fn relays(&self) -> Vec<u32> {
+        let dir = self.agent_dir().display().to_string();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                    return false;
+                };
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                cmdline.contains(&dir)
+                    && !cmdline.contains("--daemon")
+                    && !cmdline.contains("receive")
+                    && !stat.contains(") Z")
+            })
+            .collect()
     }
 
     /// The daemon's pid.
@@ -270,7 +293,10 @@ async fn instances_and_the_proxy_outlive_the_connection() {
     let pid = agent.status(APP, ENV).await.unwrap().serving.unwrap().pid;
     // the ssh connection goes: the relay is killed with the client
     drop(agent);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        support::eventually(Duration::from_secs(5), || host.relays().is_empty()),
+        "the relay is gone"
+    );
     let (status, body) = get(&url).await.expect("still served");
     assert_eq!(status, 200);
     assert!(body.contains("v1"), "{body}");
@@ -350,7 +376,7 @@ fn hostile_tar(entries: &[(String, tar::EntryType, String)]) -> Vec<u8> {
         let name = &mut header.as_old_mut().name;
         name[..path.len()].copy_from_slice(path.as_bytes());
         header.set_entry_type(*kind);
-        if *kind == tar::EntryType::Symlink {
+        if matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link) {
             header.set_link_name(link).unwrap();
         }
         header.set_mode(0o644);
@@ -368,7 +394,7 @@ fn hostile_tar(entries: &[(String, tar::EntryType, String)]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_archive_writes_nothing_outside_the_release() {
-    use tar::EntryType::{Char, Regular, Symlink};
+    use tar::EntryType::{Char, Directory, Fifo, Link, Regular, Symlink};
     let host = Host::new();
     let outside = host.dir.path().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
@@ -376,7 +402,8 @@ async fn a_hostile_archive_writes_nothing_outside_the_release() {
     let cases = [
         (
             "dot-dot",
-            vec![entry("../../../outside/pwned", Regular, "")],
+            // from releases/.incoming-…/ up to the test's dir
+            vec![entry("../../../../../outside/pwned", Regular, "")],
         ),
         (
             "absolute",
@@ -391,6 +418,13 @@ async fn a_hostile_archive_writes_nothing_outside_the_release() {
         ),
         ("a link out", vec![entry("passwd", Symlink, "/etc/passwd")]),
         ("a device", vec![entry("dev", Char, "")]),
+        ("a fifo", vec![entry("fifo", Fifo, "")]),
+        ("a hard link", vec![entry("hard", Link, "/etc/passwd")]),
+        (
+            "a dir over a link",
+            vec![entry("d", Symlink, &out), entry("d", Directory, "")],
+        ),
+        ("a manifest naming ../x", Vec::new()),
     ];
     for (case, archive) in cases {
         let archive = hostile_tar(&archive);
@@ -406,7 +440,12 @@ async fn a_hostile_archive_writes_nothing_outside_the_release() {
             .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let mut stdin = child.stdin.take().unwrap();
-        let mut input = b"[]\n".to_vec();
+        let mut input = if case.contains("manifest") {
+            br#"[{"path":"../x","mode":420,"size":1,"sha256":"00"}]"#.to_vec()
+        } else {
+            b"[]".to_vec()
+        };
+        input.push(b'\n');
         input.extend_from_slice(&archive);
         tokio::io::AsyncWriteExt::write_all(&mut stdin, &input)
             .await
@@ -912,4 +951,49 @@ async fn a_full_disk_answers_disk_full_with_the_bytes() {
     let size = big.len() + "health_status = 200\n".len() + "v1".len();
     assert!(text.contains(&format!("needs {size} bytes")), "{text}");
     assert!(text.contains("262144 bytes were free"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_come_as_they_are_ready_and_bad_names_are_refused() {
+    let host = Host::new();
+    let agent = std::sync::Arc::new(host.connect().await);
+    let (dir, digest) = host.release("v1", "health_status = 500\n", &[]);
+    agent
+        .ship(host.receive(), APP, "v1", &dir, &digest, &[])
+        .await
+        .unwrap();
+    let started = agent
+        .start(&start_request("v1", SecretVars::default()))
+        .await
+        .unwrap();
+    // a health check that will fail after its 50 rounds, and a status meanwhile
+    let slow = {
+        let agent = agent.clone();
+        tokio::spawn(async move { agent.health(&health(started.instance)).await })
+    };
+    let status = agent.status(APP, ENV).await.unwrap();
+    assert_eq!(status.instances.len(), 1);
+    assert!(
+        !slow.is_finished(),
+        "the status was answered before the health check"
+    );
+    for bad in ["../../../../tmp", "/etc", ".hidden"] {
+        let err = agent
+            .start(&start_request(bad, SecretVars::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), Some(ErrorKind::BadRequest), "{bad}: {err}");
+    }
+    let err = agent
+        .stop(
+            APP,
+            ENV,
+            started.instance,
+            Duration::from_secs(u64::MAX / 2000),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), Some(ErrorKind::BadRequest), "{err}");
+    slow.abort();
 }

@@ -7,7 +7,6 @@
 //! or whose channel closes, fails with [`AgentError::Lost`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,15 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::oneshot;
 
-use super::files::{EntryKind, Tree, path_text};
+use super::files::Tree;
 use super::protocol::{
     self, Answer, Done, ErrorKind, HasReleaseAnswer, HealthAnswer, HealthRequest, HelloAnswer,
-    InstanceId, LogsAnswer, ManifestEntry, Op, ProbeAnswer, PruneAnswer, Received, Request,
-    StartAnswer, StartRequest, StatusAnswer, StopAnswer, SwitchAnswer, TaskAnswer, TaskRequest,
+    InstanceId, LogsAnswer, Op, ProbeAnswer, PruneAnswer, Request, StartAnswer, StartRequest,
+    StatusAnswer, StopAnswer, SwitchAnswer, TaskAnswer, TaskRequest,
 };
 
 /// How long a plain call (status, switch…) waits for its answer.
@@ -87,7 +86,9 @@ pub struct Agent {
 
 struct Inner {
     host: String,
-    stdin: tokio::sync::Mutex<ChildStdin>,
+    /// Lines to the agent, written whole by one task (a call given up half-way never
+    /// leaves half a line).
+    lines: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
     pending: Mutex<Pending>,
     next_id: AtomicU64,
     stderr: Arc<Mutex<VecDeque<String>>>,
@@ -127,18 +128,20 @@ impl Agent {
             .spawn()
             .map_err(|e| lost(format!("cannot run the agent command: {e}")))?;
         let stdin = child.stdin.take().expect("stdin is piped");
+        let (lines, queued) = tokio::sync::mpsc::unbounded_channel();
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
         let stderr_lines = Arc::new(Mutex::new(VecDeque::new()));
         let stderr_done = tokio::spawn(keep_lines(stderr, stderr_lines.clone()));
         let inner = Arc::new(Inner {
             host: host.to_string(),
-            stdin: tokio::sync::Mutex::new(stdin),
+            lines,
             pending: Mutex::default(),
             next_id: AtomicU64::new(1),
             stderr: stderr_lines,
             _child: Mutex::new(child),
         });
+        tokio::spawn(write_lines(stdin, queued, Arc::downgrade(&inner)));
         tokio::spawn(read_answers(
             stdout,
             Arc::downgrade(&inner),
@@ -230,14 +233,14 @@ impl Agent {
     /// (with the instance's last lines) when it is not.
     pub async fn health(&self, request: &HealthRequest) -> Result<String, AgentError> {
         let h = request.health();
-        let rounds = (h.interval + h.timeout * h.paths.len().max(1) as u32) * h.retries;
-        let answer: HealthAnswer = self
-            .inner
-            .call(
-                Op::Health(request.clone()),
-                h.startup_delay + rounds + SLACK,
-            )
-            .await?;
+        let round = h
+            .interval
+            .saturating_add(h.timeout.saturating_mul(h.paths.len().max(1) as u32));
+        let limit = h
+            .startup_delay
+            .saturating_add(round.saturating_mul(h.retries))
+            .saturating_add(SLACK);
+        let answer: HealthAnswer = self.inner.call(Op::Health(request.clone()), limit).await?;
         Ok(answer.log)
     }
 
@@ -257,7 +260,7 @@ impl Agent {
             path: path.into(),
             timeout_ms: protocol::ms(timeout),
         };
-        self.inner.call(op, timeout + SLACK).await
+        self.inner.call(op, timeout.saturating_add(SLACK)).await
     }
 
     /// Sends the environment's traffic on the host to `instance`, its proxy listening on
@@ -297,7 +300,12 @@ impl Agent {
         };
         let answer: StopAnswer = self
             .inner
-            .call(op, drain_timeout + stop_timeout + SLACK)
+            .call(
+                op,
+                drain_timeout
+                    .saturating_add(stop_timeout)
+                    .saturating_add(SLACK),
+            )
             .await?;
         Ok(answer.report)
     }
@@ -307,7 +315,7 @@ impl Agent {
         let limit =
             Duration::from_millis(request.timeout_ms.saturating_add(request.stop_timeout_ms));
         self.inner
-            .call(Op::Task(request.clone()), limit + SLACK)
+            .call(Op::Task(request.clone()), limit.saturating_add(SLACK))
             .await
     }
 
@@ -347,10 +355,12 @@ impl Agent {
     /// Sends `release` of `app` (the built tree at `dir`, whose digest is `digest`, with the
     /// environment's `shared` paths left out) unless the host has it already. `receive`
     /// makes the command that runs `ferry agent --dir D receive <args>` on the host from
-    /// `<args>`. Only the contents the host has in none of its releases go over the wire.
+    /// `<args>` (called again for a second try). Only the contents the host has in none of
+    /// its releases go over the wire; when the host's copy of one went meanwhile, the whole
+    /// release is sent once more.
     pub async fn ship(
         &self,
-        receive: impl FnOnce(Vec<String>) -> Command,
+        receive: impl Fn(Vec<String>) -> Command,
         app: &str,
         release: &str,
         dir: &Path,
@@ -372,6 +382,8 @@ impl Agent {
             .await
             .map_err(|e| lost(format!("reading the release failed: {e}")))?
             .map_err(|e| lost(format!("cannot read the release {}: {e}", dir.display())))?;
+        // a large manifest takes a while over a slow link: a second per 100 KB of it
+        let manifest_bytes: usize = tree.manifest.iter().map(|m| m.path.len() + 100).sum();
         let answer: HasReleaseAnswer = self
             .inner
             .call(
@@ -381,7 +393,7 @@ impl Agent {
                     digest: digest.into(),
                     manifest: Some(tree.manifest.clone()),
                 },
-                CALL_TIMEOUT,
+                CALL_TIMEOUT + Duration::from_secs((manifest_bytes / 100_000) as u64),
             )
             .await?;
         if answer.present {
@@ -390,20 +402,39 @@ impl Agent {
                 ..ShipReport::default()
             });
         }
+        let partial = answer.lacking.is_some();
         let lacking: Option<HashSet<String>> = answer.lacking.map(|l| l.into_iter().collect());
         let args = receive_args(app, release, digest, shared, tree.size());
-        let sent = tokio::time::timeout(
-            SHIP_TIMEOUT,
-            send_tree(receive(args), &self.host, dir, tree, lacking),
-        )
-        .await
-        .map_err(|_| {
-            lost(format!(
-                "the upload of {release} took over {}s",
-                SHIP_TIMEOUT.as_secs()
-            ))
-        })??;
-        Ok(sent)
+        let tree = Arc::new(tree);
+        let send = |cmd: Command, lacking: Option<HashSet<String>>| {
+            let tree = tree.clone();
+            async move {
+                tokio::time::timeout(
+                    SHIP_TIMEOUT,
+                    super::ship::send_tree(cmd, &self.host, dir, tree, lacking),
+                )
+                .await
+                .map_err(|_| {
+                    lost(format!(
+                        "the upload of {release} took over {}s",
+                        SHIP_TIMEOUT.as_secs()
+                    ))
+                })?
+            }
+        };
+        match send(receive(args.clone()), lacking).await {
+            // the host's copy of a content it said it had went meanwhile (pruned, changed):
+            // the whole release, once
+            Err(AgentError::Remote {
+                kind: ErrorKind::NotFound | ErrorKind::Digest,
+                message,
+                ..
+            }) if partial => {
+                tracing::warn!(host = %self.host, release, error = %message, "a partial upload failed; sending the whole release");
+                send(receive(args), None).await
+            }
+            other => other,
+        }
     }
 }
 
@@ -460,16 +491,14 @@ impl Inner {
         let mut line = serde_json::to_vec(&Request { id, op })
             .map_err(|e| self.lost(format!("cannot encode {name}: {e}")))?;
         line.push(b'\n');
+        if self.lines.send(line).is_err() {
+            self.lock_pending().waiting.remove(&id);
+            return Err(self.lost(format!(
+                "cannot send {name}: the channel closed{}",
+                self.stderr_tail()
+            )));
+        }
         let answer = tokio::time::timeout(timeout, async {
-            {
-                let mut stdin = self.stdin.lock().await;
-                stdin.write_all(&line).await.map_err(|e| {
-                    self.lost(format!("cannot send {name}: {e}{}", self.stderr_tail()))
-                })?;
-                stdin.flush().await.map_err(|e| {
-                    self.lost(format!("cannot send {name}: {e}{}", self.stderr_tail()))
-                })?;
-            }
             rx.await.map_err(|_| {
                 let why = self
                     .lock_pending()
@@ -519,7 +548,7 @@ impl Inner {
     }
 }
 
-fn stderr_tail(lines: &Mutex<VecDeque<String>>) -> String {
+pub(super) fn stderr_tail(lines: &Mutex<VecDeque<String>>) -> String {
     let lines = lines.lock().unwrap_or_else(|e| e.into_inner());
     let last: Vec<&str> = lines
         .iter()
@@ -536,7 +565,7 @@ fn stderr_tail(lines: &Mutex<VecDeque<String>>) -> String {
 }
 
 /// Keeps the last lines `from` prints.
-async fn keep_lines(from: impl AsyncRead + Unpin, into: Arc<Mutex<VecDeque<String>>>) {
+pub(super) async fn keep_lines(from: impl AsyncRead + Unpin, into: Arc<Mutex<VecDeque<String>>>) {
     let mut lines = BufReader::new(from).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let mut kept = into.lock().unwrap_or_else(|e| e.into_inner());
@@ -544,6 +573,30 @@ async fn keep_lines(from: impl AsyncRead + Unpin, into: Arc<Mutex<VecDeque<Strin
             kept.pop_front();
         }
         kept.push_back(line);
+    }
+}
+
+/// Writes each queued line whole; once a write fails, closes the channel for every call.
+async fn write_lines(
+    mut stdin: ChildStdin,
+    mut queued: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    inner: std::sync::Weak<Inner>,
+) {
+    while let Some(line) = queued.recv().await {
+        let written = async {
+            stdin.write_all(&line).await?;
+            stdin.flush().await
+        }
+        .await;
+        if let Err(e) = written {
+            if let Some(inner) = inner.upgrade() {
+                let why = format!("cannot write to the agent: {e}{}", inner.stderr_tail());
+                let mut pending = inner.lock_pending();
+                pending.closed.get_or_insert(why);
+                pending.waiting.clear();
+            }
+            return;
+        }
     }
 }
 
@@ -584,146 +637,6 @@ async fn read_answers(
     pending.closed = Some(why);
     // dropping the senders fails every call waiting
     pending.waiting.clear();
-}
-
-/// Counts what passes through.
-struct Counting<W> {
-    inner: W,
-    bytes: u64,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Runs `cmd` with the manifest line then a tar stream of the tree (only the files whose
-/// content is `lacking`, when the host said) on its stdin; reads its answer line.
-async fn send_tree(
-    mut cmd: Command,
-    host: &str,
-    dir: &Path,
-    tree: Tree,
-    lacking: Option<HashSet<String>>,
-) -> Result<ShipReport, AgentError> {
-    let lost = |detail: String| AgentError::Lost {
-        host: host.to_string(),
-        detail,
-    };
-    let (reader, writer) = std::io::pipe().map_err(|e| lost(format!("cannot make a pipe: {e}")))?;
-    cmd.stdin(Stdio::from(reader))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let spawned = cmd.spawn();
-    // the child has the read end now; ours must go, or the child never sees the end
-    drop(cmd);
-    let mut child = spawned.map_err(|e| lost(format!("cannot run the receive command: {e}")))?;
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let stderr_lines = Arc::new(Mutex::new(VecDeque::new()));
-    let stderr_done = tokio::spawn(keep_lines(stderr, stderr_lines.clone()));
-    let dir = dir.to_path_buf();
-    let writing = tokio::task::spawn_blocking(move || write_archive(writer, &dir, &tree, lacking));
-    let mut out = Vec::new();
-    let read = (&mut stdout).take(1 << 20).read_to_end(&mut out).await;
-    let written = writing
-        .await
-        .map_err(|e| lost(format!("writing the archive failed: {e}")))?;
-    let status = child.wait().await;
-    let _ = tokio::time::timeout(Duration::from_millis(500), stderr_done).await;
-    let text = String::from_utf8_lossy(&out);
-    let answer = text
-        .lines()
-        .rev()
-        .find_map(|line| serde_json::from_str::<Answer>(line).ok());
-    match answer {
-        Some(Answer { error: Some(e), .. }) => Err(AgentError::Remote {
-            host: host.to_string(),
-            kind: e.kind,
-            message: e.message,
-            lines: e.lines,
-        }),
-        Some(Answer { ok: Some(ok), .. }) => {
-            let (files_sent, bytes_sent) = written.map_err(|e| {
-                lost(format!(
-                    "sending the release failed: {e}{}",
-                    stderr_tail(&stderr_lines)
-                ))
-            })?;
-            let _: Received = serde_json::from_value(ok).map_err(|e| AgentError::Remote {
-                host: host.to_string(),
-                kind: ErrorKind::Internal,
-                message: format!("the receive's answer is not understood: {e}"),
-                lines: Vec::new(),
-            })?;
-            Ok(ShipReport {
-                present: false,
-                files_sent,
-                bytes_sent,
-            })
-        }
-        _ => {
-            let why = match (read, status, written) {
-                (_, _, Err(e)) => format!("sending the release failed: {e}"),
-                (Err(e), _, _) => format!("reading the receive's answer failed: {e}"),
-                (_, Ok(status), _) => {
-                    format!("the receive command ended ({status}) without an answer")
-                }
-                (_, Err(e), _) => format!("the receive command was lost: {e}"),
-            };
-            Err(lost(format!("{why}{}", stderr_tail(&stderr_lines))))
-        }
-    }
-}
-
-/// Writes the manifest line then the archive to `to`: every dir and link, and each file
-/// whose content is lacking (once per content), or every file. Files and bytes written.
-fn write_archive(
-    to: std::io::PipeWriter,
-    dir: &Path,
-    tree: &Tree,
-    lacking: Option<HashSet<String>>,
-) -> std::io::Result<(u64, u64)> {
-    let mut out = Counting {
-        inner: std::io::BufWriter::with_capacity(64 * 1024, to),
-        bytes: 0,
-    };
-    serde_json::to_writer(&mut out, &tree.manifest)?;
-    out.write_all(b"\n")?;
-    let by_path: HashMap<&str, &ManifestEntry> =
-        tree.manifest.iter().map(|m| (m.path.as_str(), m)).collect();
-    let mut sent_contents = HashSet::new();
-    let mut files = 0;
-    let mut builder = tar::Builder::new(out);
-    builder.follow_symlinks(false);
-    for (path, kind) in &tree.entries {
-        if *kind == EntryKind::File {
-            let entry = by_path
-                .get(path_text(path)?.as_str())
-                .copied()
-                .ok_or_else(|| std::io::Error::other("a file missing from the manifest"))?;
-            let wanted = match &lacking {
-                None => true,
-                Some(lacking) => lacking.contains(&entry.sha256),
-            };
-            if !wanted || !sent_contents.insert(entry.sha256.clone()) {
-                continue;
-            }
-            files += 1;
-        }
-        builder.append_path_with_name(dir.join(path), path)?;
-    }
-    let mut out = builder.into_inner()?;
-    out.flush()?;
-    Ok((files, out.bytes))
 }
 
 #[cfg(test)]

@@ -46,9 +46,20 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError
 pub struct Daemon {
     layout: Layout,
     envs: Mutex<HashMap<(String, String), Arc<Env>>>,
-    /// Serializes prunes and the making of environments.
+    /// Serializes the making of environments.
     making: tokio::sync::Mutex<()>,
+    /// Per app: held shared while an instance or task starts from a release, exclusively
+    /// by a prune.
+    releases: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+    /// Requests being carried out, and whether the daemon is retiring (it takes no more).
+    in_flight: tokio::sync::watch::Sender<usize>,
+    retiring: std::sync::atomic::AtomicBool,
 }
+
+/// The longest a duration in a request may be: more is refused, not overflowed.
+const MAX_MS: u64 = 24 * 3600 * 1000;
+/// How long a retiring daemon waits for the requests under way.
+const RETIRE_WAIT: Duration = Duration::from_secs(60);
 
 /// Sixteen random hex digits.
 pub fn random_hex() -> String {
@@ -78,6 +89,9 @@ pub async fn run(dir: &std::path::Path) -> Result<(), DaemonError> {
         layout: layout.clone(),
         envs: Mutex::default(),
         making: tokio::sync::Mutex::new(()),
+        releases: Mutex::default(),
+        in_flight: tokio::sync::watch::channel(0).0,
+        retiring: std::sync::atomic::AtomicBool::new(false),
     });
     daemon.adopt_all().await;
     let listener = UnixListener::bind(&socket)
@@ -170,9 +184,18 @@ impl Daemon {
         if let Some(found) = self.lock_envs().get(&key) {
             return Ok(found.clone());
         }
-        let made = Arc::new(Env::open(&self.layout, app, env)?);
+        let made = Arc::new(Env::open(&self.layout, app, env, self.releases_lock(app))?);
         self.lock_envs().insert(key, made.clone());
         Ok(made)
+    }
+
+    fn releases_lock(&self, app: &str) -> Arc<tokio::sync::RwLock<()>> {
+        self.releases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(app.to_string())
+            .or_default()
+            .clone()
     }
 
     fn lock_envs(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<Env>>> {
@@ -191,6 +214,7 @@ impl Daemon {
             }
         });
         let mut read = BufReader::new(read);
+        let mut helloed = false;
         loop {
             let mut line = Vec::new();
             match (&mut read)
@@ -216,14 +240,53 @@ impl Daemon {
                     continue;
                 }
             };
+            let is_hello = matches!(request.op, Op::Hello { .. });
+            if !is_hello && !helloed {
+                let _ = tx.send(answer_line(request.id, Err(bad("say hello first"))));
+                continue;
+            }
+            if self.retiring.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = tx.send(answer_line(
+                    request.id,
+                    Err(RemoteError::new(
+                        ErrorKind::Internal,
+                        "this agent daemon is retiring: connect again",
+                    )),
+                ));
+                continue;
+            }
+            if is_hello {
+                helloed = true;
+            }
             let (daemon, tx) = (self.clone(), tx.clone());
+            let retire = matches!(request.op, Op::Retire);
+            if retire {
+                self.retiring
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            } else {
+                self.in_flight.send_modify(|n| *n += 1);
+            }
             tokio::spawn(async move {
                 let id = request.id;
-                let retire = matches!(request.op, Op::Retire);
-                let answer = daemon.handle(request.op).await;
-                let _ = tx.send(answer_line(id, answer));
+                let name = request.op.name();
+                let work = daemon.clone();
+                // a request that panics fails alone, with an answer
+                let answer = match tokio::spawn(async move { work.handle(request.op).await }).await
+                {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        tracing::error!(op = name, error = %e, "a request failed");
+                        Err(RemoteError::new(
+                            ErrorKind::Internal,
+                            format!("the agent failed carrying out {name}"),
+                        ))
+                    }
+                };
                 if retire {
-                    daemon.retire().await;
+                    daemon.retire(&tx, id).await;
+                } else {
+                    let _ = tx.send(answer_line(id, answer));
+                    daemon.in_flight.send_modify(|n| *n -= 1);
                 }
             });
         }
@@ -231,15 +294,24 @@ impl Daemon {
         let _ = writer.await;
     }
 
-    /// Leaves: every instance's output left for the next daemon to read, then exits
+    /// Leaves once the requests under way are done (at most [`RETIRE_WAIT`]): every
+    /// instance's output left for the next daemon to read, the answer sent, then exits
     /// without stopping anything.
-    async fn retire(&self) {
+    async fn retire(&self, tx: &mpsc::UnboundedSender<Vec<u8>>, id: u64) {
         tracing::info!("retiring: the instances keep running for the next daemon");
+        let mut in_flight = self.in_flight.subscribe();
+        if tokio::time::timeout(RETIRE_WAIT, in_flight.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            tracing::warn!("retiring with requests still under way");
+        }
         let envs: Vec<Arc<Env>> = self.lock_envs().values().cloned().collect();
         for env in envs {
             env.detach().await;
         }
-        // the answer is on its way
+        let _ = tx.send(answer_line(id, to_value(Done {})));
+        // the answer is written by the connection's writer; give it a moment
         tokio::time::sleep(Duration::from_millis(100)).await;
         std::process::exit(0);
     }
@@ -248,6 +320,7 @@ impl Daemon {
     async fn handle(&self, op: Op) -> Result<serde_json::Value, RemoteError> {
         let name = op.name();
         tracing::debug!(op = name, "request");
+        check_durations(&op)?;
         match op {
             Op::Hello { protocol: p, .. } => {
                 if p != protocol::PROTOCOL {
@@ -364,7 +437,8 @@ impl Daemon {
         if !protocol::valid_name(app) {
             return Err(bad("the app must be a plain name"));
         }
-        let _making = self.making.lock().await;
+        let lock = self.releases_lock(app);
+        let _pruning = lock.write().await;
         let envs: Vec<Arc<Env>> = self
             .lock_envs()
             .values()
@@ -398,6 +472,32 @@ impl Daemon {
         }
         Ok(removed)
     }
+}
+
+/// Refuses a duration over [`MAX_MS`] (it would overflow the clocks it is added to).
+fn check_durations(op: &Op) -> Result<(), RemoteError> {
+    let durations: Vec<u64> = match op {
+        Op::Health(h) => vec![h.startup_delay_ms, h.interval_ms, h.timeout_ms],
+        Op::Start(s) => vec![s.stop_timeout_ms],
+        Op::Task(t) => vec![t.stop_timeout_ms, t.timeout_ms],
+        Op::Probe { timeout_ms, .. } => vec![*timeout_ms],
+        Op::Stop {
+            drain_timeout_ms, ..
+        } => vec![*drain_timeout_ms],
+        _ => Vec::new(),
+    };
+    if durations.iter().any(|ms| *ms > MAX_MS) {
+        return Err(bad(format!(
+            "a duration of {} ms is more than ferry takes ({MAX_MS} ms)",
+            durations.iter().max().copied().unwrap_or_default()
+        )));
+    }
+    if let Op::Health(h) = op
+        && h.retries > 100_000
+    {
+        return Err(bad("more than 100000 health retries"));
+    }
+    Ok(())
 }
 
 fn to_value<T: serde::Serialize>(answer: T) -> Result<serde_json::Value, RemoteError> {

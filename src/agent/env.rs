@@ -28,6 +28,11 @@ pub struct Env {
     redactor: Arc<crate::sandbox::Redactor>,
     proxy: Proxy,
     state: tokio::sync::Mutex<State>,
+    /// Held while the environment's copy of a release is made.
+    preparing: tokio::sync::Mutex<()>,
+    /// The app's releases: held shared while an instance or task is started from one (and
+    /// for a task's run), exclusively by a prune.
+    releases: Arc<tokio::sync::RwLock<()>>,
 }
 
 #[derive(Default)]
@@ -47,6 +52,8 @@ struct Running {
     instance: Instance,
     upstream: Arc<Upstream>,
     recorded: Recorded,
+    /// Being drained and stopped: it takes no traffic, and its release stays.
+    stopping: bool,
 }
 
 /// An instance as the state file records it.
@@ -69,10 +76,32 @@ struct Recorded {
 /// `D/state/<app>/<env>.json`: never a secret in it.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StateFile {
+    /// The boot the pids belong to: after a reboot none of them is ours.
+    #[serde(default)]
+    boot_id: String,
     listen: Option<String>,
     serving: Option<InstanceId>,
     next_id: InstanceId,
     instances: Vec<Recorded>,
+}
+
+/// An instance being drained and stopped.
+struct Stopping {
+    instance: Instance,
+    upstream: Arc<Upstream>,
+    release: String,
+    stop_timeout: Duration,
+}
+
+/// A runtime error as an answer: `disk_full` when the disk is full.
+fn runtime_error(e: &crate::runtime::RuntimeError) -> RemoteError {
+    let text = e.to_string();
+    let kind = if files::text_says_full(&text) {
+        ErrorKind::DiskFull
+    } else {
+        ErrorKind::Internal
+    };
+    RemoteError::new(kind, text)
 }
 
 /// What [`Env::spec`] makes a spec of.
@@ -86,6 +115,13 @@ struct Launch<'a> {
     secrets: &'a SecretVars,
     stop_timeout: Duration,
     output: PathBuf,
+}
+
+/// This boot of the host.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|b| b.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// The values of the variables `names` in the environment `pid` started with.
@@ -120,7 +156,12 @@ fn internal(message: impl Into<String>) -> RemoteError {
 
 impl Env {
     /// The environment `env` of `app`, its dirs made.
-    pub fn open(layout: &Layout, app: &str, env: &str) -> Result<Env, RemoteError> {
+    pub fn open(
+        layout: &Layout,
+        app: &str,
+        env: &str,
+        releases: Arc<tokio::sync::RwLock<()>>,
+    ) -> Result<Env, RemoteError> {
         for (what, name) in [("app", app), ("environment", env)] {
             if !super::protocol::valid_name(name) {
                 return Err(bad(format!("{what} {name:?} is not a plain name")));
@@ -152,6 +193,8 @@ impl Env {
                 next_id: 1,
                 ..State::default()
             }),
+            preparing: tokio::sync::Mutex::new(()),
+            releases,
         })
     }
 
@@ -164,12 +207,29 @@ impl Env {
     /// recorded instance if it is among them. Dead ones are forgotten.
     pub async fn adopt(&self) {
         let path = self.layout.state_file(&self.app, &self.env);
-        let Some(file) = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<StateFile>(&b).ok())
-        else {
-            return;
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot read the state file: its instances are not adopted");
+                return;
+            }
         };
+        let mut file = match serde_json::from_slice::<StateFile>(&bytes) {
+            Ok(file) => file,
+            Err(e) => {
+                // kept for a person to read, never overwritten
+                let aside =
+                    path.with_extension(format!("json.bad-{}", super::daemon::random_hex()));
+                let _ = std::fs::rename(&path, &aside);
+                tracing::error!(path = %path.display(), aside = %aside.display(), error = %e, "the state file is not valid: moved aside, its instances are not adopted");
+                return;
+            }
+        };
+        if file.boot_id != boot_id() {
+            tracing::info!(app = %self.app, env = %self.env, "the host rebooted since the state file was written: no instance of it runs");
+            file.instances.clear();
+        }
         let mut state = self.state.lock().await;
         state.next_id = file.next_id.max(1);
         for rec in file.instances {
@@ -196,6 +256,7 @@ impl Env {
                             instance,
                             upstream,
                             recorded: rec,
+                            stopping: false,
                         },
                     );
                 }
@@ -217,12 +278,15 @@ impl Env {
                 }
             }
         }
-        self.save(&state);
+        if let Err(e) = self.save(&state) {
+            tracing::error!(app = %self.app, env = %self.env, error = %e.message, "cannot write the state file");
+        }
     }
 
     /// Writes the state file (temp file, rename).
-    fn save(&self, state: &State) {
+    fn save(&self, state: &State) -> Result<(), RemoteError> {
         let file = StateFile {
+            boot_id: boot_id(),
             listen: state.listening.as_ref().map(|l| l.addr.clone()),
             serving: state.serving,
             next_id: state.next_id,
@@ -233,16 +297,17 @@ impl Env {
                 .collect(),
         };
         let path = self.layout.state_file(&self.app, &self.env);
-        let written = serde_json::to_vec_pretty(&file)
+        serde_json::to_vec_pretty(&file)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| files::write_atomic(&path, &bytes));
-        if let Err(e) = written {
-            tracing::error!(path = %path.display(), error = %e, "cannot write the state file");
-        }
+            .and_then(|bytes| files::write_atomic(&path, &bytes))
+            .map_err(|e| files::io_error(&format!("writing {}", path.display()), &e))
     }
 
     /// The release's record, if the host has it.
     fn release_meta(&self, release: &str) -> Result<ReleaseMeta, RemoteError> {
+        if !super::protocol::valid_name(release) {
+            return Err(bad(format!("release {release:?} is not a plain name")));
+        }
         let dir = self.layout.release(&self.app, release);
         match ReleaseMeta::read(&self.layout.release_meta(&self.app, release)) {
             Some(meta) if dir.is_dir() => Ok(meta),
@@ -255,6 +320,8 @@ impl Env {
 
     /// The environment's copy of `release` (made when missing or from other bytes).
     async fn env_release(&self, release: &str) -> Result<PathBuf, RemoteError> {
+        // two starts of one release in one environment make its copy once
+        let _preparing = self.preparing.lock().await;
         let meta = self.release_meta(release)?;
         let view = self.layout.env_release(&self.app, &self.env, release);
         let marker = self
@@ -288,10 +355,15 @@ impl Env {
         .await
         .map_err(|e| internal(e.to_string()))?
         .map_err(|e| {
-            bad(format!(
-                "cannot prepare release {release} for {}: {e}",
-                self.env
-            ))
+            let kind = if files::text_says_full(&e) {
+                ErrorKind::DiskFull
+            } else {
+                ErrorKind::BadRequest
+            };
+            RemoteError::new(
+                kind,
+                format!("cannot prepare release {release} for {}: {e}", self.env),
+            )
         })?;
         files::write_atomic(&marker, meta.digest.as_bytes())
             .map_err(|e| internal(format!("writing {}: {e}", marker.display())))?;
@@ -359,6 +431,8 @@ impl Env {
 
     /// Starts an instance of a release the host has.
     pub async fn start(&self, req: &StartRequest) -> Result<StartAnswer, RemoteError> {
+        // no prune removes the release until the instance is recorded
+        let _release_kept = self.releases.read().await;
         let release_dir = self.env_release(&req.release).await?;
         let port = crate::runtime::free_port().map_err(|e| internal(e.to_string()))?;
         let mut app_vars = req.vars.clone();
@@ -379,7 +453,7 @@ impl Env {
             .runtime
             .start(&spec, &self.log)
             .await
-            .map_err(|e| internal(e.to_string()))?;
+            .map_err(|e| runtime_error(&e))?;
         let pid = instance.pid().unwrap_or_default();
         let mut state = self.state.lock().await;
         let id = state.next_id;
@@ -398,12 +472,19 @@ impl Env {
         state.instances.insert(
             id,
             Running {
-                instance,
+                instance: instance.clone(),
                 upstream: Upstream::new(([127, 0, 0, 1], port).into()),
                 recorded,
+                stopping: false,
             },
         );
-        self.save(&state);
+        if let Err(e) = self.save(&state) {
+            // not recorded, it would be lost at the next restart: it does not run at all
+            state.instances.remove(&id);
+            drop(state);
+            instance.stop(stop_timeout).await;
+            return Err(e);
+        }
         tracing::info!(app = %self.app, env = %self.env, release = %req.release, id, pid, port, "started an instance");
         Ok(StartAnswer {
             instance: id,
@@ -513,11 +594,19 @@ impl Env {
                 "instance {id} has exited ({status}): it cannot take traffic"
             )));
         }
+        if running.stopping {
+            return Err(bad(format!("instance {id} is being stopped")));
+        }
         let upstream = running.upstream.clone();
         self.listen(&mut state, listen).await?;
-        self.proxy.switch(Some(upstream));
+        let before = self.proxy.switch(Some(upstream));
         let previous = state.serving.replace(id).filter(|p| *p != id);
-        self.save(&state);
+        if let Err(e) = self.save(&state) {
+            // not recorded: the traffic goes back where it was, as the state file says
+            self.proxy.switch(before);
+            state.serving = previous;
+            return Err(e);
+        }
         tracing::info!(app = %self.app, env = %self.env, id, "switched");
         Ok(previous)
     }
@@ -536,24 +625,34 @@ impl Env {
                     self.env
                 )));
             }
-            state
+            let running = state
                 .instances
-                .remove(&id)
-                .ok_or_else(|| self.no_instance(id))?
+                .get_mut(&id)
+                .ok_or_else(|| self.no_instance(id))?;
+            if running.stopping {
+                return Err(bad(format!("instance {id} is being stopped already")));
+            }
+            running.stopping = true;
+            Stopping {
+                instance: running.instance.clone(),
+                upstream: running.upstream.clone(),
+                release: running.recorded.release.clone(),
+                stop_timeout: Duration::from_millis(running.recorded.stop_timeout_ms),
+            }
         };
         use crate::pipeline::DrainOpen;
         let open = DrainOpen::of(&running.upstream);
         let left = running.upstream.drain(drain_timeout).await;
         let still = DrainOpen::of(&running.upstream);
-        running
-            .instance
-            .stop(Duration::from_millis(running.recorded.stop_timeout_ms))
-            .await;
-        let state = self.state.lock().await;
-        self.save(&state);
+        running.instance.stop(running.stop_timeout).await;
+        let mut state = self.state.lock().await;
+        state.instances.remove(&id);
+        if let Err(e) = self.save(&state) {
+            tracing::error!(app = %self.app, env = %self.env, error = %e.message, "cannot write the state file");
+        }
         tracing::info!(app = %self.app, env = %self.env, id, "stopped an instance");
         Ok(crate::pipeline::drain_report(
-            &running.recorded.release,
+            &running.release,
             drain_timeout,
             open,
             (left > 0).then_some(still),
@@ -602,6 +701,7 @@ impl Env {
 
     /// Runs a command of a release once, as an instance would, to its end.
     pub async fn task(&self, req: &TaskRequest) -> Result<TaskAnswer, RemoteError> {
+        let _release_kept = self.releases.read().await;
         let release_dir = self.env_release(&req.release).await?;
         let stop_timeout = Duration::from_millis(req.stop_timeout_ms);
         let timeout = Duration::from_millis(req.timeout_ms);
@@ -623,7 +723,7 @@ impl Env {
             .runtime
             .run_task(&spec, &req.command, timeout, &self.log, |_| {})
             .await
-            .map_err(|e| internal(e.to_string()))?;
+            .map_err(|e| runtime_error(&e))?;
         Ok(TaskAnswer {
             status: ran.status.and_then(|s| s.code()),
             success: ran.success(),

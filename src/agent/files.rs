@@ -274,6 +274,25 @@ pub fn seal(root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Gives the owner every right on each dir of `root` (never following a link), so that a
+/// tree a hostile archive left with a 0000 dir can be removed.
+pub fn open_up(root: &Path) {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        let mode = meta.permissions().mode();
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode | 0o700));
+        if let Ok(entries) = std::fs::read_dir(&path) {
+            stack.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+}
+
 /// Makes `to` (which must not exist) the environment's copy of the received release
 /// `from`: its dirs made, its files hard-linked, its links copied, and its shared paths
 /// linked to `shared_dir` ([`crate::release::link_shared`]: a missing shared file is an
@@ -338,6 +357,45 @@ pub fn contents(layout: &Layout, app: &str) -> HashMap<String, PathBuf> {
         }
     }
     found
+}
+
+/// True when `e`, or an error it wraps, is ENOSPC or EDQUOT.
+pub fn no_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let full = [
+        nix::errno::Errno::ENOSPC as i32,
+        nix::errno::Errno::EDQUOT as i32,
+    ];
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.raw_os_error().is_some_and(|code| full.contains(&code)) {
+                return true;
+            }
+            if let Some(inner) = io.get_ref()
+                && no_space(inner)
+            {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    text_says_full(&e.to_string())
+}
+
+/// True when a message says the disk is full (errors that kept only their text).
+pub fn text_says_full(text: &str) -> bool {
+    text.contains("No space left on device") || text.contains("Disk quota exceeded")
+}
+
+/// `disk_full` for a full disk, else `internal`, saying what was being done.
+pub fn io_error(what: &str, e: &std::io::Error) -> super::protocol::RemoteError {
+    use super::protocol::{ErrorKind, RemoteError};
+    let kind = if no_space(e) {
+        ErrorKind::DiskFull
+    } else {
+        ErrorKind::Internal
+    };
+    RemoteError::new(kind, format!("{what}: {e}"))
 }
 
 /// Free bytes for an unprivileged user on the filesystem of `dir`.

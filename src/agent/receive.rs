@@ -53,7 +53,13 @@ pub fn receive(dir: &Path, want: &Incoming, input: impl Read) -> Result<Received
     }
     let layout = Layout::new(dir);
     let releases = layout.releases(&want.app);
-    std::fs::create_dir_all(&releases).map_err(|e| internal("creating the releases dir", &e))?;
+    if let Err(e) = std::fs::create_dir_all(&releases) {
+        let free = Free {
+            bytes: 0,
+            dir: &layout.dir,
+        };
+        return Err(disk(want, free, "creating the releases dir", &e));
+    }
     let free = Free {
         bytes: files::free_bytes(&releases),
         dir: &layout.dir,
@@ -71,7 +77,7 @@ pub fn receive(dir: &Path, want: &Incoming, input: impl Read) -> Result<Received
     let incoming = tempfile::Builder::new()
         .prefix(&format!(".incoming-{}-", want.release))
         .tempdir_in(&releases)
-        .map_err(|e| internal("making the incoming dir", &e))?;
+        .map_err(|e| disk(want, free, "making the incoming dir", &e))?;
     // removed with `incoming` on any failure
     let received = unpack(&layout, want, free, incoming.path(), input)?;
     let tree = incoming.path();
@@ -92,7 +98,22 @@ pub fn receive(dir: &Path, want: &Incoming, input: impl Read) -> Result<Received
     if let Ok(f) = std::fs::File::open(tree) {
         let _ = nix::unistd::syncfs(&f);
     }
+    // one receive at a time swaps a release into place
+    let _swapping = lock_releases(&releases).map_err(|e| internal("locking the releases", &e))?;
+    if target.exists() && ReleaseMeta::read(&meta_path).is_some_and(|m| m.digest == want.digest) {
+        // another receive of the same release finished first; `incoming` goes
+        return Ok(received);
+    }
     let kept = incoming.keep();
+    // the record first: a tree without one is not present, whatever it holds
+    match std::fs::remove_file(&meta_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&kept);
+            return Err(internal("removing the old record", &e));
+        }
+    }
     if target.exists() {
         // a release of the same name and other bytes (rebuilt): environments run copies
         // of their own, so the old tree may go
@@ -102,11 +123,6 @@ pub fn receive(dir: &Path, want: &Incoming, input: impl Read) -> Result<Received
     }
     if let Err(e) = std::fs::rename(&kept, &target) {
         let _ = std::fs::remove_dir_all(&kept);
-        if target.exists() && ReleaseMeta::read(&meta_path).is_some_and(|m| m.digest == want.digest)
-        {
-            // another receive of the same release finished first
-            return Ok(received);
-        }
         return Err(internal("moving the release into place", &e));
     }
     let meta = ReleaseMeta {
@@ -129,6 +145,17 @@ pub fn receive(dir: &Path, want: &Incoming, input: impl Read) -> Result<Received
     Ok(received)
 }
 
+/// An exclusive lock on the app's releases dir (`.lock`), held while a release is swapped in.
+fn lock_releases(releases: &Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(releases.join(".lock"))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| std::io::Error::from(e))
+}
+
 /// Removes what receives cut off (the connection lost mid-way) left over an hour ago.
 fn remove_stale(releases: &Path) {
     let Ok(entries) = std::fs::read_dir(releases) else {
@@ -143,6 +170,7 @@ fn remove_stale(releases: &Path) {
             .and_then(|m| m.modified())
             .is_ok_and(|t| t < hour_ago);
         if (name.starts_with(".incoming-") || name.starts_with(".old-")) && old {
+            files::open_up(&entry.path());
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -150,29 +178,6 @@ fn remove_stale(releases: &Path) {
 
 fn internal(what: &str, e: &std::io::Error) -> RemoteError {
     RemoteError::new(ErrorKind::Internal, format!("{what}: {e}"))
-}
-
-/// True when `e`, or an error it wraps, is ENOSPC (or EDQUOT).
-fn no_space(e: &(dyn std::error::Error + 'static)) -> bool {
-    let full = [
-        nix::errno::Errno::ENOSPC as i32,
-        nix::errno::Errno::EDQUOT as i32,
-    ];
-    let mut next = Some(e);
-    while let Some(e) = next {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.raw_os_error().is_some_and(|code| full.contains(&code)) {
-                return true;
-            }
-            if let Some(inner) = io.get_ref()
-                && no_space(inner)
-            {
-                return true;
-            }
-        }
-        next = e.source();
-    }
-    e.to_string().contains("No space left on device")
 }
 
 /// The free bytes in the agent dir when the receive began.
@@ -184,7 +189,7 @@ struct Free<'a> {
 
 /// `disk_full` (with the bytes needed and free) for a full disk, else `internal`.
 fn disk(want: &Incoming, free: Free<'_>, what: &str, e: &std::io::Error) -> RemoteError {
-    if no_space(e) {
+    if files::no_space(e) {
         let needed = want
             .size
             .map(|s| format!("the release needs {s} bytes, "))
@@ -230,6 +235,8 @@ fn unpack(
             )));
         }
     }
+    let root = cap_std::fs::Dir::open_ambient_dir(tree, cap_std::ambient_authority())
+        .map_err(|e| internal("opening the release", &e))?;
     let mut archive = tar::Archive::new(input);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(false);
@@ -260,7 +267,7 @@ fn unpack(
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 files += 1;
-                bytes += entry.size();
+                bytes = bytes.saturating_add(entry.size());
             }
             tar::EntryType::Directory | tar::EntryType::Symlink => {}
             other => {
@@ -269,11 +276,26 @@ fn unpack(
                 )));
             }
         }
+        if let Ok(there) = std::fs::symlink_metadata(tree.join(&path)) {
+            if there.is_dir() && kind == tar::EntryType::Directory {
+                continue;
+            }
+            return Err(bad(format!(
+                "the archive holds {shown:?} twice, or over a link: refused"
+            )));
+        }
         if let Some(link) = link_on_the_way(tree, &path) {
             return Err(bad(format!(
                 "the archive writes {shown:?} through the link {}: refused",
                 link.display()
             )));
+        }
+        if kind == tar::EntryType::Directory {
+            // made here, 0700 until sealed: the archive's modes for dirs are not taken (a
+            // 0000 or 0555 dir would stop what goes in it, and its own removal)
+            root.create_dir_all(&path)
+                .map_err(|e| disk(want, free, &format!("making {shown}"), &e))?;
+            continue;
         }
         match entry.unpack_in(tree) {
             Ok(true) => {}
@@ -287,8 +309,6 @@ fn unpack(
     }
     let reused = fill(layout, want, free, tree, &manifest)?;
     crate::release::check_tree(tree, &want.shared).map_err(|e| bad(e.to_string()))?;
-    let root = cap_std::fs::Dir::open_ambient_dir(tree, cap_std::ambient_authority())
-        .map_err(|e| internal("opening the release", &e))?;
     files::link_placeholders(&root, &want.shared)
         .map_err(|e| disk(want, free, "linking the shared paths", &e))?;
     files::seal(tree).map_err(|e| internal("setting the release's modes", &e))?;

@@ -36,8 +36,9 @@ pub struct Receive {
     /// The digest the release must have once unpacked (`sha256:…`).
     #[arg(long)]
     pub digest: String,
-    /// The environment's shared paths, left out of the archive and linked instead.
-    #[arg(long, value_delimiter = ',')]
+    /// An environment's shared path (repeated for each), left out of the archive and
+    /// linked instead.
+    #[arg(long)]
     pub shared: Vec<String>,
     /// The bytes of the release's files, for the message of a full disk.
     #[arg(long)]
