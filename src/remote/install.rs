@@ -40,8 +40,12 @@ pub enum InstallError {
 /// A ferry binary to install: where it is here and its sha256 (hex).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalBinary {
+    /// Its name, for messages.
     pub path: PathBuf,
     pub sha256: String,
+    /// The file hashed and streamed: `/proc/self/exe` for the running binary, whatever
+    /// replaced the file at `path` since.
+    pub source: PathBuf,
 }
 
 impl LocalBinary {
@@ -61,6 +65,7 @@ impl LocalBinary {
                 .map(|sha256| LocalBinary {
                     path: path.clone(),
                     sha256,
+                    source: source.clone(),
                 })
                 .map_err(|e| (path, e.to_string()))
         });
@@ -81,6 +86,7 @@ impl LocalBinary {
         Ok(LocalBinary {
             path: path.to_path_buf(),
             sha256,
+            source: path.to_path_buf(),
         })
     }
 
@@ -139,7 +145,8 @@ pub struct Installed {
 /// The checks and the install, as one `sh -c` script each. `$1` is the agent's path, `$2`
 /// its sha256. A binary there counts only when it is executable, the user's own, writable by
 /// no one else, and has the digest: anything else is installed over.
-const PROBE: &str = r#"m=$(uname -m) || exit 3
+const PROBE: &str = r#"export LC_ALL=C
+m=$(uname -m) || exit 3
 if [ -x "$1" ] && [ -O "$1" ]; then
     case $(stat -c %a "$1") in
     *[2367][0-7] | *[2367]) ;;
@@ -151,17 +158,20 @@ echo "$m missing""#;
 /// `$1` the path, `$2` the expected sha256; the binary on stdin. A temp file beside the
 /// target (private until checked), removed on any failure; temp files of earlier attempts
 /// more than an hour old are removed too.
-const INSTALL: &str = r#"umask 077
+const INSTALL: &str = r#"export LC_ALL=C
+umask 077
 dir=$(dirname "$1")
 mkdir -p "$dir" || exit 10
 find "$dir" -maxdepth 1 -name '*.tmp.*' -type f -mmin +60 -exec rm -f {} + 2>/dev/null
 tmp="$1.tmp.$$"
 trap 'rm -f "$tmp"' EXIT
+trap 'exit 1' HUP PIPE TERM
 cat > "$tmp" || exit 11
 sum=$(sha256sum "$tmp") || exit 12
 sum=${sum%% *}
 if [ "$sum" != "$2" ]; then echo "digest $sum" >&2; exit 13; fi
 chmod 755 "$tmp" || exit 14
+sync "$tmp" 2>/dev/null || sync
 mv -f "$tmp" "$1" || exit 15
 trap - EXIT
 echo installed"#;
@@ -189,7 +199,14 @@ pub async fn ensure_binary(
             b"",
         )
         .await?;
-    let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // the last line: a login shell's rc file may print before it
+    let answer = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string();
     let (machine, state) = answer.split_once(' ').ok_or_else(|| InstallError::Answer {
         host: host.clone(),
         answer: answer.clone(),
@@ -212,7 +229,7 @@ pub async fn ensure_binary(
         "missing" => {}
         _ => return Err(InstallError::Answer { host, answer }),
     }
-    let file = tokio::fs::File::open(&binary.path)
+    let file = tokio::fs::File::open(&binary.source)
         .await
         .map_err(|e| InstallError::Local {
             path: binary.path.clone(),

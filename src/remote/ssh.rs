@@ -56,6 +56,10 @@ pub enum SshError {
         /// The last lines of its stderr.
         stderr: String,
     },
+    #[error(
+        "{host}: ssh refused its settings: {reason}\nhelp: check [ssh] and ~/.ssh/config of ferry's user"
+    )]
+    Config { host: String, reason: String },
     #[error("{host}: cannot run {command}: {source}")]
     Spawn {
         host: String,
@@ -76,6 +80,7 @@ impl SshError {
             | SshError::Auth { host, .. }
             | SshError::Lost { host, .. }
             | SshError::Remote { host, .. }
+            | SshError::Config { host, .. }
             | SshError::Spawn { host, .. } => host,
             SshError::ControlDir { .. } => "",
         }
@@ -103,8 +108,8 @@ impl Ssh {
         let mut control_dir = state_dir.join("ssh");
         // ssh expands `%` and `~` in ControlPath and splits it at whitespace
         let plain = control_dir.to_str().is_some_and(|p| {
-            !p.chars()
-                .any(|c| c.is_whitespace() || matches!(c, '%' | '~' | '"' | '\'' | '$' | '\\'))
+            p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-'))
         });
         if !plain || control_dir.as_os_str().len() > MAX_CONTROL_DIR {
             use sha2::Digest;
@@ -142,7 +147,11 @@ impl Ssh {
     pub fn args(&self, server: &SshServer, remote: &[&str]) -> Vec<OsString> {
         let o = &self.options;
         let mut args: Vec<OsString> = self.checked_options().into_iter().map(Into::into).collect();
+        // no tty (it would mangle the binary and the JSON lines), no escape character, no
+        // forwardings from ssh_config
+        args.extend(["-T".into(), "-e".into(), "none".into()]);
         let mut more = vec![
+            "ClearAllForwardings=yes".to_string(),
             "ControlMaster=auto".to_string(),
             format!("ControlPath={}/%C", self.control_dir.display()),
             format!("ControlPersist={CONTROL_PERSIST}"),
@@ -202,6 +211,13 @@ impl Ssh {
             format!("ConnectTimeout={}", o.connect_timeout.as_secs().max(1)),
             "ServerAliveInterval=2".to_string(),
             "ServerAliveCountMax=3".to_string(),
+            // nothing from ssh_config may add trust, forward ferry's agent or keys, or turn
+            // messages off (the errors are read from them)
+            "KnownHostsCommand=none".to_string(),
+            "ForwardAgent=no".to_string(),
+            "ForwardX11=no".to_string(),
+            "PermitLocalCommand=no".to_string(),
+            "LogLevel=ERROR".to_string(),
         ] {
             out.push("-o".to_string());
             out.push(v);
@@ -257,11 +273,17 @@ impl Ssh {
             dir: dir.clone(),
             reason,
         };
-        match std::fs::create_dir(dir) {
+        use std::os::unix::fs::DirBuilderExt;
+        // made 0700 at once: no moment with a looser mode
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .recursive(true)
+                    .create(dir)
+                    .map_err(|e| fail(e.to_string()))?;
             }
             Err(e) => return Err(fail(e.to_string())),
         }
@@ -364,8 +386,22 @@ impl Ssh {
                 };
             }
         }
-        let has = |needle: &str| text.contains(needle);
+        // ssh's own words come last: remote output before them must not decide
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let last = lines[lines.len().saturating_sub(4)..].join("\n");
+        let has = |needle: &str| last.contains(needle);
         let reason = last_line(&text);
+        let config = [
+            "command-line line",
+            "Bad configuration option",
+            "Bad owner or permissions",
+            "Unable to negotiate",
+            "garbage at end of line",
+            "no argument after keyword",
+        ];
+        if config.iter().any(|n| has(n)) {
+            return SshError::Config { host, reason };
+        }
         if has("REMOTE HOST IDENTIFICATION HAS CHANGED")
             || has("Host key for") && has("has changed")
         {
@@ -403,7 +439,6 @@ impl Ssh {
             "closed by remote host",
             "Connection reset by",
             "Broken pipe",
-            "mux_client",
             "packet_write",
         ];
         let unreachable = [
@@ -542,183 +577,5 @@ fn last_line(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::process::ExitStatusExt;
-
-    fn server(s: &str) -> SshServer {
-        SshServer::parse(s).unwrap()
-    }
-
-    fn ssh() -> Ssh {
-        let options = SshOptions {
-            identity_file: Some("/k/id".into()),
-            known_hosts: Some("/k/known_hosts".into()),
-            proxy_jump: Some("bastion".into()),
-            user: Some("deploy".into()),
-            ..SshOptions::default()
-        };
-        Ssh::new(&options, Path::new("/state"))
-    }
-
-    fn strings(args: Vec<OsString>) -> Vec<String> {
-        args.into_iter().map(|a| a.into_string().unwrap()).collect()
-    }
-
-    #[test]
-    fn the_command_line_is_the_designed_one() {
-        let args = strings(ssh().args(&server("app1.example.com:2222"), &["ls", "-la"]));
-        assert_eq!(
-            args,
-            [
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                "UserKnownHostsFile=/k/known_hosts",
-                "-o",
-                "GlobalKnownHostsFile=/dev/null",
-                "-o",
-                "UpdateHostKeys=no",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "ServerAliveInterval=2",
-                "-o",
-                "ServerAliveCountMax=3",
-                "-i",
-                "/k/id",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "ControlMaster=auto",
-                "-o",
-                "ControlPath=/state/ssh/%C",
-                "-o",
-                "ControlPersist=5m",
-                "-o",
-                "ProxyCommand=ssh -o BatchMode=yes -o StrictHostKeyChecking=yes \
-                 -o UserKnownHostsFile=/k/known_hosts -o GlobalKnownHostsFile=/dev/null \
-                 -o UpdateHostKeys=no -o ConnectTimeout=10 -o ServerAliveInterval=2 \
-                 -o ServerAliveCountMax=3 -i /k/id -o IdentitiesOnly=yes -W '[%h]:%p' -- bastion \
-                 2>/state/ssh/jump-%h-%p.log",
-                "-p",
-                "2222",
-                "-l",
-                "deploy",
-                "--",
-                "app1.example.com",
-                "ls -la",
-            ]
-        );
-        let args = strings(
-            Ssh::new(&SshOptions::default(), Path::new("/s")).args(&server("me@[::1]"), &["x"]),
-        );
-        assert_eq!(&args[args.len() - 5..], ["-l", "me", "--", "::1", "x"]);
-        assert!(!args.contains(&"-p".to_string()) && !args.contains(&"-i".to_string()));
-    }
-
-    #[test]
-    fn remote_words_are_quoted_for_the_shell() {
-        assert_eq!(
-            remote_command(&[".ferry/bin/ferry-0a", "agent", "--dir", ".ferry"]),
-            ".ferry/bin/ferry-0a agent --dir .ferry"
-        );
-        assert_eq!(
-            remote_command(&["echo", "a b", "", "it's", "$(id)", "`id`;x"]),
-            r"echo 'a b' '' 'it'\''s' '$(id)' '`id`;x'"
-        );
-    }
-
-    #[test]
-    fn a_long_state_dir_gets_a_short_control_dir() {
-        let long = PathBuf::from("/").join("d".repeat(120));
-        let ssh = Ssh::new(&SshOptions::default(), &long);
-        assert!(ssh.control_dir().as_os_str().len() <= MAX_CONTROL_DIR);
-        assert!(ssh.control_dir().starts_with(std::env::temp_dir()));
-        let odd = Ssh::new(&SshOptions::default(), Path::new("/srv/a b%h"));
-        assert!(odd.control_dir().starts_with(std::env::temp_dir()));
-        let fine = Ssh::new(&SshOptions::default(), Path::new("/srv/ferry"));
-        assert_eq!(fine.control_dir(), Path::new("/srv/ferry/ssh"));
-    }
-
-    fn classify(code: i32, stderr: &str) -> SshError {
-        ssh().classify(
-            &server("deploy@app1:2222"),
-            ExitStatus::from_raw(code << 8),
-            stderr.as_bytes(),
-        )
-    }
-
-    #[test]
-    fn ssh_failures_are_read_into_typed_errors_naming_the_host() {
-        let e = classify(
-            255,
-            "ssh: connect to host app1 port 2222: Connection refused\r\n",
-        );
-        assert!(matches!(e, SshError::Unreachable { .. }), "{e:?}");
-        assert!(e.to_string().starts_with("deploy@app1:2222 is unreachable"));
-        let e = classify(
-            255,
-            "ssh: Could not resolve hostname app1: Name or service not known\n",
-        );
-        assert!(matches!(e, SshError::Unreachable { .. }), "{e:?}");
-        let e = classify(
-            255,
-            "No ED25519 host key is known for [app1]:2222 and you have requested strict checking.\nHost key verification failed.\n",
-        );
-        assert!(matches!(e, SshError::HostKeyUnknown { .. }), "{e:?}");
-        assert!(e.to_string().contains("deploy@app1:2222"));
-        let e = classify(
-            255,
-            "@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n@@@@@@\nHost key verification failed.\n",
-        );
-        assert!(matches!(e, SshError::HostKeyChanged { .. }), "{e:?}");
-        assert!(
-            e.to_string()
-                .contains("ssh-keygen -R '[app1]:2222' -f /k/known_hosts"),
-            "{e}"
-        );
-        let e = classify(255, "deploy@app1: Permission denied (publickey).\n");
-        assert!(matches!(e, SshError::Auth { .. }), "{e:?}");
-        let e = classify(
-            255,
-            "kex_exchange_identification: Connection closed by remote host\r\nConnection closed by 10.0.0.1 port 22\r\n",
-        );
-        assert!(matches!(e, SshError::Unreachable { .. }), "{e:?}");
-        let e = classify(255, "Timeout, server app1 not responding.\n");
-        assert!(
-            matches!(e, SshError::Lost { .. }) && e.is_transport(),
-            "{e:?}"
-        );
-        let e = classify(
-            255,
-            "client_loop: send disconnect: Network is unreachable\n",
-        );
-        assert!(matches!(e, SshError::Lost { .. }), "{e:?}");
-        let e = classify(255, "");
-        assert!(matches!(e, SshError::Lost { .. }), "{e:?}");
-        let e = classify(255, "the agent's own message\n");
-        assert!(
-            matches!(
-                e,
-                SshError::Remote {
-                    status: Some(255),
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
-        let e = classify(3, "a\nb\nmkdir: cannot create directory\n");
-        match &e {
-            SshError::Remote { status, stderr, .. } => {
-                assert_eq!(*status, Some(3));
-                assert_eq!(stderr, "a\nb\nmkdir: cannot create directory");
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(!e.is_transport());
-        assert_eq!(e.host(), "deploy@app1:2222");
-    }
-}
+#[path = "ssh_tests.rs"]
+mod tests;

@@ -571,12 +571,18 @@ impl Drop for TestHost {
     }
 }
 
-/// Prints "skipped: <reason>" and returns true when test hosts cannot be made here.
+/// Prints "skipped: <reason>" and returns true when test hosts cannot be made here; with
+/// `FERRY_TESTS_REQUIRE_HOSTS=1` (CI) that is a failure instead.
 pub fn skip() -> bool {
     match TestHost::available() {
         Ok(()) => false,
         Err(why) => {
+            assert!(
+                std::env::var_os("FERRY_TESTS_REQUIRE_HOSTS").is_none(),
+                "FERRY_TESTS_REQUIRE_HOSTS is set, but test hosts cannot be made: {why}"
+            );
             println!("skipped: {why}");
+            eprintln!("skipped: {why}");
             true
         }
     }
