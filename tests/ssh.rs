@@ -101,7 +101,19 @@ async fn commands_run_as_the_hosts_user_through_one_master_connection() {
     }
     assert!(failed.to_string().contains(&host.server()), "{failed}");
 
+    // the remote session killed by a signal: ssh says 255 and nothing, the master is up
+    let killed = ssh
+        .run(&srv, &["sh", "-c", "kill -KILL $PPID; sleep 5"], b"")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(killed, SshError::Remote { status: None, .. }),
+        "a killed command is the command's failure, not a lost host: {killed:?}"
+    );
+    assert!(ssh.master_alive(&srv).await);
+
     ssh.close(&srv).await;
+    assert!(!ssh.master_alive(&srv).await);
     assert!(
         sockets(ssh.control_dir()).is_empty(),
         "close ends the master"

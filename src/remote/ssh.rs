@@ -346,7 +346,20 @@ impl Ssh {
         if output.status.success() {
             return Ok(output);
         }
-        Err(self.classify(server, output.status, &output.stderr))
+        let err = self.classify(server, output.status, &output.stderr);
+        // a remote command killed by a signal is also a silent 255: the connection is
+        // lost only if the master is gone
+        if matches!(err, SshError::Lost { .. })
+            && output.stderr.iter().all(u8::is_ascii_whitespace)
+            && self.master_alive(server).await
+        {
+            return Err(SshError::Remote {
+                host: server.name.clone(),
+                status: None,
+                stderr: "it ended without an exit status (killed by a signal?)".into(),
+            });
+        }
+        Err(err)
     }
 
     /// What a failed ssh run means, from its exit status and stderr: exit 255 is ssh's own
@@ -479,6 +492,14 @@ impl Ssh {
             status: Some(255),
             stderr: tail(&text),
         }
+    }
+
+    /// Whether `server`'s master connection is up (`ssh -O check`).
+    pub async fn master_alive(&self, server: &SshServer) -> bool {
+        let mut args = self.args(server, &[]);
+        let at = args.len() - 2;
+        args.splice(at..at, ["-O".into(), "check".into()]);
+        self.control(args).await.is_ok_and(|s| s.success())
     }
 
     /// Closes `server`'s master connection (`ssh -O exit`), if one is up.
