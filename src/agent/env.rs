@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::files::{self, Layout, ReleaseMeta};
@@ -15,6 +14,7 @@ use super::protocol::{
     ErrorKind, InstanceId, InstanceInfo, ProbeAnswer, ReleaseInfo, RemoteError, SecretVars,
     StartAnswer, StartRequest, StatusAnswer, TaskAnswer, TaskRequest,
 };
+use super::state::{Recorded, StateFile, boot_id, secret_values};
 use crate::proxy::{Proxy, Upstream};
 use crate::runtime::{Identity, Instance, InstanceSpec, Leftover, LogSink, Runtime, Secrets};
 
@@ -56,35 +56,6 @@ struct Running {
     stopping: bool,
 }
 
-/// An instance as the state file records it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Recorded {
-    id: InstanceId,
-    release: String,
-    port: u16,
-    pid: u32,
-    proc_start: Option<i64>,
-    output: PathBuf,
-    started_at: String,
-    stop_timeout_ms: u64,
-    /// The names of its secret variables (never their values): a daemon adopting it reads
-    /// the values back from the process's own environment, to mask them in its output.
-    #[serde(default)]
-    secret_names: Vec<String>,
-}
-
-/// `D/state/<app>/<env>.json`: never a secret in it.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct StateFile {
-    /// The boot the pids belong to: after a reboot none of them is ours.
-    #[serde(default)]
-    boot_id: String,
-    listen: Option<String>,
-    serving: Option<InstanceId>,
-    next_id: InstanceId,
-    instances: Vec<Recorded>,
-}
-
 /// An instance being drained and stopped.
 struct Stopping {
     instance: Instance,
@@ -115,31 +86,6 @@ struct Launch<'a> {
     secrets: &'a SecretVars,
     stop_timeout: Duration,
     output: PathBuf,
-}
-
-/// This boot of the host.
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|b| b.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// The values of the variables `names` in the environment `pid` started with.
-fn secret_values(pid: u32, names: &[String]) -> Vec<String> {
-    if names.is_empty() {
-        return Vec::new();
-    }
-    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-        return Vec::new();
-    };
-    environ
-        .split(|&b| b == 0)
-        .filter_map(|pair| {
-            let text = String::from_utf8_lossy(pair);
-            let (name, value) = text.split_once('=')?;
-            names.iter().any(|n| n == name).then(|| value.to_string())
-        })
-        .collect()
 }
 
 fn not_found(message: impl Into<String>) -> RemoteError {

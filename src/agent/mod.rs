@@ -12,6 +12,7 @@
 //!   checked against its digest.
 //! - [`client`]: ferry's end: [`Agent`] (one async method per request) and
 //!   [`Agent::ship`]. It knows nothing of ssh: it runs whatever command it is given.
+//! - `state`: an environment's state file on a host.
 //! - `ship`: the sending end of a release (manifest line, tar stream).
 //! - [`files`]: the agent dir's layout, release records and trees.
 
@@ -23,6 +24,7 @@ pub mod protocol;
 pub mod receive;
 pub mod relay;
 mod ship;
+mod state;
 
 pub use client::{Agent, AgentError, ShipReport, receive_args};
 pub use protocol::{ErrorKind, HealthRequest, InstanceId, SecretVars, StartRequest, TaskRequest};

@@ -18,6 +18,9 @@ use super::protocol::{self, Answer, HelloAnswer, Op, Request};
 /// How long a relay waits for a daemon it started to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The size past which `agent.log` is moved to `agent.log.1` when a daemon starts.
+const LOG_ROTATE_BYTES: u64 = 10 * 1024 * 1024;
+
 /// Why the relay could not reach a daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -150,6 +153,10 @@ async fn connect_or_start(layout: &Layout) -> Result<UnixStream, RelayError> {
         return Ok(stream);
     }
     let exe = std::env::current_exe().map_err(io_err("finding ferry's own binary"))?;
+    // one older log kept: a daemon starts seldom, and says little
+    if std::fs::metadata(layout.log()).is_ok_and(|m| m.len() > LOG_ROTATE_BYTES) {
+        let _ = std::fs::rename(layout.log(), layout.dir.join("agent.log.1"));
+    }
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
