@@ -105,6 +105,7 @@ impl Background {
         let mut tasks = vec![
             tokio::spawn(engine.clone().supervise(rx.clone())),
             tokio::spawn(engine.clone().watch_health(rx.clone())),
+            tokio::spawn(engine.clone().reconcile_hosts(rx.clone())),
         ];
         tasks.push(tokio::spawn({
             let (metrics, bus, rx) = (metrics.clone(), engine.store.events().clone(), rx.clone());

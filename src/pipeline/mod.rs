@@ -5,7 +5,9 @@
 //! start → health → check → rollout → switch → monitor → finish → post_deploy (`steps.rs`,
 //! with `prepare.rs`, `release_command.rs`, `serving.rs`, `checks.rs`, `rollout.rs`,
 //! `retention.rs` and `hooks.rs`); rollbacks reuse a built release (`rollback.rs`); restarts
-//! start the serving release again (`restart.rs`).
+//! start the serving release again (`restart.rs`). An environment with `servers` goes over its
+//! hosts after pre_deploy (`hosts.rs`, with `host_conn.rs`, `host_monitor.rs`; lost hosts are
+//! put back by `reconcile.rs`).
 //! Each step is written to the store as running before it acts, and finished with its
 //! outcome and output tail after. A failure before the switch stops the new instance (if one
 //! was started) and leaves the old one serving; a monitor breach switches back to the old
@@ -18,11 +20,16 @@ mod checks;
 mod environment;
 mod exec;
 mod hooks;
+mod host_conn;
+mod host_finish;
+mod host_monitor;
 mod host_status;
+mod hosts;
 mod monitor;
 mod prepare;
 mod processes;
 mod queue;
+mod reconcile;
 mod recover;
 mod release_command;
 mod restart;

@@ -39,6 +39,8 @@ impl Engine {
         let state = self.env(env)?;
         let serving = match state.serving_addr().await {
             Some(_) => state.active_release().await,
+            // on servers: what the last deployment put on every host
+            None if !state.env.servers.is_empty() => self.serving_name(state).await,
             None => None,
         };
         let Some(name) = serving else {
@@ -93,8 +95,23 @@ impl Engine {
             .join(&release.name);
         self.step(id, "prepare", self.check_built(&release, &dir))
             .await?;
-        self.store
-            .set_digest(id, release.digest.as_deref().unwrap_or_default())?;
+        let digest = release.digest.clone().unwrap_or_default();
+        self.store.set_digest(id, &digest)?;
+        if !state.env.servers.is_empty() {
+            // the host path (hosts.rs): started again on every host, host by host
+            let run = super::hosts::HostRun {
+                release: super::hosts::HostRelease {
+                    name: &release.name,
+                    dir: &dir,
+                    digest: &digest,
+                    version: &release.version,
+                    commit: &release.commit_sha,
+                },
+                release_command: Err(None),
+                monitor: None,
+            };
+            return self.on_hosts(d, state, run).await;
+        }
         let vars = instance_vars(state, &release.version, &release.commit_sha);
         self.start(id, state, &release.name, &dir, vars, held)
             .await?;

@@ -118,6 +118,11 @@ impl Engine {
                 "--run-release: [app] has no release command to run".into(),
             ));
         }
+        if restore_data && !state.env.servers.is_empty() {
+            return Err(EngineError::Invalid(format!(
+                "--restore-data: the data of {env} lives on its hosts, where ferry takes no backups; roll back without it"
+            )));
+        }
         let target = self.rollback_target(&state, to).await?;
         if restore_data {
             self.backups_to_restore(env, target.current.as_ref())?;
@@ -144,7 +149,7 @@ impl Engine {
         to: Option<&str>,
     ) -> Result<Target, EngineError> {
         let env = &state.env.name;
-        let serving = state.active_release().await;
+        let serving = self.serving_name(state).await;
         let current = self
             .store
             .succeeded(env)?
@@ -217,7 +222,7 @@ impl Engine {
         } else {
             Vec::new()
         };
-        let from = state.active_release().await;
+        let from = self.serving_name(&state).await;
         let from = match from {
             Some(name) => self.store.release(env, &name)?,
             None => None,
@@ -302,6 +307,27 @@ impl Engine {
         self.store.set_digest(id, &expected)?;
         self.skip(id, "build", "rollbacks reuse the built release");
         self.skip(id, "test", "tested when it was first deployed");
+        if !env.servers.is_empty() {
+            // the host path (hosts.rs): the release's bytes are here, and usually there already
+            self.skip(id, "restore", "data left as it is (no --restore-data)");
+            let run = super::hosts::HostRun {
+                release: super::hosts::HostRelease {
+                    name: &release.name,
+                    dir: &dir,
+                    digest: &expected,
+                    version: &release.version,
+                    commit: &release.commit_sha,
+                },
+                release_command: match self.store.run_release(id)? {
+                    true => Ok(()),
+                    false => Err(Some(
+                        "rollbacks do not run the release command (--run-release does)",
+                    )),
+                },
+                monitor: None,
+            };
+            return self.on_hosts(d, state, run).await;
+        }
 
         if d.restore_data {
             self.step(

@@ -6,6 +6,10 @@
 //! `rollback.rs`) reuses a built release: resolve → policy → lock → prepare → restore →
 //! release (with `--run-release`) → start → health → switch → finish.
 //!
+//! An environment with `servers` takes the host path after pre_deploy (`hosts.rs`): hosts →
+//! ship <host> → release (on the first host) → start/health/switch <host>, `max_parallel` at a
+//! time → monitor → finish.
+//!
 //! This file holds the sequence and what every step shares (recording a step, what stops a
 //! deployment, what it holds); the steps with more to them live beside it: prepare, build
 //! and test in `prepare.rs`; start, health, switch and the monitor's switch back in
@@ -249,6 +253,29 @@ impl Engine {
         self.store.set_digest(id, &digest)?;
         self.pre_deploy(d, state, &dir, held.before.as_ref())
             .await?;
+        if !env.servers.is_empty() {
+            // the host path: hosts, ship, release, start/health/switch per host (hosts.rs)
+            self.skip(
+                id,
+                "backup",
+                "the data of an environment with servers lives on its hosts: ferry takes no backup of it",
+            );
+            let run = super::hosts::HostRun {
+                release: super::hosts::HostRelease {
+                    name: &name,
+                    dir: &dir,
+                    digest: &digest,
+                    version: &resolved.version,
+                    commit: &resolved.commit,
+                },
+                release_command: match app.release {
+                    Some(_) => Ok(()),
+                    None => Err(Some("no release command configured")),
+                },
+                monitor: self.config.monitor.as_ref().filter(|_| env.monitor),
+            };
+            return self.on_hosts(d, state, run).await;
+        }
 
         if env.backup.is_empty() {
             self.skip(id, "backup", "no backup configured");
@@ -418,11 +445,23 @@ impl Engine {
 /// environment, `ferry serve` holds every deployment for an hour once that step has started
 /// (and is recorded as running), so a test can kill ferry there. Unset, it costs one lookup.
 pub const FAULT_PAUSE_VAR: &str = "FERRY_FAULT_PAUSE_AT";
+/// With [`FAULT_PAUSE_VAR`]: how many seconds the hold lasts (an hour unless set), so a test
+/// can act meanwhile (take a host's link down) and let the step go on.
+pub const FAULT_PAUSE_SECS_VAR: &str = "FERRY_FAULT_PAUSE_SECS";
 
 async fn hold_for_fault_injection(id: i64, step: &str) {
     if std::env::var(FAULT_PAUSE_VAR).is_ok_and(|at| at == step) {
-        tracing::warn!(id, step, "{FAULT_PAUSE_VAR}: holding the deployment here");
-        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        let secs = std::env::var(FAULT_PAUSE_SECS_VAR)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3600);
+        tracing::warn!(
+            id,
+            step,
+            secs,
+            "{FAULT_PAUSE_VAR}: holding the deployment here"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
     }
 }
 
