@@ -95,10 +95,25 @@ fn deployment_live(app: &AppState, viewer: &Viewer, d: &Deployment, steps: &[Ste
 
 fn timeline(d: &Deployment, steps: &[Step]) -> Markup {
     let planned = crate::pipeline::planned_steps(&d.kind);
-    let mut names: Vec<&str> = planned.to_vec();
+    // on servers the steps are named per host as they run: the recorded ones in order, then
+    // those still to come (none of this machine's start, health, check, rollout or switch)
+    let on_hosts = steps.iter().any(|s| s.name == "hosts");
+    let mut names: Vec<&str> = if on_hosts {
+        Vec::new()
+    } else {
+        planned.to_vec()
+    };
     for s in steps {
         if !names.contains(&s.name.as_str()) {
             names.push(&s.name);
+        }
+    }
+    if on_hosts {
+        let local = ["start", "health", "check", "rollout", "switch", "restore"];
+        for step in planned.iter().filter(|p| !local.contains(p)) {
+            if !names.contains(step) {
+                names.push(step);
+            }
         }
     }
     let finished = d.state.is_final();
