@@ -145,7 +145,7 @@ def main():
     hosts = []
     serve = None
     try:
-        repo = sample_repo(tmp, [("v1.0.0", "health_status = 200\n"), ("v1.1.0", "health_status = 200\n"),
+        repo = sample_repo(tmp, [("v1.0.0", "health_status = 200\n"), ("v1.1.0", "health_status = 200\nmessage = hi\n"),
                                  ("v1.2.0", "health_status = 200\nmessage = changed\n")])
         client = os.path.join(tmp, "id_ed25519")
         run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", client)
