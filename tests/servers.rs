@@ -236,17 +236,16 @@ fn a_release_rolls_out_host_by_host_and_serves_on_every_host() {
     f.sb.stop(nix::sys::signal::Signal::SIGTERM);
 }
 
-#[test]
-fn one_hosts_failed_health_switches_every_switched_host_back() {
+/// Three hosts, one at a time, with v1.0.0 and v1.1.0, which are unhealthy while their
+/// host's shared `health.marker` is not empty (each host's made empty).
+fn marked_fleet() -> Option<Fleet> {
     let releases = [
         Rel("v1.0.0", "unhealthy_if_file = health.marker\n"),
         Rel("v1.1.0", "unhealthy_if_file = health.marker\n"),
     ];
-    let Some(mut f) = fleet(&releases, 3, 1, "shared = [\"health.marker\"]", |_| {
+    let f = fleet(&releases, 3, 1, "shared = [\"health.marker\"]", |_| {
         HostOptions::default()
-    }) else {
-        return;
-    };
+    })?;
     // each host keeps its own data: its shared file is made there (and here, where the
     // release is built), as an operator would
     let local = f.sb.state_dir().join("environments/production/shared");
@@ -272,6 +271,14 @@ fn one_hosts_failed_health_switches_every_switched_host_back() {
             nix::unistd::chown(&dir, Some(user.uid), Some(user.gid)).unwrap();
         }
     }
+    Some(f)
+}
+
+#[test]
+fn one_hosts_failed_health_switches_every_switched_host_back() {
+    let Some(mut f) = marked_fleet() else {
+        return;
+    };
     f.sb.serve();
     f.sb.deploy_ok("production", "v1.0.0");
     // the third host's data says it is unhealthy: every instance there fails health now
@@ -318,6 +325,51 @@ fn one_hosts_failed_health_switches_every_switched_host_back() {
         "{status:?}"
     );
     assert_eq!(status[2].2, "failed", "{status:?}");
+    f.sb.stop(nix::sys::signal::Signal::SIGTERM);
+}
+
+#[test]
+fn a_failed_first_deploy_leaves_no_host_serving_it() {
+    let Some(mut f) = marked_fleet() else {
+        return;
+    };
+    // no release served anywhere before; the third host's data says it is unhealthy
+    let marker = f.hosts[2]
+        .home
+        .join(".ferry/apps/sample/production/shared/health.marker");
+    std::fs::write(marker, "unhealthy\n").unwrap();
+    f.sb.serve();
+    let id = f.start_deploy("v1.0.0");
+    let detail = f.finished(id, Duration::from_secs(120));
+    assert_eq!(detail["deployment"]["state"], "failed", "{detail:#}");
+    let steps = Fleet::steps(&detail);
+    let (a, b) = (f.server(0), f.server(1));
+    for name in [
+        format!("switch {a}"),
+        format!("switch back {a}"),
+        format!("switch back {b}"),
+    ] {
+        assert!(
+            steps.iter().any(|(n, s)| *n == name && s == "ok"),
+            "{name}: {steps:?}"
+        );
+    }
+    let reason = detail["deployment"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&a) && reason.contains("serves nothing"),
+        "{reason}"
+    );
+    // the switched hosts no longer serve the failed release: their proxies answer 503
+    for i in 0..2 {
+        let served = f.serving(i);
+        assert!(
+            served.as_ref().is_err_and(|e| e.starts_with("503")),
+            "host {i}: {served:?}"
+        );
+    }
+    assert!(f.serving(2).is_err());
+    let status = f.hosts_status();
+    assert!(status.iter().all(|(_, r, _)| r.is_none()), "{status:?}");
     f.sb.stop(nix::sys::signal::Signal::SIGTERM);
 }
 

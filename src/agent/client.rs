@@ -292,11 +292,38 @@ impl Agent {
         drain_timeout: Duration,
         stop_timeout: Duration,
     ) -> Result<String, AgentError> {
+        self.stop_with(app, env, instance, (drain_timeout, stop_timeout), false)
+            .await
+    }
+
+    /// [`Self::stop`], the instance first taken out of traffic if it serves (the proxy
+    /// then serves nothing: it answers 503).
+    pub async fn unserve_and_stop(
+        &self,
+        app: &str,
+        env: &str,
+        instance: InstanceId,
+        drain_timeout: Duration,
+        stop_timeout: Duration,
+    ) -> Result<String, AgentError> {
+        self.stop_with(app, env, instance, (drain_timeout, stop_timeout), true)
+            .await
+    }
+
+    async fn stop_with(
+        &self,
+        app: &str,
+        env: &str,
+        instance: InstanceId,
+        (drain_timeout, stop_timeout): (Duration, Duration),
+        unserve: bool,
+    ) -> Result<String, AgentError> {
         let op = Op::Stop {
             app: app.into(),
             env: env.into(),
             instance,
             drain_timeout_ms: protocol::ms(drain_timeout),
+            unserve,
         };
         let answer: StopAnswer = self
             .inner

@@ -412,10 +412,11 @@ impl Daemon {
                 env,
                 instance,
                 drain_timeout_ms,
+                unserve,
             } => {
                 let env = self.env(&app, &env).await?;
                 let report = env
-                    .stop(instance, Duration::from_millis(drain_timeout_ms))
+                    .stop(instance, Duration::from_millis(drain_timeout_ms), unserve)
                     .await?;
                 to_value(StopAnswer { report })
             }

@@ -557,14 +557,26 @@ impl Env {
         Ok(previous)
     }
 
-    /// Drains an instance that no longer serves and stops it; the drain report.
+    /// Drains an instance that no longer serves and stops it; the drain report. With
+    /// `unserve`, a serving instance is first taken out of traffic: the proxy serves nothing.
     pub async fn stop(
         &self,
         id: InstanceId,
         drain_timeout: Duration,
+        unserve: bool,
     ) -> Result<String, RemoteError> {
         let running = {
             let mut state = self.state.lock().await;
+            if state.serving == Some(id) && unserve {
+                let before = self.proxy.switch(None);
+                state.serving = None;
+                if let Err(e) = self.save(&state) {
+                    self.proxy.switch(before);
+                    state.serving = Some(id);
+                    return Err(e);
+                }
+                tracing::info!(app = %self.app, env = %self.env, id, "serves nothing");
+            }
             if state.serving == Some(id) {
                 return Err(bad(format!(
                     "instance {id} serves {}: switch to another one before stopping it",

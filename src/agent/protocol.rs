@@ -67,6 +67,10 @@ pub enum Op {
         env: String,
         instance: InstanceId,
         drain_timeout_ms: u64,
+        /// When the instance serves: the proxy first serves nothing (it answers 503), then
+        /// the instance stops (a failed first deploy undone). Else a serving one is refused.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unserve: bool,
     },
     Task(TaskRequest),
     Logs {

@@ -259,6 +259,27 @@ impl HostConn {
         })
     }
 
+    /// Takes `instance` out of traffic if it serves (the environment's proxy on the host
+    /// then serves nothing: 503), then drains and stops it; the drain report.
+    pub async fn unserve_and_stop(
+        &self,
+        app: &str,
+        env: &str,
+        instance: InstanceId,
+        drain: Duration,
+        stop_timeout: Duration,
+    ) -> Result<String, HostError> {
+        let report = self
+            .agent
+            .unserve_and_stop(app, env, instance, drain, stop_timeout)
+            .await?;
+        Ok(if report.ends_with('\n') {
+            report
+        } else {
+            format!("{report}\n")
+        })
+    }
+
     /// Runs `command` in the release once; whether it succeeded, and its output.
     pub async fn task(
         &self,

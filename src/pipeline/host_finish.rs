@@ -28,6 +28,7 @@ impl Engine {
         let drain = self.config.app.drain_timeout;
         let mut back = Vec::new();
         let mut lost = Vec::new();
+        let mut not_back = Vec::new();
         for (i, h) in hosts.iter().enumerate() {
             let name = &h.conn.name;
             let before = h.before();
@@ -54,7 +55,7 @@ impl Engine {
                 let result = self
                     .step(id, &format!("switch back {name}"), async {
                         let mut out = String::new();
-                        match up.previous {
+                        let report = match up.previous {
                             Some(prev) => {
                                 h.conn
                                     .switch(app, env, prev, &listen)
@@ -64,21 +65,30 @@ impl Engine {
                                     "traffic on {name} back on {} (kept warm)\n",
                                     before.unwrap_or("the previous release")
                                 ));
+                                h.conn.stop(app, env, new, drain, stop_timeout).await
                             }
-                            None => out.push_str(&format!(
-                                "{name} served nothing before {release}: it serves nothing again\n"
-                            )),
-                        }
-                        let report = h
-                            .conn
-                            .stop(app, env, new, drain, stop_timeout)
-                            .await
-                            .map_err(|e| stop_of(e, &cut))?;
-                        out.push_str(&report);
+                            None => {
+                                // nothing to go back to: the proxy serves nothing (503)
+                                let report = h
+                                    .conn
+                                    .unserve_and_stop(app, env, new, drain, stop_timeout)
+                                    .await;
+                                if report.is_ok() {
+                                    out.push_str(&format!(
+                                        "{name} served nothing before {release}: its proxy serves nothing again (503)\n"
+                                    ));
+                                }
+                                report
+                            }
+                        };
+                        out.push_str(&report.map_err(|e| stop_of(e, &cut))?);
                         Ok(((), out))
                     })
                     .await;
                 match result {
+                    Ok(()) if up.previous.is_none() => back.push(format!(
+                        "{name} (it serves nothing: no release served there before)"
+                    )),
                     Ok(()) => back.push(name.clone()),
                     Err(stop) if cut.load(Ordering::Relaxed) => {
                         outcome = Err(HostError::Lost(stop.message))
@@ -102,9 +112,22 @@ impl Engine {
                     lost.push(name.clone());
                     self.store.host_unknown(env, name, before, &e.message())
                 }
-                (Err(e), _) => self
-                    .store
-                    .host_failed(env, name, None, before, &e.message()),
+                (Err(e), _) => {
+                    // not put back: `unknown` with what it must serve, so the reconciler
+                    // tries again
+                    let serves = if up.switched {
+                        release
+                    } else {
+                        before.unwrap_or("nothing")
+                    };
+                    not_back.push(format!("{name} (still serving {serves}: {})", e.message()));
+                    self.store.host_unknown(
+                        env,
+                        name,
+                        before,
+                        &format!("not switched back, still serving {serves}: {}", e.message()),
+                    )
+                }
                 (Ok(()), Some(why)) => self.store.host_failed(env, name, before, before, &why),
                 (Ok(()), None) => self.store.host_ok(env, name, before, None),
             };
@@ -116,6 +139,12 @@ impl Engine {
             0 => "no host had been switched".to_string(),
             _ => format!("switched back: {}", back.join(", ")),
         };
+        if !not_back.is_empty() {
+            said.push_str(&format!(
+                "; NOT switched back: {} (recorded unknown; ferry tries again)",
+                not_back.join("; ")
+            ));
+        }
         if !lost.is_empty() {
             said.push_str(&format!(
                 "; lost: {} (recorded unknown; ferry puts it back on the release it must serve once it answers)",

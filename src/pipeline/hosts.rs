@@ -141,34 +141,44 @@ impl Engine {
                 return Err(Stop::failed(format!("{message}; {undone}")));
             }
         }
-        if let Some(cfg) = run.monitor {
-            self.store
-                .set_state(id, DeploymentState::Monitoring, None)?;
-            let watched = self
-                .step(
+        // from the first switch on, every way out but success goes through the switch back
+        // (a store error included): no host is left on a release the deployment gave up
+        let rest: Result<(), Stop> = async {
+            if let Some(cfg) = run.monitor {
+                self.store
+                    .set_state(id, DeploymentState::Monitoring, None)?;
+                let watched = self
+                    .step(
+                        id,
+                        "monitor",
+                        self.watch_hosts(id, state, &hosts, &mut ups, rel, cfg),
+                    )
+                    .await;
+                if let Err(mut stop) = watched {
+                    self.mark_release(env, rel.name, "bad");
+                    stop.state = DeploymentState::RolledBack;
+                    return Err(stop);
+                }
+            } else if d.kind == "deploy" {
+                self.skip(id, "monitor", "no [monitor] configured");
+            } else if d.kind == "rollback" {
+                self.skip(
                     id,
                     "monitor",
-                    self.watch_hosts(id, state, &hosts, &mut ups, rel, cfg),
-                )
-                .await;
-            if let Err(mut stop) = watched {
-                self.mark_release(env, rel.name, "bad");
-                let undone = self.switch_back(id, state, &hosts, &ups, rel.name).await;
-                stop.state = DeploymentState::RolledBack;
-                stop.message = format!("{}; {undone}", stop.message);
-                return Err(stop);
+                    "rollbacks go back to a release that ran well before",
+                );
             }
-        } else if d.kind == "deploy" {
-            self.skip(id, "monitor", "no [monitor] configured");
-        } else if d.kind == "rollback" {
-            self.skip(
-                id,
-                "monitor",
-                "rollbacks go back to a release that ran well before",
-            );
+            // `finish` fails only when its step cannot be recorded: before it stops anything
+            self.step(id, "finish", self.finish_hosts(d, state, &hosts, &ups, rel))
+                .await
         }
-        self.step(id, "finish", self.finish_hosts(d, state, &hosts, &ups, rel))
-            .await
+        .await;
+        if let Err(mut stop) = rest {
+            let undone = self.switch_back(id, state, &hosts, &ups, rel.name).await;
+            stop.message = format!("{}; {undone}", stop.message);
+            return Err(stop);
+        }
+        Ok(())
     }
 
     /// The `hosts` step: every host connected (its agent installed if needed) and asked what

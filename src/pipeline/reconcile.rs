@@ -175,7 +175,27 @@ impl Engine {
     ) -> Result<Option<String>, HostError> {
         let (app, env) = (&self.config.app.name, &state.env.name);
         let host = &server.name;
-        let wanted = row.wanted.clone().unwrap_or_default();
+        let (drain, stop_timeout) = (self.config.app.drain_timeout, self.config.app.stop_timeout);
+        let Some(wanted) = row.wanted.clone() else {
+            // it must serve nothing: whatever runs there is taken out of traffic and stopped
+            let mut did = Vec::new();
+            for stray in &seen.instances {
+                conn.unserve_and_stop(app, env, stray.id, drain, stop_timeout)
+                    .await?;
+                did.push(format!(
+                    "stopped instance {} ({}) on {host}: it must serve nothing",
+                    stray.id, stray.release
+                ));
+            }
+            let detail = did.join("; ");
+            self.store
+                .host_ok(env, host, None, Some(&detail))
+                .map_err(store_failed)?;
+            self.store
+                .audit_host(env, host, &detail)
+                .map_err(store_failed)?;
+            return Ok(Some(detail));
+        };
         let serving = seen.serving.as_ref().filter(|r| r.alive);
         let mut did = Vec::new();
         let instance = match serving.filter(|r| r.release == wanted) {
@@ -202,7 +222,6 @@ impl Engine {
             }
         };
         // what a cut rollout left there: stopped
-        let (drain, stop_timeout) = (self.config.app.drain_timeout, self.config.app.stop_timeout);
         for stray in seen.instances.iter().filter(|r| r.id != instance) {
             conn.stop(app, env, stray.id, drain, stop_timeout).await?;
             did.push(format!(
@@ -273,11 +292,12 @@ impl Engine {
 }
 
 /// What a host serves, when it is what it must and nothing else of the environment runs
-/// there (`None`: a change is needed). A host that must serve nothing is left as it is.
+/// there (`None`: a change is needed). A host that must serve nothing is settled only when
+/// nothing of the environment runs there (never adopting, say, a failed first deploy).
 fn settled<'a>(seen: &'a Seen, wanted: Option<&str>) -> Option<Option<&'a str>> {
     let serving = seen.serving.as_ref().filter(|r| r.alive);
     let Some(wanted) = wanted else {
-        return Some(serving.map(|r| r.release.as_str()));
+        return (seen.serving.is_none() && seen.instances.is_empty()).then_some(None);
     };
     let serving = serving.filter(|r| r.release == wanted)?;
     seen.instances
@@ -290,5 +310,42 @@ fn store_failed(e: crate::store::StoreError) -> HostError {
     HostError::Failed {
         message: e.to_string(),
         output: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::host_conn::Running;
+
+    fn running(id: u64, release: &str) -> Running {
+        Running {
+            id,
+            release: release.into(),
+            alive: true,
+        }
+    }
+
+    #[test]
+    fn a_host_that_must_serve_nothing_is_settled_only_when_nothing_runs() {
+        // a failed first deploy's host found serving it: never adopted
+        let v1 = running(1, "v1");
+        let serving = Seen {
+            serving: Some(v1.clone()),
+            instances: vec![v1.clone()],
+        };
+        assert_eq!(settled(&serving, None), None);
+        let stray = Seen {
+            serving: None,
+            instances: vec![v1],
+        };
+        assert_eq!(settled(&stray, None), None);
+        let empty = Seen {
+            serving: None,
+            instances: vec![],
+        };
+        assert_eq!(settled(&empty, None), Some(None));
+        // wanting v1 and serving it alone: settled
+        assert_eq!(settled(&serving, Some("v1")), Some(Some("v1")));
     }
 }
