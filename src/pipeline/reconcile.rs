@@ -5,7 +5,9 @@
 //! asked what it runs: the wanted release's instance is switched to (started again, its bytes
 //! shipped if the host lacks them, and health-checked, when none runs), every other instance
 //! of the environment there is stopped, and the host is recorded `ok`, with an audit entry and
-//! an event. It works under the environment's lock, so never beside a deployment.
+//! an event. It works under the environment's lock, so never beside a deployment, on the row
+//! and the host's answer read again once it holds the lock; a locked environment's hosts, and
+//! any host whose visit failed, are tried again with the same backoff.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -62,10 +64,10 @@ impl Engine {
             .iter()
             .filter_map(|s| {
                 let row = self.store.host(env, &s.name).ok().flatten()?;
-                let wanted = first || row.state == HostState::Unknown;
-                let waited = next
-                    .get(&(env.clone(), s.name.clone()))
-                    .is_none_or(|(at, _)| now >= *at);
+                let retry = next.get(&(env.clone(), s.name.clone()));
+                // a host left to try again (a failure, a locked environment) is due too
+                let wanted = first || row.state == HostState::Unknown || retry.is_some();
+                let waited = retry.is_none_or(|(at, _)| now >= *at);
                 (wanted && waited).then_some((s, row))
             })
             .collect();
@@ -94,21 +96,32 @@ impl Engine {
             }
         }
         // a change is made under the environment's lock: never beside a deployment (which
-        // decides what the hosts serve); a locked environment is tried again next pass
-        if !changes.is_empty()
+        // decides what the hosts serve); a locked environment is tried again later (backoff)
+        let locked = !changes.is_empty()
             && matches!(
                 self.store
                     .acquire_lock(env, None, "restore", RECONCILE_HOLDER),
                 Ok(Ok(()))
-            )
-        {
-            let tries = changes.iter().map(|(server, row, conn, seen)| {
-                self.reconcile_host(state, server, row, conn, seen)
-            });
+            );
+        if locked {
+            // what was read before the lock may be stale (a deployment ended meanwhile): the
+            // row and the host are read again, and the host is left alone if it is settled
+            let tries = changes
+                .iter()
+                .map(|(server, row, conn, _)| self.recheck_host(state, server, row, conn));
             let results = futures_util::future::join_all(tries).await;
             let _ = self.store.release_lock(env, None, "restore");
             for ((server, row, _, _), result) in changes.iter().zip(results) {
                 outcomes.push((*server, row, result));
+            }
+        } else {
+            // its row is left as it is (what holds the lock may be writing it)
+            for (server, _, _, _) in &changes {
+                let key = (env.clone(), server.name.clone());
+                let failures = next.get(&key).map_or(0, |(_, n)| *n);
+                let pause = backoff(failures);
+                tracing::info!(env = %env, host = %server.name, "{env} is locked: host put back later; next try in {}s", pause.as_secs());
+                next.insert(key, (tokio::time::Instant::now() + pause, failures + 1));
             }
         }
         for (server, row, result) in outcomes {
@@ -122,7 +135,7 @@ impl Engine {
                 }
                 Err(e) => {
                     let failures = next.get(&key).map_or(0, |(_, n)| *n);
-                    let pause = Duration::from_secs(1 << failures.min(6)).min(MAX_BACKOFF);
+                    let pause = backoff(failures);
                     if row.state == HostState::Unknown || e.is_lost() {
                         let _ = self.store.host_unknown(
                             env,
@@ -161,6 +174,28 @@ impl Engine {
             .audit_host(env, host, &detail)
             .map_err(store_failed)?;
         Ok(Some(detail))
+    }
+
+    /// Under the lock: the host's row and what it runs read again, then [`Self::settle`]d
+    /// or [`Self::reconcile_host`]ed on those fresh reads.
+    async fn recheck_host(
+        &self,
+        state: &EnvState,
+        server: &SshServer,
+        old: &HostRow,
+        conn: &HostConn,
+    ) -> Result<Option<String>, HostError> {
+        let env = &state.env.name;
+        let row = self
+            .store
+            .host(env, &server.name)
+            .map_err(store_failed)?
+            .unwrap_or_else(|| old.clone());
+        let seen = conn.status(&self.config.app.name, env).await?;
+        match settled(&seen, row.wanted.as_deref()) {
+            Some(serving) => self.settle(env, &server.name, &row, serving),
+            None => self.reconcile_host(state, server, &row, conn, &seen).await,
+        }
     }
 
     /// Brings a host to the release its row wants (it runs something else, or more); says
@@ -304,6 +339,12 @@ fn settled<'a>(seen: &'a Seen, wanted: Option<&str>) -> Option<Option<&'a str>> 
         .iter()
         .all(|r| r.id == serving.id)
         .then_some(Some(serving.release.as_str()))
+}
+
+/// The wait before the next try of a host after `failures` tries: 1 s, doubling up to
+/// [`MAX_BACKOFF`].
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1 << failures.min(6)).min(MAX_BACKOFF)
 }
 
 fn store_failed(e: crate::store::StoreError) -> HostError {
