@@ -23,7 +23,7 @@ pub struct Probe {
 
 /// A client for probes: no proxy from the environment, no pooling surprises.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::http_builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
         .build()

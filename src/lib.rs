@@ -87,3 +87,20 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod tls;
+
+/// Makes rustls on ring the process's crypto provider, once: reqwest (built with
+/// `rustls-no-provider`, so no aws-lc) looks it up for every client it builds, and panics
+/// without one. Call before building a `reqwest` client; calling again does nothing.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // an error only says a provider is installed already
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// `reqwest::Client::builder()`, with the crypto provider installed first.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    reqwest::Client::builder()
+}

@@ -6,6 +6,7 @@ use clap::FromArgMatches;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    ferry::install_crypto_provider();
     let cli = match ferry::cli::Cli::from_arg_matches(&ferry::cli::command().get_matches()) {
         Ok(cli) => cli,
         Err(e) => e.exit(),

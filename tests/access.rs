@@ -206,7 +206,7 @@ fn call(
     user: Option<&str>,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let client = reqwest::blocking::Client::builder()
+    let client = crate::support::blocking_http()
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()
@@ -483,7 +483,7 @@ fn dashboard_actions_check_the_signed_in_tokens_scopes() {
     s.serve();
     s.deploy_ok("staging", "v1.0.0");
     let qa = token(&s, "qa", "verify");
-    let client = reqwest::blocking::Client::builder()
+    let client = crate::support::blocking_http()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))

@@ -158,7 +158,7 @@ fn health(instance: u64) -> HealthRequest {
 }
 
 async fn get(url: &str) -> Option<(u16, String)> {
-    let client = reqwest::Client::builder()
+    let client = crate::support::async_http()
         .no_proxy()
         .timeout(Duration::from_secs(5))
         .build()

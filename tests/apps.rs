@@ -285,7 +285,7 @@ fn github_push(s: &Sandbox, repository: &str, sha: &str, signature: Option<&str>
         "pusher": {"name": "dev"},
     }))
     .unwrap();
-    let resp = reqwest::blocking::Client::builder()
+    let resp = crate::support::blocking_http()
         .no_proxy()
         .build()
         .unwrap()
@@ -362,7 +362,7 @@ fn a_deploy_of_one_app_fails_no_request_of_the_other() {
     let client = std::thread::spawn({
         let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
         move || {
-            let http = reqwest::blocking::Client::builder()
+            let http = crate::support::blocking_http()
                 .no_proxy()
                 .timeout(Duration::from_secs(5))
                 .build()
@@ -467,7 +467,7 @@ fn conflicts_between_apps_are_config_errors_naming_both() {
 
 /// A client that shows redirects instead of following them.
 fn browser() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
+    crate::support::blocking_http()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
@@ -616,7 +616,7 @@ fn the_front_door_routes_each_apps_hosts_and_a_deploy_of_one_fails_no_request_of
         assert_eq!(run.code(), 0, "{run}\n{}", s.serve_log());
     }
     let front = format!("http://127.0.0.1:{http}/version");
-    let http_client = reqwest::blocking::Client::builder()
+    let http_client = crate::support::blocking_http()
         .no_proxy()
         .timeout(Duration::from_secs(5))
         .build()
@@ -643,7 +643,7 @@ fn the_front_door_routes_each_apps_hosts_and_a_deploy_of_one_fails_no_request_of
     let client = std::thread::spawn({
         let (stop, ok, failed, front) = (stop.clone(), ok.clone(), failed.clone(), front.clone());
         move || {
-            let http = reqwest::blocking::Client::builder()
+            let http = crate::support::blocking_http()
                 .no_proxy()
                 .timeout(Duration::from_secs(5))
                 .build()

@@ -271,7 +271,7 @@ fn two_deploys_of_a_branch_roll_back_by_release_name_from_cli_and_dashboard() {
     let third = commit(&s, "third");
     s.deploy_ok("staging", "main");
     let three = format!("main-{}", &third[..7]);
-    let client = reqwest::blocking::Client::builder()
+    let client = crate::support::blocking_http()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))

@@ -248,7 +248,7 @@ timeout = "2m"
         );
         assert_eq!(s.serving("staging").0, "v1.0.0");
         // and the front door's preview host does too
-        let front = reqwest::blocking::Client::builder()
+        let front = crate::support::blocking_http()
             .no_proxy()
             .build()
             .unwrap()

@@ -36,7 +36,7 @@ impl Prober {
         let thread = std::thread::spawn({
             let (stop, seen) = (stop.clone(), seen.clone());
             move || {
-                let client = reqwest::blocking::Client::builder()
+                let client = crate::support::blocking_http()
                     .no_proxy()
                     .timeout(Duration::from_secs(2))
                     .build()

@@ -27,7 +27,7 @@ impl Browser {
         Browser {
             base: s.api.clone(),
             cookie: None,
-            client: reqwest::blocking::Client::builder()
+            client: crate::support::blocking_http()
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
                 .timeout(Duration::from_secs(10))
@@ -476,7 +476,7 @@ fn every_dashboard_page_sends_the_security_headers() {
     let mut s = two_envs();
     s.serve();
     s.deploy_ok("staging", "v1.0.0");
-    let client = reqwest::blocking::Client::builder()
+    let client = crate::support::blocking_http()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .build()

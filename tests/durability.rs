@@ -25,7 +25,7 @@ fn a_kill_during_a_burst_of_writes_loses_nothing_acknowledged() {
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let last_lock: Arc<Mutex<Option<bool>>> = Arc::default();
     let client = || {
-        reqwest::blocking::Client::builder()
+        crate::support::blocking_http()
             .no_proxy()
             .timeout(Duration::from_secs(5))
             .build()

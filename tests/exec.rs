@@ -351,7 +351,7 @@ fn the_dashboard_restarts_the_serving_release() {
     let (_, pid) = s.serving("staging");
     let created = s.ferry(&["token", "create", "ops", "--scope", "deploy", "--json"]);
     let token = created.json()["token"].as_str().unwrap().to_string();
-    let http = reqwest::blocking::Client::builder()
+    let http = crate::support::blocking_http()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -68,7 +68,7 @@ fn raw(
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
+    crate::support::blocking_http()
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()
@@ -248,7 +248,7 @@ fn path_traversal_on_every_named_route_finds_nothing() {
     s.deploy_ok("staging", "v1.0.0");
     let token = s.token();
     // a signed-in session, so the dashboard's pages are reached rather than the sign-in page
-    let signed_in = reqwest::blocking::Client::builder()
+    let signed_in = crate::support::blocking_http()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -87,7 +87,7 @@ fn running(s: &Sandbox, name: &str, count: usize) -> BTreeSet<u32> {
 
 /// A dashboard page, signed in with the local token.
 fn dashboard(s: &Sandbox, path: &str) -> String {
-    let client = reqwest::blocking::Client::builder()
+    let client = crate::support::blocking_http()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .build()

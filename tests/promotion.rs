@@ -367,7 +367,7 @@ fn maintenance_serves_a_page_while_deploys_still_run() {
         "Upgrading the database",
     ]);
     assert_eq!(run.code(), 0, "{run}");
-    let resp = reqwest::blocking::Client::builder()
+    let resp = crate::support::blocking_http()
         .no_proxy()
         .build()
         .unwrap()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use support::{GOOD, Options, Rel, Sandbox};
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
+    crate::support::blocking_http()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))

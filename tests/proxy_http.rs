@@ -41,7 +41,7 @@ fn connect(s: &Sandbox) -> TcpStream {
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
+    crate::support::blocking_http()
         .no_proxy()
         .timeout(Duration::from_secs(60))
         .build()

@@ -135,7 +135,7 @@ fn a_rolled_back_deploy_sends_the_same_ready_to_file_report() {
             tables: Box::leak(
                 format!(
                     "[monitor]\nduration = \"20s\"\ninterval = \"200ms\"\n\n{}",
-                    notify_table(&url, "rollback")
+                    notify_table(&url, "rolled_back")
                 )
                 .into_boxed_str(),
             ),
@@ -154,7 +154,7 @@ fn a_rolled_back_deploy_sends_the_same_ready_to_file_report() {
     assert_eq!(s.serving("staging").0, "v1.0.0");
 
     let rolled = first(&bodies);
-    assert_eq!(rolled["event"], "rollback");
+    assert_eq!(rolled["event"], "rolled_back");
     assert_eq!(rolled["state"], "rolled_back");
     let title = rolled["report"]["title"].as_str().unwrap();
     assert_eq!(

@@ -380,7 +380,7 @@ fn the_dashboard_shows_the_rollout_and_its_buttons_act() {
     let run = s.ferry(&["token", "create", "--name", "operator", "--json"]);
     assert_eq!(run.code(), 0, "{run}");
     let token = run.json()["token"].as_str().unwrap().to_string();
-    let client = reqwest::blocking::Client::builder()
+    let client = crate::support::blocking_http()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .build()

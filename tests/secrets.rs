@@ -81,7 +81,7 @@ fn known_secrets_appear_nowhere_after_a_full_scenario() {
     );
 
     // deploys, a failure, verify, lock, rollback: all with alice's token
-    let client = reqwest::blocking::Client::builder()
+    let client = crate::support::blocking_http()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))

@@ -29,7 +29,7 @@ fn sign(body: &[u8]) -> String {
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
+    crate::support::blocking_http()
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()

@@ -124,10 +124,7 @@ fn no_request_fails_across_three_consecutive_deploys() {
                 (url.clone(), stop.clone(), total.clone(), failures.clone());
             std::thread::spawn(move || {
                 // keep-alive connections, and some slow requests in flight across switches
-                let client = reqwest::blocking::Client::builder()
-                    .no_proxy()
-                    .build()
-                    .unwrap();
+                let client = crate::support::blocking_http().no_proxy().build().unwrap();
                 let path = if i % 3 == 0 { "/slow" } else { "/" };
                 while !stop.load(Ordering::Relaxed) {
                     total.fetch_add(1, Ordering::Relaxed);

@@ -71,7 +71,7 @@ impl Drop for Load {
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
+    crate::support::blocking_http()
         .no_proxy()
         .timeout(Duration::from_secs(5))
         .build()

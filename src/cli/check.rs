@@ -270,12 +270,13 @@ fn check_app(config: &crate::config::Config) -> super::CmdResult {
         outln!("  webhooks   {}; {from}", hooks.join(", "));
     }
     for n in &config.notify {
-        let format = match n.format {
-            crate::config::NotifyFormat::Json => "json",
-            crate::config::NotifyFormat::Slack => "slack",
-        };
-        let host = n.url.split('/').nth(2).unwrap_or("?");
-        outln!("  notify     {host} ({format}): {}", n.on.join(", "));
+        outln!(
+            "  notify     {} ({}, {}): {}",
+            n.name,
+            n.kind.name(),
+            n.kind.destination(),
+            n.events.join(", ")
+        );
     }
     if let Some(a) = &config.acme {
         let ca =

@@ -54,7 +54,7 @@ impl ApiClient {
             flags: config_flag(config),
             app: None,
             token,
-            http: reqwest::Client::builder()
+            http: crate::http_builder()
                 .no_proxy()
                 .connect_timeout(Duration::from_secs(3))
                 .build()

@@ -145,10 +145,7 @@ listen = "127.0.0.1:{api}"
 /// Sends requests through `url` until `stop`, counting them and the failed ones.
 fn request_loop(url: String, stop: Arc<AtomicBool>, total: Arc<AtomicU64>, failed: Arc<AtomicU64>) {
     tokio::spawn(async move {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client");
+        let http = crate::http_builder().no_proxy().build().expect("client");
         while !stop.load(Ordering::Relaxed) {
             total.fetch_add(1, Ordering::Relaxed);
             let ok = matches!(http.get(&url).send().await, Ok(r) if r.status().is_success());
@@ -161,7 +158,7 @@ fn request_loop(url: String, stop: Arc<AtomicBool>, total: Arc<AtomicU64>, faile
 }
 
 async fn answer(url: &str) -> String {
-    match reqwest::Client::builder()
+    match crate::http_builder()
         .no_proxy()
         .build()
         .expect("client")

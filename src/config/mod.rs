@@ -13,6 +13,7 @@ mod freeze;
 mod frontdoor;
 mod hooks;
 mod monitor;
+mod notify;
 mod processes;
 mod raw;
 mod rollout;
@@ -37,6 +38,10 @@ pub use freeze::FreezeWindow;
 pub use frontdoor::{Tls, under_prefix};
 pub use hooks::{Hook, Hooks};
 pub use monitor::{DEFAULT_MIN_REQUESTS, DEFAULT_WINDOW, Monitor, TrafficRules};
+pub use notify::{
+    Email, GITHUB_API, GITLAB_API, NOTIFY_EVENTS, Notify, NotifyKind, SmtpTls, TRACKER_EVENTS,
+    Target, Tracker, host_of,
+};
 pub use processes::{ProcessType, WEB};
 pub use raw::valid_check_name;
 pub use rollout::{DEFAULT_INCONCLUSIVE_TIMEOUT, Rollout, RolloutStep, Sticky};
@@ -173,33 +178,6 @@ impl Config {
         }
         repository_from_url(&self.app.repo).map(|r| (r, RepositorySource::AppRepo))
     }
-}
-
-/// Events a `[[notify]]` target can ask for.
-pub const NOTIFY_EVENTS: &[&str] = &[
-    "deploy.started",
-    "deploy.succeeded",
-    "deploy.failed",
-    "deploy.refused",
-    "rollback",
-    "approval.needed",
-];
-
-/// One `[[notify]]` target.
-#[derive(Debug, Clone)]
-pub struct Notify {
-    pub url: String,
-    /// Event names from [`NOTIFY_EVENTS`]; all of them when the key is left out.
-    pub on: Vec<String>,
-    pub format: NotifyFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotifyFormat {
-    /// ferry's own JSON, with a Slack-compatible `text` field.
-    Json,
-    /// Only what a Slack incoming webhook takes: `text`.
-    Slack,
 }
 
 #[derive(Debug, Clone)]

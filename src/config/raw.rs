@@ -10,10 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::duration::HumanDuration;
-use super::{
-    App, Config, Diagnostic, Environment, Health, NOTIFY_EVENTS, Notify, NotifyFormat,
-    RESERVED_VARS, Track, Webhooks,
-};
+use super::{App, Config, Diagnostic, Environment, Health, RESERVED_VARS, Track, Webhooks};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,7 +29,7 @@ pub struct RawConfig {
     #[serde(default)]
     webhooks: RawWebhooks,
     #[serde(default)]
-    notify: Vec<RawNotify>,
+    notify: Vec<Spanned<super::notify::RawNotify>>,
     acme: Option<Spanned<super::acme::RawAcme>>,
     #[serde(default)]
     hooks: super::hooks::RawHooks,
@@ -51,14 +48,6 @@ struct RawWebhooks {
     gitlab_token_env: Option<Spanned<String>>,
     repository: Option<Spanned<String>>,
     wait_lock: Option<Spanned<HumanDuration>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNotify {
-    url: Spanned<String>,
-    on: Option<Vec<Spanned<String>>>,
-    format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -299,11 +288,7 @@ impl RawConfig {
             server: self.server.validate(&fail)?,
             proxy: self.proxy.validate(&fail)?,
             webhooks: validate_webhooks(self.webhooks, &fail)?,
-            notify: self
-                .notify
-                .into_iter()
-                .map(|n| validate_notify(n, &fail))
-                .collect::<Result<_, _>>()?,
+            notify: super::notify::validate(self.notify, &fail, &resolve)?,
             acme,
             hooks: super::hooks::validate(self.hooks, &fail)?,
             checks,
@@ -812,50 +797,6 @@ fn validate_webhooks(raw: RawWebhooks, fail: &Fail) -> Result<Webhooks, Diagnost
         gitlab_token_env: var(raw.gitlab_token_env)?,
         repository,
         wait_lock,
-    })
-}
-
-fn validate_notify(raw: RawNotify, fail: &Fail) -> Result<Notify, Diagnostic> {
-    let url = raw.url.get_ref();
-    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-        return Err(fail(
-            raw.url.span(),
-            format!("notify url \"{url}\" is not an http(s) URL"),
-            "write the full address, like \"https://hooks.slack.com/services/...\"",
-        ));
-    }
-    let mut on = Vec::new();
-    for e in raw.on.unwrap_or_default() {
-        if !NOTIFY_EVENTS.contains(&e.get_ref().as_str()) {
-            return Err(fail(
-                e.span(),
-                format!("unknown notify event \"{}\"", e.get_ref()),
-                &format!("events are {}", NOTIFY_EVENTS.join(", ")),
-            ));
-        }
-        on.push(e.into_inner());
-    }
-    if on.is_empty() {
-        on = NOTIFY_EVENTS.iter().map(|e| e.to_string()).collect();
-    }
-    let format = match raw.format {
-        None => NotifyFormat::Json,
-        Some(f) => match f.get_ref().as_str() {
-            "json" => NotifyFormat::Json,
-            "slack" => NotifyFormat::Slack,
-            other => {
-                return Err(fail(
-                    f.span(),
-                    format!("unknown notify format \"{other}\""),
-                    "write format = \"json\" or format = \"slack\"",
-                ));
-            }
-        },
-    };
-    Ok(Notify {
-        url: raw.url.into_inner(),
-        on,
-        format,
     })
 }
 

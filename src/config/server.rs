@@ -31,6 +31,19 @@ pub struct Server {
     /// Stopping `serve` stops the apps too (`[server] stop_apps_on_exit`, or `serve
     /// --stop-apps`); by default they keep running and the next `serve` adopts them.
     pub stop_apps_on_exit: bool,
+    /// The address people reach the dashboard by (`[server] public_url`), without a trailing
+    /// '/': links in notifications start with it. `None`: `http://<listen>`.
+    pub public_url: Option<String>,
+}
+
+impl Server {
+    /// The base of links to the dashboard: `public_url`, or `http://<listen>`.
+    pub fn public_base(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.clone(),
+            None => format!("http://{}", self.listen),
+        }
+    }
 }
 
 /// Streams the API serves at once when `[server] max_streams` is left out.
@@ -116,6 +129,7 @@ pub(super) struct RawServer {
     header_timeout: Option<Spanned<HumanDuration>>,
     max_streams: Option<Spanned<i64>>,
     stop_apps_on_exit: Option<bool>,
+    public_url: Option<Spanned<String>>,
 }
 
 /// `[proxy]` as written.
@@ -180,8 +194,29 @@ impl RawServer {
                 Some(n) => count(n, "max_streams", fail)?,
             },
             stop_apps_on_exit: self.stop_apps_on_exit.unwrap_or(false),
+            public_url: self.public_url.map(|u| public_url(&u, fail)).transpose()?,
         })
     }
+}
+
+/// `[server] public_url`: an http(s) URL with a host, no query or fragment.
+fn public_url(u: &Spanned<String>, fail: &Fail) -> Result<String, Diagnostic> {
+    let written = u.get_ref().trim();
+    let ok = (written.starts_with("http://") || written.starts_with("https://"))
+        && reqwest::Url::parse(written).is_ok_and(|p| {
+            p.host_str().is_some_and(|h| !h.is_empty())
+                && p.query().is_none()
+                && p.fragment().is_none()
+                && p.username().is_empty()
+        });
+    if !ok {
+        return Err(fail(
+            u.span(),
+            format!("public_url \"{}\" is not an http(s) URL", u.get_ref()),
+            "write the address people open the dashboard at, like \"https://ferry.example.com\"",
+        ));
+    }
+    Ok(written.trim_end_matches('/').to_string())
 }
 
 impl RawProxy {

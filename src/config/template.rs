@@ -207,13 +207,15 @@ listen = "127.0.0.1:7070"       # ferry's API, webhooks and metrics; every call 
 # repository = "acme/shop"
 # wait_lock = "10m"             # pushes wait this long behind a `ferry lock` (default: refused)
 
-# Notifications: a POST per event; format "json" (with a Slack-style "text") or "slack".
-# Events: deploy.started, deploy.succeeded, deploy.failed, deploy.refused, rollback,
-# approval.needed (all of them when `on` is left out).
+# Notifications (see docs/notifications.md): kind "webhook" (ferry's JSON, the default),
+# "slack", "discord", "teams", "github-issue", "gitlab-issue" or "email". Events:
+# deploy.started, deploy.succeeded, deploy.failed, deploy.refused, rolled_back,
+# approval.waiting, maintenance.on, maintenance.off (all of them when left out).
 # [[notify]]
-# url = "https://hooks.slack.com/services/..."
-# on = ["deploy.succeeded", "deploy.failed", "rollback", "approval.needed"]
-# format = "slack"
+# name = "team-chat"
+# kind = "slack"
+# url_env = "FERRY_SLACK_URL"   # the variable holding the webhook URL (or url = "https://…")
+# events = ["deploy.succeeded", "deploy.failed", "rolled_back", "approval.waiting"]
 
 # How ferry reaches environments' `servers`: the system's OpenSSH client, never a prompt,
 # host keys checked against known_hosts (an unknown or changed key is refused, never learned).

@@ -328,11 +328,11 @@ fn webhooks_notify_and_auto_tags_are_read_and_checked() {
     );
     assert_eq!(config.webhooks.gitlab_token_env, None);
     assert_eq!(config.notify.len(), 2);
-    assert_eq!(config.notify[0].format, NotifyFormat::Slack);
-    assert_eq!(config.notify[0].on, ["deploy.failed", "rollback"]);
-    assert_eq!(config.notify[1].format, NotifyFormat::Json);
+    assert!(matches!(config.notify[0].kind, NotifyKind::Slack(_)));
+    assert_eq!(config.notify[0].events, ["deploy.failed", "rolled_back"]);
+    assert!(matches!(config.notify[1].kind, NotifyKind::Webhook(_)));
     assert_eq!(
-        config.notify[1].on.len(),
+        config.notify[1].events.len(),
         NOTIFY_EVENTS.len(),
         "all events by default"
     );

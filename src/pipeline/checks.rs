@@ -344,7 +344,7 @@ fn same(a: &Value, b: &Value) -> bool {
 /// The client of HTTP checks: it never follows a redirect (a redirect is the answer, and
 /// ferry fetches nothing a release points it to).
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    crate::http_builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(0)

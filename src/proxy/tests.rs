@@ -74,7 +74,7 @@ async fn start_proxy() -> (Proxy, String, watch::Sender<bool>) {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    crate::http_builder().no_proxy().build().unwrap()
 }
 
 #[tokio::test]

@@ -311,6 +311,7 @@ mod tests {
             connections: crate::config::ConnLimits::API,
             max_streams: crate::config::DEFAULT_MAX_STREAMS,
             stop_apps_on_exit: false,
+            public_url: None,
         }
     }
 

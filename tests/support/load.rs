@@ -44,7 +44,7 @@ impl Load {
                 let (url, stop, tally, judge) =
                     (url.to_string(), stop.clone(), tally.clone(), judge.clone());
                 std::thread::spawn(move || {
-                    let http = reqwest::blocking::Client::builder()
+                    let http = crate::support::blocking_http()
                         .no_proxy()
                         .timeout(Duration::from_secs(10))
                         .build()

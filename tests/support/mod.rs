@@ -16,6 +16,18 @@ use std::time::{Duration, Instant};
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
+/// `reqwest::blocking::Client::builder()` with rustls' crypto provider (ring) installed:
+/// reqwest is built without one and panics when none is.
+pub fn blocking_http() -> reqwest::blocking::ClientBuilder {
+    ferry::install_crypto_provider();
+    reqwest::blocking::Client::builder()
+}
+
+/// `reqwest::Client::builder()` with rustls' crypto provider installed.
+pub fn async_http() -> reqwest::ClientBuilder {
+    ferry::http_builder()
+}
+
 /// `cmd` with a git author and committer set, so commits work on a bare machine.
 pub fn git_identity(cmd: &mut Command) -> &mut Command {
     cmd.env("GIT_AUTHOR_NAME", "t")
@@ -435,7 +447,7 @@ impl std::fmt::Display for Run {
 
 /// A blocking POST of JSON with an optional bearer token: status and body.
 pub fn post(url: &str, token: Option<&str>, body: &serde_json::Value) -> (u16, serde_json::Value) {
-    let client = reqwest::blocking::Client::builder()
+    let client = crate::support::blocking_http()
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()
@@ -462,7 +474,7 @@ pub fn get(url: &str) -> Option<(u16, String)> {
 /// A blocking GET with an optional bearer token: status and body, or `None` when nothing
 /// answers.
 pub fn get_with(url: &str, token: Option<&str>) -> Option<(u16, String)> {
-    let client = reqwest::blocking::Client::builder()
+    let client = crate::support::blocking_http()
         .no_proxy()
         .timeout(Duration::from_secs(5))
         .build()

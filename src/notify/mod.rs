@@ -1,0 +1,483 @@
+//! Outgoing notifications (`[[notify]]`; the design is docs/notifications.md).
+//!
+//! The pipeline only publishes events. [`run`] turns each into a [`Message`] for every
+//! notifier that asked for that event, and [`deliver`] sends it the way the notifier's kind
+//! says: a JSON POST (the generic webhook and the chat services), an issue in a tracker, or an
+//! email. Deployments never wait for any of it.
+//!
+//! Webhook URLs often embed a secret (Slack's do), so logs and errors name only the scheme
+//! and host.
+
+pub mod chat;
+pub mod report;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{broadcast, watch};
+
+use crate::config::{Config, Notify, NotifyKind, Target};
+use crate::events::Event;
+use crate::store::{Deployment, DeploymentState, Probe, Step, Store};
+
+pub use report::Report;
+
+/// Attempts in all for one message (the first and the retries).
+pub const ATTEMPTS: u32 = 5;
+/// Wait before the first retry; doubled for each next one (1 s, 2 s, 4 s, 8 s).
+pub const BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait a 429's `Retry-After` gets.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// One attempt's time limit.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of an answer is kept (recorded, printed).
+const ANSWER_MAX: usize = 500;
+
+/// Called with `sent` or `failed` for each notification (metrics count them).
+pub type Outcome = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// What one notifier is asked to send.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The canonical event name ([`crate::config::NOTIFY_EVENTS`]), or `test`.
+    pub event: &'static str,
+    pub app: String,
+    pub environment: String,
+    /// None for maintenance events and tests.
+    pub deployment: Option<Deployment>,
+    pub steps: Vec<Step>,
+    /// The monitor's probes, for a rolled back deploy.
+    pub probes: Vec<Probe>,
+    /// Maintenance: the message shown to visitors; a test: what it is.
+    pub detail: Option<String>,
+    pub who: Option<String>,
+    /// The dashboard page of the deployment (or of the environment).
+    pub link: Option<String>,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// A message the receiver took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// What it answered (status and the start of its body), for `ferry show`.
+    pub answer: String,
+    /// The issue's URL, for an issue tracker.
+    pub link: Option<String>,
+}
+
+/// Why a message was not delivered. Never holds a secret or a URL's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth trying again (a network error, a timeout, a 5xx, 408 or 429).
+    Retry(String),
+    /// Retrying cannot help (another 4xx, a missing credential, a bad answer).
+    Fatal(String),
+    /// A 429 with `Retry-After`: try again after this long (capped at [`MAX_RETRY_AFTER`]).
+    RetryAfter(Duration, String),
+}
+
+impl Failure {
+    /// What went wrong, as recorded and shown.
+    pub fn reason(&self) -> &str {
+        match self {
+            Failure::Retry(r) | Failure::Fatal(r) | Failure::RetryAfter(_, r) => r,
+        }
+    }
+}
+
+/// What every kind's `deliver` may use.
+#[derive(Clone)]
+pub struct Ctx {
+    pub http: reqwest::Client,
+    pub store: Store,
+}
+
+impl Ctx {
+    pub fn new(store: Store) -> Result<Ctx, String> {
+        Ok(Ctx {
+            http: client()?,
+            store,
+        })
+    }
+}
+
+/// The HTTP client messages go out with: rustls on ring, the system's roots, 10 s per attempt,
+/// no proxy from the environment.
+pub fn client() -> Result<reqwest::Client, String> {
+    crate::http_builder()
+        .no_proxy()
+        .timeout(TIMEOUT)
+        .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot make an HTTP client: {e}"))
+}
+
+/// Sends `msg` through `notifier` once.
+pub async fn deliver(ctx: &Ctx, notifier: &Notify, msg: &Message) -> Result<Delivered, Failure> {
+    match &notifier.kind {
+        NotifyKind::Webhook(t) => post_json(ctx, t, &chat::webhook_body(msg)).await,
+        NotifyKind::Slack(t) => post_json(ctx, t, &chat::slack_body(msg)).await,
+        NotifyKind::Discord(t) => post_json(ctx, t, &chat::discord_body(msg)).await,
+        NotifyKind::Teams(t) => post_json(ctx, t, &chat::teams_body(msg)).await,
+        NotifyKind::GithubIssue(_) => Err(Failure::Fatal("github-issue is not built yet".into())),
+        NotifyKind::GitlabIssue(_) => Err(Failure::Fatal("gitlab-issue is not built yet".into())),
+        NotifyKind::Email(_) => Err(Failure::Fatal("email is not built yet".into())),
+    }
+}
+
+/// POSTs `body` to the target's URL; the answer says whether it was taken.
+pub async fn post_json(ctx: &Ctx, target: &Target, body: &Value) -> Result<Delivered, Failure> {
+    let url = target.resolve().map_err(Failure::Fatal)?;
+    let resp = ctx
+        .http
+        .post(&url)
+        .json(body)
+        .send()
+        .await
+        .map_err(network)?;
+    let (status, text) = answer(resp).await?;
+    Ok(Delivered {
+        answer: summary(status, &text),
+        link: None,
+    })
+}
+
+/// A request that got no answer: retried. The text names no URL.
+pub fn network(e: reqwest::Error) -> Failure {
+    let e = e.without_url();
+    if e.is_timeout() {
+        return Failure::Retry(format!("no answer within {}s", TIMEOUT.as_secs()));
+    }
+    let mut why = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        why = format!("{why}: {s}");
+        source = s.source();
+    }
+    if why.contains("certificate") {
+        // a certificate the system does not trust stays untrusted
+        return Failure::Fatal(why);
+    }
+    Failure::Retry(why)
+}
+
+/// A 2xx's status and body; anything else as a [`Failure`] (5xx, 408 and 429 retried, a 429's
+/// `Retry-After` honoured).
+pub async fn answer(resp: reqwest::Response) -> Result<(reqwest::StatusCode, String), Failure> {
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+    let text = resp.text().await.unwrap_or_default();
+    if status.is_success() {
+        return Ok((status, text));
+    }
+    let why = summary(status, &text);
+    Err(match status.as_u16() {
+        429 => match retry_after {
+            Some(wait) => Failure::RetryAfter(wait, why),
+            None => Failure::Retry(why),
+        },
+        408 | 500..=599 => Failure::Retry(why),
+        _ => Failure::Fatal(why),
+    })
+}
+
+/// `answered 200 OK: ok`, the body cut to a few hundred characters on one line.
+pub fn summary(status: reqwest::StatusCode, body: &str) -> String {
+    let body = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut s = format!("answered {status}");
+    if !body.is_empty() {
+        let mut cut = body.len().min(ANSWER_MAX);
+        while !body.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.push_str(": ");
+        s.push_str(&body[..cut]);
+        if cut < body.len() {
+            s.push('…');
+        }
+    }
+    s
+}
+
+/// The notification event a deployment transition is, if any. `started` remembers which
+/// deployments have already been announced as started (an approved one runs again).
+fn event_name(
+    kind: &str,
+    state: DeploymentState,
+    id: i64,
+    started: &mut HashSet<i64>,
+) -> Option<&'static str> {
+    let rollback = kind == "rollback";
+    let name = match state {
+        DeploymentState::Running if !rollback => {
+            if !started.insert(id) {
+                return None;
+            }
+            "deploy.started"
+        }
+        DeploymentState::AwaitingApproval => "approval.waiting",
+        DeploymentState::Succeeded if rollback => "rolled_back",
+        DeploymentState::Succeeded => "deploy.succeeded",
+        DeploymentState::RolledBack => "rolled_back",
+        DeploymentState::Failed | DeploymentState::Interrupted => "deploy.failed",
+        DeploymentState::Refused => "deploy.refused",
+        _ => return None,
+    };
+    if state.is_final() {
+        started.remove(&id);
+    }
+    Some(name)
+}
+
+/// The dashboard page of deployment `id`.
+pub fn deployment_link(config: &Config, id: i64) -> String {
+    format!(
+        "{}{}/deployments/{id}",
+        config.server.public_base(),
+        app_prefix(config)
+    )
+}
+
+/// The dashboard page of environment `env`.
+pub fn environment_link(config: &Config, env: &str) -> String {
+    format!(
+        "{}{}/environments/{env}",
+        config.server.public_base(),
+        app_prefix(config)
+    )
+}
+
+/// `/apps/<app>` when the serve hosts several apps, else nothing.
+fn app_prefix(config: &Config) -> String {
+    if config.server_dir != config.state_dir {
+        format!("/apps/{}", config.app.name)
+    } else {
+        String::new()
+    }
+}
+
+/// The message about deployment `id` for `event`, read from the store.
+pub fn deployment_message(
+    config: &Config,
+    store: &Store,
+    event: &'static str,
+    id: i64,
+) -> crate::store::Result<Message> {
+    let d = store.deployment(id)?;
+    let steps = store.steps(id)?;
+    let probes = if d.state == DeploymentState::RolledBack {
+        store.deployment_probes(id).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    Ok(Message {
+        event,
+        app: config.app.name.clone(),
+        environment: d.environment.clone(),
+        who: Some(d.by()),
+        link: Some(deployment_link(config, id)),
+        at: d
+            .finished_at
+            .clone()
+            .unwrap_or_else(|| d.created_at.clone()),
+        deployment: Some(d),
+        steps,
+        probes,
+        detail: None,
+    })
+}
+
+/// Sends notifications for events from `store` until `shutdown`.
+pub async fn run(
+    config: Arc<Config>,
+    store: Store,
+    outcome: Outcome,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if config.notify.is_empty() {
+        return;
+    }
+    let ctx = match Ctx::new(store.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}; notifications are off");
+            return;
+        }
+    };
+    let mut rx = store.events().subscribe();
+    let mut started = HashSet::new();
+    loop {
+        let event = tokio::select! {
+            e = rx.recv() => e,
+            () = crate::proxy::stopped(&mut shutdown) => return,
+        };
+        let (id, kind, state) = match event {
+            Ok(Event::Deployment {
+                deployment,
+                kind,
+                state,
+                ..
+            }) => (deployment, kind, state),
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "notifications fell behind; some were not sent");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(name) = event_name(&kind, state, id, &mut started) else {
+            continue;
+        };
+        if !config.notify.iter().any(|n| n.wants(name)) {
+            continue;
+        }
+        let msg = match deployment_message(&config, &store, name, id) {
+            Ok(m) => Arc::new(m),
+            Err(e) => {
+                tracing::error!(id, error = %e, "cannot read a deployment to notify about");
+                continue;
+            }
+        };
+        for n in config.notify.iter().filter(|n| n.wants(name)) {
+            tokio::spawn(send(ctx.clone(), n.clone(), msg.clone(), outcome.clone()));
+        }
+    }
+}
+
+async fn send(ctx: Ctx, notifier: Notify, msg: Arc<Message>, outcome: Outcome) {
+    let mut wait = BACKOFF;
+    for attempt in 1..=ATTEMPTS {
+        let failure = match deliver(&ctx, &notifier, &msg).await {
+            Ok(_) => {
+                outcome("sent");
+                return;
+            }
+            Err(f) => f,
+        };
+        tracing::warn!(notifier = %notifier.name, event = msg.event, attempt, "notification not delivered: {}", failure.reason());
+        let pause = match failure {
+            Failure::Fatal(_) => break,
+            Failure::Retry(_) => wait,
+            Failure::RetryAfter(after, _) => after.max(wait),
+        };
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(pause).await;
+            wait *= 2;
+        }
+    }
+    tracing::error!(notifier = %notifier.name, event = msg.event, "notification given up");
+    outcome("failed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions_map_to_events_once() {
+        let mut started = HashSet::new();
+        let ev = |k, s, started: &mut HashSet<i64>| event_name(k, s, 1, started);
+        assert_eq!(ev("deploy", DeploymentState::Queued, &mut started), None);
+        assert_eq!(
+            ev("deploy", DeploymentState::Running, &mut started),
+            Some("deploy.started")
+        );
+        assert_eq!(
+            ev("deploy", DeploymentState::AwaitingApproval, &mut started),
+            Some("approval.waiting")
+        );
+        // running again after approval is not a second start
+        assert_eq!(ev("deploy", DeploymentState::Running, &mut started), None);
+        assert_eq!(
+            ev("deploy", DeploymentState::Failed, &mut started),
+            Some("deploy.failed")
+        );
+        assert!(started.is_empty());
+        assert_eq!(
+            ev("rollback", DeploymentState::Succeeded, &mut started),
+            Some("rolled_back")
+        );
+        assert_eq!(
+            ev("deploy", DeploymentState::RolledBack, &mut started),
+            Some("rolled_back")
+        );
+        assert_eq!(
+            ev("deploy", DeploymentState::Superseded, &mut started),
+            None
+        );
+    }
+
+    #[test]
+    fn urls_are_logged_without_their_path() {
+        assert_eq!(
+            crate::config::host_of("https://hooks.slack.com/services/T0/B0/secret"),
+            "https://hooks.slack.com/…"
+        );
+        let t = Target::Url("https://hooks.slack.com/services/T0/B0/secret".into());
+        assert!(!format!("{t:?} {t}").contains("secret"));
+    }
+
+    #[test]
+    fn answers_are_summed_up_on_one_short_line() {
+        let long = "x ".repeat(600);
+        let s = summary(reqwest::StatusCode::OK, &long);
+        assert!(s.starts_with("answered 200 OK: x x"), "{s}");
+        assert!(s.len() < ANSWER_MAX + 40 && s.ends_with('…'), "{s}");
+        assert_eq!(
+            summary(reqwest::StatusCode::NO_CONTENT, ""),
+            "answered 204 No Content"
+        );
+    }
+
+    /// https targets work: the client speaks TLS (rustls on ring) and checks the certificate,
+    /// so a self-signed one is refused as such, not as an unsupported scheme.
+    #[tokio::test]
+    async fn https_targets_are_reached_over_tls_and_their_certificate_is_checked() {
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(signing_key.serialize_der())),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handshake = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            acceptor
+                .accept(tcp)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        let http = client().unwrap();
+        let err = http
+            .post(format!("https://localhost:{port}/hook"))
+            .send()
+            .await
+            .unwrap_err();
+        let Failure::Fatal(why) = network(err) else {
+            panic!("an untrusted certificate is not retried")
+        };
+        assert!(why.to_lowercase().contains("certificate"), "{why}");
+        // the server saw a TLS client hello, and the client refused what it was shown
+        let server = handshake.await.unwrap().unwrap_err();
+        assert!(!server.is_empty());
+    }
+}

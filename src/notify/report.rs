@@ -1,0 +1,305 @@
+//! What a [`Message`] says: its one-line text, ferry's JSON payload, and the failure report
+//! (a title and a markdown body, ready to file as an issue).
+
+use serde_json::{Value, json};
+
+use super::Message;
+use crate::events::tail;
+use crate::store::{Deployment, DeploymentState, Probe, Step, StepState};
+
+/// How much of the failing step's output a message carries.
+const OUTPUT_TAIL: usize = 2000;
+/// The newest monitor probes a report lists (the figures count them all).
+const REPORT_PROBES: usize = 30;
+
+/// A failed or rolled back deploy, written up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub title: String,
+    pub markdown: String,
+}
+
+impl Message {
+    /// One line with an emoji: what happened, to what, where, by whom.
+    pub fn text(&self) -> String {
+        let app = &self.app;
+        let env = &self.environment;
+        let who = self.who.as_deref().unwrap_or("someone");
+        let Some(d) = &self.deployment else {
+            let detail = self
+                .detail
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            return match self.event {
+                "maintenance.on" => format!("🚧 {app} on {env} is in maintenance ({who}){detail}"),
+                "maintenance.off" => format!("🟢 {app} on {env} is out of maintenance ({who})"),
+                "test" => format!("🧪 a test message from ferry for {app}{detail}"),
+                other => format!("{other}: {app} on {env}{detail}"),
+            };
+        };
+        let version = version(d);
+        let at = short_commit(d)
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default();
+        let why = d.reason.as_deref().unwrap_or("no reason recorded");
+        let took = duration(d)
+            .map(|s| format!(" in {s:.1}s"))
+            .unwrap_or_default();
+        match self.event {
+            "deploy.started" if d.kind == "restart" => {
+                format!("🔄 {app} {version}{at} is restarting on {env} ({})", d.by())
+            }
+            "deploy.succeeded" if d.kind == "restart" => {
+                format!(
+                    "🔄 {app} {version}{at} restarted on {env}{took} ({})",
+                    d.by()
+                )
+            }
+            "deploy.started" => {
+                format!("🚀 {app} {version}{at} is deploying to {env} ({})", d.by())
+            }
+            "deploy.succeeded" => {
+                format!("✅ {app} {version}{at} is live on {env}{took} ({})", d.by())
+            }
+            "deploy.failed" => format!("❌ {app} {version}{at} failed on {env}: {why}"),
+            "deploy.refused" => format!("⛔ {app} {version} refused for {env}: {why}"),
+            "rolled_back" if d.kind == "rollback" => {
+                format!("↩️ {env} rolled back to {version}{at} ({})", d.by())
+            }
+            "rolled_back" => format!("↩️ {app} {version}{at} was rolled back on {env}: {why}"),
+            "approval.waiting" => format!(
+                "✋ {app} {version}{at} to {env} waits for approval: ferry approve {}",
+                d.id
+            ),
+            other => format!("{other}: {app} {version} on {env}"),
+        }
+    }
+
+    /// The step whose failure decided the outcome (never a hook run after it).
+    pub fn failing_step(&self) -> Option<&Step> {
+        self.steps.iter().rev().find(|s| {
+            s.state == StepState::Failed
+                && !crate::pipeline::OUTCOME_HOOKS.contains(&s.name.as_str())
+        })
+    }
+
+    /// The failure report of a failed deploy or one the monitor rolled back; `None` otherwise.
+    pub fn report(&self) -> Option<Report> {
+        let d = self.deployment.as_ref()?;
+        let rolled_back = d.state == DeploymentState::RolledBack;
+        if !(self.event == "deploy.failed" || rolled_back) {
+            return None;
+        }
+        Some(report(
+            &self.app,
+            d,
+            self.failing_step(),
+            &self.steps,
+            &self.probes,
+        ))
+    }
+
+    /// ferry's own JSON object (the generic webhook's body); `text` is Slack-compatible.
+    pub fn payload(&self) -> Value {
+        let Some(d) = &self.deployment else {
+            return json!({
+                "event": self.event,
+                "text": self.text(),
+                "app": self.app,
+                "environment": self.environment,
+                "who": self.who,
+                "detail": self.detail,
+                "link": self.link,
+                "at": self.at,
+            });
+        };
+        let failing = self.failing_step();
+        let mut body = json!({
+            "event": self.event,
+            "text": self.text(),
+            "app": self.app,
+            "environment": d.environment,
+            "deployment": d.id,
+            "kind": d.kind,
+            "state": d.state,
+            "version": version(d),
+            "ref": d.git_ref,
+            "commit": d.commit_sha,
+            "who": d.triggered_by,
+            "token": d.triggered_token,
+            "reason": d.reason,
+            "duration_seconds": duration(d),
+            "failing_step": failing.map(|s| json!({"name": s.name, "output_tail": tail(&s.output, OUTPUT_TAIL)})),
+            "link": self.link,
+            "at": self.at,
+        });
+        if let Some(r) = self.report() {
+            body["report"] = json!({"title": r.title, "body": r.markdown});
+        }
+        body
+    }
+}
+
+/// The version people know a deployment by: its tag, else its ref.
+pub fn version(d: &Deployment) -> String {
+    d.version.clone().unwrap_or_else(|| d.git_ref.clone())
+}
+
+fn short_commit(d: &Deployment) -> Option<&str> {
+    d.commit_sha.as_deref().map(|s| &s[..7.min(s.len())])
+}
+
+/// Seconds from the deployment's creation to its end, once it ended.
+pub fn duration(d: &Deployment) -> Option<f64> {
+    seconds_between(&d.created_at, d.finished_at.as_deref())
+}
+
+fn seconds_between(start: &str, end: Option<&str>) -> Option<f64> {
+    let a = chrono::DateTime::parse_from_rfc3339(start).ok()?;
+    let b = chrono::DateTime::parse_from_rfc3339(end?).ok()?;
+    Some((b - a).num_milliseconds() as f64 / 1000.0)
+}
+
+/// `text` in a markdown code fence longer than any run of backticks inside it, so the app's
+/// output can never close the fence and be read as markdown.
+pub fn code_block(text: &str) -> String {
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat((longest + 1).max(3));
+    format!("{fence}\n{}\n{fence}\n", text.trim_end())
+}
+
+/// Text safe inside a markdown table cell or inline: no pipes, backticks or newlines that
+/// would break the table.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+fn report(
+    app: &str,
+    d: &Deployment,
+    failing: Option<&Step>,
+    steps: &[Step],
+    probes: &[Probe],
+) -> Report {
+    let version = version(d);
+    let step = failing.map_or("(no step failed; see the reason)", |s| s.name.as_str());
+    let rolled_back = d.state == DeploymentState::RolledBack;
+    let title = if rolled_back {
+        // the rule, as the monitor named it: "max_consecutive_failures breached: …"
+        let rule = d
+            .reason
+            .as_deref()
+            .and_then(|r| r.split(" breached").next())
+            .map(|r| r.trim_start_matches("monitor: "))
+            .unwrap_or("a monitoring rule");
+        format!(
+            "Deploy of {app} {version} to {} rolled back by the monitor ({rule})",
+            d.environment
+        )
+    } else {
+        format!(
+            "Deploy of {app} {version} to {} failed at {step}",
+            d.environment
+        )
+    };
+    let mut md = format!(
+        "## What happened\n\nDeployment {} of `{}` to **{}** ended `{}`.\n\n\
+         - Reason: {}\n- Commit: `{}`\n- Triggered by: {}\n- Started: {}\n- Finished: {}\n\n\
+         ## Steps\n\n| step | state | took |\n|---|---|---|\n",
+        d.id,
+        cell(&d.git_ref).replace('`', "'"),
+        d.environment,
+        d.state.as_str(),
+        cell(d.reason.as_deref().unwrap_or("-")),
+        d.commit_sha.as_deref().unwrap_or("-"),
+        cell(&d.triggered_by),
+        d.created_at,
+        d.finished_at.as_deref().unwrap_or("-"),
+    );
+    for s in steps {
+        let took = seconds_between(&s.started_at, s.finished_at.as_deref())
+            .map_or("-".to_string(), |t| format!("{t:.1}s"));
+        md.push_str(&format!("| {} | {} | {took} |\n", s.name, s.state.as_str()));
+    }
+    if let Some(s) = failing {
+        md.push_str(&format!(
+            "\n## Output of `{}` (last lines)\n\n{}",
+            s.name,
+            code_block(&tail(&s.output, OUTPUT_TAIL))
+        ));
+    }
+    if !probes.is_empty() {
+        md.push_str(&probe_table(probes));
+    }
+    if let Some(lines) = failing.and_then(|s| s.app_output.as_deref()) {
+        md.push_str(&format!(
+            "\n## The app's last lines (`{}`)\n\n{}",
+            d.release.as_deref().unwrap_or(&version).replace('`', "'"),
+            code_block(lines)
+        ));
+    }
+    md.push_str(&format!(
+        "\n{}\n\n- Inspect: `ferry show {}`\n- Roll back: `ferry rollback {} --reason \"…\"`\n",
+        if rolled_back {
+            "Traffic went back to the previous release."
+        } else {
+            "The previous release kept serving."
+        },
+        d.id,
+        d.environment,
+    ));
+    Report {
+        title,
+        markdown: md,
+    }
+}
+
+/// The monitor's figures and its newest probes, as a markdown section.
+fn probe_table(probes: &[Probe]) -> String {
+    let passed = probes.iter().filter(|p| p.ok).count();
+    let in_a_row = probes.iter().rev().take_while(|p| !p.ok).count();
+    let slowest = probes.iter().map(|p| p.response_ms).fold(0.0, f64::max);
+    let mut md = format!(
+        "\n## Monitoring\n\n{} probes, {passed} passed ({:.1}%), {in_a_row} failed in a row at the end, slowest {slowest:.1} ms.\n\n\
+         | at | result | ms | detail |\n|---|---|---|---|\n",
+        probes.len(),
+        100.0 * passed as f64 / probes.len() as f64,
+    );
+    let skipped = probes.len().saturating_sub(REPORT_PROBES);
+    if skipped > 0 {
+        md.push_str(&format!("| … | {skipped} earlier probes | | |\n"));
+    }
+    for p in &probes[skipped..] {
+        md.push_str(&format!(
+            "| {} | {} | {:.1} | {} |\n",
+            p.at,
+            if p.ok { "ok" } else { "failed" },
+            p.response_ms,
+            cell(p.detail.as_deref().unwrap_or(""))
+        ));
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_code_block_outlasts_every_backtick_run_inside() {
+        assert_eq!(code_block("plain"), "```\nplain\n```\n");
+        let hostile = "before\n```\n# not a heading\n`````\nafter\n";
+        let block = code_block(hostile);
+        assert!(block.starts_with("``````\n"), "{block}");
+        assert!(block.ends_with("\n``````\n"), "{block}");
+        // the fence closes only at the very end
+        let inner = &block[7..block.len() - 7];
+        assert!(!inner.lines().any(|l| l.starts_with("``````")), "{block}");
+    }
+
+    #[test]
+    fn table_cells_cannot_break_the_table() {
+        assert_eq!(cell("a|b\nc"), "a\\|b c");
+    }
+}
