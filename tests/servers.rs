@@ -233,7 +233,25 @@ fn a_release_rolls_out_host_by_host_and_serves_on_every_host() {
     let rollback = f.sb.api(&format!("/api/deployments/{}", last[0]["id"]));
     let ship = Fleet::output(&rollback, &format!("ship {c}"));
     assert!(ship.contains("bytes_sent=0"), "{ship}");
+    // serve's SSH master connections end with it
+    let control_dir = f.sb.state_dir().join("ssh");
+    let masters = || -> usize {
+        std::fs::read_dir(&control_dir)
+            .map(|d| {
+                use std::os::unix::fs::FileTypeExt;
+                d.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(masters(), 3, "one master per host while serve runs");
     f.sb.stop(nix::sys::signal::Signal::SIGTERM);
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        masters() == 0
+    });
+    assert!(gone, "{} masters left after serve stopped", masters());
 }
 
 /// Three hosts, one at a time, with v1.0.0 and v1.1.0, which are unhealthy while their

@@ -408,6 +408,18 @@ impl Daemon {
         }
         let _ = std::fs::remove_file(handover::socket_path(&self.control.state_dir));
         for engine in &self.engines {
+            // the SSH master connections to the environments' hosts (a handed-over serve
+            // keeps them: the new one goes on using them)
+            if engine
+                .config
+                .environments
+                .iter()
+                .any(|e| !e.servers.is_empty())
+            {
+                crate::remote::Ssh::new(&engine.config.ssh, &engine.config.state_dir)
+                    .close_all()
+                    .await;
+            }
             if stop_apps {
                 engine.shutdown().await;
             } else {
