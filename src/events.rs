@@ -56,16 +56,25 @@ pub enum Event {
         detail: Option<String>,
         at: String,
     },
+    /// Maintenance was turned on (with the message visitors see) or off for an environment.
+    Maintenance {
+        environment: String,
+        on: bool,
+        message: Option<String>,
+        by: String,
+        at: String,
+    },
 }
 
 impl Event {
-    /// The SSE event name (`deployment`, `step`, `probe`, `host`).
+    /// The SSE event name (`deployment`, `step`, `probe`, `host`, `maintenance`).
     pub fn name(&self) -> &'static str {
         match self {
             Event::Deployment { .. } => "deployment",
             Event::Step { .. } => "step",
             Event::Probe { .. } => "probe",
             Event::Host { .. } => "host",
+            Event::Maintenance { .. } => "maintenance",
         }
     }
 }

@@ -9,6 +9,7 @@
 //! and host.
 
 pub mod chat;
+pub mod outbox;
 pub mod report;
 
 use std::collections::HashSet;
@@ -20,7 +21,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::config::{Config, Notify, NotifyKind, Target};
 use crate::events::Event;
-use crate::store::{Deployment, DeploymentState, Probe, Step, Store};
+use crate::store::{Deployment, DeploymentState, Notification, Probe, Step, Store};
 
 pub use report::Report;
 
@@ -295,7 +296,36 @@ pub fn deployment_message(
     })
 }
 
-/// Sends notifications for events from `store` until `shutdown`.
+/// The message about a maintenance change.
+fn maintenance_message(
+    config: &Config,
+    environment: &str,
+    on: bool,
+    message: Option<String>,
+    by: String,
+    at: String,
+) -> Message {
+    Message {
+        event: if on {
+            "maintenance.on"
+        } else {
+            "maintenance.off"
+        },
+        app: config.app.name.clone(),
+        environment: environment.to_string(),
+        deployment: None,
+        steps: Vec::new(),
+        probes: Vec::new(),
+        detail: message,
+        who: Some(by),
+        link: Some(environment_link(config, environment)),
+        at,
+    }
+}
+
+/// Queues a notification for each event from `store` and each notifier that asked for it,
+/// and runs a worker per notifier sending them, until `shutdown`. Pending rows of an earlier
+/// `serve` are resumed (those older than [`outbox::RESUME_WITHIN`] are given up).
 pub async fn run(
     config: Arc<Config>,
     store: Store,
@@ -305,6 +335,8 @@ pub async fn run(
     if config.notify.is_empty() {
         return;
     }
+    // subscribed before anything else, so nothing published from here on is missed
+    let mut rx = store.events().subscribe();
     let ctx = match Ctx::new(store.clone()) {
         Ok(c) => c,
         Err(e) => {
@@ -312,69 +344,148 @@ pub async fn run(
             return;
         }
     };
-    let mut rx = store.events().subscribe();
+    let names: Vec<&str> = config.notify.iter().map(|n| n.name.as_str()).collect();
+    let cutoff = (chrono::Utc::now()
+        - chrono::Duration::from_std(outbox::RESUME_WITHIN).unwrap_or_default())
+    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    match store.expire_notifications(&names, &cutoff) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            count = n,
+            "notifications given up: too old, or their notifier is gone"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot read the notifications outbox"),
+    }
+    let mut wakes = Vec::new();
+    let mut workers = Vec::new();
+    for n in &config.notify {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        workers.push(tokio::spawn(outbox::work(
+            ctx.clone(),
+            n.clone(),
+            wake.clone(),
+            outcome.clone(),
+            shutdown.clone(),
+        )));
+        wakes.push(wake);
+    }
     let mut started = HashSet::new();
     loop {
         let event = tokio::select! {
             e = rx.recv() => e,
-            () = crate::proxy::stopped(&mut shutdown) => return,
+            () = crate::proxy::stopped(&mut shutdown) => break,
         };
-        let (id, kind, state) = match event {
+        let msg = match event {
             Ok(Event::Deployment {
                 deployment,
                 kind,
                 state,
                 ..
-            }) => (deployment, kind, state),
+            }) => {
+                let Some(name) = event_name(&kind, state, deployment, &mut started) else {
+                    continue;
+                };
+                if !config.notify.iter().any(|n| n.wants(name)) {
+                    continue;
+                }
+                match deployment_message(&config, &store, name, deployment) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::error!(id = deployment, error = %e, "cannot read a deployment to notify about");
+                        continue;
+                    }
+                }
+            }
+            Ok(Event::Maintenance {
+                environment,
+                on,
+                message,
+                by,
+                at,
+            }) => maintenance_message(&config, &environment, on, message, by, at),
             Ok(_) => continue,
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(missed = n, "notifications fell behind; some were not sent");
                 continue;
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(broadcast::error::RecvError::Closed) => break,
         };
-        let Some(name) = event_name(&kind, state, id, &mut started) else {
-            continue;
-        };
-        if !config.notify.iter().any(|n| n.wants(name)) {
-            continue;
-        }
-        let msg = match deployment_message(&config, &store, name, id) {
-            Ok(m) => Arc::new(m),
-            Err(e) => {
-                tracing::error!(id, error = %e, "cannot read a deployment to notify about");
+        for (n, wake) in config.notify.iter().zip(&wakes) {
+            if !n.wants(msg.event) {
                 continue;
             }
-        };
-        for n in config.notify.iter().filter(|n| n.wants(name)) {
-            tokio::spawn(send(ctx.clone(), n.clone(), msg.clone(), outcome.clone()));
+            match outbox::enqueue(&store, n, &msg) {
+                Ok(_) => wake.notify_one(),
+                Err(e) => {
+                    tracing::error!(notifier = %n.name, event = msg.event, error = %e, "cannot queue a notification");
+                    outcome("failed");
+                }
+            }
         }
+    }
+    for w in workers {
+        let _ = w.await;
     }
 }
 
-async fn send(ctx: Ctx, notifier: Notify, msg: Arc<Message>, outcome: Outcome) {
-    let mut wait = BACKOFF;
-    for attempt in 1..=ATTEMPTS {
-        let failure = match deliver(&ctx, &notifier, &msg).await {
-            Ok(_) => {
-                outcome("sent");
-                return;
-            }
-            Err(f) => f,
-        };
-        tracing::warn!(notifier = %notifier.name, event = msg.event, attempt, "notification not delivered: {}", failure.reason());
-        let pause = match failure {
-            Failure::Fatal(_) => break,
-            Failure::Retry(_) => wait,
-            Failure::RetryAfter(after, _) => after.max(wait),
-        };
-        if attempt < ATTEMPTS {
-            tokio::time::sleep(pause).await;
-            wait *= 2;
-        }
-    }
-    tracing::error!(notifier = %notifier.name, event = msg.event, "notification given up");
-    outcome("failed");
+/// `ferry notify test`: one attempt at a sample message through `notifier`, now, recorded
+/// with the event `test`.
+pub async fn test(
+    ctx: &Ctx,
+    config: &Config,
+    notifier: &Notify,
+    who: &str,
+) -> (
+    crate::store::Result<Notification>,
+    Result<Delivered, Failure>,
+) {
+    let environment = config
+        .environments
+        .first()
+        .map(|e| e.name.clone())
+        .unwrap_or_default();
+    let msg = Message {
+        event: "test",
+        app: config.app.name.clone(),
+        link: Some(format!(
+            "{}{}/",
+            config.server.public_base(),
+            app_prefix(config)
+        )),
+        environment,
+        deployment: None,
+        steps: Vec::new(),
+        probes: Vec::new(),
+        detail: Some(format!(
+            "sent by `ferry notify test {}` to check the notifier works",
+            notifier.name
+        )),
+        who: Some(who.to_string()),
+        at: crate::store::now(),
+    };
+    let result = deliver(ctx, notifier, &msg).await;
+    let attempt = match &result {
+        Ok(d) => crate::store::Attempt::Sent {
+            answer: &d.answer,
+            link: d.link.as_deref(),
+        },
+        Err(f) => crate::store::Attempt::Failed {
+            error: f.reason(),
+            last: true,
+        },
+    };
+    let row = ctx.store.add_sent_notification(
+        &crate::store::NewNotification {
+            notifier: &notifier.name,
+            kind: notifier.kind.name(),
+            event: "test",
+            environment: &msg.environment,
+            deployment: None,
+            message: &msg.to_json(),
+        },
+        &attempt,
+    );
+    (row, result)
 }
 
 #[cfg(test)]

@@ -177,6 +177,15 @@ impl Engine {
             .set_maintenance(env, message.as_deref().map(|m| (m, who)))?;
         state.proxy.set_maintenance(message.clone());
         tracing::info!(env, on, by = who, "maintenance");
+        self.store
+            .events()
+            .publish(crate::events::Event::Maintenance {
+                environment: env.to_string(),
+                on,
+                message: message.clone(),
+                by: who.to_string(),
+                at: crate::store::now(),
+            });
         Ok(message)
     }
 

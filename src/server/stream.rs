@@ -43,7 +43,9 @@ impl EventsQuery {
                 deployment,
                 ..
             } => (environment, *deployment),
-            Event::Host { environment, .. } => (environment, None),
+            Event::Host { environment, .. } | Event::Maintenance { environment, .. } => {
+                (environment, None)
+            }
         };
         self.environment.as_ref().is_none_or(|want| want == env)
             && self.deployment.is_none_or(|want| Some(want) == id)

@@ -7,7 +7,7 @@ use super::{Deployment, Result, Store, Token, now};
 use crate::events::Event;
 
 /// One health probe of an environment's serving instance.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Probe {
     pub environment: String,
     /// Set for the post-deploy monitor's probes.

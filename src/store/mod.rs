@@ -9,6 +9,7 @@ mod dashboard;
 mod deployments;
 mod environments;
 mod hosts;
+mod notifications;
 mod promotion;
 mod releases;
 mod rows;
@@ -25,6 +26,7 @@ use crate::events::Bus;
 pub use crate::lifecycle::{DeploymentState, StepState};
 pub use dashboard::Probe;
 pub use hosts::{HostRow, HostState};
+pub use notifications::{Attempt, NewNotification, Notification, NotificationState};
 pub use rows::{
     Actor, AuditEntry, Backup, Check, Delivery, Deployment, ExecAudit, Instance, LockHolder,
     Maintenance, Release, Scope, Step, Token, Verification,
@@ -45,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0012_processes.sql"),
     include_str!("migrations/0013_exec_audit.sql"),
     include_str!("migrations/0016_hosts.sql"),
+    include_str!("migrations/0017_notifications.sql"),
 ];
 
 /// Store errors.
