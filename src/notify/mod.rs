@@ -9,8 +9,11 @@
 //! and host.
 
 pub mod chat;
+pub mod github;
+pub mod gitlab;
 pub mod outbox;
 pub mod report;
+pub mod tracker;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -123,8 +126,8 @@ pub async fn deliver(ctx: &Ctx, notifier: &Notify, msg: &Message) -> Result<Deli
         NotifyKind::Slack(t) => post_json(ctx, t, &chat::slack_body(msg)).await,
         NotifyKind::Discord(t) => post_json(ctx, t, &chat::discord_body(msg)).await,
         NotifyKind::Teams(t) => post_json(ctx, t, &chat::teams_body(msg)).await,
-        NotifyKind::GithubIssue(_) => Err(Failure::Fatal("github-issue is not built yet".into())),
-        NotifyKind::GitlabIssue(_) => Err(Failure::Fatal("gitlab-issue is not built yet".into())),
+        NotifyKind::GithubIssue(t) => github::deliver(ctx, notifier, t, msg).await,
+        NotifyKind::GitlabIssue(t) => gitlab::deliver(ctx, notifier, t, msg).await,
         NotifyKind::Email(_) => Err(Failure::Fatal("email is not built yet".into())),
     }
 }

@@ -10,6 +10,7 @@ mod deployments;
 mod environments;
 mod hosts;
 mod notifications;
+mod notify_issues;
 mod promotion;
 mod releases;
 mod rows;
@@ -27,12 +28,15 @@ pub use crate::lifecycle::{DeploymentState, StepState};
 pub use dashboard::Probe;
 pub use hosts::{HostRow, HostState};
 pub use notifications::{Attempt, NewNotification, Notification, NotificationState};
+pub use notify_issues::{IssueState, NotifyIssue};
 pub use rows::{
     Actor, AuditEntry, Backup, Check, Delivery, Deployment, ExecAudit, Instance, LockHolder,
     Maintenance, Release, Scope, Step, Token, Verification,
 };
 pub use server::NewDelivery;
 
+/// Applied in this order; a database's `user_version` counts those applied, so a new one is
+/// appended at the end whatever its number.
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_promotion.sql"),
@@ -48,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0013_exec_audit.sql"),
     include_str!("migrations/0016_hosts.sql"),
     include_str!("migrations/0017_notifications.sql"),
+    include_str!("migrations/0018_notify_issues.sql"),
 ];
 
 /// Store errors.

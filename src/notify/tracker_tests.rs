@@ -1,0 +1,572 @@
+use std::cell::RefCell;
+
+use reqwest::header::HeaderValue;
+
+use super::*;
+use crate::store::{Deployment, DeploymentState, Store};
+
+fn deployment(id: i64, kind: &str, state: DeploymentState) -> Deployment {
+    Deployment {
+        id,
+        environment: "staging".into(),
+        kind: kind.into(),
+        git_ref: "v1.1.0".into(),
+        commit_sha: Some("0123456789abcdef".into()),
+        version: Some("v1.1.0".into()),
+        release: None,
+        digest: None,
+        state,
+        step: None,
+        reason: Some("health failed".into()),
+        triggered_by: "alice".into(),
+        created_at: "2026-12-02T12:00:00.000Z".into(),
+        finished_at: Some("2026-12-02T12:00:05.000Z".into()),
+        note: None,
+        forced: false,
+        restore_data: false,
+        approved_by: None,
+        approved_at: None,
+        triggered_token: None,
+        approved_token: None,
+    }
+}
+
+fn message(event: &'static str, d: Option<Deployment>) -> Message {
+    Message {
+        event,
+        app: "shop".into(),
+        environment: "staging".into(),
+        deployment: d,
+        steps: Vec::new(),
+        probes: Vec::new(),
+        detail: None,
+        who: Some("alice".into()),
+        link: Some("http://ferry.test/deployments/1".into()),
+        at: "2026-12-02T12:00:05.000Z".into(),
+    }
+}
+
+fn failed(id: i64) -> Message {
+    message(
+        "deploy.failed",
+        Some(deployment(id, "deploy", DeploymentState::Failed)),
+    )
+}
+
+fn succeeded(id: i64) -> Message {
+    message(
+        "deploy.succeeded",
+        Some(deployment(id, "deploy", DeploymentState::Succeeded)),
+    )
+}
+
+fn row(state: IssueState, last: Option<i64>) -> NotifyIssue {
+    NotifyIssue {
+        notifier: "gh".into(),
+        environment: "staging".into(),
+        target: "t".into(),
+        number: 1,
+        url: "u".into(),
+        opened_by: Some(1),
+        last_deployment: last,
+        state,
+        opened_at: String::new(),
+        updated_at: String::new(),
+    }
+}
+
+#[test]
+fn failures_report_and_only_a_deploys_success_resolves() {
+    let open = row(IssueState::Open, Some(1));
+    assert_eq!(plan(&failed(2), None, true), Plan::Report);
+    assert_eq!(plan(&failed(2), Some(&open), true), Plan::Report);
+    let monitor = message(
+        "rolled_back",
+        Some(deployment(2, "deploy", DeploymentState::RolledBack)),
+    );
+    assert_eq!(plan(&monitor, None, true), Plan::Report);
+    assert_eq!(
+        plan(&succeeded(2), Some(&open), true),
+        Plan::Resolve {
+            comment: true,
+            close: true
+        }
+    );
+    assert_eq!(
+        plan(&succeeded(2), Some(&open), false),
+        Plan::Resolve {
+            comment: true,
+            close: false
+        }
+    );
+    // a retry of the same success after its comment went out closes without a second one
+    let commented = row(IssueState::Recovered, Some(2));
+    assert_eq!(
+        plan(&succeeded(2), Some(&commented), true),
+        Plan::Resolve {
+            comment: false,
+            close: true
+        }
+    );
+    assert!(matches!(
+        plan(&succeeded(3), Some(&commented), false),
+        Plan::Nothing(_)
+    ));
+    assert!(matches!(plan(&succeeded(2), None, true), Plan::Nothing(_)));
+    let closed = row(IssueState::Closed, Some(2));
+    assert!(matches!(
+        plan(&succeeded(3), Some(&closed), true),
+        Plan::Nothing(_)
+    ));
+    let restart = message(
+        "deploy.succeeded",
+        Some(deployment(2, "restart", DeploymentState::Succeeded)),
+    );
+    assert!(matches!(
+        plan(&restart, Some(&open), true),
+        Plan::Nothing(_)
+    ));
+    let manual = message(
+        "rolled_back",
+        Some(deployment(2, "rollback", DeploymentState::Succeeded)),
+    );
+    assert_eq!(plan(&manual, Some(&open), true), Plan::Note);
+    assert!(matches!(plan(&manual, None, true), Plan::Nothing(_)));
+    assert!(matches!(
+        plan(&message("deploy.started", None), Some(&open), true),
+        Plan::Nothing(_)
+    ));
+    assert_eq!(plan(&message("test", None), None, true), Plan::Test);
+}
+
+fn asking() -> Asking<'static> {
+    Asking {
+        service: "GitHub",
+        target: "acme/shop",
+        token_env: "FERRY_GITHUB_TOKEN",
+        token: "ghp_secret_token",
+        needs: "it needs Issues: Read and write",
+    }
+}
+
+fn refusal(status: u16, headers: &[(&'static str, &str)], body: &str) -> Refusal {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.insert(*k, HeaderValue::from_str(v).unwrap());
+    }
+    Refusal::read(status, &map, body, "ghp_secret_token")
+}
+
+fn fatal(f: Failure) -> String {
+    match f {
+        Failure::Fatal(m) => m,
+        other => panic!("not fatal: {other:?}"),
+    }
+}
+
+fn retry(f: Failure) -> String {
+    match f {
+        Failure::Retry(m) => m,
+        other => panic!("not a plain retry: {other:?}"),
+    }
+}
+
+#[test]
+fn refusals_say_what_to_fix_and_what_is_worth_another_try() {
+    let what = "open issues in acme/shop";
+    let m = fatal(classify(
+        &asking(),
+        what,
+        &refusal(
+            403,
+            &[],
+            r#"{"message":"Resource not accessible by personal access token"}"#,
+        ),
+    ));
+    assert_eq!(
+        m,
+        "the token in FERRY_GITHUB_TOKEN cannot open issues in acme/shop (403: Resource not \
+         accessible by personal access token): it needs Issues: Read and write"
+    );
+    let m = fatal(classify(
+        &asking(),
+        what,
+        &refusal(401, &[], r#"{"message":"Bad credentials"}"#),
+    ));
+    assert!(
+        m.starts_with("GitHub refused the token in FERRY_GITHUB_TOKEN (401: Bad credentials)"),
+        "{m}"
+    );
+    let m = fatal(classify(
+        &asking(),
+        what,
+        &refusal(404, &[], r#"{"message":"Not Found"}"#),
+    ));
+    assert!(
+        m.contains("GitHub has no acme/shop that the token in FERRY_GITHUB_TOKEN can see (404"),
+        "{m}"
+    );
+    let m = fatal(classify(
+        &asking(),
+        what,
+        &refusal(
+            422,
+            &[],
+            r#"{"message":"Validation Failed","errors":[{"resource":"Issue","field":"title","code":"missing_field"}]}"#,
+        ),
+    ));
+    assert_eq!(
+        m,
+        "GitHub refused to open issues in acme/shop (422: Validation Failed; title missing_field)"
+    );
+    // GitLab's shapes
+    let m = fatal(classify(
+        &asking(),
+        what,
+        &refusal(
+            400,
+            &[],
+            r#"{"message":{"title":["is too long","is missing"]}}"#,
+        ),
+    ));
+    assert!(m.ends_with("(400: title is too long, is missing)"), "{m}");
+
+    for status in [500, 502, 503, 408] {
+        let m = retry(classify(
+            &asking(),
+            what,
+            &refusal(status, &[], "<html>oops</html>"),
+        ));
+        assert_eq!(
+            m,
+            format!("GitHub answered {status} to open issues in acme/shop")
+        );
+    }
+    assert_eq!(
+        classify(
+            &asking(),
+            what,
+            &refusal(429, &[("retry-after", "30")], r#"{"message":"slow down"}"#),
+        ),
+        Failure::RetryAfter(
+            Duration::from_secs(30),
+            "GitHub rate limit reached (429: slow down)".into()
+        )
+    );
+    assert!(matches!(
+        classify(&asking(), what, &refusal(429, &[], "")),
+        Failure::Retry(_)
+    ));
+    // GitHub's rate limits answer 403 with headers that say so
+    let m = retry(classify(
+        &asking(),
+        what,
+        &refusal(
+            403,
+            &[("x-ratelimit-remaining", "0")],
+            r#"{"message":"API rate limit exceeded"}"#,
+        ),
+    ));
+    assert!(m.starts_with("GitHub rate limit reached (403"), "{m}");
+    assert!(matches!(
+        classify(&asking(), what, &refusal(403, &[("retry-after", "5")], "")),
+        Failure::RetryAfter(d, _) if d == Duration::from_secs(5)
+    ));
+}
+
+#[test]
+fn what_a_service_says_is_kept_on_one_line_short_and_without_the_token() {
+    let r = refusal(
+        401,
+        &[],
+        r#"{"message":"token ghp_secret_token\nis\tbad","documentation_url":"https://docs"}"#,
+    );
+    assert_eq!(r.message, "token *** is bad");
+    let long = format!(r#"{{"message":"{}"}}"#, "x".repeat(1000));
+    assert_eq!(
+        refusal(500, &[], &long).message.chars().count(),
+        MESSAGE_MAX
+    );
+    assert_eq!(refusal(500, &[], "not json").message, "");
+    assert_eq!(cut("héllo", 3), "hé…");
+    assert_eq!(cut("hé", 3), "hé");
+}
+
+/// An in-memory tracker: issues (open?), comments, and what each call should answer instead.
+#[derive(Default)]
+struct Memory {
+    issues: RefCell<Vec<(Issue, Vec<String>, String)>>,
+    calls: RefCell<Vec<String>>,
+    fail: RefCell<Vec<(&'static str, Failure)>>,
+}
+
+impl Memory {
+    fn take_failure(&self, call: &'static str) -> Result<(), Failure> {
+        self.calls.borrow_mut().push(call.to_string());
+        let mut fail = self.fail.borrow_mut();
+        match fail.iter().position(|(c, _)| *c == call) {
+            Some(i) => Err(fail.remove(i).1),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Api for Memory {
+    fn target(&self) -> String {
+        "memory acme/shop".into()
+    }
+    async fn open(&self, title: &str, body: &str) -> Result<Issue, Failure> {
+        self.take_failure("open")?;
+        let mut issues = self.issues.borrow_mut();
+        let n = issues.len() as i64 + 1;
+        let issue = Issue {
+            number: n,
+            url: format!("https://tracker.test/acme/shop/issues/{n}"),
+            open: true,
+        };
+        issues.push((issue.clone(), Vec::new(), format!("{title}\n{body}")));
+        Ok(issue)
+    }
+    async fn get(&self, number: i64) -> Result<Option<Issue>, Failure> {
+        self.take_failure("get")?;
+        Ok(self
+            .issues
+            .borrow()
+            .iter()
+            .find(|(i, _, _)| i.number == number)
+            .map(|(i, _, _)| i.clone()))
+    }
+    async fn comment(&self, number: i64, body: &str) -> Result<(), Failure> {
+        self.take_failure("comment")?;
+        let mut issues = self.issues.borrow_mut();
+        issues[number as usize - 1].1.push(body.to_string());
+        Ok(())
+    }
+    async fn close(&self, number: i64) -> Result<(), Failure> {
+        self.take_failure("close")?;
+        self.issues.borrow_mut()[number as usize - 1].0.open = false;
+        Ok(())
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    ctx: Ctx,
+    notifier: Notify,
+    cfg: Tracker,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("ferry.db")).unwrap();
+    let cfg = Tracker {
+        api: "https://api.github.com".into(),
+        repository: "acme/shop".into(),
+        token_env: "FERRY_GITHUB_TOKEN".into(),
+        labels: Vec::new(),
+        close_on_success: true,
+    };
+    Setup {
+        _dir: dir,
+        ctx: Ctx {
+            http: crate::notify::client().unwrap(),
+            store,
+        },
+        notifier: Notify {
+            name: "gh".into(),
+            events: Vec::new(),
+            kind: crate::config::NotifyKind::GithubIssue(cfg.clone()),
+        },
+        cfg,
+    }
+}
+
+impl Setup {
+    async fn send(&self, api: &Memory, msg: &Message) -> Result<Delivered, Failure> {
+        deliver(&self.ctx, &self.notifier, &self.cfg, api, msg).await
+    }
+}
+
+#[tokio::test]
+async fn a_failure_opens_the_next_comments_and_a_success_comments_and_closes() {
+    let s = setup();
+    let api = Memory::default();
+    let first = s.send(&api, &failed(1)).await.unwrap();
+    assert_eq!(first.answer, "opened #1");
+    assert_eq!(
+        first.link.as_deref(),
+        Some("https://tracker.test/acme/shop/issues/1")
+    );
+    let again = s.send(&api, &failed(2)).await.unwrap();
+    assert_eq!(again.answer, "commented on #1");
+    let fixed = s.send(&api, &succeeded(3)).await.unwrap();
+    assert_eq!(fixed.answer, "commented on and closed #1");
+    assert_eq!(
+        fixed.link.as_deref(),
+        Some("https://tracker.test/acme/shop/issues/1")
+    );
+    {
+        let issues = api.issues.borrow();
+        assert_eq!(issues.len(), 1);
+        let (issue, comments, _) = &issues[0];
+        assert!(!issue.open);
+        assert_eq!(comments.len(), 2);
+        assert!(
+            comments[1].starts_with("✅ shop v1.1.0 (`0123456`) is live on **staging**"),
+            "{}",
+            comments[1]
+        );
+        assert!(comments[1].contains("Closing this issue."));
+    }
+    // nothing open: a success does nothing, the next failure opens a new one
+    let quiet = s.send(&api, &succeeded(4)).await.unwrap();
+    assert!(
+        quiet.answer.starts_with("nothing to do"),
+        "{}",
+        quiet.answer
+    );
+    assert_eq!(quiet.link, None);
+    assert_eq!(s.send(&api, &failed(5)).await.unwrap().answer, "opened #2");
+    let row = s.ctx.store.notify_issue("gh", "staging").unwrap().unwrap();
+    assert_eq!(
+        (row.number, row.opened_by, row.state),
+        (2, Some(5), IssueState::Open)
+    );
+}
+
+#[tokio::test]
+async fn an_issue_closed_by_someone_is_left_alone_and_a_new_one_opened() {
+    let s = setup();
+    let api = Memory::default();
+    s.send(&api, &failed(1)).await.unwrap();
+    api.issues.borrow_mut()[0].0.open = false;
+    let next = s.send(&api, &failed(2)).await.unwrap();
+    assert_eq!(next.answer, "opened #2 (#1 was closed or deleted)");
+    assert!(
+        api.issues.borrow()[0].1.is_empty(),
+        "no comment on the closed one"
+    );
+    // deleted (the tracker no longer knows it): the success says so and touches nothing
+    api.issues.borrow_mut().clear();
+    let fixed = s.send(&api, &succeeded(3)).await.unwrap();
+    assert_eq!(fixed.answer, "#2 was already closed or deleted");
+    assert_eq!(
+        s.ctx
+            .store
+            .notify_issue("gh", "staging")
+            .unwrap()
+            .unwrap()
+            .state,
+        IssueState::Closed
+    );
+}
+
+#[tokio::test]
+async fn without_close_on_success_a_success_only_comments_once() {
+    let mut s = setup();
+    s.cfg.close_on_success = false;
+    let api = Memory::default();
+    s.send(&api, &failed(1)).await.unwrap();
+    assert_eq!(
+        s.send(&api, &succeeded(2)).await.unwrap().answer,
+        "commented on #1"
+    );
+    assert!(
+        s.send(&api, &succeeded(3))
+            .await
+            .unwrap()
+            .answer
+            .starts_with("nothing to do")
+    );
+    assert!(api.issues.borrow()[0].0.open);
+    // failing again while it is still open comments on it
+    assert_eq!(
+        s.send(&api, &failed(4)).await.unwrap().answer,
+        "commented on #1"
+    );
+    assert_eq!(api.issues.borrow()[0].1.len(), 2);
+}
+
+#[tokio::test]
+async fn a_retried_success_does_not_comment_twice_and_a_refused_one_changes_nothing() {
+    let s = setup();
+    let api = Memory::default();
+    s.send(&api, &failed(1)).await.unwrap();
+    api.fail
+        .borrow_mut()
+        .push(("close", Failure::Retry("GitHub answered 502".into())));
+    assert_eq!(
+        s.send(&api, &succeeded(2)).await.unwrap_err(),
+        Failure::Retry("GitHub answered 502".into())
+    );
+    assert_eq!(
+        s.send(&api, &succeeded(2)).await.unwrap().answer,
+        "closed #1"
+    );
+    assert_eq!(api.issues.borrow()[0].1.len(), 1, "one success comment");
+    assert!(!api.issues.borrow()[0].0.open);
+
+    // a refused open remembers nothing
+    api.fail.borrow_mut().push((
+        "open",
+        Failure::Fatal("the token cannot open issues".into()),
+    ));
+    assert!(matches!(
+        s.send(&api, &failed(3)).await,
+        Err(Failure::Fatal(_))
+    ));
+    assert_eq!(
+        s.ctx
+            .store
+            .notify_issue("gh", "staging")
+            .unwrap()
+            .unwrap()
+            .number,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_manual_rollback_comments_and_leaves_it_open_and_a_test_closes_its_own_issue() {
+    let s = setup();
+    let api = Memory::default();
+    s.send(&api, &failed(1)).await.unwrap();
+    let manual = message(
+        "rolled_back",
+        Some(deployment(2, "rollback", DeploymentState::Succeeded)),
+    );
+    assert_eq!(
+        s.send(&api, &manual).await.unwrap().answer,
+        "commented on #1"
+    );
+    assert!(api.issues.borrow()[0].0.open);
+    assert!(api.issues.borrow()[0].1[0].contains("stays open"));
+
+    let test = s.send(&api, &message("test", None)).await.unwrap();
+    assert_eq!(test.answer, "opened, commented on and closed test issue #2");
+    let issues = api.issues.borrow();
+    assert!(!issues[1].0.open);
+    assert!(issues[1].2.starts_with("[ferry test]"));
+    // the test is not remembered: the environment's issue is still #1
+    assert_eq!(
+        s.ctx
+            .store
+            .notify_issue("gh", "staging")
+            .unwrap()
+            .unwrap()
+            .number,
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_issue_remembered_for_another_repository_is_not_used() {
+    let s = setup();
+    let api = Memory::default();
+    s.send(&api, &failed(1)).await.unwrap();
+    s.ctx
+        .store
+        .notify_issue_opened("gh", "staging", "elsewhere", 1, "u", Some(1))
+        .unwrap();
+    assert_eq!(s.send(&api, &failed(2)).await.unwrap().answer, "opened #2");
+}

@@ -1,0 +1,460 @@
+//! Issue trackers as notifiers, through real deploys (a real `ferry serve`, a real git repo, the
+//! sample app made to fail its health check) against a fake GitHub and GitLab REST API on
+//! loopback: a failure opens an issue with the report, the next failure comments, the next
+//! success comments and closes; an issue closed by someone is left alone; a 500 is retried, a
+//! 401 fails with a clear message; the token goes nowhere but the header.
+
+#[path = "support/fake_tracker.rs"]
+mod fake_tracker;
+mod support;
+
+use std::time::Duration;
+
+use fake_tracker::{FakeIssue, FakeTracker};
+use support::*;
+
+const GITHUB_TOKEN: &str = "ghp_fake_token_0123456789abcdef";
+const GITLAB_TOKEN: &str = "glpat-fake-token-0123456789";
+
+fn releases() -> [Rel; 4] {
+    [
+        Rel("v1.0.0", GOOD),
+        Rel("v1.1.0", BROKEN),
+        Rel("v1.2.0", BROKEN),
+        Rel("v1.3.0", GOOD),
+    ]
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// A sandbox whose `[[notify]]` tables are `tables`, served with `env`.
+fn sandbox(tables: String, env: &[(&str, &str)]) -> Sandbox {
+    sandbox_of(&releases(), tables, env)
+}
+
+fn sandbox_of(releases: &[Rel], tables: String, env: &[(&str, &str)]) -> Sandbox {
+    let mut s = Sandbox::with(
+        releases,
+        Options {
+            tables: leak(tables),
+            ..Options::default()
+        },
+    );
+    s.serve_env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    s.serve();
+    s
+}
+
+fn github_table(name: &str, api: &str, token_env: &str) -> String {
+    format!(
+        "[[notify]]\nname = \"{name}\"\nkind = \"github-issue\"\nrepository = \"acme/shop\"\n\
+         token_env = \"{token_env}\"\napi = \"{api}\"\nlabels = [\"deploy-failure\", \"ferry\"]\n\n"
+    )
+}
+
+/// Waits until the fake's issues satisfy `check`; fails with them and the serve log if not.
+fn wait_issues(s: &Sandbox, fake: &FakeTracker, what: &str, check: impl Fn(&[FakeIssue]) -> bool) {
+    let ok = eventually(Duration::from_secs(30), || check(&fake.issues()));
+    assert!(
+        ok,
+        "{what}: issues are {:#?}\n{}",
+        fake.issues(),
+        s.serve_log()
+    );
+}
+
+/// A delivery row of the outbox, read from ferry's database.
+#[derive(Debug, Clone)]
+struct Delivery {
+    notifier: String,
+    event: String,
+    deployment: Option<i64>,
+    state: String,
+    attempts: i64,
+    answer: Option<String>,
+    error: Option<String>,
+    link: Option<String>,
+}
+
+fn deliveries(s: &Sandbox) -> Vec<Delivery> {
+    let db = rusqlite::Connection::open_with_flags(
+        s.state_dir().join("ferry.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut q = db
+        .prepare(
+            "SELECT notifier, event, deployment, state, attempts, answer, error, link
+             FROM notifications ORDER BY id",
+        )
+        .unwrap();
+    q.query_map([], |r| {
+        Ok(Delivery {
+            notifier: r.get(0)?,
+            event: r.get(1)?,
+            deployment: r.get(2)?,
+            state: r.get(3)?,
+            attempts: r.get(4)?,
+            answer: r.get(5)?,
+            error: r.get(6)?,
+            link: r.get(7)?,
+        })
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+/// The finished delivery of `notifier` about `deployment`, once there is one.
+fn delivery(s: &Sandbox, notifier: &str, deployment: i64) -> Delivery {
+    let find = || {
+        deliveries(s).into_iter().find(|d| {
+            d.notifier == notifier && d.deployment == Some(deployment) && d.state != "pending"
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || find().is_some()),
+        "no finished delivery of {notifier} for {deployment}: {:#?}\n{}",
+        deliveries(s),
+        s.serve_log()
+    );
+    find().unwrap()
+}
+
+fn deploy_fails(s: &Sandbox, version: &str) {
+    let run = s.ferry(&["deploy", "staging", version]);
+    assert_eq!(run.code(), 1, "{version} must fail:\n{run}");
+}
+
+/// The token appears nowhere but where it belongs: not in the serve log, the database, or
+/// what the API answers about `deployments`.
+fn token_nowhere(s: &Sandbox, token: &str, deployments: &[i64]) {
+    assert!(!s.serve_log().contains(token), "token in the log");
+    for entry in std::fs::read_dir(s.state_dir()).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("ferry.db") {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            assert!(
+                !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+                "token in {name}"
+            );
+        }
+    }
+    for id in deployments {
+        let (_, body) = s.get(&format!("/api/deployments/{id}")).unwrap();
+        assert!(!body.contains(token), "token in /api/deployments/{id}");
+        let shown = s.ferry(&["show", &id.to_string()]);
+        assert!(!shown.stdout().contains(token) && !shown.stderr().contains(token));
+    }
+}
+
+#[test]
+fn a_failure_opens_an_issue_with_the_report_the_next_comments_and_a_success_closes_it() {
+    let fake = FakeTracker::github("acme/shop", GITHUB_TOKEN);
+    let s = sandbox(
+        github_table("tracker", &fake.api, "FERRY_GITHUB_TOKEN"),
+        &[("FERRY_GITHUB_TOKEN", GITHUB_TOKEN)],
+    );
+    s.deploy_ok("staging", "v1.0.0");
+
+    deploy_fails(&s, "v1.1.0");
+    wait_issues(&s, &fake, "an issue for the failure", |i| i.len() == 1);
+    let issue = &fake.issues()[0];
+    assert_eq!(
+        issue.title,
+        "Deploy of sample v1.1.0 to staging failed at health"
+    );
+    for part in [
+        "## Steps",
+        "| step | state | took |",
+        "| health | failed |",
+        "## Output of `health` (last lines)",
+        "answered 500",
+        "## The app's last lines (`v1.1.0-",
+        "sample app v1.1.0 starting",
+        "ferry show 2",
+    ] {
+        assert!(
+            issue.body.contains(part),
+            "{part:?} not in:\n{}",
+            issue.body
+        );
+    }
+    assert_eq!(issue.labels, ["deploy-failure", "ferry"]);
+    assert!(issue.open && issue.comments.is_empty());
+    // the success before the failure had nothing to close, and opened nothing
+    assert_eq!(fake.seen().iter().filter(|r| r.method == "POST").count(), 1);
+
+    deploy_fails(&s, "v1.2.0");
+    wait_issues(&s, &fake, "a comment for the second failure", |i| {
+        i.len() == 1 && i[0].comments.len() == 1
+    });
+    let comment = &fake.issues()[0].comments[0];
+    assert!(
+        comment.contains("Deploy of sample v1.2.0 to staging failed at health")
+            && comment.contains("| health | failed |"),
+        "{comment}"
+    );
+
+    s.deploy_ok("staging", "v1.3.0");
+    wait_issues(&s, &fake, "closed by the success", |i| !i[0].open);
+    let issue = &fake.issues()[0];
+    assert_eq!(issue.state_reason.as_deref(), Some("completed"));
+    assert_eq!(issue.comments.len(), 2);
+    assert!(
+        issue.comments[1].contains("v1.3.0")
+            && issue.comments[1].contains("is live on **staging**"),
+        "{}",
+        issue.comments[1]
+    );
+    assert_eq!(fake.issues().len(), 1);
+
+    // each delivery answered what it did, with the issue's page as its link
+    let url = "https://github.test/acme/shop/issues/1";
+    let first = delivery(&s, "tracker", 1);
+    assert_eq!(
+        (first.state.as_str(), first.link.as_deref()),
+        ("sent", None),
+        "{first:?}"
+    );
+    assert!(first.answer.unwrap().contains("nothing to do"));
+    for (id, answer) in [
+        (2, "opened #1"),
+        (3, "commented on #1"),
+        (4, "commented on and closed #1"),
+    ] {
+        let d = delivery(&s, "tracker", id);
+        assert_eq!(
+            (d.state.as_str(), d.answer.as_deref(), d.link.as_deref()),
+            ("sent", Some(answer), Some(url)),
+            "{d:?}"
+        );
+    }
+    assert_eq!(delivery(&s, "tracker", 2).event, "deploy.failed");
+
+    // every request carried the token in its header, and only there
+    for r in fake.seen() {
+        for (name, value) in &r.headers {
+            if value.contains(GITHUB_TOKEN) {
+                assert_eq!(name, "authorization");
+            }
+        }
+        assert!(!r.path.contains(GITHUB_TOKEN));
+    }
+    token_nowhere(&s, GITHUB_TOKEN, &[1, 2, 3, 4]);
+}
+
+#[test]
+fn an_issue_closed_or_deleted_by_someone_is_left_alone_and_a_new_one_opened() {
+    let fake = FakeTracker::github("acme/shop", GITHUB_TOKEN);
+    let s = sandbox(
+        github_table("tracker", &fake.api, "FERRY_GITHUB_TOKEN"),
+        &[("FERRY_GITHUB_TOKEN", GITHUB_TOKEN)],
+    );
+    s.deploy_ok("staging", "v1.0.0");
+    deploy_fails(&s, "v1.1.0");
+    wait_issues(&s, &fake, "the first issue", |i| i.len() == 1);
+
+    fake.close_by_hand(1);
+    deploy_fails(&s, "v1.2.0");
+    wait_issues(&s, &fake, "a new issue", |i| i.len() == 2);
+    let issues = fake.issues();
+    assert!(
+        issues[0].comments.is_empty() && !issues[0].open,
+        "#1 left alone"
+    );
+    assert_eq!(
+        issues[0].state_reason.as_deref(),
+        Some("not_planned"),
+        "ferry did not touch the closed issue"
+    );
+    assert!(issues[1].open && issues[1].title.contains("v1.2.0"));
+
+    fake.delete(2);
+    deploy_fails(&s, "v1.1.0");
+    wait_issues(&s, &fake, "another issue", |i| i.len() == 3);
+    assert!(fake.issues()[2].title.contains("v1.1.0"));
+}
+
+#[test]
+fn gitlab_opens_comments_on_a_monitor_rollback_and_closes_the_same_way() {
+    let fake = FakeTracker::gitlab("acme/web/shop", GITLAB_TOKEN);
+    let s = sandbox_of(
+        &[
+            Rel("v1.0.0", GOOD),
+            Rel("v1.1.0", BROKEN),
+            Rel("v1.2.0", "fail_health_after_ms = 1000\n"),
+            Rel("v1.3.0", GOOD),
+        ],
+        format!(
+            "[monitor]\nduration = \"4s\"\ninterval = \"200ms\"\n\n\
+             [[notify]]\nkind = \"gitlab-issue\"\nproject = \"acme/web/shop\"\n\
+             token_env = \"FERRY_GITLAB_TOKEN\"\napi = \"{}\"\nlabels = [\"deploy-failure\", \"ferry\"]\n",
+            fake.api
+        ),
+        &[("FERRY_GITLAB_TOKEN", GITLAB_TOKEN)],
+    );
+    s.deploy_ok("staging", "v1.0.0");
+    deploy_fails(&s, "v1.1.0");
+    wait_issues(&s, &fake, "an issue", |i| i.len() == 1);
+    let issue = &fake.issues()[0];
+    assert_eq!(
+        issue.title,
+        "Deploy of sample v1.1.0 to staging failed at health"
+    );
+    assert!(issue.body.contains("| health | failed |"), "{}", issue.body);
+    assert_eq!(issue.labels, ["deploy-failure", "ferry"]);
+    assert!(
+        fake.seen().iter().all(|r| r
+            .path
+            .starts_with("/api/v4/projects/acme%2Fweb%2Fshop/issues")),
+        "{:#?}",
+        fake.seen()
+    );
+
+    // rolled back by the monitor: the same issue gets the rollback's report
+    deploy_fails(&s, "v1.2.0");
+    wait_issues(&s, &fake, "a note", |i| i[0].comments.len() == 1);
+    let note = &fake.issues()[0].comments[0];
+    for part in [
+        "Deploy of sample v1.2.0 to staging rolled back by the monitor",
+        "## Monitoring",
+        "Traffic went back to the previous release.",
+    ] {
+        assert!(note.contains(part), "{part:?} not in:\n{note}");
+    }
+
+    s.deploy_ok("staging", "v1.3.0");
+    wait_issues(&s, &fake, "closed", |i| !i[0].open);
+    assert_eq!(fake.issues()[0].comments.len(), 2);
+    assert_eq!(fake.issues().len(), 1);
+    token_nowhere(&s, GITLAB_TOKEN, &[1, 2, 3, 4]);
+}
+
+#[test]
+fn a_500_is_retried_and_a_refused_token_fails_the_delivery_with_what_to_fix() {
+    let good = FakeTracker::github("acme/shop", GITHUB_TOKEN);
+    let refusing = FakeTracker::github("acme/shop", "the-token-it-wants");
+    let s = sandbox(
+        github_table("good", &good.api, "FERRY_GITHUB_TOKEN")
+            + &github_table("refused", &refusing.api, "FERRY_OTHER_TOKEN"),
+        &[
+            ("FERRY_GITHUB_TOKEN", GITHUB_TOKEN),
+            ("FERRY_OTHER_TOKEN", "ghp_wrong_token_abcdef"),
+        ],
+    );
+    s.deploy_ok("staging", "v1.0.0");
+    good.fail_next(500, 1);
+    deploy_fails(&s, "v1.1.0");
+    wait_issues(&s, &good, "opened after a 500", |i| i.len() == 1);
+    let sent = delivery(&s, "good", 2);
+    assert_eq!(
+        (sent.state.as_str(), sent.attempts, sent.answer.as_deref()),
+        ("sent", 2, Some("opened #1")),
+        "{sent:?}"
+    );
+    let refused = delivery(&s, "refused", 2);
+    assert_eq!(
+        (refused.state.as_str(), refused.attempts),
+        ("failed", 1),
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.error.as_deref(),
+        Some(
+            "GitHub refused the token in FERRY_OTHER_TOKEN (401: Bad credentials): check that \
+             it is valid and not expired"
+        )
+    );
+    let posts: Vec<u16> = good
+        .seen()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(posts, [500, 201]);
+
+    // the refused one tried once (a 401 is not worth another try; its row is final)
+    assert_eq!(refusing.seen().len(), 1, "{:#?}", refusing.seen());
+    assert_eq!(refusing.seen()[0].status, 401);
+    assert!(refusing.issues().is_empty());
+    let log = s.serve_log();
+    assert!(
+        log.contains(
+            "GitHub refused the token in FERRY_OTHER_TOKEN (401: Bad credentials): check that it \
+             is valid and not expired"
+        ),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&refusing.api) && !log.contains(&good.api),
+        "no URL in the log:\n{log}"
+    );
+    token_nowhere(&s, "ghp_wrong_token_abcdef", &[1, 2]);
+}
+
+/// The fakes refuse what the real services refuse, so the tests above cannot pass with a
+/// request the services would not take.
+#[test]
+fn the_fakes_check_the_token_headers_and_paths_as_the_services_do() {
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let gh = FakeTracker::github("acme/shop", GITHUB_TOKEN);
+    let issues = format!("{}/repos/acme/shop/issues", gh.api);
+    let status = |r: reqwest::blocking::RequestBuilder| r.send().unwrap().status().as_u16();
+    let body = serde_json::json!({"title": "t", "body": "b"});
+    assert_eq!(status(client.post(&issues).json(&body)), 401);
+    let authed = |r: reqwest::blocking::RequestBuilder| r.bearer_auth(GITHUB_TOKEN);
+    assert_eq!(
+        status(authed(client.post(&issues).json(&body))),
+        403,
+        "no User-Agent"
+    );
+    let full = |r: reqwest::blocking::RequestBuilder| {
+        authed(r)
+            .header("user-agent", "t")
+            .header("accept", "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28")
+    };
+    assert_eq!(
+        status(full(client.post(&issues).json(&serde_json::json!({})))),
+        422
+    );
+    assert_eq!(status(full(client.post(&issues).json(&body))), 201);
+    assert_eq!(
+        status(full(
+            client
+                .post(format!("{}/repos/acme/other/issues", gh.api))
+                .json(&body)
+        )),
+        404
+    );
+    gh.delete(1);
+    assert_eq!(status(full(client.get(format!("{issues}/1")))), 410);
+    gh.fail_next(500, 1);
+    assert_eq!(status(full(client.get(format!("{issues}/1")))), 500);
+
+    let gl = FakeTracker::gitlab("acme/shop", GITLAB_TOKEN);
+    let body = serde_json::json!({"title": "t", "description": "b", "labels": "a,b"});
+    let encoded = format!("{}/projects/acme%2Fshop/issues", gl.api);
+    assert_eq!(status(client.post(&encoded).json(&body)), 401);
+    let token = |r: reqwest::blocking::RequestBuilder| r.header("private-token", GITLAB_TOKEN);
+    assert_eq!(
+        status(token(
+            client
+                .post(format!("{}/projects/acme/shop/issues", gl.api))
+                .json(&body)
+        )),
+        404,
+        "the path must be one encoded segment"
+    );
+    assert_eq!(status(token(client.post(&encoded).json(&body))), 201);
+    assert_eq!(gl.issues()[0].labels, ["a", "b"]);
+}

@@ -1,0 +1,432 @@
+//! A fake GitHub or GitLab REST API on 127.0.0.1 for the issue-tracker notifiers: it checks the
+//! token and the headers each service requires, keeps issues and comments in memory for the
+//! test to read, lets the test close or delete an issue as a person would, and can be told to
+//! answer the next requests with an error (a 500 once, a 401, a 429).
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    GitHub,
+    GitLab,
+}
+
+/// An issue as the fake keeps it.
+#[derive(Debug, Clone)]
+pub struct FakeIssue {
+    pub number: i64,
+    pub title: String,
+    pub body: String,
+    pub labels: Vec<String>,
+    pub open: bool,
+    /// GitHub's `state_reason` when closed.
+    pub state_reason: Option<String>,
+    pub comments: Vec<String>,
+    pub deleted: bool,
+}
+
+/// A request the fake answered.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    /// The raw path, as sent (percent-encoding kept).
+    pub path: String,
+    pub status: u16,
+    /// Every header value, for checks that a token went nowhere else.
+    pub headers: Vec<(String, String)>,
+}
+
+struct Inner {
+    service: Service,
+    /// The repository (GitHub) or project path (GitLab) it serves.
+    repository: String,
+    token: String,
+    issues: Vec<FakeIssue>,
+    seen: Vec<Seen>,
+    /// Statuses the next requests are answered with, before anything else is looked at.
+    fail: VecDeque<u16>,
+}
+
+type Shared = Arc<Mutex<Inner>>;
+
+pub struct FakeTracker {
+    /// What the config's `api` is set to.
+    pub api: String,
+    inner: Shared,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl FakeTracker {
+    /// A fake GitHub serving `repository` to `token`.
+    pub fn github(repository: &str, token: &str) -> FakeTracker {
+        FakeTracker::start(Service::GitHub, repository, token)
+    }
+
+    /// A fake GitLab serving the project `path` to `token`.
+    pub fn gitlab(path: &str, token: &str) -> FakeTracker {
+        FakeTracker::start(Service::GitLab, path, token)
+    }
+
+    fn start(service: Service, repository: &str, token: &str) -> FakeTracker {
+        let inner = Arc::new(Mutex::new(Inner {
+            service,
+            repository: repository.to_string(),
+            token: token.to_string(),
+            issues: Vec::new(),
+            seen: Vec::new(),
+            fail: VecDeque::new(),
+        }));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(inner.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+        });
+        let api = match service {
+            Service::GitHub => format!("http://{addr}"),
+            Service::GitLab => format!("http://{addr}/api/v4"),
+        };
+        FakeTracker {
+            api,
+            inner,
+            stop: Some(stop),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The issues, deleted ones included, oldest first.
+    pub fn issues(&self) -> Vec<FakeIssue> {
+        self.lock().issues.clone()
+    }
+
+    /// The requests answered so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.lock().seen.clone()
+    }
+
+    /// The next `times` requests are answered `status`.
+    pub fn fail_next(&self, status: u16, times: usize) {
+        let mut inner = self.lock();
+        for _ in 0..times {
+            inner.fail.push_back(status);
+        }
+    }
+
+    /// Someone closes issue `number` in the tracker's UI.
+    pub fn close_by_hand(&self, number: i64) {
+        let mut inner = self.lock();
+        let issue = inner
+            .issues
+            .iter_mut()
+            .find(|i| i.number == number)
+            .unwrap();
+        issue.open = false;
+        issue.state_reason = Some("not_planned".into());
+    }
+
+    /// Someone deletes issue `number`.
+    pub fn delete(&self, number: i64) {
+        let mut inner = self.lock();
+        inner
+            .issues
+            .iter_mut()
+            .find(|i| i.number == number)
+            .unwrap()
+            .deleted = true;
+    }
+}
+
+impl Drop for FakeTracker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn answer(status: u16, body: Value) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap(),
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Percent-decoding of one path segment.
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn handle(
+    State(inner): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
+    let response = respond(&mut inner, &method, uri.path(), &headers, &body);
+    inner.seen.push(Seen {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        status: response.status().as_u16(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+    });
+    response
+}
+
+fn respond(
+    inner: &mut Inner,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    if let Some(status) = inner.fail.pop_front() {
+        let mut r = answer(status, json!({"message": format!("fake failure {status}")}));
+        if status == 429 {
+            r.headers_mut().insert("retry-after", "1".parse().unwrap());
+        }
+        return r;
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let fields: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    match inner.service {
+        Service::GitHub => {
+            if header("authorization") != Some(&format!("Bearer {}", inner.token)) {
+                return answer(
+                    401,
+                    json!({"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"}),
+                );
+            }
+            if header("user-agent").is_none() {
+                return answer(
+                    403,
+                    json!({"message": "Request forbidden by administrative rules. Please make sure your request has a User-Agent header"}),
+                );
+            }
+            if header("accept") != Some("application/vnd.github+json")
+                || header("x-github-api-version").is_none()
+            {
+                return answer(
+                    400,
+                    json!({"message": "missing Accept or X-GitHub-Api-Version"}),
+                );
+            }
+            let rest = format!("/repos/{}/issues", inner.repository);
+            let Some(tail) = path.strip_prefix(&rest) else {
+                return answer(404, json!({"message": "Not Found"}));
+            };
+            github(inner, method, tail, &fields)
+        }
+        Service::GitLab => {
+            if header("private-token") != Some(inner.token.as_str()) {
+                return answer(401, json!({"message": "401 Unauthorized"}));
+            }
+            let Some(rest) = path.strip_prefix("/api/v4/projects/") else {
+                return answer(404, json!({"error": "404 Not Found"}));
+            };
+            // the project is one segment: its path URL-encoded
+            let (project, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            if decode(project) != inner.repository {
+                return answer(404, json!({"message": "404 Project Not Found"}));
+            }
+            let Some(tail) = format!("/{tail}").strip_prefix("/issues").map(String::from) else {
+                return answer(404, json!({"error": "404 Not Found"}));
+            };
+            gitlab(inner, method, &tail, &fields)
+        }
+    }
+}
+
+fn create(inner: &mut Inner, title: &Value, body: &Value, labels: Vec<String>) -> FakeIssue {
+    let issue = FakeIssue {
+        number: inner.issues.len() as i64 + 1,
+        title: title.as_str().unwrap_or_default().to_string(),
+        body: body.as_str().unwrap_or_default().to_string(),
+        labels,
+        open: true,
+        state_reason: None,
+        comments: Vec::new(),
+        deleted: false,
+    };
+    inner.issues.push(issue.clone());
+    issue
+}
+
+/// The issue `n` of the path's tail (`/12`, `/12/comments`), when it exists.
+fn find<'a>(inner: &'a mut Inner, n: &str) -> Option<&'a mut FakeIssue> {
+    let n: i64 = n.parse().ok()?;
+    inner.issues.iter_mut().find(|i| i.number == n)
+}
+
+fn github(inner: &mut Inner, method: &Method, tail: &str, fields: &Value) -> Response {
+    let repo = inner.repository.clone();
+    let json_of = |i: &FakeIssue| {
+        json!({
+            "number": i.number,
+            "html_url": format!("https://github.test/{repo}/issues/{}", i.number),
+            "state": if i.open { "open" } else { "closed" },
+            "state_reason": i.state_reason,
+            "title": i.title,
+            "body": i.body,
+        })
+    };
+    let parts: Vec<&str> = tail.split('/').filter(|s| !s.is_empty()).collect();
+    match (method.as_str(), parts.as_slice()) {
+        ("POST", []) => {
+            if fields["title"].as_str().is_none_or(str::is_empty) {
+                return answer(
+                    422,
+                    json!({"message": "Validation Failed", "errors": [{"resource": "Issue", "field": "title", "code": "missing_field"}]}),
+                );
+            }
+            let labels = fields["labels"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|l| l.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let issue = create(inner, &fields["title"], &fields["body"], labels);
+            answer(201, json_of(&issue))
+        }
+        (m, [n, rest @ ..]) => {
+            let Some(issue) = find(inner, n) else {
+                return answer(404, json!({"message": "Not Found"}));
+            };
+            if issue.deleted {
+                return answer(410, json!({"message": "This issue was deleted"}));
+            }
+            match (m, rest) {
+                ("GET", []) => answer(200, json_of(issue)),
+                ("POST", ["comments"]) => {
+                    issue
+                        .comments
+                        .push(fields["body"].as_str().unwrap_or_default().to_string());
+                    answer(
+                        201,
+                        json!({"id": issue.comments.len(), "body": fields["body"]}),
+                    )
+                }
+                ("PATCH", []) => {
+                    if fields["state"] == "closed" {
+                        issue.open = false;
+                        issue.state_reason = fields["state_reason"].as_str().map(String::from);
+                    }
+                    answer(200, json_of(issue))
+                }
+                _ => answer(404, json!({"message": "Not Found"})),
+            }
+        }
+        _ => answer(404, json!({"message": "Not Found"})),
+    }
+}
+
+fn gitlab(inner: &mut Inner, method: &Method, tail: &str, fields: &Value) -> Response {
+    let project = inner.repository.clone();
+    let json_of = |i: &FakeIssue| {
+        json!({
+            "iid": i.number,
+            "id": 1000 + i.number,
+            "web_url": format!("https://gitlab.test/{project}/-/issues/{}", i.number),
+            "state": if i.open { "opened" } else { "closed" },
+            "title": i.title,
+            "description": i.body,
+        })
+    };
+    let parts: Vec<&str> = tail.split('/').filter(|s| !s.is_empty()).collect();
+    match (method.as_str(), parts.as_slice()) {
+        ("POST", []) => {
+            if fields["title"].as_str().is_none_or(str::is_empty) {
+                return answer(400, json!({"error": "title is missing"}));
+            }
+            if fields["labels"].is_array() {
+                return answer(400, json!({"error": "labels is invalid"}));
+            }
+            let labels = fields["labels"]
+                .as_str()
+                .map(|l| l.split(',').map(String::from).collect())
+                .unwrap_or_default();
+            let issue = create(inner, &fields["title"], &fields["description"], labels);
+            answer(201, json_of(&issue))
+        }
+        (m, [n, rest @ ..]) => {
+            let Some(issue) = find(inner, n).filter(|i| !i.deleted) else {
+                return answer(404, json!({"message": "404 Not found"}));
+            };
+            match (m, rest) {
+                ("GET", []) => answer(200, json_of(issue)),
+                ("POST", ["notes"]) => {
+                    issue
+                        .comments
+                        .push(fields["body"].as_str().unwrap_or_default().to_string());
+                    answer(
+                        201,
+                        json!({"id": issue.comments.len(), "body": fields["body"]}),
+                    )
+                }
+                ("PUT", []) => {
+                    if fields["state_event"] == "close" {
+                        issue.open = false;
+                    }
+                    answer(200, json_of(issue))
+                }
+                _ => answer(404, json!({"error": "404 Not Found"})),
+            }
+        }
+        _ => answer(405, json!({"error": "405 Method Not Allowed"})),
+    }
+}
