@@ -337,12 +337,13 @@ fn gitlab_opens_comments_on_a_monitor_rollback_and_closes_the_same_way() {
 }
 
 #[test]
-fn a_500_is_retried_and_a_refused_token_fails_the_delivery_with_what_to_fix() {
+fn a_500_is_retried_and_a_refused_or_missing_token_fails_the_delivery_with_what_to_fix() {
     let good = FakeTracker::github("acme/shop", GITHUB_TOKEN);
     let refusing = FakeTracker::github("acme/shop", "the-token-it-wants");
     let s = sandbox(
         github_table("good", &good.api, "FERRY_GITHUB_TOKEN")
-            + &github_table("refused", &refusing.api, "FERRY_OTHER_TOKEN"),
+            + &github_table("refused", &refusing.api, "FERRY_OTHER_TOKEN")
+            + &github_table("unset", &refusing.api, "FERRY_UNSET_TOKEN"),
         &[
             ("FERRY_GITHUB_TOKEN", GITHUB_TOKEN),
             ("FERRY_OTHER_TOKEN", "ghp_wrong_token_abcdef"),
@@ -379,7 +380,20 @@ fn a_500_is_retried_and_a_refused_token_fails_the_delivery_with_what_to_fix() {
         .collect();
     assert_eq!(posts, [500, 201]);
 
-    // the refused one tried once (a 401 is not worth another try; its row is final)
+    let unset = delivery(&s, "unset", 2);
+    assert_eq!(
+        (unset.state.as_str(), unset.attempts),
+        ("failed", 1),
+        "{unset:?}"
+    );
+    assert_eq!(
+        unset.error.as_deref(),
+        Some(
+            "FERRY_UNSET_TOKEN is not set in ferry's environment: set it to a GitHub token that \
+             can edit issues in acme/shop"
+        )
+    );
+    // the refused one tried once, the unset one not at all (a 401 is not worth another try; its row is final)
     assert_eq!(refusing.seen().len(), 1, "{:#?}", refusing.seen());
     assert_eq!(refusing.seen()[0].status, 401);
     assert!(refusing.issues().is_empty());
