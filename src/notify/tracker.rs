@@ -136,7 +136,7 @@ pub(crate) async fn deliver(
     };
     match plan(msg, row.as_ref(), cfg.close_on_success) {
         Plan::Nothing(why) => nothing(why),
-        Plan::Test => test(api).await,
+        Plan::Test => test(api, msg).await,
         Plan::Report => {
             let (title, body) = failure_report(msg);
             if let Some(row) = row.as_ref().filter(|r| r.state != IssueState::Closed) {
@@ -241,15 +241,24 @@ pub(crate) async fn deliver(
 }
 
 /// `ferry notify test`: a sample issue, commented on and closed at once.
-async fn test(api: &impl Api) -> Result<Delivered, Failure> {
-    let issue = api
-        .open(
-            "[ferry test] a sample failure issue (safe to ignore; closed at once)",
-            "This issue was opened by `ferry notify test` to check that ferry can open, \
-             comment on and close issues here. A failed deploy files its report like this.\n\n\
-             Nothing is wrong; ferry closes it at once.",
-        )
-        .await?;
+async fn test(api: &impl Api, msg: &Message) -> Result<Delivered, Failure> {
+    let title = format!(
+        "[ferry test] {}: a sample failure issue (safe to ignore; closed at once)",
+        msg.app
+    );
+    let mut body = format!(
+        "This issue was opened by `ferry notify test` to check that ferry can open, comment \
+         on and close issues here for **{}**; a failed deploy files its report like this. \
+         Nothing is wrong: ferry closes it at once.\n",
+        msg.app
+    );
+    if let Some(who) = &msg.who {
+        body.push_str(&format!("\n- Asked by: {who}\n- At: {}\n", msg.at));
+    }
+    if let Some(link) = &msg.link {
+        body.push_str(&format!("- Dashboard: {link}\n"));
+    }
+    let issue = api.open(&cut(&title, TITLE_MAX), &body).await?;
     let after = |e: Failure| match e {
         Failure::Retry(m) | Failure::Fatal(m) | Failure::RetryAfter(_, m) => Failure::Fatal(
             format!("opened the test issue #{} but then: {m}", issue.number),

@@ -546,7 +546,12 @@ async fn a_manual_rollback_comments_and_leaves_it_open_and_a_test_closes_its_own
     assert_eq!(test.answer, "opened, commented on and closed test issue #2");
     let issues = api.issues.borrow();
     assert!(!issues[1].0.open);
-    assert!(issues[1].2.starts_with("[ferry test]"));
+    assert!(
+        issues[1].2.starts_with("[ferry test] shop: "),
+        "{}",
+        issues[1].2
+    );
+    assert!(issues[1].2.contains("- Asked by: alice"), "{}", issues[1].2);
     // the test is not remembered: the environment's issue is still #1
     assert_eq!(
         s.ctx
