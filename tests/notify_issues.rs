@@ -222,7 +222,10 @@ fn a_failure_opens_an_issue_with_the_report_the_next_comments_and_a_success_clos
         ("sent", None),
         "{first:?}"
     );
-    assert!(first.answer.unwrap().contains("nothing to do"));
+    assert_eq!(
+        first.answer.as_deref(),
+        Some("skipped: no open issue for this environment")
+    );
     for (id, answer) in [
         (2, "opened #1"),
         (3, "commented on #1"),

@@ -7,7 +7,7 @@
 //!   closed or deleted meanwhile is left alone: a new one is opened.
 //! - `deploy.succeeded` of a deploy (not a restart): a comment on the open issue, which is then
 //!   closed when `close_on_success` (the default).
-//! - `rolled_back` by hand: a comment on the open issue, which stays open.
+//! - a manual rollback (`rolled_back` without a failure report), a restart: skipped.
 //! - `test` (`ferry notify test`): a sample issue, a comment, closed at once; nothing
 //!   remembered.
 //!
@@ -57,17 +57,10 @@ pub(crate) enum Plan {
     Report,
     /// A success: report it on the open issue (and close it when asked).
     Resolve { comment: bool, close: bool },
-    /// A manual rollback: a comment on the open issue, which stays open.
-    Note,
     /// `ferry notify test`.
     Test,
     /// Nothing to do, and why.
     Nothing(&'static str),
-}
-
-/// Whether `row` is an issue ferry still counts as open (people may have closed it since).
-fn live(row: Option<&NotifyIssue>) -> bool {
-    row.is_some_and(|r| r.state != IssueState::Closed)
 }
 
 /// What `msg` does to the remembered issue `row`.
@@ -75,14 +68,10 @@ pub(crate) fn plan(msg: &Message, row: Option<&NotifyIssue>, close_on_success: b
     let kind = msg.deployment.as_ref().map(|d| d.kind.as_str());
     match msg.event {
         "test" => Plan::Test,
-        "rolled_back" if kind == Some("rollback") => {
-            if live(row) {
-                Plan::Note
-            } else {
-                Plan::Nothing("a manual rollback with no open issue")
-            }
-        }
-        "deploy.failed" | "rolled_back" => Plan::Report,
+        // a failure is what has a report: a failed deploy, or one the monitor rolled back
+        "deploy.failed" | "rolled_back" if msg.report().is_some() => Plan::Report,
+        "rolled_back" => Plan::Nothing("a manual rollback files no issue"),
+        "deploy.failed" => Plan::Nothing("no deployment to report on"),
         "deploy.succeeded" if kind != Some("deploy") => {
             Plan::Nothing("only a deploy's success closes an issue")
         }
@@ -130,7 +119,7 @@ pub(crate) async fn deliver(
     };
     let nothing = |why: &str| {
         Ok(Delivered {
-            answer: format!("nothing to do: {why}"),
+            answer: format!("skipped: {why}"),
             link: None,
         })
     };
@@ -145,7 +134,7 @@ pub(crate) async fn deliver(
                         if row.last_deployment != deployment || deployment.is_none() {
                             api.comment(
                                 row.number,
-                                &cut(&format!("**{title}**\n\n{body}"), BODY_MAX),
+                                &cut(&format!("**Again:** {}\n\n{body}", code(&title)), BODY_MAX),
                             )
                             .await?;
                         }
@@ -216,27 +205,6 @@ pub(crate) async fn deliver(
                 link: Some(open.url),
             })
         }
-        Plan::Note => {
-            let Some(row) = row else {
-                return nothing("no open issue for this environment");
-            };
-            match api.get(row.number).await? {
-                Some(issue) if issue.open => {
-                    api.comment(row.number, &rollback_comment(msg)).await?;
-                    Ok(Delivered {
-                        answer: format!("commented on #{}", row.number),
-                        link: Some(issue.url),
-                    })
-                }
-                _ => {
-                    remember(IssueState::Closed);
-                    Ok(Delivered {
-                        answer: format!("nothing to do: #{} was closed or deleted", row.number),
-                        link: None,
-                    })
-                }
-            }
-        }
     }
 }
 
@@ -253,7 +221,7 @@ async fn test(api: &impl Api, msg: &Message) -> Result<Delivered, Failure> {
         msg.app
     );
     if let Some(who) = &msg.who {
-        body.push_str(&format!("\n- Asked by: {who}\n- At: {}\n", msg.at));
+        body.push_str(&format!("\n- Asked by: {}\n- At: {}\n", code(who), msg.at));
     }
     if let Some(link) = &msg.link {
         body.push_str(&format!("- Dashboard: {link}\n"));
@@ -293,11 +261,25 @@ fn version(msg: &Message) -> String {
     let Some(d) = &msg.deployment else {
         return "?".to_string();
     };
-    let v = d.version.clone().unwrap_or_else(|| d.git_ref.clone());
+    let v = code(&super::report::version(d));
     match d.commit_sha.as_deref() {
-        Some(sha) => format!("{v} (`{}`)", &sha[..7.min(sha.len())]),
+        Some(sha) => format!("{v} ({})", code(&sha[..7.min(sha.len())])),
         None => v,
     }
+}
+
+/// `text` as a markdown code span: shown as written, never a mention (`@acme/ops`), a
+/// reference (`#12`) or markup, however many backticks it holds.
+pub(crate) fn code(text: &str) -> String {
+    let text = text.replace(['\n', '\r'], " ");
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let ticks = "`".repeat(longest + 1);
+    let pad = if text.starts_with('`') || text.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{ticks}{pad}{text}{pad}{ticks}")
 }
 
 fn link_line(msg: &Message) -> String {
@@ -311,7 +293,7 @@ fn success_comment(msg: &Message, closing: bool) -> String {
     let (id, by) = msg
         .deployment
         .as_ref()
-        .map_or((0, String::new()), |d| (d.id, d.by()));
+        .map_or((0, String::new()), |d| (d.id, code(&d.by())));
     format!(
         "✅ {} {} is live on **{}**: deployment {id} by {by} succeeded at {}.{}{}",
         msg.app,
@@ -319,20 +301,6 @@ fn success_comment(msg: &Message, closing: bool) -> String {
         msg.environment,
         msg.at,
         if closing { " Closing this issue." } else { "" },
-        link_line(msg)
-    )
-}
-
-fn rollback_comment(msg: &Message) -> String {
-    let (id, by) = msg
-        .deployment
-        .as_ref()
-        .map_or((0, String::new()), |d| (d.id, d.by()));
-    format!(
-        "↩️ **{}** was rolled back to {} by {by} (deployment {id}). This issue stays open until \
-         a deploy succeeds.{}",
-        msg.environment,
-        version(msg),
         link_line(msg)
     )
 }
@@ -384,13 +352,14 @@ pub(crate) struct Refusal {
 }
 
 impl Refusal {
-    fn read(status: u16, headers: &HeaderMap, body: &str, token: &str) -> Refusal {
+    /// `hidden`: the token, and the URL asked (an error body may echo its path).
+    fn read(status: u16, headers: &HeaderMap, body: &str, hidden: &[&str]) -> Refusal {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         Refusal {
             status,
             retry_after: header("retry-after").and_then(|v| v.trim().parse().ok()),
             limit_spent: header("x-ratelimit-remaining").is_some_and(|v| v.trim() == "0"),
-            message: scrub(&service_message(body), token),
+            message: scrub(&service_message(body), hidden),
         }
     }
 }
@@ -443,12 +412,46 @@ fn service_message(body: &str) -> String {
 }
 
 /// `text` on one line, without `token`, cut to [`MESSAGE_MAX`].
-pub(crate) fn scrub(text: &str, token: &str) -> String {
+pub(crate) fn scrub(text: &str, hidden: &[&str]) -> String {
     let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if token.len() >= 4 {
-        text = text.replace(token, "***");
+    let mut hidden: Vec<&str> = hidden.iter().copied().filter(|h| h.len() >= 4).collect();
+    // the longest first: a URL before the path inside it
+    hidden.sort_by_key(|h| std::cmp::Reverse(h.len()));
+    for h in hidden {
+        text = text.replace(h, "…");
     }
     cut(&text, MESSAGE_MAX)
+}
+
+/// What an error about `url` must not show: the URL, its path, and the path decoded (a
+/// service may echo either).
+fn url_forms(url: &reqwest::Url) -> [String; 3] {
+    let path = url.path().to_string();
+    let decoded = percent_decode(&path);
+    [url.to_string(), path, decoded]
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What to do about a refusal of `what` ("open issues in acme/shop").
@@ -512,12 +515,27 @@ pub(crate) async fn send(
     asking: &Asking<'_>,
     what: &str,
 ) -> Result<Result<Value, Refusal>, Failure> {
-    let resp = req.send().await.map_err(|e| network(asking, what, &e))?;
+    let (client, req) = req.build_split();
+    let req = req.map_err(|e| {
+        Failure::Fatal(format!(
+            "cannot make the request to {what}: {}",
+            e.without_url()
+        ))
+    })?;
+    let [url, path, decoded] = url_forms(req.url());
+    let hidden = [asking.token, &url, &path, &decoded];
+    let resp = client
+        .execute(req)
+        .await
+        .map_err(|e| network(asking, what, e, &hidden))?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.text().await.map_err(|e| network(asking, what, &e))?;
+    let body = resp
+        .text()
+        .await
+        .map_err(|e| network(asking, what, e, &hidden))?;
     if !(200..300).contains(&status) {
-        return Ok(Err(Refusal::read(status, &headers, &body, asking.token)));
+        return Ok(Err(Refusal::read(status, &headers, &body, &hidden)));
     }
     if body.trim().is_empty() {
         return Ok(Ok(Value::Null));
@@ -531,7 +549,8 @@ pub(crate) async fn send(
 }
 
 /// A request that got no answer: worth another try.
-fn network(asking: &Asking<'_>, what: &str, e: &reqwest::Error) -> Failure {
+fn network(asking: &Asking<'_>, what: &str, e: reqwest::Error, hidden: &[&str]) -> Failure {
+    let e = e.without_url();
     if e.is_timeout() {
         return Failure::Retry(format!(
             "{} did not answer in time to {what}",
@@ -539,21 +558,18 @@ fn network(asking: &Asking<'_>, what: &str, e: &reqwest::Error) -> Failure {
         ));
     }
     let mut why = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         why = format!("{why}: {s}");
         source = s.source();
     }
-    // reqwest names the URL in its errors; ours never carry it
-    let why = match e.url() {
-        Some(u) => why.replace(u.as_str(), "(url)"),
-        None => why,
-    };
-    Failure::Retry(format!(
-        "cannot reach {} to {what}: {}",
-        asking.service,
-        scrub(&why, asking.token)
-    ))
+    let why = scrub(&why, hidden);
+    let failure = format!("cannot reach {} to {what}: {why}", asking.service);
+    if why.contains("certificate") {
+        // a certificate the system does not trust stays untrusted
+        return Failure::Fatal(failure);
+    }
+    Failure::Retry(failure)
 }
 
 /// The issue in a service's answer: `number_key` (`number`, `iid`) and `url_key` (`html_url`,

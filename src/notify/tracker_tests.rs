@@ -130,8 +130,10 @@ fn failures_report_and_only_a_deploys_success_resolves() {
         "rolled_back",
         Some(deployment(2, "rollback", DeploymentState::Succeeded)),
     );
-    assert_eq!(plan(&manual, Some(&open), true), Plan::Note);
-    assert!(matches!(plan(&manual, None, true), Plan::Nothing(_)));
+    assert_eq!(
+        plan(&manual, Some(&open), true),
+        Plan::Nothing("a manual rollback files no issue")
+    );
     assert!(matches!(
         plan(&message("deploy.started", None), Some(&open), true),
         Plan::Nothing(_)
@@ -154,7 +156,12 @@ fn refusal(status: u16, headers: &[(&'static str, &str)], body: &str) -> Refusal
     for (k, v) in headers {
         map.insert(*k, HeaderValue::from_str(v).unwrap());
     }
-    Refusal::read(status, &map, body, "ghp_secret_token")
+    Refusal::read(
+        status,
+        &map,
+        body,
+        &["ghp_secret_token", "/repos/acme/shop/issues"],
+    )
 }
 
 fn fatal(f: Failure) -> String {
@@ -281,7 +288,13 @@ fn what_a_service_says_is_kept_on_one_line_short_and_without_the_token() {
         &[],
         r#"{"message":"token ghp_secret_token\nis\tbad","documentation_url":"https://docs"}"#,
     );
-    assert_eq!(r.message, "token *** is bad");
+    assert_eq!(r.message, "token … is bad");
+    let echo = refusal(
+        404,
+        &[],
+        r#"{"message":"no route for POST /repos/acme/shop/issues"}"#,
+    );
+    assert_eq!(echo.message, "no route for POST …");
     let long = format!(r#"{{"message":"{}"}}"#, "x".repeat(1000));
     assert_eq!(
         refusal(500, &[], &long).message.chars().count(),
@@ -412,7 +425,7 @@ async fn a_failure_opens_the_next_comments_and_a_success_comments_and_closes() {
         assert!(!issue.open);
         assert_eq!(comments.len(), 2);
         assert!(
-            comments[1].starts_with("✅ shop v1.1.0 (`0123456`) is live on **staging**"),
+            comments[1].starts_with("✅ shop `v1.1.0` (`0123456`) is live on **staging**"),
             "{}",
             comments[1]
         );
@@ -420,11 +433,7 @@ async fn a_failure_opens_the_next_comments_and_a_success_comments_and_closes() {
     }
     // nothing open: a success does nothing, the next failure opens a new one
     let quiet = s.send(&api, &succeeded(4)).await.unwrap();
-    assert!(
-        quiet.answer.starts_with("nothing to do"),
-        "{}",
-        quiet.answer
-    );
+    assert!(quiet.answer.starts_with("skipped"), "{}", quiet.answer);
     assert_eq!(quiet.link, None);
     assert_eq!(s.send(&api, &failed(5)).await.unwrap().answer, "opened #2");
     let row = s.ctx.store.notify_issue("gh", "staging").unwrap().unwrap();
@@ -476,7 +485,7 @@ async fn without_close_on_success_a_success_only_comments_once() {
             .await
             .unwrap()
             .answer
-            .starts_with("nothing to do")
+            .starts_with("skipped")
     );
     assert!(api.issues.borrow()[0].0.open);
     // failing again while it is still open comments on it
@@ -527,7 +536,7 @@ async fn a_retried_success_does_not_comment_twice_and_a_refused_one_changes_noth
 }
 
 #[tokio::test]
-async fn a_manual_rollback_comments_and_leaves_it_open_and_a_test_closes_its_own_issue() {
+async fn a_manual_rollback_is_skipped_and_a_test_closes_its_own_issue() {
     let s = setup();
     let api = Memory::default();
     s.send(&api, &failed(1)).await.unwrap();
@@ -535,12 +544,11 @@ async fn a_manual_rollback_comments_and_leaves_it_open_and_a_test_closes_its_own
         "rolled_back",
         Some(deployment(2, "rollback", DeploymentState::Succeeded)),
     );
-    assert_eq!(
-        s.send(&api, &manual).await.unwrap().answer,
-        "commented on #1"
-    );
+    let skipped = s.send(&api, &manual).await.unwrap();
+    assert_eq!(skipped.answer, "skipped: a manual rollback files no issue");
+    assert_eq!(skipped.link, None);
     assert!(api.issues.borrow()[0].0.open);
-    assert!(api.issues.borrow()[0].1[0].contains("stays open"));
+    assert!(api.issues.borrow()[0].1.is_empty());
 
     let test = s.send(&api, &message("test", None)).await.unwrap();
     assert_eq!(test.answer, "opened, commented on and closed test issue #2");
@@ -551,7 +559,11 @@ async fn a_manual_rollback_comments_and_leaves_it_open_and_a_test_closes_its_own
         "{}",
         issues[1].2
     );
-    assert!(issues[1].2.contains("- Asked by: alice"), "{}", issues[1].2);
+    assert!(
+        issues[1].2.contains("- Asked by: `alice`"),
+        "{}",
+        issues[1].2
+    );
     // the test is not remembered: the environment's issue is still #1
     assert_eq!(
         s.ctx
@@ -574,4 +586,23 @@ async fn an_issue_remembered_for_another_repository_is_not_used() {
         .notify_issue_opened("gh", "staging", "elsewhere", 1, "u", Some(1))
         .unwrap();
     assert_eq!(s.send(&api, &failed(2)).await.unwrap().answer, "opened #2");
+}
+
+#[test]
+fn names_people_chose_are_code_spans_never_mentions_or_markup() {
+    assert_eq!(code("v1.2.0"), "`v1.2.0`");
+    assert_eq!(code("@acme/ops"), "`@acme/ops`");
+    assert_eq!(code("a`b``c"), "```a`b``c```");
+    assert_eq!(code("`x"), "`` `x ``");
+    assert_eq!(code("two\nlines"), "`two lines`");
+
+    let mut d = deployment(2, "deploy", DeploymentState::Succeeded);
+    d.triggered_by = "@acme/ops".into();
+    d.version = Some("@acme/team`#1".into());
+    let comment = success_comment(&message("deploy.succeeded", Some(d)), true);
+    assert!(
+        comment.contains("shop ``@acme/team`#1`` (`0123456`) is live on **staging**")
+            && comment.contains("by `@acme/ops` succeeded"),
+        "{comment}"
+    );
 }
