@@ -30,6 +30,7 @@ mod exec;
 mod init;
 mod install;
 mod logs;
+mod notify;
 mod release;
 mod restart;
 mod rollout;
@@ -136,6 +137,9 @@ pub enum Command {
     /// Cut a release of the app: CHANGELOG.md section from the commits since the last tag,
     /// committed, and an annotated tag (run in the app's working copy).
     Release(release::Release),
+    /// Notifications (`[[notify]]`): the latest deliveries (`list`), or a sample message
+    /// through one notifier (`test NAME`).
+    Notify(notify::NotifyArgs),
     /// API tokens: create (shown once), list, revoke.
     Token(token::TokenArgs),
     /// An environment's secrets: set or unset one in its env file (the value read from
@@ -286,6 +290,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Accessories(args) => safety::accessories(&cli, args).await,
         Command::Status(args) => show::status(&cli, args).await,
         Command::History(args) => show::history(&cli, args).await,
+        Command::Notify(args) => notify::run(&cli, args).await,
         Command::Show(args) => show::show(&cli, args).await,
         Command::Logs(args) => logs::run(&cli, args).await,
         Command::Token(args) => token::run(&cli, args),

@@ -312,5 +312,20 @@ pub async fn show(cli: &Cli, args: &Show) -> CmdResult {
             }
         }
     }
+    if !detail.notifications.is_empty() {
+        outln!("  notifications");
+        for n in &detail.notifications {
+            outln!(
+                "  [{}] {} ({}) {}, {} attempt{}: {}",
+                n.state.as_str(),
+                n.notifier,
+                n.kind,
+                n.event,
+                n.attempts,
+                if n.attempts == 1 { "" } else { "s" },
+                super::notify::outcome(n)
+            );
+        }
+    }
     Ok(())
 }

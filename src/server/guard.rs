@@ -180,6 +180,8 @@ fn api_scope(path: &str) -> Scope {
         ["api", "deployments"] | ["api", "promote"] | ["api", "commits", _, "checks"] => {
             Scope::Deploy
         }
+        // a message to the team (a chat line, an issue, a mail), as a deploy would send
+        ["api", "notify", _, "test"] => Scope::Deploy,
         [
             "api",
             "environments",

@@ -11,6 +11,7 @@ mod guard;
 pub mod hooks;
 mod logs;
 pub mod metrics;
+pub mod notify;
 mod openapi;
 mod stream;
 
@@ -100,6 +101,9 @@ type ApiResult<T> = Result<T, ApiError>;
 pub struct DeploymentDetail {
     pub deployment: Deployment,
     pub steps: Vec<Step>,
+    /// The notifications about it (`[[notify]]`), oldest first.
+    #[serde(default)]
+    pub notifications: Vec<crate::store::Notification>,
 }
 
 /// What `POST /api/deployments` takes.
@@ -233,6 +237,8 @@ routes! {
     get "/api/commits/{sha}/checks" => actions::checks, "promotion", "CI checks reported for a commit";
     post "/api/commits/{sha}/checks" => actions::report_check, "promotion", "report a CI check for a commit";
     get "/api/deliveries" => deliveries, "webhooks", "accepted webhook deliveries and what each triggered";
+    get "/api/notifications" => notify::notifications, "notifications", "notifications sent (or being sent, or given up), newest first (?notifier, ?limit)";
+    post "/api/notify/{name}/test" => notify::test, "notifications", "send a sample message through one notifier now; answers what it answered (recorded with the event test)";
     get "/api/audit" => audit, "ferry", "API mutations with the token that made each";
     post "/hooks/github" => hooks::github, "webhooks", "GitHub webhook (X-Hub-Signature-256): ping, push";
     post "/hooks/gitlab" => hooks::gitlab, "webhooks", "GitLab webhook (X-Gitlab-Token): Push Hook, Tag Push Hook";
@@ -511,7 +517,12 @@ async fn deployment(
 ) -> ApiResult<Json<DeploymentDetail>> {
     let id = parse_id(&id)?;
     let (deployment, steps) = engine.deployment(id)?;
-    Ok(Json(DeploymentDetail { deployment, steps }))
+    let notifications = engine.store.deployment_notifications(id)?;
+    Ok(Json(DeploymentDetail {
+        deployment,
+        steps,
+        notifications,
+    }))
 }
 
 fn parse_id(id: &str) -> ApiResult<i64> {

@@ -10,7 +10,9 @@ use crate::config::format_duration;
 use crate::server::dashboard::views::{self, csrf, duration, short, state_badge, when};
 use crate::server::dashboard::{Viewer, chart};
 use crate::server::{AppState, parse_id};
-use crate::store::{Deployment, DeploymentState, Probe, Step, StepState};
+use crate::store::{
+    Deployment, DeploymentState, Notification, NotificationState, Probe, Step, StepState,
+};
 
 pub async fn deployment(
     State(app): State<AppState>,
@@ -55,6 +57,17 @@ pub async fn deployment_fragment(
 /// The parts of a deployment page that change while it runs.
 fn deployment_live(app: &AppState, viewer: &Viewer, d: &Deployment, steps: &[Step]) -> PageResult {
     let probes = app.engine.store.deployment_probes(d.id)?;
+    let notifications = app.engine.store.deployment_notifications(d.id)?;
+    let issues: Vec<&str> = notifications
+        .iter()
+        .filter_map(|n| n.link.as_deref())
+        .filter(|l| web_link(l))
+        .fold(Vec::new(), |mut seen, l| {
+            if !seen.contains(&l) {
+                seen.push(l);
+            }
+            seen
+        });
     let finished = d.state.is_final();
     Ok(html! {
         div.summary data-final[finished] data-state=(d.state.as_str()) {
@@ -65,6 +78,7 @@ fn deployment_live(app: &AppState, viewer: &Viewer, d: &Deployment, steps: &[Ste
                 dt { "Triggered by" } dd { (d.by()) }
                 @if let Some(note) = &d.note { dt { "Reason given" } dd { (note) } }
                 @if let Some(by) = d.approved() { dt { "Approved by" } dd { (by) } }
+                @for link in &issues { dt { "Issue" } dd { a href=(link) rel="noreferrer" { (link) } } }
                 dt { "Started" } dd { (when(&d.created_at)) }
                 dt { "Took" } dd {
                     @if finished { (duration(&d.created_at, d.finished_at.as_deref()).unwrap_or_default()) }
@@ -90,7 +104,46 @@ fn deployment_live(app: &AppState, viewer: &Viewer, d: &Deployment, steps: &[Ste
         @if !probes.is_empty() || steps.iter().any(|s| s.name == "monitor" && s.state != StepState::Skipped) {
             (monitoring(app, &probes))
         }
+        @if !notifications.is_empty() {
+            (deliveries(&notifications))
+        }
     })
+}
+
+/// Only http(s) links become anchors (a tracker's answer is not trusted to be one).
+fn web_link(link: &str) -> bool {
+    link.starts_with("https://") || link.starts_with("http://")
+}
+
+/// The notifications about the deployment: who was told, how it went.
+fn deliveries(notifications: &[Notification]) -> Markup {
+    html! {
+        section.panel aria-labelledby="notify-title" {
+            h2 #notify-title { "Notifications" }
+            table {
+                thead { tr { th { "Notifier" } th { "Event" } th { "State" } th { "Attempts" } th { "Answer" } } }
+                tbody {
+                    @for n in notifications {
+                        tr class=(n.state.as_str()) {
+                            td { (n.notifier) " " span.meta { "(" (n.kind) ")" } }
+                            td { (n.event) }
+                            td { (n.state.as_str()) }
+                            td { (n.attempts) }
+                            td {
+                                @if let Some(link) = n.link.as_deref().filter(|l| web_link(l)) {
+                                    a href=(link) rel="noreferrer" { (link) } " "
+                                }
+                                @match n.state {
+                                    NotificationState::Sent => { (n.answer.as_deref().unwrap_or("")) },
+                                    _ => { span class=(if n.state == NotificationState::Failed { "error" } else { "meta" }) { (n.error.as_deref().unwrap_or("")) } },
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn timeline(d: &Deployment, steps: &[Step]) -> Markup {
