@@ -9,6 +9,7 @@
 //! and host.
 
 pub mod chat;
+pub mod email;
 pub mod github;
 pub mod gitlab;
 pub mod outbox;
@@ -128,7 +129,7 @@ pub async fn deliver(ctx: &Ctx, notifier: &Notify, msg: &Message) -> Result<Deli
         NotifyKind::Teams(t) => post_json(ctx, t, &chat::teams_body(msg)).await,
         NotifyKind::GithubIssue(t) => github::deliver(ctx, notifier, t, msg).await,
         NotifyKind::GitlabIssue(t) => gitlab::deliver(ctx, notifier, t, msg).await,
-        NotifyKind::Email(_) => Err(Failure::Fatal("email is not built yet".into())),
+        NotifyKind::Email(e) => email::deliver(ctx, notifier, e, msg).await,
     }
 }
 

@@ -1,0 +1,315 @@
+//! `kind = "email"` through a real `ferry serve` and real deploys, to the fake SMTP relay in
+//! tests/support/smtp.rs: STARTTLS and implicit TLS with a test CA given as `ca_file`, a
+//! login from the environment, both parts of the message, a busy relay tried again, a refused
+//! login recorded as a failure, and the password nowhere ferry writes.
+
+#[path = "support/smtp.rs"]
+mod smtp;
+mod support;
+
+use std::time::Duration;
+
+use mail_parser::{MessageParser, MimeHeaders};
+use smtp::{Mode, Smtp};
+use support::*;
+
+/// A release whose release command prints its hostile `app.conf` and fails.
+const HOSTILE: &str = "hostile = <script>alert('owned')</script> <img src=x onerror=alert(1)> & ``` not a fence </pre>\n";
+
+/// The release command: fails, printing app.conf, for a release marked hostile.
+const RELEASE: &str =
+    "release = '''if grep -q '^hostile' app.conf; then cat app.conf; exit 1; fi'''";
+
+/// A sandbox whose one notifier emails through `relay` (`tls`: starttls or tls).
+fn sandbox(relay: &Smtp, tls: &str, events: Option<&str>) -> Sandbox {
+    let port = match tls {
+        "tls" => relay.tls_port,
+        _ => relay.starttls_port,
+    };
+    let events = events
+        .map(|e| format!("events = {e}\n"))
+        .unwrap_or_default();
+    let table = format!(
+        r#"[[notify]]
+name = "ops-mail"
+kind = "email"
+smtp_host = "127.0.0.1"
+smtp_port = {port}
+tls = "{tls}"
+from = "ferry <ferry@example.test>"
+to = ["ops@example.test", "Dev Team <dev@example.test>"]
+username_env = "FERRY_SMTP_USER"
+password_env = "FERRY_SMTP_PASSWORD"
+ca_file = "{ca}"
+{events}"#,
+        ca = relay.ca_file.display()
+    );
+    let mut s = Sandbox::with(
+        &[Rel("v1.0.0", GOOD), Rel("v1.1.0", HOSTILE)],
+        Options {
+            extra_app: RELEASE,
+            tables: Box::leak(table.into_boxed_str()),
+            ..Options::default()
+        },
+    );
+    s.serve_env
+        .push(("FERRY_SMTP_USER".into(), smtp::USER.into()));
+    s.serve_env
+        .push(("FERRY_SMTP_PASSWORD".into(), smtp::PASSWORD.into()));
+    s
+}
+
+fn deploy_fails(s: &Sandbox, git_ref: &str) {
+    let run = s.ferry(&["deploy", "staging", git_ref]);
+    assert_eq!(run.code(), 1, "{run}\n{}", s.serve_log());
+}
+
+/// The one message `relay` got, waiting for it.
+fn the_one(relay: &Smtp, s: &Sandbox) -> smtp::Received {
+    let got = relay.wait_for(1, Duration::from_secs(30));
+    assert_eq!(
+        got.len(),
+        1,
+        "{got:?}\nrefusals: {:?}\n{}",
+        relay.refusals(),
+        s.serve_log()
+    );
+    got[0].clone()
+}
+
+/// A delivery as the outbox recorded it: (event, state, attempts, error, answer).
+type Row = (String, String, i64, Option<String>, Option<String>);
+
+/// The outbox rows of `deployment` once none is pending (read from the store's file).
+fn recorded(s: &Sandbox, deployment: i64) -> Vec<Row> {
+    let read = || -> Vec<Row> {
+        let Ok(db) = rusqlite::Connection::open(s.state_dir().join("ferry.db")) else {
+            return Vec::new();
+        };
+        let Ok(mut q) = db.prepare(
+            "SELECT event, state, attempts, error, answer FROM notifications \
+             WHERE deployment = ?1 ORDER BY id",
+        ) else {
+            return Vec::new();
+        };
+        q.query_map([deployment], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .map(|rows| rows.flatten().collect())
+        .unwrap_or_default()
+    };
+    let mut rows = Vec::new();
+    let settled = eventually(Duration::from_secs(40), || {
+        rows = read();
+        !rows.is_empty() && rows.iter().all(|r| r.1 != "pending")
+    });
+    assert!(settled, "{rows:?}\n{}", s.serve_log());
+    rows
+}
+
+/// The password is in none of what ferry writes or answers.
+fn password_nowhere(s: &Sandbox, ids: &[u32]) {
+    assert!(!s.serve_log().contains(smtp::PASSWORD));
+    let mut answers = s
+        .get("/api/notifications")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    for id in ids {
+        answers.push_str(&s.get(&format!("/api/deployments/{id}")).unwrap().1);
+        answers.push_str(&s.ferry(&["show", &id.to_string()]).stdout());
+    }
+    assert!(!answers.contains(smtp::PASSWORD), "{answers}");
+    let mut checked = 0;
+    for entry in walk(&s.state_dir()) {
+        if let Ok(bytes) = std::fs::read(&entry) {
+            checked += 1;
+            assert!(
+                !bytes
+                    .windows(smtp::PASSWORD.len())
+                    .any(|w| w == smtp::PASSWORD.as_bytes()),
+                "the password is in {}",
+                entry.display()
+            );
+        }
+    }
+    assert!(checked > 0, "the state dir has files");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let Ok(kind) = e.file_type() else { continue };
+        if kind.is_dir() {
+            // the releases hold the app's own files, not ferry's
+            if !p.ends_with("releases") {
+                out.extend(walk(&p));
+            }
+        } else if kind.is_file() {
+            // sockets and fifos would block a read
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_failed_deploy_emails_its_report_in_both_parts_over_starttls() {
+    let relay = Smtp::start(Mode::default());
+    let mut s = sandbox(&relay, "starttls", None);
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+    deploy_fails(&s, "v1.1.0");
+
+    let m = the_one(&relay, &s);
+    // by default email is only for failures: the first deploy sent nothing
+    assert!(m.tls, "STARTTLS was used");
+    assert_eq!(m.user.as_deref(), Some(smtp::USER));
+    assert_eq!(m.from, "ferry@example.test");
+    assert_eq!(m.to, ["ops@example.test", "dev@example.test"]);
+
+    let mail = MessageParser::default().parse(m.data.as_bytes()).unwrap();
+    assert_eq!(
+        mail.subject(),
+        Some("Deploy of sample v1.1.0 to staging failed at release")
+    );
+    let types: Vec<String> = mail
+        .parts
+        .iter()
+        .filter_map(|p| p.content_type())
+        .map(|c| format!("{}/{}", c.ctype(), c.subtype().unwrap_or("")))
+        .collect();
+    assert_eq!(types, ["multipart/alternative", "text/plain", "text/html"]);
+
+    let plain = mail.body_text(0).unwrap();
+    assert!(plain.contains("| release | failed |"), "{plain}");
+    assert!(plain.contains("<script>alert('owned')</script>"), "{plain}");
+    assert!(plain.contains("ferry show 2"), "{plain}");
+
+    let html = mail.body_html(0).unwrap();
+    assert!(
+        html.contains("<tr><td>release</td><td>failed</td>"),
+        "{html}"
+    );
+    assert!(
+        html.contains(
+            "&lt;script&gt;alert('owned')&lt;/script&gt; &lt;img src=x onerror=alert(1)&gt; &amp;"
+        ),
+        "{html}"
+    );
+    assert!(
+        !html.contains("<script") && !html.contains("<img"),
+        "{html}"
+    );
+    assert!(html.contains(&format!("<a href=\"{}/", s.api)), "{html}");
+    assert!(
+        plain.contains(&format!("In the dashboard: {}/", s.api)),
+        "{plain}"
+    );
+
+    let rows = recorded(&s, 2);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let (event, state, attempts, _, answer) = &rows[0];
+    assert_eq!(
+        (event.as_str(), state.as_str(), *attempts),
+        ("deploy.failed", "sent", 1)
+    );
+    assert!(
+        answer.as_deref().unwrap_or("").starts_with("250 "),
+        "{answer:?}"
+    );
+    password_nowhere(&s, &[1, 2]);
+}
+
+#[test]
+fn over_implicit_tls_a_success_sends_a_summary_when_asked() {
+    let relay = Smtp::start(Mode::default());
+    let mut s = sandbox(&relay, "tls", Some(r#"["deploy.succeeded"]"#));
+    s.serve();
+    s.deploy_ok("staging", "v1.0.0");
+
+    let m = the_one(&relay, &s);
+    assert!(m.tls);
+    let mail = MessageParser::default().parse(m.data.as_bytes()).unwrap();
+    let subject = mail.subject().unwrap();
+    assert!(
+        subject.contains("sample v1.0.0") && subject.contains("is live on staging"),
+        "{subject}"
+    );
+    let plain = mail.body_text(0).unwrap();
+    for part in [
+        "- **Environment:** staging",
+        "- **Triggered by:** tester",
+        "| health | ok |",
+    ] {
+        assert!(plain.contains(part), "{part} in {plain}");
+    }
+    let html = mail.body_html(0).unwrap();
+    assert!(html.contains("<strong>Version:</strong> v1.0.0"), "{html}");
+
+    // a failure is not asked for here
+    deploy_fails(&s, "v1.1.0");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(relay.received().len(), 1);
+}
+
+#[test]
+fn a_busy_relay_is_tried_again() {
+    let relay = Smtp::start(Mode {
+        fail_first: 1,
+        ..Mode::default()
+    });
+    let mut s = sandbox(&relay, "starttls", None);
+    s.serve();
+    deploy_fails(&s, "v1.1.0");
+    let m = the_one(&relay, &s);
+    assert!(
+        m.data
+            .contains("Subject: Deploy of sample v1.1.0 to staging failed at release")
+    );
+    assert_eq!(relay.refusals(), ["451 4.3.0 Try again later"]);
+    assert_eq!(
+        relay.sessions(),
+        2,
+        "one session refused, the next one sent"
+    );
+    let rows = recorded(&s, 1);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0].1.as_str(), rows[0].2), ("sent", 2), "{rows:?}");
+}
+
+#[test]
+fn a_refused_login_is_recorded_as_a_failure_at_once_and_the_password_shows_nowhere() {
+    let relay = Smtp::start(Mode {
+        refuse_auth: true,
+        ..Mode::default()
+    });
+    let mut s = sandbox(&relay, "starttls", None);
+    s.serve();
+    deploy_fails(&s, "v1.1.0");
+    assert!(
+        eventually(Duration::from_secs(20), || !relay.refusals().is_empty()),
+        "{}",
+        s.serve_log()
+    );
+    // a 535 is not worth retrying: past the first backoff (1 s) nothing came again
+    let rows = recorded(&s, 1);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let (_, state, attempts, error, _) = &rows[0];
+    assert_eq!((state.as_str(), *attempts), ("failed", 1), "{rows:?}");
+    let error = error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("refused the login (check FERRY_SMTP_USER and FERRY_SMTP_PASSWORD)")
+            && error.contains("535"),
+        "{error}"
+    );
+    // past the first backoff (1 s) nothing came again
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        relay.refusals(),
+        ["535 5.7.8 Authentication credentials invalid"]
+    );
+    assert_eq!(relay.sessions(), 1);
+    assert!(relay.received().is_empty());
+    password_nowhere(&s, &[1]);
+}
