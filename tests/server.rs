@@ -737,11 +737,13 @@ fn notifications_are_posted_retried_after_a_500_and_carry_a_failure_report() {
         .unwrap()
         .len()
         == 1));
+    // the old format = "slack" is kind = "slack": Block Kit, with the text line as fallback
     let slack = slack_target.bodies.lock().unwrap()[0].clone();
     assert_eq!(
         slack.as_object().unwrap().keys().collect::<Vec<_>>(),
-        ["text"]
+        ["blocks", "text"]
     );
+    assert_eq!(slack["blocks"][0]["type"], "header");
     assert!(
         slack["text"]
             .as_str()
