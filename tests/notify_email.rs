@@ -77,8 +77,8 @@ fn the_one(relay: &Smtp, s: &Sandbox) -> smtp::Received {
     got[0].clone()
 }
 
-/// A delivery as the outbox recorded it: (event, state, attempts, error, answer).
-type Row = (String, String, i64, Option<String>, Option<String>);
+/// A delivery as the outbox recorded it: (event, state, attempts, error, answer, notifier).
+type Row = (String, String, i64, Option<String>, Option<String>, String);
 
 /// The outbox rows of `deployment` once none is pending (read from the store's file).
 fn recorded(s: &Sandbox, deployment: i64) -> Vec<Row> {
@@ -87,13 +87,20 @@ fn recorded(s: &Sandbox, deployment: i64) -> Vec<Row> {
             return Vec::new();
         };
         let Ok(mut q) = db.prepare(
-            "SELECT event, state, attempts, error, answer FROM notifications \
+            "SELECT event, state, attempts, error, answer, notifier FROM notifications \
              WHERE deployment = ?1 ORDER BY id",
         ) else {
             return Vec::new();
         };
         q.query_map([deployment], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })
         .map(|rows| rows.flatten().collect())
         .unwrap_or_default()
@@ -209,7 +216,7 @@ fn a_failed_deploy_emails_its_report_in_both_parts_over_starttls() {
 
     let rows = recorded(&s, 2);
     assert_eq!(rows.len(), 1, "{rows:?}");
-    let (event, state, attempts, _, answer) = &rows[0];
+    let (event, state, attempts, _, answer, _) = &rows[0];
     assert_eq!(
         (event.as_str(), state.as_str(), *attempts),
         ("deploy.failed", "sent", 1)
@@ -249,8 +256,78 @@ fn over_implicit_tls_a_success_sends_a_summary_when_asked() {
 
     // a failure is not asked for here
     deploy_fails(&s, "v1.1.0");
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(relay.received().len(), 1);
+
+    // `ferry notify test` sends a sample now and prints the relay's answer
+    let run = s.ferry(&["notify", "test", "ops-mail"]);
+    assert_eq!(run.code(), 0, "{run}");
+    assert!(run.stdout().contains("250 2.0.0 Ok: queued"), "{run}");
+    let got = relay.wait_for(2, Duration::from_secs(10));
+    assert_eq!(got.len(), 2, "the failure sent nothing: {got:?}");
+    let test = MessageParser::default()
+        .parse(got[1].data.as_bytes())
+        .unwrap();
+    let subject = test.subject().unwrap();
+    assert!(
+        subject.starts_with("🧪 a test message from ferry for sample"),
+        "{subject}"
+    );
+}
+
+#[test]
+fn a_relay_without_starttls_or_with_an_unknown_certificate_is_never_used() {
+    let plain = Smtp::start(Mode {
+        no_starttls: true,
+        ..Mode::default()
+    });
+    let unknown = Smtp::start(Mode::default());
+    let table = |name: &str, relay: &Smtp, ca: bool| {
+        format!(
+            "[[notify]]\nname = \"{name}\"\nkind = \"email\"\nsmtp_host = \"127.0.0.1\"\n\
+             smtp_port = {}\nfrom = \"ferry@example.test\"\nto = [\"ops@example.test\"]\n\
+             username_env = \"FERRY_SMTP_USER\"\npassword_env = \"FERRY_SMTP_PASSWORD\"\n{}\n",
+            relay.starttls_port,
+            if ca {
+                format!("ca_file = \"{}\"", relay.ca_file.display())
+            } else {
+                String::new()
+            }
+        )
+    };
+    let tables = format!(
+        "{}\n{}",
+        table("plain-relay", &plain, true),
+        table("unknown-ca", &unknown, false)
+    );
+    let mut s = Sandbox::with(
+        &[Rel("v1.0.0", HOSTILE)],
+        Options {
+            extra_app: RELEASE,
+            tables: Box::leak(tables.into_boxed_str()),
+            ..Options::default()
+        },
+    );
+    s.serve_env
+        .push(("FERRY_SMTP_USER".into(), smtp::USER.into()));
+    s.serve_env
+        .push(("FERRY_SMTP_PASSWORD".into(), smtp::PASSWORD.into()));
+    s.serve();
+    deploy_fails(&s, "v1.0.0");
+
+    let rows = recorded(&s, 1);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for (_, state, attempts, error, _, notifier) in &rows {
+        assert_eq!((state.as_str(), *attempts), ("failed", 1), "{rows:?}");
+        let error = error.as_deref().unwrap_or_default();
+        let why = match notifier.as_str() {
+            "plain-relay" => "STARTTLS",
+            _ => "certificate is not trusted (give its CA in ca_file)",
+        };
+        assert!(error.contains(why), "{notifier}: {error}");
+    }
+    // neither got a login, in clear or at all, nor a message
+    assert_eq!(plain.auths(), (0, 0));
+    assert_eq!(unknown.auths(), (0, 0));
+    assert!(plain.received().is_empty() && unknown.received().is_empty());
 }
 
 #[test]
@@ -295,7 +372,7 @@ fn a_refused_login_is_recorded_as_a_failure_at_once_and_the_password_shows_nowhe
     // a 535 is not worth retrying: past the first backoff (1 s) nothing came again
     let rows = recorded(&s, 1);
     assert_eq!(rows.len(), 1, "{rows:?}");
-    let (_, state, attempts, error, _) = &rows[0];
+    let (_, state, attempts, error, _, _) = &rows[0];
     assert_eq!((state.as_str(), *attempts), ("failed", 1), "{rows:?}");
     let error = error.as_deref().unwrap_or_default();
     assert!(

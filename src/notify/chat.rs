@@ -89,6 +89,15 @@ pub fn card(msg: &Message) -> Card {
         "deploy.succeeded" => ("succeeded", Outcome::Good),
         "deploy.failed" => ("failed", Outcome::Bad),
         "deploy.refused" => ("refused", Outcome::Warning),
+        // a manual rollback is someone's choice, not a failure
+        "rolled_back"
+            if msg
+                .deployment
+                .as_ref()
+                .is_some_and(|d| d.kind == "rollback") =>
+        {
+            ("rolled back", Outcome::Warning)
+        }
         "rolled_back" => ("rolled back", Outcome::Bad),
         "approval.waiting" => ("waiting for approval", Outcome::Warning),
         "maintenance.on" => ("maintenance on", Outcome::Warning),
@@ -232,7 +241,7 @@ pub fn slack_body(msg: &Message) -> Value {
     let c = card(msg);
     let mut blocks = vec![json!({
         "type": "header",
-        "text": {"type": "plain_text", "text": head(&c.title, 150), "emoji": true},
+        "text": {"type": "plain_text", "text": head(&slack_escape(&c.title), 150), "emoji": true},
     })];
     let fields: Vec<Value> = c
         .facts
@@ -301,7 +310,7 @@ fn discord_escape(text: &str) -> String {
 /// A Discord webhook's body: one embed, and no mentions parsed.
 pub fn discord_body(msg: &Message) -> Value {
     let c = card(msg);
-    let title = head(&c.title, 256);
+    let title = head(&discord_escape(&c.title), 256);
     let footer = head(&c.footer, 2048);
     let fields: Vec<Value> = c
         .facts
@@ -363,6 +372,23 @@ pub fn discord_body(msg: &Message) -> Value {
     })
 }
 
+/// Teams renders a subset of markdown in TextBlocks and facts (bold, italic, lists, links):
+/// its markers are escaped with a backslash so a branch or a name stays text.
+fn teams_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut line_start = true;
+    for ch in text.chars() {
+        let marker = matches!(ch, '\\' | '*' | '_' | '~' | '`' | '[' | ']' | '<' | '>')
+            || (line_start && matches!(ch, '-' | '+' | '#'));
+        if marker {
+            out.push('\\');
+        }
+        out.push(ch);
+        line_start = ch == '\n' || (line_start && ch == ' ');
+    }
+    out
+}
+
 /// The most of the app's output a Teams card carries (the body must stay under 28 KB).
 const TEAMS_OUTPUT: usize = 6000;
 
@@ -372,7 +398,7 @@ pub fn teams_body(msg: &Message) -> Value {
     let mut body = vec![
         json!({
             "type": "TextBlock",
-            "text": head(&c.title, 300),
+            "text": head(&teams_escape(&c.title), 300),
             "size": "Large",
             "weight": "Bolder",
             "color": c.outcome.card_color(),
@@ -380,7 +406,7 @@ pub fn teams_body(msg: &Message) -> Value {
         }),
         json!({
             "type": "FactSet",
-            "facts": c.facts.iter().map(|(t, v)| json!({"title": t, "value": head(v, 500)})).collect::<Vec<_>>(),
+            "facts": c.facts.iter().map(|(t, v)| json!({"title": t, "value": head(&teams_escape(v), 500)})).collect::<Vec<_>>(),
         }),
     ];
     // RichTextBlock: Teams shows its TextRuns as they are, never as markdown
@@ -413,7 +439,7 @@ pub fn teams_body(msg: &Message) -> Value {
         }
         body.push(json!({"type": "RichTextBlock", "inlines": [run(cut, true)]}));
     }
-    body.push(json!({"type": "TextBlock", "text": head(&c.footer, 300), "isSubtle": true, "size": "Small", "wrap": true}));
+    body.push(json!({"type": "TextBlock", "text": head(&teams_escape(&c.footer), 300), "isSubtle": true, "size": "Small", "wrap": true}));
     let mut content = json!({
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
         "type": "AdaptiveCard",

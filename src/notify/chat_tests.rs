@@ -290,3 +290,69 @@ fn a_link_that_is_not_http_is_left_out() {
             .is_none()
     );
 }
+
+#[test]
+fn names_from_outside_stay_text_in_every_format() {
+    let hostile = "<!channel> @everyone [x](http://e) *b*";
+    let mut m = message("deploy.succeeded", None);
+    let d = m.deployment.as_mut().unwrap();
+    d.version = Some(hostile.into());
+    d.triggered_by = hostile.into();
+    m.who = Some(hostile.into());
+
+    let slack = serde_json::to_string(&slack_body(&m)).unwrap();
+    // Slack reads a mention or a link only between < and >
+    assert!(!slack.contains('<') && !slack.contains('>'), "{slack}");
+    assert!(slack.contains("&lt;!channel&gt; @everyone"), "{slack}");
+
+    let discord = discord_body(&m);
+    assert_eq!(discord["allowed_mentions"]["parse"], serde_json::json!([]));
+    let e = &discord["embeds"][0];
+    for text in [
+        e["title"].as_str().unwrap().to_string(),
+        e["fields"].to_string(),
+    ] {
+        assert!(!text.contains("[x]") && !text.contains(" *b*"), "{text}");
+    }
+    assert!(
+        e["title"]
+            .as_str()
+            .unwrap()
+            .contains("\\[x\\](http://e) \\*b\\*")
+    );
+
+    let teams = teams_body(&m);
+    let card = &teams["attachments"][0]["content"];
+    let title = card["body"][0]["text"].as_str().unwrap();
+    assert!(
+        title.contains("\\<!channel\\> @everyone \\[x\\](http://e) \\*b\\*"),
+        "{title}"
+    );
+    let facts = card["body"][1]["facts"].as_array().unwrap();
+    for f in facts
+        .iter()
+        .filter(|f| f["title"] == "Who" || f["title"] == "Version")
+    {
+        let v = f["value"].as_str().unwrap();
+        assert!(
+            v.starts_with("\\<!channel\\> @everyone \\[x\\](http://e) \\*b\\*"),
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn a_manual_rollback_is_not_a_failure() {
+    let mut m = message("rolled_back", None);
+    let d = m.deployment.as_mut().unwrap();
+    d.kind = "rollback".into();
+    d.state = DeploymentState::Succeeded;
+    let c = card(&m);
+    assert_eq!(c.outcome, Outcome::Warning);
+    assert!(
+        c.title.contains("staging rolled back to v1.1.0"),
+        "{}",
+        c.title
+    );
+    assert!(c.output.is_empty() && c.step.is_none());
+}

@@ -4,8 +4,8 @@
 //! title); any other event the notifier asked for (`deploy.succeeded` and the rest) sends a
 //! short summary. Each email is `multipart/alternative`: the markdown as `text/plain`, and the
 //! same rendered to `text/html` by pulldown-cmark, where raw HTML in the markdown is shown as
-//! text, never passed through (a report carries the app's own output), links go only to
-//! http(s) and mailto, and images are never loaded. Both parts end with the dashboard link.
+//! text, never passed through (a report carries the app's own output), links are shown as text
+//! and images never loaded. Both parts end with the dashboard link, the one link to click.
 //!
 //! The connection: STARTTLS (port 587) or TLS from the first byte (465), or clear text to a
 //! loopback relay (`tls = "none"`, which the config allows only there); rustls on ring with the
@@ -341,7 +341,7 @@ fn cell(text: &str) -> String {
     one_line(text).replace('|', "\\|")
 }
 
-/// Only these links are made clickable in HTML.
+/// Only a dashboard link like these is made clickable.
 fn safe_link(url: &str) -> bool {
     let lower = url.trim_start().to_ascii_lowercase();
     ["https://", "http://", "mailto:"]
@@ -350,15 +350,15 @@ fn safe_link(url: &str) -> bool {
 }
 
 /// `markdown` as an HTML document: tables on; raw HTML (blocks and inline) escaped and shown
-/// as text; links kept only to http(s) and mailto; images shown as their text; then a link to
-/// `link`.
+/// as text; links and images shown as their text (and address), never followed or loaded;
+/// then the one clickable link, to `link`.
 pub fn html(title: &str, markdown: &str, link: Option<&str>) -> String {
     let parser = Parser::new_ext(
         markdown,
         Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH,
     );
-    // for each open link or image: whether its start was kept (so its end is too)
-    let mut open: Vec<bool> = Vec::new();
+    // what to add where each open link or image ends: the link's address, as text
+    let mut open: Vec<Option<String>> = Vec::new();
     let mut events: Vec<Event> = Vec::new();
     for event in parser {
         let keep = match event {
@@ -367,24 +367,27 @@ pub fn html(title: &str, markdown: &str, link: Option<&str>) -> String {
                 Event::Start(Tag::CodeBlock(CodeBlockKind::Fenced(CowStr::from(""))))
             }
             Event::End(TagEnd::HtmlBlock) => Event::End(TagEnd::CodeBlock),
-            Event::Start(Tag::Link { ref dest_url, .. }) => {
-                let ok = safe_link(dest_url);
-                open.push(ok);
-                if !ok {
-                    continue;
-                }
-                event
-            }
-            Event::Start(Tag::Image { .. }) => {
-                open.push(false);
+            // a link in the markdown came from a name, a reason or the app's output: it is
+            // shown, never made clickable (only ferry's own dashboard link is)
+            Event::Start(Tag::Link {
+                link_type,
+                dest_url,
+                ..
+            }) => {
+                open.push(match link_type {
+                    LinkType::Autolink | LinkType::Email => None,
+                    _ => Some(format!(" ({dest_url})")),
+                });
                 continue;
             }
-            Event::End(TagEnd::Link | TagEnd::Image) => {
-                if !open.pop().unwrap_or(false) {
-                    continue;
-                }
-                event
+            Event::Start(Tag::Image { .. }) => {
+                open.push(None);
+                continue;
             }
+            Event::End(TagEnd::Link | TagEnd::Image) => match open.pop().flatten() {
+                Some(address) => Event::Text(CowStr::from(address)),
+                None => continue,
+            },
             other => other,
         };
         events.push(keep);

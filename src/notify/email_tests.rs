@@ -65,9 +65,10 @@ fn raw_html_in_the_markdown_is_shown_as_text() {
 }
 
 #[test]
-fn tables_render_and_only_web_links_are_kept() {
+fn tables_render_and_only_the_dashboard_link_is_clickable() {
     let md = "| step | state |\n|---|---|\n| build | ok |\n\n\
-              [bad](javascript:alert(1)) [good](https://example.com/x) ![pixel](https://t.example/p.png)\n";
+              [bad](javascript:alert(1)) [phish](https://e.example/x) <https://auto.example> \
+              ![pixel](https://t.example/p.png)\n";
     let html = html(
         "t",
         md,
@@ -77,12 +78,14 @@ fn tables_render_and_only_web_links_are_kept() {
         html.contains("<table>") && html.contains("<td>build</td>"),
         "{html}"
     );
-    assert!(!html.contains("javascript"), "{html}");
     assert!(
-        html.contains("bad") && html.contains("<a href=\"https://example.com/x\">good</a>"),
+        html.contains(
+            "bad (javascript:alert(1)) phish (https://e.example/x) https://auto.example pixel"
+        ),
         "{html}"
     );
-    assert!(!html.contains("<img") && html.contains("pixel"), "{html}");
+    assert!(!html.contains("<img"), "{html}");
+    assert_eq!(html.matches("<a ").count(), 1, "{html}");
     assert!(
         html.contains("<a href=\"https://ferry.example.com/deployments/3?a=1&amp;b=%222%22\">Open it in the ferry dashboard</a>"),
         "{html}"
@@ -168,4 +171,24 @@ fn a_subject_is_one_short_line() {
     let long = one_line(&"x".repeat(500));
     assert_eq!(long.chars().count(), SUBJECT_MAX);
     assert!(long.ends_with('…'));
+}
+
+#[test]
+fn a_manual_rollback_sends_a_summary_not_a_report() {
+    let mut m = message("rolled_back", None);
+    let d = m.deployment.as_mut().unwrap();
+    d.kind = "rollback".into();
+    d.state = crate::store::DeploymentState::Succeeded;
+    assert!(m.report().is_none());
+    let c = content(&m);
+    assert!(
+        c.subject.contains("staging rolled back to v1.1.0"),
+        "{}",
+        c.subject
+    );
+    assert!(
+        c.markdown.contains("- **Deployment:** 12 (succeeded)"),
+        "{}",
+        c.markdown
+    );
 }

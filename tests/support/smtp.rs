@@ -5,7 +5,8 @@
 //! it accepted, and what it answered, for the test to read.
 //!
 //! Modes: [`Mode::fail_first`] answers `451` to that many `MAIL FROM`s before accepting;
-//! [`Mode::refuse_auth`] answers `535` to every `AUTH`.
+//! [`Mode::refuse_auth`] answers `535` to every `AUTH`; [`Mode::no_starttls`] offers no
+//! `STARTTLS` and takes `AUTH` in clear text, to see that a client does not use it.
 
 #![allow(dead_code)]
 
@@ -28,6 +29,8 @@ pub struct Mode {
     pub fail_first: u32,
     /// Answer `535 5.7.8` to every `AUTH` (wrong credentials, as far as ferry can tell).
     pub refuse_auth: bool,
+    /// Offer no `STARTTLS` and take `AUTH` in clear text (a relay a client must not trust).
+    pub no_starttls: bool,
 }
 
 /// One message the fake accepted.
@@ -51,6 +54,9 @@ struct State {
     refusals: Vec<String>,
     /// Sessions opened, per port kind.
     sessions: u32,
+    /// `AUTH` commands seen, and how many of them came in clear text.
+    auths: u32,
+    clear_auths: u32,
 }
 
 /// A running fake relay; it stops when the test process ends.
@@ -112,6 +118,12 @@ impl Smtp {
     /// The refusals (4xx/5xx reply lines) sent so far.
     pub fn refusals(&self) -> Vec<String> {
         self.state.lock().unwrap().refusals.clone()
+    }
+
+    /// `AUTH` commands seen so far: (all, those sent in clear text).
+    pub fn auths(&self) -> (u32, u32) {
+        let s = self.state.lock().unwrap();
+        (s.auths, s.clear_auths)
     }
 
     /// Sessions opened so far (each connection counts once, STARTTLS or not).
@@ -229,7 +241,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             "EHLO" => {
                 greeted = true;
                 let mut lines = vec!["250-relay.test".to_string()];
-                if !tls {
+                if !tls && !mode.no_starttls {
                     lines.push("250-STARTTLS".into());
                 }
                 lines.push("250-AUTH PLAIN LOGIN".into());
@@ -246,10 +258,20 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(Some(io.into_inner()));
             }
             "STARTTLS" => reply(&mut io, state, "503 5.5.1 TLS already active").await?,
-            "AUTH" if !tls => {
+            "AUTH" if !tls && !mode.no_starttls => {
+                {
+                    let mut s = state.lock().unwrap();
+                    s.auths += 1;
+                    s.clear_auths += 1;
+                }
                 reply(&mut io, state, "538 5.7.11 Encryption required").await?;
             }
             "AUTH" => {
+                {
+                    let mut s = state.lock().unwrap();
+                    s.auths += 1;
+                    s.clear_auths += u32::from(!tls);
+                }
                 let mut words = arg.split_whitespace();
                 let mech = words.next().unwrap_or("").to_ascii_uppercase();
                 let initial = words.next().map(str::to_string);
