@@ -99,8 +99,20 @@ pub fn install_crypto_provider() {
     });
 }
 
-/// `reqwest::Client::builder()`, with the crypto provider installed first.
+/// A client builder for plain HTTP (the API on loopback, health probes, checks): the crypto
+/// provider installed, and no trust store loaded (none is needed, and a machine without one
+/// must still probe and deploy). An https URL fails with it.
+#[allow(clippy::disallowed_methods)] // the one place clients are made
 pub fn http_builder() -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    reqwest::Client::builder().tls_certs_only(Vec::new())
+}
+
+/// A client builder for anywhere, https included: the crypto provider installed, the
+/// system's trust store (rustls-platform-verifier; `SSL_CERT_FILE` is honoured) checked at
+/// `build`, which fails when the system has no CA certificates.
+#[allow(clippy::disallowed_methods)] // the one place clients are made
+pub fn https_builder() -> reqwest::ClientBuilder {
     install_crypto_provider();
     reqwest::Client::builder()
 }

@@ -238,6 +238,11 @@ fn errors_are_retried_with_backoff_and_refusals_recorded_at_once() {
          [[notify]]\nname = \"gone\"\nurl = \"{}\"\nevents = [\"deploy.succeeded\"]\n",
         flaky.url, gone.url
     ));
+    // a machine without CA certificates (a slim container) still deploys and sends over http
+    for var in ["SSL_CERT_FILE", "SSL_CERT_DIR"] {
+        s.serve_env
+            .push((var.into(), "/nonexistent/ferry-test-ca".into()));
+    }
     s.serve();
     s.deploy_ok("staging", "v1.0.0");
     assert!(eventually(Duration::from_secs(20), || {
@@ -265,6 +270,12 @@ fn errors_are_retried_with_backoff_and_refusals_recorded_at_once() {
         show.stdout()
             .contains("[failed] gone (webhook) deploy.succeeded, 1 attempt: answered 404"),
         "{show}"
+    );
+    assert!(
+        s.serve_log()
+            .contains("no trust store for https notifications"),
+        "{}",
+        s.serve_log()
     );
     // the metric counts them
     let (_, metrics) = s.get("/metrics").unwrap();

@@ -234,11 +234,13 @@ pub(super) fn validate(
         let span = r.span();
         let r = r.into_inner();
         let name = r.name.clone();
+        // written before kinds and names: `url` with `format` or nothing
+        let old_style = r.kind.is_none();
         let n = validate_one(r, span.clone(), fail, resolve)?;
-        parsed.push((n, name, span));
+        parsed.push((n, name, span, old_style));
     }
     let mut out: Vec<Notify> = Vec::new();
-    for (i, (mut n, written, span)) in parsed.iter().cloned().enumerate() {
+    for (i, (mut n, written, span, old_style)) in parsed.iter().cloned().enumerate() {
         match &written {
             Some(w) => {
                 let name = w.get_ref();
@@ -255,16 +257,27 @@ pub(super) fn validate(
                 let kind = n.kind.name();
                 let same = parsed
                     .iter()
-                    .filter(|(o, _, _)| o.kind.name() == kind)
+                    .filter(|(o, _, _, _)| o.kind.name() == kind)
                     .count();
-                if same > 1 {
+                // old configs had several unnamed webhooks: numbered in file order, as before
+                let earlier = parsed[..i]
+                    .iter()
+                    .filter(|(o, w, _, old)| *old && w.is_none() && o.kind.name() == kind)
+                    .count();
+                if old_style && same > 1 {
+                    n.name = match earlier {
+                        0 => kind.to_string(),
+                        k => format!("{kind}-{}", k + 1),
+                    };
+                } else if same > 1 {
                     return Err(fail(
                         first_line(&span),
                         format!("{same} notifiers have kind \"{kind}\"; this one needs a name"),
                         "add name = \"…\" to each, like name = \"ops-chat\"; deliveries are recorded by name",
                     ));
+                } else {
+                    n.name = kind.to_string();
                 }
-                n.name = kind.to_string();
             }
         }
         if let Some(prev) = out.iter().position(|o| o.name == n.name) {
@@ -424,6 +437,10 @@ fn validate_events(r: &RawNotify, kind: &str, fail: &Fail) -> Result<Vec<String>
             return Ok(all.iter().map(|e| e.to_string()).collect());
         }
     };
+    if list.get_ref().is_empty() && r.on.is_some() {
+        // the old key: an empty list meant every event
+        return Ok(NOTIFY_EVENTS.iter().map(|e| e.to_string()).collect());
+    }
     if list.get_ref().is_empty() {
         return Err(fail(
             list.span(),

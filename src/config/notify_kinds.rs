@@ -79,6 +79,18 @@ pub(super) fn tracker(
                     },
                 ));
             }
+            if reqwest::Url::parse(url).is_ok_and(|u| {
+                !u.username().is_empty()
+                    || u.password().is_some()
+                    || u.query().is_some()
+                    || u.fragment().is_some()
+            }) {
+                return Err(fail(
+                    a.span(),
+                    "api holds a user, a query or a fragment".into(),
+                    "write the API's address alone; the token goes in the variable token_env names",
+                ));
+            }
             if url.starts_with("http://") && !loopback(&url_host(url)) {
                 return Err(fail(
                     a.span(),

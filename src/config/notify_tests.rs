@@ -127,6 +127,8 @@ fn what_makes_no_sense_is_refused_with_where_and_what_to_do() {
         ("kind = \"github-issue\"\nrepository = \"a/b\"\n".into(), "needs token_env"),
         ("kind = \"gitlab-issue\"\ntoken_env = \"T\"\n".into(), "needs project"),
         (format!("{tracker}api = \"http://github.example.com/api/v3\"\n"), "unencrypted"),
+        (format!("{tracker}api = \"https://bot:ghp_x@ghe.example.com/api/v3\"\n"), "api holds a user"),
+        (format!("{tracker}api = \"https://ghe.example.com/api/v3?private_token=x\"\n"), "api holds a user"),
         (format!("{mail}tls = \"none\"\nusername_env = \"U\"\npassword_env = \"P\"\n"), "password unencrypted to mail.example.com"),
         (format!("{mail}username_env = \"U\"\n"), "without password_env"),
         (format!("{mail}tls = \"ssl\"\n"), "unknown tls \"ssl\""),
@@ -141,8 +143,21 @@ fn what_makes_no_sense_is_refused_with_where_and_what_to_do() {
         assert!(d.help.is_some(), "{says}: a hint");
         assert!(d.line > 8, "{says}: points into the table, not at the top: {d}");
     }
-    // two of a kind need names; two of one name are refused
-    let d = refused(&format!("[[notify]]\n{hook}\n[[notify]]\n{hook}"));
+    // two of a kind need names (old-style tables are numbered); two of one name are refused
+    let old = load(&format!(
+        "[[notify]]\n{hook}on = []\n\n[[notify]]\n{hook}\n[[notify]]\n{hook}format = \"slack\"\n\n[[notify]]\n{hook}"
+    ))
+    .unwrap();
+    let names: Vec<&str> = old.notify.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["webhook", "webhook-2", "slack", "webhook-3"]);
+    assert_eq!(
+        old.notify[0].events.len(),
+        NOTIFY_EVENTS.len(),
+        "on = [] meant every event"
+    );
+    let d = refused(&format!(
+        "[[notify]]\nkind = \"webhook\"\n{hook}\n[[notify]]\nkind = \"webhook\"\n{hook}"
+    ));
     assert!(
         d.message.contains("2 notifiers have kind \"webhook\""),
         "{}",
@@ -175,6 +190,21 @@ fn what_makes_no_sense_is_refused_with_where_and_what_to_do() {
 fn a_public_url_must_be_one() {
     let d = refused("[server]\npublic_url = \"ferry.example.com\"\n");
     assert!(d.message.contains("not an http(s) URL"), "{}", d.message);
+    let d = refused("[server]\npublic_url = \"https://:s3cret@ferry.example.com\"\n");
+    assert!(d.message.contains("not an http(s) URL"), "{}", d.message);
+    let config = load("[server]\npublic_url = \"https://Ferry.example.com:8443/\"\n").unwrap();
+    assert_eq!(
+        config.server.public_url.as_deref(),
+        Some("https://Ferry.example.com:8443")
+    );
+    assert!(
+        config
+            .server
+            .hosts
+            .contains(&"ferry.example.com".to_string()),
+        "links to it open: {:?}",
+        config.server.hosts
+    );
     let config = load("").unwrap();
     assert_eq!(config.server.public_url, None);
     assert_eq!(config.server.public_base(), "http://127.0.0.1:7070");

@@ -160,11 +160,23 @@ impl RawServer {
 
     pub(super) fn validate(self, fail: &Fail) -> Result<Server, Diagnostic> {
         let listen = self.listen(fail)?;
-        let hosts = self
+        let mut hosts = self
             .hosts
             .iter()
             .map(|h| validate_host(h, fail))
             .collect::<Result<Vec<_>, _>>()?;
+        let public_url = self.public_url.map(|u| public_url(&u, fail)).transpose()?;
+        // the links in notifications must open: public_url's host is one of ferry's names
+        if let Some(name) = public_url
+            .as_deref()
+            .and_then(|u| reqwest::Url::parse(u).ok())
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+            && !hosts
+                .iter()
+                .any(|h| h == &name || h.starts_with(&format!("{name}:")))
+        {
+            hosts.push(name);
+        }
         Ok(Server {
             listen,
             http: self
@@ -194,7 +206,7 @@ impl RawServer {
                 Some(n) => count(n, "max_streams", fail)?,
             },
             stop_apps_on_exit: self.stop_apps_on_exit.unwrap_or(false),
-            public_url: self.public_url.map(|u| public_url(&u, fail)).transpose()?,
+            public_url,
         })
     }
 }
@@ -208,6 +220,7 @@ fn public_url(u: &Spanned<String>, fail: &Fail) -> Result<String, Diagnostic> {
                 && p.query().is_none()
                 && p.fragment().is_none()
                 && p.username().is_empty()
+                && p.password().is_none()
         });
     if !ok {
         return Err(fail(

@@ -210,7 +210,9 @@ listen = "127.0.0.1:7070"       # ferry's API, webhooks and metrics; every call 
 # Notifications (see docs/notifications.md): kind "webhook" (ferry's JSON, the default),
 # "slack", "discord", "teams", "github-issue", "gitlab-issue" or "email". Events:
 # deploy.started, deploy.succeeded, deploy.failed, deploy.refused, rolled_back,
-# approval.waiting, maintenance.on, maintenance.off (all of them when left out).
+# approval.waiting, maintenance.on, maintenance.off. Left out: every event for webhook and
+# chat kinds; failures, rollbacks and successes for issue trackers; failures and rollbacks
+# for email.
 # [[notify]]
 # name = "team-chat"
 # kind = "slack"

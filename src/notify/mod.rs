@@ -85,6 +85,15 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// The same failure with its text changed by `f`.
+    pub fn map(self, f: impl FnOnce(String) -> String) -> Failure {
+        match self {
+            Failure::Retry(r) => Failure::Retry(f(r)),
+            Failure::Fatal(r) => Failure::Fatal(f(r)),
+            Failure::RetryAfter(d, r) => Failure::RetryAfter(d, f(r)),
+        }
+    }
+
     /// What went wrong, as recorded and shown.
     pub fn reason(&self) -> &str {
         match self {
@@ -110,14 +119,26 @@ impl Ctx {
 }
 
 /// The HTTP client messages go out with: rustls on ring, the system's roots, 10 s per attempt,
-/// no proxy from the environment.
+/// no proxy from the environment. Without a trust store on the system (a slim container),
+/// a client that trusts nothing: http targets still work, https ones fail at once.
 pub fn client() -> Result<reqwest::Client, String> {
-    crate::http_builder()
-        .no_proxy()
-        .timeout(TIMEOUT)
-        .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("cannot make an HTTP client: {e}"))
+    let setup = |b: reqwest::ClientBuilder| {
+        b.no_proxy()
+            .timeout(TIMEOUT)
+            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+    };
+    match setup(crate::https_builder()).build() {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            tracing::warn!(
+                "no trust store for https notifications ({e}); http ones still work: install the \
+                 system's CA certificates (ca-certificates) or set SSL_CERT_FILE"
+            );
+            setup(crate::http_builder())
+                .build()
+                .map_err(|e| format!("cannot make an HTTP client: {e}"))
+        }
+    }
 }
 
 /// Sends `msg` through `notifier` once.
@@ -134,25 +155,74 @@ pub async fn deliver(ctx: &Ctx, notifier: &Notify, msg: &Message) -> Result<Deli
 }
 
 /// POSTs `body` to the target's URL; the answer says whether it was taken.
+/// What the receiver says back is kept without the URL's secret parts (an error page often
+/// echoes the path it was asked for).
 pub async fn post_json(ctx: &Ctx, target: &Target, body: &Value) -> Result<Delivered, Failure> {
     let url = target.resolve().map_err(Failure::Fatal)?;
+    let hide = |text: String| redact_url(&text, &url);
     let resp = ctx
         .http
         .post(&url)
         .json(body)
         .send()
         .await
-        .map_err(network)?;
-    let (status, text) = answer(resp).await?;
+        .map_err(|e| network(e).map(hide))?;
+    let (status, text) = answer(resp).await.map_err(|f| f.map(hide))?;
     Ok(Delivered {
-        answer: summary(status, &text),
+        answer: hide(summary(status, &text)),
         link: None,
     })
+}
+
+/// `text` without `url`, its path (as written and decoded), its query, or any path segment
+/// longer than 6 characters (a token in a webhook URL is one).
+pub fn redact_url(text: &str, url: &str) -> String {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return text.replace(url, "…");
+    };
+    let path = u.path().to_string();
+    let mut secret = vec![url.to_string(), path.clone(), decode(&path)];
+    if let Some(q) = u.query() {
+        secret.push(q.to_string());
+    }
+    for seg in path.split('/').filter(|s| s.len() > 6) {
+        secret.push(seg.to_string());
+        secret.push(decode(seg));
+    }
+    // the longest first: a URL before the path inside it
+    secret.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secret
+        .iter()
+        .filter(|s| s.len() > 1)
+        .fold(text.to_string(), |t, s| t.replace(s.as_str(), "…"))
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&a), Some(&b)) if hex(a).is_some() && hex(b).is_some() => {
+                out.push((hex(a).unwrap() * 16 + hex(b).unwrap()) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A request that got no answer: retried. The text names no URL.
 pub fn network(e: reqwest::Error) -> Failure {
     let e = e.without_url();
+    if e.is_builder() {
+        return Failure::Fatal("the URL is not one an HTTP request can be sent to".into());
+    }
     if e.is_timeout() {
         return Failure::Retry(format!("no answer within {}s", TIMEOUT.as_secs()));
     }
@@ -177,9 +247,9 @@ pub async fn answer(resp: reqwest::Response) -> Result<(reqwest::StatusCode, Str
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
-    let text = resp.text().await.unwrap_or_default();
+        .and_then(retry_after)
+        .map(|wait| wait.min(MAX_RETRY_AFTER));
+    let text = read_some(resp).await;
     if status.is_success() {
         return Ok((status, text));
     }
@@ -192,6 +262,34 @@ pub async fn answer(resp: reqwest::Response) -> Result<(reqwest::StatusCode, Str
         408 | 500..=599 => Failure::Retry(why),
         _ => Failure::Fatal(why),
     })
+}
+
+/// A `Retry-After` value: seconds (`120`, `1.5`) or an HTTP date.
+fn retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(s) = v.parse::<f64>() {
+        return (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s.min(86400.0)));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    Some(
+        (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+            .to_std()
+            .unwrap_or_default(),
+    )
+}
+
+/// The start of a body (64 KiB at most): only a few hundred characters are kept, and a
+/// receiver streaming without end must not fill ferry's memory.
+async fn read_some(mut resp: reqwest::Response) -> String {
+    const MAX: usize = 64 << 10;
+    let mut body = Vec::new();
+    while body.len() < MAX {
+        match resp.chunk().await {
+            Ok(Some(c)) => body.extend_from_slice(&c[..c.len().min(MAX - body.len())]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// `answered 200 OK: ok`, the body cut to a few hundred characters on one line.
@@ -594,5 +692,99 @@ mod tests {
         // the server saw a TLS client hello, and the client refused what it was shown
         let server = handshake.await.unwrap().unwrap_err();
         assert!(!server.is_empty());
+    }
+
+    /// A loopback server answering every request with `head` (status line and headers) and
+    /// `body`.
+    async fn answering(head: &'static str, body: String) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 65536];
+                    let _ = c.read(&mut buf).await;
+                    let reply = format!(
+                        "{head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = c.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    async fn post(head: &'static str, body: &str, path: &str) -> Result<Delivered, Failure> {
+        let base = answering(head, body.to_string()).await;
+        let ctx = Ctx {
+            http: client().unwrap(),
+            store: Store::open(&tempfile::tempdir().unwrap().keep().join("db")).unwrap(),
+        };
+        post_json(
+            &ctx,
+            &Target::Url(format!("{base}{path}")),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn answers_are_sorted_into_taken_retried_and_refused() {
+        let ok = post("HTTP/1.1 200 OK", "fine", "/h").await.unwrap();
+        assert_eq!(ok.answer, "answered 200 OK: fine");
+        let cases: [(&'static str, Failure); 6] = [
+            (
+                "HTTP/1.1 404 Not Found",
+                Failure::Fatal("answered 404 Not Found: x".into()),
+            ),
+            (
+                "HTTP/1.1 503 Busy",
+                Failure::Retry("answered 503 Service Unavailable: x".into()),
+            ),
+            (
+                "HTTP/1.1 408 Slow",
+                Failure::Retry("answered 408 Request Timeout: x".into()),
+            ),
+            (
+                "HTTP/1.1 429 Slow down",
+                Failure::Retry("answered 429 Too Many Requests: x".into()),
+            ),
+            (
+                "HTTP/1.1 429 Slow down\r\nretry-after: 120",
+                Failure::RetryAfter(MAX_RETRY_AFTER, "answered 429 Too Many Requests: x".into()),
+            ),
+            (
+                "HTTP/1.1 429 Slow down\r\nretry-after: 1.5",
+                Failure::RetryAfter(
+                    Duration::from_millis(1500),
+                    "answered 429 Too Many Requests: x".into(),
+                ),
+            ),
+        ];
+        for (head, want) in cases {
+            assert_eq!(post(head, "x", "/h").await.unwrap_err(), want, "{head}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_echoing_the_secret_path_is_kept_without_it() {
+        let path = "/services/T0/B0/XXXX%53ECRETXXXX?token=abc123";
+        let said = format!("Cannot POST {path} (that is /services/T0/B0/XXXXSECRETXXXX)");
+        let f = post("HTTP/1.1 404 Not Found", &said, path)
+            .await
+            .unwrap_err();
+        let why = f.reason();
+        assert!(
+            why.starts_with("answered 404 Not Found: Cannot POST"),
+            "{why}"
+        );
+        for secret in ["SECRET", "services/T0", "abc123", "%53"] {
+            assert!(!why.contains(secret), "{secret} in {why}");
+        }
+        let taken = post("HTTP/1.1 200 OK", &said, path).await.unwrap();
+        assert!(!taken.answer.contains("SECRET"), "{}", taken.answer);
     }
 }

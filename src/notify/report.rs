@@ -84,13 +84,21 @@ impl Message {
         })
     }
 
-    /// The failure report of a failed deploy or one the monitor rolled back; `None` otherwise.
+    /// A failure: a failed deploy, or a deploy the monitor rolled back. A manual rollback
+    /// (`rolled_back` too) is not one: it has no report, issue trackers skip it.
+    pub fn is_failure(&self) -> bool {
+        self.deployment.as_ref().is_some_and(|d| {
+            self.event == "deploy.failed"
+                || (self.event == "rolled_back" && d.state == DeploymentState::RolledBack)
+        })
+    }
+
+    /// The failure report of a failure ([`Message::is_failure`]); `None` otherwise.
     pub fn report(&self) -> Option<Report> {
-        let d = self.deployment.as_ref()?;
-        let rolled_back = d.state == DeploymentState::RolledBack;
-        if !(self.event == "deploy.failed" || rolled_back) {
+        if !self.is_failure() {
             return None;
         }
+        let d = self.deployment.as_ref()?;
         Some(report(
             &self.app,
             d,
@@ -169,10 +177,24 @@ pub fn code_block(text: &str) -> String {
     format!("{fence}\n{}\n{fence}\n", text.trim_end())
 }
 
-/// Text safe inside a markdown table cell or inline: no pipes, backticks or newlines that
-/// would break the table.
+/// Text safe inside a markdown table cell: no pipe or newline can break the table.
 fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+/// `text` as an inline code span on one line, its delimiter longer than any backtick run in
+/// it: what people or branches wrote (a reason, a name, a ref) is shown, never read as
+/// markdown (no `@team` mention, link or HTML).
+pub fn code(text: &str) -> String {
+    let text = text.replace(['\n', '\r'], " ");
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let tick = "`".repeat(longest + 1);
+    let pad = if text.starts_with('`') || text.ends_with('`') || text.is_empty() {
+        " "
+    } else {
+        ""
+    };
+    format!("{tick}{pad}{text}{pad}{tick}")
 }
 
 fn report(
@@ -204,16 +226,16 @@ fn report(
         )
     };
     let mut md = format!(
-        "## What happened\n\nDeployment {} of `{}` to **{}** ended `{}`.\n\n\
-         - Reason: {}\n- Commit: `{}`\n- Triggered by: {}\n- Started: {}\n- Finished: {}\n\n\
+        "## What happened\n\nDeployment {} of {} to **{}** ended `{}`.\n\n\
+         - Reason: {}\n- Commit: {}\n- Triggered by: {}\n- Started: {}\n- Finished: {}\n\n\
          ## Steps\n\n| step | state | took |\n|---|---|---|\n",
         d.id,
-        cell(&d.git_ref).replace('`', "'"),
+        cell(&code(&d.git_ref)),
         d.environment,
         d.state.as_str(),
-        cell(d.reason.as_deref().unwrap_or("-")),
-        d.commit_sha.as_deref().unwrap_or("-"),
-        cell(&d.triggered_by),
+        d.reason.as_deref().map_or("-".into(), code),
+        d.commit_sha.as_deref().map_or("-".into(), code),
+        code(&d.by()),
         d.created_at,
         d.finished_at.as_deref().unwrap_or("-"),
     );
@@ -234,8 +256,8 @@ fn report(
     }
     if let Some(lines) = failing.and_then(|s| s.app_output.as_deref()) {
         md.push_str(&format!(
-            "\n## The app's last lines (`{}`)\n\n{}",
-            d.release.as_deref().unwrap_or(&version).replace('`', "'"),
+            "\n## The app's last lines ({})\n\n{}",
+            code(d.release.as_deref().unwrap_or(&version)),
             code_block(lines)
         ));
     }
@@ -276,7 +298,9 @@ fn probe_table(probes: &[Probe]) -> String {
             p.at,
             if p.ok { "ok" } else { "failed" },
             p.response_ms,
-            cell(p.detail.as_deref().unwrap_or(""))
+            p.detail
+                .as_deref()
+                .map_or(String::new(), |t| cell(&code(t)))
         ));
     }
     md
@@ -301,5 +325,121 @@ mod tests {
     #[test]
     fn table_cells_cannot_break_the_table() {
         assert_eq!(cell("a|b\nc"), "a\\|b c");
+    }
+
+    #[test]
+    fn what_people_wrote_is_a_code_span() {
+        assert_eq!(code("@acme/ops"), "`@acme/ops`");
+        assert_eq!(code("a`b"), "``a`b``");
+        assert_eq!(code("`x"), "`` `x ``");
+    }
+
+    fn hostile() -> Message {
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "id": 7, "environment": "staging", "kind": "deploy",
+            "ref": "<!channel> @everyone [x](http://e.example)", "commit_sha": null,
+            "version": null, "release": null, "digest": null, "state": "failed",
+            "step": "health", "reason": "@acme/ops <b>bold</b> `tick`\n# heading",
+            "triggered_by": "@mallory", "created_at": "2026-01-01T00:00:00Z",
+            "finished_at": "2026-01-01T00:00:05Z", "note": null, "forced": false,
+            "restore_data": false, "approved_by": null, "approved_at": null,
+            "triggered_token": null, "approved_token": null
+        }))
+        .unwrap();
+        let step: Step = serde_json::from_value(serde_json::json!({
+            "name": "health", "state": "failed", "started_at": "2026-01-01T00:00:01Z",
+            "finished_at": "2026-01-01T00:00:05Z",
+            "output": "ok\n```\n# escaped?\n@everyone\n",
+        }))
+        .unwrap();
+        Message {
+            event: "deploy.failed",
+            app: "shop".into(),
+            environment: "staging".into(),
+            deployment: Some(d),
+            steps: vec![step],
+            probes: Vec::new(),
+            detail: None,
+            who: None,
+            link: None,
+            at: "2026-01-01T00:00:05Z".into(),
+        }
+    }
+
+    #[test]
+    fn a_report_shows_hostile_text_as_text() {
+        let r = hostile().report().unwrap();
+        let md = &r.markdown;
+        // every line that holds what people or the app wrote keeps it inside code
+        let mut fence: Option<usize> = None;
+        for line in md.lines() {
+            let ticks = line.bytes().take_while(|c| *c == b'`').count();
+            match fence {
+                Some(n) if ticks == n && line.len() == n => fence = None,
+                Some(_) => continue,
+                None if ticks >= 3 => fence = Some(ticks),
+                None => {}
+            }
+            let outside = outside_code(line);
+            for bad in [
+                "@everyone",
+                "@acme",
+                "@mallory",
+                "<b>",
+                "](http",
+                "<!channel>",
+            ] {
+                assert!(
+                    !outside.contains(bad),
+                    "{bad} outside code on line {line:?}:\n{md}"
+                );
+            }
+        }
+        assert!(fence.is_none(), "every fence is closed:\n{md}");
+        // the app's output stays inside its fence: the fence is longer than its ``` line
+        assert!(
+            md.contains("````\nok\n```\n# escaped?\n@everyone\n````"),
+            "{md}"
+        );
+        // a manual rollback is not a failure
+        let mut manual = hostile();
+        manual.event = "rolled_back";
+        let d = manual.deployment.as_mut().unwrap();
+        d.kind = "rollback".into();
+        d.state = DeploymentState::Succeeded;
+        assert!(!manual.is_failure() && manual.report().is_none());
+    }
+
+    /// `line` without its code spans (a run of n backticks up to the next run of exactly n).
+    fn outside_code(line: &str) -> String {
+        let b = line.as_bytes();
+        let (mut out, mut i) = (String::new(), 0);
+        while i < b.len() {
+            if b[i] != b'`' {
+                out.push(b[i] as char);
+                i += 1;
+                continue;
+            }
+            let n = b[i..].iter().take_while(|c| **c == b'`').count();
+            let mut j = i + n;
+            let close = loop {
+                if j >= b.len() {
+                    break None;
+                }
+                let m = b[j..].iter().take_while(|c| **c == b'`').count();
+                if m == n {
+                    break Some(j);
+                }
+                j += m.max(1);
+            };
+            match close {
+                Some(j) => i = j + n,
+                None => {
+                    out.push_str(&line[i..]);
+                    break;
+                }
+            }
+        }
+        out
     }
 }

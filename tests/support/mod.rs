@@ -18,6 +18,7 @@ pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
 /// `reqwest::blocking::Client::builder()` with rustls' crypto provider (ring) installed:
 /// reqwest is built without one and panics when none is.
+#[allow(clippy::disallowed_methods)] // the one place tests make blocking clients
 pub fn blocking_http() -> reqwest::blocking::ClientBuilder {
     ferry::install_crypto_provider();
     reqwest::blocking::Client::builder()
