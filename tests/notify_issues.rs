@@ -239,14 +239,22 @@ fn a_failure_opens_an_issue_with_the_report_the_next_comments_and_a_success_clos
         );
     }
     assert_eq!(delivery(&s, "tracker", 2).event, "deploy.failed");
+    // where people look: ferry show and the API
+    let shown = s.ferry(&["show", "2"]).stdout();
+    assert!(shown.contains(&format!("{url} opened #1")), "{shown}");
+    let detail = s.api("/api/deployments/4");
+    assert!(
+        detail["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["link"] == url && n["answer"] == "commented on and closed #1"),
+        "{detail}"
+    );
 
     // every request carried the token in its header, and only there
     for r in fake.seen() {
-        for (name, value) in &r.headers {
-            if value.contains(GITHUB_TOKEN) {
-                assert_eq!(name, "authorization");
-            }
-        }
+        assert_eq!(r.token_in, ["authorization"], "{r:?}");
         assert!(!r.path.contains(GITHUB_TOKEN));
     }
     token_nowhere(&s, GITHUB_TOKEN, &[1, 2, 3, 4]);
@@ -336,7 +344,26 @@ fn gitlab_opens_comments_on_a_monitor_rollback_and_closes_the_same_way() {
     wait_issues(&s, &fake, "closed", |i| !i[0].open);
     assert_eq!(fake.issues()[0].comments.len(), 2);
     assert_eq!(fake.issues().len(), 1);
-    token_nowhere(&s, GITLAB_TOKEN, &[1, 2, 3, 4]);
+
+    // closed by ferry: the next failure opens #2; closed by someone: a new one again
+    deploy_fails(&s, "v1.1.0");
+    wait_issues(&s, &fake, "#2", |i| i.len() == 2);
+    fake.close_by_hand(2);
+    deploy_fails(&s, "v1.1.0");
+    wait_issues(&s, &fake, "#3", |i| i.len() == 3);
+    assert!(fake.issues()[1].comments.is_empty());
+    assert_eq!(
+        delivery(&s, "gitlab-issue", 6).answer.as_deref(),
+        Some("opened #3 (#2 was closed or deleted)")
+    );
+    // deleted: GitLab answers 404; the success says so and touches nothing
+    fake.delete(3);
+    s.deploy_ok("staging", "v1.3.0");
+    assert_eq!(
+        delivery(&s, "gitlab-issue", 7).answer.as_deref(),
+        Some("#3 was already closed or deleted")
+    );
+    token_nowhere(&s, GITLAB_TOKEN, &[1, 2, 3, 4, 5, 6, 7]);
 }
 
 #[test]
@@ -375,13 +402,20 @@ fn a_500_is_retried_and_a_refused_or_missing_token_fails_the_delivery_with_what_
              it is valid and not expired"
         )
     );
-    let posts: Vec<u16> = good
+    // the first call (the look for an issue this delivery may have opened) got the 500
+    let calls: Vec<(String, u16)> = good
         .seen()
         .iter()
-        .filter(|r| r.method == "POST")
-        .map(|r| r.status)
+        .map(|r| (r.method.clone(), r.status))
         .collect();
-    assert_eq!(posts, [500, 201]);
+    assert_eq!(
+        calls,
+        [
+            ("GET".to_string(), 500),
+            ("GET".to_string(), 200),
+            ("POST".to_string(), 201)
+        ]
+    );
 
     let unset = delivery(&s, "unset", 2);
     assert_eq!(
@@ -419,10 +453,7 @@ fn a_500_is_retried_and_a_refused_or_missing_token_fails_the_delivery_with_what_
 /// request the services would not take.
 #[test]
 fn the_fakes_check_the_token_headers_and_paths_as_the_services_do() {
-    let client = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap();
+    let client = blocking_http().no_proxy().build().unwrap();
     let gh = FakeTracker::github("acme/shop", GITHUB_TOKEN);
     let issues = format!("{}/repos/acme/shop/issues", gh.api);
     let status = |r: reqwest::blocking::RequestBuilder| r.send().unwrap().status().as_u16();
@@ -474,4 +505,129 @@ fn the_fakes_check_the_token_headers_and_paths_as_the_services_do() {
     );
     assert_eq!(status(token(client.post(&encoded).json(&body))), 201);
     assert_eq!(gl.issues()[0].labels, ["a", "b"]);
+}
+
+#[test]
+fn notify_test_opens_comments_on_and_closes_a_test_issue_and_says_why_when_it_cannot() {
+    let fake = FakeTracker::github("acme/shop", GITHUB_TOKEN);
+    let refusing = FakeTracker::github("acme/shop", "the-token-it-wants");
+    let s = sandbox(
+        github_table("tracker", &fake.api, "FERRY_GITHUB_TOKEN")
+            + &github_table("refused", &refusing.api, "FERRY_OTHER_TOKEN"),
+        &[
+            ("FERRY_GITHUB_TOKEN", GITHUB_TOKEN),
+            ("FERRY_OTHER_TOKEN", "ghp_wrong_token_abcdef"),
+        ],
+    );
+    let run = s.ferry(&["notify", "test", "tracker"]);
+    assert_eq!(run.code(), 0, "{run}\n{}", s.serve_log());
+    assert!(
+        run.stdout()
+            .contains("opened, commented on and closed test issue #1")
+            && run
+                .stdout()
+                .contains("https://github.test/acme/shop/issues/1"),
+        "{run}"
+    );
+    let issues = fake.issues();
+    assert_eq!(issues.len(), 1);
+    assert!(
+        issues[0]
+            .title
+            .starts_with("[ferry test] sample: a sample failure issue"),
+        "{}",
+        issues[0].title
+    );
+    assert!(!issues[0].open && issues[0].comments.len() == 1);
+    assert_eq!(issues[0].state_reason.as_deref(), Some("completed"));
+
+    // the test issue is not the environment's: a failure opens its own
+    s.deploy_ok("staging", "v1.0.0");
+    deploy_fails(&s, "v1.1.0");
+    wait_issues(&s, &fake, "the failure's issue", |i| i.len() == 2);
+    assert_eq!(
+        fake.issues()[0].comments.len(),
+        1,
+        "the test issue untouched"
+    );
+
+    let run = s.ferry(&["notify", "test", "refused"]);
+    assert_eq!(run.code(), 1, "{run}");
+    assert!(
+        run.stderr().contains(
+            "GitHub refused the token in FERRY_OTHER_TOKEN (401: Bad credentials): check that \
+             it is valid and not expired"
+        ),
+        "{run}"
+    );
+    assert!(!run.stderr().contains(&refusing.api), "{run}");
+    assert!(refusing.issues().is_empty());
+    token_nowhere(&s, "ghp_wrong_token_abcdef", &[1, 2]);
+}
+
+#[test]
+fn a_lost_answer_opens_one_issue_a_redirect_elsewhere_and_a_down_api_say_so_without_urls() {
+    let good = FakeTracker::github("acme/shop", GITHUB_TOKEN);
+    let moved = FakeTracker::github("acme/shop", GITHUB_TOKEN);
+    let elsewhere = FakeTracker::github("acme/shop", GITHUB_TOKEN);
+    moved.redirect_to(&elsewhere.api);
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let s = sandbox(
+        github_table("good", &good.api, "FERRY_GITHUB_TOKEN")
+            + &github_table("moved", &moved.api, "FERRY_GITHUB_TOKEN")
+            + &github_table("down", &down, "FERRY_GITHUB_TOKEN"),
+        &[("FERRY_GITHUB_TOKEN", GITHUB_TOKEN)],
+    );
+    s.deploy_ok("staging", "v1.0.0");
+    // rate limited once (Retry-After: 1), then the issue is made but its answer lost (502)
+    good.fail_next(429, 1);
+    good.fail_after_create(502);
+    deploy_fails(&s, "v1.1.0");
+    let sent = delivery(&s, "good", 2);
+    assert_eq!(
+        (sent.state.as_str(), sent.attempts, sent.answer.as_deref()),
+        ("sent", 3, Some("opened #1")),
+        "{sent:?}\n{:#?}",
+        good.seen()
+    );
+    assert_eq!(
+        good.issues().len(),
+        1,
+        "one issue, found again by the retry"
+    );
+    let statuses: Vec<(String, u16)> = good
+        .seen()
+        .iter()
+        .map(|r| (r.method.clone(), r.status))
+        .collect();
+    assert!(
+        statuses.contains(&("GET".into(), 429)) && statuses.contains(&("POST".into(), 502)),
+        "{statuses:?}"
+    );
+
+    // a redirect to another server is not followed: the token stays home
+    let redirected = delivery(&s, "moved", 2);
+    assert_eq!(redirected.state, "failed", "{redirected:?}");
+    let error = redirected.error.unwrap();
+    assert!(
+        error.contains("redirects elsewhere (to 127.0.0.1); set `api` to where it lives"),
+        "{error}"
+    );
+    assert!(elsewhere.seen().is_empty(), "{:#?}", elsewhere.seen());
+
+    // nothing listening: retried, and the error names no URL
+    assert!(eventually(Duration::from_secs(20), || deliveries(&s)
+        .iter()
+        .any(|d| d.notifier == "down" && d.error.is_some())));
+    let d = deliveries(&s)
+        .into_iter()
+        .find(|d| d.notifier == "down" && d.error.is_some())
+        .unwrap();
+    let error = d.error.unwrap();
+    assert!(error.starts_with("cannot reach GitHub to "), "{error}");
+    assert!(
+        !error.contains("/repos/") && !error.contains(&down),
+        "{error}"
+    );
+    token_nowhere(&s, GITHUB_TOKEN, &[1, 2]);
 }

@@ -7,7 +7,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, USER_AGENT};
 use reqwest::{Method, RequestBuilder, Url};
 use serde_json::json;
 
-use super::tracker::{self, Api, Asking, Issue};
+use super::tracker::{self, Api, Asking, Issue, Limits};
 use super::{Ctx, Delivered, Failure, Message};
 use crate::config::{Notify, Tracker};
 
@@ -22,7 +22,8 @@ pub async fn deliver(
     msg: &Message,
 ) -> Result<Delivered, Failure> {
     let token = tracker::token(cfg, "GitHub")?;
-    let api = GitHub::new(&ctx.http, cfg, token)?;
+    let http = tracker::client()?;
+    let api = GitHub::new(&http, cfg, token)?;
     tracker::deliver(ctx, notifier, cfg, &api, msg).await
 }
 
@@ -90,9 +91,21 @@ impl<'a> GitHub<'a> {
     }
 
     fn request(&self, method: Method, tail: &[&str]) -> RequestBuilder {
+        self.request_with(method, tail, &[])
+    }
+
+    fn request_with(
+        &self,
+        method: Method,
+        tail: &[&str],
+        query: &[(&str, &str)],
+    ) -> RequestBuilder {
         let mut url = self.issues.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.extend(tail);
+        }
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
         }
         self.http
             .request(method, url)
@@ -110,6 +123,20 @@ impl<'a> GitHub<'a> {
         }))
     }
 
+    /// The newest issues, open or closed (a retry looks for the one it opened).
+    pub(crate) fn list_request(&self) -> RequestBuilder {
+        self.request_with(
+            Method::GET,
+            &[],
+            &[
+                ("state", "all"),
+                ("sort", "created"),
+                ("direction", "desc"),
+                ("per_page", "30"),
+            ],
+        )
+    }
+
     pub(crate) fn get_request(&self, number: i64) -> RequestBuilder {
         self.request(Method::GET, &[&number.to_string()])
     }
@@ -122,6 +149,15 @@ impl<'a> GitHub<'a> {
     pub(crate) fn close_request(&self, number: i64) -> RequestBuilder {
         self.request(Method::PATCH, &[&number.to_string()])
             .json(&json!({ "state": "closed", "state_reason": "completed" }))
+    }
+
+    /// Whether `v` is issue `number` of the configured repository.
+    fn here(&self, v: &serde_json::Value, number: i64) -> bool {
+        let repo = format!("/repos/{}", self.cfg.repository.to_ascii_lowercase());
+        v["number"].as_i64() == Some(number)
+            && v["repository_url"]
+                .as_str()
+                .is_none_or(|u| u.to_ascii_lowercase().ends_with(&repo))
     }
 
     fn issue(&self, v: &serde_json::Value, what: &str) -> Result<Issue, Failure> {
@@ -138,6 +174,24 @@ impl Api for GitHub<'_> {
         format!("{} {}", self.cfg.api, self.cfg.repository)
     }
 
+    fn limits(&self) -> Limits {
+        Limits {
+            title: 256,
+            body: 65_536,
+        }
+    }
+
+    async fn find(&self, marker: &str) -> Result<Option<Issue>, Failure> {
+        let what = format!("list the issues of {}", self.cfg.repository);
+        let v = tracker::call(self.list_request(), &self.asking(), &what).await?;
+        Ok(tracker::find_marked(
+            &v,
+            marker,
+            ("number", "html_url"),
+            "body",
+        ))
+    }
+
     async fn open(&self, title: &str, body: &str) -> Result<Issue, Failure> {
         let what = format!("open issues in {}", self.cfg.repository);
         let v = tracker::call(self.open_request(title, body), &self.asking(), &what).await?;
@@ -147,6 +201,8 @@ impl Api for GitHub<'_> {
     async fn get(&self, number: i64) -> Result<Option<Issue>, Failure> {
         let what = format!("read issue #{number} of {}", self.cfg.repository);
         match tracker::send(self.get_request(number), &self.asking(), &what).await? {
+            // a transferred issue answers from its new repository: not this one's any more
+            Ok(v) if !self.here(&v, number) => Ok(None),
             Ok(v) => self.issue(&v, &what).map(Some),
             // 410: deleted; 404: deleted, or moved where the token cannot see it
             Err(r) if r.status == 404 || r.status == 410 => Ok(None),
@@ -154,18 +210,14 @@ impl Api for GitHub<'_> {
         }
     }
 
-    async fn comment(&self, number: i64, body: &str) -> Result<(), Failure> {
+    async fn comment(&self, number: i64, body: &str) -> Result<bool, Failure> {
         let what = format!("comment on issue #{number} of {}", self.cfg.repository);
-        tracker::call(self.comment_request(number, body), &self.asking(), &what)
-            .await
-            .map(drop)
+        tracker::act(self.comment_request(number, body), &self.asking(), &what).await
     }
 
-    async fn close(&self, number: i64) -> Result<(), Failure> {
+    async fn close(&self, number: i64) -> Result<bool, Failure> {
         let what = format!("close issue #{number} of {}", self.cfg.repository);
-        tracker::call(self.close_request(number), &self.asking(), &what)
-            .await
-            .map(drop)
+        tracker::act(self.close_request(number), &self.asking(), &what).await
     }
 }
 

@@ -7,7 +7,7 @@ use reqwest::header::{HeaderValue, USER_AGENT};
 use reqwest::{Method, RequestBuilder, Url};
 use serde_json::json;
 
-use super::tracker::{self, Api, Asking, Issue};
+use super::tracker::{self, Api, Asking, Issue, Limits};
 use super::{Ctx, Delivered, Failure, Message};
 use crate::config::{Notify, Tracker};
 
@@ -19,7 +19,8 @@ pub async fn deliver(
     msg: &Message,
 ) -> Result<Delivered, Failure> {
     let token = tracker::token(cfg, "GitLab")?;
-    let api = GitLab::new(&ctx.http, cfg, token)?;
+    let http = tracker::client()?;
+    let api = GitLab::new(&http, cfg, token)?;
     tracker::deliver(ctx, notifier, cfg, &api, msg).await
 }
 
@@ -81,9 +82,21 @@ impl<'a> GitLab<'a> {
     }
 
     fn request(&self, method: Method, tail: &[&str]) -> RequestBuilder {
+        self.request_with(method, tail, &[])
+    }
+
+    fn request_with(
+        &self,
+        method: Method,
+        tail: &[&str],
+        query: &[(&str, &str)],
+    ) -> RequestBuilder {
         let mut url = self.issues.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.extend(tail);
+        }
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
         }
         self.http
             .request(method, url)
@@ -97,6 +110,20 @@ impl<'a> GitLab<'a> {
             fields["labels"] = self.cfg.labels.join(",").into();
         }
         self.request(Method::POST, &[]).json(&fields)
+    }
+
+    /// The newest issues, open or closed (a retry looks for the one it opened).
+    pub(crate) fn list_request(&self) -> RequestBuilder {
+        self.request_with(
+            Method::GET,
+            &[],
+            &[
+                ("scope", "all"),
+                ("order_by", "created_at"),
+                ("sort", "desc"),
+                ("per_page", "30"),
+            ],
+        )
     }
 
     pub(crate) fn get_request(&self, number: i64) -> RequestBuilder {
@@ -127,6 +154,25 @@ impl Api for GitLab<'_> {
         format!("{} {}", self.cfg.api, self.cfg.repository)
     }
 
+    fn limits(&self) -> Limits {
+        // a note takes 1,000,000 characters, a description 1,048,576
+        Limits {
+            title: 255,
+            body: 1_000_000,
+        }
+    }
+
+    async fn find(&self, marker: &str) -> Result<Option<Issue>, Failure> {
+        let what = format!("list the issues of {}", self.cfg.repository);
+        let v = tracker::call(self.list_request(), &self.asking(), &what).await?;
+        Ok(tracker::find_marked(
+            &v,
+            marker,
+            ("iid", "web_url"),
+            "description",
+        ))
+    }
+
     async fn open(&self, title: &str, body: &str) -> Result<Issue, Failure> {
         let what = format!("open issues in {}", self.cfg.repository);
         let v = tracker::call(self.open_request(title, body), &self.asking(), &what).await?;
@@ -136,6 +182,7 @@ impl Api for GitLab<'_> {
     async fn get(&self, number: i64) -> Result<Option<Issue>, Failure> {
         let what = format!("read issue #{number} in {}", self.cfg.repository);
         match tracker::send(self.get_request(number), &self.asking(), &what).await? {
+            Ok(v) if v["iid"].as_i64() != Some(number) => Ok(None),
             Ok(v) => self.issue(&v, &what).map(Some),
             // deleted, or moved where the token cannot see it
             Err(r) if r.status == 404 => Ok(None),
@@ -143,18 +190,14 @@ impl Api for GitLab<'_> {
         }
     }
 
-    async fn comment(&self, number: i64, body: &str) -> Result<(), Failure> {
+    async fn comment(&self, number: i64, body: &str) -> Result<bool, Failure> {
         let what = format!("comment on issue #{number} in {}", self.cfg.repository);
-        tracker::call(self.comment_request(number, body), &self.asking(), &what)
-            .await
-            .map(drop)
+        tracker::act(self.comment_request(number, body), &self.asking(), &what).await
     }
 
-    async fn close(&self, number: i64) -> Result<(), Failure> {
+    async fn close(&self, number: i64) -> Result<bool, Failure> {
         let what = format!("close issue #{number} in {}", self.cfg.repository);
-        tracker::call(self.close_request(number), &self.asking(), &what)
-            .await
-            .map(drop)
+        tracker::act(self.close_request(number), &self.asking(), &what).await
     }
 }
 

@@ -11,23 +11,14 @@
 //! - `test` (`ferry notify test`): a sample issue, a comment, closed at once; nothing
 //!   remembered.
 //!
-//! Errors name the service, what was asked and the token's variable, never a URL or a token.
-
-use std::time::Duration;
-
-use reqwest::header::HeaderMap;
-use serde_json::Value;
+//! Each opened issue carries a hidden marker naming its delivery, so a retry whose first answer
+//! was lost finds the issue instead of opening a second one. The HTTP side (the client, what
+//! answers mean) is `tracker_http.rs`; errors name the service, what was asked and the token's
+//! variable, never a URL or a token.
 
 use super::{Ctx, Delivered, Failure, Message};
 use crate::config::{Notify, Tracker};
 use crate::store::{IssueState, NotifyIssue};
-
-/// GitHub's limit on a title (characters).
-const TITLE_MAX: usize = 256;
-/// GitHub's limit on a body is 65536 characters; GitLab's is higher.
-const BODY_MAX: usize = 65_000;
-/// How much of a service's own error message an error keeps.
-const MESSAGE_MAX: usize = 300;
 
 /// An issue as a tracker answers about it.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,11 +34,24 @@ pub(crate) struct Issue {
 pub(crate) trait Api {
     /// Where issues go, as the config names it: the API and the repository or project.
     fn target(&self) -> String;
+    /// The longest title and body (or comment) the service takes, in characters.
+    fn limits(&self) -> Limits;
     async fn open(&self, title: &str, body: &str) -> Result<Issue, Failure>;
-    /// `None` when the issue is gone (deleted, or moved where the token cannot see it).
+    /// `None` when the issue is gone (deleted, or moved elsewhere).
     async fn get(&self, number: i64) -> Result<Option<Issue>, Failure>;
-    async fn comment(&self, number: i64, body: &str) -> Result<(), Failure>;
-    async fn close(&self, number: i64) -> Result<(), Failure>;
+    /// The newest issue whose body holds `marker`, among the last few opened.
+    async fn find(&self, marker: &str) -> Result<Option<Issue>, Failure>;
+    /// `false` when the issue is gone.
+    async fn comment(&self, number: i64, body: &str) -> Result<bool, Failure>;
+    /// `false` when the issue is gone.
+    async fn close(&self, number: i64) -> Result<bool, Failure>;
+}
+
+/// A service's limits, in characters.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub title: usize,
+    pub body: usize,
 }
 
 /// What an event does, given the remembered issue.
@@ -102,12 +106,20 @@ pub(crate) async fn deliver(
     msg: &Message,
 ) -> Result<Delivered, Failure> {
     let target = api.target();
-    let row = ctx
+    let remembered = ctx
         .store
         .notify_issue(&notifier.name, &msg.environment)
-        .map_err(|e| Failure::Retry(format!("cannot read the remembered issue: {e}")))?
-        // an issue in another repository or project is not this one's
-        .filter(|r| r.target == target);
+        .map_err(|e| Failure::Retry(format!("cannot read the remembered issue: {e}")))?;
+    // an issue in another repository or project is not this one's: left as it is
+    let (row, elsewhere) = match remembered {
+        Some(r) if r.target.eq_ignore_ascii_case(&target) => (Some(r), None),
+        Some(r) => {
+            tracing::info!(notifier = %notifier.name, env = %msg.environment, issue = r.number,
+                "the remembered issue is in another repository or project; it is left as it is");
+            (None, Some(r).filter(|r| r.state != IssueState::Closed))
+        }
+        None => (None, None),
+    };
     let deployment = msg.deployment.as_ref().map(|d| d.id);
     let remember = |state: IssueState| {
         if let Err(e) =
@@ -123,52 +135,74 @@ pub(crate) async fn deliver(
             link: None,
         })
     };
+    let limits = api.limits();
     match plan(msg, row.as_ref(), cfg.close_on_success) {
         Plan::Nothing(why) => nothing(why),
         Plan::Test => test(api, msg).await,
         Plan::Report => {
             let (title, body) = failure_report(msg);
+            let mut gone = None;
             if let Some(row) = row.as_ref().filter(|r| r.state != IssueState::Closed) {
-                match api.get(row.number).await? {
-                    Some(issue) if issue.open => {
-                        if row.last_deployment != deployment || deployment.is_none() {
-                            api.comment(
-                                row.number,
-                                &cut(&format!("**Again:** {}\n\n{body}", code(&title)), BODY_MAX),
-                            )
+                if let Some(issue) = api.get(row.number).await?.filter(|i| i.open) {
+                    let again = format!("**Again:** {}\n\n{body}", code(&title));
+                    let said = row.last_deployment == deployment && deployment.is_some()
+                        || api
+                            .comment(row.number, &cut_markdown(&again, limits.body, msg))
                             .await?;
-                        }
+                    if said {
                         remember(IssueState::Open);
                         return Ok(Delivered {
                             answer: format!("commented on #{}", row.number),
                             link: Some(issue.url),
                         });
                     }
-                    _ => {} // closed or deleted by someone: a new one
                 }
+                gone = Some(row.number); // closed or deleted by someone: a new one
             }
-            let issue = api
-                .open(&cut(&title, TITLE_MAX), &cut(&body, BODY_MAX))
-                .await?;
-            if let Err(e) = ctx.store.notify_issue_opened(
-                &notifier.name,
-                &msg.environment,
-                &target,
-                issue.number,
-                &issue.url,
-                deployment,
-            ) {
-                tracing::error!(notifier = %notifier.name, error = %e, "cannot remember an opened issue");
-            }
-            let answer = match row {
-                Some(r) if r.state != IssueState::Closed => {
-                    format!(
-                        "opened #{} (#{} was closed or deleted)",
-                        issue.number, r.number
-                    )
-                }
-                _ => format!("opened #{}", issue.number),
+            let marker = marker(notifier, msg);
+            // a retry after an open whose answer was lost finds the issue it opened
+            let found = match &marker {
+                Some(m) => api.find(m).await?,
+                None => None,
             };
+            let (issue, opened) = match found {
+                Some(issue) => (issue, "found"),
+                None => {
+                    let mark = marker
+                        .as_deref()
+                        .map(|m| format!("\n\n{m}"))
+                        .unwrap_or_default();
+                    let room = limits.body.saturating_sub(mark.chars().count());
+                    let body = format!("{}{mark}", cut_markdown(&body, room, msg));
+                    (api.open(&cut(&title, limits.title), &body).await?, "opened")
+                }
+            };
+            ctx.store
+                .notify_issue_opened(
+                    &notifier.name,
+                    &msg.environment,
+                    &target,
+                    issue.number,
+                    &issue.url,
+                    deployment,
+                )
+                .map_err(|e| {
+                    // the next attempt finds the issue by its marker
+                    Failure::Retry(format!(
+                        "{opened} #{} but cannot remember it: {e}",
+                        issue.number
+                    ))
+                })?;
+            let mut answer = format!("opened #{}", issue.number);
+            if let Some(n) = gone {
+                answer.push_str(&format!(" (#{n} was closed or deleted)"));
+            }
+            if let Some(r) = &elsewhere {
+                answer.push_str(&format!(
+                    " (#{} of the repository configured before is left as it is)",
+                    r.number
+                ));
+            }
             Ok(Delivered {
                 answer,
                 link: Some(issue.url),
@@ -178,25 +212,31 @@ pub(crate) async fn deliver(
             let Some(row) = row else {
                 return nothing("no open issue for this environment");
             };
-            let open = match api.get(row.number).await? {
-                Some(issue) if issue.open => issue,
-                _ => {
-                    remember(IssueState::Closed);
-                    return Ok(Delivered {
-                        answer: format!("#{} was already closed or deleted", row.number),
-                        link: Some(row.url),
-                    });
-                }
+            let gone = || {
+                remember(IssueState::Closed);
+                Ok(Delivered {
+                    answer: format!("#{} was already closed or deleted", row.number),
+                    link: Some(row.url.clone()),
+                })
+            };
+            let Some(open) = api.get(row.number).await?.filter(|i| i.open) else {
+                return gone();
             };
             let mut did = Vec::new();
             if comment {
-                api.comment(row.number, &success_comment(msg, close))
-                    .await?;
+                if !api
+                    .comment(row.number, &success_comment(msg, close))
+                    .await?
+                {
+                    return gone();
+                }
                 remember(IssueState::Recovered);
                 did.push("commented on");
             }
             if close {
-                api.close(row.number).await?;
+                if !api.close(row.number).await? {
+                    return gone();
+                }
                 remember(IssueState::Closed);
                 did.push("closed");
             }
@@ -206,6 +246,16 @@ pub(crate) async fn deliver(
             })
         }
     }
+}
+
+/// The line hidden in an issue's body that names the delivery which opened it, so that a
+/// retry whose first answer was lost finds the issue instead of opening another.
+fn marker(notifier: &Notify, msg: &Message) -> Option<String> {
+    let d = msg.deployment.as_ref()?;
+    Some(format!(
+        "<!-- ferry: notifier {} environment {} deployment {} created {} -->",
+        notifier.name, msg.environment, d.id, d.created_at
+    ))
 }
 
 /// `ferry notify test`: a sample issue, commented on and closed at once.
@@ -226,19 +276,25 @@ async fn test(api: &impl Api, msg: &Message) -> Result<Delivered, Failure> {
     if let Some(link) = &msg.link {
         body.push_str(&format!("- Dashboard: {link}\n"));
     }
-    let issue = api.open(&cut(&title, TITLE_MAX), &body).await?;
+    let issue = api.open(&cut(&title, api.limits().title), &body).await?;
     let after = |e: Failure| match e {
         Failure::Retry(m) | Failure::Fatal(m) | Failure::RetryAfter(_, m) => Failure::Fatal(
             format!("opened the test issue #{} but then: {m}", issue.number),
         ),
     };
-    api.comment(
-        issue.number,
-        "A comment, as ferry adds for a failure that happens again.",
-    )
-    .await
-    .map_err(after)?;
-    api.close(issue.number).await.map_err(after)?;
+    let commented = api
+        .comment(
+            issue.number,
+            "A comment, as ferry adds for a failure that happens again.",
+        )
+        .await
+        .map_err(after)?;
+    if !commented || !api.close(issue.number).await.map_err(after)? {
+        return Err(Failure::Fatal(format!(
+            "opened the test issue #{} but then it was gone",
+            issue.number
+        )));
+    }
     Ok(Delivered {
         answer: format!(
             "opened, commented on and closed test issue #{}",
@@ -300,287 +356,63 @@ fn success_comment(msg: &Message, closing: bool) -> String {
         version(msg),
         msg.environment,
         msg.at,
-        if closing { " Closing this issue." } else { "" },
+        if closing {
+            " ferry closes this issue now."
+        } else {
+            ""
+        },
         link_line(msg)
     )
 }
 
 /// `s` cut to at most `max` characters, marked when cut.
-fn cut(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max.saturating_sub(1)) {
-        Some((i, _)) if s.len() > i + 1 => format!("{}…", &s[..i]),
-        _ => s.to_string(),
+pub(crate) fn cut(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
     }
+    let keep: String = s.chars().take(max.saturating_sub(1)).collect();
+    format!("{keep}…")
 }
 
-/// Who is asking what, for errors: "the token in FERRY_GITHUB_TOKEN cannot open issues in
-/// acme/shop (403)".
-pub(crate) struct Asking<'a> {
-    /// "GitHub" or "GitLab".
-    pub service: &'static str,
-    /// The repository or project as configured.
-    pub target: &'a str,
-    pub token_env: &'a str,
-    /// Scrubbed from anything the service or the network says.
-    pub token: &'a str,
-    /// What a 403 means the token lacks.
-    pub needs: &'static str,
-}
-
-/// The token named by `cfg.token_env`, from ferry's environment.
-pub(crate) fn token(cfg: &Tracker, service: &str) -> Result<String, Failure> {
-    match std::env::var(&cfg.token_env) {
-        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
-        _ => Err(Failure::Fatal(format!(
-            "{} is not set in ferry's environment: set it to a {service} token that can edit \
-             issues in {}",
-            cfg.token_env, cfg.repository
-        ))),
+/// Markdown `s` cut to at most `max` characters: a code fence open at the cut is closed, and
+/// a last line says where the rest is (`ferry show`).
+pub(crate) fn cut_markdown(s: &str, max: usize, msg: &Message) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
     }
-}
-
-/// A service's answer that was not a success, as `classify` needs it.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Refusal {
-    pub status: u16,
-    /// `Retry-After`, in seconds.
-    pub retry_after: Option<u64>,
-    /// GitHub's primary rate limit: `x-ratelimit-remaining: 0`.
-    pub limit_spent: bool,
-    /// The service's own words, scrubbed and cut.
-    pub message: String,
-}
-
-impl Refusal {
-    /// `hidden`: the token, and the URL asked (an error body may echo its path).
-    fn read(status: u16, headers: &HeaderMap, body: &str, hidden: &[&str]) -> Refusal {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        Refusal {
-            status,
-            retry_after: header("retry-after").and_then(|v| v.trim().parse().ok()),
-            limit_spent: header("x-ratelimit-remaining").is_some_and(|v| v.trim() == "0"),
-            message: scrub(&service_message(body), hidden),
-        }
-    }
-}
-
-/// The service's own explanation in an error body: GitHub's `message` and `errors`, GitLab's
-/// `message` (a string, or field → problems) or `error`.
-fn service_message(body: &str) -> String {
-    let Ok(v) = serde_json::from_str::<Value>(body) else {
-        return String::new();
+    let rest = match &msg.deployment {
+        Some(d) => format!("`ferry show {}` has all of it", d.id),
+        None => "ferry has all of it".to_string(),
     };
-    let mut parts = Vec::new();
-    match &v["message"] {
-        Value::String(s) => parts.push(s.clone()),
-        Value::Object(fields) => {
-            for (field, problems) in fields {
-                let problems = match problems {
-                    Value::Array(a) => a
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    other => other.as_str().unwrap_or_default().to_string(),
-                };
-                parts.push(format!("{field} {problems}"));
-            }
-        }
-        Value::Array(a) => parts.extend(a.iter().filter_map(Value::as_str).map(String::from)),
-        _ => {}
+    let note = format!("\n\n*(cut here: the tracker takes {max} characters; {rest})*\n");
+    // room for the note and a closing fence as long as any fence
+    let longest_fence = s.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let room = max.saturating_sub(note.chars().count() + longest_fence + 2);
+    let mut head: String = s.chars().take(room).collect();
+    if let Some(nl) = head.rfind('\n') {
+        head.truncate(nl);
     }
-    if let Some(e) = v["error"].as_str() {
-        parts.push(e.to_string());
-    }
-    if let Some(errors) = v["errors"].as_array() {
-        for e in errors {
-            let text = match (
-                e["message"].as_str(),
-                e["field"].as_str(),
-                e["code"].as_str(),
-            ) {
-                (Some(m), _, _) => m.to_string(),
-                (None, Some(f), Some(c)) => format!("{f} {c}"),
-                _ => e.as_str().unwrap_or_default().to_string(),
-            };
-            if !text.is_empty() {
-                parts.push(text);
-            }
+    // which fence, if any, is open at the cut
+    let mut open: Option<String> = None;
+    for line in head.lines() {
+        let ticks: String = line.chars().take_while(|c| *c == '`').collect();
+        match &open {
+            None if ticks.len() >= 3 => open = Some(ticks),
+            Some(f) if ticks.len() >= f.len() && line.trim_end() == ticks => open = None,
+            _ => {}
         }
     }
-    parts.join("; ")
+    if let Some(fence) = open {
+        head.push('\n');
+        head.push_str(&fence);
+    }
+    head.push_str(&note);
+    head
 }
 
-/// `text` on one line, without `token`, cut to [`MESSAGE_MAX`].
-pub(crate) fn scrub(text: &str, hidden: &[&str]) -> String {
-    let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut hidden: Vec<&str> = hidden.iter().copied().filter(|h| h.len() >= 4).collect();
-    // the longest first: a URL before the path inside it
-    hidden.sort_by_key(|h| std::cmp::Reverse(h.len()));
-    for h in hidden {
-        text = text.replace(h, "…");
-    }
-    cut(&text, MESSAGE_MAX)
-}
-
-/// What an error about `url` must not show: the URL, its path, and the path decoded (a
-/// service may echo either).
-fn url_forms(url: &reqwest::Url) -> [String; 3] {
-    let path = url.path().to_string();
-    let decoded = percent_decode(&path);
-    [url.to_string(), path, decoded]
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// What to do about a refusal of `what` ("open issues in acme/shop").
-pub(crate) fn classify(asking: &Asking<'_>, what: &str, r: &Refusal) -> Failure {
-    let service = asking.service;
-    let said = if r.message.is_empty() {
-        String::new()
-    } else {
-        format!(": {}", r.message)
-    };
-    let status = r.status;
-    let rate_limited =
-        status == 429 || (status == 403 && (r.limit_spent || r.retry_after.is_some()));
-    if rate_limited {
-        let why = format!("{service} rate limit reached ({status}{said})");
-        return match r.retry_after {
-            Some(secs) => Failure::RetryAfter(Duration::from_secs(secs), why),
-            None => Failure::Retry(why),
-        };
-    }
-    match status {
-        408 | 500..=599 => Failure::Retry(format!("{service} answered {status} to {what}{said}")),
-        401 => Failure::Fatal(format!(
-            "{service} refused the token in {} (401{said}): check that it is valid and not \
-             expired",
-            asking.token_env
-        )),
-        403 => Failure::Fatal(format!(
-            "the token in {} cannot {what} (403{said}): {}",
-            asking.token_env, asking.needs
-        )),
-        404 => Failure::Fatal(format!(
-            "{service} has no {} that the token in {} can see (404{said}): check the name in \
-             the config and the token's access",
-            asking.target, asking.token_env
-        )),
-        410 => Failure::Fatal(format!(
-            "{service} says issues are turned off in {} (410{said})",
-            asking.target
-        )),
-        422 | 400 => Failure::Fatal(format!("{service} refused to {what} ({status}{said})")),
-        _ => Failure::Fatal(format!("{service} answered {status} to {what}{said}")),
-    }
-}
-
-/// Sends `req` and reads a JSON answer; any refusal goes through [`classify`].
-pub(crate) async fn call(
-    req: reqwest::RequestBuilder,
-    asking: &Asking<'_>,
-    what: &str,
-) -> Result<Value, Failure> {
-    send(req, asking, what)
-        .await?
-        .map_err(|r| classify(asking, what, &r))
-}
-
-/// Sends `req`: its JSON answer, or the service's refusal; `Err` when it is not worth
-/// looking at (no answer, not JSON).
-pub(crate) async fn send(
-    req: reqwest::RequestBuilder,
-    asking: &Asking<'_>,
-    what: &str,
-) -> Result<Result<Value, Refusal>, Failure> {
-    let (client, req) = req.build_split();
-    let req = req.map_err(|e| {
-        Failure::Fatal(format!(
-            "cannot make the request to {what}: {}",
-            e.without_url()
-        ))
-    })?;
-    let [url, path, decoded] = url_forms(req.url());
-    let hidden = [asking.token, &url, &path, &decoded];
-    let resp = client
-        .execute(req)
-        .await
-        .map_err(|e| network(asking, what, e, &hidden))?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp
-        .text()
-        .await
-        .map_err(|e| network(asking, what, e, &hidden))?;
-    if !(200..300).contains(&status) {
-        return Ok(Err(Refusal::read(status, &headers, &body, &hidden)));
-    }
-    if body.trim().is_empty() {
-        return Ok(Ok(Value::Null));
-    }
-    serde_json::from_str(&body).map(Ok).map_err(|_| {
-        Failure::Fatal(format!(
-            "{} answered {what} with something that is not JSON ({status})",
-            asking.service
-        ))
-    })
-}
-
-/// A request that got no answer: worth another try.
-fn network(asking: &Asking<'_>, what: &str, e: reqwest::Error, hidden: &[&str]) -> Failure {
-    let e = e.without_url();
-    if e.is_timeout() {
-        return Failure::Retry(format!(
-            "{} did not answer in time to {what}",
-            asking.service
-        ));
-    }
-    let mut why = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        why = format!("{why}: {s}");
-        source = s.source();
-    }
-    let why = scrub(&why, hidden);
-    let failure = format!("cannot reach {} to {what}: {why}", asking.service);
-    if why.contains("certificate") {
-        // a certificate the system does not trust stays untrusted
-        return Failure::Fatal(failure);
-    }
-    Failure::Retry(failure)
-}
-
-/// The issue in a service's answer: `number_key` (`number`, `iid`) and `url_key` (`html_url`,
-/// `web_url`); open unless `state` says `closed`.
-pub(crate) fn issue_from(v: &Value, number_key: &str, url_key: &str) -> Option<Issue> {
-    Some(Issue {
-        number: v[number_key].as_i64()?,
-        url: v[url_key].as_str()?.to_string(),
-        open: v["state"].as_str() != Some("closed"),
-    })
-}
+#[path = "tracker_http.rs"]
+mod http;
+pub(crate) use http::{Asking, act, call, classify, client, find_marked, issue_from, send, token};
 
 #[cfg(test)]
 #[path = "tracker_tests.rs"]

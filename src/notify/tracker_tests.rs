@@ -1,7 +1,5 @@
 use std::cell::RefCell;
 
-use reqwest::header::HeaderValue;
-
 use super::*;
 use crate::store::{Deployment, DeploymentState, Store};
 
@@ -141,170 +139,6 @@ fn failures_report_and_only_a_deploys_success_resolves() {
     assert_eq!(plan(&message("test", None), None, true), Plan::Test);
 }
 
-fn asking() -> Asking<'static> {
-    Asking {
-        service: "GitHub",
-        target: "acme/shop",
-        token_env: "FERRY_GITHUB_TOKEN",
-        token: "ghp_secret_token",
-        needs: "it needs Issues: Read and write",
-    }
-}
-
-fn refusal(status: u16, headers: &[(&'static str, &str)], body: &str) -> Refusal {
-    let mut map = HeaderMap::new();
-    for (k, v) in headers {
-        map.insert(*k, HeaderValue::from_str(v).unwrap());
-    }
-    Refusal::read(
-        status,
-        &map,
-        body,
-        &["ghp_secret_token", "/repos/acme/shop/issues"],
-    )
-}
-
-fn fatal(f: Failure) -> String {
-    match f {
-        Failure::Fatal(m) => m,
-        other => panic!("not fatal: {other:?}"),
-    }
-}
-
-fn retry(f: Failure) -> String {
-    match f {
-        Failure::Retry(m) => m,
-        other => panic!("not a plain retry: {other:?}"),
-    }
-}
-
-#[test]
-fn refusals_say_what_to_fix_and_what_is_worth_another_try() {
-    let what = "open issues in acme/shop";
-    let m = fatal(classify(
-        &asking(),
-        what,
-        &refusal(
-            403,
-            &[],
-            r#"{"message":"Resource not accessible by personal access token"}"#,
-        ),
-    ));
-    assert_eq!(
-        m,
-        "the token in FERRY_GITHUB_TOKEN cannot open issues in acme/shop (403: Resource not \
-         accessible by personal access token): it needs Issues: Read and write"
-    );
-    let m = fatal(classify(
-        &asking(),
-        what,
-        &refusal(401, &[], r#"{"message":"Bad credentials"}"#),
-    ));
-    assert!(
-        m.starts_with("GitHub refused the token in FERRY_GITHUB_TOKEN (401: Bad credentials)"),
-        "{m}"
-    );
-    let m = fatal(classify(
-        &asking(),
-        what,
-        &refusal(404, &[], r#"{"message":"Not Found"}"#),
-    ));
-    assert!(
-        m.contains("GitHub has no acme/shop that the token in FERRY_GITHUB_TOKEN can see (404"),
-        "{m}"
-    );
-    let m = fatal(classify(
-        &asking(),
-        what,
-        &refusal(
-            422,
-            &[],
-            r#"{"message":"Validation Failed","errors":[{"resource":"Issue","field":"title","code":"missing_field"}]}"#,
-        ),
-    ));
-    assert_eq!(
-        m,
-        "GitHub refused to open issues in acme/shop (422: Validation Failed; title missing_field)"
-    );
-    // GitLab's shapes
-    let m = fatal(classify(
-        &asking(),
-        what,
-        &refusal(
-            400,
-            &[],
-            r#"{"message":{"title":["is too long","is missing"]}}"#,
-        ),
-    ));
-    assert!(m.ends_with("(400: title is too long, is missing)"), "{m}");
-
-    for status in [500, 502, 503, 408] {
-        let m = retry(classify(
-            &asking(),
-            what,
-            &refusal(status, &[], "<html>oops</html>"),
-        ));
-        assert_eq!(
-            m,
-            format!("GitHub answered {status} to open issues in acme/shop")
-        );
-    }
-    assert_eq!(
-        classify(
-            &asking(),
-            what,
-            &refusal(429, &[("retry-after", "30")], r#"{"message":"slow down"}"#),
-        ),
-        Failure::RetryAfter(
-            Duration::from_secs(30),
-            "GitHub rate limit reached (429: slow down)".into()
-        )
-    );
-    assert!(matches!(
-        classify(&asking(), what, &refusal(429, &[], "")),
-        Failure::Retry(_)
-    ));
-    // GitHub's rate limits answer 403 with headers that say so
-    let m = retry(classify(
-        &asking(),
-        what,
-        &refusal(
-            403,
-            &[("x-ratelimit-remaining", "0")],
-            r#"{"message":"API rate limit exceeded"}"#,
-        ),
-    ));
-    assert!(m.starts_with("GitHub rate limit reached (403"), "{m}");
-    assert!(matches!(
-        classify(&asking(), what, &refusal(403, &[("retry-after", "5")], "")),
-        Failure::RetryAfter(d, _) if d == Duration::from_secs(5)
-    ));
-}
-
-#[test]
-fn what_a_service_says_is_kept_on_one_line_short_and_without_the_token() {
-    let r = refusal(
-        401,
-        &[],
-        r#"{"message":"token ghp_secret_token\nis\tbad","documentation_url":"https://docs"}"#,
-    );
-    assert_eq!(r.message, "token … is bad");
-    let echo = refusal(
-        404,
-        &[],
-        r#"{"message":"no route for POST /repos/acme/shop/issues"}"#,
-    );
-    assert_eq!(echo.message, "no route for POST …");
-    let long = format!(r#"{{"message":"{}"}}"#, "x".repeat(1000));
-    assert_eq!(
-        refusal(500, &[], &long).message.chars().count(),
-        MESSAGE_MAX
-    );
-    assert_eq!(refusal(500, &[], "not json").message, "");
-    assert_eq!(cut("héllo", 3), "hé…");
-    assert_eq!(cut("hé", 3), "hé");
-}
-
 /// An in-memory tracker: issues (open?), comments, and what each call should answer instead.
 #[derive(Default)]
 struct Memory {
@@ -328,8 +162,15 @@ impl Api for Memory {
     fn target(&self) -> String {
         "memory acme/shop".into()
     }
+    fn limits(&self) -> Limits {
+        Limits {
+            title: 40,
+            body: 2000,
+        }
+    }
     async fn open(&self, title: &str, body: &str) -> Result<Issue, Failure> {
         self.take_failure("open")?;
+        assert!(title.chars().count() <= 40 && body.chars().count() <= 2000);
         let mut issues = self.issues.borrow_mut();
         let n = issues.len() as i64 + 1;
         let issue = Issue {
@@ -338,6 +179,9 @@ impl Api for Memory {
             open: true,
         };
         issues.push((issue.clone(), Vec::new(), format!("{title}\n{body}")));
+        drop(issues);
+        // the issue is made, and then the answer is lost
+        self.take_failure("opened")?;
         Ok(issue)
     }
     async fn get(&self, number: i64) -> Result<Option<Issue>, Failure> {
@@ -349,16 +193,38 @@ impl Api for Memory {
             .find(|(i, _, _)| i.number == number)
             .map(|(i, _, _)| i.clone()))
     }
-    async fn comment(&self, number: i64, body: &str) -> Result<(), Failure> {
-        self.take_failure("comment")?;
-        let mut issues = self.issues.borrow_mut();
-        issues[number as usize - 1].1.push(body.to_string());
-        Ok(())
+    async fn find(&self, marker: &str) -> Result<Option<Issue>, Failure> {
+        self.take_failure("find")?;
+        Ok(self
+            .issues
+            .borrow()
+            .iter()
+            .rev()
+            .find(|(_, _, text)| text.contains(marker))
+            .map(|(i, _, _)| i.clone()))
     }
-    async fn close(&self, number: i64) -> Result<(), Failure> {
+    async fn comment(&self, number: i64, body: &str) -> Result<bool, Failure> {
+        self.take_failure("comment")?;
+        assert!(body.chars().count() <= 2000);
+        let mut issues = self.issues.borrow_mut();
+        match issues.iter_mut().find(|(i, _, _)| i.number == number) {
+            Some(i) => {
+                i.1.push(body.to_string());
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+    async fn close(&self, number: i64) -> Result<bool, Failure> {
         self.take_failure("close")?;
-        self.issues.borrow_mut()[number as usize - 1].0.open = false;
-        Ok(())
+        let mut issues = self.issues.borrow_mut();
+        match issues.iter_mut().find(|(i, _, _)| i.number == number) {
+            Some(i) => {
+                i.0.open = false;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 }
 
@@ -429,7 +295,7 @@ async fn a_failure_opens_the_next_comments_and_a_success_comments_and_closes() {
             "{}",
             comments[1]
         );
-        assert!(comments[1].contains("Closing this issue."));
+        assert!(comments[1].contains("ferry closes this issue now."));
     }
     // nothing open: a success does nothing, the next failure opens a new one
     let quiet = s.send(&api, &succeeded(4)).await.unwrap();
@@ -585,7 +451,11 @@ async fn an_issue_remembered_for_another_repository_is_not_used() {
         .store
         .notify_issue_opened("gh", "staging", "elsewhere", 1, "u", Some(1))
         .unwrap();
-    assert_eq!(s.send(&api, &failed(2)).await.unwrap().answer, "opened #2");
+    assert_eq!(
+        s.send(&api, &failed(2)).await.unwrap().answer,
+        "opened #2 (#1 of the repository configured before is left as it is)"
+    );
+    assert!(api.issues.borrow()[0].1.is_empty());
 }
 
 #[test]
@@ -605,4 +475,95 @@ fn names_people_chose_are_code_spans_never_mentions_or_markup() {
             && comment.contains("by `@acme/ops` succeeded"),
         "{comment}"
     );
+}
+
+#[tokio::test]
+async fn an_open_whose_answer_was_lost_is_found_again_not_opened_twice() {
+    let s = setup();
+    let api = Memory::default();
+    api.fail
+        .borrow_mut()
+        .push(("opened", Failure::Retry("GitHub answered 502".into())));
+    assert!(matches!(
+        s.send(&api, &failed(1)).await,
+        Err(Failure::Retry(_))
+    ));
+    assert_eq!(
+        api.issues.borrow().len(),
+        1,
+        "made, though the answer was lost"
+    );
+    let retried = s.send(&api, &failed(1)).await.unwrap();
+    assert_eq!(retried.answer, "opened #1");
+    assert_eq!(api.issues.borrow().len(), 1, "found, not opened again");
+    let row = s.ctx.store.notify_issue("gh", "staging").unwrap().unwrap();
+    assert_eq!((row.number, row.opened_by), (1, Some(1)));
+    // another deployment's failure is not that issue's marker: it comments
+    assert_eq!(
+        s.send(&api, &failed(2)).await.unwrap().answer,
+        "commented on #1"
+    );
+}
+
+#[tokio::test]
+async fn an_issue_deleted_between_the_read_and_the_comment_gets_a_new_one() {
+    let s = setup();
+    let api = Memory::default();
+    s.send(&api, &failed(1)).await.unwrap();
+    // the tracker still shows #1 open, and then it is gone when ferry comments on it
+    let shown = api.issues.borrow_mut().remove(0).0;
+    struct Vanishing<'a>(&'a Memory, Issue);
+    impl Api for Vanishing<'_> {
+        fn target(&self) -> String {
+            self.0.target()
+        }
+        fn limits(&self) -> Limits {
+            self.0.limits()
+        }
+        async fn open(&self, t: &str, b: &str) -> Result<Issue, Failure> {
+            self.0.open(t, b).await
+        }
+        async fn get(&self, _: i64) -> Result<Option<Issue>, Failure> {
+            Ok(Some(self.1.clone()))
+        }
+        async fn find(&self, m: &str) -> Result<Option<Issue>, Failure> {
+            self.0.find(m).await
+        }
+        async fn comment(&self, n: i64, b: &str) -> Result<bool, Failure> {
+            self.0.comment(n, b).await
+        }
+        async fn close(&self, n: i64) -> Result<bool, Failure> {
+            self.0.close(n).await
+        }
+    }
+    let api = Vanishing(&api, shown);
+    let d = deliver(&s.ctx, &s.notifier, &s.cfg, &api, &failed(2))
+        .await
+        .unwrap();
+    assert_eq!(d.answer, "opened #1 (#1 was closed or deleted)");
+}
+
+#[test]
+fn a_long_report_is_cut_with_its_code_fence_closed_and_a_pointer_to_the_rest() {
+    let msg = failed(7);
+    let body = format!(
+        "## Output\n\n````\n{}\n````\n\n## End\n",
+        "a very long line ``` with backticks\n".repeat(200)
+    );
+    let cut = cut_markdown(&body, 1000, &msg);
+    assert!(cut.chars().count() <= 1000, "{}", cut.chars().count());
+    assert!(
+        cut.ends_with("\n````\n\n*(cut here: the tracker takes 1000 characters; `ferry show 7` has all of it)*\n"),
+        "{cut}"
+    );
+    assert_eq!(cut_markdown("short", 1000, &msg), "short");
+    // outside a fence nothing is added but the note
+    let plain = "word ".repeat(500);
+    let cut = cut_markdown(&plain, 300, &msg);
+    assert!(!cut.contains("```") && cut.chars().count() <= 300, "{cut}");
+    assert_eq!(cut_two("hé"), "hé");
+}
+
+fn cut_two(s: &str) -> String {
+    cut(s, 2)
 }

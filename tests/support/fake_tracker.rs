@@ -41,8 +41,11 @@ pub struct Seen {
     /// The raw path, as sent (percent-encoding kept).
     pub path: String,
     pub status: u16,
-    /// Every header value, for checks that a token went nowhere else.
+    /// Every header, its value with the expected token shown as `<token>` (a failing test
+    /// prints these).
     pub headers: Vec<(String, String)>,
+    /// The headers that carried the expected token.
+    pub token_in: Vec<String>,
 }
 
 struct Inner {
@@ -54,6 +57,10 @@ struct Inner {
     seen: Vec<Seen>,
     /// Statuses the next requests are answered with, before anything else is looked at.
     fail: VecDeque<u16>,
+    /// The next issue is made, and then answered with this status (the answer is lost).
+    fail_after_create: Option<u16>,
+    /// Every request is answered with a redirect to this base URL.
+    redirect: Option<String>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -84,6 +91,8 @@ impl FakeTracker {
             issues: Vec::new(),
             seen: Vec::new(),
             fail: VecDeque::new(),
+            fail_after_create: None,
+            redirect: None,
         }));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -137,6 +146,16 @@ impl FakeTracker {
         for _ in 0..times {
             inner.fail.push_back(status);
         }
+    }
+
+    /// The next issue is made, and then `status` answered instead of it.
+    pub fn fail_after_create(&self, status: u16) {
+        self.lock().fail_after_create = Some(status);
+    }
+
+    /// Every request is answered `302` to the same path under `base` (another server).
+    pub fn redirect_to(&self, base: &str) {
+        self.lock().redirect = Some(base.to_string());
     }
 
     /// Someone closes issue `number` in the tracker's UI.
@@ -209,19 +228,22 @@ async fn handle(
 ) -> Response {
     let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
     let response = respond(&mut inner, &method, uri.path(), &headers, &body);
+    let token = inner.token.clone();
+    let mut token_in = Vec::new();
+    let mut shown = Vec::new();
+    for (k, v) in &headers {
+        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        if v.contains(&token) {
+            token_in.push(k.to_string());
+        }
+        shown.push((k.to_string(), v.replace(&token, "<token>")));
+    }
     inner.seen.push(Seen {
         method: method.to_string(),
         path: uri.path().to_string(),
         status: response.status().as_u16(),
-        headers: headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: shown,
+        token_in,
     });
     response
 }
@@ -233,6 +255,12 @@ fn respond(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
+    if let Some(base) = &inner.redirect {
+        let mut r = answer(302, json!({}));
+        r.headers_mut()
+            .insert("location", format!("{base}{path}").parse().unwrap());
+        return r;
+    }
     if let Some(status) = inner.fail.pop_front() {
         let mut r = answer(status, json!({"message": format!("fake failure {status}")}));
         if status == 429 {
@@ -311,12 +339,27 @@ fn find<'a>(inner: &'a mut Inner, n: &str) -> Option<&'a mut FakeIssue> {
     inner.issues.iter_mut().find(|i| i.number == n)
 }
 
+/// The newest 30 issues not deleted, newest first, as the service shows them.
+fn list(inner: &Inner, json_of: impl Fn(&FakeIssue) -> Value) -> Value {
+    Value::Array(
+        inner
+            .issues
+            .iter()
+            .rev()
+            .filter(|i| !i.deleted)
+            .take(30)
+            .map(json_of)
+            .collect(),
+    )
+}
+
 fn github(inner: &mut Inner, method: &Method, tail: &str, fields: &Value) -> Response {
     let repo = inner.repository.clone();
     let json_of = |i: &FakeIssue| {
         json!({
             "number": i.number,
             "html_url": format!("https://github.test/{repo}/issues/{}", i.number),
+            "repository_url": format!("https://api.github.test/repos/{repo}"),
             "state": if i.open { "open" } else { "closed" },
             "state_reason": i.state_reason,
             "title": i.title,
@@ -325,7 +368,19 @@ fn github(inner: &mut Inner, method: &Method, tail: &str, fields: &Value) -> Res
     };
     let parts: Vec<&str> = tail.split('/').filter(|s| !s.is_empty()).collect();
     match (method.as_str(), parts.as_slice()) {
+        ("GET", []) => answer(200, list(inner, json_of)),
         ("POST", []) => {
+            for (field, max) in [("title", 256), ("body", 65_536)] {
+                if fields[field]
+                    .as_str()
+                    .is_some_and(|t| t.chars().count() > max)
+                {
+                    return answer(
+                        422,
+                        json!({"message": "Validation Failed", "errors": [{"resource": "Issue", "code": "custom", "field": field, "message": format!("{field} is too long (maximum is {max} characters)")}]}),
+                    );
+                }
+            }
             if fields["title"].as_str().is_none_or(str::is_empty) {
                 return answer(
                     422,
@@ -341,6 +396,9 @@ fn github(inner: &mut Inner, method: &Method, tail: &str, fields: &Value) -> Res
                 })
                 .unwrap_or_default();
             let issue = create(inner, &fields["title"], &fields["body"], labels);
+            if let Some(status) = inner.fail_after_create.take() {
+                return answer(status, json!({"message": "Server Error"}));
+            }
             answer(201, json_of(&issue))
         }
         (m, [n, rest @ ..]) => {
@@ -389,7 +447,17 @@ fn gitlab(inner: &mut Inner, method: &Method, tail: &str, fields: &Value) -> Res
     };
     let parts: Vec<&str> = tail.split('/').filter(|s| !s.is_empty()).collect();
     match (method.as_str(), parts.as_slice()) {
+        ("GET", []) => answer(200, list(inner, json_of)),
         ("POST", []) => {
+            if fields["title"]
+                .as_str()
+                .is_some_and(|t| t.chars().count() > 255)
+            {
+                return answer(
+                    400,
+                    json!({"message": {"title": ["is too long (maximum is 255 characters)"]}}),
+                );
+            }
             if fields["title"].as_str().is_none_or(str::is_empty) {
                 return answer(400, json!({"error": "title is missing"}));
             }
@@ -401,6 +469,9 @@ fn gitlab(inner: &mut Inner, method: &Method, tail: &str, fields: &Value) -> Res
                 .map(|l| l.split(',').map(String::from).collect())
                 .unwrap_or_default();
             let issue = create(inner, &fields["title"], &fields["description"], labels);
+            if let Some(status) = inner.fail_after_create.take() {
+                return answer(status, json!({"message": "500 Internal Server Error"}));
+            }
             answer(201, json_of(&issue))
         }
         (m, [n, rest @ ..]) => {
