@@ -73,7 +73,7 @@ pub(crate) fn plan(msg: &Message, row: Option<&NotifyIssue>, close_on_success: b
     match msg.event {
         "test" => Plan::Test,
         // a failure is what has a report: a failed deploy, or one the monitor rolled back
-        "deploy.failed" | "rolled_back" if msg.report().is_some() => Plan::Report,
+        "deploy.failed" | "rolled_back" if msg.is_failure() => Plan::Report,
         "rolled_back" => Plan::Nothing("a manual rollback files no issue"),
         "deploy.failed" => Plan::Nothing("no deployment to report on"),
         "deploy.succeeded" if kind != Some("deploy") => {
