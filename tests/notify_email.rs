@@ -172,6 +172,7 @@ fn a_failed_deploy_emails_its_report_in_both_parts_over_starttls() {
     // by default email is only for failures: the first deploy sent nothing
     assert!(m.tls, "STARTTLS was used");
     assert_eq!(m.user.as_deref(), Some(smtp::USER));
+    assert_eq!(m.mechanism.as_deref(), Some("PLAIN"));
     assert_eq!(m.from, "ferry@example.test");
     assert_eq!(m.to, ["ops@example.test", "dev@example.test"]);
 
@@ -230,13 +231,18 @@ fn a_failed_deploy_emails_its_report_in_both_parts_over_starttls() {
 
 #[test]
 fn over_implicit_tls_a_success_sends_a_summary_when_asked() {
-    let relay = Smtp::start(Mode::default());
+    // this relay takes AUTH LOGIN only
+    let relay = Smtp::start(Mode {
+        login_only: true,
+        ..Mode::default()
+    });
     let mut s = sandbox(&relay, "tls", Some(r#"["deploy.succeeded"]"#));
     s.serve();
     s.deploy_ok("staging", "v1.0.0");
 
     let m = the_one(&relay, &s);
     assert!(m.tls);
+    assert_eq!(m.mechanism.as_deref(), Some("LOGIN"));
     let mail = MessageParser::default().parse(m.data.as_bytes()).unwrap();
     let subject = mail.subject().unwrap();
     assert!(

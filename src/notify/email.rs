@@ -20,6 +20,7 @@ use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use pulldown_cmark::{CodeBlockKind, CowStr, Event, LinkType, Options, Parser, Tag, TagEnd};
 
@@ -48,7 +49,7 @@ pub async fn deliver(
     msg: &Message,
 ) -> Result<Delivered, Failure> {
     let mail = compose(cfg, &notifier.name, msg)?;
-    let relay = transport(cfg)?;
+    let relay = transport(cfg, hello_name(msg.link.as_deref()))?;
     let sent = tokio::time::timeout(ATTEMPT_LIMIT, relay.send(mail)).await;
     match sent {
         Err(_) => Err(Failure::Retry(format!(
@@ -151,10 +152,27 @@ fn message_id(from: &Mailbox, notifier: &str, msg: &Message) -> String {
     )
 }
 
+/// The name ferry gives in `EHLO`: the host of its public URL when that is a domain name
+/// (relays may refuse a name that is not fully qualified), else the address literal
+/// `[127.0.0.1]`, as RFC 5321 allows for a client without a name.
+fn hello_name(link: Option<&str>) -> ClientId {
+    let host = link
+        .and_then(|l| reqwest::Url::parse(l).ok())
+        .and_then(|u| u.host_str().map(str::to_string))
+        .filter(|h| {
+            h.contains('.') && !h.starts_with('[') && h.parse::<std::net::IpAddr>().is_err()
+        });
+    match host {
+        Some(d) => ClientId::Domain(d),
+        None => ClientId::default(),
+    }
+}
+
 /// The relay connection `cfg` describes, with the credentials read now.
-fn transport(cfg: &Email) -> Result<AsyncSmtpTransport<Tokio1Executor>, Failure> {
+fn transport(cfg: &Email, hello: ClientId) -> Result<AsyncSmtpTransport<Tokio1Executor>, Failure> {
     let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.smtp_host)
         .port(cfg.smtp_port)
+        .hello_name(hello)
         .timeout(Some(TIMEOUT));
     if cfg.tls != SmtpTls::None {
         let mut params = TlsParameters::builder(cfg.smtp_host.clone());

@@ -138,7 +138,7 @@ fn a_missing_credential_names_its_variable() {
     let mut c = cfg();
     c.username_env = Some("FERRY_TEST_MAIL_USER_NOT_SET".into());
     c.password_env = Some("FERRY_TEST_MAIL_PASSWORD_NOT_SET".into());
-    match transport(&c) {
+    match transport(&c, ClientId::default()) {
         Err(Failure::Fatal(why)) => {
             assert_eq!(
                 why,
@@ -161,7 +161,7 @@ fn a_bad_address_or_ca_file_fails_for_good() {
     let mut c = cfg();
     c.ca_file = Some("/nonexistent/ca.pem".into());
     assert!(
-        matches!(transport(&c), Err(Failure::Fatal(w)) if w.contains("cannot read ca_file /nonexistent/ca.pem"))
+        matches!(transport(&c, ClientId::default()), Err(Failure::Fatal(w)) if w.contains("cannot read ca_file /nonexistent/ca.pem"))
     );
 }
 
@@ -191,4 +191,16 @@ fn a_manual_rollback_sends_a_summary_not_a_report() {
         "{}",
         c.markdown
     );
+}
+
+#[test]
+fn ferry_says_hello_with_its_public_name() {
+    let name = |l: Option<&str>| hello_name(l).to_string();
+    assert_eq!(
+        name(Some("https://ferry.example.com/deployments/3")),
+        "ferry.example.com"
+    );
+    assert_eq!(name(Some("http://127.0.0.1:8080/")), "[127.0.0.1]");
+    assert_eq!(name(Some("http://localhost:8080/")), "[127.0.0.1]");
+    assert_eq!(name(None), "[127.0.0.1]");
 }

@@ -31,6 +31,8 @@ pub struct Mode {
     pub refuse_auth: bool,
     /// Offer no `STARTTLS` and take `AUTH` in clear text (a relay a client must not trust).
     pub no_starttls: bool,
+    /// Offer `AUTH LOGIN` only (as some relays do).
+    pub login_only: bool,
 }
 
 /// One message the fake accepted.
@@ -40,8 +42,9 @@ pub struct Received {
     pub to: Vec<String>,
     /// The message as sent after `DATA`, dot-unstuffed, CRLF line ends.
     pub data: String,
-    /// The user that authenticated, if any.
+    /// The user that authenticated, if any, and the mechanism it used.
     pub user: Option<String>,
+    pub mechanism: Option<String>,
     /// Whether the session was encrypted when `DATA` came (STARTTLS or implicit TLS).
     pub tls: bool,
 }
@@ -221,6 +224,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let mode = state.lock().unwrap().mode.clone();
     let mut greeted = false;
     let mut user: Option<String> = None;
+    let mut mechanism: Option<String> = None;
     let mut from: Option<String> = None;
     let mut to: Vec<String> = Vec::new();
     // after STARTTLS the server says nothing until the client's new EHLO
@@ -244,7 +248,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 if !tls && !mode.no_starttls {
                     lines.push("250-STARTTLS".into());
                 }
-                lines.push("250-AUTH PLAIN LOGIN".into());
+                lines.push(if mode.login_only {
+                    "250-AUTH LOGIN".into()
+                } else {
+                    "250-AUTH PLAIN LOGIN".into()
+                });
                 lines.push("250-8BITMIME".into());
                 lines.push("250 SIZE 10485760".into());
                 reply(&mut io, state, &lines.join("\r\n")).await?;
@@ -276,6 +284,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 let mech = words.next().unwrap_or("").to_ascii_uppercase();
                 let initial = words.next().map(str::to_string);
                 let creds = match mech.as_str() {
+                    "PLAIN" if mode.login_only => None,
                     "PLAIN" => {
                         let answer = match initial {
                             Some(a) => a,
@@ -310,6 +319,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 match creds {
                     Some((u, p)) if u == USER && p == PASSWORD && !mode.refuse_auth => {
                         user = Some(u);
+                        mechanism = Some(mech.clone());
                         reply(&mut io, state, "235 2.7.0 Authentication successful").await?;
                     }
                     _ => {
@@ -365,6 +375,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     to: std::mem::take(&mut to),
                     data,
                     user: user.clone(),
+                    mechanism: mechanism.clone(),
                     tls,
                 });
                 reply(&mut io, state, "250 2.0.0 Ok: queued").await?;
