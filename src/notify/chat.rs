@@ -9,9 +9,16 @@
 //!   footer) and `allowed_mentions` empty, so an `@everyone` in the app's output pings nobody.
 //!   Title ≤ 256, description ≤ 4096, ≤ 25 fields (name ≤ 256, value ≤ 1024), footer ≤ 2048,
 //!   6000 in all.
-//! - Teams: a `message` whose attachment is an Adaptive Card 1.4 (a TextBlock title, a FactSet,
-//!   the reason and the output as RichTextBlocks, which Teams never reads as markdown, and an
-//!   Action.OpenUrl). The whole body stays under 20 KB (Teams refuses more than 28 KB).
+//! - Teams: a `message` whose attachment is an Adaptive Card 1.4. Teams renders markdown in
+//!   TextBlocks and facts, so whatever comes from outside ferry (a branch, a name, a reason,
+//!   the output) goes in RichTextBlocks of TextRuns, which it shows as they are: the title, the
+//!   version and who, the reason, the output. The FactSet holds ferry's own facts (outcome,
+//!   environment, duration); an Action.OpenUrl opens the dashboard. The JSON stays under 20 KB
+//!   (Teams refuses more than 28 KB): the output is cut until it does.
+//!
+//! Terminal escape sequences are dropped and other control characters shown as U+FFFD
+//! everywhere (JSON spells each in six bytes; no chat shows them); text is cut before it is
+//! escaped, so no entity or escape is split.
 //!
 //! The app's output goes in a code block that it cannot close (a run of three backticks in it
 //! is broken by a zero-width space) and is cut from its start, so its last lines stay.
@@ -165,10 +172,10 @@ pub fn card(msg: &Message) -> Card {
     let mut output = Vec::new();
     if let Some(s) = failing {
         if !s.output.trim().is_empty() {
-            output.push((format!("Output of {}", s.name), s.output.clone()));
+            output.push((format!("Output of {}", s.name), clean(&s.output)));
         }
         if let Some(lines) = s.app_output.as_deref().filter(|l| !l.trim().is_empty()) {
-            output.push(("The app's last lines".to_string(), lines.to_string()));
+            output.push(("The app's last lines".to_string(), clean(lines)));
         }
     }
     Card {
@@ -177,13 +184,69 @@ pub fn card(msg: &Message) -> Card {
         facts,
         reason: d
             .reason
-            .clone()
-            .filter(|_| failed || msg.event == "rolled_back"),
+            .as_deref()
+            .filter(|_| failed || msg.event == "rolled_back")
+            .map(clean),
         step: failing.map(|s| s.name.clone()),
         output,
         link: msg.link.clone(),
         at: msg.at.clone(),
         footer,
+    }
+}
+
+/// `text` without terminal escape sequences (colors, cursor moves) and with every other control
+/// character but newline and tab shown as U+FFFD: JSON would spell each as six bytes, and no
+/// chat shows them.
+fn clean(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '\u{1b}' => match chars.next() {
+                // CSI: parameters and intermediates up to a final byte in @..~
+                Some('[') => {
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // OSC (a title, a hyperlink): up to BEL or ESC \
+                Some(']') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\u{7}' {
+                            break;
+                        }
+                        if c == '\u{1b}' {
+                            chars.next_if_eq(&'\\');
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\n' | '\t' => out.push(ch),
+            c if c.is_control() => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `raw` escaped by `escape` and at most `max` characters: cut before escaping (so no entity
+/// or escape is split), then cut more while the escaped text is too long.
+fn head_escaped(raw: &str, max: usize, escape: fn(&str) -> String) -> String {
+    let mut budget = max;
+    loop {
+        let cut = head(raw, budget);
+        let out = escape(&cut);
+        let n = out.chars().count();
+        if n <= max || budget == 0 {
+            return out;
+        }
+        // escaping grows the text: shrink in proportion, by one at least
+        budget = (budget * max / n).min(budget - 1);
     }
 }
 
@@ -241,20 +304,22 @@ pub fn slack_body(msg: &Message) -> Value {
     let c = card(msg);
     let mut blocks = vec![json!({
         "type": "header",
-        "text": {"type": "plain_text", "text": head(&slack_escape(&c.title), 150), "emoji": true},
+        "text": {"type": "plain_text", "text": head_escaped(&c.title, 150, slack_escape), "emoji": true},
     })];
     let fields: Vec<Value> = c
         .facts
         .iter()
         .take(10)
         .map(|(name, value)| {
-            json!({"type": "mrkdwn", "text": head(&format!("*{name}*\n{}", slack_escape(value)), 2000)})
+            let label = format!("*{name}*\n");
+            let value = head_escaped(value, 2000 - label.chars().count(), slack_escape);
+            json!({"type": "mrkdwn", "text": format!("{label}{value}"), "verbatim": true})
         })
         .collect();
     blocks.push(json!({"type": "section", "fields": fields}));
     let mut why = Vec::new();
     if let Some(r) = &c.reason {
-        why.push(format!("*Reason:* {}", slack_escape(r)));
+        why.push(format!("*Reason:* {}", head_escaped(r, 2800, slack_escape)));
     }
     if let Some(s) = &c.step {
         why.push(format!("*Failing step:* `{}`", slack_escape(s)));
@@ -262,7 +327,7 @@ pub fn slack_body(msg: &Message) -> Value {
     if !why.is_empty() {
         blocks.push(json!({
             "type": "section",
-            "text": {"type": "mrkdwn", "text": head(&why.join("\n"), 3000)},
+            "text": {"type": "mrkdwn", "text": why.join("\n"), "verbatim": true},
         }));
     }
     for (name, text) in &c.output {
@@ -270,7 +335,11 @@ pub fn slack_body(msg: &Message) -> Value {
         let room = 3000 - label.chars().count();
         blocks.push(json!({
             "type": "section",
-            "text": {"type": "mrkdwn", "text": format!("{label}{}", code(text, room, slack_escape))},
+            "text": {
+                "type": "mrkdwn",
+                "text": format!("{label}{}", code(text, room, slack_escape)),
+                "verbatim": true,
+            },
         }));
     }
     if let Some(url) = http_link(&c.link).filter(|u| u.len() <= 3000) {
@@ -285,7 +354,7 @@ pub fn slack_body(msg: &Message) -> Value {
         }));
     }
     json!({
-        "text": head(&slack_escape(&msg.text()), 3000),
+        "text": head_escaped(&clean(&msg.text()), 3000, slack_escape),
         "blocks": blocks,
     })
 }
@@ -310,14 +379,14 @@ fn discord_escape(text: &str) -> String {
 /// A Discord webhook's body: one embed, and no mentions parsed.
 pub fn discord_body(msg: &Message) -> Value {
     let c = card(msg);
-    let title = head(&discord_escape(&c.title), 256);
+    let title = head_escaped(&c.title, 256, discord_escape);
     let footer = head(&c.footer, 2048);
     let fields: Vec<Value> = c
         .facts
         .iter()
         .take(25)
         .map(|(name, value)| {
-            json!({"name": head(name, 256), "value": head(&discord_escape(value), 1024), "inline": true})
+            json!({"name": head(name, 256), "value": head_escaped(value, 1024, discord_escape), "inline": true})
         })
         .collect();
     let used: usize = title.chars().count()
@@ -325,13 +394,15 @@ pub fn discord_body(msg: &Message) -> Value {
         + c.facts
             .iter()
             .take(25)
-            .map(|(n, v)| n.chars().count() + head(&discord_escape(v), 1024).chars().count())
+            .map(|(n, v)| n.chars().count() + head_escaped(v, 1024, discord_escape).chars().count())
             .sum::<usize>();
     // the description gets what the 6000 in all leaves, at most 4096
     let mut room = 4096.min(6000usize.saturating_sub(used + 16));
     let mut description = String::new();
     if let Some(r) = &c.reason {
-        description.push_str(&head(&format!("**Reason:** {}", discord_escape(r)), room));
+        let label = "**Reason:** ";
+        let reason = head_escaped(r, room.saturating_sub(label.len()), discord_escape);
+        description.push_str(&format!("{label}{reason}"));
     }
     if let Some(s) = &c.step {
         description.push_str(&format!("\n**Failing step:** `{}`", s.replace('`', "'")));
@@ -372,74 +443,89 @@ pub fn discord_body(msg: &Message) -> Value {
     })
 }
 
-/// Teams renders a subset of markdown in TextBlocks and facts (bold, italic, lists, links):
-/// its markers are escaped with a backslash so a branch or a name stays text.
-fn teams_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut line_start = true;
-    for ch in text.chars() {
-        let marker = matches!(ch, '\\' | '*' | '_' | '~' | '`' | '[' | ']' | '<' | '>')
-            || (line_start && matches!(ch, '-' | '+' | '#'));
-        if marker {
-            out.push('\\');
-        }
-        out.push(ch);
-        line_start = ch == '\n' || (line_start && ch == ' ');
-    }
-    out
-}
+/// The JSON size a Teams body stays under (Teams refuses more than 28 KB).
+const TEAMS_MAX: usize = 20_000;
 
-/// The most of the app's output a Teams card carries (the body must stay under 28 KB).
-const TEAMS_OUTPUT: usize = 6000;
+/// Facts whose values come from outside ferry (a branch, a name given to the API): Teams
+/// renders markdown in a FactSet, so these go in a RichTextBlock instead.
+const OUTSIDE_FACTS: &[&str] = &["Version", "Who"];
 
-/// A Teams incoming webhook's body: a message with one Adaptive Card 1.4.
+/// A Teams incoming webhook's body: a message with one Adaptive Card 1.4, its output cut until
+/// the whole stays under [`TEAMS_MAX`] bytes.
 pub fn teams_body(msg: &Message) -> Value {
     let c = card(msg);
+    let mut budget = 8000;
+    loop {
+        let body = teams_card(&c, budget);
+        let size = serde_json::to_string(&body).map_or(0, |t| t.len());
+        if size <= TEAMS_MAX || budget == 0 {
+            return body;
+        }
+        budget = budget.saturating_sub((size - TEAMS_MAX).max(budget / 4));
+    }
+}
+
+/// A TextRun: Teams shows its text as it is, never as markdown.
+fn run(text: &str) -> Value {
+    json!({"type": "TextRun", "text": text})
+}
+
+/// The card with at most `budget` bytes of output.
+fn teams_card(c: &Card, budget: usize) -> Value {
+    let mut title = run(&head(&c.title, 300));
+    title["size"] = json!("Large");
+    title["weight"] = json!("Bolder");
+    title["color"] = json!(c.outcome.card_color());
+    let (outside, ours): (Vec<_>, Vec<_>) = c
+        .facts
+        .iter()
+        .partition(|(name, _)| OUTSIDE_FACTS.contains(name));
     let mut body = vec![
-        json!({
-            "type": "TextBlock",
-            "text": head(&teams_escape(&c.title), 300),
-            "size": "Large",
-            "weight": "Bolder",
-            "color": c.outcome.card_color(),
-            "wrap": true,
-        }),
+        json!({"type": "RichTextBlock", "inlines": [title]}),
         json!({
             "type": "FactSet",
-            "facts": c.facts.iter().map(|(t, v)| json!({"title": t, "value": head(&teams_escape(v), 500)})).collect::<Vec<_>>(),
+            "facts": ours.iter().map(|(t, v)| json!({"title": t, "value": head(v, 500)})).collect::<Vec<_>>(),
         }),
     ];
-    // RichTextBlock: Teams shows its TextRuns as they are, never as markdown
-    let run = |text: String, mono: bool| {
-        let mut r = json!({"type": "TextRun", "text": text});
-        if mono {
-            r["fontType"] = json!("Monospace");
+    if !outside.is_empty() {
+        let mut inlines = Vec::new();
+        for (i, (name, value)) in outside.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "   " };
+            let mut label = run(&format!("{sep}{name}: "));
+            label["weight"] = json!("Bolder");
+            inlines.push(label);
+            inlines.push(run(&head(value, 500)));
         }
-        r
+        body.push(json!({"type": "RichTextBlock", "inlines": inlines}));
+    }
+    let labelled = |label: &str, text: &str, mono: bool| {
+        let mut label = run(label);
+        label["weight"] = json!("Bolder");
+        let mut value = run(text);
+        if mono {
+            value["fontType"] = json!("Monospace");
+        }
+        json!({"type": "RichTextBlock", "inlines": [label, value]})
     };
     if let Some(r) = &c.reason {
-        body.push(json!({
-            "type": "RichTextBlock",
-            "inlines": [run("Reason: ".into(), false), run(head(r, 2000), false)],
-        }));
+        body.push(labelled("Reason: ", &head(r, 2000), false));
     }
     if let Some(s) = &c.step {
-        body.push(json!({
-            "type": "RichTextBlock",
-            "inlines": [run("Failing step: ".into(), false), run(head(s, 200), true)],
-        }));
+        body.push(labelled("Failing step: ", &head(s, 200), true));
     }
     for (name, text) in &c.output {
         body.push(
             json!({"type": "TextBlock", "text": head(name, 200), "weight": "Bolder", "wrap": true}),
         );
-        let mut cut = tail(text.trim_end(), TEAMS_OUTPUT / c.output.len());
+        let mut cut = tail(text.trim_end(), budget / c.output.len());
         if cut.len() < text.trim_end().len() {
             cut = format!("…\n{cut}");
         }
-        body.push(json!({"type": "RichTextBlock", "inlines": [run(cut, true)]}));
+        let mut out = run(&cut);
+        out["fontType"] = json!("Monospace");
+        body.push(json!({"type": "RichTextBlock", "inlines": [out]}));
     }
-    body.push(json!({"type": "TextBlock", "text": head(&teams_escape(&c.footer), 300), "isSubtle": true, "size": "Small", "wrap": true}));
+    body.push(json!({"type": "TextBlock", "text": head(&c.footer, 300), "isSubtle": true, "size": "Small", "wrap": true}));
     let mut content = json!({
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
         "type": "AdaptiveCard",

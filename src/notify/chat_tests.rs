@@ -101,6 +101,9 @@ fn slack_blocks_have_the_documented_shape_and_limits() {
     ] {
         assert!(names.contains(&want), "{want} in {names:?}");
     }
+    for f in fields {
+        assert_eq!(f["verbatim"], true, "no auto-links from outside text");
+    }
     for b in blocks {
         assert!(b["type"].is_string(), "{b}");
         if b["type"] == "section"
@@ -108,6 +111,7 @@ fn slack_blocks_have_the_documented_shape_and_limits() {
         {
             assert!(t.chars().count() <= 3000, "{}", t.chars().count());
             assert_eq!(b["text"]["type"], "mrkdwn");
+            assert_eq!(b["text"]["verbatim"], true);
         }
     }
     let all = serde_json::to_string(&body).unwrap();
@@ -216,8 +220,8 @@ fn teams_card_has_the_documented_shape_and_stays_small() {
         "http://adaptivecards.io/schemas/adaptive-card.json"
     );
     let items = card["body"].as_array().unwrap();
-    assert_eq!(items[0]["type"], "TextBlock");
-    assert_eq!(items[0]["color"], "Attention");
+    assert_eq!(items[0]["type"], "RichTextBlock");
+    assert_eq!(items[0]["inlines"][0]["color"], "Attention");
     let facts = items.iter().find(|i| i["type"] == "FactSet").unwrap()["facts"]
         .as_array()
         .unwrap()
@@ -260,7 +264,7 @@ fn maintenance_and_test_messages_have_every_format() {
             .contains("maintenance")
     );
     assert_eq!(
-        teams_body(&m)["attachments"][0]["content"]["body"][0]["color"],
+        teams_body(&m)["attachments"][0]["content"]["body"][0]["inlines"][0]["color"],
         "Warning"
     );
 }
@@ -321,24 +325,25 @@ fn names_from_outside_stay_text_in_every_format() {
             .contains("\\[x\\](http://e) \\*b\\*")
     );
 
+    // Teams renders markdown in TextBlocks and FactSets: outside text is only in TextRuns
     let teams = teams_body(&m);
     let card = &teams["attachments"][0]["content"];
-    let title = card["body"][0]["text"].as_str().unwrap();
-    assert!(
-        title.contains("\\<!channel\\> @everyone \\[x\\](http://e) \\*b\\*"),
-        "{title}"
-    );
-    let facts = card["body"][1]["facts"].as_array().unwrap();
-    for f in facts
-        .iter()
-        .filter(|f| f["title"] == "Who" || f["title"] == "Version")
-    {
-        let v = f["value"].as_str().unwrap();
-        assert!(
-            v.starts_with("\\<!channel\\> @everyone \\[x\\](http://e) \\*b\\*"),
-            "{v}"
-        );
+    let mut runs = String::new();
+    for item in card["body"].as_array().unwrap() {
+        match item["type"].as_str().unwrap() {
+            "RichTextBlock" => {
+                for r in item["inlines"].as_array().unwrap() {
+                    runs.push_str(r["text"].as_str().unwrap());
+                }
+            }
+            _ => assert!(!item.to_string().contains("channel"), "{item}"),
+        }
     }
+    assert!(
+        runs.contains(&format!("Version: {hostile} (0123456)")),
+        "{runs}"
+    );
+    assert!(runs.contains(&format!("Who: {hostile}")), "{runs}");
 }
 
 #[test]
@@ -355,4 +360,42 @@ fn a_manual_rollback_is_not_a_failure() {
         c.title
     );
     assert!(c.output.is_empty() && c.step.is_none());
+}
+
+#[test]
+fn terminal_junk_is_dropped_and_teams_stays_under_its_size() {
+    let junk =
+        "\x1b[31mred\x1b[0m \0\x07 \x1b]8;;http://e\x07link\x1b]8;;\x1b\\ 😀\n".repeat(20_000);
+    let m = message("deploy.failed", Some(&junk));
+    for body in [slack_body(&m), discord_body(&m), teams_body(&m)] {
+        let text = serde_json::to_string(&body).unwrap();
+        assert!(
+            !text.contains("\\u001b") && !text.contains("\\u0000"),
+            "{}",
+            &text[..500]
+        );
+        assert!(
+            text.contains("red \u{fffd}\u{fffd} link 😀"),
+            "{}",
+            &text[..2000]
+        );
+    }
+    let teams = serde_json::to_string(&teams_body(&m)).unwrap();
+    assert!(teams.len() <= 20_000, "{}", teams.len());
+    // a reason full of control characters too
+    let mut m = message("deploy.failed", Some("x"));
+    m.deployment.as_mut().unwrap().reason = Some("\0".repeat(5000));
+    assert!(serde_json::to_string(&teams_body(&m)).unwrap().len() <= 20_000);
+}
+
+#[test]
+fn cutting_never_splits_an_escape() {
+    let s = head_escaped(&"&".repeat(100), 22, slack_escape);
+    assert!(s.chars().count() <= 22, "{s}");
+    assert!(s.ends_with("&amp;…") || s.ends_with("&amp;"), "{s}");
+    let d = head_escaped(&"_".repeat(100), 9, discord_escape);
+    assert!(
+        !d.trim_end_matches('…').ends_with('\\') || d.trim_end_matches('…').ends_with("\\_"),
+        "{d}"
+    );
 }
