@@ -11,8 +11,9 @@
 //! loopback relay (`tls = "none"`, which the config allows only there); rustls on ring with the
 //! system's roots plus `ca_file`. The user and password are read from the variables that
 //! `username_env` and `password_env` name when the email is sent, and never logged or
-//! recorded. A 4xx or a network error is worth another attempt; a 5xx (a refused login, sender
-//! or recipient), an untrusted certificate or a relay without STARTTLS is not.
+//! recorded. A 4xx, a network error or a connection closed mid-answer is worth another
+//! attempt; a 5xx (a refused login, sender or recipient), an untrusted certificate or a relay
+//! without STARTTLS is not.
 
 use std::time::Duration;
 
@@ -28,9 +29,10 @@ use super::report::{duration, version};
 use super::{Ctx, Delivered, Failure, Message, TIMEOUT};
 use crate::config::{Email, Notify, SmtpTls};
 
-/// One attempt's limit, from connecting to the relay's answer to the message (each command
-/// also has [`TIMEOUT`]).
-const ATTEMPT_LIMIT: Duration = Duration::from_secs(60);
+/// One attempt's limit, from connecting to the relay's answer to the message. lettre's own
+/// timeout ([`TIMEOUT`]) covers only the connection; a relay that accepts and then says
+/// nothing (a tarpit, a greeting delay, a stuck handshake) is cut off by this one.
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(30);
 /// The longest subject line sent (a title cut with "…").
 const SUBJECT_MAX: usize = 200;
 
@@ -48,7 +50,12 @@ pub async fn deliver(
     cfg: &Email,
     msg: &Message,
 ) -> Result<Delivered, Failure> {
-    let mail = compose(cfg, &notifier.name, msg)?;
+    send(&notifier.name, cfg, msg).await
+}
+
+/// [`deliver`] without the context it does not need.
+async fn send(notifier: &str, cfg: &Email, msg: &Message) -> Result<Delivered, Failure> {
+    let mail = compose(cfg, notifier, msg)?;
     let relay = transport(cfg, hello_name(msg.link.as_deref()))?;
     let sent = tokio::time::timeout(ATTEMPT_LIMIT, relay.send(mail)).await;
     match sent {
@@ -129,14 +136,20 @@ pub fn compose(cfg: &Email, notifier: &str, msg: &Message) -> Result<lettre::Mes
         .map_err(|e| Failure::Fatal(format!("cannot build the email: {e}")))
 }
 
-/// `<ferry.{app}.{deployment or event}.{random}@{the sender's domain}>`.
+/// `<ferry.{app}.{notifier}.{deployment}.{event}.{hash}@{the sender's domain}>`, the same for
+/// every attempt at one message (the hash is of what it is about and when), so a copy sent
+/// again after a lost answer can be recognised as the same email.
 fn message_id(from: &Mailbox, notifier: &str, msg: &Message) -> String {
-    let mut random = [0u8; 8];
-    let _ = getrandom::fill(&mut random);
+    use sha2::Digest;
     let about = match &msg.deployment {
         Some(d) => format!("{}.{}", d.id, msg.event),
         None => msg.event.to_string(),
     };
+    let mut hash = sha2::Sha256::new();
+    for part in [&msg.app, notifier, &msg.environment, &about, &msg.at] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
     let clean = |s: &str| -> String {
         s.chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
@@ -147,22 +160,38 @@ fn message_id(from: &Mailbox, notifier: &str, msg: &Message) -> String {
         clean(&msg.app),
         clean(notifier),
         clean(&about).replace('-', "."),
-        hex::encode(random),
+        hex::encode(&hash.finalize()[..8]),
         from.email.domain()
     )
 }
 
 /// The name ferry gives in `EHLO`: the host of its public URL when that is a domain name
-/// (relays may refuse a name that is not fully qualified), else the address literal
-/// `[127.0.0.1]`, as RFC 5321 allows for a client without a name.
+/// (relays may refuse a name that is not fully qualified), else this machine's name when it
+/// is one, else the address literal `[127.0.0.1]`, as RFC 5321 allows for a client without a
+/// name.
 fn hello_name(link: Option<&str>) -> ClientId {
-    let host = link
+    let system = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok());
+    hello_from(link, system.as_deref())
+}
+
+fn hello_from(link: Option<&str>, system: Option<&str>) -> ClientId {
+    let fqdn = |h: &str| {
+        h.contains('.')
+            && !h.starts_with('[')
+            && !h.ends_with('.')
+            && h.parse::<std::net::IpAddr>().is_err()
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    };
+    let public = link
         .and_then(|l| reqwest::Url::parse(l).ok())
-        .and_then(|u| u.host_str().map(str::to_string))
-        .filter(|h| {
-            h.contains('.') && !h.starts_with('[') && h.parse::<std::net::IpAddr>().is_err()
-        });
-    match host {
+        .and_then(|u| u.host_str().map(str::to_string));
+    match public
+        .filter(|h| fqdn(h))
+        .or_else(|| system.filter(|h| fqdn(h)).map(str::to_string))
+    {
         Some(d) => ClientId::Domain(d),
         None => ClientId::default(),
     }
@@ -251,8 +280,10 @@ fn failure(cfg: &Email, e: &lettre::transport::smtp::Error) -> Failure {
         return Failure::Fatal(format!("the relay {relay} cannot take this email: {e}"));
     }
     if e.is_response() {
-        return Failure::Fatal(format!(
-            "the relay {relay} answered something unreadable: {e}"
+        // mostly a relay that closed the connection mid-answer (a restart, an idle cut): the
+        // next attempt usually goes through, and the attempts are few
+        return Failure::Retry(format!(
+            "the relay {relay} broke off or answered something unreadable: {e}"
         ));
     }
     if e.is_tls() {

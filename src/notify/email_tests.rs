@@ -194,13 +194,77 @@ fn a_manual_rollback_sends_a_summary_not_a_report() {
 }
 
 #[test]
-fn ferry_says_hello_with_its_public_name() {
-    let name = |l: Option<&str>| hello_name(l).to_string();
+fn ferry_says_hello_with_its_public_name_or_its_machines() {
+    let name = |l: Option<&str>, sys: Option<&str>| hello_from(l, sys).to_string();
+    let public = Some("https://ferry.example.com/deployments/3");
     assert_eq!(
-        name(Some("https://ferry.example.com/deployments/3")),
+        name(public, Some("web1.internal.example")),
         "ferry.example.com"
     );
-    assert_eq!(name(Some("http://127.0.0.1:8080/")), "[127.0.0.1]");
-    assert_eq!(name(Some("http://localhost:8080/")), "[127.0.0.1]");
-    assert_eq!(name(None), "[127.0.0.1]");
+    assert_eq!(
+        name(
+            Some("http://127.0.0.1:8080/"),
+            Some("web1.internal.example")
+        ),
+        "web1.internal.example"
+    );
+    assert_eq!(
+        name(Some("http://localhost:8080/"), Some("web1")),
+        "[127.0.0.1]"
+    );
+    assert_eq!(name(None, None), "[127.0.0.1]");
+    assert_eq!(name(None, Some("bad name.example")), "[127.0.0.1]");
+}
+
+#[test]
+fn a_reason_with_line_breaks_cannot_add_a_header() {
+    let mut m = message("deploy.refused", None);
+    m.deployment.as_mut().unwrap().reason =
+        Some("frozen\r\nBcc: evil@example.net\r\n\r\nbody".into());
+    let raw = compose(&cfg(), "m", &m).unwrap().formatted();
+    let parsed = mail_parser::MessageParser::default().parse(&raw).unwrap();
+    assert!(parsed.bcc().is_none());
+    let headers: Vec<&str> = parsed.headers_raw().map(|(name, _)| name).collect();
+    assert_eq!(
+        headers
+            .iter()
+            .filter(|h| h.eq_ignore_ascii_case("subject"))
+            .count(),
+        1
+    );
+    assert!(
+        parsed
+            .subject()
+            .unwrap()
+            .contains("frozen  Bcc: evil@example.net"),
+        "{:?}",
+        parsed.subject()
+    );
+}
+
+/// A relay that takes the connection and never says a word: an attempt ends, to be retried.
+#[tokio::test(start_paused = true)]
+async fn a_relay_that_says_nothing_is_given_up_on_after_the_attempt_limit() {
+    let tarpit = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tarpit.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let held: Vec<_> = tarpit.incoming().take(1).collect();
+        std::thread::sleep(std::time::Duration::from_secs(300));
+        drop(held);
+    });
+    let mut c = cfg();
+    c.smtp_host = "127.0.0.1".into();
+    c.smtp_port = port;
+    c.tls = SmtpTls::None;
+    let started = tokio::time::Instant::now();
+    match send("m", &c, &message("deploy.succeeded", None)).await {
+        Err(Failure::Retry(why)) => {
+            assert_eq!(
+                why,
+                format!("the relay 127.0.0.1:{port} took longer than 30s")
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() >= ATTEMPT_LIMIT);
 }

@@ -4,7 +4,8 @@
 //! against one user, `MAIL`/`RCPT`/`DATA` (dot-unstuffed) and `QUIT`. It keeps every message
 //! it accepted, and what it answered, for the test to read.
 //!
-//! Modes: [`Mode::fail_first`] answers `451` to that many `MAIL FROM`s before accepting;
+//! Modes: [`Mode::drop_first`] hangs up at that many `MAIL FROM`s, [`Mode::fail_first`]
+//! then answers `451` to that many before accepting;
 //! [`Mode::refuse_auth`] answers `535` to every `AUTH`; [`Mode::no_starttls`] offers no
 //! `STARTTLS` and takes `AUTH` in clear text, to see that a client does not use it.
 
@@ -25,7 +26,10 @@ pub const PASSWORD: &str = "relay-pass-5b1f0c9e";
 /// How the fake misbehaves.
 #[derive(Clone, Default)]
 pub struct Mode {
-    /// Answer `451 4.3.0` to this many `MAIL FROM` commands first (a busy relay).
+    /// Close the connection without an answer at this many `MAIL FROM` commands first (a
+    /// relay restarting, an idle connection cut).
+    pub drop_first: u32,
+    /// Then answer `451 4.3.0` to this many `MAIL FROM` commands (a busy relay).
     pub fail_first: u32,
     /// Answer `535 5.7.8` to every `AUTH` (wrong credentials, as far as ferry can tell).
     pub refuse_auth: bool,
@@ -336,6 +340,16 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 reply(&mut io, state, "530 5.7.0 Authentication required").await?;
             }
             "MAIL" => {
+                let drop = {
+                    let mut s = state.lock().unwrap();
+                    let drop = s.mode.drop_first > 0;
+                    s.mode.drop_first = s.mode.drop_first.saturating_sub(1);
+                    drop
+                };
+                if drop {
+                    state.lock().unwrap().refusals.push("(hung up)".into());
+                    return Ok(None);
+                }
                 let busy = {
                     let mut s = state.lock().unwrap();
                     if s.mode.fail_first > 0 {
