@@ -322,4 +322,46 @@ mod tests {
             "{m}"
         );
     }
+
+    #[test]
+    fn a_transferred_issue_is_not_this_repositorys_and_pull_requests_are_not_issues() {
+        let http = crate::notify::client().unwrap();
+        let cfg = cfg("https://api.github.com");
+        let gh = GitHub::new(&http, &cfg, "t".into()).unwrap();
+        let issue = |n: i64, repo: &str| {
+            json!({"number": n, "html_url": format!("https://github.com/{repo}/issues/{n}"),
+                   "repository_url": format!("https://api.github.com/repos/{repo}"), "state": "open"})
+        };
+        assert!(gh.here(&issue(12, "acme/shop"), 12));
+        assert!(
+            gh.here(&issue(12, "Acme/Shop"), 12),
+            "names are case-insensitive"
+        );
+        assert!(!gh.here(&issue(3, "acme/platform"), 12), "moved elsewhere");
+        assert!(!gh.here(&issue(12, "acme/platform"), 12));
+
+        let list = json!([
+            {"number": 9, "html_url": "u9", "state": "open", "body": "<!-- m -->", "pull_request": {}},
+            {"number": 8, "html_url": "u8", "state": "closed", "body": "x <!-- m -->"},
+            {"number": 7, "html_url": "u7", "state": "open", "body": "<!-- m -->"},
+        ]);
+        let found = tracker::find_marked(&list, "<!-- m -->", ("number", "html_url"), "body");
+        assert_eq!(
+            found,
+            Some(Issue {
+                number: 8,
+                url: "u8".into(),
+                open: false
+            })
+        );
+        assert_eq!(
+            tracker::find_marked(&list, "<!-- other -->", ("number", "html_url"), "body"),
+            None
+        );
+        let list = gh.list_request().build().unwrap();
+        assert_eq!(
+            list.url().as_str(),
+            "https://api.github.com/repos/acme/shop/issues?state=all&sort=created&direction=desc&per_page=30"
+        );
+    }
 }
