@@ -28,7 +28,6 @@ use serde_json::{Value, json};
 use super::Message;
 use super::report::{duration, version};
 use crate::events::tail;
-use crate::store::DeploymentState;
 
 /// ferry's own JSON (see [`Message::payload`]), for the generic webhook.
 pub fn webhook_body(msg: &Message) -> Value {
@@ -166,8 +165,8 @@ pub fn card(msg: &Message) -> Card {
         facts.push(("Approve", format!("ferry approve {}", d.id)));
     }
     footer.push_str(&format!(" · deployment {}", d.id));
-    let failed = matches!(msg.event, "deploy.failed" | "deploy.refused")
-        || d.state == DeploymentState::RolledBack;
+    // a failure (core's definition: a manual rollback is none), or a refusal: both say why
+    let failed = msg.is_failure() || msg.event == "deploy.refused";
     let failing = msg.failing_step().filter(|_| failed);
     let mut output = Vec::new();
     if let Some(s) = failing {

@@ -3,7 +3,7 @@ use serde_json::Value;
 use super::*;
 use crate::lifecycle::StepState;
 use crate::notify::Message;
-use crate::store::{Deployment, Step};
+use crate::store::{Deployment, DeploymentState, Step};
 
 /// A deployment message for `event`; `failed`: the `release` step failed with `output`.
 pub(crate) fn message(event: &'static str, output: Option<&str>) -> Message {
