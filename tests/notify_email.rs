@@ -290,17 +290,22 @@ fn over_implicit_tls_a_success_sends_a_summary_when_asked() {
 }
 
 #[test]
-fn a_relay_without_starttls_or_with_an_unknown_certificate_is_never_used() {
+fn a_relay_without_starttls_an_unknown_certificate_or_a_missing_password_is_never_used() {
     let plain = Smtp::start(Mode {
         no_starttls: true,
         ..Mode::default()
     });
     let unknown = Smtp::start(Mode::default());
+    let unset = Smtp::start(Mode::default());
     let table = |name: &str, relay: &Smtp, ca: bool| {
+        let password = match name {
+            "no-password" => "FERRY_TEST_SMTP_PASSWORD_UNSET",
+            _ => "FERRY_SMTP_PASSWORD",
+        };
         format!(
             "[[notify]]\nname = \"{name}\"\nkind = \"email\"\nsmtp_host = \"127.0.0.1\"\n\
              smtp_port = {}\nfrom = \"ferry@example.test\"\nto = [\"ops@example.test\"]\n\
-             username_env = \"FERRY_SMTP_USER\"\npassword_env = \"FERRY_SMTP_PASSWORD\"\n{}\n",
+             username_env = \"FERRY_SMTP_USER\"\npassword_env = \"{password}\"\n{}\n",
             relay.starttls_port,
             if ca {
                 format!("ca_file = \"{}\"", relay.ca_file.display())
@@ -310,9 +315,10 @@ fn a_relay_without_starttls_or_with_an_unknown_certificate_is_never_used() {
         )
     };
     let tables = format!(
-        "{}\n{}",
+        "{}\n{}\n{}",
         table("plain-relay", &plain, true),
-        table("unknown-ca", &unknown, false)
+        table("unknown-ca", &unknown, false),
+        table("no-password", &unset, true)
     );
     let mut s = Sandbox::with(
         &[Rel("v1.0.0", HOSTILE)],
@@ -330,19 +336,21 @@ fn a_relay_without_starttls_or_with_an_unknown_certificate_is_never_used() {
     deploy_fails(&s, "v1.0.0");
 
     let rows = recorded(&s, 1);
-    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows.len(), 3, "{rows:?}");
     for (_, state, attempts, error, _, notifier) in &rows {
         assert_eq!((state.as_str(), *attempts), ("failed", 1), "{rows:?}");
         let error = error.as_deref().unwrap_or_default();
         let why = match notifier.as_str() {
             "plain-relay" => "STARTTLS",
-            _ => "certificate is not trusted (give its CA in ca_file)",
+            "unknown-ca" => "certificate is not trusted (give its CA in ca_file)",
+            _ => "FERRY_TEST_SMTP_PASSWORD_UNSET is not set in ferry's environment",
         };
         assert!(error.contains(why), "{notifier}: {error}");
     }
-    // neither got a login, in clear or at all, nor a message
+    // none got a login, in clear or at all, nor a message; without a password none was called
     assert_eq!(plain.auths(), (0, 0));
     assert_eq!(unknown.auths(), (0, 0));
+    assert_eq!(unset.sessions(), 0);
     assert!(plain.received().is_empty() && unknown.received().is_empty());
 }
 
