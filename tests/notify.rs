@@ -392,16 +392,21 @@ fn maintenance_on_and_off_are_sent() {
     ));
     s.serve();
     s.deploy_ok("staging", "v1.0.0");
-    let on = s.ferry(&[
-        "maintenance",
-        "staging",
-        "on",
-        "--message",
-        "database upgrade",
-    ]);
-    assert_eq!(on.code(), 0, "{on}");
-    let off = s.ferry(&["maintenance", "staging", "off"]);
-    assert_eq!(off.code(), 0, "{off}");
+    // said twice, each is announced once: only a change is news
+    for _ in 0..2 {
+        let on = s.ferry(&[
+            "maintenance",
+            "staging",
+            "on",
+            "--message",
+            "database upgrade",
+        ]);
+        assert_eq!(on.code(), 0, "{on}");
+    }
+    for _ in 0..2 {
+        let off = s.ferry(&["maintenance", "staging", "off"]);
+        assert_eq!(off.code(), 0, "{off}");
+    }
     assert!(eventually(Duration::from_secs(10), || hook.bodies().len() == 2));
     let b = hook.bodies();
     assert_eq!(hook.events(), ["maintenance.on", "maintenance.off"]);
@@ -421,6 +426,45 @@ fn maintenance_on_and_off_are_sent() {
     );
     let all = deliveries(&s);
     assert!(all.iter().all(|n| n["deployment"].is_null()), "{all:?}");
+    assert_eq!(all.len(), 2, "{all:?}");
+}
+
+#[test]
+fn a_deploy_cut_off_by_a_crash_is_announced_as_failed_by_the_next_serve() {
+    let hook = Receiver::new(&[]);
+    let mut s = sandbox(format!(
+        "[[notify]]\nurl = \"{}\"\nevents = [\"deploy.failed\"]\n",
+        hook.url
+    ));
+    s.serve_env = vec![("FERRY_FAULT_PAUSE_AT".into(), "build".into())];
+    s.serve();
+    let (status, d) = s.post(
+        "/api/deployments",
+        &serde_json::json!({"environment": "staging", "ref": "v1.0.0"}),
+    );
+    assert_eq!(status, 201, "{d}");
+    let id = d["id"].as_i64().unwrap();
+    assert!(eventually(Duration::from_secs(30), || {
+        let d = s.api(&format!("/api/deployments/{id}"))["deployment"].clone();
+        d["step"] == "build" && d["state"] == "running"
+    }));
+    s.stop(nix::sys::signal::Signal::SIGKILL);
+    s.serve_env.clear();
+    s.serve();
+    // recovery marks it failed before the notifications run; they hear it all the same
+    assert!(
+        eventually(Duration::from_secs(20), || hook.bodies().len() == 1),
+        "{}",
+        s.serve_log()
+    );
+    let b = &hook.bodies()[0];
+    assert_eq!(
+        (b["event"].as_str(), b["deployment"].as_i64()),
+        (Some("deploy.failed"), Some(id))
+    );
+    assert!(eventually(Duration::from_secs(10), || deliveries(&s)
+        .first()
+        .is_some_and(|n| n["state"] == "sent")));
 }
 
 #[test]

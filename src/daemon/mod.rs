@@ -100,7 +100,13 @@ struct Background {
 }
 
 impl Background {
-    fn start(engine: &Arc<Engine>, metrics: &Arc<Metrics>) -> Background {
+    /// `early`: the notifications' receiver, when it was subscribed before the store's
+    /// recovery (at `serve` start), so what recovery records is announced too.
+    fn start(
+        engine: &Arc<Engine>,
+        metrics: &Arc<Metrics>,
+        early: Option<tokio::sync::broadcast::Receiver<crate::events::Event>>,
+    ) -> Background {
         let (stop, rx) = watch::channel(false);
         let mut tasks = vec![
             tokio::spawn(engine.clone().supervise(rx.clone())),
@@ -117,6 +123,7 @@ impl Background {
             engine.store.clone(),
             Arc::new(move |outcome| m.notification(outcome)),
             rx,
+            early,
         )));
         Background { stop, tasks }
     }
@@ -272,6 +279,11 @@ impl Daemon {
                 state.peer_stores = stores.clone();
             }
         }
+        // notifications hear what recovery records (a deploy cut off by a crash is failed)
+        let mut early: Vec<_> = engines
+            .iter()
+            .map(|e| Some(e.store.events().subscribe()))
+            .collect();
         for engine in &engines {
             engine.recover_store().await?;
             engine.apply_maintenance()?;
@@ -311,7 +323,8 @@ impl Daemon {
             .collect();
         let background = with_metrics
             .iter()
-            .map(|(engine, metrics)| Background::start(engine, metrics))
+            .zip(early.iter_mut())
+            .map(|((engine, metrics), rx)| Background::start(engine, metrics, rx.take()))
             .collect();
         let restore = tokio::spawn({
             let engines = engines.clone();
@@ -667,7 +680,7 @@ impl Control {
         let mut background = Vec::new();
         for (engine, metrics) in &self.engines {
             engine.end_handover();
-            background.push(Background::start(engine, metrics));
+            background.push(Background::start(engine, metrics, None));
         }
         *self.background.lock().await = Some(background);
     }

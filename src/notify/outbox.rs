@@ -16,13 +16,29 @@ use crate::store::{Attempt, Deployment, NewNotification, Probe, Step, Store};
 /// How long a pending row waits for a stopped `serve`: older ones are given up at start.
 pub const RESUME_WITHIN: Duration = Duration::from_secs(3600);
 
-/// A [`Message`] as stored on its row.
+/// The longest one attempt may take, all its requests together (each has [`super::TIMEOUT`]).
+/// A stopping `serve` lets an attempt in flight finish (at most this long) rather than cut it
+/// and send it again later.
+pub const ATTEMPT_LIMIT: Duration = Duration::from_secs(30);
+
+/// The failure of an attempt that took longer than [`ATTEMPT_LIMIT`].
+pub fn too_long() -> Failure {
+    Failure::Retry(format!("no answer within {}s", ATTEMPT_LIMIT.as_secs()))
+}
+
+/// The version of [`Stored`] written now.
+const STORED_VERSION: u32 = 1;
+
+/// A [`Message`] as stored on its row. Every field but `event` has a default, so a row a
+/// later ferry finds still reads.
 #[derive(Serialize, Deserialize)]
+#[serde(default)]
 struct Stored {
+    v: u32,
     event: String,
     app: String,
     environment: String,
-    deployment: Option<Deployment>,
+    deployment: Option<Box<Deployment>>,
     steps: Vec<Step>,
     probes: Vec<Probe>,
     detail: Option<String>,
@@ -31,15 +47,52 @@ struct Stored {
     at: String,
 }
 
+impl Default for Stored {
+    fn default() -> Stored {
+        Stored {
+            v: STORED_VERSION,
+            event: String::new(),
+            app: String::new(),
+            environment: String::new(),
+            deployment: None,
+            steps: Vec::new(),
+            probes: Vec::new(),
+            detail: None,
+            who: None,
+            link: None,
+            at: String::new(),
+        }
+    }
+}
+
 impl Message {
-    /// The message as its row keeps it.
+    /// The message as its row keeps it: the step outputs a message can show (the failing
+    /// step's tail and the app's last lines), not every step's full output.
     pub fn to_json(&self) -> String {
+        let failing = self
+            .failing_step()
+            .map(|s| (s.name.clone(), s.started_at.clone()));
+        let steps = self
+            .steps
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                if failing.as_ref() == Some(&(s.name.clone(), s.started_at.clone())) {
+                    s.output = crate::events::tail(&s.output, super::report::OUTPUT_TAIL);
+                } else {
+                    s.output = String::new();
+                    s.app_output = None;
+                }
+                s
+            })
+            .collect();
         serde_json::to_string(&Stored {
+            v: STORED_VERSION,
             event: self.event.to_string(),
             app: self.app.clone(),
             environment: self.environment.clone(),
-            deployment: self.deployment.clone(),
-            steps: self.steps.clone(),
+            deployment: self.deployment.clone().map(Box::new),
+            steps,
             probes: self.probes.clone(),
             detail: self.detail.clone(),
             who: self.who.clone(),
@@ -61,7 +114,7 @@ impl Message {
             event,
             app: s.app,
             environment: s.environment,
-            deployment: s.deployment,
+            deployment: s.deployment.map(|d| *d),
             steps: s.steps,
             probes: s.probes,
             detail: s.detail,
@@ -72,16 +125,21 @@ impl Message {
     }
 }
 
-/// Writes `msg` into `notifier`'s queue.
-pub fn enqueue(store: &Store, notifier: &Notify, msg: &Message) -> crate::store::Result<i64> {
-    store.add_notification(&NewNotification {
-        notifier: &notifier.name,
-        kind: notifier.kind.name(),
-        event: msg.event,
-        environment: &msg.environment,
-        deployment: msg.deployment.as_ref().map(|d| d.id),
-        message: &msg.to_json(),
-    })
+/// Writes `msg` into the queues of `notifiers`, together.
+pub fn enqueue(store: &Store, notifiers: &[&Notify], msg: &Message) -> crate::store::Result<()> {
+    let json = msg.to_json();
+    let rows: Vec<NewNotification<'_>> = notifiers
+        .iter()
+        .map(|n| NewNotification {
+            notifier: &n.name,
+            kind: n.kind.name(),
+            event: msg.event,
+            environment: &msg.environment,
+            deployment: msg.deployment.as_ref().map(|d| d.id),
+            message: &json,
+        })
+        .collect();
+    store.add_notifications(&rows)
 }
 
 /// The wait after failed attempt `n` (1-based): 1 s, 2 s, 4 s, 8 s; at least a 429's
@@ -128,14 +186,13 @@ pub async fn work(
             Ok(m) => m,
             Err(e) => {
                 let error = format!("unreadable message: {e}");
-                record(
-                    &ctx.store,
-                    row.id,
-                    &Attempt::Failed {
-                        error: &error,
-                        last: true,
-                    },
-                );
+                let failed = Attempt::Failed {
+                    error: &error,
+                    last: true,
+                };
+                if !record(&ctx.store, row.id, &failed, &mut shutdown).await {
+                    return;
+                }
                 outcome("failed");
                 continue;
             }
@@ -143,20 +200,20 @@ pub async fn work(
         // a resumed row goes on counting its attempts
         let mut attempt = u32::try_from(row.attempts).unwrap_or(ATTEMPTS) + 1;
         loop {
-            let result = tokio::select! {
-                r = deliver(&ctx, &notifier, &msg) => r,
-                () = stopped(&mut shutdown) => return,
-            };
+            // never cut: a request may already be with the receiver, and sending it again
+            // later would say it twice (or open a second issue)
+            let result = tokio::time::timeout(ATTEMPT_LIMIT, deliver(&ctx, &notifier, &msg))
+                .await
+                .unwrap_or_else(|_| Err(too_long()));
             match result {
                 Ok(d) => {
-                    record(
-                        &ctx.store,
-                        row.id,
-                        &Attempt::Sent {
-                            answer: &d.answer,
-                            link: d.link.as_deref(),
-                        },
-                    );
+                    let sent = Attempt::Sent {
+                        answer: &d.answer,
+                        link: d.link.as_deref(),
+                    };
+                    if !record(&ctx.store, row.id, &sent, &mut shutdown).await {
+                        return;
+                    }
                     tracing::info!(
                         notifier = name,
                         event = msg.event,
@@ -169,14 +226,13 @@ pub async fn work(
                 }
                 Err(f) => {
                     let last = matches!(f, Failure::Fatal(_)) || attempt >= ATTEMPTS;
-                    record(
-                        &ctx.store,
-                        row.id,
-                        &Attempt::Failed {
-                            error: f.reason(),
-                            last,
-                        },
-                    );
+                    let failed = Attempt::Failed {
+                        error: f.reason(),
+                        last,
+                    };
+                    if !record(&ctx.store, row.id, &failed, &mut shutdown).await {
+                        return;
+                    }
                     if last {
                         tracing::error!(
                             notifier = name,
@@ -202,9 +258,28 @@ pub async fn work(
     }
 }
 
-fn record(store: &Store, id: i64, attempt: &Attempt<'_>) {
-    if let Err(e) = store.record_attempt(id, attempt) {
-        tracing::error!(id, error = %e, "cannot record a notification attempt");
+/// Records an attempt, trying again (1 s, 2 s, … 30 s apart) until it is written: a row
+/// whose outcome is not written is never sent again meanwhile (a full disk would otherwise
+/// repeat the message as fast as the receiver answers). False when `serve` stopped first.
+async fn record(
+    store: &Store,
+    id: i64,
+    attempt: &Attempt<'_>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match store.record_attempt(id, attempt) {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::error!(id, error = %e, retry_in = ?wait, "cannot record a notification attempt; this notifier waits");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stopped(shutdown) => return false,
+        }
+        wait = (wait * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -8,7 +8,7 @@ use crate::events::tail;
 use crate::store::{Deployment, DeploymentState, Probe, Step, StepState};
 
 /// How much of the failing step's output a message carries.
-const OUTPUT_TAIL: usize = 2000;
+pub(super) const OUTPUT_TAIL: usize = 2000;
 /// The newest monitor probes a report lists (the figures count them all).
 const REPORT_PROBES: usize = 30;
 

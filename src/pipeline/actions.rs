@@ -173,19 +173,28 @@ impl Engine {
                 .take(2000)
                 .collect::<String>()
         });
+        let before = self
+            .store
+            .maintenance()?
+            .into_iter()
+            .find(|m| m.environment == env)
+            .map(|m| m.message);
         self.store
             .set_maintenance(env, message.as_deref().map(|m| (m, who)))?;
         state.proxy.set_maintenance(message.clone());
         tracing::info!(env, on, by = who, "maintenance");
-        self.store
-            .events()
-            .publish(crate::events::Event::Maintenance {
-                environment: env.to_string(),
-                on,
-                message: message.clone(),
-                by: who.to_string(),
-                at: crate::store::now(),
-            });
+        // announced when it changed: on, off, or a new message (not `off` when it was off)
+        if before != message {
+            self.store
+                .events()
+                .publish(crate::events::Event::Maintenance {
+                    environment: env.to_string(),
+                    on,
+                    message: message.clone(),
+                    by: who.to_string(),
+                    at: crate::store::now(),
+                });
+        }
         Ok(message)
     }
 

@@ -127,15 +127,74 @@ impl Store {
         Ok(conn.last_insert_rowid())
     }
 
-    /// Records a test sent by `ferry notify test`: one attempt, already made.
-    pub fn add_sent_notification(
+    /// Queues one event's notifications together (one transaction, one sync).
+    pub fn add_notifications(&self, rows: &[NewNotification<'_>]) -> Result<()> {
+        let at = now();
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        for n in rows {
+            tx.execute(
+                "INSERT INTO notifications (notifier, kind, event, environment, deployment,
+                     state, message, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?7)",
+                params![
+                    n.notifier,
+                    n.kind,
+                    n.event,
+                    n.environment,
+                    n.deployment,
+                    n.message,
+                    at
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a notification already attempted once (`ferry notify test`), in its final
+    /// state: no worker ever sees it pending.
+    pub fn add_finished_notification(
         &self,
         n: &NewNotification<'_>,
         attempt: &Attempt<'_>,
     ) -> Result<Notification> {
-        let id = self.add_notification(n)?;
-        self.record_attempt(id, attempt)?;
+        let at = now();
+        let (state, answer, error, link) = match attempt {
+            Attempt::Sent { answer, link } => ("sent", Some(*answer), None, *link),
+            Attempt::Failed { error, .. } => ("failed", None, Some(*error), None),
+        };
+        let id = {
+            let conn = self.conn();
+            conn.execute(
+                "INSERT INTO notifications (notifier, kind, event, environment, deployment,
+                     state, attempts, answer, error, link, message, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8, ?9, '{}', ?10, ?10)",
+                params![
+                    n.notifier,
+                    n.kind,
+                    n.event,
+                    n.environment,
+                    n.deployment,
+                    state,
+                    answer,
+                    error,
+                    link,
+                    at
+                ],
+            )?;
+            conn.last_insert_rowid()
+        };
         self.notification(id)
+    }
+
+    /// Deletes the notifications created before `cutoff` (RFC 3339) that are no longer
+    /// pending; returns how many.
+    pub fn delete_notifications_before(&self, cutoff: &str) -> Result<usize> {
+        Ok(self.conn().execute(
+            "DELETE FROM notifications WHERE created_at < ?1 AND state != 'pending'",
+            [cutoff],
+        )?)
     }
 
     /// The oldest pending notification of `notifier`, with its message.
@@ -159,14 +218,16 @@ impl Store {
         let at = now();
         let conn = self.conn();
         match attempt {
+            // a row that ended is never sent again: its message is not kept
             Attempt::Sent { answer, link } => conn.execute(
                 "UPDATE notifications SET state = 'sent', attempts = attempts + 1, answer = ?2,
-                     link = ?3, updated_at = ?4 WHERE id = ?1",
+                     link = ?3, updated_at = ?4, message = '{}' WHERE id = ?1",
                 params![id, answer, link, at],
             )?,
             Attempt::Failed { error, last } => conn.execute(
                 "UPDATE notifications SET attempts = attempts + 1, error = ?2, updated_at = ?3,
-                     state = CASE WHEN ?4 THEN 'failed' ELSE state END WHERE id = ?1",
+                     state = CASE WHEN ?4 THEN 'failed' ELSE state END,
+                     message = CASE WHEN ?4 THEN '{}' ELSE message END WHERE id = ?1",
                 params![id, error, at, last],
             )?,
         };
@@ -176,28 +237,25 @@ impl Store {
     /// Gives up pending notifications that cannot be sent any more: those of notifiers not in
     /// `notifiers`, and those created before `cutoff` (RFC 3339). Returns how many.
     pub fn expire_notifications(&self, notifiers: &[&str], cutoff: &str) -> Result<usize> {
+        let at = now();
         let conn = self.conn();
-        let mut stale = conn.execute(
-            "UPDATE notifications SET state = 'failed', updated_at = ?2,
-                 error = 'ferry stopped before it was sent'
+        let tx = conn.unchecked_transaction()?;
+        // the last real error is kept, the reason it was given up added
+        let stale = tx.execute(
+            "UPDATE notifications SET state = 'failed', updated_at = ?2, message = '{}',
+                 error = COALESCE(error || '; ', '') || 'ferry stopped before it was sent'
              WHERE state = 'pending' AND created_at < ?1",
-            params![cutoff, now()],
+            params![cutoff, at],
         )?;
-        let pending: Vec<(i64, String)> = conn
-            .prepare("SELECT id, notifier FROM notifications WHERE state = 'pending'")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        for (id, notifier) in pending {
-            if !notifiers.contains(&notifier.as_str()) {
-                stale += conn.execute(
-                    "UPDATE notifications SET state = 'failed', updated_at = ?2,
-                         error = 'the notifier is no longer configured'
-                     WHERE id = ?1",
-                    params![id, now()],
-                )?;
-            }
-        }
-        Ok(stale)
+        let names = serde_json::to_string(notifiers).unwrap_or_else(|_| "[]".into());
+        let gone = tx.execute(
+            "UPDATE notifications SET state = 'failed', updated_at = ?2, message = '{}',
+                 error = COALESCE(error || '; ', '') || 'the notifier is no longer configured'
+             WHERE state = 'pending' AND notifier NOT IN (SELECT value FROM json_each(?1))",
+            params![names, at],
+        )?;
+        tx.commit()?;
+        Ok(stale + gone)
     }
 
     pub fn notification(&self, id: i64) -> Result<Notification> {
@@ -332,6 +390,17 @@ mod tests {
         assert_eq!(
             s.notification(kept).unwrap().error.as_deref(),
             Some("ferry stopped before it was sent")
+        );
+        // kept a while once ended, then deleted; never while pending
+        let pending = s.add_notification(&new("chat", "deploy.started")).unwrap();
+        assert_eq!(
+            s.delete_notifications_before("2999-01-01T00:00:00Z")
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            s.notification(pending).unwrap().state,
+            NotificationState::Pending
         );
     }
 }
