@@ -146,6 +146,23 @@ impl<'a> GitHub<'a> {
             .json(&json!({ "body": body }))
     }
 
+    /// The comments on issue `number` made since `since` (RFC 3339).
+    pub(crate) fn comments_request(&self, number: i64, since: &str) -> RequestBuilder {
+        // GitHub takes YYYY-MM-DDTHH:MM:SSZ
+        let since = chrono::DateTime::parse_from_rfc3339(since)
+            .map(|t| {
+                t.with_timezone(&chrono::Utc)
+                    .format("%Y-%m-%dT%H:%M:%SZ")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let mut query = vec![("per_page", "100")];
+        if !since.is_empty() {
+            query.push(("since", &since));
+        }
+        self.request_with(Method::GET, &[&number.to_string(), "comments"], &query)
+    }
+
     pub(crate) fn close_request(&self, number: i64) -> RequestBuilder {
         self.request(Method::PATCH, &[&number.to_string()])
             .json(&json!({ "state": "closed", "state_reason": "completed" }))
@@ -215,6 +232,18 @@ impl Api for GitHub<'_> {
         tracker::act(self.comment_request(number, body), &self.asking(), &what).await
     }
 
+    async fn commented(&self, number: i64, marker: &str, since: &str) -> Result<bool, Failure> {
+        let what = format!(
+            "read the comments on issue #{number} of {}",
+            self.cfg.repository
+        );
+        match tracker::send(self.comments_request(number, since), &self.asking(), &what).await? {
+            Ok(v) => Ok(tracker::holds(&v, marker)),
+            Err(r) if r.status == 404 || r.status == 410 => Ok(false),
+            Err(r) => Err(tracker::classify(&self.asking(), &what, &r)),
+        }
+    }
+
     async fn close(&self, number: i64) -> Result<bool, Failure> {
         let what = format!("close issue #{number} of {}", self.cfg.repository);
         tracker::act(self.close_request(number), &self.asking(), &what).await
@@ -280,6 +309,15 @@ mod tests {
             "https://api.github.com/repos/acme/shop/issues/12/comments"
         );
         assert_eq!(body(&comment), json!({"body": "again"}));
+
+        let since = gh
+            .comments_request(12, "2026-12-02T12:00:00.250Z")
+            .build()
+            .unwrap();
+        assert_eq!(
+            since.url().as_str(),
+            "https://api.github.com/repos/acme/shop/issues/12/comments?per_page=100&since=2026-12-02T12%3A00%3A00Z"
+        );
 
         let close = gh.close_request(12).build().unwrap();
         assert_eq!(close.method(), Method::PATCH);

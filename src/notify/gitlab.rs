@@ -135,6 +135,19 @@ impl<'a> GitLab<'a> {
             .json(&json!({ "body": body }))
     }
 
+    /// The newest notes on issue `iid` `number`.
+    pub(crate) fn notes_request(&self, number: i64) -> RequestBuilder {
+        self.request_with(
+            Method::GET,
+            &[&number.to_string(), "notes"],
+            &[
+                ("sort", "desc"),
+                ("order_by", "created_at"),
+                ("per_page", "30"),
+            ],
+        )
+    }
+
     pub(crate) fn close_request(&self, number: i64) -> RequestBuilder {
         self.request(Method::PUT, &[&number.to_string()])
             .json(&json!({ "state_event": "close" }))
@@ -193,6 +206,18 @@ impl Api for GitLab<'_> {
     async fn comment(&self, number: i64, body: &str) -> Result<bool, Failure> {
         let what = format!("comment on issue #{number} in {}", self.cfg.repository);
         tracker::act(self.comment_request(number, body), &self.asking(), &what).await
+    }
+
+    async fn commented(&self, number: i64, marker: &str, _since: &str) -> Result<bool, Failure> {
+        let what = format!(
+            "read the notes on issue #{number} in {}",
+            self.cfg.repository
+        );
+        match tracker::send(self.notes_request(number), &self.asking(), &what).await? {
+            Ok(v) => Ok(tracker::holds(&v, marker)),
+            Err(r) if r.status == 404 => Ok(false),
+            Err(r) => Err(tracker::classify(&self.asking(), &what, &r)),
+        }
     }
 
     async fn close(&self, number: i64) -> Result<bool, Failure> {

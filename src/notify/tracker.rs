@@ -43,6 +43,8 @@ pub(crate) trait Api {
     async fn find(&self, marker: &str) -> Result<Option<Issue>, Failure>;
     /// `false` when the issue is gone.
     async fn comment(&self, number: i64, body: &str) -> Result<bool, Failure>;
+    /// Whether a comment on issue `number` made since `since` (RFC 3339) holds `marker`.
+    async fn commented(&self, number: i64, marker: &str, since: &str) -> Result<bool, Failure>;
     /// `false` when the issue is gone.
     async fn close(&self, number: i64) -> Result<bool, Failure>;
 }
@@ -146,9 +148,7 @@ pub(crate) async fn deliver(
                 if let Some(issue) = api.get(row.number).await?.filter(|i| i.open) {
                     let again = format!("**Again:** {}\n\n{body}", code(&title));
                     let said = row.last_deployment == deployment && deployment.is_some()
-                        || api
-                            .comment(row.number, &cut_markdown(&again, limits.body, msg))
-                            .await?;
+                        || comment_once(api, row.number, &again, notifier, msg, "failure").await?;
                     if said {
                         remember(IssueState::Open);
                         return Ok(Delivered {
@@ -224,10 +224,8 @@ pub(crate) async fn deliver(
             };
             let mut did = Vec::new();
             if comment {
-                if !api
-                    .comment(row.number, &success_comment(msg, close))
-                    .await?
-                {
+                let said = success_comment(msg, close);
+                if !comment_once(api, row.number, &said, notifier, msg, "success").await? {
                     return gone();
                 }
                 remember(IssueState::Recovered);
@@ -246,6 +244,33 @@ pub(crate) async fn deliver(
             })
         }
     }
+}
+
+/// Posts `body` on issue `number` with a marker naming this delivery, unless a comment since
+/// the deployment began already holds it (a retry whose first answer was lost). `false` when
+/// the issue is gone.
+async fn comment_once(
+    api: &impl Api,
+    number: i64,
+    body: &str,
+    notifier: &Notify,
+    msg: &Message,
+    kind: &str,
+) -> Result<bool, Failure> {
+    let limit = api.limits().body;
+    let Some(d) = &msg.deployment else {
+        return api.comment(number, &cut_markdown(body, limit, msg)).await;
+    };
+    let marker = format!(
+        "<!-- ferry: notifier {} environment {} deployment {} created {} {kind} -->",
+        notifier.name, msg.environment, d.id, d.created_at
+    );
+    if api.commented(number, &marker, &d.created_at).await? {
+        return Ok(true);
+    }
+    let room = limit.saturating_sub(marker.chars().count() + 2);
+    let body = format!("{}\n\n{marker}", cut_markdown(body, room, msg));
+    api.comment(number, &body).await
 }
 
 /// The line hidden in an issue's body that names the delivery which opened it, so that a
@@ -412,7 +437,9 @@ pub(crate) fn cut_markdown(s: &str, max: usize, msg: &Message) -> String {
 
 #[path = "tracker_http.rs"]
 mod http;
-pub(crate) use http::{Asking, act, call, classify, client, find_marked, issue_from, send, token};
+pub(crate) use http::{
+    Asking, act, call, classify, client, find_marked, holds, issue_from, send, token,
+};
 
 #[cfg(test)]
 #[path = "tracker_tests.rs"]

@@ -351,6 +351,14 @@ pub(crate) async fn act(
     }
 }
 
+/// Whether a listing of comments holds one whose `body` has `marker`.
+pub(crate) fn holds(list: &Value, marker: &str) -> bool {
+    list.as_array().is_some_and(|a| {
+        a.iter()
+            .any(|c| c["body"].as_str().is_some_and(|b| b.contains(marker)))
+    })
+}
+
 /// The newest issue of a listing (newest first) whose `body_key` holds `marker`.
 pub(crate) fn find_marked(
     list: &Value,

@@ -210,10 +210,22 @@ impl Api for Memory {
         match issues.iter_mut().find(|(i, _, _)| i.number == number) {
             Some(i) => {
                 i.1.push(body.to_string());
+                drop(issues);
+                // the comment is made, and then the answer is lost
+                self.take_failure("commented")?;
                 Ok(true)
             }
             None => Ok(false),
         }
+    }
+    async fn commented(&self, number: i64, marker: &str, _since: &str) -> Result<bool, Failure> {
+        self.take_failure("list comments")?;
+        Ok(self
+            .issues
+            .borrow()
+            .iter()
+            .filter(|(i, _, _)| i.number == number)
+            .any(|(_, comments, _)| comments.iter().any(|c| c.contains(marker))))
     }
     async fn close(&self, number: i64) -> Result<bool, Failure> {
         self.take_failure("close")?;
@@ -532,6 +544,9 @@ async fn an_issue_deleted_between_the_read_and_the_comment_gets_a_new_one() {
         async fn comment(&self, n: i64, b: &str) -> Result<bool, Failure> {
             self.0.comment(n, b).await
         }
+        async fn commented(&self, n: i64, m: &str, since: &str) -> Result<bool, Failure> {
+            self.0.commented(n, m, since).await
+        }
         async fn close(&self, n: i64) -> Result<bool, Failure> {
             self.0.close(n).await
         }
@@ -566,4 +581,35 @@ fn a_long_report_is_cut_with_its_code_fence_closed_and_a_pointer_to_the_rest() {
 
 fn cut_two(s: &str) -> String {
     cut(s, 2)
+}
+
+#[tokio::test]
+async fn a_comment_whose_answer_was_lost_is_not_posted_twice() {
+    let s = setup();
+    let api = Memory::default();
+    s.send(&api, &failed(1)).await.unwrap();
+    api.fail
+        .borrow_mut()
+        .push(("commented", Failure::Retry("GitHub answered 502".into())));
+    assert!(s.send(&api, &failed(2)).await.is_err());
+    assert_eq!(
+        s.send(&api, &failed(2)).await.unwrap().answer,
+        "commented on #1"
+    );
+    assert_eq!(
+        api.issues.borrow()[0].1.len(),
+        1,
+        "one comment for deployment 2"
+    );
+    // the same for the success's comment
+    api.fail
+        .borrow_mut()
+        .push(("commented", Failure::Retry("GitHub answered 502".into())));
+    assert!(s.send(&api, &succeeded(3)).await.is_err());
+    assert_eq!(
+        s.send(&api, &succeeded(3)).await.unwrap().answer,
+        "commented on and closed #1"
+    );
+    assert_eq!(api.issues.borrow()[0].1.len(), 2);
+    assert!(!api.issues.borrow()[0].0.open);
 }

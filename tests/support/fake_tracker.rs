@@ -339,6 +339,20 @@ fn find<'a>(inner: &'a mut Inner, n: &str) -> Option<&'a mut FakeIssue> {
     inner.issues.iter_mut().find(|i| i.number == n)
 }
 
+/// An issue's comments, oldest first (GitHub) or newest first (GitLab's `sort=desc`).
+fn comments(issue: &FakeIssue, newest_first: bool) -> Value {
+    let mut all: Vec<Value> = issue
+        .comments
+        .iter()
+        .enumerate()
+        .map(|(i, body)| json!({"id": i + 1, "body": body}))
+        .collect();
+    if newest_first {
+        all.reverse();
+    }
+    Value::Array(all)
+}
+
 /// The newest 30 issues not deleted, newest first, as the service shows them.
 fn list(inner: &Inner, json_of: impl Fn(&FakeIssue) -> Value) -> Value {
     Value::Array(
@@ -410,6 +424,7 @@ fn github(inner: &mut Inner, method: &Method, tail: &str, fields: &Value) -> Res
             }
             match (m, rest) {
                 ("GET", []) => answer(200, json_of(issue)),
+                ("GET", ["comments"]) => answer(200, comments(issue, false)),
                 ("POST", ["comments"]) => {
                     issue
                         .comments
@@ -480,6 +495,7 @@ fn gitlab(inner: &mut Inner, method: &Method, tail: &str, fields: &Value) -> Res
             };
             match (m, rest) {
                 ("GET", []) => answer(200, json_of(issue)),
+                ("GET", ["notes"]) => answer(200, comments(issue, true)),
                 ("POST", ["notes"]) => {
                     issue
                         .comments
