@@ -449,64 +449,6 @@ fn a_500_is_retried_and_a_refused_or_missing_token_fails_the_delivery_with_what_
     token_nowhere(&s, "ghp_wrong_token_abcdef", &[1, 2]);
 }
 
-/// The fakes refuse what the real services refuse, so the tests above cannot pass with a
-/// request the services would not take.
-#[test]
-fn the_fakes_check_the_token_headers_and_paths_as_the_services_do() {
-    let client = blocking_http().no_proxy().build().unwrap();
-    let gh = FakeTracker::github("acme/shop", GITHUB_TOKEN);
-    let issues = format!("{}/repos/acme/shop/issues", gh.api);
-    let status = |r: reqwest::blocking::RequestBuilder| r.send().unwrap().status().as_u16();
-    let body = serde_json::json!({"title": "t", "body": "b"});
-    assert_eq!(status(client.post(&issues).json(&body)), 401);
-    let authed = |r: reqwest::blocking::RequestBuilder| r.bearer_auth(GITHUB_TOKEN);
-    assert_eq!(
-        status(authed(client.post(&issues).json(&body))),
-        403,
-        "no User-Agent"
-    );
-    let full = |r: reqwest::blocking::RequestBuilder| {
-        authed(r)
-            .header("user-agent", "t")
-            .header("accept", "application/vnd.github+json")
-            .header("x-github-api-version", "2022-11-28")
-    };
-    assert_eq!(
-        status(full(client.post(&issues).json(&serde_json::json!({})))),
-        422
-    );
-    assert_eq!(status(full(client.post(&issues).json(&body))), 201);
-    assert_eq!(
-        status(full(
-            client
-                .post(format!("{}/repos/acme/other/issues", gh.api))
-                .json(&body)
-        )),
-        404
-    );
-    gh.delete(1);
-    assert_eq!(status(full(client.get(format!("{issues}/1")))), 410);
-    gh.fail_next(500, 1);
-    assert_eq!(status(full(client.get(format!("{issues}/1")))), 500);
-
-    let gl = FakeTracker::gitlab("acme/shop", GITLAB_TOKEN);
-    let body = serde_json::json!({"title": "t", "description": "b", "labels": "a,b"});
-    let encoded = format!("{}/projects/acme%2Fshop/issues", gl.api);
-    assert_eq!(status(client.post(&encoded).json(&body)), 401);
-    let token = |r: reqwest::blocking::RequestBuilder| r.header("private-token", GITLAB_TOKEN);
-    assert_eq!(
-        status(token(
-            client
-                .post(format!("{}/projects/acme/shop/issues", gl.api))
-                .json(&body)
-        )),
-        404,
-        "the path must be one encoded segment"
-    );
-    assert_eq!(status(token(client.post(&encoded).json(&body))), 201);
-    assert_eq!(gl.issues()[0].labels, ["a", "b"]);
-}
-
 #[test]
 fn notify_test_opens_comments_on_and_closes_a_test_issue_and_says_why_when_it_cannot() {
     let fake = FakeTracker::github("acme/shop", GITHUB_TOKEN);

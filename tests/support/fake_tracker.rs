@@ -1,7 +1,8 @@
 //! A fake GitHub or GitLab REST API on 127.0.0.1 for the issue-tracker notifiers: it checks the
 //! token and the headers each service requires, keeps issues and comments in memory for the
 //! test to read, lets the test close or delete an issue as a person would, and can be told to
-//! answer the next requests with an error (a 500 once, a 401, a 429).
+//! answer the next requests with an error (a 500 once, a 401, a 429), make an issue and lose
+//! the answer, or redirect elsewhere. Its own test checks it refuses what the services refuse.
 
 #![allow(dead_code)]
 
@@ -516,4 +517,62 @@ fn gitlab(inner: &mut Inner, method: &Method, tail: &str, fields: &Value) -> Res
         }
         _ => answer(405, json!({"error": "405 Method Not Allowed"})),
     }
+}
+
+/// The fakes refuse what the real services refuse, so the tests above cannot pass with a
+/// request the services would not take.
+#[test]
+fn the_fakes_check_the_token_headers_and_paths_as_the_services_do() {
+    let client = super::support::blocking_http().no_proxy().build().unwrap();
+    let gh = FakeTracker::github("acme/shop", "ghp_fake");
+    let issues = format!("{}/repos/acme/shop/issues", gh.api);
+    let status = |r: reqwest::blocking::RequestBuilder| r.send().unwrap().status().as_u16();
+    let body = serde_json::json!({"title": "t", "body": "b"});
+    assert_eq!(status(client.post(&issues).json(&body)), 401);
+    let authed = |r: reqwest::blocking::RequestBuilder| r.bearer_auth("ghp_fake");
+    assert_eq!(
+        status(authed(client.post(&issues).json(&body))),
+        403,
+        "no User-Agent"
+    );
+    let full = |r: reqwest::blocking::RequestBuilder| {
+        authed(r)
+            .header("user-agent", "t")
+            .header("accept", "application/vnd.github+json")
+            .header("x-github-api-version", "2022-11-28")
+    };
+    assert_eq!(
+        status(full(client.post(&issues).json(&serde_json::json!({})))),
+        422
+    );
+    assert_eq!(status(full(client.post(&issues).json(&body))), 201);
+    assert_eq!(
+        status(full(
+            client
+                .post(format!("{}/repos/acme/other/issues", gh.api))
+                .json(&body)
+        )),
+        404
+    );
+    gh.delete(1);
+    assert_eq!(status(full(client.get(format!("{issues}/1")))), 410);
+    gh.fail_next(500, 1);
+    assert_eq!(status(full(client.get(format!("{issues}/1")))), 500);
+
+    let gl = FakeTracker::gitlab("acme/shop", "glpat-fake");
+    let body = serde_json::json!({"title": "t", "description": "b", "labels": "a,b"});
+    let encoded = format!("{}/projects/acme%2Fshop/issues", gl.api);
+    assert_eq!(status(client.post(&encoded).json(&body)), 401);
+    let token = |r: reqwest::blocking::RequestBuilder| r.header("private-token", "glpat-fake");
+    assert_eq!(
+        status(token(
+            client
+                .post(format!("{}/projects/acme/shop/issues", gl.api))
+                .json(&body)
+        )),
+        404,
+        "the path must be one encoded segment"
+    );
+    assert_eq!(status(token(client.post(&encoded).json(&body))), 201);
+    assert_eq!(gl.issues()[0].labels, ["a", "b"]);
 }
