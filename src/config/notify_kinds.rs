@@ -272,25 +272,39 @@ pub(super) fn email(
             .collect(),
         username_env,
         password_env,
-        ca_file: r.ca_file.as_ref().map(|c| resolve(c.get_ref())),
+        ca_file: r
+            .ca_file
+            .as_ref()
+            .map(|c| ca_file(c, fail, resolve))
+            .transpose()?,
     })
 }
 
-/// `addr@host` or `Name <addr@host>`: enough to catch a slip; the mailer checks the rest.
+/// `addr@host` or `Name <addr@host>`, as the mailer (lettre) reads an address: what `ferry
+/// check` accepts is what can be sent to.
 fn looks_like_mailbox(s: &str) -> bool {
-    let s = s.trim();
-    let addr = match (s.rfind('<'), s.strip_suffix('>')) {
-        (Some(i), Some(_)) => &s[i + 1..s.len() - 1],
-        (None, None) => s,
-        _ => return false,
-    };
-    match addr.split_once('@') {
-        Some((local, domain)) => {
-            !local.is_empty()
-                && !domain.is_empty()
-                && !domain.contains('@')
-                && !addr.contains(char::is_whitespace)
-        }
-        None => false,
+    s.trim().parse::<lettre::message::Mailbox>().is_ok()
+}
+
+/// `ca_file`, resolved, read and holding at least one PEM certificate: found now, not when
+/// the first failure mail is due.
+fn ca_file(
+    c: &toml::Spanned<String>,
+    fail: &Fail,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<PathBuf, Diagnostic> {
+    let path = resolve(c.get_ref());
+    match std::fs::read_to_string(&path) {
+        Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Ok(path),
+        Ok(_) => Err(fail(
+            c.span(),
+            format!("{} holds no PEM certificate", path.display()),
+            "point ca_file at the relay's CA certificate, in PEM (-----BEGIN CERTIFICATE-----)",
+        )),
+        Err(e) => Err(fail(
+            c.span(),
+            format!("cannot read {}: {e}", path.display()),
+            "point ca_file at the relay's CA certificate, in PEM; a relative path is from the config's dir",
+        )),
     }
 }

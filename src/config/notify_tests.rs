@@ -137,6 +137,11 @@ fn what_makes_no_sense_is_refused_with_where_and_what_to_do() {
         ("kind = \"email\"\nsmtp_host = \"m.example.com\"\nfrom = \"nobody\"\nto = [\"o@example.com\"]\n".into(), "\"nobody\" is not an email address"),
         ("kind = \"email\"\nsmtp_host = \"m.example.com\"\nfrom = \"f@example.com\"\nto = []\n".into(), "list of recipients is empty"),
         (format!("name = \"Team Chat\"\n{hook}"), "is not a notifier name"),
+        (format!("{mail}ca_file = \"missing-ca.pem\"\n"), "cannot read"),
+        (
+            "kind = \"email\"\nsmtp_host = \"m.example.com\"\nfrom = \"Ops, Team <f@example.com>\"\nto = [\"o@example.com\"]\n".into(),
+            "is not an email address",
+        ),
     ] {
         let d = refused(&format!("[[notify]]\n{bad}"));
         assert!(d.message.contains(says), "{says}: {}", d.message);
