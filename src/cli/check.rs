@@ -269,6 +269,16 @@ fn check_app(config: &crate::config::Config) -> super::CmdResult {
         };
         outln!("  webhooks   {}; {from}", hooks.join(", "));
     }
+    if !config.notify.is_empty()
+        && config.server.public_url.is_none()
+        && config.server.listen.ip().is_unspecified()
+    {
+        eprintln!(
+            "warning: notifications link to http://{} which nobody can open: set [server] \
+             public_url = \"https://ferry.example.com\" (the address people reach ferry at)",
+            config.server.listen
+        );
+    }
     for n in &config.notify {
         outln!(
             "  notify     {} ({}, {}): {}",

@@ -99,13 +99,22 @@ impl Message {
             return None;
         }
         let d = self.deployment.as_ref()?;
-        Some(report(
-            &self.app,
-            d,
-            self.failing_step(),
-            &self.steps,
-            &self.probes,
-        ))
+        // when the serve hosts several apps (its links say /apps/<app>/), commands name it
+        let several = self
+            .link
+            .as_deref()
+            .is_some_and(|l| l.contains(&format!("/apps/{}/", self.app)));
+        let mut r = report(&self.app, d, self.failing_step(), &self.steps, &self.probes);
+        if several {
+            r.markdown = r
+                .markdown
+                .replace("`ferry show ", &format!("`ferry -a {} show ", self.app));
+            r.markdown = r.markdown.replace(
+                "`ferry rollback ",
+                &format!("`ferry -a {} rollback ", self.app),
+            );
+        }
+        Some(r)
     }
 
     /// ferry's own JSON object (the generic webhook's body); `text` is Slack-compatible.
@@ -399,6 +408,16 @@ mod tests {
         // the app's output stays inside its fence: the fence is longer than its ``` line
         assert!(
             md.contains("````\nok\n```\n# escaped?\n@everyone\n````"),
+            "{md}"
+        );
+        assert!(md.contains("- Inspect: `ferry show 7`"), "{md}");
+        // with several apps on the serve, the commands name the app
+        let mut several = hostile();
+        several.link = Some("http://ferry.example.com/apps/shop/deployments/7".into());
+        let md = several.report().unwrap().markdown;
+        assert!(
+            md.contains("- Inspect: `ferry -a shop show 7`")
+                && md.contains("- Roll back: `ferry -a shop rollback staging"),
             "{md}"
         );
         // a manual rollback is not a failure
