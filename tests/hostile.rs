@@ -200,6 +200,13 @@ fn bodies_over_the_limits_get_413_and_change_nothing() {
 fn a_thousand_forged_webhooks_leave_only_a_counter() {
     let s = sandbox();
     let before = table_counts(&s);
+    // serve restores its environments in the background once it answers: the last thing it
+    // logs on its own; what comes after is the deliveries'
+    let restored = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        s.serve_log().contains("nothing deployed yet")
+    });
+    assert!(restored, "serve never said it restored:\n{}", s.serve_log());
     let log_before = s.serve_log().len();
     let client = client();
     for i in 0..1000 {
