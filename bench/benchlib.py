@@ -1,10 +1,17 @@
-"""Helpers the bench scripts share: ports, git, building ferry."""
+"""Helpers the bench scripts share: ports, git, building ferry, its API."""
 
+import json
 import os
 import socket
 import subprocess
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the running serve's local token (start_serve sets it; api() sends it)
+TOKEN = ""
 
 
 def free_port():
@@ -37,7 +44,9 @@ def sample_repo(tmp, releases):
 
 
 def build_ferry():
-    """Builds ferry --release and returns the binary's path."""
+    """Builds ferry --release and returns the binary's path (FERRY=path: that binary, unbuilt)."""
+    if os.environ.get("FERRY"):
+        return os.path.abspath(os.environ["FERRY"])
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     return os.path.join(ROOT, "target", "release", "ferry")
 
@@ -57,5 +66,33 @@ def start_serve(ferry, tmp, config, api_port):
             break
         except OSError:
             time.sleep(0.05)
-    token = open(os.path.join(tmp, ".ferry", "local-token")).read().strip()
-    return serve, base, token
+    global TOKEN
+    TOKEN = open(os.path.join(tmp, ".ferry", "local-token")).read().strip()
+    return serve, base, TOKEN
+
+
+def api(base, path, body=None, timeout=60):
+    """GET `path` (or POST `body` as JSON) on serve's API; the answer's JSON, errors included."""
+    req = urllib.request.Request(base + path, method="POST" if body is not None else "GET",
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"content-type": "application/json", "x-ferry-user": "bench",
+                                          "authorization": f"Bearer {TOKEN}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as e:
+        return json.load(e)
+
+
+def wait_done(base, dep_id):
+    """Polls a deployment until it has ended; its detail (`deployment`, `steps`, …)."""
+    while True:
+        d = api(base, f"/api/deployments/{dep_id}")
+        if d["deployment"]["state"] not in ("queued", "running", "monitoring", "awaiting_approval"):
+            return d
+        time.sleep(0.05)
+
+
+def ts(s):
+    """An RFC 3339 time from the API as a Unix timestamp."""
+    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()

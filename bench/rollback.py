@@ -9,46 +9,23 @@ Usage: python3 bench/rollback.py [runs]   (builds ferry --release first; about a
 Everything runs on 127.0.0.1 in a temp dir and stops by itself.
 """
 
-import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from datetime import datetime
 
-from benchlib import build_ferry, free_port, sample_repo, start_serve
+from benchlib import api, build_ferry, free_port, sample_repo, start_serve, ts, wait_done
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-TOKEN = ""  # serve's local token, read once it is up
 INTERVAL_MS, MAX_FAILURES, FAIL_AFTER_MS, BOOT_MS = 200, 3, 1000, 300
 
 
-def api(base, path, body=None):
-    req = urllib.request.Request(base + path, method="POST" if body is not None else "GET",
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"content-type": "application/json", "x-ferry-user": "bench",
-                                          "authorization": f"Bearer {TOKEN}"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.load(r)
-    except urllib.error.HTTPError as e:
-        return json.load(e)
 
 
-def ts(s):
-    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
 
-def wait_done(base, dep_id):
-    while True:
-        d = api(base, f"/api/deployments/{dep_id}")
-        if d["deployment"]["state"] not in ("queued", "running", "monitoring", "awaiting_approval"):
-            return d
-        time.sleep(0.05)
 
 
 def step(detail, name):
@@ -100,8 +77,6 @@ listen = "127.0.0.1:{api_port}"
 """)
         serve, base, token = start_serve(ferry, tmp, config, api_port)
         try:
-            global TOKEN
-            TOKEN = token
 
             def deploy(env, ref):
                 d = api(base, "/api/deployments", {"environment": env, "ref": ref})

@@ -13,7 +13,6 @@ the binary to use, default target/release/ferry if built, else target/debug/ferr
 is removed at the end.
 """
 
-import json
 import os
 import re
 import shutil
@@ -22,13 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from datetime import datetime
 
-from benchlib import ROOT, free_port, sample_repo, start_serve
+from benchlib import ROOT, api, free_port, sample_repo, start_serve, ts
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-TOKEN = ""
 HOSTS = 3
 TAG = f"{os.getpid() % 1000}"
 
@@ -37,20 +33,8 @@ def run(*args, **kw):
     return subprocess.run(args, check=True, capture_output=True, **kw)
 
 
-def api(base, path, body=None):
-    req = urllib.request.Request(base + path, method="POST" if body is not None else "GET",
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"content-type": "application/json", "x-ferry-user": "bench",
-                                          "authorization": f"Bearer {TOKEN}"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return json.load(r)
-    except urllib.error.HTTPError as e:
-        return json.load(e)
 
 
-def ts(s):
-    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
 
 class Host:
@@ -135,7 +119,6 @@ def deploy(base, env, ref):
 
 
 def main():
-    global TOKEN
     if os.geteuid() != 0 or not shutil.which("ip") or not os.path.exists("/usr/sbin/sshd"):
         sys.exit("needs root, iproute2 and openssh-server")
     ferry = os.environ.get("FERRY") or next(
@@ -164,7 +147,7 @@ def main():
                     '[health]\npaths = ["/health"]\ninterval = "100ms"\ntimeout = "1s"\nretries = 30\n\n'
                     f'{envs}[server]\nlisten = "127.0.0.1:{api_port}"\n\n'
                     f'[ssh]\nidentity_file = "{client}"\nknown_hosts = "{known}"\nconnect_timeout = "5s"\n')
-        serve, base, TOKEN = start_serve(ferry, tmp, config, api_port)
+        serve, base, _token = start_serve(ferry, tmp, config, api_port)
         print(f"ferry: {ferry}")
         # warm: the agent installed on every host, v1.0.0 serving
         for n in range(1, HOSTS + 1):

@@ -11,7 +11,6 @@ Everything runs on 127.0.0.1 in a temp dir and stops by itself.
 """
 
 import http.client
-import json
 import os
 import re
 import statistics
@@ -19,33 +18,15 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
-from benchlib import build_ferry, free_port, sample_repo, start_serve
+from benchlib import api, build_ferry, free_port, sample_repo, start_serve, wait_done
 
 RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 CLIENTS = int(os.environ.get("CLIENTS", "8"))
-TOKEN = ""
 
 
-def api(base, path, body=None):
-    req = urllib.request.Request(base + path, method="POST" if body is not None else "GET",
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"content-type": "application/json", "x-ferry-user": "bench",
-                                          "authorization": f"Bearer {TOKEN}"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.load(r)
-    except urllib.error.HTTPError as e:
-        return json.load(e)
 
 
-def wait_done(base, dep_id):
-    while True:
-        d = api(base, f"/api/deployments/{dep_id}")
-        if d["deployment"]["state"] not in ("queued", "running", "monitoring", "awaiting_approval"):
-            return d
-        time.sleep(0.05)
 
 
 class Clients:
@@ -121,8 +102,6 @@ listen = "127.0.0.1:{api_port}"
         serve, base, token = start_serve(ferry, tmp, config, api_port)
         clients = None
         try:
-            global TOKEN
-            TOKEN = token
             d = api(base, "/api/deployments", {"environment": "staging", "ref": "v1"})
             assert wait_done(base, d["id"])["deployment"]["state"] == "succeeded"
             clients = Clients(port)
