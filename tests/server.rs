@@ -328,6 +328,19 @@ fn a_newer_push_supersedes_the_one_waiting_and_only_the_newest_commit_deploys() 
     let c1 = commit(&s, "one");
     let (_, body) = github(&s, "push", "p-1", &push("refs/heads/main", &c1), None);
     let first = first_id(&body);
+    // the first deployment follows main's head: it must have resolved c1 before c2 exists
+    // (else it deploys c2 itself, and the second push rightly finds c2 under way)
+    let resolved = |s: &Sandbox| {
+        s.api(&format!("/api/deployments/{first}"))["deployment"]["commit_sha"]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || resolved(&s).is_some()),
+        "deployment {first} never resolved\n{}",
+        s.serve_log()
+    );
+    assert_eq!(resolved(&s).as_deref(), Some(c1.as_str()));
     let c2 = commit(&s, "two");
     let (_, body) = github(&s, "push", "p-2", &push("refs/heads/main", &c2), None);
     let second = first_id(&body);
