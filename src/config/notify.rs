@@ -509,6 +509,15 @@ fn target(
 }
 
 pub(super) fn env_name(v: &Spanned<String>, fail: &Fail) -> Result<String, Diagnostic> {
+    env_var(v, "FERRY_GITHUB_TOKEN", fail)
+}
+
+/// A `*_env` key's value: the name of a variable holding a secret (`example`: one for the hint).
+pub(super) fn env_var(
+    v: &Spanned<String>,
+    example: &str,
+    fail: &Fail,
+) -> Result<String, Diagnostic> {
     let name = v.get_ref();
     let ok = !name.is_empty()
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -517,7 +526,9 @@ pub(super) fn env_name(v: &Spanned<String>, fail: &Fail) -> Result<String, Diagn
         return Err(fail(
             v.span(),
             format!("\"{name}\" is not an environment variable name"),
-            "name the variable that holds the secret, like \"FERRY_GITHUB_TOKEN\"; never the secret itself",
+            &format!(
+                "name the variable that holds the secret, like \"{example}\"; never the secret itself"
+            ),
         ));
     }
     Ok(name.clone())

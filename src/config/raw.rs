@@ -757,19 +757,8 @@ fn valid_confirm_word(word: &str) -> bool {
 
 fn validate_webhooks(raw: RawWebhooks, fail: &Fail) -> Result<Webhooks, Diagnostic> {
     let var = |v: Option<Spanned<String>>| -> Result<Option<String>, Diagnostic> {
-        let Some(v) = v else { return Ok(None) };
-        let name = v.get_ref();
-        let ok = !name.is_empty()
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !name.starts_with(|c: char| c.is_ascii_digit());
-        if !ok {
-            return Err(fail(
-                v.span(),
-                format!("\"{name}\" is not an environment variable name"),
-                "name the variable that holds the secret, like \"FERRY_GITHUB_SECRET\"; never the secret itself",
-            ));
-        }
-        Ok(Some(v.into_inner()))
+        v.map(|v| super::notify::env_var(&v, "FERRY_GITHUB_SECRET", fail))
+            .transpose()
     };
     let repository = match raw.repository {
         None => None,

@@ -108,22 +108,8 @@ pub enum Attempt<'a> {
 impl Store {
     /// Queues a notification (`pending`); returns its id.
     pub fn add_notification(&self, n: &NewNotification<'_>) -> Result<i64> {
-        let at = now();
         let conn = self.conn();
-        conn.execute(
-            "INSERT INTO notifications (notifier, kind, event, environment, deployment, state,
-                 message, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?7)",
-            params![
-                n.notifier,
-                n.kind,
-                n.event,
-                n.environment,
-                n.deployment,
-                n.message,
-                at
-            ],
-        )?;
+        insert_pending(&conn, n, &now())?;
         Ok(conn.last_insert_rowid())
     }
 
@@ -133,20 +119,7 @@ impl Store {
         let conn = self.conn();
         let tx = conn.unchecked_transaction()?;
         for n in rows {
-            tx.execute(
-                "INSERT INTO notifications (notifier, kind, event, environment, deployment,
-                     state, message, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?7)",
-                params![
-                    n.notifier,
-                    n.kind,
-                    n.event,
-                    n.environment,
-                    n.deployment,
-                    n.message,
-                    at
-                ],
-            )?;
+            insert_pending(&tx, n, &at)?;
         }
         tx.commit()?;
         Ok(())
@@ -290,6 +263,25 @@ impl Store {
         let rows = stmt.query_map(params![notifier, limit as i64], Notification::from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
+}
+
+/// Writes one pending delivery row.
+fn insert_pending(conn: &rusqlite::Connection, n: &NewNotification<'_>, at: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO notifications (notifier, kind, event, environment, deployment, state,
+             message, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?7)",
+        params![
+            n.notifier,
+            n.kind,
+            n.event,
+            n.environment,
+            n.deployment,
+            n.message,
+            at
+        ],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
