@@ -252,11 +252,7 @@ impl HostConn {
             .agent
             .stop(app, env, instance, drain, stop_timeout)
             .await?;
-        Ok(if report.ends_with('\n') {
-            report
-        } else {
-            format!("{report}\n")
-        })
+        Ok(line_ended(report))
     }
 
     /// Takes `instance` out of traffic if it serves (the environment's proxy on the host
@@ -273,11 +269,7 @@ impl HostConn {
             .agent
             .unserve_and_stop(app, env, instance, drain, stop_timeout)
             .await?;
-        Ok(if report.ends_with('\n') {
-            report
-        } else {
-            format!("{report}\n")
-        })
+        Ok(line_ended(report))
     }
 
     /// Runs `command` in the release once; whether it succeeded, and its output.
@@ -310,5 +302,14 @@ impl HostConn {
     /// Removes the app's releases on the host but `keep`; the ones removed.
     pub async fn prune(&self, app: &str, keep: &[String]) -> Result<Vec<String>, HostError> {
         Ok(self.agent.prune(app, keep).await?)
+    }
+}
+
+/// `report` ending with a newline (a drain report goes into a step's output as lines).
+fn line_ended(report: String) -> String {
+    if report.ends_with('\n') {
+        report
+    } else {
+        format!("{report}\n")
     }
 }
